@@ -1,0 +1,158 @@
+// Command meshcast runs a meshcast edge node: a realtime server that the
+// unmodified @supabase/realtime-js client uses as if it were Supabase
+// Realtime.
+//
+// Every flag can also be set with an environment variable: --max-frame-bytes
+// is MESHCAST_MAX_FRAME_BYTES. A flag on the command line wins over the
+// environment. Run `meshcast --help` for the list.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/meshcast/meshcast/edge"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "meshcast:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	listen    string
+	logLevel  string
+	logFormat string
+	jwtSecret string
+	shutdown  time.Duration
+	edge      edge.Config
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{edge: edge.DefaultConfig()}
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "meshcast"
+	}
+	fs := flag.NewFlagSet("meshcast", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &o.edge
+	fs.StringVar(&o.listen, "listen", ":4000", "HTTP/WebSocket listen address `host:port`")
+	fs.StringVar(&c.NodeID, "name", host, "node name (appears in logs and presence entries)")
+	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "HS256/384/512 secret that apikeys and access tokens must be signed with; empty runs the node open (dev only)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "max client connections on this node (0 = off)")
+	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "max bytes of one WebSocket message or REST body (0 = off)")
+	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", c.MaxPayloadBytes, "max bytes of one broadcast or presence payload (0 = off)")
+	fs.IntVar(&c.MaxChannelsPerConn, "max-channels-per-conn", c.MaxChannelsPerConn, "max joined channels per connection (0 = off)")
+	fs.Float64Var(&c.JoinsPerSecond, "joins-per-sec", c.JoinsPerSecond, "max channel joins per second per connection; exceeding closes the socket (0 = off)")
+	fs.Float64Var(&c.EventsPerSecond, "events-per-sec", c.EventsPerSecond, "max broadcast+presence pushes per second per connection; exceeding closes the channel (0 = off)")
+	fs.IntVar(&c.MaxBatchMessages, "max-batch-messages", c.MaxBatchMessages, "max messages in one REST /api/broadcast batch (0 = off)")
+	fs.IntVar(&c.QueueBytes, "queue-bytes", c.QueueBytes, "outbound queue bound per connection; a client that falls this far behind is closed (0 = off)")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close sockets that send nothing (not even heartbeats) for this long (0 = off)")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "max time of one write to a client (0 = off)")
+	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for clients to leave")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: meshcast [flags]\n\nRuns a meshcast edge node. Every flag may also be given as an environment\nvariable MESHCAST_<FLAG> (e.g. MESHCAST_LISTEN, MESHCAST_JWT_SECRET);\nthe command line wins.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "MESHCAST_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(name); ok && envErr == nil {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("%s=%q: %w", name, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	c.JWTSecret = []byte(o.jwtSecret)
+	return o, nil
+}
+
+func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	ho := &slog.HandlerOptions{Level: lvl}
+	switch o.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, ho)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, ho)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", o.logFormat)
+}
+
+func run(args []string, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(o, stderr)
+	if err != nil {
+		return err
+	}
+	o.edge.Logger = log
+	srv, err := edge.New(o.edge)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return err
+	}
+	if srv.Open() {
+		log.Warn("running open: no --jwt-secret, so every apikey and token is accepted and private channels are not protected; set --jwt-secret in production")
+	}
+	log.Info("meshcast serving", "addr", ln.Addr().String(), "node", o.edge.NodeID,
+		"demo", "http://"+ln.Addr().String()+"/")
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	stop()
+	log.Info("shutting down", "timeout", o.shutdown)
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdown)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("shutdown", "err", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,112 @@
+package edge
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// claims are the parts of a verified JWT the edge uses.
+type claims struct {
+	Role string
+	Sub  string
+	Exp  time.Time // zero when the node runs open
+}
+
+// canPrivate is meshcast's rule for private channels (Supabase runs RLS on
+// realtime.messages instead): any verified role except anon may read and
+// write them.
+func (c *claims) canPrivate() bool { return c != nil && c.Role != "" && c.Role != "anon" }
+
+// authError is a refused token. Code is the Supabase join-reply prefix
+// ("InvalidJWTToken"), Msg the human text shared by all reply forms.
+type authError struct {
+	Code string
+	Msg  string
+}
+
+func (e *authError) Error() string { return e.Msg }
+
+// joinReason is the reason of a refused phx_join: "Code: Msg".
+func (e *authError) joinReason() string { return e.Code + ": " + e.Msg }
+
+// authenticator verifies apikeys and access tokens. Without a secret it
+// accepts everything (the node runs open).
+type authenticator struct {
+	secret []byte
+	now    func() time.Time
+	parser *jwt.Parser
+}
+
+func newAuthenticator(secret []byte) *authenticator {
+	return &authenticator{
+		secret: secret,
+		now:    time.Now,
+		// Expiry is checked below, to report how long ago a token expired.
+		parser: jwt.NewParser(jwt.WithValidMethods([]string{"HS256", "HS384", "HS512"}), jwt.WithoutClaimsValidation()),
+	}
+}
+
+func (a *authenticator) open() bool { return len(a.secret) == 0 }
+
+var openClaims = &claims{Role: "anon"}
+
+// socket checks the apikey of a connection. The error text is the body of
+// the 401 answer.
+func (a *authenticator) socket(apikey string) (*claims, error) {
+	if a.open() {
+		return openClaims, nil
+	}
+	if apikey == "" {
+		return nil, errors.New("API key is missing")
+	}
+	c, err := a.verify(apikey)
+	if err != nil {
+		if strings.HasPrefix(err.Msg, "Token has expired") {
+			return nil, errors.New("Token has expired")
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// verify checks a token's signature, role and exp.
+func (a *authenticator) verify(token string) (*claims, *authError) {
+	if a.open() {
+		return openClaims, nil
+	}
+	mc := jwt.MapClaims{}
+	_, err := a.parser.ParseWithClaims(token, mc, func(*jwt.Token) (any, error) { return a.secret, nil })
+	switch {
+	case err == nil:
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return nil, &authError{"MalformedJWT", "The token provided is not a valid JWT"}
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return nil, &authError{"JwtSignatureError", "Failed to validate JWT signature"}
+	default:
+		return nil, &authError{"MalformedJWT", "The token provided is not a valid JWT"}
+	}
+	role, _ := mc["role"].(string)
+	exp, err := mc.GetExpirationTime()
+	if role == "" || err != nil || exp == nil {
+		return nil, &authError{"InvalidJWTToken", "Fields `role` and `exp` are required in JWT"}
+	}
+	if now := a.now(); !exp.After(now) {
+		ago := int(now.Sub(exp.Time).Seconds())
+		return nil, &authError{"InvalidJWTToken", fmt.Sprintf("Token has expired %d seconds ago", ago)}
+	}
+	sub, _ := mc["sub"].(string)
+	return &claims{Role: role, Sub: sub, Exp: exp.Time}, nil
+}
+
+// channelToken picks the token a join or refresh uses: its own, unless it
+// is missing or an sb_ key, which both mean the socket's apikey.
+func channelToken(token, apikey string) string {
+	if token == "" || strings.HasPrefix(token, "sb_") {
+		return apikey
+	}
+	return token
+}

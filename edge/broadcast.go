@@ -1,0 +1,62 @@
+package edge
+
+import (
+	"github.com/meshcast/meshcast/wire/phx"
+)
+
+var payloadTooLarge = []byte(`"payload_size_exceeded"`)
+
+// allowEvent applies the per-connection events/s limit; over it, the
+// channel is closed with Supabase's message. Called with c.mu held.
+func (c *conn) allowEvent(ch *channel) bool {
+	if c.events == nil || c.events.Allow() {
+		return true
+	}
+	c.srv.metrics.errorReason("rate_limited")
+	c.closeChannel(ch, "Too many messages per second")
+	return false
+}
+
+// broadcast handles a client broadcast, text or binary kind 3. Called with
+// c.mu held.
+func (c *conn) broadcast(ch *channel, m *phx.Message) {
+	if !c.allowEvent(ch) {
+		return
+	}
+	out := &outMsg{topic: ch.key.name}
+	if m.Binary {
+		out.event, out.data, out.enc, out.binary = m.UserEvent, m.Payload, m.Enc, true
+	} else {
+		b, err := phx.DecodeBroadcast(m.Payload)
+		if err != nil {
+			c.srv.metrics.errorReason("bad_broadcast")
+			if ch.ack {
+				c.reply(ch.joinRef, m.Ref, m.Topic, "error", phx.ReasonPayload("broadcast payload must be a JSON object"))
+			}
+			return
+		}
+		out.event, out.data, out.enc = b.Event, b.Payload, phx.EncJSON
+	}
+	if max := c.srv.cfg.MaxPayloadBytes; max > 0 && len(out.data) > max {
+		c.srv.metrics.errorReason("payload_too_large")
+		if ch.ack {
+			c.reply(ch.joinRef, m.Ref, m.Topic, "error", payloadTooLarge)
+		}
+		return
+	}
+	skip := ch
+	if ch.self {
+		skip = nil
+	}
+	c.srv.publish(ch.t, out, skip)
+	if ch.ack {
+		c.reply(ch.joinRef, m.Ref, m.Topic, "ok", emptyObject)
+	}
+}
+
+// publish fans a broadcast out to a topic's local subscribers.
+func (s *Server) publish(t *topic, out *outMsg, skip *channel) {
+	n := t.fanout(out, skip)
+	s.metrics.broadcasts.Inc()
+	s.metrics.messagesOut.Add(n)
+}

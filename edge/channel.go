@@ -1,0 +1,226 @@
+package edge
+
+import (
+	"strings"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/meshcast/meshcast/wire/phx"
+)
+
+const topicPrefix = "realtime:"
+
+// channel is one joined channel of a connection.
+type channel struct {
+	conn    *conn
+	key     topicKey
+	name    string // topic without the realtime: prefix
+	joinRef string
+	t       *topic // set by hub.join
+
+	self, ack bool
+
+	// Guarded by t.mu (presence state and its fan-out share the lock).
+	presenceEnabled bool
+	presenceKey     string
+	holder          uint64 // this join's presence holder ID
+	claims          *claims
+	expiry          *time.Timer
+}
+
+var (
+	emptyObject = []byte("{}")
+	joinOK      = []byte(`{"postgres_changes":[]}`)
+)
+
+// handleFrame handles one client message. It reports false when the
+// connection must stop reading.
+func (c *conn) handleFrame(binary bool, data []byte) bool {
+	c.srv.metrics.messagesIn.Inc()
+	var m phx.Message
+	var err error
+	if binary {
+		m, err = phx.DecodeBinary(data)
+	} else {
+		m, err = phx.DecodeText(c.vsn, data)
+	}
+	if err != nil {
+		c.srv.metrics.errorReason("bad_frame")
+		c.srv.log.Debug("bad client frame", "remote", c.remote, "err", err)
+		c.closeNow(ws.StatusUnsupportedData, "invalid frame: "+err.Error())
+		return false
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gone {
+		return false
+	}
+	if m.Topic == "phoenix" && m.Event == "heartbeat" {
+		c.reply("", m.Ref, m.Topic, "ok", emptyObject)
+		return true
+	}
+	if m.Event == "phx_join" {
+		return c.join(&m)
+	}
+	ch := c.channels[m.Topic]
+	if ch == nil {
+		if m.Event == "phx_leave" {
+			c.reply(m.JoinRef, m.Ref, m.Topic, "ok", emptyObject)
+		} else {
+			c.reply(m.JoinRef, m.Ref, m.Topic, "error", phx.ReasonPayload("unmatched topic"))
+		}
+		return true
+	}
+	if m.JoinRef != "" && m.JoinRef != ch.joinRef {
+		return true // a push from an earlier join of this topic
+	}
+	switch m.Event {
+	case "broadcast":
+		c.broadcast(ch, &m)
+	case "presence":
+		c.presence(ch, &m)
+	case "access_token":
+		c.refreshToken(ch, &m)
+	case "phx_leave":
+		c.reply(ch.joinRef, m.Ref, m.Topic, "ok", emptyObject)
+		c.send(ch.joinRef, ch.joinRef, m.Topic, "phx_close", emptyObject)
+		c.removeChannel(ch)
+	}
+	// Other events are ignored, as Phoenix does.
+	return true
+}
+
+// join handles phx_join. Called with c.mu held.
+func (c *conn) join(m *phx.Message) bool {
+	s := c.srv
+	refuse := func(reason string) {
+		s.metrics.errorReason("join_refused")
+		c.reply(m.JoinRef, m.Ref, m.Topic, "error", phx.ReasonPayload(reason))
+	}
+	name, ok := strings.CutPrefix(m.Topic, topicPrefix)
+	if !ok {
+		refuse("unmatched topic")
+		return true
+	}
+	if name == "" {
+		refuse("TopicNameRequired: You must provide a topic name")
+		return true
+	}
+	if c.joins != nil && !c.joins.Allow() {
+		refuse("ClientJoinRateLimitReached: Too many joins per second")
+		c.closeAfterFlush(ws.StatusPolicyViolation, "Too many joins per second")
+		return false
+	}
+	p, err := phx.DecodeJoin(m.Payload)
+	if err != nil {
+		refuse("Unknown Error on Channel: join payload must be a JSON object")
+		return true
+	}
+	if len(p.Config.PostgresChanges) > 0 {
+		refuse("Unable to subscribe to changes with given parameters: postgres_changes are not available on this node yet")
+		return true
+	}
+	cl, aerr := s.auth.verify(channelToken(p.Token(), c.apikey))
+	if aerr != nil {
+		refuse(aerr.joinReason())
+		return true
+	}
+	private := bool(p.Config.Private)
+	if private && !s.auth.open() && !cl.canPrivate() {
+		refuse("Unauthorized: You do not have permissions to read from this Channel topic: " + name)
+		return true
+	}
+	if old := c.channels[m.Topic]; old != nil {
+		// A second join of a joined topic replaces the first.
+		c.send(old.joinRef, old.joinRef, m.Topic, "phx_close", emptyObject)
+		c.removeChannel(old)
+	}
+	if max := s.cfg.MaxChannelsPerConn; max > 0 && len(c.channels) >= max {
+		refuse("ChannelRateLimitReached: Too many channels")
+		return true
+	}
+
+	ch := &channel{
+		conn:            c,
+		key:             topicKey{name: m.Topic, private: private},
+		name:            name,
+		joinRef:         m.JoinRef,
+		self:            bool(p.Config.Broadcast.Self),
+		ack:             bool(p.Config.Broadcast.Ack),
+		presenceEnabled: bool(p.Config.Presence.Enabled),
+		presenceKey:     p.Config.PresenceKey(),
+		holder:          s.holders.Add(1),
+		claims:          cl,
+	}
+	if ch.presenceKey == "" {
+		ch.presenceKey = newUUID()
+	}
+	c.channels[m.Topic] = ch
+	s.channels.Add(1)
+	s.metrics.joins.Inc()
+	s.hub.join(ch, func(t *topic) {
+		c.reply(m.JoinRef, m.Ref, m.Topic, "ok", joinOK)
+		if ch.presenceEnabled {
+			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence))
+		}
+	})
+	c.armExpiry(ch)
+	return true
+}
+
+// removeChannel leaves a channel: presence leaves go out, the topic forgets
+// it. Called with c.mu held.
+func (c *conn) removeChannel(ch *channel) {
+	if c.channels[ch.key.name] == ch {
+		delete(c.channels, ch.key.name)
+	}
+	if ch.expiry != nil {
+		ch.expiry.Stop()
+	}
+	c.srv.channels.Add(-1)
+	c.srv.metrics.leaves.Inc()
+	c.srv.hub.leave(ch, func(t *topic) {
+		d := t.presence.Untrack(c.srv.cfg.NodeID, ch.holder)
+		if !d.Empty() {
+			t.fanoutPresenceDiff(d)
+		}
+	})
+}
+
+// closeChannel ends a channel from the server side: a system error the app
+// can see, then phx_close (the client does not rejoin). Called with c.mu
+// held.
+func (c *conn) closeChannel(ch *channel, message string) {
+	c.send(ch.joinRef, "", ch.key.name, "system", systemPayload("system", "error", message, ch.name))
+	c.send(ch.joinRef, ch.joinRef, ch.key.name, "phx_close", emptyObject)
+	c.removeChannel(ch)
+}
+
+func systemPayload(extension, status, message, channel string) []byte {
+	p := []byte(`{"extension":`)
+	p = phx.AppendString(p, extension)
+	p = append(p, `,"status":`...)
+	p = phx.AppendString(p, status)
+	p = append(p, `,"message":`...)
+	p = phx.AppendString(p, message)
+	if channel != "" {
+		p = append(p, `,"channel":`...)
+		p = phx.AppendString(p, channel)
+	}
+	return append(p, '}')
+}
+
+// teardown runs when the reader stops: every channel is left (presence
+// leaves reach the other subscribers) and the writer is told to finish.
+func (c *conn) teardown() {
+	c.mu.Lock()
+	c.gone = true
+	for _, ch := range c.channels {
+		c.removeChannel(ch)
+	}
+	c.mu.Unlock()
+	c.closeNow(ws.StatusNormalClosure, "")
+	c.srv.untrack(c)
+}

@@ -1,0 +1,163 @@
+package edge
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/meshcast/meshcast/mesh/presence"
+	"github.com/meshcast/meshcast/wire/phx"
+)
+
+var presenceTrackNotMap = phx.ReasonPayload("Presence track payload must be a map")
+
+// presence handles a presence push (track/untrack). Presence pushes are
+// always answered, because realtime-js's track() waits for the reply.
+// Called with c.mu held.
+func (c *conn) presence(ch *channel, m *phx.Message) {
+	if !c.allowEvent(ch) {
+		return
+	}
+	reply := func(status string, resp []byte) { c.reply(ch.joinRef, m.Ref, m.Topic, status, resp) }
+	p, err := phx.DecodePresence(m.Payload)
+	if err != nil {
+		reply("error", emptyObject)
+		return
+	}
+	s := c.srv
+	switch strings.ToLower(p.Event) {
+	case "":
+		reply("ok", emptyObject)
+	case "track":
+		if !phx.IsObject(p.Payload) {
+			reply("error", presenceTrackNotMap)
+			return
+		}
+		if max := s.cfg.MaxPayloadBytes; max > 0 && len(p.Payload) > max {
+			reply("error", phx.ReasonPayload("Track message size exceeded"))
+			return
+		}
+		s.metrics.presenceEvents.Inc()
+		t := ch.t
+		t.mu.Lock()
+		ch.presenceEnabled = true // a track turns presence on for this join
+		d := t.presence.Track(presence.Entry{
+			Owner:  s.cfg.NodeID,
+			Holder: ch.holder,
+			Key:    ch.presenceKey,
+			Ref:    s.newRef(),
+			Meta:   compactJSON(p.Payload),
+		})
+		if !d.Empty() {
+			t.fanoutPresenceDiff(d)
+		}
+		t.mu.Unlock()
+		reply("ok", emptyObject)
+	case "untrack":
+		s.metrics.presenceEvents.Inc()
+		t := ch.t
+		t.mu.Lock()
+		if d := t.presence.Untrack(s.cfg.NodeID, ch.holder); !d.Empty() {
+			t.fanoutPresenceDiff(d)
+		}
+		t.mu.Unlock()
+		reply("ok", emptyObject)
+	default:
+		reply("error", emptyObject)
+	}
+}
+
+// fanoutPresenceDiff sends a presence_diff to every presence-enabled
+// channel of the topic, the tracker included. Called with t.mu held.
+func (t *topic) fanoutPresenceDiff(d presence.Diff) {
+	payload := presenceDiff(d)
+	var frames [3][]byte // by phx.Version
+	for _, ch := range t.subs {
+		if !ch.presenceEnabled {
+			continue
+		}
+		v := ch.conn.vsn
+		if frames[v] == nil {
+			frames[v] = textFrame(v, "", "", t.key.name, "presence_diff", payload)
+		}
+		ch.conn.enqueue(frames[v])
+	}
+}
+
+// presenceState encodes {key: {metas: [...]}} of a whole topic.
+func presenceState(s *presence.Set) []byte {
+	return appendPresenceMap(nil, s.List(), nil)
+}
+
+func presenceDiff(d presence.Diff) []byte {
+	joins := make([]presence.Entry, len(d.Joins))
+	prev := make(map[string]string, len(d.Joins))
+	for i, j := range d.Joins {
+		joins[i] = j.Entry
+		if j.PrevRef != "" {
+			prev[j.Ref] = j.PrevRef
+		}
+	}
+	leaves := append([]presence.Entry(nil), d.Leaves...)
+	sortByKey(joins)
+	sortByKey(leaves)
+	p := []byte(`{"joins":`)
+	p = appendPresenceMap(p, joins, prev)
+	p = append(p, `,"leaves":`...)
+	p = appendPresenceMap(p, leaves, nil)
+	return append(p, '}')
+}
+
+// appendPresenceMap encodes entries, which must be grouped by key, as
+// {key: {metas: [...]}}.
+func appendPresenceMap(dst []byte, entries []presence.Entry, prev map[string]string) []byte {
+	dst = append(dst, '{')
+	for i := 0; i < len(entries); {
+		j := i
+		for j < len(entries) && entries[j].Key == entries[i].Key {
+			j++
+		}
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = phx.AppendString(dst, entries[i].Key)
+		dst = append(dst, `:{"metas":[`...)
+		for k, e := range entries[i:j] {
+			if k > 0 {
+				dst = append(dst, ',')
+			}
+			dst = phx.AppendPresenceMeta(dst, e.Meta, e.Ref, prev[e.Ref])
+		}
+		dst = append(dst, "]}"...)
+		i = j
+	}
+	return append(dst, '}')
+}
+
+func sortByKey(entries []presence.Entry) {
+	sort.SliceStable(entries, func(i, j int) bool { return entries[i].Key < entries[j].Key })
+}
+
+// newRef returns a unique, opaque phx_ref.
+func (s *Server) newRef() string {
+	return s.refPrefix + strconv.FormatUint(s.refs.Add(1), 36)
+}
+
+func newRefPrefix() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return "F" + hex.EncodeToString(b[:])
+}
+
+// newUUID returns a random (version 4) UUID, the presence key of a join
+// that asked for none.
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}

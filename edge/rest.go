@@ -1,0 +1,186 @@
+package edge
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+
+	"github.com/meshcast/meshcast/wire/phx"
+)
+
+// restBodyLimit bounds REST bodies when MaxFrameBytes is off.
+const restBodyLimit = 64 << 20
+
+func setCORS(h http.Header) {
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Access-Control-Allow-Headers", "apikey, authorization, content-type, x-client-info")
+	h.Set("Access-Control-Allow-Methods", "POST, OPTIONS")
+}
+
+func serveCORSPreflight(w http.ResponseWriter, r *http.Request) {
+	setCORS(w.Header())
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func writeJSON(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	io.WriteString(w, body)
+}
+
+func jsonMessage(msg string) string {
+	return `{"message":` + string(phx.AppendString(nil, msg)) + `}`
+}
+
+// restAuth authenticates a REST request as Supabase does: the bearer
+// token, else the apikey header.
+func (s *Server) restAuth(r *http.Request) (*claims, bool) {
+	if s.auth.open() {
+		return openClaims, true
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || tok == "" {
+		tok = r.Header.Get("apikey")
+	}
+	c, err := s.auth.verify(tok)
+	return c, err == nil
+}
+
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	limit := int64(s.cfg.MaxFrameBytes)
+	if limit <= 0 {
+		limit = restBodyLimit
+	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+}
+
+type restMessage struct {
+	Topic   string          `json:"topic"`
+	Event   string          `json:"event"`
+	Payload json.RawMessage `json:"payload"`
+	Private phx.Flag        `json:"private"`
+	ID      json.RawMessage `json:"id"`
+}
+
+// serveBatchBroadcast is POST /api/broadcast: {"messages":[...]}. It is
+// what realtime-js's send() falls back to on a channel that isn't joined.
+func (s *Server) serveBatchBroadcast(w http.ResponseWriter, r *http.Request) {
+	setCORS(w.Header())
+	cl, ok := s.restAuth(r)
+	if !ok {
+		s.metrics.errorReason("unauthorized")
+		writeJSON(w, http.StatusUnauthorized, jsonMessage("Unauthorized"))
+		return
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		s.restTooLarge(w, err)
+		return
+	}
+	var req struct {
+		Messages []restMessage `json:"messages"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil || req.Messages == nil {
+		s.metrics.errorReason("bad_request")
+		writeJSON(w, http.StatusUnprocessableEntity, `{"errors":{"messages":["can't be blank"]}}`)
+		return
+	}
+	if max := s.cfg.MaxBatchMessages; max > 0 && len(req.Messages) > max {
+		s.metrics.errorReason("rate_limited")
+		writeJSON(w, http.StatusTooManyRequests, jsonMessage("Too many messages to broadcast, please reduce the batch size"))
+		return
+	}
+	for _, m := range req.Messages {
+		if m.Topic == "" || !phx.IsObject(m.Payload) {
+			s.metrics.errorReason("bad_request")
+			writeJSON(w, http.StatusUnprocessableEntity, `{"errors":{"messages":["each message needs a topic and an object payload"]}}`)
+			return
+		}
+		if max := s.cfg.MaxPayloadBytes; max > 0 && len(m.Payload) > max {
+			s.metrics.errorReason("payload_too_large")
+			writeJSON(w, http.StatusUnprocessableEntity, `{"errors":{"messages":["Payload size exceeds tenant limit"]}}`)
+			return
+		}
+	}
+	for _, m := range req.Messages {
+		var meta []byte
+		if len(m.ID) > 0 && string(m.ID) != "null" {
+			meta = append(append([]byte(`{"id":`), compactJSON(m.ID)...), '}')
+		}
+		s.restPublish(cl, m.Topic, bool(m.Private), &outMsg{event: m.Event, data: compactJSON(m.Payload), enc: phx.EncJSON, meta: meta})
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// serveSingleBroadcast is POST /api/broadcast/{topic}/events/{event}, the
+// endpoint of realtime-js's channel.httpSend(). The body is the payload:
+// JSON, or raw bytes with application/octet-stream.
+func (s *Server) serveSingleBroadcast(w http.ResponseWriter, r *http.Request) {
+	setCORS(w.Header())
+	cl, ok := s.restAuth(r)
+	if !ok {
+		s.metrics.errorReason("unauthorized")
+		writeJSON(w, http.StatusUnauthorized, jsonMessage("Unauthorized"))
+		return
+	}
+	enc := phx.EncJSON
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch ct {
+	case "application/json", "":
+	case "application/octet-stream":
+		enc = phx.EncBytes
+	default:
+		writeJSON(w, http.StatusUnsupportedMediaType, `{"error":"Unsupported Media Type. Use application/json or application/octet-stream"}`)
+		return
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		s.restTooLarge(w, err)
+		return
+	}
+	if max := s.cfg.MaxPayloadBytes; max > 0 && len(body) > max {
+		s.restTooLarge(w, nil)
+		return
+	}
+	if enc == phx.EncJSON {
+		if !json.Valid(body) {
+			writeJSON(w, http.StatusUnprocessableEntity, `{"error":"payload is not valid JSON"}`)
+			return
+		}
+		body = compactJSON(body)
+	}
+	topic, event := r.PathValue("topic"), r.PathValue("event")
+	private := r.URL.Query().Get("private") == "true"
+	if private && !s.auth.open() && !cl.canPrivate() {
+		writeJSON(w, http.StatusForbidden, jsonMessage("Unauthorized"))
+		return
+	}
+	s.restPublish(cl, topic, private, &outMsg{event: event, data: body, enc: enc, binary: true})
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (s *Server) restTooLarge(w http.ResponseWriter, err error) {
+	var mbe *http.MaxBytesError
+	if err != nil && !errors.As(err, &mbe) {
+		writeJSON(w, http.StatusBadRequest, jsonMessage("could not read body"))
+		return
+	}
+	s.metrics.errorReason("payload_too_large")
+	writeJSON(w, http.StatusUnprocessableEntity, `{"errors":{"messages":["Payload size exceeds tenant limit"]}}`)
+}
+
+// restPublish delivers one REST message; unauthorized private messages are
+// dropped silently, as Supabase does.
+func (s *Server) restPublish(cl *claims, topic string, private bool, m *outMsg) {
+	if private && !s.auth.open() && !cl.canPrivate() {
+		return
+	}
+	m.topic = topicPrefix + topic
+	s.metrics.restBroadcasts.Inc()
+	if t := s.hub.lookup(topicKey{name: m.topic, private: private}); t != nil {
+		s.publish(t, m, nil)
+	}
+}

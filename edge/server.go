@@ -1,0 +1,197 @@
+// Package edge is the client-facing side of a meshcast node: the HTTP
+// server, the WebSocket transport, connection lifecycle and heartbeats,
+// channel join/leave, broadcast and presence semantics, JWT auth, limits,
+// REST broadcast, /metrics, /healthz and the demo page.
+//
+// # WebSocket library
+//
+// The transport uses github.com/gobwas/ws through its low-level frame API
+// rather than a connection object with its own buffers. Memory per idle
+// connection and write batching decide a realtime server's capacity, and
+// the low-level API lets us own both: the only per-connection buffer is a
+// 1 KiB read buffer (payloads are read into their own slices), the upgrade
+// reuses net/http's hijacked connection, and because server frames are
+// unmasked, a broadcast is turned into one complete WebSocket frame once and
+// the same bytes are queued for every subscriber. Each connection's writer
+// then hands everything queued to one writev. gorilla/websocket and
+// coder/websocket keep a buffered reader and writer (or more) per
+// connection and frame every write per connection; lxzan/gws is close in
+// spirit but brings its own event loop and broadcaster.
+package edge
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// Server is one edge node's client-facing server.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	auth    *authenticator
+	hub     *hub
+	metrics *serverMetrics
+	mux     *http.ServeMux
+	http    *http.Server
+
+	conns    atomic.Int64 // admitted connections, for the limit and metrics
+	channels atomic.Int64
+	holders  atomic.Uint64
+	refs     atomic.Uint64
+	draining atomic.Bool
+
+	refPrefix string
+
+	mu   sync.Mutex
+	live map[*conn]struct{}
+	shut bool
+	wg   sync.WaitGroup // connection goroutines
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.NodeID == "" {
+		return nil, errors.New("edge: NodeID is required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       log,
+		auth:      newAuthenticator(cfg.JWTSecret),
+		hub:       newHub(),
+		refPrefix: newRefPrefix(),
+		live:      make(map[*conn]struct{}),
+	}
+	s.metrics = newServerMetrics(s)
+	s.mux = s.routes()
+	s.http = &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+// Open reports whether the server runs without auth.
+func (s *Server) Open() bool { return s.auth.open() }
+
+// Handler returns the HTTP handler (WebSocket, REST, metrics, demo).
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Serve accepts connections on ln until Shutdown. It returns
+// http.ErrServerClosed after Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.http.Serve(ln) }
+
+// Shutdown stops accepting, tells every client the server is going away
+// (system message, then a close frame with 1001 so that clients reconnect
+// elsewhere) and waits for connections to finish until ctx is done, when
+// the rest are cut.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	err := s.http.Shutdown(ctx)
+
+	s.mu.Lock()
+	s.shut = true
+	conns := make([]*conn, 0, len(s.live))
+	for c := range s.live {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.goAway()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		for _, c := range conns {
+			c.nc.Close()
+		}
+		<-done
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	return err
+}
+
+// goAway tells the client the server is going away and closes.
+func (c *conn) goAway() {
+	c.mu.Lock()
+	for _, ch := range c.channels {
+		c.send("", "", ch.key.name, "system", systemPayload("system", "ok", "Server requested disconnect", ""))
+	}
+	c.mu.Unlock()
+	c.closeAfterFlush(ws.StatusGoingAway, "server shutting down")
+}
+
+func (s *Server) admit() bool {
+	n := s.conns.Add(1)
+	if max := s.cfg.MaxConnections; max > 0 && n > int64(max) {
+		s.conns.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *Server) release() { s.conns.Add(-1) }
+
+// track registers a live connection; false once shutdown has begun.
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shut {
+		return false
+	}
+	s.live[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	_, ok := s.live[c]
+	delete(s.live, c)
+	s.mu.Unlock()
+	if ok {
+		s.release()
+	}
+}
+
+func (s *Server) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /realtime/v1/websocket", s.serveWebSocket)
+	mux.HandleFunc("GET /socket/websocket", s.serveWebSocket)
+	mux.HandleFunc("GET /healthz", s.serveHealth)
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		s.metrics.write(w)
+	})
+	for _, base := range []string{"/api", "/realtime/v1/api"} {
+		mux.HandleFunc("POST "+base+"/broadcast", s.serveBatchBroadcast)
+		mux.HandleFunc("POST "+base+"/broadcast/{topic}/events/{event}", s.serveSingleBroadcast)
+		mux.HandleFunc("OPTIONS "+base+"/broadcast", serveCORSPreflight)
+		mux.HandleFunc("OPTIONS "+base+"/broadcast/{topic}/events/{event}", serveCORSPreflight)
+	}
+	mux.Handle("GET /", demoHandler())
+	return mux
+}
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ok\n"))
+}

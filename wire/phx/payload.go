@@ -1,0 +1,137 @@
+package phx
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// Flag is a boolean that also accepts the strings "true" and "false", as
+// Supabase does for join config values.
+type Flag bool
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (f *Flag) UnmarshalJSON(b []byte) error {
+	switch strings.ToLower(string(bytes.Trim(bytes.TrimSpace(b), `"`))) {
+	case "true":
+		*f = true
+	case "false", "null", "":
+		*f = false
+	default:
+		return fmt.Errorf("phx: not a boolean: %s", b)
+	}
+	return nil
+}
+
+// JoinPayload is the payload of phx_join. Unknown keys are ignored.
+type JoinPayload struct {
+	Config      JoinConfig `json:"config"`
+	AccessToken *string    `json:"access_token"`
+	UserToken   *string    `json:"user_token"`
+}
+
+// JoinConfig is the channel configuration a client asks for.
+type JoinConfig struct {
+	Broadcast struct {
+		Self Flag `json:"self"`
+		Ack  Flag `json:"ack"`
+	} `json:"broadcast"`
+	Presence struct {
+		Key     json.RawMessage `json:"key"`
+		Enabled Flag            `json:"enabled"`
+	} `json:"presence"`
+	PostgresChanges []json.RawMessage `json:"postgres_changes"`
+	Private         Flag              `json:"private"`
+}
+
+// PresenceKey returns the configured presence key as a string ("" when
+// absent). Numbers are accepted and kept as their text.
+func (c *JoinConfig) PresenceKey() string {
+	k := bytes.TrimSpace(c.Presence.Key)
+	if len(k) == 0 || string(k) == "null" {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(k, &s) == nil {
+		return s
+	}
+	return string(k)
+}
+
+// Token returns the access token of the join, if any.
+func (p *JoinPayload) Token() string {
+	if p.AccessToken != nil {
+		return *p.AccessToken
+	}
+	if p.UserToken != nil {
+		return *p.UserToken
+	}
+	return ""
+}
+
+// DecodeJoin decodes a phx_join payload. A null or empty payload is a
+// join with default config.
+func DecodeJoin(payload []byte) (JoinPayload, error) {
+	var p JoinPayload
+	payload = bytes.TrimSpace(payload)
+	if len(payload) == 0 || string(payload) == "null" {
+		return p, nil
+	}
+	if payload[0] != '{' {
+		return p, fmt.Errorf("%w: join payload must be an object", ErrMalformed)
+	}
+	if err := json.Unmarshal(payload, &p); err != nil {
+		return p, fmt.Errorf("%w: join payload: %v", ErrMalformed, err)
+	}
+	return p, nil
+}
+
+// BroadcastPayload is the text form of a client broadcast push:
+// {"type":"broadcast","event":"e","payload":{...}}.
+type BroadcastPayload struct {
+	Type    string          `json:"type"`
+	Event   string          `json:"event"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// DecodeBroadcast decodes a text broadcast payload. A missing inner payload
+// becomes {}.
+func DecodeBroadcast(payload []byte) (BroadcastPayload, error) {
+	var b BroadcastPayload
+	if err := json.Unmarshal(payload, &b); err != nil {
+		return b, fmt.Errorf("%w: broadcast payload: %v", ErrMalformed, err)
+	}
+	if len(b.Payload) == 0 {
+		b.Payload = json.RawMessage("{}")
+	}
+	return b, nil
+}
+
+// PresencePayload is a client presence push:
+// {"type":"presence","event":"track","payload":{...}}.
+type PresencePayload struct {
+	Type    string          `json:"type"`
+	Event   string          `json:"event"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// DecodePresence decodes a presence push payload.
+func DecodePresence(payload []byte) (PresencePayload, error) {
+	var p PresencePayload
+	if err := json.Unmarshal(payload, &p); err != nil {
+		return p, fmt.Errorf("%w: presence payload: %v", ErrMalformed, err)
+	}
+	return p, nil
+}
+
+// AccessTokenPayload is the payload of the access_token event.
+type AccessTokenPayload struct {
+	AccessToken *string `json:"access_token"`
+}
+
+// IsObject reports whether raw is a JSON object.
+func IsObject(raw []byte) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && raw[0] == '{'
+}
