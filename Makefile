@@ -1,0 +1,70 @@
+# meshcast — see README.md. `make run` and `make test` are the quick start.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+NPM_DIR := clientjs
+STATICCHECK_VERSION ?= v0.8.2
+# Debian's chromium, installed by `make test` when missing (as root).
+CHROMIUM_BIN ?= /usr/bin/chromium
+export CHROMIUM_BIN
+
+.PHONY: all build run test test-go test-js test-browser deps-js deps-browser bench lint fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/meshcast ./cmd/meshcast
+	$(GO) build -o $(BIN)/meshbench ./cmd/meshbench
+
+# A single node with embedded defaults: demo page at http://localhost:4000.
+run: build
+	./$(BIN)/meshcast
+
+test: build test-go test-js test-browser
+
+# Packages that hold concurrency run with -race; pure codecs without it
+# (race instrumentation only slows them down).
+RACE_PKGS := ./edge/... ./mesh/... ./cmd/...
+test-go:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 $(RACE_PKGS)
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v -e /edge -e /mesh -e /cmd)
+
+deps-js:
+	@if [ ! -d $(NPM_DIR)/node_modules/@supabase/realtime-js ]; then \
+		echo "installing npm packages in $(NPM_DIR)"; \
+		cd $(NPM_DIR) && npm ci --no-audit --no-fund; \
+	fi
+
+deps-browser:
+	@if ! command -v $(CHROMIUM_BIN) >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian chromium"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "chromium missing and not root: install Debian's chromium to run the browser test"; \
+		fi; \
+	fi
+
+test-js: build deps-js
+	cd $(NPM_DIR) && MESHCAST_BIN=$(CURDIR)/$(BIN)/meshcast npm test
+
+test-browser: build deps-js deps-browser
+	cd $(NPM_DIR) && MESHCAST_BIN=$(CURDIR)/$(BIN)/meshcast npm run test:browser
+
+# Go benchmarks (codecs, fanout) and a short meshbench run against a local node.
+bench: build
+	$(GO) test -run='^$$' -bench=. -benchmem ./wire/... ./edge/... ./mesh/...
+	./bench/run-local.sh
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeText -fuzztime=30s ./wire/phx
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeBinary -fuzztime=30s ./wire/phx
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+clean:
+	rm -rf $(BIN)
