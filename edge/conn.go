@@ -144,6 +144,7 @@ func (c *conn) writeLoop() {
 	defer close(c.writerDone)
 	defer c.nc.Close()
 	var spare [][]byte
+	var bufs net.Buffers // declared once: WriteTo makes it escape
 	for range c.wake {
 		c.qmu.Lock()
 		batch, bytes, closing, closeFrame := c.queue, c.queued, c.closing, c.closeFrame
@@ -157,7 +158,7 @@ func (c *conn) writeLoop() {
 			if wt := c.srv.cfg.WriteTimeout; wt > 0 {
 				c.nc.SetWriteDeadline(time.Now().Add(wt))
 			}
-			bufs := net.Buffers(batch)
+			bufs = batch
 			_, err := bufs.WriteTo(c.nc)
 			c.srv.metrics.bytesOut.Add(bytes)
 			clear(batch) // drop references to shared frames
