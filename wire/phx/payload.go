@@ -3,24 +3,19 @@ package phx
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 )
 
 // Flag is a boolean that also accepts the strings "true" and "false", as
-// Supabase does for join config values.
+// Supabase does for join config values. Any other value is false: Supabase
+// logs an invalid join config and joins with the defaults.
 type Flag bool
 
 // UnmarshalJSON implements json.Unmarshaler.
 func (f *Flag) UnmarshalJSON(b []byte) error {
-	switch strings.ToLower(string(bytes.Trim(bytes.TrimSpace(b), `"`))) {
-	case "true":
-		*f = true
-	case "false", "null", "":
-		*f = false
-	default:
-		return fmt.Errorf("phx: not a boolean: %s", b)
-	}
+	*f = strings.ToLower(string(bytes.Trim(bytes.TrimSpace(b), `"`))) == "true"
 	return nil
 }
 
@@ -71,7 +66,9 @@ func (p *JoinPayload) Token() string {
 }
 
 // DecodeJoin decodes a phx_join payload. A null or empty payload is a
-// join with default config.
+// join with default config. Like Supabase, which never refuses a join for a
+// bad config, it skips values of the wrong type (leaving their defaults);
+// only a payload that is not a JSON object is an error.
 func DecodeJoin(payload []byte) (JoinPayload, error) {
 	var p JoinPayload
 	payload = bytes.TrimSpace(payload)
@@ -82,6 +79,11 @@ func DecodeJoin(payload []byte) (JoinPayload, error) {
 		return p, fmt.Errorf("%w: join payload must be an object", ErrMalformed)
 	}
 	if err := json.Unmarshal(payload, &p); err != nil {
+		// encoding/json skips mistyped values and fills in the rest.
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return p, nil
+		}
 		return p, fmt.Errorf("%w: join payload: %v", ErrMalformed, err)
 	}
 	return p, nil
