@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"github.com/meshcast/meshcast/wire/meshproto"
 	"github.com/meshcast/meshcast/wire/phx"
 )
 
@@ -48,15 +49,28 @@ func (c *conn) broadcast(ch *channel, m *phx.Message) {
 	if ch.self {
 		skip = nil
 	}
-	c.srv.publish(ch.t, out, skip)
+	c.srv.publish(ch.key, ch.t, out, skip)
 	if ch.ack {
 		c.reply(ch.joinRef, m.Ref, m.Topic, "ok", emptyObject)
 	}
 }
 
-// publish fans a broadcast out to a topic's local subscribers.
-func (s *Server) publish(t *topic, out *outMsg, skip *channel) {
-	n := t.fanout(out, skip)
+// publish fans a broadcast out to a topic's local subscribers (t may be
+// nil when there are none) and hands it to the cluster, which sends it once
+// to each other node that has subscribers.
+func (s *Server) publish(k topicKey, t *topic, out *outMsg, skip *channel) {
 	s.metrics.broadcasts.Inc()
-	s.metrics.messagesOut.Add(n)
+	if t != nil {
+		s.metrics.messagesOut.Add(t.fanout(out, skip))
+	}
+	if s.cluster != nil {
+		s.cluster.Publish(&meshproto.Broadcast{
+			Topic:   k.meshTopic(),
+			Event:   out.event,
+			Payload: out.data,
+			Meta:    out.meta,
+			Enc:     out.enc,
+			Binary:  out.binary,
+		})
+	}
 }

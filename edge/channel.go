@@ -157,13 +157,19 @@ func (c *conn) join(m *phx.Message) bool {
 	if ch.presenceKey == "" {
 		ch.presenceKey = newUUID()
 	}
+	t, ready := s.hub.acquire(ch.key)
+	if ready != nil {
+		// A new topic in a cluster: the presence of the other nodes
+		// arrives before the first presence_state (bounded by the mesh).
+		<-ready
+	}
 	c.channels[m.Topic] = ch
 	s.channels.Add(1)
 	s.metrics.joins.Inc()
-	s.hub.join(ch, func(t *topic) {
+	s.hub.join(ch, t, func(t *topic) {
 		c.reply(m.JoinRef, m.Ref, m.Topic, "ok", joinOK)
 		if ch.presenceEnabled {
-			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence))
+			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence.Set))
 		}
 	})
 	c.armExpiry(ch)
@@ -182,10 +188,7 @@ func (c *conn) removeChannel(ch *channel) {
 	c.srv.channels.Add(-1)
 	c.srv.metrics.leaves.Inc()
 	c.srv.hub.leave(ch, func(t *topic) {
-		d := t.presence.Untrack(c.srv.cfg.NodeID, ch.holder)
-		if !d.Empty() {
-			t.fanoutPresenceDiff(d)
-		}
+		c.srv.localPresence(t, t.presence.Untrack(c.srv.cfg.NodeID, ch.holder))
 	})
 }
 

@@ -40,7 +40,8 @@ func benchTopic(b *testing.B, s *Server, n int) (*topic, func()) {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); c.writeLoop() }()
 		ch := &channel{conn: c, key: key, name: "bench", holder: uint64(i)}
-		s.hub.join(ch, func(*topic) {})
+		t, _ := s.hub.acquire(key)
+		s.hub.join(ch, t, func(*topic) {})
 	}
 	return s.hub.lookup(key), func() {
 		for _, c := range conns {

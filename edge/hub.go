@@ -1,8 +1,10 @@
 package edge
 
 import (
+	"strings"
 	"sync"
 
+	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/mesh/presence"
 )
 
@@ -19,19 +21,44 @@ type topicKey struct {
 // topic's read lock and each receiver's queue lock in turn, never across
 // I/O.
 type hub struct {
+	self    string       // node ID, the owner of local presence entries
+	cluster *mesh.Node // nil on a single node
+
 	mu     sync.RWMutex
 	topics map[topicKey]*topic
 }
 
-// topic is one channel topic: its joined channels and its presence.
+// meshTopic is the topic's name in the cluster.
+func (k topicKey) meshTopic() string {
+	if k.private {
+		return privateMeshPrefix + k.name
+	}
+	return k.name
+}
+
+const privateMeshPrefix = "private|"
+
+func parseMeshTopic(s string) topicKey {
+	if name, ok := strings.CutPrefix(s, privateMeshPrefix); ok {
+		return topicKey{name: name, private: true}
+	}
+	return topicKey{name: s}
+}
+
+// topic is one channel topic: its joined channels and its presence, the
+// entries of this node's clients and the replicas of other nodes'.
 type topic struct {
 	key      topicKey
 	mu       sync.RWMutex
 	subs     []*channel
-	presence presence.Set
+	presence *presence.Topic
+
+	// Guarded by hub.mu.
+	joining int           // joins between acquire and join
+	ready   <-chan struct{} // closed once the cluster's presence snapshots arrived
 }
 
-func newHub() *hub { return &hub{topics: make(map[topicKey]*topic)} }
+func newHub(self string) *hub { return &hub{topics: make(map[topicKey]*topic), self: self} }
 
 func (h *hub) topicCount() int {
 	h.mu.RLock()
@@ -46,16 +73,30 @@ func (h *hub) lookup(k topicKey) *topic {
 	return t
 }
 
-// join adds ch to its topic and runs then under the topic's write lock, so
-// that what then queues (the join reply, presence_state) is ordered
-// consistently with every fan-out to the topic.
-func (h *hub) join(ch *channel, then func(t *topic)) {
+// acquire finds or makes the topic of key and holds it for a join that
+// must follow. The returned channel closes when the topic is ready: on a
+// new topic in a cluster, once the other nodes' presence has arrived.
+func (h *hub) acquire(k topicKey) (*topic, <-chan struct{}) {
 	h.mu.Lock()
-	t := h.topics[ch.key]
+	defer h.mu.Unlock()
+	t := h.topics[k]
 	if t == nil {
-		t = &topic{key: ch.key}
-		h.topics[ch.key] = t
+		t = &topic{key: k, presence: presence.NewTopic(h.self)}
+		h.topics[k] = t
+		if h.cluster != nil {
+			t.ready = h.cluster.Subscribe(k.meshTopic())
+		}
 	}
+	t.joining++
+	return t, t.ready
+}
+
+// join adds ch to the topic it acquired and runs then under the topic's
+// write lock, so that what then queues (the join reply, presence_state) is
+// ordered consistently with every fan-out to the topic.
+func (h *hub) join(ch *channel, t *topic, then func(t *topic)) {
+	h.mu.Lock()
+	t.joining--
 	t.mu.Lock()
 	h.mu.Unlock()
 	t.subs = append(t.subs, ch)
@@ -86,8 +127,13 @@ func (h *hub) leave(ch *channel, then func(t *topic)) {
 	if then != nil {
 		then(t)
 	}
-	if len(t.subs) == 0 && t.presence.Len() == 0 && h.topics[t.key] == t {
+	if len(t.subs) == 0 && t.joining == 0 && h.topics[t.key] == t {
+		// Without local subscribers the node drops the topic, other
+		// nodes' presence included; the cluster stops sending it.
 		delete(h.topics, t.key)
+		if h.cluster != nil {
+			h.cluster.Unsubscribe(t.key.meshTopic())
+		}
 	}
 	t.mu.Unlock()
 }

@@ -50,22 +50,34 @@ func (c *conn) presence(ch *channel, m *phx.Message) {
 			Ref:    s.newRef(),
 			Meta:   compactJSON(p.Payload),
 		})
-		if !d.Empty() {
-			t.fanoutPresenceDiff(d)
-		}
+		s.localPresence(t, d)
 		t.mu.Unlock()
 		reply("ok", emptyObject)
 	case "untrack":
 		s.metrics.presenceEvents.Inc()
 		t := ch.t
 		t.mu.Lock()
-		if d := t.presence.Untrack(s.cfg.NodeID, ch.holder); !d.Empty() {
-			t.fanoutPresenceDiff(d)
-		}
+		s.localPresence(t, t.presence.Untrack(s.cfg.NodeID, ch.holder))
 		t.mu.Unlock()
 		reply("ok", emptyObject)
 	default:
 		reply("error", emptyObject)
+	}
+}
+
+// localPresence publishes a change of this node's own presence entries:
+// to local subscribers, and as a numbered delta to the nodes interested in
+// the topic. Called with t.mu held, so deltas leave in order.
+func (s *Server) localPresence(t *topic, d presence.Diff) {
+	if d.Empty() {
+		return
+	}
+	t.fanoutPresenceDiff(d)
+	if s.cluster == nil {
+		return
+	}
+	if delta, ok := t.presence.Local(d, s.presenceSeq.Add(1)); ok {
+		s.cluster.SendPresence(t.key.meshTopic(), delta)
 	}
 }
 

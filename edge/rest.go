@@ -180,7 +180,6 @@ func (s *Server) restPublish(cl *claims, topic string, private bool, m *outMsg) 
 	}
 	m.topic = topicPrefix + topic
 	s.metrics.restBroadcasts.Inc()
-	if t := s.hub.lookup(topicKey{name: m.topic, private: private}); t != nil {
-		s.publish(t, m, nil)
-	}
+	k := topicKey{name: m.topic, private: private}
+	s.publish(k, s.hub.lookup(k), m, nil)
 }

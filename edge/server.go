@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/meshcast/meshcast/mesh"
 )
 
 // Server is one edge node's client-facing server.
@@ -41,11 +43,16 @@ type Server struct {
 	metrics *serverMetrics
 	mux     *http.ServeMux
 	http    *http.Server
+	cluster *mesh.Node // nil on a single node
 
 	conns    atomic.Int64 // admitted connections, for the limit and metrics
 	channels atomic.Int64
 	holders  atomic.Uint64
 	refs     atomic.Uint64
+	// presenceSeq numbers this node's presence deltas across all topics,
+	// so a topic's sequence keeps growing even when its state is dropped
+	// and made again.
+	presenceSeq atomic.Uint64
 	draining atomic.Bool
 
 	refPrefix string
@@ -69,7 +76,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:       cfg,
 		log:       log,
 		auth:      newAuthenticator(cfg.JWTSecret),
-		hub:       newHub(),
+		hub:       newHub(cfg.NodeID),
 		refPrefix: newRefPrefix(),
 		live:      make(map[*conn]struct{}),
 	}
@@ -81,6 +88,17 @@ func New(cfg Config) (*Server, error) {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return s, nil
+}
+
+// SetCluster connects the server to its cluster node before Serve. The
+// node's ID must be the server's NodeID (it owns this node's presence).
+func (s *Server) SetCluster(n *mesh.Node) error {
+	if n.ID() != s.cfg.NodeID {
+		return errors.New("edge: cluster node ID differs from Config.NodeID")
+	}
+	s.cluster = n
+	s.hub.cluster = n
+	return nil
 }
 
 // Open reports whether the server runs without auth.
@@ -177,6 +195,9 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s.metrics.write(w)
+		if s.cluster != nil {
+			s.cluster.WritePrometheus(w)
+		}
 	})
 	for _, base := range []string{"/api", "/realtime/v1/api"} {
 		mux.HandleFunc("POST "+base+"/broadcast", s.serveBatchBroadcast)

@@ -105,8 +105,8 @@ func (c *conn) readLoop(src io.Reader) {
 			c.closeNow(ws.StatusProtocolError, "client frames must be masked")
 			return
 		}
-		payload := make([]byte, h.Length)
-		if _, err := io.ReadFull(br, payload); err != nil {
+		payload, err := readPayload(br, h.Length)
+		if err != nil {
 			c.readFailed(err)
 			return
 		}
@@ -169,4 +169,25 @@ func writeJSONError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	w.Write(append(append([]byte(`{"error":`), phx.AppendString(nil, msg)...), '}'))
+}
+
+// readPayload reads a frame payload of n bytes. Large payloads grow with
+// the bytes that actually arrive, so a header that merely claims a large
+// length cannot make the server allocate it.
+func readPayload(r io.Reader, n int64) ([]byte, error) {
+	const eager = 64 << 10
+	if n <= eager {
+		b := make([]byte, n)
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	var buf bytes.Buffer
+	buf.Grow(eager)
+	if _, err := io.CopyN(&buf, r, n); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }

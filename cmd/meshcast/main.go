@@ -18,11 +18,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/meshcast/meshcast/edge"
+	"github.com/meshcast/meshcast/mesh"
 )
 
 func main() {
@@ -42,13 +44,36 @@ type options struct {
 	jwtSecret string
 	shutdown  time.Duration
 	edge      edge.Config
+
+	// cluster
+	region        string
+	gossipAddr    string
+	gossipAdv     string
+	meshAddr      string
+	meshAdv       string
+	join          string
+	clusterSecret string
+	strategy      string
+	regionRelay   bool
+	gossipProfile string
+	probeInterval time.Duration
 }
+
+// clustered reports whether the flags ask for a cluster node.
+func (o *options) clustered() bool { return o.gossipAddr != "" || o.join != "" }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{edge: edge.DefaultConfig()}
 	host, _ := os.Hostname()
+	if id := os.Getenv("FLY_MACHINE_ID"); id != "" {
+		host = id
+	}
 	if host == "" {
 		host = "meshcast"
+	}
+	region := os.Getenv("FLY_REGION")
+	if region == "" {
+		region = "local"
 	}
 	fs := flag.NewFlagSet("meshcast", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -69,6 +94,18 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close sockets that send nothing (not even heartbeats) for this long (0 = off)")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "max time of one write to a client (0 = off)")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for clients to leave")
+
+	fs.StringVar(&o.region, "region", region, "region of this node (default $FLY_REGION, else local)")
+	fs.StringVar(&o.gossipAddr, "gossip-addr", "", "cluster: memberlist gossip address `host:port` (TCP+UDP); setting it (or --join) makes this node a cluster member")
+	fs.StringVar(&o.gossipAdv, "gossip-advertise", "", "cluster: gossip address other nodes reach (default: --gossip-addr)")
+	fs.StringVar(&o.meshAddr, "mesh-addr", "", "cluster: QUIC mesh address `host:port` (UDP; default: gossip port + 1 on the gossip host)")
+	fs.StringVar(&o.meshAdv, "mesh-advertise", "", "cluster: mesh address other nodes reach (default: --mesh-addr)")
+	fs.StringVar(&o.join, "join", "", "cluster: comma-separated seeds `host:port,...`; a DNS name means every A/AAAA record of it (e.g. myapp.internal:7946 on fly.io)")
+	fs.StringVar(&o.clusterSecret, "cluster-secret", "", "cluster: shared secret; encrypts gossip and authenticates mesh peers (required in a cluster)")
+	fs.StringVar(&o.strategy, "mesh-strategy", "interested", "cluster: broadcast routing: interested (once per node with subscribers), all (every node), relay (once per remote region)")
+	fs.BoolVar(&o.regionRelay, "region-relay", false, "cluster: send a broadcast once per remote region to a relay node there (same as --mesh-strategy relay)")
+	fs.StringVar(&o.gossipProfile, "gossip-profile", "lan", "cluster: memberlist timings: lan or wan")
+	fs.DurationVar(&o.probeInterval, "gossip-probe-interval", time.Second, "cluster: failure-detector probe interval; crashed nodes are declared dead after a few of these")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: meshcast [flags]\n\nRuns a meshcast edge node. Every flag may also be given as an environment\nvariable MESHCAST_<FLAG> (e.g. MESHCAST_LISTEN, MESHCAST_JWT_SECRET);\nthe command line wins.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -92,6 +129,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	c.JWTSecret = []byte(o.jwtSecret)
+	if o.clustered() && o.clusterSecret == "" {
+		return nil, errors.New("--cluster-secret is required for a cluster node")
+	}
+	if o.clustered() && o.gossipAddr == "" {
+		o.gossipAddr = ":7946"
+	}
 	return o, nil
 }
 
@@ -120,6 +163,11 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	o.edge.Logger = log
+	var node *mesh.Node
+	name := o.edge.NodeID
+	if o.clustered() {
+		o.edge.NodeID = mesh.NewID(name)
+	}
 	srv, err := edge.New(o.edge)
 	if err != nil {
 		return err
@@ -127,6 +175,13 @@ func run(args []string, stderr io.Writer) error {
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return err
+	}
+	defer ln.Close()
+	if o.clustered() {
+		if node, err = startNode(o, name, srv, ln.Addr().String(), log); err != nil {
+			return err
+		}
+		defer node.Close()
 	}
 	if srv.Open() {
 		log.Warn("running open: no --jwt-secret, so every apikey and token is accepted and private channels are not protected; set --jwt-secret in production")
@@ -150,9 +205,66 @@ func run(args []string, stderr io.Writer) error {
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("shutdown", "err", err)
 	}
+	if node != nil {
+		node.Leave(5 * time.Second)
+	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// startNode joins the cluster with the cluster flags.
+func startNode(o *options, name string, srv *edge.Server, clientAddr string, log *slog.Logger) (*mesh.Node, error) {
+	strategy, err := mesh.ParseStrategy(o.strategy)
+	if err != nil {
+		return nil, err
+	}
+	if o.regionRelay {
+		strategy = mesh.RegionRelay
+	}
+	meshAddr := o.meshAddr
+	if meshAddr == "" {
+		host, port, err := net.SplitHostPort(o.gossipAddr)
+		if err != nil {
+			return nil, fmt.Errorf("--gossip-addr: %w", err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("--gossip-addr port: %w", err)
+		}
+		meshAddr = net.JoinHostPort(host, strconv.Itoa(p+1))
+	}
+	var seeds []string
+	for _, s := range strings.Split(o.join, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			seeds = append(seeds, s)
+		}
+	}
+	node, err := mesh.New(mesh.Config{
+		Name:            name,
+		ID:              o.edge.NodeID,
+		Region:          o.region,
+		GossipAddr:      o.gossipAddr,
+		GossipAdvertise: o.gossipAdv,
+		MeshAddr:        meshAddr,
+		MeshAdvertise:   o.meshAdv,
+		ClientAddr:      clientAddr,
+		Join:            seeds,
+		ClusterSecret:   []byte(o.clusterSecret),
+		Strategy:        strategy,
+		Gossip:          mesh.GossipConfig{Profile: o.gossipProfile, ProbeInterval: o.probeInterval},
+		Logger:          log,
+	}, srv)
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.SetCluster(node); err != nil {
+		return nil, err
+	}
+	if err := node.Start(); err != nil {
+		return nil, err
+	}
+	return node, nil
 }

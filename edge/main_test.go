@@ -1,0 +1,14 @@
+package edge
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package if any test leaves a goroutine behind: every
+// server is shut down and every client closed in t.Cleanup, so whatever is
+// left is a connection goroutine the server lost track of.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}

@@ -1,0 +1,132 @@
+// Package mesh joins edge nodes into one cluster: memberlist gossip for
+// membership, one QUIC connection per peer with a control lane and a data
+// lane, the interest table, batched per-node fan-out of broadcasts
+// (a message crosses to a node once, however many of its clients listen,
+// and only to nodes that listen), region relay, and the transport of
+// presence replication. It knows nothing of Phoenix or HTTP: the edge
+// plugs in through Handler.
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+)
+
+// Strategy chooses where a broadcast goes.
+type Strategy int
+
+const (
+	// Interested sends a broadcast once to every node with subscribers of
+	// its topic (the default).
+	Interested Strategy = iota
+	// AllNodes sends every broadcast to every node, as Phoenix PG2 does;
+	// kept for comparison.
+	AllNodes
+	// RegionRelay sends once per remote region, to one interested node
+	// there, which forwards it to the other interested nodes of its region.
+	RegionRelay
+)
+
+// ParseStrategy maps "interested", "all" and "relay" to a Strategy.
+func ParseStrategy(s string) (Strategy, error) {
+	switch strings.ToLower(s) {
+	case "", "interested":
+		return Interested, nil
+	case "all", "all-nodes":
+		return AllNodes, nil
+	case "relay", "region-relay":
+		return RegionRelay, nil
+	}
+	return 0, fmt.Errorf("mesh: unknown strategy %q (interested, all, relay)", s)
+}
+
+func (s Strategy) String() string {
+	switch s {
+	case AllNodes:
+		return "all"
+	case RegionRelay:
+		return "relay"
+	}
+	return "interested"
+}
+
+// GossipConfig tunes memberlist's failure detection.
+type GossipConfig struct {
+	// Profile is "lan" (default) or "wan" (memberlist's WAN timings, for
+	// clusters spanning regions).
+	Profile string
+	// ProbeInterval overrides the profile's probe interval; the probe
+	// timeout is half of it. Smaller detects crashed nodes sooner.
+	ProbeInterval time.Duration
+	// SuspicionMult overrides how many probe intervals a suspect has to
+	// refute before it is declared dead.
+	SuspicionMult int
+}
+
+// Config configures a Node.
+type Config struct {
+	Name   string // human name; the node ID adds an incarnation to it
+	ID     string // optional: the node ID (NewID(Name) when empty)
+	Region string
+
+	GossipAddr      string // memberlist bind, TCP+UDP host:port
+	GossipAdvertise string // optional address others reach the gossip on
+	MeshAddr        string // QUIC bind, UDP host:port
+	MeshAdvertise   string // optional address others reach the mesh on
+	ClientAddr      string // advertised HTTP/WebSocket address
+
+	Join          []string // seeds: host:port, or DNS names (every A/AAAA record)
+	ClusterSecret []byte   // required: encrypts gossip, authenticates peers
+	Strategy      Strategy
+	Gossip        GossipConfig
+
+	QueueBytes     int           // per peer and lane; default 8 MiB
+	MaxFrameBytes  int           // largest mesh frame accepted; default 16 MiB
+	InterestLinger time.Duration // debounce before InterestRemove; default 2s
+	SnapshotWait   time.Duration // how long a first join waits for presence snapshots; default 2s
+	PingInterval   time.Duration // RTT probes on the control lane; default 2s
+
+	// PacketConn, if set, carries the QUIC mesh instead of a socket bound
+	// to MeshAddr (tests wrap it to drop traffic, as a partition would).
+	PacketConn net.PacketConn
+
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Name == "" {
+		return errors.New("mesh: Name is required")
+	}
+	if len(c.ClusterSecret) == 0 {
+		return errors.New("mesh: ClusterSecret is required")
+	}
+	if c.GossipAddr == "" || (c.MeshAddr == "" && c.PacketConn == nil) {
+		return errors.New("mesh: GossipAddr and MeshAddr are required")
+	}
+	if c.Region == "" {
+		c.Region = "local"
+	}
+	if c.QueueBytes == 0 {
+		c.QueueBytes = 8 << 20
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = 16 << 20
+	}
+	if c.InterestLinger == 0 {
+		c.InterestLinger = 2 * time.Second
+	}
+	if c.SnapshotWait == 0 {
+		c.SnapshotWait = 2 * time.Second
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}

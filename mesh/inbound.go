@@ -1,0 +1,130 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/meshcast/meshcast/wire/meshproto"
+)
+
+// QUIC application error codes the mesh closes connections with.
+const (
+	errCodeHandshake quic.ApplicationErrorCode = 0x100
+	errCodeShutdown  quic.ApplicationErrorCode = 0x101
+	errCodeGone      quic.ApplicationErrorCode = 0x102
+)
+
+func (n *Node) acceptLoop() {
+	for {
+		conn, err := n.ln.Accept(n.ctx)
+		if err != nil {
+			return
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.serveInbound(conn)
+		}()
+	}
+}
+
+// serveInbound authenticates a peer's connection and reads its two lanes.
+// A peer that does not prove it holds the cluster secret is refused before
+// any frame of it is processed.
+func (n *Node) serveInbound(conn *quic.Conn) {
+	ekm, err := exportKey(conn)
+	if err != nil {
+		conn.CloseWithError(errCodeHandshake, "no keying material")
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, handshakeTimeout)
+	defer cancel()
+	var readers [2]*bufio.Reader
+	var counts [2]*countReader
+	var from string
+	for _, lane := range []byte{laneControl, laneData} {
+		s, err := conn.AcceptStream(ctx)
+		if err != nil {
+			conn.CloseWithError(errCodeHandshake, "no stream")
+			return
+		}
+		s.SetReadDeadline(time.Now().Add(handshakeTimeout))
+		counts[lane] = &countReader{r: s}
+		br := bufio.NewReaderSize(counts[lane], 64<<10)
+		f, _, err := meshproto.ReadFrame(br, 4096, nil)
+		h, ok := f.(*meshproto.Hello)
+		if err != nil || !ok || !n.validHello(h, roleDialer, lane, ekm) || (from != "" && h.NodeID != from) {
+			n.authFailures.Inc()
+			n.log.Warn("mesh peer refused: authentication failed", "remote", conn.RemoteAddr().String(), "err", err)
+			conn.CloseWithError(errCodeHandshake, "authentication failed")
+			return
+		}
+		from = h.NodeID
+		if lane == laneControl {
+			if _, err := s.Write(meshproto.Append(nil, n.hello(roleAcceptor, laneControl, ekm))); err != nil {
+				conn.CloseWithError(errCodeHandshake, "hello reply failed")
+				return
+			}
+		}
+		s.SetReadDeadline(time.Time{})
+		readers[lane] = br
+	}
+	if !n.addInbound(from, conn) {
+		conn.CloseWithError(errCodeGone, "node is not a live member")
+		return
+	}
+	defer n.removeInbound(from, conn)
+	done := make(chan struct{}, 2)
+	for _, lane := range []byte{laneControl, laneData} {
+		go func() {
+			err := n.readLane(from, lane, readers[lane], counts[lane])
+			if err != nil && !errors.Is(err, context.Canceled) {
+				n.log.Debug("mesh read ended", "peer", from, "lane", laneName(lane), "err", err)
+			}
+			conn.CloseWithError(0, "")
+			done <- struct{}{}
+		}()
+	}
+	<-done
+	<-done
+}
+
+// readLane reads frames from one lane and dispatches them in order.
+func (n *Node) readLane(from string, lane byte, br *bufio.Reader, cr *countReader) error {
+	labels := fmt.Sprintf(`{peer=%q,lane=%q}`, from, laneName(lane))
+	frames := n.metrics.GetOrCreateCounter("meshcast_mesh_frames_received_total" + labels)
+	bytes := n.metrics.GetOrCreateCounter("meshcast_mesh_bytes_received_total" + labels)
+	counted := 0
+	for {
+		f, _, err := meshproto.ReadFrame(br, n.cfg.MaxFrameBytes, nil)
+		if err != nil {
+			if errors.Is(err, meshproto.ErrTooLarge) || errors.Is(err, meshproto.ErrMalformed) ||
+				errors.Is(err, meshproto.ErrUnknownType) || errors.Is(err, meshproto.ErrVersion) {
+				n.log.Warn("mesh peer sent a bad frame; closing", "peer", from, "err", err)
+			}
+			return err
+		}
+		frames.Inc()
+		bytes.Add(cr.n - counted) // bytes read from the stream so far; exact in total
+		counted = cr.n
+		n.dispatch(from, f)
+	}
+}
+
+// countReader counts the bytes read through it (one goroutine only).
+type countReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}

@@ -1,0 +1,106 @@
+package mesh
+
+import (
+	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// Lanes of a peer connection: each is its own QUIC stream, so bulk data
+// never blocks control.
+const (
+	laneControl byte = 0
+	laneData    byte = 1
+)
+
+func laneName(l byte) string {
+	if l == laneControl {
+		return "control"
+	}
+	return "data"
+}
+
+// lane is one bounded send queue toward a peer. Senders append encoded
+// frames (shared between peers when the same frame goes to several) and
+// never block; the connection's writer for the lane takes everything queued
+// and writes it at once: batching comes from the queue, not from timers.
+type lane struct {
+	id    byte
+	limit int
+
+	mu       sync.Mutex
+	queue    [][]byte
+	bytes    int
+	signaled bool
+	overflow bool // control only: frames were lost, the peer needs a resync
+	wake     chan struct{}
+
+	sentFrames, sentBytes, drops *metrics.Counter
+}
+
+func newLane(id byte, limit int) *lane {
+	return &lane{id: id, limit: limit, wake: make(chan struct{}, 1)}
+}
+
+// push queues a frame. Over the limit a data frame is dropped (counted);
+// a control frame empties the queue and marks the lane for a resync by
+// snapshot, which supersedes what was lost.
+func (l *lane) push(f []byte) bool {
+	l.mu.Lock()
+	if l.bytes+len(f) > l.limit && l.bytes > 0 {
+		if l.id == laneData {
+			l.mu.Unlock()
+			l.drops.Inc()
+			return false
+		}
+		l.drops.Add(len(l.queue))
+		clear(l.queue)
+		l.queue, l.bytes, l.overflow = l.queue[:0], 0, true
+	}
+	l.queue = append(l.queue, f)
+	l.bytes += len(f)
+	wake := !l.signaled
+	l.signaled = true
+	l.mu.Unlock()
+	if wake {
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+	return true
+}
+
+// kick wakes the writer.
+func (l *lane) kick() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take returns everything queued and whether a resync is needed.
+func (l *lane) take(spare [][]byte) (batch [][]byte, resync bool) {
+	l.mu.Lock()
+	batch, resync = l.queue, l.overflow
+	l.queue, l.bytes, l.signaled, l.overflow = spare[:0], 0, false, false
+	l.mu.Unlock()
+	return batch, resync
+}
+
+// reset drops what is queued (the connection is gone; control state is
+// resent by snapshot on reconnect) and reports how many frames it dropped.
+func (l *lane) reset() int {
+	l.mu.Lock()
+	n := len(l.queue)
+	clear(l.queue)
+	l.queue, l.bytes = l.queue[:0], 0
+	l.mu.Unlock()
+	return n
+}
+
+func (l *lane) depth() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.bytes
+}

@@ -1,0 +1,208 @@
+package mesh
+
+import (
+	"crypto/hkdf"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Member is what a node tells the cluster about itself in its memberlist
+// metadata.
+type Member struct {
+	ID         string `json:"i"` // name + incarnation, unique per process start
+	Name       string `json:"n"`
+	Region     string `json:"r"`
+	MeshAddr   string `json:"m"` // QUIC, UDP host:port
+	ClientAddr string `json:"c"` // HTTP/WebSocket host:port
+	Draining   bool   `json:"d,omitempty"`
+}
+
+// metaVersion prefixes the JSON metadata so that it can evolve.
+const metaVersion = 1
+
+func encodeMeta(m Member) []byte {
+	b, _ := json.Marshal(m) // a struct of strings cannot fail
+	return append([]byte{metaVersion}, b...)
+}
+
+func decodeMeta(b []byte) (Member, error) {
+	var m Member
+	if len(b) < 2 || b[0] != metaVersion {
+		return m, fmt.Errorf("mesh: node metadata version %v not understood", b[:min(len(b), 1)])
+	}
+	if err := json.Unmarshal(b[1:], &m); err != nil {
+		return m, fmt.Errorf("mesh: node metadata: %w", err)
+	}
+	if m.ID == "" || m.MeshAddr == "" {
+		return m, fmt.Errorf("mesh: node metadata lacks id or mesh address")
+	}
+	return m, nil
+}
+
+// deriveKey derives a purpose-bound key from the cluster secret, so the
+// gossip key and the mesh key are independent.
+func deriveKey(secret []byte, purpose string) []byte {
+	k, err := hkdf.Key(sha256.New, secret, []byte("meshcast"), purpose, 32)
+	if err != nil {
+		panic(err) // only for lengths hkdf cannot produce; 32 is fine
+	}
+	return k
+}
+
+// membershipEvents receives membership changes. The callbacks run on
+// memberlist's goroutines and must not block.
+type membershipEvents interface {
+	memberUp(m Member)
+	memberDown(id string, left bool)
+}
+
+// membership wraps memberlist: node metadata, encryption, join by seeds or
+// DNS name, and the events.
+type membership struct {
+	log    *slog.Logger
+	ml     *memberlist.Memberlist
+	events membershipEvents
+
+	mu   sync.Mutex
+	self Member
+	meta []byte
+}
+
+func gossipConfig(cfg *Config, self Member, log *slog.Logger) (*memberlist.Config, error) {
+	mc := memberlist.DefaultLANConfig()
+	if cfg.Gossip.Profile == "wan" {
+		mc = memberlist.DefaultWANConfig()
+	}
+	host, portStr, err := net.SplitHostPort(cfg.GossipAddr)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: gossip address %q: %w", cfg.GossipAddr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: gossip port %q: %w", portStr, err)
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	mc.Name = self.ID
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertisePort = port
+	if cfg.GossipAdvertise != "" {
+		ah, ap, err := net.SplitHostPort(cfg.GossipAdvertise)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: gossip advertise address: %w", err)
+		}
+		mc.AdvertiseAddr = ah
+		if mc.AdvertisePort, err = strconv.Atoi(ap); err != nil {
+			return nil, fmt.Errorf("mesh: gossip advertise port: %w", err)
+		}
+	}
+	mc.SecretKey = deriveKey(cfg.ClusterSecret, "gossip")
+	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	if g := cfg.Gossip; g.ProbeInterval > 0 {
+		mc.ProbeInterval = g.ProbeInterval
+		mc.ProbeTimeout = g.ProbeInterval / 2
+		mc.GossipInterval = g.ProbeInterval / 5
+		mc.PushPullInterval = 10 * g.ProbeInterval
+	}
+	if cfg.Gossip.SuspicionMult > 0 {
+		mc.SuspicionMult = cfg.Gossip.SuspicionMult
+	}
+	mc.Logger = slog.NewLogLogger(log.With("component", "memberlist").Handler(), slog.LevelDebug)
+	return mc, nil
+}
+
+func startMembership(cfg *Config, self Member, events membershipEvents, log *slog.Logger) (*membership, error) {
+	m := &membership{log: log, events: events, self: self, meta: encodeMeta(self)}
+	mc, err := gossipConfig(cfg, self, log)
+	if err != nil {
+		return nil, err
+	}
+	mc.Delegate = (*metaDelegate)(m)
+	mc.Events = (*eventDelegate)(m)
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: start gossip on %s: %w", cfg.GossipAddr, err)
+	}
+	m.ml = ml
+	return m, nil
+}
+
+// join tries the seeds (host:port, or DNS names whose every A/AAAA record
+// is a seed) and reports how many nodes answered.
+func (m *membership) join(seeds []string) (int, error) {
+	if len(seeds) == 0 {
+		return 0, nil
+	}
+	return m.ml.Join(seeds)
+}
+
+// setDraining updates this node's metadata and gossips it.
+func (m *membership) setDraining(timeout time.Duration) {
+	m.mu.Lock()
+	m.self.Draining = true
+	m.meta = encodeMeta(m.self)
+	m.mu.Unlock()
+	if err := m.ml.UpdateNode(timeout); err != nil {
+		m.log.Debug("gossip metadata update", "err", err)
+	}
+}
+
+func (m *membership) alive() int { return m.ml.NumMembers() }
+
+func (m *membership) leave(timeout time.Duration) {
+	if err := m.ml.Leave(timeout); err != nil {
+		m.log.Warn("gossip leave", "err", err)
+	}
+	if err := m.ml.Shutdown(); err != nil {
+		m.log.Warn("gossip shutdown", "err", err)
+	}
+}
+
+type metaDelegate membership
+
+func (d *metaDelegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.meta) > limit {
+		return nil
+	}
+	return d.meta
+}
+func (d *metaDelegate) NotifyMsg([]byte)                           {}
+func (d *metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *metaDelegate) LocalState(join bool) []byte                { return nil }
+func (d *metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
+
+type eventDelegate membership
+
+func (d *eventDelegate) NotifyJoin(n *memberlist.Node) { d.up(n) }
+
+func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) { d.up(n) }
+
+func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	if n.Name == d.self.ID {
+		return
+	}
+	d.events.memberDown(n.Name, n.State == memberlist.StateLeft)
+}
+
+func (d *eventDelegate) up(n *memberlist.Node) {
+	if n.Name == d.self.ID {
+		return
+	}
+	m, err := decodeMeta(n.Meta)
+	if err != nil {
+		d.log.Warn("ignoring cluster member", "member", n.Name, "err", err)
+		return
+	}
+	d.events.memberUp(m)
+}

@@ -1,0 +1,322 @@
+package mesh
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/quic-go/quic-go"
+
+	"github.com/meshcast/meshcast/mesh/interest"
+	"github.com/meshcast/meshcast/mesh/presence"
+	"github.com/meshcast/meshcast/wire/meshproto"
+)
+
+// Handler is the edge's side of the mesh: what a node does with what other
+// nodes send. Calls come from the mesh's goroutines, never while the mesh
+// holds a lock, so a Handler may call back into the Node.
+type Handler interface {
+	// Deliver hands a broadcast from another node to local subscribers.
+	Deliver(b *meshproto.Broadcast)
+	// ApplyPresence applies another owner's delta for topic; false reports
+	// a gap, and the mesh asks the owner for a snapshot.
+	ApplyPresence(topic string, d presence.Delta) bool
+	// ApplyPresenceSnapshot replaces everything held for an owner in topic.
+	ApplyPresenceSnapshot(topic string, s presence.Snapshot)
+	// OwnPresence returns this node's own entries of topic.
+	OwnPresence(topic string) presence.Snapshot
+	// NodeDown drops what a dead or departed node owned.
+	NodeDown(id string)
+}
+
+// Node is this process's membership of the cluster.
+type Node struct {
+	cfg         Config
+	log         *slog.Logger
+	h           Handler
+	self        Member
+	incarnation uint64
+	meshKey     []byte
+
+	ms        *membership
+	tr        *quic.Transport
+	ln        *quic.Listener
+	tlsClient *tls.Config
+	ownsConn  bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	metrics      *metrics.Set
+	authFailures *metrics.Counter
+	connects     *metrics.Counter
+	published    *metrics.Counter
+
+	mu      sync.RWMutex
+	closed  bool
+	peers   map[string]*peer
+	inbound map[string][]*quic.Conn
+	dead    map[string]bool // IDs declared dead: frames from them are dropped
+	table   interest.Table  // remote nodes' interests
+	local   map[string]*localTopic
+	waits   map[string]*snapshotWait
+}
+
+// localTopic is a topic with local subscribers. linger is set while the
+// last subscriber has gone and the InterestRemove is being debounced.
+type localTopic struct{ linger *time.Timer }
+
+// snapshotWait tracks the presence snapshots a first local join waits for.
+type snapshotWait struct {
+	pending map[string]bool
+	done    chan struct{}
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// New validates cfg and returns a Node; Start brings it up.
+func New(cfg Config, h Handler) (*Node, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	id := cfg.ID
+	if id == "" {
+		id = NewID(cfg.Name)
+	}
+	inc := incarnationOf(id)
+	meshAddr := cfg.MeshAdvertise
+	if meshAddr == "" {
+		meshAddr = cfg.MeshAddr
+		if cfg.PacketConn != nil {
+			meshAddr = cfg.PacketConn.LocalAddr().String()
+		}
+	}
+	ms := metrics.NewSet()
+	n := &Node{
+		cfg:          cfg,
+		log:          cfg.Logger.With("node", id),
+		h:            h,
+		self:         Member{ID: id, Name: cfg.Name, Region: cfg.Region, MeshAddr: meshAddr, ClientAddr: cfg.ClientAddr},
+		incarnation:  inc,
+		meshKey:      deriveKey(cfg.ClusterSecret, "mesh"),
+		metrics:      ms,
+		authFailures: ms.NewCounter("meshcast_mesh_auth_failures_total"),
+		connects:     ms.NewCounter("meshcast_mesh_connects_total"),
+		published:    ms.NewCounter("meshcast_mesh_broadcasts_published_total"),
+		peers:        make(map[string]*peer),
+		inbound:      make(map[string][]*quic.Conn),
+		dead:         make(map[string]bool),
+		local:        make(map[string]*localTopic),
+		waits:        make(map[string]*snapshotWait),
+	}
+	ms.NewGauge("meshcast_mesh_members", func() float64 {
+		n.mu.RLock()
+		defer n.mu.RUnlock()
+		return float64(len(n.peers) + 1)
+	})
+	ms.NewGauge("meshcast_mesh_peers_connected", func() float64 {
+		n.mu.RLock()
+		defer n.mu.RUnlock()
+		c := 0
+		for _, p := range n.peers {
+			if p.connected.Load() {
+				c++
+			}
+		}
+		return float64(c)
+	})
+	return n, nil
+}
+
+// NewID returns a node ID for name: the name plus an incarnation that is
+// new at every process start, so that a restarted node is a new member
+// whose presence never mixes with its previous life's.
+func NewID(name string) string {
+	return name + "-" + strconv.FormatUint(uint64(time.Now().UnixNano())%(1<<40), 36)
+}
+
+// incarnationOf derives the incarnation number carried in Hellos from an ID.
+func incarnationOf(id string) uint64 {
+	if i := strings.LastIndexByte(id, '-'); i >= 0 {
+		if v, err := strconv.ParseUint(id[i+1:], 36, 64); err == nil {
+			return v
+		}
+	}
+	return 0
+}
+
+// ID returns this node's cluster ID (name + incarnation).
+func (n *Node) ID() string { return n.self.ID }
+
+// Region returns this node's region.
+func (n *Node) Region() string { return n.self.Region }
+
+// Start binds the mesh and gossip sockets, joins the seeds (retrying in the
+// background until a member answers) and starts serving peers.
+func (n *Node) Start() error {
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	server, client, err := meshTLS()
+	if err != nil {
+		return err
+	}
+	n.tlsClient = client
+	pc := n.cfg.PacketConn
+	if pc == nil {
+		udp, err := net.ListenPacket("udp", n.cfg.MeshAddr)
+		if err != nil {
+			return fmt.Errorf("mesh: listen %s: %w", n.cfg.MeshAddr, err)
+		}
+		pc, n.ownsConn = udp, true
+		if n.cfg.MeshAdvertise == "" {
+			n.self.MeshAddr = advertiseAddr(udp.LocalAddr())
+		}
+	}
+	n.tr = &quic.Transport{Conn: pc}
+	n.ln, err = n.tr.Listen(server, n.quicConfig())
+	if err != nil {
+		n.closeTransport()
+		return fmt.Errorf("mesh: quic listen: %w", err)
+	}
+	n.ms, err = startMembership(&n.cfg, n.self, n, n.log)
+	if err != nil {
+		n.ln.Close()
+		n.closeTransport()
+		return err
+	}
+	n.wg.Add(2)
+	go func() { defer n.wg.Done(); n.acceptLoop() }()
+	go func() { defer n.wg.Done(); n.joinLoop() }()
+	n.log.Info("mesh started", "gossip", n.cfg.GossipAddr, "mesh", n.self.MeshAddr, "region", n.self.Region, "strategy", n.cfg.Strategy.String())
+	return nil
+}
+
+func advertiseAddr(a net.Addr) string {
+	u, ok := a.(*net.UDPAddr)
+	if !ok || !u.IP.IsUnspecified() {
+		return a.String()
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(u.Port))
+}
+
+func (n *Node) quicConfig() *quic.Config {
+	return &quic.Config{
+		KeepAlivePeriod:      time.Second,
+		MaxIdleTimeout:       5 * time.Second,
+		HandshakeIdleTimeout: handshakeTimeout,
+		MaxIncomingStreams:   4,
+	}
+}
+
+func (n *Node) closeTransport() {
+	if n.tr != nil {
+		n.tr.Close()
+	}
+	if n.ownsConn && n.tr != nil {
+		n.tr.Conn.Close()
+	}
+}
+
+// joinLoop joins the seeds with backoff until another member is known, and
+// afterwards rejoins them whenever this node finds itself alone (a
+// partition that outlived memberlist's gossip to the dead).
+func (n *Node) joinLoop() {
+	if len(n.cfg.Join) == 0 {
+		return
+	}
+	backoff := 200 * time.Millisecond
+	for {
+		if n.ms.alive() <= 1 {
+			if k, err := n.ms.join(n.cfg.Join); err != nil || k == 0 {
+				n.log.Debug("cluster join: no seed answered yet", "seeds", n.cfg.Join, "err", err)
+			} else {
+				n.log.Info("joined cluster", "contacted", k)
+				backoff = 200 * time.Millisecond
+			}
+		}
+		if n.ms.alive() > 1 {
+			backoff = 10 * time.Second
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// Members returns the live members other than this node, sorted by ID.
+func (n *Node) Members() []Member {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	out := make([]Member, 0, len(n.peers))
+	for _, p := range n.peers {
+		out = append(out, p.m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Connected reports whether this node's connection to member id is up.
+func (n *Node) Connected(id string) bool {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	p := n.peers[id]
+	return p != nil && p.connected.Load()
+}
+
+// WritePrometheus writes the mesh metrics.
+func (n *Node) WritePrometheus(w io.Writer) { n.metrics.WritePrometheus(w) }
+
+// Leave drains this node out of the cluster: it marks itself draining,
+// leaves memberlist (peers see a graceful leave at once) and closes the
+// mesh.
+func (n *Node) Leave(timeout time.Duration) {
+	if n.ms != nil {
+		n.ms.setDraining(timeout / 2)
+		n.ms.leave(timeout / 2)
+	}
+	n.Close()
+}
+
+// Close stops the node without a graceful leave (peers detect it as failed).
+func (n *Node) Close() {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.closed = true
+	for _, lt := range n.local {
+		if lt.linger != nil {
+			lt.linger.Stop()
+		}
+	}
+	n.mu.Unlock()
+	n.cancel()
+	if n.ln != nil {
+		n.ln.Close()
+	}
+	n.mu.Lock()
+	for _, conns := range n.inbound {
+		for _, c := range conns {
+			c.CloseWithError(errCodeShutdown, "node shutting down")
+		}
+	}
+	n.mu.Unlock()
+	n.wg.Wait()
+	if n.ms != nil {
+		n.ms.ml.Shutdown()
+	}
+	n.closeTransport()
+}

@@ -1,0 +1,253 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"crypto/hmac"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/quic-go/quic-go"
+
+	"github.com/meshcast/meshcast/wire/meshproto"
+)
+
+const (
+	handshakeTimeout = 5 * time.Second
+	streamWriteLimit = 10 * time.Second
+	maxBackoff       = 5 * time.Second
+)
+
+// peer is this node's sending side toward one other member: the QUIC
+// connection this node dials for its own sends (the peer dials its own
+// connection back for its sends), with one bounded queue per lane. It
+// redials with backoff until the member is gone.
+type peer struct {
+	n      *Node
+	m      Member
+	lanes  [2]*lane
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	connected atomic.Bool
+	rttNanos  atomic.Int64
+	metricNames []string
+}
+
+func newPeer(n *Node, m Member) *peer {
+	ctx, cancel := context.WithCancel(n.ctx)
+	p := &peer{n: n, m: m, ctx: ctx, cancel: cancel}
+	for _, id := range []byte{laneControl, laneData} {
+		l := newLane(id, n.cfg.QueueBytes)
+		labels := fmt.Sprintf(`{peer=%q,lane=%q}`, m.ID, laneName(id))
+		l.sentFrames = p.counter("meshcast_mesh_frames_sent_total" + labels)
+		l.sentBytes = p.counter("meshcast_mesh_bytes_sent_total" + labels)
+		l.drops = p.counter("meshcast_mesh_drops_total" + labels)
+		name := "meshcast_mesh_queue_bytes" + labels
+		p.n.metrics.GetOrCreateGauge(name, func() float64 { return float64(l.depth()) })
+		p.metricNames = append(p.metricNames, name)
+		p.lanes[id] = l
+	}
+	name := fmt.Sprintf(`meshcast_mesh_rtt_seconds{peer=%q}`, m.ID)
+	n.metrics.GetOrCreateGauge(name, func() float64 { return float64(p.rttNanos.Load()) / 1e9 })
+	p.metricNames = append(p.metricNames, name)
+	return p
+}
+
+func (p *peer) counter(name string) *metrics.Counter {
+	p.metricNames = append(p.metricNames, name)
+	return p.n.metrics.GetOrCreateCounter(name)
+}
+
+func (p *peer) unregisterMetrics() {
+	for _, name := range p.metricNames {
+		p.n.metrics.UnregisterMetric(name)
+	}
+}
+
+// send queues a frame on a lane.
+func (p *peer) send(lane byte, frame []byte) bool { return p.lanes[lane].push(frame) }
+
+// run dials and serves sessions until the peer is removed.
+func (p *peer) run() {
+	backoff := 100 * time.Millisecond
+	for p.ctx.Err() == nil {
+		conn, streams, err := p.dial()
+		if err != nil {
+			if p.ctx.Err() != nil {
+				return
+			}
+			p.n.log.Debug("mesh dial failed", "peer", p.m.ID, "addr", p.m.MeshAddr, "err", err)
+			select {
+			case <-time.After(backoff):
+			case <-p.ctx.Done():
+				return
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		p.session(conn, streams)
+	}
+}
+
+func (p *peer) dial() (*quic.Conn, [2]*quic.Stream, error) {
+	var streams [2]*quic.Stream
+	addr, err := net.ResolveUDPAddr("udp", p.m.MeshAddr)
+	if err != nil {
+		return nil, streams, err
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, handshakeTimeout)
+	defer cancel()
+	conn, err := p.n.tr.Dial(ctx, addr, p.n.tlsClient, p.n.quicConfig())
+	if err != nil {
+		return nil, streams, err
+	}
+	fail := func(err error) (*quic.Conn, [2]*quic.Stream, error) {
+		conn.CloseWithError(errCodeHandshake, "handshake failed")
+		return nil, streams, err
+	}
+	ekm, err := exportKey(conn)
+	if err != nil {
+		return fail(err)
+	}
+	for _, lane := range []byte{laneControl, laneData} {
+		s, err := conn.OpenStreamSync(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		s.SetDeadline(time.Now().Add(handshakeTimeout))
+		hello := p.n.hello(roleDialer, lane, ekm)
+		if _, err := s.Write(meshproto.Append(nil, hello)); err != nil {
+			return fail(err)
+		}
+		if lane == laneControl {
+			// The acceptor proves it holds the secret too before we send
+			// it anything else.
+			f, _, err := meshproto.ReadFrame(bufio.NewReaderSize(s, 512), 4096, nil)
+			if err != nil {
+				return fail(fmt.Errorf("mesh: hello reply: %w", err))
+			}
+			h, ok := f.(*meshproto.Hello)
+			if !ok || h.NodeID != p.m.ID || !p.n.validHello(h, roleAcceptor, laneControl, ekm) {
+				p.n.authFailures.Inc()
+				return fail(errors.New("mesh: peer failed authentication"))
+			}
+		}
+		s.SetDeadline(time.Time{})
+		streams[lane] = s
+	}
+	return conn, streams, nil
+}
+
+// session runs one connection: a writer per lane, pings for RTT. It
+// returns when the connection fails or the peer is removed.
+func (p *peer) session(conn *quic.Conn, streams [2]*quic.Stream) {
+	p.connected.Store(true)
+	p.n.connects.Inc()
+	p.n.log.Info("mesh peer connected", "peer", p.m.ID, "region", p.m.Region)
+	ctx, cancel := context.WithCancel(p.ctx)
+	defer cancel()
+	go func() { // conn.Context ends when the connection does
+		select {
+		case <-conn.Context().Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	p.n.resync(p)
+	done := make(chan struct{}, 2)
+	for _, lane := range []byte{laneControl, laneData} {
+		go func() {
+			p.write(ctx, p.lanes[lane], streams[lane])
+			cancel()
+			done <- struct{}{}
+		}()
+	}
+	ping := time.NewTicker(p.n.cfg.PingInterval)
+	defer ping.Stop()
+	for loop := true; loop; {
+		select {
+		case <-ctx.Done():
+			loop = false
+		case <-ping.C:
+			p.send(laneControl, meshproto.Append(nil, &meshproto.Ping{Nanos: time.Now().UnixNano()}))
+		}
+	}
+	conn.CloseWithError(0, "")
+	<-done
+	<-done
+	p.connected.Store(false)
+	// Control frames lost with the connection are superseded by the
+	// snapshot sent on reconnect; data frames wait for it.
+	p.lanes[laneControl].reset()
+	if p.ctx.Err() == nil {
+		p.n.log.Info("mesh peer disconnected", "peer", p.m.ID)
+	}
+}
+
+// write drains one lane into its stream: each wake-up takes everything
+// queued and writes it as one buffer.
+func (p *peer) write(ctx context.Context, l *lane, s *quic.Stream) {
+	var spare [][]byte
+	var buf []byte
+	l.kick() // start with what queued while disconnected
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.wake:
+		}
+		batch, resync := l.take(spare)
+		if resync {
+			p.n.resync(p)
+		}
+		buf = buf[:0]
+		frames := 0
+		for _, f := range batch {
+			if len(f) > 0 {
+				buf = append(buf, f...)
+				frames++
+			}
+		}
+		clear(batch)
+		spare = batch[:0]
+		if len(buf) == 0 {
+			continue
+		}
+		s.SetWriteDeadline(time.Now().Add(streamWriteLimit))
+		if _, err := s.Write(buf); err != nil {
+			p.n.log.Debug("mesh write failed", "peer", p.m.ID, "lane", laneName(l.id), "err", err)
+			return
+		}
+		l.sentFrames.Add(frames)
+		l.sentBytes.Add(len(buf))
+		if cap(buf) > 1<<20 {
+			buf = nil // don't keep a burst's buffer forever
+		}
+	}
+}
+
+func exportKey(conn *quic.Conn) ([]byte, error) {
+	state := conn.ConnectionState().TLS
+	return state.ExportKeyingMaterial(ekmLabel, nil, 32)
+}
+
+func (n *Node) hello(role, lane byte, ekm []byte) *meshproto.Hello {
+	return &meshproto.Hello{
+		NodeID:      n.self.ID,
+		Region:      n.self.Region,
+		Incarnation: n.incarnation,
+		Lane:        lane,
+		MAC:         helloMAC(n.meshKey, role, lane, n.self.ID, n.incarnation, ekm),
+	}
+}
+
+func (n *Node) validHello(h *meshproto.Hello, role, lane byte, ekm []byte) bool {
+	want := helloMAC(n.meshKey, role, lane, h.NodeID, h.Incarnation, ekm)
+	return h.Lane == lane && hmac.Equal(h.MAC, want)
+}

@@ -1,0 +1,431 @@
+package mesh
+
+import (
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/meshcast/meshcast/mesh/presence"
+	"github.com/meshcast/meshcast/wire/meshproto"
+)
+
+// Publish sends a broadcast to the other nodes that need it and returns
+// how many peer queues took a frame. The frame is encoded once and the same
+// bytes go to every peer (per region with RegionRelay, since the relay list
+// differs).
+func (n *Node) Publish(b *meshproto.Broadcast) int {
+	b.Origin = n.self.ID
+	b.RelayTo = nil
+	n.published.Inc()
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	switch n.cfg.Strategy {
+	case AllNodes:
+		if len(n.peers) == 0 {
+			return 0
+		}
+		frame := meshproto.AppendBroadcast(nil, b)
+		sent := 0
+		for _, p := range n.peers {
+			if p.send(laneData, frame) {
+				sent++
+			}
+		}
+		return sent
+	case RegionRelay:
+		return n.publishRelayed(b)
+	}
+	targets := n.table.Nodes(b.Topic)
+	if len(targets) == 0 {
+		return 0
+	}
+	frame := meshproto.AppendBroadcast(nil, b)
+	sent := 0
+	for _, id := range targets {
+		if p := n.peers[id]; p != nil && p.send(laneData, frame) {
+			sent++
+		}
+	}
+	return sent
+}
+
+// publishRelayed sends directly to interested nodes of this node's region
+// and once per other region, to its first interested node (by ID), with the
+// rest of that region's interested nodes to forward to. Called with n.mu
+// read-locked.
+func (n *Node) publishRelayed(b *meshproto.Broadcast) int {
+	targets := n.table.Nodes(b.Topic)
+	if len(targets) == 0 {
+		return 0
+	}
+	byRegion := make(map[string][]*peer)
+	var order []string
+	for _, id := range targets { // sorted, so the relay choice is stable
+		p := n.peers[id]
+		if p == nil {
+			continue
+		}
+		r := p.m.Region
+		if byRegion[r] == nil {
+			order = append(order, r)
+		}
+		byRegion[r] = append(byRegion[r], p)
+	}
+	sent := 0
+	var direct []byte
+	for _, r := range order {
+		ps := byRegion[r]
+		if r == n.self.Region {
+			if direct == nil {
+				direct = meshproto.AppendBroadcast(nil, b)
+			}
+			for _, p := range ps {
+				if p.send(laneData, direct) {
+					sent++
+				}
+			}
+			continue
+		}
+		relayed := *b
+		relayed.RelayTo = make([]string, 0, len(ps)-1)
+		for _, p := range ps[1:] {
+			relayed.RelayTo = append(relayed.RelayTo, p.m.ID)
+		}
+		if ps[0].send(laneData, meshproto.AppendBroadcast(nil, &relayed)) {
+			sent++
+		}
+	}
+	return sent
+}
+
+// relay forwards a broadcast this node received as a region relay.
+func (n *Node) relay(b *meshproto.Broadcast) {
+	to := b.RelayTo
+	fwd := *b
+	fwd.RelayTo = nil
+	frame := meshproto.AppendBroadcast(nil, &fwd)
+	n.mu.RLock()
+	for _, id := range to {
+		if p := n.peers[id]; p != nil {
+			p.send(laneData, frame)
+		}
+	}
+	n.mu.RUnlock()
+}
+
+// Subscribe records that topic has local subscribers (the edge calls it
+// when the first one joins). On a real 0→1 change every peer is told, and
+// the returned channel closes once every node interested in topic has sent
+// its presence snapshot, or after Config.SnapshotWait.
+func (n *Node) Subscribe(topic string) <-chan struct{} {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return closedChan
+	}
+	if lt := n.local[topic]; lt != nil {
+		if lt.linger != nil {
+			lt.linger.Stop()
+			lt.linger = nil
+		}
+		n.mu.Unlock()
+		return closedChan
+	}
+	n.local[topic] = &localTopic{}
+	w := &snapshotWait{pending: make(map[string]bool), done: make(chan struct{})}
+	for _, id := range n.table.Nodes(topic) {
+		if n.peers[id] != nil {
+			w.pending[id] = true
+		}
+	}
+	frame := meshproto.Append(nil, &meshproto.InterestAdd{Topics: []string{topic}})
+	for _, p := range n.peers {
+		p.send(laneControl, frame)
+	}
+	if len(w.pending) == 0 {
+		close(w.done)
+	} else {
+		n.waits[topic] = w
+		time.AfterFunc(n.cfg.SnapshotWait, func() { n.snapshotArrived(topic, "", w) })
+	}
+	n.mu.Unlock()
+	return w.done
+}
+
+// snapshotArrived marks one source of a wait as done (from "" = time out).
+func (n *Node) snapshotArrived(topic, from string, only *snapshotWait) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	w := n.waits[topic]
+	if w == nil || (only != nil && w != only) {
+		return
+	}
+	if from != "" {
+		delete(w.pending, from)
+	}
+	if from == "" || len(w.pending) == 0 {
+		delete(n.waits, topic)
+		close(w.done)
+	}
+}
+
+// Unsubscribe records that topic's last local subscriber has gone. Peers
+// are told after Config.InterestLinger, unless a subscriber returns first.
+func (n *Node) Unsubscribe(topic string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	lt := n.local[topic]
+	if lt == nil || lt.linger != nil || n.closed {
+		return
+	}
+	lt.linger = time.AfterFunc(n.cfg.InterestLinger, func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if n.local[topic] != lt || lt.linger == nil || n.closed {
+			return
+		}
+		delete(n.local, topic)
+		frame := meshproto.Append(nil, &meshproto.InterestRemove{Topics: []string{topic}})
+		for _, p := range n.peers {
+			p.send(laneControl, frame)
+		}
+	})
+}
+
+// SendPresence sends this node's presence delta for topic to the nodes
+// interested in it. The edge calls it under the topic's lock, so deltas
+// leave in sequence order.
+func (n *Node) SendPresence(topic string, d presence.Delta) {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	targets := n.table.Nodes(topic)
+	if len(targets) == 0 {
+		return
+	}
+	frame := meshproto.Append(nil, deltaFrame(topic, d))
+	for _, id := range targets {
+		if p := n.peers[id]; p != nil {
+			p.send(laneControl, frame)
+		}
+	}
+}
+
+// sendTo queues a control frame to one member, if it is known.
+func (n *Node) sendTo(id string, f meshproto.Frame) {
+	n.mu.RLock()
+	p := n.peers[id]
+	n.mu.RUnlock()
+	if p != nil {
+		p.send(laneControl, meshproto.Append(nil, f))
+	}
+}
+
+// resync sends a (re)connected peer everything it may have missed: this
+// node's interests, and its presence of every topic the peer listens to.
+func (n *Node) resync(p *peer) {
+	n.mu.RLock()
+	mine := make([]string, 0, len(n.local))
+	for t := range n.local {
+		mine = append(mine, t)
+	}
+	var theirs []string
+	for _, t := range n.table.Topics(p.m.ID) {
+		if n.local[t] != nil {
+			theirs = append(theirs, t)
+		}
+	}
+	n.mu.RUnlock()
+	p.send(laneControl, meshproto.Append(nil, &meshproto.InterestSnapshot{Topics: mine}))
+	for _, t := range theirs {
+		p.send(laneControl, meshproto.Append(nil, snapshotFrame(t, n.h.OwnPresence(t))))
+	}
+}
+
+// dispatch handles one frame from an authenticated peer.
+func (n *Node) dispatch(from string, f meshproto.Frame) {
+	n.mu.RLock()
+	dead := n.dead[from]
+	n.mu.RUnlock()
+	if dead {
+		return
+	}
+	switch f := f.(type) {
+	case *meshproto.Broadcast:
+		if len(f.RelayTo) > 0 {
+			n.relay(f)
+		}
+		n.h.Deliver(f)
+	case *meshproto.InterestAdd:
+		n.mu.Lock()
+		for _, t := range f.Topics {
+			n.table.Add(from, t)
+		}
+		n.mu.Unlock()
+		// Always answer, even with an empty snapshot: the new listener
+		// counts answers before its first client gets presence_state.
+		for _, t := range f.Topics {
+			n.sendTo(from, snapshotFrame(t, n.h.OwnPresence(t)))
+		}
+	case *meshproto.InterestRemove:
+		n.mu.Lock()
+		for _, t := range f.Topics {
+			n.table.Remove(from, t)
+		}
+		n.mu.Unlock()
+	case *meshproto.InterestSnapshot:
+		n.mu.Lock()
+		n.table.Replace(from, f.Topics)
+		var shared []string
+		for _, t := range f.Topics {
+			if n.local[t] != nil {
+				shared = append(shared, t)
+			}
+		}
+		n.mu.Unlock()
+		for _, t := range shared {
+			n.sendTo(from, snapshotFrame(t, n.h.OwnPresence(t)))
+		}
+	case *meshproto.PresenceDelta:
+		if !n.h.ApplyPresence(f.Topic, deltaOf(f)) {
+			n.sendTo(from, &meshproto.PresenceSyncRequest{Topic: f.Topic, Owner: f.Owner})
+		}
+	case *meshproto.PresenceSnapshot:
+		n.h.ApplyPresenceSnapshot(f.Topic, snapshotOf(f))
+		n.snapshotArrived(f.Topic, from, nil)
+	case *meshproto.PresenceSyncRequest:
+		n.sendTo(from, snapshotFrame(f.Topic, n.h.OwnPresence(f.Topic)))
+	case *meshproto.Ping:
+		n.sendTo(from, &meshproto.Pong{Nanos: f.Nanos})
+	case *meshproto.Pong:
+		n.mu.RLock()
+		p := n.peers[from]
+		n.mu.RUnlock()
+		if p != nil {
+			p.rttNanos.Store(time.Now().UnixNano() - f.Nanos)
+		}
+	}
+}
+
+func deltaFrame(topic string, d presence.Delta) *meshproto.PresenceDelta {
+	f := &meshproto.PresenceDelta{Topic: topic, Owner: d.Owner, Seq: d.Seq, PrevSeq: d.PrevSeq}
+	for _, j := range d.Joins {
+		f.Joins = append(f.Joins, meshproto.PresenceEntry{Holder: j.Holder, Key: j.Key, Ref: j.Ref, PrevRef: j.PrevRef, Meta: j.Meta})
+	}
+	for _, l := range d.Leaves {
+		f.Leaves = append(f.Leaves, meshproto.PresenceEntry{Holder: l.Holder, Key: l.Key, Ref: l.Ref, Meta: l.Meta})
+	}
+	return f
+}
+
+func deltaOf(f *meshproto.PresenceDelta) presence.Delta {
+	d := presence.Delta{Owner: f.Owner, Seq: f.Seq, PrevSeq: f.PrevSeq}
+	for _, e := range f.Joins {
+		d.Joins = append(d.Joins, presence.Join{Entry: entryOf(f.Owner, e), PrevRef: e.PrevRef})
+	}
+	for _, e := range f.Leaves {
+		d.Leaves = append(d.Leaves, entryOf(f.Owner, e))
+	}
+	return d
+}
+
+func snapshotFrame(topic string, s presence.Snapshot) *meshproto.PresenceSnapshot {
+	f := &meshproto.PresenceSnapshot{Topic: topic, Owner: s.Owner, Seq: s.Seq}
+	for _, e := range s.Entries {
+		f.Entries = append(f.Entries, meshproto.PresenceEntry{Holder: e.Holder, Key: e.Key, Ref: e.Ref, Meta: e.Meta})
+	}
+	return f
+}
+
+func snapshotOf(f *meshproto.PresenceSnapshot) presence.Snapshot {
+	s := presence.Snapshot{Owner: f.Owner, Seq: f.Seq}
+	for _, e := range f.Entries {
+		s.Entries = append(s.Entries, entryOf(f.Owner, e))
+	}
+	return s
+}
+
+func entryOf(owner string, e meshproto.PresenceEntry) presence.Entry {
+	return presence.Entry{Owner: owner, Holder: e.Holder, Key: e.Key, Ref: e.Ref, Meta: e.Meta}
+}
+
+// memberUp adds or updates a live member (memberlist callback).
+func (n *Node) memberUp(m Member) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return
+	}
+	delete(n.dead, m.ID)
+	if p := n.peers[m.ID]; p != nil {
+		p.m.Draining = m.Draining
+		return
+	}
+	p := newPeer(n, m)
+	n.peers[m.ID] = p
+	n.log.Info("cluster member up", "member", m.ID, "region", m.Region, "mesh", m.MeshAddr)
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); p.run() }()
+}
+
+// memberDown removes a member that left or was declared dead: its
+// connection closes, its interests go, and the edge drops what it owned.
+func (n *Node) memberDown(id string, left bool) {
+	n.mu.Lock()
+	p := n.peers[id]
+	if p == nil || n.closed {
+		n.mu.Unlock()
+		return
+	}
+	delete(n.peers, id)
+	n.dead[id] = true
+	n.table.RemoveNode(id)
+	for topic, w := range n.waits {
+		if w.pending[id] {
+			delete(w.pending, id)
+			if len(w.pending) == 0 {
+				delete(n.waits, topic)
+				close(w.done)
+			}
+		}
+	}
+	conns := n.inbound[id]
+	delete(n.inbound, id)
+	n.mu.Unlock()
+
+	p.cancel()
+	p.unregisterMetrics()
+	for _, c := range conns {
+		c.CloseWithError(errCodeGone, "member left the cluster")
+	}
+	n.log.Info("cluster member down", "member", id, "graceful", left)
+	n.h.NodeDown(id)
+}
+
+// addInbound registers an authenticated inbound connection; false when
+// its node was declared dead or this node is closing.
+func (n *Node) addInbound(from string, c *quic.Conn) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed || n.dead[from] {
+		return false
+	}
+	n.inbound[from] = append(n.inbound[from], c)
+	return true
+}
+
+func (n *Node) removeInbound(from string, c *quic.Conn) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	conns := n.inbound[from]
+	for i, x := range conns {
+		if x == c {
+			conns = append(conns[:i], conns[i+1:]...)
+			break
+		}
+	}
+	if len(conns) == 0 {
+		delete(n.inbound, from)
+	} else {
+		n.inbound[from] = conns
+	}
+}
