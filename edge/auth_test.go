@@ -15,7 +15,7 @@ import (
 var testSecret = []byte("super-secret-jwt-token-with-at-least-32-characters")
 
 // mint signs claims with key as an HS256 JWT.
-func mint(t *testing.T, key []byte, claims jwt.MapClaims) string {
+func mintWith(t *testing.T, key []byte, claims jwt.MapClaims) string {
 	t.Helper()
 	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(key)
 	if err != nil {
@@ -25,9 +25,9 @@ func mint(t *testing.T, key []byte, claims jwt.MapClaims) string {
 }
 
 // token mints a token for role that expires after ttl.
-func token(t *testing.T, role string, ttl time.Duration) string {
+func mintToken(t *testing.T, role string, ttl time.Duration) string {
 	t.Helper()
-	return mint(t, testSecret, jwt.MapClaims{"role": role, "exp": time.Now().Add(ttl).Unix(), "sub": "user-1"})
+	return mintWith(t, testSecret, jwt.MapClaims{"role": role, "exp": time.Now().Add(ttl).Unix(), "sub": "user-1"})
 }
 
 func startAuthServer(t *testing.T) *testServer {
@@ -43,10 +43,10 @@ func TestSocketAuth(t *testing.T) {
 		body   string // the {"error":…} text; "" = don't check
 	}{
 		{"missing apikey", "vsn=2.0.0", 401, "API key is missing"},
-		{"bad signature", "vsn=2.0.0&apikey=" + mint(t, []byte("another-secret-another-secret-another"), jwt.MapClaims{"role": "anon", "exp": time.Now().Add(time.Hour).Unix()}), 401, "Failed to validate JWT signature"},
+		{"bad signature", "vsn=2.0.0&apikey=" + mintWith(t, []byte("another-secret-another-secret-another"), jwt.MapClaims{"role": "anon", "exp": time.Now().Add(time.Hour).Unix()}), 401, "Failed to validate JWT signature"},
 		{"not a JWT", "vsn=2.0.0&apikey=garbage", 401, "The token provided is not a valid JWT"},
-		{"expired", "vsn=2.0.0&apikey=" + token(t, "anon", -time.Minute), 401, "Token has expired"},
-		{"no role", "vsn=2.0.0&apikey=" + mint(t, testSecret, jwt.MapClaims{"exp": time.Now().Add(time.Hour).Unix()}), 401, "Fields `role` and `exp` are required in JWT"},
+		{"expired", "vsn=2.0.0&apikey=" + mintToken(t, "anon", -time.Minute), 401, "Token has expired"},
+		{"no role", "vsn=2.0.0&apikey=" + mintWith(t, testSecret, jwt.MapClaims{"exp": time.Now().Add(time.Hour).Unix()}), 401, "Fields `role` and `exp` are required in JWT"},
 	}
 	for _, tc := range cases {
 		_, err := ts.dial(t, "/realtime/v1/websocket", tc.query)
@@ -61,14 +61,14 @@ func TestSocketAuth(t *testing.T) {
 		}
 	}
 
-	c := ts.connectQuery(t, "vsn=2.0.0&apikey="+token(t, "anon", time.Hour))
+	c := ts.connectQuery(t, "vsn=2.0.0&apikey="+mintToken(t, "anon", time.Hour))
 	c.write(joinFrame("1", "realtime:room1", `{}`))
 	if f := c.next(); !jsonEq(f.Payload, `{"status":"ok","response":{"postgres_changes":[]}}`) {
 		t.Errorf("join with a valid apikey: %s", f)
 	}
 
 	// Supabase also takes the key from the x-api-key header.
-	h := http.Header{"X-Api-Key": {token(t, "anon", time.Hour)}}
+	h := http.Header{"X-Api-Key": {mintToken(t, "anon", time.Hour)}}
 	hc, err := ts.dialHeader(t, "/realtime/v1/websocket", "vsn=2.0.0", h)
 	if err != nil {
 		t.Fatalf("dial with x-api-key: %v", err)
@@ -81,24 +81,24 @@ func TestSocketAuth(t *testing.T) {
 
 func TestJoinTokenChecks(t *testing.T) {
 	ts := startAuthServer(t)
-	c := ts.connectQuery(t, "vsn=2.0.0&apikey="+token(t, "anon", time.Hour))
+	c := ts.connectQuery(t, "vsn=2.0.0&apikey="+mintToken(t, "anon", time.Hour))
 
-	join := func(jr, topic, config, accessToken string) frame {
+	join := func(jr, topic, config, accessToken string) wsFrame {
 		t.Helper()
 		c.write(`["` + jr + `","` + jr + `","` + topic + `","phx_join",{"config":` + config + `,"access_token":"` + accessToken + `"}]`)
 		return c.next()
 	}
-	reason := func(f frame) string { return strings.Trim(jsonField(f.Payload, "response.reason"), `"`) }
+	reason := func(f wsFrame) string { return strings.Trim(jsonField(f.Payload, "response.reason"), `"`) }
 
-	f := join("1", "realtime:a", `{}`, token(t, "anon", -3*time.Second))
+	f := join("1", "realtime:a", `{}`, mintToken(t, "anon", -3*time.Second))
 	if jsonField(f.Payload, "status") != `"error"` || !regexp.MustCompile(`^InvalidJWTToken: Token has expired \d+ seconds ago$`).MatchString(reason(f)) {
 		t.Errorf("expired access_token: %s", f)
 	}
-	f = join("2", "realtime:a", `{}`, mint(t, testSecret, jwt.MapClaims{"exp": time.Now().Add(time.Hour).Unix()}))
+	f = join("2", "realtime:a", `{}`, mintWith(t, testSecret, jwt.MapClaims{"exp": time.Now().Add(time.Hour).Unix()}))
 	if reason(f) != "InvalidJWTToken: Fields `role` and `exp` are required in JWT" {
 		t.Errorf("token without role: %s", f)
 	}
-	f = join("3", "realtime:a", `{}`, mint(t, testSecret, jwt.MapClaims{"role": "anon"}))
+	f = join("3", "realtime:a", `{}`, mintWith(t, testSecret, jwt.MapClaims{"role": "anon"}))
 	if reason(f) != "InvalidJWTToken: Fields `role` and `exp` are required in JWT" {
 		t.Errorf("token without exp: %s", f)
 	}
@@ -106,13 +106,13 @@ func TestJoinTokenChecks(t *testing.T) {
 	if reason(f) != "MalformedJWT: The token provided is not a valid JWT" {
 		t.Errorf("garbage token: %s", f)
 	}
-	f = join("5", "realtime:a", `{}`, mint(t, []byte("another-secret-another-secret-another"), jwt.MapClaims{"role": "anon", "exp": time.Now().Add(time.Hour).Unix()}))
+	f = join("5", "realtime:a", `{}`, mintWith(t, []byte("another-secret-another-secret-another"), jwt.MapClaims{"role": "anon", "exp": time.Now().Add(time.Hour).Unix()}))
 	if reason(f) != "JwtSignatureError: Failed to validate JWT signature" {
 		t.Errorf("token with a bad signature: %s", f)
 	}
 
 	// Private channels need a role other than anon.
-	f = join("6", "realtime:x", `{"private":true}`, token(t, "anon", time.Hour))
+	f = join("6", "realtime:x", `{"private":true}`, mintToken(t, "anon", time.Hour))
 	if !jsonEq(f.Payload, `{"status":"error","response":{"reason":"Unauthorized: You do not have permissions to read from this Channel topic: x"}}`) {
 		t.Errorf("private join as anon: %s", f)
 	}
@@ -121,12 +121,12 @@ func TestJoinTokenChecks(t *testing.T) {
 	if f := c.next(); reason(f) != "Unauthorized: You do not have permissions to read from this Channel topic: x" {
 		t.Errorf("private join with the anon apikey: %s", f)
 	}
-	f = join("8", "realtime:x", `{"private":true}`, token(t, "authenticated", time.Hour))
+	f = join("8", "realtime:x", `{"private":true}`, mintToken(t, "authenticated", time.Hour))
 	if !jsonEq(f.Raw, `["8","8","realtime:x","phx_reply",{"status":"ok","response":{"postgres_changes":[]}}]`) {
 		t.Errorf("private join as authenticated: %s", f)
 	}
 	// user_token is the legacy name of access_token.
-	c.write(`["10","10","realtime:y","phx_join",{"config":{"private":true},"user_token":"` + token(t, "authenticated", time.Hour) + `"}]`)
+	c.write(`["10","10","realtime:y","phx_join",{"config":{"private":true},"user_token":"` + mintToken(t, "authenticated", time.Hour) + `"}]`)
 	if f := c.next(); jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("private join with user_token: %s", f)
 	}
@@ -139,9 +139,9 @@ func TestJoinTokenChecks(t *testing.T) {
 
 func TestChannelTokenExpiry(t *testing.T) {
 	ts := startAuthServer(t)
-	c := ts.connectQuery(t, "vsn=2.0.0&apikey="+token(t, "anon", time.Hour))
+	c := ts.connectQuery(t, "vsn=2.0.0&apikey="+mintToken(t, "anon", time.Hour))
 	exp := time.Now().Add(2 * time.Second)
-	short := mint(t, testSecret, jwt.MapClaims{"role": "authenticated", "exp": exp.Unix()})
+	short := mintWith(t, testSecret, jwt.MapClaims{"role": "authenticated", "exp": exp.Unix()})
 	c.write(`["1","1","realtime:x","phx_join",{"config":{},"access_token":"` + short + `"}]`)
 	if f := c.next(); jsonField(f.Payload, "status") != `"ok"` {
 		t.Fatalf("join: %s", f)
@@ -158,7 +158,7 @@ func TestChannelTokenExpiry(t *testing.T) {
 	if now := time.Now(); now.Before(time.Unix(exp.Unix(), 0)) {
 		t.Errorf("channel closed at %v, before the token's exp %v", now, time.Unix(exp.Unix(), 0))
 	}
-	if f.Event != "system" || ref(f.JoinRef) != "1" || f.Ref != nil {
+	if f.Event != "system" || refOf(f.JoinRef) != "1" || f.Ref != nil {
 		t.Fatalf("got %s, want a system message with join_ref 1", f)
 	}
 	msg := jsonField(f.Payload, "message")
@@ -172,7 +172,7 @@ func TestChannelTokenExpiry(t *testing.T) {
 		t.Errorf("after the expiry: %s, want phx_close", f)
 	}
 	// The socket itself stays.
-	c.write(heartbeat)
+	c.write(heartbeatFrame)
 	if f := c.next(); !isHeartbeatReply(f) {
 		t.Errorf("got %s, want the heartbeat reply", f)
 	}
@@ -180,17 +180,17 @@ func TestChannelTokenExpiry(t *testing.T) {
 
 func TestAccessTokenRefresh(t *testing.T) {
 	ts := startAuthServer(t)
-	c := ts.connectQuery(t, "vsn=2.0.0&apikey="+token(t, "anon", time.Hour))
-	c.write(`["1","1","realtime:x","phx_join",{"config":{"private":true},"access_token":"` + token(t, "authenticated", time.Hour) + `"}]`)
+	c := ts.connectQuery(t, "vsn=2.0.0&apikey="+mintToken(t, "anon", time.Hour))
+	c.write(`["1","1","realtime:x","phx_join",{"config":{"private":true},"access_token":"` + mintToken(t, "authenticated", time.Hour) + `"}]`)
 	if f := c.next(); jsonField(f.Payload, "status") != `"ok"` {
 		t.Fatalf("join: %s", f)
 	}
 
 	// A valid token, null, and an sb_ key are taken without a reply.
-	c.write(`["1","2","realtime:x","access_token",{"access_token":"` + token(t, "authenticated", 2*time.Hour) + `"}]`)
+	c.write(`["1","2","realtime:x","access_token",{"access_token":"` + mintToken(t, "authenticated", 2*time.Hour) + `"}]`)
 	c.write(`["1","3","realtime:x","access_token",{"access_token":null}]`)
 	c.write(`["1","4","realtime:x","access_token",{"access_token":"sb_publishable_abc"}]`)
-	c.write(heartbeat)
+	c.write(heartbeatFrame)
 	if f := c.next(); !isHeartbeatReply(f) {
 		t.Errorf("a good access_token was answered: %s", f)
 	}
@@ -205,11 +205,11 @@ func TestAccessTokenRefresh(t *testing.T) {
 	}
 
 	// Losing private access on refresh closes the channel too.
-	c.write(`["6","6","realtime:x","phx_join",{"config":{"private":true},"access_token":"` + token(t, "authenticated", time.Hour) + `"}]`)
+	c.write(`["6","6","realtime:x","phx_join",{"config":{"private":true},"access_token":"` + mintToken(t, "authenticated", time.Hour) + `"}]`)
 	if f := c.next(); jsonField(f.Payload, "status") != `"ok"` {
 		t.Fatalf("rejoin: %s", f)
 	}
-	c.write(`["6","7","realtime:x","access_token",{"access_token":"` + token(t, "anon", time.Hour) + `"}]`)
+	c.write(`["6","7","realtime:x","access_token",{"access_token":"` + mintToken(t, "anon", time.Hour) + `"}]`)
 	if f := c.next(); f.Event != "system" || jsonField(f.Payload, "message") != `"You no longer have permission to read from this Channel topic: x"` {
 		t.Errorf("anon refresh on a private channel: %s", f)
 	}

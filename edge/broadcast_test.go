@@ -12,8 +12,8 @@ import (
 
 // joinAll joins every client to topic with config and returns the join
 // replies, for the test to check.
-func joinAll(topic, config string, clients ...*wsClient) []frame {
-	var replies []frame
+func joinAll(topic, config string, clients ...*wsClient) []wsFrame {
+	var replies []wsFrame
 	for _, c := range clients {
 		c.t.Helper()
 		c.write(joinFrame("1", topic, config))
@@ -36,7 +36,7 @@ func TestBroadcastSelfFalse(t *testing.T) {
 		t.Errorf("subscriber got %s", f)
 	}
 	// Neither an echo nor a reply reaches the publisher.
-	pub.write(heartbeat)
+	pub.write(heartbeatFrame)
 	if f := pub.next(); !isHeartbeatReply(f) {
 		t.Errorf("publisher without self or ack got %s", f)
 	}
@@ -75,7 +75,7 @@ func TestBroadcastSelfAndAck(t *testing.T) {
 
 	// The subscriber's own send (no ack, no self) gets no reply.
 	sub.write(broadcastFrame("1", "3", "realtime:room1", "back", `{}`))
-	sub.write(heartbeat)
+	sub.write(heartbeatFrame)
 	if f := sub.next(); !isHeartbeatReply(f) {
 		t.Errorf("subscriber without ack got %s", f)
 	}
@@ -94,10 +94,10 @@ func TestBroadcastPublicAndPrivateAreSeparate(t *testing.T) {
 		t.Fatalf("private join: %s", r[0])
 	}
 	pub.write(broadcastFrame("1", "2", "realtime:room1", "e", `{}`))
-	if f := pub.next(); ref(f.Ref) != "2" {
+	if f := pub.next(); refOf(f.Ref) != "2" {
 		t.Fatalf("ack = %s", f)
 	}
-	priv.write(heartbeat)
+	priv.write(heartbeatFrame)
 	if f := priv.next(); !isHeartbeatReply(f) {
 		t.Errorf("private subscriber got a public broadcast: %s", f)
 	}
@@ -214,11 +214,11 @@ func TestBroadcastPayloadTooLarge(t *testing.T) {
 		t.Errorf("oversized text push: %s", f)
 	}
 	pub.writeBinary(kind3("1", "3", "realtime:room1", "big", 0, bytes.Repeat([]byte{1}, 200)))
-	if f := pub.next(); ref(f.Ref) != "3" || !jsonEq(f.Payload, `{"status":"error","response":"payload_size_exceeded"}`) {
+	if f := pub.next(); refOf(f.Ref) != "3" || !jsonEq(f.Payload, `{"status":"error","response":"payload_size_exceeded"}`) {
 		t.Errorf("oversized binary push: %s", f)
 	}
 	pub.write(broadcastFrame("1", "4", "realtime:room1", "small", `{}`))
-	if f := pub.next(); ref(f.Ref) != "4" || jsonField(f.Payload, "status") != `"ok"` {
+	if f := pub.next(); refOf(f.Ref) != "4" || jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("small push: %s", f)
 	}
 	if f := sub.next(); jsonField(f.Payload, "event") != `"small"` {
@@ -231,7 +231,7 @@ func TestBroadcastPayloadTooLarge(t *testing.T) {
 		t.Fatalf("join: %s", r[0])
 	}
 	quiet.write(broadcastFrame("1", "2", "realtime:room1", "big", big))
-	quiet.write(heartbeat)
+	quiet.write(heartbeatFrame)
 	if f := quiet.next(); !isHeartbeatReply(f) {
 		t.Errorf("oversized push without ack answered with %s", f)
 	}
@@ -265,7 +265,7 @@ func TestSlowConsumerClosed(t *testing.T) {
 	go func() {
 		defer close(progress)
 		for i := range n {
-			data, op, err := fast.read(wait)
+			data, op, err := fast.read(testWait)
 			if err != nil {
 				readErr = fmt.Errorf("message %d: %w", i, err)
 				return
@@ -311,7 +311,7 @@ publish:
 	}
 
 	var closes string
-	if !waitFor(wait, func() bool { closes, _ = ts.metric("meshcast_slow_consumer_closes_total"); return closes == "1" }) {
+	if !waitFor(testWait, func() bool { closes, _ = ts.metric("meshcast_slow_consumer_closes_total"); return closes == "1" }) {
 		t.Errorf("meshcast_slow_consumer_closes_total = %q, want 1", closes)
 	}
 

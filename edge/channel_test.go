@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/gobwas/ws"
@@ -15,7 +16,7 @@ func TestJoinReply(t *testing.T) {
 		t.Errorf("join reply = %s", f)
 	}
 	// Nothing else follows a join without presence.
-	c.write(heartbeat)
+	c.write(heartbeatFrame)
 	if f := c.next(); !isHeartbeatReply(f) {
 		t.Errorf("got %s, want the heartbeat reply", f)
 	}
@@ -26,7 +27,7 @@ func TestJoinReplyV1(t *testing.T) {
 	c := ts.connectQuery(t, "apikey=k&vsn=1.0.0")
 	c.write(`{"topic":"realtime:room1","event":"phx_join","payload":{"config":{}},"ref":"3","join_ref":"3"}`)
 	f := c.next()
-	if f.Topic != "realtime:room1" || f.Event != "phx_reply" || ref(f.Ref) != "3" {
+	if f.Topic != "realtime:room1" || f.Event != "phx_reply" || refOf(f.Ref) != "3" {
 		t.Errorf("join reply = %s", f)
 	}
 	if !jsonEq(f.Payload, `{"status":"ok","response":{"postgres_changes":[]}}`) {
@@ -61,7 +62,7 @@ func TestJoinRefusals(t *testing.T) {
 		jr := string(rune('a' + i))
 		c.write(joinFrame(jr, tc.topic, tc.config))
 		f := c.next()
-		if f.Event != "phx_reply" || f.Topic != tc.topic || ref(f.JoinRef) != jr || ref(f.Ref) != jr {
+		if f.Event != "phx_reply" || f.Topic != tc.topic || refOf(f.JoinRef) != jr || refOf(f.Ref) != jr {
 			t.Errorf("join %q: reply %s, want a phx_reply with refs %s", tc.topic, f, jr)
 		}
 		if !jsonEq(f.Payload, `{"status":"error","response":`+tc.want+`}`) {
@@ -71,14 +72,14 @@ func TestJoinRefusals(t *testing.T) {
 
 	c.write(joinFrame("p", "realtime:pg", `{"postgres_changes":[{"event":"INSERT","schema":"public","table":"todos"}]}`))
 	f := c.next()
-	if ref(f.Ref) != "p" || jsonField(f.Payload, "status") != `"error"` {
+	if refOf(f.Ref) != "p" || jsonField(f.Payload, "status") != `"error"` {
 		t.Errorf("join with postgres_changes: %s, want status error", f)
 	}
 
 	// None of those left a channel behind: a push on them is unmatched.
 	c.write(broadcastFrame("p", "q", "realtime:pg", "e", `{}`))
 	f = c.next()
-	if ref(f.Ref) != "q" || !jsonEq(f.Payload, `{"status":"error","response":{"reason":"unmatched topic"}}`) {
+	if refOf(f.Ref) != "q" || !jsonEq(f.Payload, `{"status":"error","response":{"reason":"unmatched topic"}}`) {
 		t.Errorf("push after a refused join: %s, want unmatched topic", f)
 	}
 }
@@ -93,7 +94,7 @@ func TestPushOnUnjoinedTopic(t *testing.T) {
 	}
 	c.write(`["1","4","realtime:nope","presence",{"type":"presence","event":"track","payload":{}}]`)
 	f = c.next()
-	if ref(f.Ref) != "4" || !jsonEq(f.Payload, `{"status":"error","response":{"reason":"unmatched topic"}}`) {
+	if refOf(f.Ref) != "4" || !jsonEq(f.Payload, `{"status":"error","response":{"reason":"unmatched topic"}}`) {
 		t.Errorf("presence on an unjoined topic: %s", f)
 	}
 }
@@ -117,25 +118,53 @@ func TestLeave(t *testing.T) {
 		t.Errorf("after the leave reply got %s, want phx_close with ref = join_ref", f)
 	}
 
-	// A left channel receives nothing: once the publisher's ack is back,
-	// the fan-out is queued, so a heartbeat after it is the barrier.
-	pub.write(broadcastFrame("5", "2", "realtime:room1", "e", `{"a":1}`))
-	if f := pub.next(); ref(f.Ref) != "2" || jsonField(f.Payload, "status") != `"ok"` {
-		t.Fatalf("ack = %s", f)
-	}
-	c.write(heartbeat)
-	if f := c.next(); !isHeartbeatReply(f) {
-		t.Errorf("left channel got %s", f)
-	}
-
-	// Leaving a topic that isn't joined is still ok.
+	// Leaving a topic that isn't joined is still ok, and nothing else
+	// follows.
 	c.write(`["7","11","realtime:other","phx_leave",{}]`)
-	if f := c.next(); ref(f.Ref) != "11" || !jsonEq(f.Payload, `{"status":"ok","response":{}}`) {
+	if f := c.next(); refOf(f.Ref) != "11" || !jsonEq(f.Payload, `{"status":"ok","response":{}}`) {
 		t.Errorf("leave of an unjoined topic = %s", f)
 	}
-	c.write(heartbeat)
+	c.write(heartbeatFrame)
 	if f := c.next(); !isHeartbeatReply(f) {
 		t.Errorf("after leaving an unjoined topic got %s, want nothing before the heartbeat reply", f)
+	}
+}
+
+// Once a client has its phx_close, the channel is gone: a broadcast
+// published after that must not reach it. Each round leaves, waits for
+// phx_close, publishes from another socket and waits for the publisher's
+// ack (by then the fan-out is queued), then uses a heartbeat as a barrier
+// on the left socket. The race this catches is narrow, so it runs many
+// rounds.
+func TestNoDeliveryAfterLeave(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.JoinsPerSecond = 0 })
+	c := ts.connect(t)
+	pub := ts.connect(t)
+	pub.write(joinFrame("1", "realtime:room1", `{"broadcast":{"ack":true}}`))
+	if f := pub.next(); jsonField(f.Payload, "status") != `"ok"` {
+		t.Fatalf("join: %s", f)
+	}
+	for round := range 200 {
+		jr := fmt.Sprint(round + 100)
+		c.write(joinFrame(jr, "realtime:room1", `{}`))
+		if f := c.next(); refOf(f.Ref) != jr || jsonField(f.Payload, "status") != `"ok"` {
+			t.Fatalf("round %d: join: %s", round, f)
+		}
+		c.write(`["` + jr + `","l","realtime:room1","phx_leave",{}]`)
+		if f := c.next(); refOf(f.Ref) != "l" {
+			t.Fatalf("round %d: leave reply: %s", round, f)
+		}
+		if f := c.next(); f.Event != "phx_close" {
+			t.Fatalf("round %d: got %s, want phx_close", round, f)
+		}
+		pub.write(broadcastFrame("1", jr, "realtime:room1", "after-close", `{}`))
+		if f := pub.next(); refOf(f.Ref) != jr {
+			t.Fatalf("round %d: ack: %s", round, f)
+		}
+		c.write(heartbeatFrame)
+		if f := c.next(); !isHeartbeatReply(f) {
+			t.Fatalf("round %d: after phx_close the left channel got %s (channel.go queues phx_close before removeChannel)", round, f)
+		}
 	}
 }
 
@@ -162,12 +191,12 @@ func TestDuplicateJoinAndStaleRefs(t *testing.T) {
 
 	// A push carrying the old join_ref is ignored: no ack, no delivery.
 	c.write(broadcastFrame("1", "4", "realtime:room1", "stale", `{"n":1}`))
-	c.write(heartbeat)
+	c.write(heartbeatFrame)
 	if f := c.next(); !isHeartbeatReply(f) {
 		t.Errorf("stale push answered with %s", f)
 	}
 	c.write(broadcastFrame("3", "5", "realtime:room1", "fresh", `{"n":2}`))
-	if f := c.next(); ref(f.Ref) != "5" || jsonField(f.Payload, "status") != `"ok"` {
+	if f := c.next(); refOf(f.Ref) != "5" || jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("current push ack = %s", f)
 	}
 	f := sub.next()
@@ -188,15 +217,15 @@ func TestChannelLimit(t *testing.T) {
 	}
 	c.write(joinFrame("3", "realtime:c", `{}`))
 	f := c.next()
-	if ref(f.Ref) != "3" || !jsonEq(f.Payload, `{"status":"error","response":{"reason":"ChannelRateLimitReached: Too many channels"}}`) {
+	if refOf(f.Ref) != "3" || !jsonEq(f.Payload, `{"status":"error","response":{"reason":"ChannelRateLimitReached: Too many channels"}}`) {
 		t.Errorf("third channel: %s, want ChannelRateLimitReached", f)
 	}
 	// Rejoining a joined topic at the limit replaces it, it does not add.
 	c.write(joinFrame("4", "realtime:a", `{}`))
-	if f := c.next(); f.Event != "phx_close" || ref(f.JoinRef) != "1" {
+	if f := c.next(); f.Event != "phx_close" || refOf(f.JoinRef) != "1" {
 		t.Errorf("rejoin at the limit: got %s, want phx_close of the old join", f)
 	}
-	if f := c.next(); ref(f.Ref) != "4" || jsonField(f.Payload, "status") != `"ok"` {
+	if f := c.next(); refOf(f.Ref) != "4" || jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("rejoin at the limit: %s, want ok", f)
 	}
 	// A leave frees a slot.
@@ -204,7 +233,7 @@ func TestChannelLimit(t *testing.T) {
 	c.next() // reply
 	c.next() // phx_close
 	c.write(joinFrame("6", "realtime:c", `{}`))
-	if f := c.next(); ref(f.Ref) != "6" || jsonField(f.Payload, "status") != `"ok"` {
+	if f := c.next(); refOf(f.Ref) != "6" || jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("join after a leave: %s, want ok", f)
 	}
 }
@@ -217,22 +246,22 @@ func TestJoinRateLimitClosesSocket(t *testing.T) {
 	c.write(joinFrame("2", "realtime:b", `{}`))
 	c.write(joinFrame("3", "realtime:c", `{}`))
 	for _, jr := range []string{"1", "2"} {
-		if f := c.next(); ref(f.Ref) != jr || jsonField(f.Payload, "status") != `"ok"` {
+		if f := c.next(); refOf(f.Ref) != jr || jsonField(f.Payload, "status") != `"ok"` {
 			t.Errorf("join %s: %s, want ok", jr, f)
 		}
 	}
 	f := c.next()
-	if ref(f.Ref) != "3" || !jsonEq(f.Payload, `{"status":"error","response":{"reason":"ClientJoinRateLimitReached: Too many joins per second"}}`) {
+	if refOf(f.Ref) != "3" || !jsonEq(f.Payload, `{"status":"error","response":{"reason":"ClientJoinRateLimitReached: Too many joins per second"}}`) {
 		t.Errorf("third join: %s, want ClientJoinRateLimitReached", f)
 	}
-	code, reason, skipped, err := c.closed(wait)
+	code, reason, skipped, err := c.closed(testWait)
 	if err != nil {
 		t.Fatalf("socket not closed after the join rate limit: %v", err)
 	}
 	if code != ws.StatusPolicyViolation || skipped != 0 {
 		t.Errorf("close %d %q after %d frames, want 1008", code, reason, skipped)
 	}
-	if err := c.eof(wait); err != nil {
+	if err := c.eof(testWait); err != nil {
 		t.Error(err)
 	}
 }
@@ -249,7 +278,7 @@ func TestEventRateLimitClosesChannel(t *testing.T) {
 		c.write(broadcastFrame("1", r, "realtime:room1", "e", `{}`))
 	}
 	for _, r := range []string{"2", "3"} {
-		if f := c.next(); ref(f.Ref) != r || jsonField(f.Payload, "status") != `"ok"` {
+		if f := c.next(); refOf(f.Ref) != r || jsonField(f.Payload, "status") != `"ok"` {
 			t.Errorf("push %s: %s, want ok", r, f)
 		}
 	}
@@ -261,7 +290,7 @@ func TestEventRateLimitClosesChannel(t *testing.T) {
 		t.Errorf("after the system error: %s, want phx_close", f)
 	}
 	// The socket stays open.
-	c.write(heartbeat)
+	c.write(heartbeatFrame)
 	if f := c.next(); !isHeartbeatReply(f) {
 		t.Errorf("got %s, want the heartbeat reply", f)
 	}
@@ -283,12 +312,12 @@ func TestJoinConfigLeniency(t *testing.T) {
 	var got []string
 	for range 2 {
 		f := c.next()
-		got = append(got, f.Event+"/"+ref(f.Ref))
+		got = append(got, f.Event+"/"+refOf(f.Ref))
 	}
 	if len(got) != 2 || !(got[0] == "broadcast/null" && got[1] == "phx_reply/3" || got[1] == "broadcast/null" && got[0] == "phx_reply/3") {
 		t.Errorf("after a push got %v, want the echo and the ack of ref 3", got)
 	}
-	c.write(heartbeat)
+	c.write(heartbeatFrame)
 	if f := c.next(); !isHeartbeatReply(f) {
 		t.Errorf("got %s, want the heartbeat reply", f)
 	}
@@ -309,7 +338,7 @@ func TestBroadcastFromV1(t *testing.T) {
 		t.Fatalf("v2 join: %s", f)
 	}
 	v1.write(`{"topic":"realtime:room1","event":"broadcast","payload":{"type":"broadcast","event":"e","payload":{"a":1}},"ref":"2","join_ref":"1"}`)
-	if f := v1.next(); f.Raw[0] != '{' || f.Event != "phx_reply" || ref(f.Ref) != "2" || !jsonEq(f.Payload, `{"status":"ok","response":{}}`) {
+	if f := v1.next(); f.Raw[0] != '{' || f.Event != "phx_reply" || refOf(f.Ref) != "2" || !jsonEq(f.Payload, `{"status":"ok","response":{}}`) {
 		t.Errorf("v1 ack = %s", f)
 	}
 	if f := v2.next(); !jsonEq(f.Raw, `[null,null,"realtime:room1","broadcast",{"type":"broadcast","event":"e","payload":{"a":1}}]`) {

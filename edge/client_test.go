@@ -26,7 +26,7 @@ import (
 
 // wait bounds every read or poll of a test; nothing in the protocol should
 // take anywhere near this long on loopback.
-const wait = 5 * time.Second
+const testWait = 5 * time.Second
 
 // testServer is a Server serving on 127.0.0.1:0 until the test ends.
 type testServer struct {
@@ -60,7 +60,7 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 	ts := &testServer{
 		Server: s,
 		addr:   ln.Addr().String(),
-		client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: wait},
+		client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: testWait},
 		served: make(chan error, 1),
 	}
 	go func() { ts.served <- s.Serve(ln) }()
@@ -79,7 +79,7 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 // stop shuts the server down once and waits for Serve to return.
 func (ts *testServer) stop() error {
 	ts.stopOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		ctx, cancel := context.WithTimeout(context.Background(), testWait)
 		defer cancel()
 		ts.stopErr = ts.Shutdown(ctx)
 		ts.serveErr = <-ts.served
@@ -173,7 +173,7 @@ func (ts *testServer) dial(t *testing.T, path, query string) (*wsClient, error) 
 func (ts *testServer) dialHeader(t *testing.T, path, query string, h http.Header) (*wsClient, error) {
 	var refused *upgradeRefused
 	d := ws.Dialer{
-		Timeout: wait,
+		Timeout: testWait,
 		Header:  ws.HandshakeHeaderHTTP(h),
 		OnStatusError: func(status int, _ []byte, r io.Reader) {
 			refused = &upgradeRefused{status: status}
@@ -248,7 +248,7 @@ func (c *wsClient) writeBinary(b []byte) {
 }
 
 func (c *wsClient) writeErr(op ws.OpCode, p []byte) error {
-	c.nc.SetWriteDeadline(time.Now().Add(wait))
+	c.nc.SetWriteDeadline(time.Now().Add(testWait))
 	return wsutil.WriteClientMessage(c.nc, op, p)
 }
 
@@ -261,9 +261,9 @@ func (c *wsClient) read(d time.Duration) ([]byte, ws.OpCode, error) {
 
 // next reads the next message and decodes it; a read error (timeout, close)
 // fails the test, since the test expected a message.
-func (c *wsClient) next() frame {
+func (c *wsClient) next() wsFrame {
 	c.t.Helper()
-	data, op, err := c.read(wait)
+	data, op, err := c.read(testWait)
 	if err != nil {
 		c.t.Fatalf("reading the next frame: %v", err)
 	}
@@ -309,7 +309,7 @@ func (c *wsClient) eof(d time.Duration) error {
 }
 
 // frame is one decoded server message. Refs are nil for JSON null.
-type frame struct {
+type wsFrame struct {
 	Op      ws.OpCode
 	Raw     []byte
 	JoinRef *string
@@ -326,7 +326,7 @@ type frame struct {
 	Data      []byte
 }
 
-func (f frame) String() string {
+func (f wsFrame) String() string {
 	if f.Op == ws.OpBinary {
 		return fmt.Sprintf("binary kind=%d topic=%q event=%q meta=%q enc=%d data=%q", f.Kind, f.Topic, f.UserEvent, f.Meta, f.Enc, f.Data)
 	}
@@ -334,8 +334,8 @@ func (f frame) String() string {
 }
 
 // decodeFrame decodes a v2 array, a v1 object, or a kind-4 binary frame.
-func decodeFrame(data []byte, op ws.OpCode, v1 bool) (frame, error) {
-	f := frame{Op: op, Raw: data}
+func decodeFrame(data []byte, op ws.OpCode, v1 bool) (wsFrame, error) {
+	f := wsFrame{Op: op, Raw: data}
 	if op == ws.OpBinary {
 		if len(data) < 5 {
 			return f, fmt.Errorf("short binary frame")
@@ -389,7 +389,7 @@ func decodeFrame(data []byte, op ws.OpCode, v1 bool) (frame, error) {
 }
 
 // ref renders a ref for messages: the string, or null.
-func ref(p *string) string {
+func refOf(p *string) string {
 	if p == nil {
 		return "null"
 	}
@@ -437,23 +437,23 @@ func broadcastFrame(joinRef, ref, topic, event, payload string) string {
 }
 
 // kind3 builds a client binary broadcast push.
-func kind3(joinRef, ref, topic, event string, enc byte, payload []byte) []byte {
-	b := []byte{3, byte(len(joinRef)), byte(len(ref)), byte(len(topic)), byte(len(event)), 0, enc}
+func kind3(joinRef, refOf, topic, event string, enc byte, payload []byte) []byte {
+	b := []byte{3, byte(len(joinRef)), byte(len(refOf)), byte(len(topic)), byte(len(event)), 0, enc}
 	b = append(b, joinRef...)
-	b = append(b, ref...)
+	b = append(b, refOf...)
 	b = append(b, topic...)
 	b = append(b, event...)
 	return append(b, payload...)
 }
 
-const heartbeat = `[null,"hb","phoenix","heartbeat",{}]`
+const heartbeatFrame = `[null,"hb","phoenix","heartbeat",{}]`
 
 // isHeartbeatReply reports whether f answers the heartbeat above. The
 // server answers a socket's frames in order, so a heartbeat is a barrier:
 // anything the server queued for this socket before handling it arrives
 // first.
-func isHeartbeatReply(f frame) bool {
-	return f.Topic == "phoenix" && f.Event == "phx_reply" && ref(f.Ref) == "hb"
+func isHeartbeatReply(f wsFrame) bool {
+	return f.Topic == "phoenix" && f.Event == "phx_reply" && refOf(f.Ref) == "hb"
 }
 
 // waitFor polls cond until it is true or d passes.

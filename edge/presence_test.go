@@ -37,7 +37,7 @@ func diffParts(raw []byte) (joins, leaves map[string][]map[string]any, err error
 	return joins, leaves, err
 }
 
-func track(joinRef, ref, topic, payload string) string {
+func trackFrame(joinRef, ref, topic, payload string) string {
 	return `["` + joinRef + `","` + ref + `","` + topic + `","presence",{"type":"presence","event":"track","payload":` + payload + `}]`
 }
 
@@ -56,7 +56,7 @@ func TestPresenceTrackUpdateUntrack(t *testing.T) {
 
 	// Track: a diff with the join reaches both subscribers, the tracker
 	// included, and the tracker gets its reply.
-	a.write(track("1", "2", "realtime:room1", `{"online_at":"now"}`))
+	a.write(trackFrame("1", "2", "realtime:room1", `{"online_at":"now"}`))
 	var ref1 string
 	for name, c := range map[string]*wsClient{"tracker": a, "other": b} {
 		f := c.next()
@@ -83,18 +83,18 @@ func TestPresenceTrackUpdateUntrack(t *testing.T) {
 	}
 
 	// Tracking the same payload again changes nothing.
-	a.write(track("1", "3", "realtime:room1", `{"online_at":"now"}`))
-	if f := a.next(); ref(f.Ref) != "3" || jsonField(f.Payload, "status") != `"ok"` {
+	a.write(trackFrame("1", "3", "realtime:room1", `{"online_at":"now"}`))
+	if f := a.next(); refOf(f.Ref) != "3" || jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("repeated track: %s, want just the ok reply", f)
 	}
-	b.write(heartbeat)
+	b.write(heartbeatFrame)
 	if f := b.next(); !isHeartbeatReply(f) {
 		t.Errorf("repeated track reached the other subscriber: %s", f)
 	}
 
 	// An update is one diff: the new meta with phx_ref_prev, and a leave of
 	// the old ref.
-	a.write(track("1", "4", "realtime:room1", `{"online_at":"later"}`))
+	a.write(trackFrame("1", "4", "realtime:room1", `{"online_at":"later"}`))
 	var ref2 string
 	for name, c := range map[string]*wsClient{"tracker": a, "other": b} {
 		f := c.next()
@@ -114,7 +114,7 @@ func TestPresenceTrackUpdateUntrack(t *testing.T) {
 			t.Errorf("%s: update leave %v, want the old meta with phx_ref %q", name, l, ref1)
 		}
 	}
-	if f := a.next(); ref(f.Ref) != "4" || jsonField(f.Payload, "status") != `"ok"` {
+	if f := a.next(); refOf(f.Ref) != "4" || jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("update reply = %s", f)
 	}
 
@@ -137,7 +137,7 @@ func TestPresenceTrackUpdateUntrack(t *testing.T) {
 			t.Errorf("%s: after untrack got %s", name, f)
 		}
 	}
-	if f := a.next(); ref(f.Ref) != "5" || jsonField(f.Payload, "status") != `"ok"` {
+	if f := a.next(); refOf(f.Ref) != "5" || jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("untrack reply = %s", f)
 	}
 }
@@ -152,7 +152,7 @@ func TestPresenceLeaveOnSocketDrop(t *testing.T) {
 		}
 		c.next() // presence_state
 	}
-	a.write(track("1", "2", "realtime:room1", `{"user":"alice"}`))
+	a.write(trackFrame("1", "2", "realtime:room1", `{"user":"alice"}`))
 	f := b.next()
 	joins, _, err := diffParts(f.Payload)
 	if f.Event != "presence_diff" || err != nil || len(joins) != 1 {
@@ -173,7 +173,7 @@ func TestPresenceLeaveOnSocketDrop(t *testing.T) {
 	if f := c.next(); jsonField(f.Payload, "status") != `"ok"` {
 		t.Fatalf("join: %s", f)
 	}
-	c.write(track("1", "2", "realtime:room1", `{"user":"carol"}`))
+	c.write(trackFrame("1", "2", "realtime:room1", `{"user":"carol"}`))
 	f = b.next()
 	joins, _, _ = diffParts(f.Payload)
 	if len(joins["kc"]) != 1 {
@@ -203,7 +203,7 @@ func TestPresenceSameKeyTwoJoins(t *testing.T) {
 			t.Fatalf("join: %s", f)
 		}
 		c.next() // presence_state
-		c.write(track("1", "2", "realtime:room1", `{"tab":`+string(rune('1'+i))+`}`))
+		c.write(trackFrame("1", "2", "realtime:room1", `{"tab":`+string(rune('1'+i))+`}`))
 		for {
 			f := c.next()
 			if f.Event == "phx_reply" {
@@ -243,7 +243,7 @@ func TestPresenceBadPushes(t *testing.T) {
 
 	for i, payload := range []string{`"x"`, `[1,2]`, `42`, `null`} {
 		r := string(rune('a' + i))
-		c.write(track("1", r, "realtime:room1", payload))
+		c.write(trackFrame("1", r, "realtime:room1", payload))
 		f := c.next()
 		if !jsonEq(f.Raw, `["1","`+r+`","realtime:room1","phx_reply",{"status":"error","response":{"reason":"Presence track payload must be a map"}}]`) {
 			t.Errorf("track %s: %s", payload, f)
@@ -252,11 +252,11 @@ func TestPresenceBadPushes(t *testing.T) {
 
 	// A missing event is an ok no-op; an unknown one is an error.
 	c.write(`["1","m","realtime:room1","presence",{"type":"presence"}]`)
-	if f := c.next(); ref(f.Ref) != "m" || !jsonEq(f.Payload, `{"status":"ok","response":{}}`) {
+	if f := c.next(); refOf(f.Ref) != "m" || !jsonEq(f.Payload, `{"status":"ok","response":{}}`) {
 		t.Errorf("presence without event: %s", f)
 	}
 	c.write(`["1","u","realtime:room1","presence",{"type":"presence","event":"dance"}]`)
-	if f := c.next(); ref(f.Ref) != "u" || !jsonEq(f.Payload, `{"status":"error","response":{}}`) {
+	if f := c.next(); refOf(f.Ref) != "u" || !jsonEq(f.Payload, `{"status":"error","response":{}}`) {
 		t.Errorf("unknown presence event: %s", f)
 	}
 	// The event is case-insensitive.
@@ -264,7 +264,7 @@ func TestPresenceBadPushes(t *testing.T) {
 	if f := c.next(); f.Event != "presence_diff" {
 		t.Errorf("TRACK: got %s, want a presence_diff", f)
 	}
-	if f := c.next(); ref(f.Ref) != "T" || jsonField(f.Payload, "status") != `"ok"` {
+	if f := c.next(); refOf(f.Ref) != "T" || jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("TRACK reply: %s", f)
 	}
 }

@@ -146,8 +146,8 @@ func TestRESTPreflight(t *testing.T) {
 
 func TestRESTAuth(t *testing.T) {
 	ts := startAuthServer(t)
-	authed := token(t, "authenticated", time.Hour)
-	anon := token(t, "anon", time.Hour)
+	authed := mintToken(t, "authenticated", time.Hour)
+	anon := mintToken(t, "anon", time.Hour)
 
 	sub := ts.connectQuery(t, "vsn=2.0.0&apikey="+anon)
 	sub.write(`["1","1","realtime:secret","phx_join",{"config":{"private":true},"access_token":"` + authed + `"}]`)
@@ -159,7 +159,7 @@ func TestRESTAuth(t *testing.T) {
 	for _, h := range [][]string{
 		nil,
 		{"Authorization: Bearer garbage"},
-		{"apikey: " + token(t, "anon", -time.Minute)},
+		{"apikey: " + mintToken(t, "anon", -time.Minute)},
 	} {
 		r, err := ts.do("POST", "/api/broadcast", "application/json", strings.Replace(batch, "%s", "nobody", 1), h...)
 		if err != nil || r.status != http.StatusUnauthorized || !jsonEq([]byte(r.body), `{"message":"Unauthorized"}`) {

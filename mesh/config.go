@@ -89,6 +89,7 @@ type Config struct {
 	InterestLinger time.Duration // debounce before InterestRemove; default 2s
 	SnapshotWait   time.Duration // how long a first join waits for presence snapshots; default 2s
 	PingInterval   time.Duration // RTT probes on the control lane; default 2s
+	PeerTimeout    time.Duration // a silent mesh connection is dropped and redialed; default 5s
 
 	// PacketConn, if set, carries the QUIC mesh instead of a socket bound
 	// to MeshAddr (tests wrap it to drop traffic, as a partition would).
@@ -124,6 +125,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.PingInterval == 0 {
 		c.PingInterval = 2 * time.Second
+	}
+	if c.PeerTimeout == 0 {
+		c.PeerTimeout = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -113,6 +113,12 @@ func gossipConfig(cfg *Config, self Member, log *slog.Logger) (*memberlist.Confi
 		mc.GossipInterval = g.ProbeInterval / 5
 		mc.PushPullInterval = 10 * g.ProbeInterval
 	}
+	// A suspect is declared dead after SuspicionMult probe intervals once
+	// another member confirms the suspicion, and at most after three times
+	// that: a crashed node is detected in about 4 probe intervals in a
+	// cluster of three or more.
+	mc.SuspicionMult = 3
+	mc.SuspicionMaxTimeoutMult = 3
 	if cfg.Gossip.SuspicionMult > 0 {
 		mc.SuspicionMult = cfg.Gossip.SuspicionMult
 	}

@@ -210,8 +210,8 @@ func advertiseAddr(a net.Addr) string {
 
 func (n *Node) quicConfig() *quic.Config {
 	return &quic.Config{
-		KeepAlivePeriod:      time.Second,
-		MaxIdleTimeout:       5 * time.Second,
+		KeepAlivePeriod:      n.cfg.PeerTimeout / 4,
+		MaxIdleTimeout:       n.cfg.PeerTimeout,
 		HandshakeIdleTimeout: handshakeTimeout,
 		MaxIncomingStreams:   4,
 	}
@@ -273,6 +273,17 @@ func (n *Node) Connected(id string) bool {
 	defer n.mu.RUnlock()
 	p := n.peers[id]
 	return p != nil && p.connected.Load()
+}
+
+// GossipAddr returns the address other nodes join this node's gossip on.
+func (n *Node) GossipAddr() string { return n.ms.ml.LocalNode().Address() }
+
+// InterestedNodes returns the other nodes that have subscribers of topic,
+// sorted.
+func (n *Node) InterestedNodes(topic string) []string {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return append([]string(nil), n.table.Nodes(topic)...)
 }
 
 // WritePrometheus writes the mesh metrics.

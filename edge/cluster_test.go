@@ -1,0 +1,409 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshcast/meshcast/mesh"
+)
+
+// These tests run several nodes in one process: real edge servers, real
+// memberlist gossip and real QUIC on loopback.
+
+// filterConn is the UDP socket of a node's mesh; blocking an address drops
+// every packet to and from it, as a partition of the mesh would.
+type filterConn struct {
+	net.PacketConn
+	mu      sync.Mutex
+	blocked map[string]bool
+}
+
+func (f *filterConn) isBlocked(a net.Addr) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.blocked[a.String()]
+}
+
+func (f *filterConn) block(addr string, on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.blocked[addr] = on
+}
+
+func (f *filterConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	for {
+		n, a, err := f.PacketConn.ReadFrom(p)
+		if err != nil || !f.isBlocked(a) {
+			return n, a, err
+		}
+	}
+}
+
+func (f *filterConn) WriteTo(p []byte, a net.Addr) (int, error) {
+	if f.isBlocked(a) {
+		return len(p), nil
+	}
+	return f.PacketConn.WriteTo(p, a)
+}
+
+type clusterNode struct {
+	*testServer
+	node *mesh.Node
+	udp  *filterConn
+}
+
+// meshAddr is the node's QUIC address.
+func (cn *clusterNode) meshAddr() string { return cn.udp.LocalAddr().String() }
+
+// startCluster starts one node per region, all joined to the first, and
+// waits until every node is connected to every other. Nodes are stopped in
+// t.Cleanup.
+func startCluster(t *testing.T, regions []string, tweak func(*mesh.Config)) []*clusterNode {
+	t.Helper()
+	var nodes []*clusterNode
+	var seed string
+	for i, region := range regions {
+		cfg := DefaultConfig()
+		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.NodeID = mesh.NewID(fmt.Sprintf("n%d", i))
+		s, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fc := &filterConn{PacketConn: udp, blocked: map[string]bool{}}
+		mc := mesh.Config{
+			Name:          fmt.Sprintf("n%d", i),
+			ID:            cfg.NodeID,
+			Region:        region,
+			GossipAddr:    "127.0.0.1:0",
+			PacketConn:    fc,
+			ClusterSecret: []byte("test-secret"),
+			Gossip:        mesh.GossipConfig{ProbeInterval: 200 * time.Millisecond},
+			PeerTimeout:   time.Second,
+			SnapshotWait:  2 * time.Second,
+			Logger:        cfg.Logger,
+		}
+		if seed != "" {
+			mc.Join = []string{seed}
+		}
+		if tweak != nil {
+			tweak(&mc)
+		}
+		node, err := mesh.New(mc, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetCluster(node); err != nil {
+			t.Fatal(err)
+		}
+		if err := node.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if seed == "" {
+			seed = node.GossipAddr()
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts := &testServer{
+			Server: s,
+			addr:   ln.Addr().String(),
+			client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: testWait},
+			served: make(chan error, 1),
+		}
+		go func() { ts.served <- s.Serve(ln) }()
+		cn := &clusterNode{testServer: ts, node: node, udp: fc}
+		t.Cleanup(func() {
+			ts.stop()
+			node.Close()
+			udp.Close()
+		})
+		nodes = append(nodes, cn)
+	}
+	for _, a := range nodes {
+		for _, b := range nodes {
+			if a != b && !waitFor(10*time.Second, func() bool { return a.node.Connected(b.node.ID()) }) {
+				t.Fatalf("%s never connected to %s", a.node.ID(), b.node.ID())
+			}
+		}
+	}
+	return nodes
+}
+
+// joinTopic joins topic on c with presence under key and returns the
+// presence_state it got.
+func joinTopic(t *testing.T, c *wsClient, topic, key string) json.RawMessage {
+	t.Helper()
+	c.write(joinFrame("1", topic, fmt.Sprintf(`{"broadcast":{"self":false},"presence":{"key":%q,"enabled":true}}`, key)))
+	if f := c.next(); f.Event != "phx_reply" || jsonField(f.Payload, "status") != `"ok"` {
+		t.Fatalf("join reply: %s", f)
+	}
+	f := c.next()
+	if f.Event != "presence_state" {
+		t.Fatalf("want presence_state, got %s", f)
+	}
+	return f.Payload
+}
+
+// presenceView follows presence_state and presence_diff on one socket, as
+// a client's presence sync does: key → refs.
+type presenceView map[string]map[string]bool
+
+func (v presenceView) apply(t *testing.T, f wsFrame) {
+	t.Helper()
+	var metas map[string]struct {
+		Metas []struct {
+			Ref string `json:"phx_ref"`
+		} `json:"metas"`
+	}
+	switch f.Event {
+	case "presence_state":
+		if err := json.Unmarshal(f.Payload, &metas); err != nil {
+			t.Fatal(err)
+		}
+		for k := range v {
+			delete(v, k)
+		}
+		v.add(metas)
+	case "presence_diff":
+		var d struct {
+			Joins  json.RawMessage `json:"joins"`
+			Leaves json.RawMessage `json:"leaves"`
+		}
+		if err := json.Unmarshal(f.Payload, &d); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(d.Joins, &metas); err != nil {
+			t.Fatal(err)
+		}
+		v.add(metas)
+		clear(metas)
+		if err := json.Unmarshal(d.Leaves, &metas); err != nil {
+			t.Fatal(err)
+		}
+		for k, m := range metas {
+			for _, x := range m.Metas {
+				delete(v[k], x.Ref)
+			}
+			if len(v[k]) == 0 {
+				delete(v, k)
+			}
+		}
+	}
+}
+
+func (v presenceView) add(metas map[string]struct {
+	Metas []struct {
+		Ref string `json:"phx_ref"`
+	} `json:"metas"`
+}) {
+	for k, m := range metas {
+		if v[k] == nil {
+			v[k] = map[string]bool{}
+		}
+		for _, x := range m.Metas {
+			v[k][x.Ref] = true
+		}
+	}
+}
+
+func (v presenceView) keys() string {
+	var ks []string
+	for k := range v {
+		ks = append(ks, k)
+	}
+	sortStrings(ks)
+	return strings.Join(ks, ",")
+}
+
+func sortStrings(s []string) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+// awaitPresence reads frames on c, applying presence, until the view's
+// keys are want.
+func awaitPresence(t *testing.T, c *wsClient, v presenceView, want string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for v.keys() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("presence keys = %q, want %q", v.keys(), want)
+		}
+		data, op, err := c.read(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("presence keys = %q, want %q (read: %v)", v.keys(), want, err)
+		}
+		f, err := decodeFrame(data, op, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.apply(t, f)
+	}
+}
+
+func track(c *wsClient, topic, ref, payload string) {
+	c.write(fmt.Sprintf(`["1",%q,%q,"presence",{"type":"presence","event":"track","payload":%s}]`, ref, topic, payload))
+}
+
+func TestClusterBroadcastAndPresenceAcrossNodes(t *testing.T) {
+	nodes := startCluster(t, []string{"iad", "fra", "sin"}, nil)
+	const topic = "realtime:room"
+	a, b := nodes[0].connect(t), nodes[2].connect(t)
+	va, vb := presenceView{}, presenceView{}
+	va.apply(t, wsFrame{Event: "presence_state", Payload: joinTopic(t, a, topic, "alice")})
+	vb.apply(t, wsFrame{Event: "presence_state", Payload: joinTopic(t, b, topic, "bob")})
+	track(a, topic, "2", `{"n":1}`)
+	track(b, topic, "2", `{"n":2}`)
+	awaitPresence(t, a, va, "alice,bob", testWait)
+	awaitPresence(t, b, vb, "alice,bob", testWait)
+
+	// b's node is interested, the middle node is not.
+	if got := nodes[0].node.InterestedNodes(topic); len(got) != 1 || got[0] != nodes[2].node.ID() {
+		t.Fatalf("n0 sees interest of %v in %s, want only n2", got, topic)
+	}
+	for i := 0; i < 20; i++ {
+		a.write(broadcastFrame("1", strconv.Itoa(10+i), topic, "e", fmt.Sprintf(`{"i":%d}`, i)))
+	}
+	for i := 0; i < 20; {
+		f := b.next()
+		if f.Event != "broadcast" {
+			continue // presence replies of the barrier above
+		}
+		if got := jsonField(f.Payload, "payload.i"); got != strconv.Itoa(i) {
+			t.Fatalf("message %d: got payload %s (out of order or lost)", i, f.Payload)
+		}
+		i++
+	}
+
+	// b leaves: a sees the leave, over the mesh.
+	b.nc.Close()
+	awaitPresence(t, a, va, "alice", testWait)
+}
+
+func TestClusterCrashedNodeLeavesPresence(t *testing.T) {
+	nodes := startCluster(t, []string{"iad", "fra", "sin"}, nil)
+	const topic = "realtime:crash"
+	a, c := nodes[0].connect(t), nodes[2].connect(t)
+	va := presenceView{}
+	va.apply(t, wsFrame{Event: "presence_state", Payload: joinTopic(t, a, topic, "alice")})
+	joinTopic(t, c, topic, "carol")
+	track(a, topic, "2", `{}`)
+	track(c, topic, "2", `{}`)
+	awaitPresence(t, a, va, "alice,carol", testWait)
+
+	// Crash n2: its mesh goes silent and its gossip stops, without a
+	// graceful leave.
+	start := time.Now()
+	nodes[2].node.Close()
+	awaitPresence(t, a, va, "alice", 15*time.Second)
+	t.Logf("crashed node's presence left after %v", time.Since(start).Round(time.Millisecond))
+	if got := nodes[0].node.InterestedNodes(topic); len(got) != 0 {
+		t.Fatalf("a dead node's interest remains: %v", got)
+	}
+}
+
+func TestClusterPresenceConvergesAfterMeshPartition(t *testing.T) {
+	nodes := startCluster(t, []string{"iad", "fra"}, nil)
+	const topic = "realtime:split"
+	a, b := nodes[0].connect(t), nodes[1].connect(t)
+	va := presenceView{}
+	va.apply(t, wsFrame{Event: "presence_state", Payload: joinTopic(t, a, topic, "alice")})
+	joinTopic(t, b, topic, "bob")
+	track(b, topic, "2", `{}`)
+	awaitPresence(t, a, va, "bob", testWait)
+
+	// Cut the mesh between the two nodes (gossip still sees both alive).
+	n0, n1 := nodes[0], nodes[1]
+	n0.udp.block(n1.meshAddr(), true)
+	n1.udp.block(n0.meshAddr(), true)
+	if !waitFor(10*time.Second, func() bool { return !n0.node.Connected(n1.node.ID()) && !n1.node.Connected(n0.node.ID()) }) {
+		t.Fatal("the mesh connection outlived the partition")
+	}
+	// During the partition bob leaves and carol arrives on n1.
+	b.nc.Close()
+	c := n1.connect(t)
+	joinTopic(t, c, topic, "carol")
+	track(c, topic, "2", `{}`)
+
+	n0.udp.block(n1.meshAddr(), false)
+	n1.udp.block(n0.meshAddr(), false)
+	awaitPresence(t, a, va, "carol", 15*time.Second)
+}
+
+func TestClusterBroadcastCrossesOncePerInterestedNode(t *testing.T) {
+	nodes := startCluster(t, []string{"iad", "fra", "sin", "syd"}, nil)
+	const topic = "realtime:count"
+	// Subscribers on n0 (with the publisher), n1 and n2; none on n3.
+	subs := map[int]int{0: 3, 1: 5, 2: 4}
+	var clients []*wsClient
+	for i, k := range subs {
+		for j := 0; j < k; j++ {
+			c := nodes[i].connect(t)
+			c.write(joinFrame("1", topic, `{}`))
+			if f := c.next(); jsonField(f.Payload, "status") != `"ok"` {
+				t.Fatalf("join: %s", f)
+			}
+			clients = append(clients, c)
+		}
+	}
+	for _, i := range []int{1, 2} {
+		id := nodes[i].node.ID()
+		if !waitFor(testWait, func() bool { return strings.Contains(strings.Join(nodes[0].node.InterestedNodes(topic), ","), id) }) {
+			t.Fatalf("n0 never learned n%d's interest", i)
+		}
+	}
+	sentTo := func(i int) int {
+		v, err := nodes[0].metric(fmt.Sprintf(`meshcast_mesh_frames_sent_total{peer=%q,lane="data"}`, nodes[i].node.ID()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(v)
+		return n
+	}
+	before := []int{0, sentTo(1), sentTo(2), sentTo(3)}
+	pub := nodes[0].connect(t)
+	pub.write(joinFrame("1", topic, `{}`))
+	pub.next()
+	const msgs = 30
+	for i := 0; i < msgs; i++ {
+		pub.write(broadcastFrame("1", strconv.Itoa(i+2), topic, "e", fmt.Sprintf(`{"i":%d}`, i)))
+	}
+	for _, c := range clients {
+		for i := 0; i < msgs; i++ {
+			if f := c.next(); jsonField(f.Payload, "payload.i") != strconv.Itoa(i) {
+				t.Fatalf("message %d: %s", i, f)
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	for ctx.Err() == nil && (sentTo(1)-before[1] != msgs || sentTo(2)-before[2] != msgs) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i, want := range []int{0, msgs, msgs, 0} {
+		if i == 0 {
+			continue
+		}
+		if got := sentTo(i) - before[i]; got != want {
+			t.Errorf("data frames n0→n%d = %d for %d messages, want %d", i, got, msgs, want)
+		}
+	}
+}
