@@ -21,7 +21,7 @@ type topicKey struct {
 // topic's read lock and each receiver's queue lock in turn, never across
 // I/O.
 type hub struct {
-	self    string       // node ID, the owner of local presence entries
+	self    string     // node ID, the owner of local presence entries
 	cluster *mesh.Node // nil on a single node
 
 	mu     sync.RWMutex
@@ -54,7 +54,7 @@ type topic struct {
 	presence *presence.Topic
 
 	// Guarded by hub.mu.
-	joining int           // joins between acquire and join
+	joining int             // joins between acquire and join
 	ready   <-chan struct{} // closed once the cluster's presence snapshots arrived
 }
 

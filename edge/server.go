@@ -53,7 +53,7 @@ type Server struct {
 	// so a topic's sequence keeps growing even when its state is dropped
 	// and made again.
 	presenceSeq atomic.Uint64
-	draining atomic.Bool
+	draining    atomic.Bool
 
 	refPrefix string
 

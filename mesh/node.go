@@ -8,8 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"sort"
-	"strings"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 

@@ -19,7 +19,7 @@ type recorder struct{ delivered chan *meshproto.Broadcast }
 
 func newRecorder() *recorder { return &recorder{delivered: make(chan *meshproto.Broadcast, 100)} }
 
-func (r *recorder) Deliver(b *meshproto.Broadcast)                 { r.delivered <- b }
+func (r *recorder) Deliver(b *meshproto.Broadcast)                  { r.delivered <- b }
 func (r *recorder) ApplyPresence(string, presence.Delta) bool       { return true }
 func (r *recorder) ApplyPresenceSnapshot(string, presence.Snapshot) {}
 func (r *recorder) OwnPresence(string) presence.Snapshot            { return presence.Snapshot{} }
@@ -147,4 +147,3 @@ func TestBadFrameFromPeerClosesOnlyThatConnection(t *testing.T) {
 		t.Fatal("no delivery after recovery")
 	}
 }
-

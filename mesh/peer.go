@@ -33,8 +33,8 @@ type peer struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	connected atomic.Bool
-	rttNanos  atomic.Int64
+	connected   atomic.Bool
+	rttNanos    atomic.Int64
 	metricNames []string
 }
 
