@@ -407,3 +407,79 @@ func TestClusterBroadcastCrossesOncePerInterestedNode(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterRoutingStrategies publishes from one node of a 3-region × 2
+// node cluster with subscribers on every node, under each strategy, and
+// checks that every subscriber gets every message while the frames that
+// cross regions are as the strategy promises.
+func TestClusterRoutingStrategies(t *testing.T) {
+	regions := []string{"iad", "iad", "fra", "fra", "sin", "sin"}
+	cases := []struct {
+		strategy      mesh.Strategy
+		total, remote int // data frames per message, in all and across regions
+	}{
+		{mesh.Interested, 5, 4},
+		{mesh.AllNodes, 5, 4},
+		{mesh.RegionRelay, 5, 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.strategy.String(), func(t *testing.T) {
+			nodes := startCluster(t, regions, func(c *mesh.Config) { c.Strategy = tc.strategy })
+			topic := "realtime:strategy-" + tc.strategy.String()
+			var subs []*wsClient
+			for _, n := range nodes {
+				c := n.connect(t)
+				c.write(joinFrame("1", topic, `{}`))
+				if f := c.next(); jsonField(f.Payload, "status") != `"ok"` {
+					t.Fatalf("join: %s", f)
+				}
+				subs = append(subs, c)
+			}
+			for _, n := range nodes[1:] {
+				id := n.node.ID()
+				if !waitFor(testWait, func() bool { return strings.Contains(strings.Join(nodes[0].node.InterestedNodes(topic), ","), id) }) {
+					t.Fatal("interest never propagated")
+				}
+			}
+			// Counts data frames sent between every pair of nodes.
+			frames := func() (total, remote int) {
+				for _, a := range nodes {
+					for _, b := range nodes {
+						if a == b {
+							continue
+						}
+						v, _ := a.metric(fmt.Sprintf(`meshcast_mesh_frames_sent_total{peer=%q,lane="data"}`, b.node.ID()))
+						n, _ := strconv.Atoi(v)
+						total += n
+						if a.node.Region() != b.node.Region() {
+							remote += n
+						}
+					}
+				}
+				return total, remote
+			}
+			t0, r0 := frames()
+			const msgs = 20
+			pub := subs[0]
+			for i := 0; i < msgs; i++ {
+				pub.write(broadcastFrame("1", strconv.Itoa(i+2), topic, "e", fmt.Sprintf(`{"i":%d}`, i)))
+			}
+			for _, c := range subs[1:] {
+				for i := 0; i < msgs; i++ {
+					if f := c.next(); jsonField(f.Payload, "payload.i") != strconv.Itoa(i) {
+						t.Fatalf("message %d: %s", i, f)
+					}
+				}
+			}
+			var total, remote int
+			waitFor(testWait, func() bool {
+				total, remote = frames()
+				return total-t0 >= tc.total*msgs
+			})
+			if total-t0 != tc.total*msgs || remote-r0 != tc.remote*msgs {
+				t.Fatalf("%s: %d data frames (%d across regions) for %d messages, want %d (%d)",
+					tc.strategy, total-t0, remote-r0, msgs, tc.total*msgs, tc.remote*msgs)
+			}
+		})
+	}
+}

@@ -24,7 +24,7 @@ func (n *Node) Publish(b *meshproto.Broadcast) int {
 		if len(n.peers) == 0 {
 			return 0
 		}
-		frame := meshproto.AppendBroadcast(nil, b)
+		frame := meshproto.AppendBroadcast(broadcastBuf(b), b)
 		sent := 0
 		for _, p := range n.peers {
 			if p.send(laneData, frame) {
@@ -39,7 +39,7 @@ func (n *Node) Publish(b *meshproto.Broadcast) int {
 	if len(targets) == 0 {
 		return 0
 	}
-	frame := meshproto.AppendBroadcast(nil, b)
+	frame := meshproto.AppendBroadcast(broadcastBuf(b), b)
 	sent := 0
 	for _, id := range targets {
 		if p := n.peers[id]; p != nil && p.send(laneData, frame) {
@@ -77,7 +77,7 @@ func (n *Node) publishRelayed(b *meshproto.Broadcast) int {
 		ps := byRegion[r]
 		if r == n.self.Region {
 			if direct == nil {
-				direct = meshproto.AppendBroadcast(nil, b)
+				direct = meshproto.AppendBroadcast(broadcastBuf(b), b)
 			}
 			for _, p := range ps {
 				if p.send(laneData, direct) {
@@ -91,7 +91,7 @@ func (n *Node) publishRelayed(b *meshproto.Broadcast) int {
 		for _, p := range ps[1:] {
 			relayed.RelayTo = append(relayed.RelayTo, p.m.ID)
 		}
-		if ps[0].send(laneData, meshproto.AppendBroadcast(nil, &relayed)) {
+		if ps[0].send(laneData, meshproto.AppendBroadcast(broadcastBuf(&relayed), &relayed)) {
 			sent++
 		}
 	}
@@ -103,7 +103,7 @@ func (n *Node) relay(b *meshproto.Broadcast) {
 	to := b.RelayTo
 	fwd := *b
 	fwd.RelayTo = nil
-	frame := meshproto.AppendBroadcast(nil, &fwd)
+	frame := meshproto.AppendBroadcast(broadcastBuf(&fwd), &fwd)
 	n.mu.RLock()
 	for _, id := range to {
 		if p := n.peers[id]; p != nil {
@@ -428,4 +428,14 @@ func (n *Node) removeInbound(from string, c *quic.Conn) {
 	} else {
 		n.inbound[from] = conns
 	}
+}
+
+// broadcastBuf returns a buffer large enough for b's frame, so that it is
+// encoded with one allocation.
+func broadcastBuf(b *meshproto.Broadcast) []byte {
+	n := 64 + len(b.Topic) + len(b.Event) + len(b.Payload) + len(b.Meta) + len(b.Origin)
+	for _, id := range b.RelayTo {
+		n += 10 + len(id)
+	}
+	return make([]byte, 0, n)
 }
