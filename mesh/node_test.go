@@ -147,3 +147,14 @@ func TestBadFrameFromPeerClosesOnlyThatConnection(t *testing.T) {
 		t.Fatal("no delivery after recovery")
 	}
 }
+
+// TestJoinByDNSName joins through a host name, as fly.io's <app>.internal
+// is used: memberlist resolves it and tries every address record.
+func TestJoinByDNSName(t *testing.T) {
+	a := startNode(t, "a", "s", nil, newRecorder())
+	_, port, _ := strings.Cut(a.GossipAddr(), ":")
+	b := startNode(t, "b", "s", []string{"localhost:" + port}, newRecorder())
+	if !waitFor(10*time.Second, func() bool { return len(b.Members()) == 1 && len(a.Members()) == 1 }) {
+		t.Fatalf("join by name failed: a sees %v, b sees %v", a.Members(), b.Members())
+	}
+}
