@@ -61,12 +61,12 @@ func (a *authenticator) socket(apikey string) (*claims, error) {
 		return openClaims, nil
 	}
 	if apikey == "" {
-		return nil, errors.New("API key is missing")
+		return nil, &authError{Msg: "API key is missing"}
 	}
 	c, err := a.verify(apikey)
 	if err != nil {
 		if strings.HasPrefix(err.Msg, "Token has expired") {
-			return nil, errors.New("Token has expired")
+			return nil, &authError{Code: err.Code, Msg: "Token has expired"}
 		}
 		return nil, err
 	}

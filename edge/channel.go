@@ -84,9 +84,11 @@ func (c *conn) handleFrame(binary bool, data []byte) bool {
 	case "access_token":
 		c.refreshToken(ch, &m)
 	case "phx_leave":
+		// Leave the topic first: nothing fanned out after phx_close may
+		// reach the client.
+		c.removeChannel(ch)
 		c.reply(ch.joinRef, m.Ref, m.Topic, "ok", emptyObject)
 		c.send(ch.joinRef, ch.joinRef, m.Topic, "phx_close", emptyObject)
-		c.removeChannel(ch)
 	}
 	// Other events are ignored, as Phoenix does.
 	return true
@@ -134,8 +136,8 @@ func (c *conn) join(m *phx.Message) bool {
 	}
 	if old := c.channels[m.Topic]; old != nil {
 		// A second join of a joined topic replaces the first.
-		c.send(old.joinRef, old.joinRef, m.Topic, "phx_close", emptyObject)
 		c.removeChannel(old)
+		c.send(old.joinRef, old.joinRef, m.Topic, "phx_close", emptyObject)
 	}
 	if max := s.cfg.MaxChannelsPerConn; max > 0 && len(c.channels) >= max {
 		refuse("ChannelRateLimitReached: Too many channels")
@@ -196,9 +198,9 @@ func (c *conn) removeChannel(ch *channel) {
 // can see, then phx_close (the client does not rejoin). Called with c.mu
 // held.
 func (c *conn) closeChannel(ch *channel, message string) {
+	c.removeChannel(ch)
 	c.send(ch.joinRef, "", ch.key.name, "system", systemPayload("system", "error", message, ch.name))
 	c.send(ch.joinRef, ch.joinRef, ch.key.name, "phx_close", emptyObject)
-	c.removeChannel(ch)
 }
 
 func systemPayload(extension, status, message, channel string) []byte {

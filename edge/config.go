@@ -24,7 +24,6 @@ type Config struct {
 	QueueBytes         int           // outbound queue bound per connection
 	IdleTimeout        time.Duration // close sockets silent this long
 	WriteTimeout       time.Duration // a single write to a client
-	ShutdownGrace      time.Duration // time clients get to leave on shutdown
 
 	Logger *slog.Logger
 }
@@ -44,6 +43,5 @@ func DefaultConfig() Config {
 		QueueBytes:         4 << 20,
 		IdleTimeout:        60 * time.Second,
 		WriteTimeout:       10 * time.Second,
-		ShutdownGrace:      5 * time.Second,
 	}
 }

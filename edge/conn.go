@@ -83,12 +83,14 @@ func (c *conn) enqueue(f []byte) bool {
 		return false
 	}
 	if limit := c.srv.cfg.QueueBytes; limit > 0 && c.queued+len(f) > limit && c.queued > 0 {
+		queued := c.queued
+		c.closeLocked(ws.StatusPolicyViolation, "slow consumer: outbound queue full", true)
 		c.qmu.Unlock()
+		c.wakeWriter()
 		c.srv.metrics.queueDrops.Inc()
 		c.srv.metrics.slowClose.Inc()
 		c.srv.metrics.errorReason("slow_consumer")
-		c.srv.log.Warn("closing slow consumer", "remote", c.remote, "queued_bytes", c.queued)
-		c.closeNow(ws.StatusPolicyViolation, "slow consumer: outbound queue full")
+		c.srv.log.Warn("closing slow consumer", "remote", c.remote, "queued_bytes", queued)
 		return false
 	}
 	c.queue = append(c.queue, f)
@@ -119,6 +121,14 @@ func (c *conn) startClose(code ws.StatusCode, reason string, drop bool) {
 		c.qmu.Unlock()
 		return
 	}
+	c.closeLocked(code, reason, drop)
+	c.qmu.Unlock()
+	c.wakeWriter()
+}
+
+// closeLocked marks the connection closing and prepares the close frame.
+// Called with qmu held; the caller wakes the writer after unlocking.
+func (c *conn) closeLocked(code ws.StatusCode, reason string, drop bool) {
 	c.closing = true
 	if drop {
 		clear(c.queue)
@@ -129,11 +139,13 @@ func (c *conn) startClose(code ws.StatusCode, reason string, drop bool) {
 		reason = reason[:123]
 	}
 	c.closeFrame = ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason)))
-	wake := !c.signaled
-	c.signaled = true
-	c.qmu.Unlock()
-	if wake {
-		c.wake <- struct{}{}
+}
+
+// wakeWriter makes sure the writer runs (it checks closing after a wake).
+func (c *conn) wakeWriter() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
 	}
 }
 

@@ -174,6 +174,9 @@ func (s *Server) track(c *conn) bool {
 		return false
 	}
 	s.live[c] = struct{}{}
+	// Added under s.mu, so that Shutdown (which sets shut under s.mu
+	// before waiting) always waits for this connection's goroutines.
+	s.wg.Add(2)
 	return true
 }
 

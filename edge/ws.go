@@ -74,7 +74,6 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	// Fresh goroutines with small stacks: returning from the handler lets
 	// net/http's per-request buffers be collected.
-	s.wg.Add(2)
 	go func() { defer s.wg.Done(); c.writeLoop() }()
 	go func() { defer s.wg.Done(); c.readLoop(src) }()
 }
@@ -98,6 +97,11 @@ func (c *conn) readLoop(src io.Reader) {
 		if max := int64(c.srv.cfg.MaxFrameBytes); max > 0 && h.Length+int64(len(frag)) > max {
 			c.srv.metrics.errorReason("frame_too_large")
 			c.closeNow(ws.StatusMessageTooBig, fmt.Sprintf("frame exceeds %d bytes", max))
+			return
+		}
+		if h.Rsv != 0 || !knownOpCode(h.OpCode) {
+			c.srv.metrics.errorReason("protocol")
+			c.closeNow(ws.StatusProtocolError, "reserved bits or opcode")
 			return
 		}
 		if !h.Masked {
@@ -190,4 +194,12 @@ func readPayload(r io.Reader, n int64) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+func knownOpCode(op ws.OpCode) bool {
+	switch op {
+	case ws.OpContinuation, ws.OpText, ws.OpBinary, ws.OpClose, ws.OpPing, ws.OpPong:
+		return true
+	}
+	return false
 }

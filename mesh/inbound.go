@@ -84,7 +84,7 @@ func (n *Node) serveInbound(conn *quic.Conn) {
 	for _, lane := range []byte{laneControl, laneData} {
 		go func() {
 			err := n.readLane(from, lane, readers[lane], counts[lane])
-			if err != nil && !errors.Is(err, context.Canceled) {
+			if !errors.Is(err, context.Canceled) {
 				n.log.Debug("mesh read ended", "peer", from, "lane", laneName(lane), "err", err)
 			}
 			conn.CloseWithError(0, "")
