@@ -227,5 +227,6 @@ func (c *conn) teardown() {
 	}
 	c.mu.Unlock()
 	c.closeNow(ws.StatusNormalClosure, "")
+	<-c.writerDone
 	c.srv.untrack(c)
 }

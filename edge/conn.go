@@ -2,6 +2,7 @@ package edge
 
 import (
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -14,10 +15,13 @@ import (
 // conn is one client connection, whatever transport carries it.
 //
 // Outbound, every sender (the connection's own reader, other connections'
-// fan-out, timers) only appends prepared frames to a bounded queue; one
-// writer goroutine drains everything queued into one vectored write. A full
-// queue closes the connection (slow consumer) instead of blocking the
-// sender, so one slow client never slows the others.
+// fan-out, timers) only appends prepared frames to a bounded queue and, if
+// no writer is running, starts one. The writer drains everything queued
+// into one vectored write per round and exits when the queue is empty, so
+// an idle connection costs no writer goroutine (its stack is most of what
+// an idle connection would otherwise hold). A full queue closes the
+// connection (slow consumer) instead of blocking the sender, so one slow
+// client never slows the others.
 type conn struct {
 	srv    *Server
 	nc     net.Conn
@@ -31,12 +35,14 @@ type conn struct {
 	// Outbound queue, guarded by qmu.
 	qmu        sync.Mutex
 	queue      [][]byte
-	queued     int  // bytes in queue
-	signaled   bool // a wake-up is pending
-	closing    bool // nothing more is queued; the writer sends closeFrame and exits
+	spare      [][]byte // the writer's previous batch, reused
+	queued     int      // bytes in queue
+	writing    bool     // a writer goroutine is running
+	closing    bool     // nothing more is queued; the writer sends closeFrame and exits
+	finished   bool     // the socket is closed; no writer starts again
 	closeFrame []byte
-	wake       chan struct{}
-	writerDone chan struct{}
+	writerDone chan struct{} // closed when the socket has been closed by the writer
+	writer     func()        // c.writeLoop, bound once so starting a writer allocates nothing
 
 	// Inbound state, guarded by mu: the reader goroutine and token timers
 	// both change channels.
@@ -53,10 +59,10 @@ func newConn(s *Server, nc net.Conn, vsn phx.Version) *conn {
 		nc:         nc,
 		vsn:        vsn,
 		remote:     nc.RemoteAddr().String(),
-		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 		channels:   make(map[string]*channel),
 	}
+	c.writer = c.writeLoop
 	if s.cfg.EventsPerSecond > 0 {
 		c.events = rate.NewLimiter(rate.Limit(s.cfg.EventsPerSecond), burst(s.cfg.EventsPerSecond))
 	}
@@ -85,8 +91,11 @@ func (c *conn) enqueue(f []byte) bool {
 	if limit := c.srv.cfg.QueueBytes; limit > 0 && c.queued+len(f) > limit && c.queued > 0 {
 		queued := c.queued
 		c.closeLocked(ws.StatusPolicyViolation, "slow consumer: outbound queue full", true)
+		start := c.startWriterLocked()
 		c.qmu.Unlock()
-		c.wakeWriter()
+		if start {
+			go c.writer()
+		}
 		c.srv.metrics.queueDrops.Inc()
 		c.srv.metrics.slowClose.Inc()
 		c.srv.metrics.errorReason("slow_consumer")
@@ -95,12 +104,21 @@ func (c *conn) enqueue(f []byte) bool {
 	}
 	c.queue = append(c.queue, f)
 	c.queued += len(f)
-	wake := !c.signaled
-	c.signaled = true
+	start := c.startWriterLocked()
 	c.qmu.Unlock()
-	if wake {
-		c.wake <- struct{}{} // never blocks: capacity 1 and signaled guards it
+	if start {
+		go c.writer()
 	}
+	return true
+}
+
+// startWriterLocked reports whether the caller must start a writer (and
+// marks it running). Called with qmu held.
+func (c *conn) startWriterLocked() bool {
+	if c.writing || c.finished {
+		return false
+	}
+	c.writing = true
 	return true
 }
 
@@ -122,12 +140,15 @@ func (c *conn) startClose(code ws.StatusCode, reason string, drop bool) {
 		return
 	}
 	c.closeLocked(code, reason, drop)
+	start := c.startWriterLocked()
 	c.qmu.Unlock()
-	c.wakeWriter()
+	if start {
+		go c.writer()
+	}
 }
 
 // closeLocked marks the connection closing and prepares the close frame.
-// Called with qmu held; the caller wakes the writer after unlocking.
+// Called with qmu held.
 func (c *conn) closeLocked(code ws.StatusCode, reason string, drop bool) {
 	c.closing = true
 	if drop {
@@ -141,61 +162,66 @@ func (c *conn) closeLocked(code ws.StatusCode, reason string, drop bool) {
 	c.closeFrame = ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason)))
 }
 
-// wakeWriter makes sure the writer runs (it checks closing after a wake).
-func (c *conn) wakeWriter() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-}
-
-// writeLoop is the connection's only writer. It exits after the close
-// frame is written or a write fails, and then closes the socket so that the
-// reader stops too.
+// writeLoop writes until the queue is empty, then exits; enqueue starts it
+// again. After the close frame, or a failed write, it closes the socket
+// (which stops the reader too) and no writer starts again.
 func (c *conn) writeLoop() {
-	defer close(c.writerDone)
-	defer c.nc.Close()
-	var spare [][]byte
-	var bufs net.Buffers // declared once: WriteTo makes it escape
-	for range c.wake {
+	var bufs net.Buffers
+	lingered := false
+	for {
 		c.qmu.Lock()
 		batch, bytes, closing, closeFrame := c.queue, c.queued, c.closing, c.closeFrame
-		c.queue, c.queued, c.signaled = spare[:0], 0, false
-		c.qmu.Unlock()
-
-		if closing && closeFrame != nil {
-			batch = append(batch, closeFrame)
-		}
-		if len(batch) > 0 {
-			if wt := c.srv.cfg.WriteTimeout; wt > 0 {
-				c.nc.SetWriteDeadline(time.Now().Add(wt))
+		if len(batch) == 0 && !closing {
+			if !lingered {
+				// Under a steady stream the next frame is usually a
+				// moment away: yield once before giving the goroutine up.
+				c.qmu.Unlock()
+				lingered = true
+				runtime.Gosched()
+				continue
 			}
-			bufs = batch
-			_, err := bufs.WriteTo(c.nc)
-			c.srv.metrics.bytesOut.Add(bytes)
-			clear(batch) // drop references to shared frames
-			spare = batch[:0]
-			if err != nil {
-				c.srv.metrics.errorReason("write")
-				c.markClosing()
-				return
-			}
-		}
-		if closing {
+			c.writing = false
+			c.qmu.Unlock()
 			return
 		}
+		lingered = false
+		c.queue, c.spare, c.queued = c.spare[:0], nil, 0
+		c.qmu.Unlock()
+
+		if closing {
+			batch = append(batch, closeFrame)
+		}
+		if wt := c.srv.cfg.WriteTimeout; wt > 0 {
+			c.nc.SetWriteDeadline(time.Now().Add(wt))
+		}
+		bufs = batch
+		_, err := bufs.WriteTo(c.nc)
+		c.srv.metrics.bytesOut.Add(bytes)
+		clear(batch) // drop references to shared frames
+		if err != nil || closing {
+			if err != nil {
+				c.srv.metrics.errorReason("write")
+			}
+			c.finish()
+			return
+		}
+		c.qmu.Lock()
+		if cap(batch) <= 1024 {
+			c.spare = batch[:0]
+		}
+		c.qmu.Unlock()
 	}
 }
 
-// markClosing stops further enqueues without a close frame (the socket is
-// already unusable).
-func (c *conn) markClosing() {
+// finish closes the socket once; no writer runs after it.
+func (c *conn) finish() {
 	c.qmu.Lock()
-	c.closing = true
+	c.closing, c.finished, c.writing = true, true, false
 	clear(c.queue)
-	c.queue = nil
-	c.queued = 0
+	c.queue, c.spare, c.queued = nil, nil, 0
 	c.qmu.Unlock()
+	c.nc.Close()
+	close(c.writerDone)
 }
 
 // send encodes and queues one frame addressed to this connection only.

@@ -37,8 +37,6 @@ func benchTopic(b *testing.B, s *Server, n int) (*topic, func()) {
 	for i := 0; i < n; i++ {
 		c := newConn(s, newSinkConn(), phx.V2)
 		conns = append(conns, c)
-		s.wg.Add(1)
-		go func() { defer s.wg.Done(); c.writeLoop() }()
 		ch := &channel{conn: c, key: key, name: "bench", holder: uint64(i)}
 		t, _ := s.hub.acquire(key)
 		s.hub.join(ch, t, func(*topic) {})
@@ -46,8 +44,8 @@ func benchTopic(b *testing.B, s *Server, n int) (*topic, func()) {
 	return s.hub.lookup(key), func() {
 		for _, c := range conns {
 			c.closeNow(1000, "")
+			<-c.writerDone
 		}
-		s.wg.Wait()
 	}
 }
 

@@ -175,8 +175,9 @@ func (s *Server) track(c *conn) bool {
 	}
 	s.live[c] = struct{}{}
 	// Added under s.mu, so that Shutdown (which sets shut under s.mu
-	// before waiting) always waits for this connection's goroutines.
-	s.wg.Add(2)
+	// before waiting) always waits for this connection's reader, which
+	// itself waits for the connection's last writer.
+	s.wg.Add(1)
 	return true
 }
 

@@ -74,7 +74,6 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	// Fresh goroutines with small stacks: returning from the handler lets
 	// net/http's per-request buffers be collected.
-	go func() { defer s.wg.Done(); c.writeLoop() }()
 	go func() { defer s.wg.Done(); c.readLoop(src) }()
 }
 
