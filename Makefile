@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run test test-go test-js test-browser deps-js deps-browser bench lint fuzz clean
+.PHONY: all build run cluster test test-go test-js test-browser deps-js deps-browser bench lint fuzz clean
 
 all: build
 
@@ -19,6 +19,10 @@ build:
 # A single node with embedded defaults: demo page at http://localhost:4000.
 run: build
 	./$(BIN)/meshcast
+
+# Three local nodes n1/n2/n3 (iad/fra/sin) on :4000-:4002, gossip 7946/7956/7966; Ctrl-C stops them.
+cluster: build
+	./deploy/local/cluster.sh
 
 test: build test-go test-js test-browser
 

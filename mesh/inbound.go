@@ -97,7 +97,7 @@ func (n *Node) serveInbound(conn *quic.Conn) {
 
 // readLane reads frames from one lane and dispatches them in order.
 func (n *Node) readLane(from string, lane byte, br *bufio.Reader, cr *countReader) error {
-	labels := fmt.Sprintf(`{peer=%q,lane=%q}`, from, laneName(lane))
+	labels := receivedLabels(from, lane)
 	frames := n.metrics.GetOrCreateCounter("meshcast_mesh_frames_received_total" + labels)
 	bytes := n.metrics.GetOrCreateCounter("meshcast_mesh_bytes_received_total" + labels)
 	counted := 0
@@ -127,4 +127,8 @@ func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += n
 	return n, err
+}
+
+func receivedLabels(peer string, lane byte) string {
+	return fmt.Sprintf(`{peer=%q,lane=%q}`, peer, laneName(lane))
 }

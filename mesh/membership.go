@@ -198,7 +198,10 @@ func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	if n.Name == d.self.ID {
 		return
 	}
-	d.events.memberDown(n.Name, n.State == memberlist.StateLeft)
+	// memberlist does not say here whether the node left or died; a node
+	// that leaves gracefully marks itself draining first.
+	m, err := decodeMeta(n.Meta)
+	d.events.memberDown(n.Name, err == nil && m.Draining)
 }
 
 func (d *eventDelegate) up(n *memberlist.Node) {

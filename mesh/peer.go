@@ -90,8 +90,20 @@ func (p *peer) run() {
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		began := time.Now()
 		p.session(conn, streams)
+		if time.Since(began) > maxBackoff {
+			backoff = 100 * time.Millisecond
+			continue
+		}
+		// A session that ended at once (the peer refused us, or is
+		// going away) is retried with backoff too.
+		select {
+		case <-time.After(backoff):
+		case <-p.ctx.Done():
+			return
+		}
+		backoff = min(2*backoff, maxBackoff)
 	}
 }
 
@@ -133,9 +145,14 @@ func (p *peer) dial() (*quic.Conn, [2]*quic.Stream, error) {
 				return fail(fmt.Errorf("mesh: hello reply: %w", err))
 			}
 			h, ok := f.(*meshproto.Hello)
-			if !ok || h.NodeID != p.m.ID || !p.n.validHello(h, roleAcceptor, laneControl, ekm) {
+			if !ok || !p.n.validHello(h, roleAcceptor, laneControl, ekm) {
 				p.n.authFailures.Inc()
 				return fail(errors.New("mesh: peer failed authentication"))
+			}
+			if h.NodeID != p.m.ID {
+				// A restarted node on the old one's address: the old member
+				// is about to be declared dead.
+				return fail(fmt.Errorf("mesh: %s answers at %s, not %s", h.NodeID, p.m.MeshAddr, p.m.ID))
 			}
 		}
 		s.SetDeadline(time.Time{})

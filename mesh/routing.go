@@ -394,6 +394,11 @@ func (n *Node) memberDown(id string, left bool) {
 
 	p.cancel()
 	p.unregisterMetrics()
+	for _, lane := range []byte{laneControl, laneData} {
+		labels := receivedLabels(id, lane)
+		n.metrics.UnregisterMetric("meshcast_mesh_frames_received_total" + labels)
+		n.metrics.UnregisterMetric("meshcast_mesh_bytes_received_total" + labels)
+	}
 	for _, c := range conns {
 		c.CloseWithError(errCodeGone, "member left the cluster")
 	}

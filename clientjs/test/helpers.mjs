@@ -3,6 +3,7 @@
 // node:* and the packages in package.json.
 import { spawn } from 'node:child_process'
 import { createHmac } from 'node:crypto'
+import dgram from 'node:dgram'
 import { existsSync } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
@@ -68,17 +69,18 @@ export function freePort() {
 
 /**
  * Starts meshcast on a free loopback port and waits until GET /healthz answers 200.
- * Options: jwtSecret (adds --jwt-secret), args (extra flags), readyTimeoutMs.
- * Returns { port, httpURL, wsURL, realtimeURL, proc, output(), stop() }.
+ * Options: jwtSecret (adds --jwt-secret), args (extra flags), readyTimeoutMs,
+ * port (the client port; default a free one).
+ * Returns { port, httpURL, wsURL, realtimeURL, proc, output(), stop(), kill() }.
  */
-export async function startServer({ jwtSecret, args = [], readyTimeoutMs = 10000 } = {}) {
+export async function startServer({ jwtSecret, args = [], readyTimeoutMs = 10000, port: wantPort } = {}) {
   if (!existsSync(MESHCAST_BIN)) {
     throw new Error(
       `meshcast binary not found at ${MESHCAST_BIN}; build it with ` +
         '`go build -o bin/meshcast ./cmd/meshcast` or set MESHCAST_BIN'
     )
   }
-  const port = await freePort()
+  const port = wantPort ?? (await freePort())
   const argv = ['--listen', `127.0.0.1:${port}`, ...(jwtSecret ? ['--jwt-secret', jwtSecret] : []), ...args]
   const proc = spawn(MESHCAST_BIN, argv, { stdio: ['ignore', 'pipe', 'pipe'] })
 
@@ -119,6 +121,12 @@ export async function startServer({ jwtSecret, args = [], readyTimeoutMs = 10000
       clearTimeout(timer)
       return result
     },
+    /** kill -9, and wait for the exit. */
+    async kill() {
+      if (exited) return exited
+      proc.kill('SIGKILL')
+      return exit
+    },
   }
 
   try {
@@ -138,6 +146,115 @@ export async function startServer({ jwtSecret, args = [], readyTimeoutMs = 10000
     throw err
   }
   return server
+}
+
+/**
+ * Reserves a loopback port that is free for both TCP and UDP (memberlist binds
+ * both on its gossip port). The port stays held until `release()`, so several
+ * reservations never return the same port.
+ */
+async function reservePort() {
+  for (let tries = 0; tries < 50; tries++) {
+    const tcp = net.createServer()
+    await new Promise((resolve, reject) => {
+      tcp.once('error', reject)
+      tcp.listen(0, '127.0.0.1', resolve)
+    })
+    const { port } = tcp.address()
+    const udp = dgram.createSocket('udp4')
+    const bound = await new Promise((resolve) => {
+      udp.once('error', () => resolve(false))
+      udp.bind(port, '127.0.0.1', () => resolve(true))
+    })
+    if (bound) {
+      const release = () =>
+        Promise.all([new Promise((r) => tcp.close(() => r())), new Promise((r) => udp.close(() => r()))])
+      return { port, release }
+    }
+    udp.close()
+    await new Promise((r) => tcp.close(() => r()))
+  }
+  throw new Error('no port free for both TCP and UDP')
+}
+
+/** GET /metrics of a server as a Map: series (e.g. `meshcast_mesh_members`, or with labels) -> number. */
+export async function scrapeMetrics(server) {
+  const res = await fetch(`${server.httpURL}/metrics`, { signal: AbortSignal.timeout(2000) })
+  const text = await res.text()
+  if (res.status !== 200) throw new Error(`GET /metrics: ${res.status} ${text}`)
+  const out = new Map()
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue
+    const i = line.lastIndexOf(' ')
+    if (i > 0) out.set(line.slice(0, i), Number(line.slice(i + 1)))
+  }
+  return out
+}
+
+/**
+ * Starts a cluster of meshcast processes on loopback: n1 (the seed), n2, n3…,
+ * one region each, fast failure detection, and waits until every node counts
+ * all members and has its mesh connection to every other node up.
+ * Options: size, regions, secret (--cluster-secret), probeInterval
+ * (--gossip-probe-interval), args (extra flags for every node), jwtSecret,
+ * readyTimeoutMs.
+ * Returns { nodes, stop() }; each node is a startServer() result plus
+ * { name, region, id } (id = the node ID from its "mesh started" log line).
+ */
+export async function startCluster({
+  size = 3,
+  regions = ['iad', 'fra', 'sin'],
+  secret = 'interop-cluster-secret',
+  probeInterval = '200ms',
+  args = [],
+  jwtSecret,
+  readyTimeoutMs = 15000,
+} = {}) {
+  const ports = []
+  for (let i = 0; i < size; i++) {
+    ports.push({ http: await reservePort(), gossip: await reservePort(), mesh: await reservePort() })
+  }
+  await Promise.all(ports.flatMap((p) => [p.http.release(), p.gossip.release(), p.mesh.release()]))
+  const seed = `127.0.0.1:${ports[0].gossip.port}`
+  const nodes = []
+  const stop = () => Promise.all(nodes.map((n) => n.stop()))
+  try {
+    for (let i = 0; i < size; i++) {
+      const name = `n${i + 1}`
+      const region = regions[i % regions.length]
+      const server = await startServer({
+        jwtSecret,
+        readyTimeoutMs,
+        port: ports[i].http.port,
+        args: [
+          '--name', name,
+          '--region', region,
+          '--gossip-addr', `127.0.0.1:${ports[i].gossip.port}`,
+          '--mesh-addr', `127.0.0.1:${ports[i].mesh.port}`,
+          '--cluster-secret', secret,
+          '--gossip-probe-interval', probeInterval,
+          ...(i > 0 ? ['--join', seed] : []),
+          ...args,
+        ],
+      })
+      nodes.push(Object.assign(server, { name, region, id: server.output().match(/msg="mesh started" node=(\S+)/)?.[1] }))
+    }
+    let last = ''
+    await waitFor(
+      async () => {
+        const states = await Promise.all(nodes.map(scrapeMetrics))
+        last = states.map((m, i) => `${nodes[i].name}: members=${m.get('meshcast_mesh_members')} peers_connected=${m.get('meshcast_mesh_peers_connected')}`).join('; ')
+        return states.every((m) => m.get('meshcast_mesh_members') === size && m.get('meshcast_mesh_peers_connected') === size - 1)
+      },
+      readyTimeoutMs,
+      () => `a ${size}-node cluster with every mesh peer connected (${last})\n` + nodes.map((n) => `--- ${n.name} ---\n${n.output()}`).join('\n'),
+      { intervalMs: 50, retryErrors: true }
+    )
+  } catch (err) {
+    await stop()
+    throw err
+  }
+  return { nodes, stop }
 }
 
 const b64url = (buf) => Buffer.from(buf).toString('base64url')
