@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -43,6 +44,7 @@ type options struct {
 	logFormat string
 	jwtSecret string
 	shutdown  time.Duration
+	pprofAddr string
 	edge      edge.Config
 
 	// cluster
@@ -93,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&c.QueueBytes, "queue-bytes", c.QueueBytes, "outbound queue bound per connection; a client that falls this far behind is closed (0 = off)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close sockets that send nothing (not even heartbeats) for this long (0 = off)")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "max time of one write to a client (0 = off)")
+	fs.StringVar(&o.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this `host:port` (off when empty; keep it private)")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for clients to leave")
 
 	fs.StringVar(&o.region, "region", region, "region of this node (default $FLY_REGION, else local)")
@@ -188,6 +191,20 @@ func run(args []string, stderr io.Writer) error {
 	}
 	log.Info("meshcast serving", "addr", ln.Addr().String(), "node", o.edge.NodeID,
 		"demo", "http://"+ln.Addr().String()+"/")
+
+	if o.pprofAddr != "" {
+		pln, err := net.Listen("tcp", o.pprofAddr)
+		if err != nil {
+			return fmt.Errorf("--pprof-addr: %w", err)
+		}
+		defer pln.Close()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		go http.Serve(pln, mux) // ends when pln closes
+		log.Info("pprof serving", "addr", pln.Addr().String())
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
