@@ -43,6 +43,7 @@ type conn struct {
 	closeFrame []byte
 	writerDone chan struct{} // closed when the socket has been closed by the writer
 	writer     func()        // c.writeLoop, bound once so starting a writer allocates nothing
+	deadline   time.Time     // the write deadline last set (writer only)
 
 	// Inbound state, guarded by mu: the reader goroutine and token timers
 	// both change channels.
@@ -192,7 +193,13 @@ func (c *conn) writeLoop() {
 			batch = append(batch, closeFrame)
 		}
 		if wt := c.srv.cfg.WriteTimeout; wt > 0 {
-			c.nc.SetWriteDeadline(time.Now().Add(wt))
+			// Moving the deadline on every write costs a timer update per
+			// delivery; refreshing it once a quarter has passed still
+			// cuts off a stuck write after ¾ to all of WriteTimeout.
+			if now := time.Now(); c.deadline.Sub(now) < wt*3/4 {
+				c.deadline = now.Add(wt)
+				c.nc.SetWriteDeadline(c.deadline)
+			}
 		}
 		bufs = batch
 		_, err := bufs.WriteTo(c.nc)
