@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run cluster test test-go test-js test-browser deps-js deps-browser bench lint fuzz clean
+.PHONY: all build run cluster bench-compare test test-go test-js test-browser deps-js deps-browser bench lint fuzz clean
 
 all: build
 
@@ -56,10 +56,17 @@ test-js: build deps-js
 test-browser: build deps-js deps-browser
 	cd $(NPM_DIR) && MESHCAST_BIN=$(CURDIR)/$(BIN)/meshcast npm run test:browser
 
-# Go benchmarks (codecs, fanout) and a short meshbench run against a local node.
+# Go benchmarks (codecs, fan-out, router, mesh strategies) and meshbench
+# against a local node (idle RSS, throughput, latency).
 bench: build
 	$(GO) test -run='^$$' -bench=. -benchmem ./wire/... ./edge/... ./mesh/...
-	./bench/run-local.sh
+	TARGETS=meshcast ROUNDS=1 ./bench/compare.sh
+
+# meshcast and Centrifugo side by side, as in README's Performance section.
+CENTRIFUGO_VERSION ?= v6.9.1
+bench-compare: build
+	$(GO) install github.com/centrifugal/centrifugo/v6@$(CENTRIFUGO_VERSION)
+	ROUNDS=3 ./bench/compare.sh
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeText -fuzztime=30s ./wire/phx

@@ -1,0 +1,272 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"go.uber.org/goleak"
+)
+
+// fakeServer is a tiny in-process broadcast server speaking just enough of
+// the Phoenix v2 or Centrifugo protocol for the runner: it checks the runner
+// end to end without a real server.
+type fakeServer struct {
+	t     *testing.T
+	proto string
+	ln    net.Listener
+	srv   *http.Server
+
+	mu    sync.Mutex
+	subs  map[*fakeConn]bool
+	pongs int
+}
+
+type fakeConn struct {
+	nc net.Conn
+	mu sync.Mutex
+}
+
+func (c *fakeConn) write(op ws.OpCode, p []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_ = wsutil.WriteServerMessage(c.nc, op, p)
+}
+
+func startFake(t *testing.T, proto string) *fakeServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeServer{t: t, proto: proto, ln: ln, subs: map[*fakeConn]bool{}}
+	f.srv = &http.Server{Handler: http.HandlerFunc(f.serve), ReadHeaderTimeout: 5 * time.Second}
+	go f.srv.Serve(ln)
+	t.Cleanup(func() { f.srv.Close() })
+	return f
+}
+
+func (f *fakeServer) url() string {
+	if f.proto == TargetCentrifugo {
+		return "ws://" + f.ln.Addr().String() + "/connection/websocket"
+	}
+	return "ws://" + f.ln.Addr().String() + "/realtime/v1/websocket?apikey=bench&vsn=2.0.0"
+}
+
+func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
+	nc, _, _, err := ws.UpgradeHTTP(r, w)
+	if err != nil {
+		return
+	}
+	c := &fakeConn{nc: nc}
+	defer func() {
+		f.mu.Lock()
+		delete(f.subs, c)
+		f.mu.Unlock()
+		nc.Close()
+	}()
+	for {
+		msg, op, err := wsutil.ReadClientData(nc)
+		if err != nil {
+			return
+		}
+		if f.proto == TargetCentrifugo {
+			forEachLine(msg, func(line []byte) { f.centrifugo(c, line) })
+		} else {
+			f.phoenix(c, op, msg)
+		}
+	}
+}
+
+func (f *fakeServer) fanout(from *fakeConn, op ws.OpCode, p []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.subs {
+		if c != from {
+			c.write(op, p)
+		}
+	}
+}
+
+func (f *fakeServer) phoenix(c *fakeConn, op ws.OpCode, msg []byte) {
+	if op == ws.OpBinary { // kind 3 → kind 4
+		jl, rl, tl, el, ml := int(msg[1]), int(msg[2]), int(msg[3]), int(msg[4]), int(msg[5])
+		rest := msg[7+jl+rl:]
+		out := append([]byte{KindUserBroadcast, byte(tl), byte(el), byte(ml), msg[6]}, rest...)
+		f.fanout(c, ws.OpBinary, out)
+		return
+	}
+	r, err := parsePhxFrame(msg)
+	if err != nil {
+		f.t.Errorf("fake phoenix: %v", err)
+		return
+	}
+	switch r.Event {
+	case "phx_join":
+		f.mu.Lock()
+		f.subs[c] = true
+		f.mu.Unlock()
+		c.write(ws.OpText, fmt.Appendf(nil, `["1",%q,%q,"phx_reply",{"status":"ok","response":{"postgres_changes":[]}}]`, *r.Ref, r.Topic))
+	case "heartbeat":
+		c.write(ws.OpText, fmt.Appendf(nil, `[null,%q,"phoenix","phx_reply",{"status":"ok","response":{}}]`, *r.Ref))
+	case "broadcast":
+		i := bytes.Index(msg, []byte(`"realtime:`))
+		f.fanout(c, ws.OpText, append([]byte(`[null,null,`), msg[i:]...))
+	}
+}
+
+func (f *fakeServer) centrifugo(c *fakeConn, line []byte) {
+	var id int
+	switch {
+	case bytes.Equal(line, centPing):
+		f.mu.Lock()
+		f.pongs++
+		f.mu.Unlock()
+	case bytes.Contains(line, []byte(`"connect"`)):
+		fmt.Sscanf(string(line), `{"id":%d`, &id)
+		c.write(ws.OpText, fmt.Appendf(nil, `{"id":%d,"connect":{"client":"x","ping":25,"pong":true}}`, id))
+	case bytes.Contains(line, []byte(`"subscribe"`)):
+		fmt.Sscanf(string(line), `{"id":%d`, &id)
+		f.mu.Lock()
+		f.subs[c] = true
+		f.mu.Unlock()
+		// A ping batched with the reply checks that the client pongs.
+		c.write(ws.OpText, fmt.Appendf(nil, "{\"id\":%d,\"subscribe\":{}}\n{}", id))
+	case bytes.Contains(line, []byte(`"publish"`)):
+		fmt.Sscanf(string(line), `{"id":%d`, &id)
+		i := bytes.Index(line, []byte(`"data":`))
+		data := line[i+len(`"data":`) : len(line)-2]
+		push := fmt.Appendf(nil, `{"push":{"channel":"bench:room","pub":{"data":%s,"offset":%d}}}`, data, id)
+		// Every tenth push shares its frame with a ping, as Centrifugo may
+		// batch several messages into one frame.
+		if id%10 == 0 {
+			push = append([]byte("{}\n"), push...)
+		}
+		f.fanout(c, ws.OpText, push)
+		c.write(ws.OpText, fmt.Appendf(nil, `{"id":%d,"publish":{}}`, id))
+	}
+}
+
+func checkClean(t *testing.T, res *Result) {
+	t.Helper()
+	if res.Connected != res.Subs || res.ConnectErrors != 0 || res.Disconnects != 0 || res.Unexpected != 0 ||
+		res.PublishErrors != 0 || res.Gaps != 0 || res.OutOfOrder != 0 || res.WindowStalls != 0 {
+		t.Fatalf("unclean run: %s", res)
+	}
+}
+
+func TestRunAgainstFakes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end runner test; -short runs only the pure parts")
+	}
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	for _, tc := range []struct {
+		name, target string
+		mode         Mode
+		binary       bool
+		rate         float64
+	}{
+		{"phoenix text throughput", TargetMeshcast, ModeThroughput, false, 0},
+		{"phoenix binary throughput", TargetMeshcast, ModeThroughput, true, 0},
+		{"phoenix latency", TargetMeshcast, ModeLatency, false, 300},
+		{"centrifugo throughput", TargetCentrifugo, ModeThroughput, false, 0},
+		{"centrifugo latency", TargetCentrifugo, ModeLatency, false, 300},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFake(t, tc.target)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			res, err := Run(ctx, Config{
+				Target: tc.target, URL: f.url(), Mode: tc.mode, Binary: tc.binary, Rate: tc.rate,
+				Subs: 20, Duration: 300 * time.Millisecond, Warmup: 100 * time.Millisecond, Window: 4,
+				ServerPID: os.Getpid(), Drain: 2 * time.Second,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkClean(t, res)
+			if res.Lost != 0 || res.Delivered == 0 || res.Delivered != res.Expected || res.Published <= res.PublishedMeasured {
+				t.Fatalf("deliveries: %s", res)
+			}
+			if res.P50 <= 0 || res.P99 < res.P50 || res.Max < res.P99 || res.DeliveriesPerSec <= 0 {
+				t.Fatalf("latency/throughput figures: %+v", res)
+			}
+			if tc.mode == ModeLatency {
+				want := tc.rate * 0.3
+				if got := float64(res.PublishedMeasured); got < want*0.8 || got > want*1.2 {
+					t.Fatalf("published %v in 300ms at %v/s", got, tc.rate)
+				}
+			}
+			if res.ServerCPU < 0 || res.ClientCPU < 0 {
+				t.Fatalf("cpu not measured: %s", res)
+			}
+			if tc.target == TargetCentrifugo {
+				f.mu.Lock()
+				pongs := f.pongs
+				f.mu.Unlock()
+				if pongs < res.Connected {
+					t.Fatalf("server got %d pongs, want >= %d", pongs, res.Connected)
+				}
+			}
+			var out strings.Builder
+			if err := WriteTable(&out, []Result{*res, *res}); err != nil || !strings.Contains(out.String(), "deliveries/s") {
+				t.Fatalf("table: %v\n%s", err, out.String())
+			}
+		})
+	}
+}
+
+func TestRunIdleAgainstFake(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end runner test; -short runs only the pure parts")
+	}
+	f := startFake(t, TargetMeshcast)
+	res, err := Run(context.Background(), Config{
+		URL: f.url(), Mode: ModeIdle, Subs: 50, ServerPID: os.Getpid(), Settle: 1500 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkClean(t, res)
+	if res.RSSBeforeKiB <= 0 || res.RSSAfterKiB <= 0 {
+		t.Fatalf("rss not measured: %s", res)
+	}
+}
+
+func TestRunConnectFailure(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	res, err := Run(context.Background(), Config{URL: "ws://" + addr + "/x", Subs: 3, HandshakeTimeout: time.Second})
+	if err == nil || res == nil || res.ConnectErrors != 3 || res.FirstConnectError == "" {
+		t.Fatalf("want a connect failure, got %v %+v", err, res)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"latency without rate": {Mode: ModeLatency},
+		"bad mode":             {Mode: "x"},
+		"bad target":           {Target: "x"},
+		"tiny payload":         {PayloadSize: 10},
+		"quote in topic":       {Topic: `a"b`},
+		"binary centrifugo":    {Target: TargetCentrifugo, Binary: true},
+		"too many subs":        {Subs: maxSubs + 1},
+	} {
+		if _, err := Run(context.Background(), cfg); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
