@@ -24,6 +24,11 @@ type Config struct {
 	QueueBytes         int           // outbound queue bound per connection
 	IdleTimeout        time.Duration // close sockets silent this long
 	WriteTimeout       time.Duration // a single write to a client
+	// WriteCoalesce is the shortest time between two writes to one
+	// connection: frames for a connection written to less than this ago
+	// wait (at most this long) and go out together. 0 writes every frame
+	// at once.
+	WriteCoalesce time.Duration
 
 	Logger *slog.Logger
 }

@@ -38,6 +38,8 @@ type conn struct {
 	spare      [][]byte // the writer's previous batch, reused
 	queued     int      // bytes in queue
 	writing    bool     // a writer goroutine is running
+	scheduled  bool     // waiting for the coalescer's next tick
+	lastWrite  int64    // coalescer clock of the last write round
 	closing    bool     // nothing more is queued; the writer sends closeFrame and exits
 	finished   bool     // the socket is closed; no writer starts again
 	closeFrame []byte
@@ -105,12 +107,30 @@ func (c *conn) enqueue(f []byte) bool {
 	}
 	c.queue = append(c.queue, f)
 	c.queued += len(f)
-	start := c.startWriterLocked()
+	start := false
+	if !c.writing && !c.scheduled && !c.finished {
+		if k := c.srv.coalesce; k.recent(c.lastWrite) && k.add(c) {
+			c.scheduled = true
+		} else {
+			start = c.startWriterLocked()
+		}
+	}
 	c.qmu.Unlock()
 	if start {
 		go c.writer()
 	}
 	return true
+}
+
+// flushScheduled starts the writer of a connection the coalescer held back.
+func (c *conn) flushScheduled() {
+	c.qmu.Lock()
+	c.scheduled = false
+	start := len(c.queue) > 0 && c.startWriterLocked()
+	c.qmu.Unlock()
+	if start {
+		go c.writer()
+	}
 }
 
 // startWriterLocked reports whether the caller must start a writer (and
@@ -187,6 +207,7 @@ func (c *conn) writeLoop() {
 		}
 		lingered = false
 		c.queue, c.spare, c.queued = c.spare[:0], nil, 0
+		c.lastWrite = c.srv.coalesce.now()
 		c.qmu.Unlock()
 
 		if closing {
@@ -204,6 +225,7 @@ func (c *conn) writeLoop() {
 		bufs = batch
 		_, err := bufs.WriteTo(c.nc)
 		c.srv.metrics.bytesOut.Add(bytes)
+		c.srv.metrics.writes.Inc()
 		clear(batch) // drop references to shared frames
 		if err != nil || closing {
 			if err != nil {

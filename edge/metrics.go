@@ -19,6 +19,7 @@ type serverMetrics struct {
 	messagesOut      *metrics.Counter
 	bytesIn          *metrics.Counter
 	bytesOut         *metrics.Counter
+	writes           *metrics.Counter
 	broadcasts       *metrics.Counter
 	presenceEvents   *metrics.Counter
 	restBroadcasts   *metrics.Counter
@@ -37,6 +38,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 		messagesOut:      set.NewCounter("meshcast_messages_out_total"),
 		bytesIn:          set.NewCounter("meshcast_bytes_in_total"),
 		bytesOut:         set.NewCounter("meshcast_bytes_out_total"),
+		writes:           set.NewCounter("meshcast_socket_writes_total"),
 		broadcasts:       set.NewCounter("meshcast_broadcasts_total"),
 		presenceEvents:   set.NewCounter("meshcast_presence_events_total"),
 		restBroadcasts:   set.NewCounter("meshcast_rest_broadcasts_total"),

@@ -36,14 +36,15 @@ import (
 
 // Server is one edge node's client-facing server.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	auth    *authenticator
-	hub     *hub
-	metrics *serverMetrics
-	mux     *http.ServeMux
-	http    *http.Server
-	cluster *mesh.Node // nil on a single node
+	cfg      Config
+	log      *slog.Logger
+	auth     *authenticator
+	hub      *hub
+	metrics  *serverMetrics
+	mux      *http.ServeMux
+	http     *http.Server
+	cluster  *mesh.Node // nil on a single node
+	coalesce *coalescer
 
 	conns    atomic.Int64 // admitted connections, for the limit and metrics
 	channels atomic.Int64
@@ -79,6 +80,7 @@ func New(cfg Config) (*Server, error) {
 		hub:       newHub(cfg.NodeID),
 		refPrefix: newRefPrefix(),
 		live:      make(map[*conn]struct{}),
+		coalesce:  newCoalescer(cfg.WriteCoalesce),
 	}
 	s.metrics = newServerMetrics(s)
 	s.mux = s.routes()
@@ -142,6 +144,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			err = ctx.Err()
 		}
 	}
+	s.coalesce.close()
 	return err
 }
 

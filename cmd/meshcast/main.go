@@ -95,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&c.QueueBytes, "queue-bytes", c.QueueBytes, "outbound queue bound per connection; a client that falls this far behind is closed (0 = off)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close sockets that send nothing (not even heartbeats) for this long (0 = off)")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "max time of one write to a client (0 = off)")
+	fs.DurationVar(&c.WriteCoalesce, "write-coalesce", c.WriteCoalesce, "shortest time between two writes to one client: frames for a client written to less than this ago wait at most this long and share one write (0 = write every frame at once)")
 	fs.StringVar(&o.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this `host:port` (off when empty; keep it private)")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for clients to leave")
 
