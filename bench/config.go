@@ -3,6 +3,7 @@ package bench
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -34,7 +35,8 @@ const (
 // Config describes one benchmark run. Zero fields take the defaults noted.
 type Config struct {
 	Target string // TargetMeshcast (default) or TargetCentrifugo
-	URL    string // WebSocket URL; default per target
+	URL    string // WebSocket URL; default per target. Several, comma-separated, spread the subscribers round-robin (one per cluster node)
+	PubURL string // the publisher's WebSocket URL; default the first of URL
 	Mode   Mode   // default ModeThroughput
 
 	Subs        int           // subscriber connections; default 1000
@@ -84,6 +86,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		default:
 			cfg.URL = DefaultMeshcastURL
 		}
+	}
+	if cfg.PubURL == "" {
+		cfg.PubURL, _, _ = strings.Cut(cfg.URL, ",")
 	}
 	if cfg.Mode == "" {
 		cfg.Mode = ModeThroughput
@@ -181,4 +186,10 @@ func plainJSONString(s string) bool {
 		}
 	}
 	return true
+}
+
+// subURL returns the URL subscriber i connects to.
+func (cfg *Config) subURL(i int) string {
+	urls := strings.Split(cfg.URL, ",")
+	return strings.TrimSpace(urls[i%len(urls)])
 }

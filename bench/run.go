@@ -80,7 +80,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	r.recv = make([]paddedCounter, recvShards)
 	r.subs = make([]*subscriber, cfg.Subs)
 	for i := range r.subs {
-		r.subs[i] = &subscriber{r: r, hist: r.hists[i%histShards], recv: &r.recv[i%recvShards].Uint64, next: 1}
+		r.subs[i] = &subscriber{r: r, id: i, hist: r.hists[i%histShards], recv: &r.recv[i%recvShards].Uint64, next: 1}
 	}
 
 	res := &Result{
@@ -178,7 +178,7 @@ func (r *runner) connectAll(ctx context.Context, res *Result) error {
 func (r *runner) open(ctx context.Context, s *subscriber) error {
 	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)
 	defer cancel()
-	c, err := dialWS(hctx, r.cfg.URL, r.cfg.HandshakeTimeout, r.cfg.ReadBuffer)
+	c, err := dialWS(hctx, r.cfg.subURL(s.id), r.cfg.HandshakeTimeout, r.cfg.ReadBuffer)
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}

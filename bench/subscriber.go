@@ -12,6 +12,7 @@ import (
 // has exited.
 type subscriber struct {
 	r    *runner
+	id   int
 	c    *wsConn
 	hist *Histogram     // shard shared with other subscribers
 	recv *atomic.Uint64 // shard of the live delivery counter

@@ -29,7 +29,7 @@ func (r *runner) runTraffic(ctx context.Context, res *Result) (*Result, error) {
 		return res, err
 	}
 
-	c, err := dialWS(ctx, cfg.URL, cfg.HandshakeTimeout, cfg.ReadBuffer)
+	c, err := dialWS(ctx, cfg.PubURL, cfg.HandshakeTimeout, cfg.ReadBuffer)
 	if err != nil {
 		return res, fmt.Errorf("bench: publisher dial: %w", err)
 	}

@@ -351,8 +351,8 @@ func TestClusterPresenceConvergesAfterMeshPartition(t *testing.T) {
 func TestClusterBroadcastCrossesOncePerInterestedNode(t *testing.T) {
 	nodes := startCluster(t, []string{"iad", "fra", "sin", "syd"}, nil)
 	const topic = "realtime:count"
-	// Subscribers on n0 (with the publisher), n1 and n2; none on n3.
-	subs := map[int]int{0: 3, 1: 5, 2: 4}
+	// 1000 subscribers on n0 (with the publisher), n1 and n2; none on n3.
+	subs := map[int]int{0: 300, 1: 400, 2: 300}
 	var clients []*wsClient
 	for i, k := range subs {
 		for j := 0; j < k; j++ {
@@ -382,16 +382,36 @@ func TestClusterBroadcastCrossesOncePerInterestedNode(t *testing.T) {
 	pub := nodes[0].connect(t)
 	pub.write(joinFrame("1", topic, `{}`))
 	pub.next()
-	const msgs = 30
+	const msgs = 20
 	for i := 0; i < msgs; i++ {
 		pub.write(broadcastFrame("1", strconv.Itoa(i+2), topic, "e", fmt.Sprintf(`{"i":%d}`, i)))
 	}
+	// Every subscriber reads concurrently (a subscriber that is not read
+	// would be closed as a slow consumer, which is not what this counts).
+	var wg sync.WaitGroup
+	errs := make(chan error, len(clients))
 	for _, c := range clients {
-		for i := 0; i < msgs; i++ {
-			if f := c.next(); jsonField(f.Payload, "payload.i") != strconv.Itoa(i) {
-				t.Fatalf("message %d: %s", i, f)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < msgs; i++ {
+				data, op, err := c.read(20 * time.Second)
+				if err != nil {
+					errs <- fmt.Errorf("message %d: %v", i, err)
+					return
+				}
+				f, err := decodeFrame(data, op, false)
+				if err != nil || jsonField(f.Payload, "payload.i") != strconv.Itoa(i) {
+					errs <- fmt.Errorf("message %d: %s (%v)", i, data, err)
+					return
+				}
 			}
-		}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testWait)
 	defer cancel()

@@ -36,7 +36,8 @@ func main() {
 	var jsonOut, quiet bool
 	var cpuProfile, table string
 	flag.StringVar(&cfg.Target, "target", bench.TargetMeshcast, "server protocol: meshcast or centrifugo")
-	flag.StringVar(&cfg.URL, "url", "", "WebSocket URL (default "+bench.DefaultMeshcastURL+" or "+bench.DefaultCentrifugoURL+")")
+	flag.StringVar(&cfg.URL, "url", "", "WebSocket URL (default "+bench.DefaultMeshcastURL+" or "+bench.DefaultCentrifugoURL+"); several, comma-separated, spread subscribers over cluster nodes")
+	flag.StringVar(&cfg.PubURL, "pub-url", "", "the publisher's WebSocket URL (default: the first -url); another node's URL measures cross-node delivery")
 	flag.StringVar(&mode, "mode", string(bench.ModeThroughput), "throughput, latency or idle")
 	flag.IntVar(&cfg.Subs, "subs", 1000, "subscriber connections")
 	flag.DurationVar(&cfg.Duration, "duration", 10e9, "measured publishing time")
