@@ -4,6 +4,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -16,10 +17,11 @@ import (
 //
 // Outbound, every sender (the connection's own reader, other connections'
 // fan-out, timers) only appends prepared frames to a bounded queue and, if
-// no writer is running, starts one. The writer drains everything queued
-// into one vectored write per round and exits when the queue is empty, so
-// an idle connection costs no writer goroutine (its stack is most of what
-// an idle connection would otherwise hold). A full queue closes the
+// no writer is at work, hands the connection to the server's write pool,
+// which writes everything queued in one non-blocking writev. Only when the
+// socket is full (or the connection closes) does a connection get its own
+// writer goroutine, which may block and exits when the queue is empty: an
+// idle connection holds no writer goroutine. A full queue closes the
 // connection (slow consumer) instead of blocking the sender, so one slow
 // client never slows the others.
 type conn struct {
@@ -37,15 +39,17 @@ type conn struct {
 	queue      [][]byte
 	spare      [][]byte // the writer's previous batch, reused
 	queued     int      // bytes in queue
+	partial    bool     // queue[0] is the rest of a frame already partly written
 	writing    bool     // a writer goroutine is running
 	scheduled  bool     // waiting for the coalescer's next tick
 	lastWrite  int64    // coalescer clock of the last write round
 	closing    bool     // nothing more is queued; the writer sends closeFrame and exits
 	finished   bool     // the socket is closed; no writer starts again
 	closeFrame []byte
-	writerDone chan struct{} // closed when the socket has been closed by the writer
-	writer     func()        // c.writeLoop, bound once so starting a writer allocates nothing
-	deadline   time.Time     // the write deadline last set (writer only)
+	writerDone chan struct{}   // closed when the socket has been closed by the writer
+	writer     func()          // c.writeLoop, bound once so starting a writer allocates nothing
+	raw        syscall.RawConn // non-blocking writes from the write pool; nil if unsupported
+	deadline   time.Time       // the write deadline last set (writer only)
 
 	// Inbound state, guarded by mu: the reader goroutine and token timers
 	// both change channels.
@@ -66,6 +70,9 @@ func newConn(s *Server, nc net.Conn, vsn phx.Version) *conn {
 		channels:   make(map[string]*channel),
 	}
 	c.writer = c.writeLoop
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
 	if s.cfg.EventsPerSecond > 0 {
 		c.events = rate.NewLimiter(rate.Limit(s.cfg.EventsPerSecond), burst(s.cfg.EventsPerSecond))
 	}
@@ -116,7 +123,7 @@ func (c *conn) enqueue(f []byte) bool {
 		}
 	}
 	c.qmu.Unlock()
-	if start {
+	if start && !c.srv.pool.submit(c) {
 		go c.writer()
 	}
 	return true
@@ -128,7 +135,7 @@ func (c *conn) flushScheduled() {
 	c.scheduled = false
 	start := len(c.queue) > 0 && c.startWriterLocked()
 	c.qmu.Unlock()
-	if start {
+	if start && !c.srv.pool.submit(c) {
 		go c.writer()
 	}
 }
@@ -173,9 +180,16 @@ func (c *conn) startClose(code ws.StatusCode, reason string, drop bool) {
 func (c *conn) closeLocked(code ws.StatusCode, reason string, drop bool) {
 	c.closing = true
 	if drop {
-		clear(c.queue)
-		c.queue = c.queue[:0]
+		keep := 0
+		if c.partial && len(c.queue) > 0 {
+			keep = 1 // a begun frame must be finished before the close frame
+		}
+		clear(c.queue[keep:])
+		c.queue = c.queue[:keep]
 		c.queued = 0
+		if keep == 1 {
+			c.queued = len(c.queue[0])
+		}
 	}
 	if len(reason) > 123 {
 		reason = reason[:123]
@@ -206,7 +220,7 @@ func (c *conn) writeLoop() {
 			return
 		}
 		lingered = false
-		c.queue, c.spare, c.queued = c.spare[:0], nil, 0
+		c.queue, c.spare, c.queued, c.partial = c.spare[:0], nil, 0, false
 		c.lastWrite = c.srv.coalesce.now()
 		c.qmu.Unlock()
 

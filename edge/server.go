@@ -12,8 +12,10 @@
 // 1 KiB read buffer (payloads are read into their own slices), the upgrade
 // reuses net/http's hijacked connection, and because server frames are
 // unmasked, a broadcast is turned into one complete WebSocket frame once and
-// the same bytes are queued for every subscriber. Each connection's writer
-// then hands everything queued to one writev. gorilla/websocket and
+// the same bytes are queued for every subscriber. Everything queued for a
+// connection then goes out in one writev: first from the write pool's
+// non-blocking writes, and from a connection's own blocking writer only
+// when its socket is full. gorilla/websocket and
 // coder/websocket keep a buffered reader and writer (or more) per
 // connection and frame every write per connection; lxzan/gws is close in
 // spirit but brings its own event loop and broadcaster.
@@ -45,6 +47,7 @@ type Server struct {
 	http     *http.Server
 	cluster  *mesh.Node // nil on a single node
 	coalesce *coalescer
+	pool     *writePool
 
 	conns    atomic.Int64 // admitted connections, for the limit and metrics
 	channels atomic.Int64
@@ -81,6 +84,7 @@ func New(cfg Config) (*Server, error) {
 		refPrefix: newRefPrefix(),
 		live:      make(map[*conn]struct{}),
 		coalesce:  newCoalescer(cfg.WriteCoalesce),
+		pool:      newWritePool(),
 	}
 	s.metrics = newServerMetrics(s)
 	s.mux = s.routes()
@@ -145,6 +149,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.coalesce.close()
+	s.pool.close()
 	return err
 }
 

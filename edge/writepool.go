@@ -1,0 +1,182 @@
+package edge
+
+import (
+	"errors"
+	"runtime"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// writePool is a few goroutines (one per CPU) that write queued frames to
+// connections with non-blocking system calls. A fan-out to N subscribers
+// then makes N connections ready instead of N goroutines runnable, so the
+// goroutines that read from sockets (the next publisher's message, the
+// mesh) are not queued behind a flood of writers, and nothing is created
+// or destroyed per delivery. A connection whose socket is full is handed to
+// its own blocking writer goroutine, so a slow client never holds a worker.
+type writePool struct {
+	ready chan *conn
+	stop  chan struct{}
+	once  sync.Once
+	wg    sync.WaitGroup
+}
+
+func newWritePool() *writePool {
+	return &writePool{ready: make(chan *conn, 1<<16), stop: make(chan struct{})}
+}
+
+// submit hands a connection whose writer role the caller holds to the
+// pool; false when the pool is full (the caller starts a writer itself).
+func (p *writePool) submit(c *conn) bool {
+	if c.raw == nil {
+		return false
+	}
+	p.once.Do(p.start)
+	select {
+	case p.ready <- c:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *writePool) start() {
+	n := max(2, runtime.GOMAXPROCS(0))
+	p.wg.Add(n)
+	for i := 0; i < n; i++ {
+		go p.run()
+	}
+}
+
+// yieldEvery bounds how long a busy worker keeps its CPU from the
+// goroutines that read sockets.
+const yieldEvery = 32
+
+func (p *writePool) run() {
+	defer p.wg.Done()
+	for n := 1; ; n++ {
+		select {
+		case <-p.stop:
+			return
+		case c := <-p.ready:
+			c.writeReady(p)
+		}
+		if n%yieldEvery == 0 {
+			runtime.Gosched()
+		}
+	}
+}
+
+// close stops the workers; called once no connection is left.
+func (p *writePool) close() {
+	p.once.Do(func() {}) // no start after this
+	close(p.stop)
+	p.wg.Wait()
+}
+
+// writeReady writes what is queued without blocking. The caller holds the
+// writer role. What the socket does not take goes to a blocking writer.
+func (c *conn) writeReady(p *writePool) {
+	c.qmu.Lock()
+	if c.closing || c.finished {
+		c.qmu.Unlock()
+		go c.writer() // close frames and teardown take the blocking path
+		return
+	}
+	batch, bytes := c.queue, c.queued
+	c.queue, c.spare, c.queued, c.partial = c.spare[:0], nil, 0, false
+	c.lastWrite = c.srv.coalesce.now()
+	c.qmu.Unlock()
+
+	n, err := c.writeNonBlocking(batch)
+	c.srv.metrics.bytesOut.Add(n)
+	c.srv.metrics.writes.Inc()
+	if err != nil {
+		clear(batch)
+		c.srv.metrics.errorReason("write")
+		c.finish()
+		return
+	}
+	if n == bytes {
+		clear(batch)
+		c.qmu.Lock()
+		if cap(batch) <= 1024 {
+			c.spare = batch[:0]
+		}
+		if len(c.queue) == 0 && !c.closing {
+			c.writing = false
+			c.qmu.Unlock()
+			return
+		}
+		c.qmu.Unlock()
+		if !p.submit(c) {
+			go c.writer()
+		}
+		return
+	}
+	// The socket is full: the rest of the batch goes back in front of
+	// whatever was queued meanwhile, for a writer that may block.
+	rest, began := unwritten(batch, n)
+	c.qmu.Lock()
+	c.queue = append(rest, c.queue...)
+	c.queued += bytes - n
+	c.partial = began
+	c.qmu.Unlock()
+	go c.writer()
+}
+
+// unwritten returns the frames of batch after its first n bytes, and
+// whether the first of them was partly written.
+func unwritten(batch [][]byte, n int) (rest [][]byte, began bool) {
+	for i, f := range batch {
+		if n < len(f) {
+			rest = append(rest, f[n:])
+			rest = append(rest, batch[i+1:]...)
+			return rest, n > 0
+		}
+		n -= len(f)
+	}
+	return nil, false
+}
+
+// writeNonBlocking writes as much of batch as the socket takes now and
+// returns how many bytes that was. An error means the connection is
+// broken; a full socket is not an error.
+func (c *conn) writeNonBlocking(batch [][]byte) (int, error) {
+	total := 0
+	var werr error
+	called := false
+	err := c.raw.Write(func(fd uintptr) bool {
+		called = true
+		for len(batch) > 0 {
+			chunk := batch[:min(len(batch), 1024)] // IOV_MAX
+			n, err := unix.Writev(int(fd), chunk)
+			if n > 0 {
+				total += n
+			}
+			if err != nil {
+				if !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR) {
+					werr = err
+				}
+				return true
+			}
+			want := 0
+			for _, f := range chunk {
+				want += len(f)
+			}
+			if n < want {
+				return true // socket full
+			}
+			batch = batch[len(chunk):]
+		}
+		return true
+	})
+	if !called || err != nil {
+		// The deadline passed (or the connection is closed): let the
+		// blocking writer, which renews the deadline, find out.
+		return total, nil
+	}
+	return total, werr
+}
