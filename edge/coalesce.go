@@ -75,8 +75,8 @@ func (k *coalescer) run() {
 // their own close.
 func (k *coalescer) close() {
 	k.mu.Lock()
+	started := k.started && !k.closed
 	k.closed = true
-	started := k.started
 	k.mu.Unlock()
 	if started {
 		close(k.stop)

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"testing"
@@ -61,4 +62,8 @@ func TestShutdownWithCoalescedFrames(t *testing.T) {
 	if err != nil || code != 1001 {
 		t.Fatalf("close frame: code %d, err %v; want 1001", code, err)
 	}
+	// A second Shutdown (a second signal, say) returns and does not panic.
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	ts.Shutdown(ctx)
 }

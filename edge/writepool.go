@@ -17,10 +17,11 @@ import (
 // or destroyed per delivery. A connection whose socket is full is handed to
 // its own blocking writer goroutine, so a slow client never holds a worker.
 type writePool struct {
-	ready chan *conn
-	stop  chan struct{}
-	once  sync.Once
-	wg    sync.WaitGroup
+	ready    chan *conn
+	stop     chan struct{}
+	once     sync.Once // starts the workers
+	stopOnce sync.Once
+	wg       sync.WaitGroup
 }
 
 func newWritePool() *writePool {
@@ -72,7 +73,7 @@ func (p *writePool) run() {
 // close stops the workers; called once no connection is left.
 func (p *writePool) close() {
 	p.once.Do(func() {}) // no start after this
-	close(p.stop)
+	p.stopOnce.Do(func() { close(p.stop) })
 	p.wg.Wait()
 }
 
