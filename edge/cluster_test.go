@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -25,6 +26,16 @@ type filterConn struct {
 	net.PacketConn
 	mu      sync.Mutex
 	blocked map[string]bool
+	delay   map[string]time.Duration // packets to an address leave this much later
+}
+
+func (f *filterConn) delayTo(addr string, d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.delay == nil {
+		f.delay = map[string]time.Duration{}
+	}
+	f.delay[addr] = d
 }
 
 func (f *filterConn) isBlocked(a net.Addr) bool {
@@ -50,6 +61,14 @@ func (f *filterConn) ReadFrom(p []byte) (int, net.Addr, error) {
 
 func (f *filterConn) WriteTo(p []byte, a net.Addr) (int, error) {
 	if f.isBlocked(a) {
+		return len(p), nil
+	}
+	f.mu.Lock()
+	d := f.delay[a.String()]
+	f.mu.Unlock()
+	if d > 0 {
+		late := bytes.Clone(p)
+		time.AfterFunc(d, func() { f.PacketConn.WriteTo(late, a) })
 		return len(p), nil
 	}
 	return f.PacketConn.WriteTo(p, a)
@@ -501,5 +520,31 @@ func TestClusterRoutingStrategies(t *testing.T) {
 					tc.strategy, total-t0, remote-r0, msgs, tc.total*msgs, tc.remote*msgs)
 			}
 		})
+	}
+}
+
+// TestClusterPublishRightAfterFirstJoin publishes over REST on a node with
+// no subscribers right after a client on another node got its join reply,
+// with the mesh toward that node slowed down as a far region would be: the
+// join reply waits until every connected node knows of the interest, so the
+// message must arrive.
+func TestClusterPublishRightAfterFirstJoin(t *testing.T) {
+	nodes := startCluster(t, []string{"iad", "fra", "sin"}, nil)
+	nodes[0].udp.delayTo(nodes[2].meshAddr(), 150*time.Millisecond)
+	for i := 0; i < 3; i++ {
+		topic := fmt.Sprintf("room-%d", i)
+		c := nodes[0].connect(t)
+		c.write(joinFrame("1", "realtime:"+topic, `{}`))
+		if f := c.next(); jsonField(f.Payload, "status") != `"ok"` {
+			t.Fatalf("join: %s", f)
+		}
+		r, err := nodes[2].do("POST", "/api/broadcast", "application/json",
+			fmt.Sprintf(`{"messages":[{"topic":%q,"event":"e","payload":{"n":%d}}]}`, topic, i))
+		if err != nil || r.status != http.StatusAccepted {
+			t.Fatalf("REST: %v %+v", err, r)
+		}
+		if f := c.next(); f.Event != "broadcast" || jsonField(f.Payload, "payload.n") != strconv.Itoa(i) {
+			t.Fatalf("topic %s: got %s", topic, f)
+		}
 	}
 }

@@ -115,7 +115,7 @@ func (n *Node) relay(b *meshproto.Broadcast) {
 
 // Subscribe records that topic has local subscribers (the edge calls it
 // when the first one joins). On a real 0→1 change every peer is told, and
-// the returned channel closes once every node interested in topic has sent
+// the returned channel closes once every connected peer has answered with
 // its presence snapshot, or after Config.SnapshotWait.
 func (n *Node) Subscribe(topic string) <-chan struct{} {
 	n.mu.Lock()
@@ -132,9 +132,14 @@ func (n *Node) Subscribe(topic string) <-chan struct{} {
 		return closedChan
 	}
 	n.local[topic] = &localTopic{}
+	// Every connected peer answers an InterestAdd with its presence
+	// snapshot of the topic (empty when it has none) after recording the
+	// interest. Waiting for all of them means that once the first client
+	// is told it joined, a message published on any connected node reaches
+	// it, and the presence_state it gets is complete.
 	w := &snapshotWait{pending: make(map[string]bool), done: make(chan struct{})}
-	for _, id := range n.table.Nodes(topic) {
-		if n.peers[id] != nil {
+	for id, p := range n.peers {
+		if p.connected.Load() {
 			w.pending[id] = true
 		}
 	}
