@@ -22,16 +22,10 @@ mb=${MESHBENCH_BIN:-bin/meshbench}
 SUBS=${SUBS:-1000} RATE=${RATE:-470} DURATION=${DURATION:-10s} WARMUP=${WARMUP:-2s} ROUNDS=${ROUNDS:-1}
 BASE_PORT=${BASE_PORT:-4100}
 logs=$(mktemp -d /tmp/meshcast-bench-cluster.XXXXXX)
-pids=()
+# shellcheck source=bench/nodes.sh
+. bench/nodes.sh
 stop() {
-	kill -TERM "${pids[@]}" 2>/dev/null || true
-	for _ in $(seq 1 100); do
-		alive=0
-		for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-		((alive)) || break
-		sleep 0.1
-	done
-	kill -KILL "${pids[@]}" 2>/dev/null || true
+	stop_nodes
 	echo "logs in $logs" >&2
 }
 trap stop EXIT
@@ -49,12 +43,7 @@ for i in 1 2 3; do
 done
 url() { echo "ws://127.0.0.1:$((BASE_PORT + $1))/realtime/v1/websocket?apikey=bench&vsn=2.0.0"; }
 for i in 1 2 3; do
-	for _ in $(seq 1 150); do
-		curl -sf "http://127.0.0.1:$((BASE_PORT + i))/metrics" 2>/dev/null | grep -q '^meshcast_mesh_peers_connected 2$' && continue 2
-		sleep 0.1
-	done
-	echo "cluster.sh: node n$i never connected to both peers" >&2
-	exit 1
+	wait_peers $((BASE_PORT + i)) 2
 done
 
 run() { # name, meshbench args...

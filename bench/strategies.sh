@@ -16,19 +16,8 @@ mb=${MESHBENCH_BIN:-bin/meshbench}
 SUBS=${SUBS:-400} RATE=${RATE:-200} DURATION=${DURATION:-10s} BASE_PORT=${BASE_PORT:-4200}
 regions=(iad iad fra fra sin sin)
 logs=$(mktemp -d /tmp/meshcast-strategies.XXXXXX)
-pids=()
-stop_nodes() {
-	((${#pids[@]})) || return 0
-	kill -TERM "${pids[@]}" 2>/dev/null || true
-	for _ in $(seq 1 100); do
-		alive=0
-		for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-		((alive)) || break
-		sleep 0.1
-	done
-	kill -KILL "${pids[@]}" 2>/dev/null || true
-	pids=()
-}
+# shellcheck source=bench/nodes.sh
+. bench/nodes.sh
 trap stop_nodes EXIT
 url() { echo "ws://127.0.0.1:$((BASE_PORT + $1))/realtime/v1/websocket?apikey=bench&vsn=2.0.0"; }
 # data-lane bytes sent by every node: total, and to nodes of another region
@@ -55,12 +44,7 @@ for strategy in all interested relay; do
 		pids+=($!)
 	done
 	for i in 1 2 3 4 5 6; do
-		for _ in $(seq 1 150); do
-			curl -sf "http://127.0.0.1:$((BASE_PORT + i))/metrics" 2>/dev/null | grep -q '^meshcast_mesh_peers_connected 5$' && continue 2
-			sleep 0.1
-		done
-		echo "strategies.sh: n$i never connected to all peers" >&2
-		exit 1
+		wait_peers $((BASE_PORT + i)) 5
 	done
 	for i in 1 2 3 4 5 6; do
 		id=$(sed -n 's/.*msg="mesh started" node=\([^ ]*\).*/\1/p' "$logs/$strategy-n$i.log" | head -1)

@@ -104,7 +104,7 @@ func (c *conn) enqueue(f []byte) bool {
 		start := c.startWriterLocked()
 		c.qmu.Unlock()
 		if start {
-			go c.writer()
+			c.startWriter()
 		}
 		c.srv.metrics.queueDrops.Inc()
 		c.srv.metrics.slowClose.Inc()
@@ -123,8 +123,8 @@ func (c *conn) enqueue(f []byte) bool {
 		}
 	}
 	c.qmu.Unlock()
-	if start && !c.srv.pool.submit(c) {
-		go c.writer()
+	if start {
+		c.startWriter()
 	}
 	return true
 }
@@ -135,8 +135,36 @@ func (c *conn) flushScheduled() {
 	c.scheduled = false
 	start := len(c.queue) > 0 && c.startWriterLocked()
 	c.qmu.Unlock()
-	if start && !c.srv.pool.submit(c) {
+	if start {
+		c.startWriter()
+	}
+}
+
+// startWriter runs the writer role the caller took with startWriterLocked:
+// on the write pool, or on a goroutine of its own when the pool is full or
+// the connection is not a socket.
+func (c *conn) startWriter() {
+	if !c.srv.pool.submit(c) {
 		go c.writer()
+	}
+}
+
+// takeLocked hands the writer everything queued. Called with qmu held.
+func (c *conn) takeLocked() (batch [][]byte, bytes int) {
+	batch, bytes = c.queue, c.queued
+	c.queue, c.spare, c.queued, c.partial = c.spare[:0], nil, 0, false
+	if c.srv.coalesce.every > 0 {
+		c.lastWrite = c.srv.coalesce.now()
+	}
+	return batch, bytes
+}
+
+// recycleLocked keeps a written batch's array for the next round. Called
+// with qmu held.
+func (c *conn) recycleLocked(batch [][]byte) {
+	clear(batch) // drop references to shared frames
+	if cap(batch) <= 1024 {
+		c.spare = batch[:0]
 	}
 }
 
@@ -205,8 +233,8 @@ func (c *conn) writeLoop() {
 	lingered := false
 	for {
 		c.qmu.Lock()
-		batch, bytes, closing, closeFrame := c.queue, c.queued, c.closing, c.closeFrame
-		if len(batch) == 0 && !closing {
+		closing, closeFrame := c.closing, c.closeFrame
+		if len(c.queue) == 0 && !closing {
 			if !lingered {
 				// Under a steady stream the next frame is usually a
 				// moment away: yield once before giving the goroutine up.
@@ -220,8 +248,7 @@ func (c *conn) writeLoop() {
 			return
 		}
 		lingered = false
-		c.queue, c.spare, c.queued, c.partial = c.spare[:0], nil, 0, false
-		c.lastWrite = c.srv.coalesce.now()
+		batch, bytes := c.takeLocked()
 		c.qmu.Unlock()
 
 		if closing {
@@ -240,8 +267,8 @@ func (c *conn) writeLoop() {
 		_, err := bufs.WriteTo(c.nc)
 		c.srv.metrics.bytesOut.Add(bytes)
 		c.srv.metrics.writes.Inc()
-		clear(batch) // drop references to shared frames
 		if err != nil || closing {
+			clear(batch)
 			if err != nil {
 				c.srv.metrics.errorReason("write")
 			}
@@ -249,9 +276,7 @@ func (c *conn) writeLoop() {
 			return
 		}
 		c.qmu.Lock()
-		if cap(batch) <= 1024 {
-			c.spare = batch[:0]
-		}
+		c.recycleLocked(batch)
 		c.qmu.Unlock()
 	}
 }

@@ -62,7 +62,7 @@ func (p *writePool) run() {
 		case <-p.stop:
 			return
 		case c := <-p.ready:
-			c.writeReady(p)
+			c.writeReady()
 		}
 		if n%yieldEvery == 0 {
 			runtime.Gosched()
@@ -79,16 +79,14 @@ func (p *writePool) close() {
 
 // writeReady writes what is queued without blocking. The caller holds the
 // writer role. What the socket does not take goes to a blocking writer.
-func (c *conn) writeReady(p *writePool) {
+func (c *conn) writeReady() {
 	c.qmu.Lock()
-	if c.closing || c.finished {
+	if c.closing {
 		c.qmu.Unlock()
-		go c.writer() // close frames and teardown take the blocking path
+		go c.writer() // the close frame takes the blocking path
 		return
 	}
-	batch, bytes := c.queue, c.queued
-	c.queue, c.spare, c.queued, c.partial = c.spare[:0], nil, 0, false
-	c.lastWrite = c.srv.coalesce.now()
+	batch, bytes := c.takeLocked()
 	c.qmu.Unlock()
 
 	n, err := c.writeNonBlocking(batch)
@@ -101,20 +99,15 @@ func (c *conn) writeReady(p *writePool) {
 		return
 	}
 	if n == bytes {
-		clear(batch)
 		c.qmu.Lock()
-		if cap(batch) <= 1024 {
-			c.spare = batch[:0]
-		}
+		c.recycleLocked(batch)
 		if len(c.queue) == 0 && !c.closing {
 			c.writing = false
 			c.qmu.Unlock()
 			return
 		}
 		c.qmu.Unlock()
-		if !p.submit(c) {
-			go c.writer()
-		}
+		c.startWriter() // more arrived meanwhile
 		return
 	}
 	// The socket is full: the rest of the batch goes back in front of
