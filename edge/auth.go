@@ -37,13 +37,15 @@ func (e *authError) joinReason() string { return e.Code + ": " + e.Msg }
 // accepts everything (the node runs open).
 type authenticator struct {
 	secret []byte
+	leeway time.Duration // allowed clock skew for nbf and iat
 	now    func() time.Time
 	parser *jwt.Parser
 }
 
-func newAuthenticator(secret []byte) *authenticator {
+func newAuthenticator(secret []byte, leeway time.Duration) *authenticator {
 	return &authenticator{
 		secret: secret,
+		leeway: leeway,
 		now:    time.Now,
 		// Expiry is checked below, to report how long ago a token expired.
 		parser: jwt.NewParser(jwt.WithValidMethods([]string{"HS256", "HS384", "HS512"}), jwt.WithoutClaimsValidation()),
@@ -94,9 +96,23 @@ func (a *authenticator) verify(token string) (*claims, *authError) {
 	if role == "" || err != nil || exp == nil {
 		return nil, &authError{"InvalidJWTToken", "Fields `role` and `exp` are required in JWT"}
 	}
-	if now := a.now(); !exp.After(now) {
+	now := a.now()
+	if !exp.After(now) {
 		ago := int(now.Sub(exp.Time).Seconds())
 		return nil, &authError{"InvalidJWTToken", fmt.Sprintf("Token has expired %d seconds ago", ago)}
+	}
+	// A token that is not valid yet (nbf), or claims to be issued in the
+	// future (iat), is refused beyond a small allowance for clock skew.
+	nbf, errNbf := mc.GetNotBefore()
+	iat, errIat := mc.GetIssuedAt()
+	if errNbf != nil || errIat != nil {
+		return nil, &authError{"InvalidJWTToken", "Fields `nbf` and `iat` must be numeric dates"}
+	}
+	if nbf != nil && nbf.After(now.Add(a.leeway)) {
+		return nil, &authError{"InvalidJWTToken", fmt.Sprintf("Token is not valid yet: nbf is %d seconds in the future", int(nbf.Sub(now).Seconds()))}
+	}
+	if iat != nil && iat.After(now.Add(a.leeway)) {
+		return nil, &authError{"InvalidJWTToken", fmt.Sprintf("Token is not valid yet: iat is %d seconds in the future", int(iat.Sub(now).Seconds()))}
 	}
 	sub, _ := mc["sub"].(string)
 	return &claims{Role: role, Sub: sub, Exp: exp.Time}, nil

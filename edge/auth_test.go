@@ -217,3 +217,30 @@ func TestAccessTokenRefresh(t *testing.T) {
 		t.Errorf("after the system error: %s, want phx_close", f)
 	}
 }
+
+// Tokens not valid yet (nbf) or issued in the future (iat) are refused,
+// beyond the leeway for clock skew, at the socket and at a join.
+func TestFutureTokensRefused(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.JWTSecret, c.JWTLeeway = testSecret, 10*time.Second })
+	exp := time.Now().Add(time.Hour).Unix()
+	future := time.Now().Add(time.Hour).Unix()
+	skewed := time.Now().Add(5 * time.Second).Unix() // within the leeway
+	nbf := mintWith(t, testSecret, jwt.MapClaims{"role": "anon", "exp": exp, "nbf": future})
+	iat := mintWith(t, testSecret, jwt.MapClaims{"role": "anon", "exp": exp, "iat": future})
+	for name, tok := range map[string]string{"nbf": nbf, "iat": iat} {
+		_, err := ts.dial(t, "/realtime/v1/websocket", "vsn=2.0.0&apikey="+tok)
+		var refused *upgradeRefused
+		if !errors.As(err, &refused) || refused.status != 401 || !strings.Contains(refused.body, "Token is not valid yet") {
+			t.Errorf("apikey with %s in the future: %v", name, err)
+		}
+	}
+	c := ts.connectQuery(t, "vsn=2.0.0&apikey="+mintWith(t, testSecret, jwt.MapClaims{"role": "anon", "exp": exp, "nbf": skewed, "iat": skewed}))
+	c.write(`["1","1","realtime:a","phx_join",{"config":{},"access_token":"` + nbf + `"}]`)
+	if f := c.next(); !strings.HasPrefix(jsonField(f.Payload, "response.reason"), `"InvalidJWTToken: Token is not valid yet`) {
+		t.Errorf("join with nbf in the future: %s", f)
+	}
+	r, err := ts.do("POST", "/api/broadcast", "application/json", `{"messages":[]}`, "Authorization: Bearer "+iat)
+	if err != nil || r.status != 401 {
+		t.Errorf("REST with iat in the future: %d %v", r.status, err)
+	}
+}

@@ -1,27 +1,35 @@
 package edge
 
 import (
+	"time"
+
 	"github.com/meshcast/meshcast/wire/meshproto"
 	"github.com/meshcast/meshcast/wire/phx"
 )
 
 var payloadTooLarge = []byte(`"payload_size_exceeded"`)
 
-// allowEvent applies the per-connection events/s limit; over it, the
-// channel is closed with Supabase's message. Called with c.mu held.
-func (c *conn) allowEvent(ch *channel) bool {
-	if c.events == nil || c.events.Allow() {
-		return true
+// allowEvent applies the per-connection events/s and bytes/s limits to a
+// push of size bytes; over either, the channel is closed with a system
+// error (Supabase's message for events). Called with c.mu held.
+func (c *conn) allowEvent(ch *channel, size int) bool {
+	if c.events != nil && !c.events.Allow() {
+		c.srv.metrics.errorReason("rate_limited")
+		c.closeChannel(ch, "Too many messages per second")
+		return false
 	}
-	c.srv.metrics.errorReason("rate_limited")
-	c.closeChannel(ch, "Too many messages per second")
-	return false
+	if c.bytes != nil && !c.bytes.AllowN(time.Now(), size) {
+		c.srv.metrics.errorReason("rate_limited")
+		c.closeChannel(ch, "Too many bytes per second")
+		return false
+	}
+	return true
 }
 
 // broadcast handles a client broadcast, text or binary kind 3. Called with
 // c.mu held.
-func (c *conn) broadcast(ch *channel, m *phx.Message) {
-	if !c.allowEvent(ch) {
+func (c *conn) broadcast(ch *channel, m *phx.Message, size int) {
+	if !c.allowEvent(ch, size) {
 		return
 	}
 	out := &outMsg{topic: ch.key.name}

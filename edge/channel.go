@@ -1,8 +1,10 @@
 package edge
 
 import (
+	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 
@@ -25,6 +27,7 @@ type channel struct {
 	presenceEnabled bool
 	presenceKey     string
 	holder          uint64 // this join's presence holder ID
+	presenceBytes   int    // size of this join's tracked meta (guarded by conn.mu)
 	claims          *claims
 	expiry          *time.Timer
 }
@@ -37,7 +40,16 @@ var (
 // handleFrame handles one client message. It reports false when the
 // connection must stop reading.
 func (c *conn) handleFrame(binary bool, data []byte) bool {
+	size := len(data)
 	c.srv.metrics.messagesIn.Inc()
+	if !binary && !utf8.Valid(data) {
+		// Every browser and Node's ws fail the connection on invalid UTF-8
+		// in a text frame: relaying it would disconnect every subscriber
+		// of the channel. RFC 6455 closes the sender with 1007.
+		c.srv.metrics.errorReason("bad_frame")
+		c.closeNow(ws.StatusInvalidFramePayloadData, "text frame is not valid UTF-8")
+		return false
+	}
 	var m phx.Message
 	var err error
 	if binary {
@@ -78,9 +90,9 @@ func (c *conn) handleFrame(binary bool, data []byte) bool {
 	}
 	switch m.Event {
 	case "broadcast":
-		c.broadcast(ch, &m)
+		c.broadcast(ch, &m, size)
 	case "presence":
-		c.presence(ch, &m)
+		c.presence(ch, &m, size)
 	case "access_token":
 		c.refreshToken(ch, &m)
 	case "phx_leave":
@@ -108,6 +120,10 @@ func (c *conn) join(m *phx.Message) bool {
 	}
 	if name == "" {
 		refuse("TopicNameRequired: You must provide a topic name")
+		return true
+	}
+	if max := s.cfg.MaxTopicBytes; max > 0 && len(m.Topic) > max {
+		refuse(fmt.Sprintf("TopicNameTooLong: The topic must be at most %d bytes", max))
 		return true
 	}
 	if c.joins != nil && !c.joins.Allow() {
@@ -162,8 +178,16 @@ func (c *conn) join(m *phx.Message) bool {
 	t, ready := s.hub.acquire(ch.key)
 	if ready != nil {
 		// A new topic in a cluster: the presence of the other nodes
-		// arrives before the first presence_state (bounded by the mesh).
-		<-ready
+		// arrives before the first presence_state (bounded by the mesh,
+		// and by Shutdown's deadline). c.mu is let go meanwhile, so that
+		// Shutdown and token timers are not held up by the wait; only this
+		// reader handles the connection's frames, so nothing else joins.
+		c.mu.Unlock()
+		select {
+		case <-ready:
+		case <-s.stopping:
+		}
+		c.mu.Lock()
 	}
 	c.channels[m.Topic] = ch
 	s.channels.Add(1)
@@ -189,6 +213,8 @@ func (c *conn) removeChannel(ch *channel) {
 	}
 	c.srv.channels.Add(-1)
 	c.srv.metrics.leaves.Inc()
+	c.presenceBytes -= ch.presenceBytes
+	ch.presenceBytes = 0
 	c.srv.hub.leave(ch, func(t *topic) {
 		c.srv.localPresence(t, t.presence.Untrack(c.srv.cfg.NodeID, ch.holder))
 	})

@@ -1,14 +1,25 @@
 package edge
 
 import (
+	"unicode/utf8"
+
 	"github.com/meshcast/meshcast/mesh/presence"
 	"github.com/meshcast/meshcast/wire/meshproto"
+	"github.com/meshcast/meshcast/wire/phx"
 )
 
 // The Server is the mesh's Handler: what other nodes send ends up here.
 
 // Deliver fans a broadcast from another node out to local subscribers.
 func (s *Server) Deliver(b *meshproto.Broadcast) {
+	if !utf8.ValidString(b.Topic) || !utf8.ValidString(b.Event) || !utf8.Valid(b.Meta) ||
+		(b.Enc == phx.EncJSON && !utf8.Valid(b.Payload)) {
+		// Peers check what their clients send; a broadcast that still is
+		// not UTF-8 must not reach a text frame.
+		s.metrics.errorReason("bad_peer_message")
+		s.logLimited.Warn("dropped a broadcast from the mesh: not valid UTF-8", "origin", b.Origin)
+		return
+	}
 	k := parseMeshTopic(b.Topic)
 	t := s.hub.lookup(k)
 	if t == nil {
@@ -21,6 +32,13 @@ func (s *Server) Deliver(b *meshproto.Broadcast) {
 // ApplyPresence applies another node's presence delta. A topic without
 // local subscribers is not kept, so its deltas are ignored.
 func (s *Server) ApplyPresence(topic string, d presence.Delta) bool {
+	valid := s.validPresence(d.Owner, d.Leaves)
+	for _, j := range d.Joins {
+		valid = valid && utf8.ValidString(j.PrevRef) && s.validPresence(d.Owner, []presence.Entry{j.Entry})
+	}
+	if !valid {
+		return true // dropped; asking for a snapshot would bring it back
+	}
 	t := s.hub.lookup(parseMeshTopic(topic))
 	if t == nil {
 		return true
@@ -36,6 +54,9 @@ func (s *Server) ApplyPresence(topic string, d presence.Delta) bool {
 
 // ApplyPresenceSnapshot replaces another node's entries of a topic.
 func (s *Server) ApplyPresenceSnapshot(topic string, snap presence.Snapshot) {
+	if !s.validPresence(snap.Owner, snap.Entries) {
+		return
+	}
 	t := s.hub.lookup(parseMeshTopic(topic))
 	if t == nil {
 		return
@@ -74,4 +95,19 @@ func (s *Server) NodeDown(id string) {
 		}
 		t.mu.Unlock()
 	}
+}
+
+// validPresence checks that presence from another node can go into text
+// frames: keys, refs and metas must be UTF-8.
+func (s *Server) validPresence(owner string, lists ...[]presence.Entry) bool {
+	for _, es := range lists {
+		for _, e := range es {
+			if !utf8.ValidString(e.Key) || !utf8.ValidString(e.Ref) || !utf8.Valid(e.Meta) {
+				s.metrics.errorReason("bad_peer_message")
+				s.logLimited.Warn("dropped presence from the mesh: not valid UTF-8", "owner", owner)
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -548,3 +548,27 @@ func TestClusterPublishRightAfterFirstJoin(t *testing.T) {
 		}
 	}
 }
+
+// Shutdown keeps its deadline even while a first join of a topic waits
+// for the presence snapshots of a node whose mesh traffic does not arrive.
+func TestClusterShutdownKeepsDeadlineDuringJoin(t *testing.T) {
+	nodes := startCluster(t, []string{"iad", "fra"}, func(c *mesh.Config) { c.SnapshotWait = 20 * time.Second })
+	nodes[0].udp.block(nodes[1].meshAddr(), true)
+	c := nodes[0].connect(t)
+	c.write(joinFrame("1", "realtime:stuck", `{}`))
+	// The join is waiting once its topic exists.
+	if !waitFor(testWait, func() bool { return nodes[0].hub.lookup(topicKey{name: "realtime:stuck"}) != nil }) {
+		t.Fatal("the join never started")
+	}
+	ts := nodes[0].testServer
+	start := time.Now()
+	ts.stopOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		ts.stopErr = ts.Shutdown(ctx)
+		ts.serveErr = <-ts.served
+	})
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Shutdown with a 300 ms deadline took %v", d)
+	}
+}

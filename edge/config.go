@@ -14,16 +14,49 @@ type Config struct {
 	// JWTs signed with it carrying role and exp. Empty runs the node open.
 	JWTSecret []byte
 
-	MaxConnections     int           // per node
-	MaxFrameBytes      int           // one WebSocket message
-	MaxPayloadBytes    int           // one broadcast or presence payload
-	MaxChannelsPerConn int           // joined channels per connection
-	JoinsPerSecond     float64       // per connection; exceeding closes the socket
-	EventsPerSecond    float64       // broadcast and presence pushes per connection
-	MaxBatchMessages   int           // messages in one REST batch
-	QueueBytes         int           // outbound queue bound per connection
-	IdleTimeout        time.Duration // close sockets silent this long
-	WriteTimeout       time.Duration // a single write to a client
+	MaxConnections     int     // per node
+	MaxFrameBytes      int     // one WebSocket message
+	MaxPayloadBytes    int     // one broadcast payload
+	MaxTopicBytes      int     // a topic's length, "realtime:" included
+	MaxChannelsPerConn int     // joined channels per connection
+	JoinsPerSecond     float64 // per connection; exceeding closes the socket
+	EventsPerSecond    float64 // broadcast and presence pushes per connection
+	// BytesPerSecond bounds the payload bytes of a connection's broadcast
+	// and presence pushes; the burst is one second of it, but at least one
+	// largest message, so any message the size limits allow can pass.
+	BytesPerSecond   float64
+	MaxBatchMessages int // messages in one REST batch
+	// QueueBytes bounds a connection's outbound queue; a client further
+	// behind is closed as a slow consumer. The bound is never below one
+	// publisher's burst (BytesPerSecond's burst plus one largest frame), so
+	// a subscriber that keeps up with one publisher at the allowed rate is
+	// never closed.
+	QueueBytes int
+
+	// Presence limits.
+	MaxPresenceBytes        int     // one track payload
+	MaxPresenceBytesPerConn int     // a connection's tracked payloads, over all its channels
+	MaxPresenceKeys         int     // presence entries in one channel (one per tracking join)
+	PresenceEventsPerSecond float64 // track/untrack per channel topic on this node
+
+	IdleTimeout  time.Duration // close sockets silent this long
+	WriteTimeout time.Duration // a single write to a client
+	// MessageTimeout bounds how long one client message may take to arrive
+	// once its first frame header has: a fragmented message (or one large
+	// frame) that stays unfinished longer closes the socket.
+	MessageTimeout time.Duration
+
+	// HTTP server timeouts; WebSocket connections are not affected once
+	// upgraded.
+	HTTPReadHeaderTimeout time.Duration // request line and headers
+	HTTPReadTimeout       time.Duration // a whole request, body included
+	HTTPWriteTimeout      time.Duration // a response
+	HTTPIdleTimeout       time.Duration // a keep-alive connection between requests
+
+	// JWTLeeway is the clock skew allowed when checking a token's nbf and
+	// iat: a token not valid yet, or issued in the future, by more than
+	// this is refused. exp is checked without leeway, as Supabase does.
+	JWTLeeway time.Duration
 	// WriteCoalesce is the shortest time between two writes to one
 	// connection: frames for a connection written to less than this ago
 	// wait (at most this long) and go out together. 0 writes every frame
@@ -37,16 +70,48 @@ type Config struct {
 // 5000 events/s and 20k connections from one address.
 func DefaultConfig() Config {
 	return Config{
-		NodeID:             "meshcast",
-		MaxConnections:     100_000,
-		MaxFrameBytes:      5 << 20,
-		MaxPayloadBytes:    3_000_000,
-		MaxChannelsPerConn: 100,
-		JoinsPerSecond:     100,
-		EventsPerSecond:    10_000,
-		MaxBatchMessages:   1000,
-		QueueBytes:         4 << 20,
-		IdleTimeout:        60 * time.Second,
-		WriteTimeout:       10 * time.Second,
+		NodeID:                  "meshcast",
+		MaxConnections:          100_000,
+		MaxFrameBytes:           5 << 20,
+		MaxPayloadBytes:         3_000_000,
+		MaxTopicBytes:           255,
+		MaxChannelsPerConn:      100,
+		JoinsPerSecond:          100,
+		EventsPerSecond:         10_000,
+		BytesPerSecond:          5 << 20,
+		MaxBatchMessages:        1000,
+		QueueBytes:              4 << 20,
+		MaxPresenceBytes:        64 << 10,
+		MaxPresenceBytesPerConn: 1 << 20,
+		MaxPresenceKeys:         1000,
+		PresenceEventsPerSecond: 100,
+		IdleTimeout:             60 * time.Second,
+		WriteTimeout:            10 * time.Second,
+		MessageTimeout:          30 * time.Second,
+		HTTPReadHeaderTimeout:   5 * time.Second,
+		HTTPReadTimeout:         30 * time.Second,
+		HTTPWriteTimeout:        30 * time.Second,
+		HTTPIdleTimeout:         30 * time.Second,
+		JWTLeeway:               10 * time.Second,
 	}
+}
+
+// byteBurst is the burst of the per-connection byte rate: one second of
+// it, but at least the largest message a client may send.
+func (c *Config) byteBurst() int {
+	return max(int(c.BytesPerSecond), c.MaxFrameBytes, c.MaxPayloadBytes, 1)
+}
+
+// queueLimit is the effective outbound queue bound (0 = none): QueueBytes,
+// raised to one publisher's burst plus one largest frame when the byte
+// rate is limited, so that a subscriber keeping up with the allowed rate
+// is never a slow consumer.
+func (c *Config) queueLimit() int {
+	if c.QueueBytes <= 0 {
+		return 0
+	}
+	if c.BytesPerSecond <= 0 {
+		return c.QueueBytes
+	}
+	return max(c.QueueBytes, c.byteBurst()+c.MaxFrameBytes+maxWSHeader)
 }

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/time/rate"
+
 	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/mesh/presence"
 )
@@ -23,9 +25,15 @@ type topicKey struct {
 type hub struct {
 	self    string     // node ID, the owner of local presence entries
 	cluster *mesh.Node // nil on a single node
+	// presenceRate is each topic's presence events/s limit (0 = none).
+	presenceRate float64
 
 	mu     sync.RWMutex
 	topics map[topicKey]*topic
+
+	// leaveHook, if set (tests only), runs in leave while the topic is
+	// locked, where the presence leaves are fanned out.
+	leaveHook func()
 }
 
 // meshTopic is the topic's name in the cluster.
@@ -52,13 +60,18 @@ type topic struct {
 	mu       sync.RWMutex
 	subs     []*channel
 	presence *presence.Topic
+	// presenceRate limits track/untrack on this topic (nil = none);
+	// guarded by mu.
+	presenceRate *rate.Limiter
 
 	// Guarded by hub.mu.
 	joining int             // joins between acquire and join
 	ready   <-chan struct{} // closed once the cluster's presence snapshots arrived
 }
 
-func newHub(self string) *hub { return &hub{topics: make(map[topicKey]*topic), self: self} }
+func newHub(self string, presenceRate float64) *hub {
+	return &hub{topics: make(map[topicKey]*topic), self: self, presenceRate: presenceRate}
+}
 
 func (h *hub) topicCount() int {
 	h.mu.RLock()
@@ -82,6 +95,9 @@ func (h *hub) acquire(k topicKey) (*topic, <-chan struct{}) {
 	t := h.topics[k]
 	if t == nil {
 		t = &topic{key: k, presence: presence.NewTopic(h.self)}
+		if h.presenceRate > 0 {
+			t.presenceRate = rate.NewLimiter(rate.Limit(h.presenceRate), burst(h.presenceRate))
+		}
 		h.topics[k] = t
 		if h.cluster != nil {
 			t.ready = h.cluster.Subscribe(k.meshTopic())
@@ -106,10 +122,10 @@ func (h *hub) join(ch *channel, t *topic, then func(t *topic)) {
 }
 
 // leave removes ch from its topic and runs then under the topic's write
-// lock; an empty topic is forgotten.
+// lock (not the hub's: presence leaves are encoded and fanned out there,
+// and a disconnect storm must not serialise every topic lookup behind
+// them); an empty topic is then forgotten.
 func (h *hub) leave(ch *channel, then func(t *topic)) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	t := ch.t
 	if t == nil {
 		return
@@ -127,15 +143,35 @@ func (h *hub) leave(ch *channel, then func(t *topic)) {
 	if then != nil {
 		then(t)
 	}
-	if len(t.subs) == 0 && t.joining == 0 && h.topics[t.key] == t {
-		// Without local subscribers the node drops the topic, other
-		// nodes' presence included; the cluster stops sending it.
-		delete(h.topics, t.key)
-		if h.cluster != nil {
-			h.cluster.Unsubscribe(t.key.meshTopic())
-		}
+	if h.leaveHook != nil {
+		h.leaveHook()
 	}
+	empty := len(t.subs) == 0
 	t.mu.Unlock()
+	if empty {
+		h.dropIfEmpty(t)
+	}
+}
+
+// dropIfEmpty forgets a topic that has no subscribers and no join on the
+// way: without local subscribers the node drops the topic, other nodes'
+// presence included, and the cluster stops sending it.
+func (h *hub) dropIfEmpty(t *topic) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t.mu.RLock()
+	empty := len(t.subs) == 0
+	t.mu.RUnlock()
+	if !empty || t.joining > 0 || h.topics[t.key] != t {
+		return
+	}
+	delete(h.topics, t.key)
+	if h.cluster != nil {
+		// Under h.mu, so that Subscribe and Unsubscribe of one topic reach
+		// the mesh in the order the hub made and dropped it; both only
+		// update the mesh's tables and queue frames.
+		h.cluster.Unsubscribe(t.key.meshTopic())
+	}
 }
 
 // fanout queues m for every channel of the topic except skip, and returns

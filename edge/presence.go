@@ -13,20 +13,36 @@ import (
 
 var presenceTrackNotMap = phx.ReasonPayload("Presence track payload must be a map")
 
+// Presence refusals. Size and rate refusals end the channel as Supabase's
+// do (a system error, then phx_close); a full channel only refuses the
+// track, so the client stays subscribed.
+const (
+	msgTrackTooLarge    = "Track message size exceeded"
+	msgPresenceRate     = "Too many presence messages per second"
+	reasonPresenceKeys  = "PresenceLimitReached: Too many presence keys in this channel"
+	msgConnPresenceFull = "Track message size exceeded: this connection's presence would exceed the per-connection limit"
+)
+
 // presence handles a presence push (track/untrack). Presence pushes are
 // always answered, because realtime-js's track() waits for the reply.
 // Called with c.mu held.
-func (c *conn) presence(ch *channel, m *phx.Message) {
-	if !c.allowEvent(ch) {
+func (c *conn) presence(ch *channel, m *phx.Message, size int) {
+	if !c.allowEvent(ch, size) {
 		return
 	}
 	reply := func(status string, resp []byte) { c.reply(ch.joinRef, m.Ref, m.Topic, status, resp) }
+	refuse := func(metric, message string) {
+		c.srv.metrics.errorReason(metric)
+		reply("error", phx.ReasonPayload(message))
+		c.closeChannel(ch, message)
+	}
 	p, err := phx.DecodePresence(m.Payload)
 	if err != nil {
 		reply("error", emptyObject)
 		return
 	}
 	s := c.srv
+	cfg := &s.cfg
 	switch strings.ToLower(p.Event) {
 	case "":
 		reply("ok", emptyObject)
@@ -35,34 +51,74 @@ func (c *conn) presence(ch *channel, m *phx.Message) {
 			reply("error", presenceTrackNotMap)
 			return
 		}
-		if max := s.cfg.MaxPayloadBytes; max > 0 && len(p.Payload) > max {
-			reply("error", phx.ReasonPayload("Track message size exceeded"))
+		meta := compactJSON(p.Payload)
+		if max := cfg.MaxPresenceBytes; max > 0 && len(meta) > max {
+			refuse("payload_too_large", msgTrackTooLarge)
+			return
+		}
+		if max := cfg.MaxPresenceBytesPerConn; max > 0 && c.presenceBytes-ch.presenceBytes+len(meta) > max {
+			refuse("payload_too_large", msgConnPresenceFull)
+			return
+		}
+		t := ch.t
+		t.mu.Lock()
+		if _, tracked := t.presence.Get(cfg.NodeID, ch.holder); !tracked {
+			if max := cfg.MaxPresenceKeys; max > 0 && t.presence.Len() >= max {
+				t.mu.Unlock()
+				s.metrics.errorReason("presence_limit")
+				reply("error", phx.ReasonPayload(reasonPresenceKeys))
+				return
+			}
+		}
+		if !t.allowPresence() {
+			t.mu.Unlock()
+			refuse("rate_limited", msgPresenceRate)
 			return
 		}
 		s.metrics.presenceEvents.Inc()
-		t := ch.t
-		t.mu.Lock()
-		ch.presenceEnabled = true // a track turns presence on for this join
 		d := t.presence.Track(presence.Entry{
-			Owner:  s.cfg.NodeID,
+			Owner:  cfg.NodeID,
 			Holder: ch.holder,
 			Key:    ch.presenceKey,
 			Ref:    s.newRef(),
-			Meta:   compactJSON(p.Payload),
+			Meta:   meta,
 		})
 		s.localPresence(t, d)
-		t.mu.Unlock()
+		c.presenceBytes += len(meta) - ch.presenceBytes
+		ch.presenceBytes = len(meta)
 		reply("ok", emptyObject)
+		if !ch.presenceEnabled {
+			// A track turns presence on for this join (realtime-js joins
+			// with presence off when the app has no presence listener).
+			// It never got the join's presence_state, so it gets one now:
+			// without it, members tracked earlier stay invisible to it.
+			ch.presenceEnabled = true
+			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence.Set))
+		}
+		t.mu.Unlock()
 	case "untrack":
-		s.metrics.presenceEvents.Inc()
 		t := ch.t
 		t.mu.Lock()
-		s.localPresence(t, t.presence.Untrack(s.cfg.NodeID, ch.holder))
+		if !t.allowPresence() {
+			t.mu.Unlock()
+			refuse("rate_limited", msgPresenceRate)
+			return
+		}
+		s.metrics.presenceEvents.Inc()
+		s.localPresence(t, t.presence.Untrack(cfg.NodeID, ch.holder))
+		c.presenceBytes -= ch.presenceBytes
+		ch.presenceBytes = 0
 		t.mu.Unlock()
 		reply("ok", emptyObject)
 	default:
 		reply("error", emptyObject)
 	}
+}
+
+// allowPresence applies the topic's presence events/s limit. Called with
+// t.mu held.
+func (t *topic) allowPresence() bool {
+	return t.presenceRate == nil || t.presenceRate.Allow()
 }
 
 // localPresence publishes a change of this node's own presence entries:

@@ -2,7 +2,9 @@ package edge
 
 import (
 	"encoding/json"
+	"sync"
 	"testing"
+	"time"
 )
 
 // presenceMetas decodes a presence_state payload, or the joins or leaves of
@@ -267,4 +269,34 @@ func TestPresenceBadPushes(t *testing.T) {
 	if f := c.next(); refOf(f.Ref) != "T" || jsonField(f.Payload, "status") != `"ok"` {
 		t.Errorf("TRACK reply: %s", f)
 	}
+}
+
+// A leave encodes and fans out presence leaves under its topic's lock
+// only: other topics (and the mesh's deliveries, which look topics up)
+// are not held up behind a disconnect storm.
+func TestLeaveDoesNotHoldTheHub(t *testing.T) {
+	ts := startServer(t, nil)
+	inLeave, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	// Set before any connection goroutine starts, which orders it before
+	// their reads of it.
+	ts.hub.leaveHook = func() { once.Do(func() { close(inLeave); <-release }) }
+	a, b := ts.connect(t), ts.connect(t)
+	a.write(joinFrame("1", "realtime:a", `{"presence":{"key":"a"}}`))
+	a.next()
+	b.write(joinFrame("1", "realtime:b", `{}`))
+	b.next()
+	a.nc.Close()
+	<-inLeave
+	looked := make(chan bool, 1)
+	go func() { looked <- ts.hub.lookup(topicKey{name: "realtime:b"}) != nil }()
+	select {
+	case ok := <-looked:
+		if !ok {
+			t.Error("topic b not found")
+		}
+	case <-time.After(testWait):
+		t.Error("a topic lookup waited for another topic's leave")
+	}
+	close(release)
 }

@@ -7,6 +7,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/meshcast/meshcast/wire/phx"
 )
@@ -80,6 +81,10 @@ func (s *Server) serveBatchBroadcast(w http.ResponseWriter, r *http.Request) {
 		s.restTooLarge(w, err)
 		return
 	}
+	if !utf8.Valid(body) {
+		s.badUTF8(w)
+		return
+	}
 	var req struct {
 		Messages []restMessage `json:"messages"`
 	}
@@ -145,6 +150,11 @@ func (s *Server) serveSingleBroadcast(w http.ResponseWriter, r *http.Request) {
 		s.restTooLarge(w, nil)
 		return
 	}
+	topic, event := r.PathValue("topic"), r.PathValue("event")
+	if !utf8.ValidString(topic) || !utf8.ValidString(event) || (enc == phx.EncJSON && !utf8.Valid(body)) {
+		s.badUTF8(w)
+		return
+	}
 	if enc == phx.EncJSON {
 		if !json.Valid(body) {
 			writeJSON(w, http.StatusUnprocessableEntity, `{"error":"payload is not valid JSON"}`)
@@ -152,7 +162,6 @@ func (s *Server) serveSingleBroadcast(w http.ResponseWriter, r *http.Request) {
 		}
 		body = compactJSON(body)
 	}
-	topic, event := r.PathValue("topic"), r.PathValue("event")
 	private := r.URL.Query().Get("private") == "true"
 	if private && !s.auth.open() && !cl.canPrivate() {
 		writeJSON(w, http.StatusForbidden, jsonMessage("Unauthorized"))
@@ -160,6 +169,13 @@ func (s *Server) serveSingleBroadcast(w http.ResponseWriter, r *http.Request) {
 	}
 	s.restPublish(cl, topic, private, &outMsg{event: event, data: body, enc: enc, binary: true})
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// badUTF8 refuses a request whose JSON or path is not UTF-8: relayed in a
+// text frame it would make every subscriber's client fail its connection.
+func (s *Server) badUTF8(w http.ResponseWriter) {
+	s.metrics.errorReason("bad_request")
+	writeJSON(w, http.StatusBadRequest, jsonMessage("Request is not valid UTF-8"))
 }
 
 func (s *Server) restTooLarge(w http.ResponseWriter, err error) {

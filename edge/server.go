@@ -34,20 +34,24 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meshcast/meshcast/mesh"
+	"github.com/meshcast/meshcast/mesh/lograte"
 )
 
 // Server is one edge node's client-facing server.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	auth     *authenticator
-	hub      *hub
-	metrics  *serverMetrics
-	mux      *http.ServeMux
-	http     *http.Server
-	cluster  *mesh.Node // nil on a single node
-	coalesce *coalescer
-	pool     *writePool
+	cfg Config
+	log *slog.Logger
+	// logLimited is log for lines that one client (or many) can repeat
+	// at will: a few per message per interval, the rest counted.
+	logLimited *slog.Logger
+	auth       *authenticator
+	hub        *hub
+	metrics    *serverMetrics
+	mux        *http.ServeMux
+	http       *http.Server
+	cluster    *mesh.Node // nil on a single node
+	coalesce   *coalescer
+	pool       *writePool
 
 	conns    atomic.Int64 // admitted connections, for the limit and metrics
 	channels atomic.Int64
@@ -58,6 +62,10 @@ type Server struct {
 	// and made again.
 	presenceSeq atomic.Uint64
 	draining    atomic.Bool
+	// stopping is closed when Shutdown's deadline passes: joins waiting
+	// for the cluster give up, so that no connection outlives it.
+	stopping     chan struct{}
+	stoppingOnce sync.Once
 
 	refPrefix string
 
@@ -77,21 +85,31 @@ func New(cfg Config) (*Server, error) {
 		log = slog.Default()
 	}
 	s := &Server{
-		cfg:       cfg,
-		log:       log,
-		auth:      newAuthenticator(cfg.JWTSecret),
-		hub:       newHub(cfg.NodeID),
-		refPrefix: newRefPrefix(),
-		live:      make(map[*conn]struct{}),
-		coalesce:  newCoalescer(cfg.WriteCoalesce),
-		pool:      newWritePool(),
+		cfg:        cfg,
+		log:        log,
+		logLimited: lograte.Logger(log, 10*time.Second, 5),
+		stopping:   make(chan struct{}),
+		auth:       newAuthenticator(cfg.JWTSecret, cfg.JWTLeeway),
+		hub:        newHub(cfg.NodeID, cfg.PresenceEventsPerSecond),
+		refPrefix:  newRefPrefix(),
+		live:       make(map[*conn]struct{}),
+		coalesce:   newCoalescer(cfg.WriteCoalesce),
+		pool:       newWritePool(),
 	}
 	s.metrics = newServerMetrics(s)
 	s.mux = s.routes()
 	s.http = &http.Server{
 		Handler:           s.mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
+		ReadTimeout:       cfg.HTTPReadTimeout,
+		WriteTimeout:      cfg.HTTPWriteTimeout,
+		IdleTimeout:       cfg.HTTPIdleTimeout,
+		ErrorLog:          slog.NewLogLogger(lograte.New(log.Handler(), 10*time.Second, 5), slog.LevelDebug),
+	}
+	if s.http.IdleTimeout == 0 && s.http.ReadTimeout == 0 {
+		// net/http falls back to ReadTimeout for idle connections; with
+		// both off, keep-alive connections would be held forever.
+		s.http.IdleTimeout = 2 * time.Minute
 	}
 	return s, nil
 }
@@ -140,9 +158,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		for _, c := range conns {
+		s.stoppingOnce.Do(func() { close(s.stopping) })
+		s.mu.Lock()
+		for c := range s.live {
 			c.nc.Close()
 		}
+		s.mu.Unlock()
 		<-done
 		if err == nil {
 			err = ctx.Err()

@@ -78,47 +78,35 @@ func (p *writePool) close() {
 }
 
 // writeReady writes what is queued without blocking. The caller holds the
-// writer role. What the socket does not take goes to a blocking writer.
+// writer role. What the socket does not take, and a close frame, go to a
+// blocking writer.
 func (c *conn) writeReady() {
-	c.qmu.Lock()
-	if c.closing {
-		c.qmu.Unlock()
-		go c.writer() // the close frame takes the blocking path
-		return
-	}
-	batch, bytes := c.takeLocked()
-	c.qmu.Unlock()
-
-	n, err := c.writeNonBlocking(batch)
+	b := c.q.Take()
+	n, err := c.writeNonBlocking(b.Frames)
 	c.srv.metrics.bytesOut.Add(n)
 	c.srv.metrics.writes.Inc()
 	if err != nil {
-		clear(batch)
+		clear(b.Frames)
 		c.srv.metrics.errorReason("write")
 		c.finish()
 		return
 	}
-	if n == bytes {
-		c.qmu.Lock()
-		c.recycleLocked(batch)
-		if len(c.queue) == 0 && !c.closing {
-			c.writing = false
-			c.qmu.Unlock()
-			return
-		}
-		c.qmu.Unlock()
-		c.startWriter() // more arrived meanwhile
+	if n < b.Bytes {
+		// The socket is full: the rest goes back in front of whatever was
+		// queued meanwhile, for a writer that may block.
+		rest, began := unwritten(b.Frames, n)
+		clear(b.Frames)
+		c.q.Requeue(rest, began)
+		go c.writer()
 		return
 	}
-	// The socket is full: the rest of the batch goes back in front of
-	// whatever was queued meanwhile, for a writer that may block.
-	rest, began := unwritten(batch, n)
-	c.qmu.Lock()
-	c.queue = append(rest, c.queue...)
-	c.queued += bytes - n
-	c.partial = began
-	c.qmu.Unlock()
-	go c.writer()
+	if b.Close != nil {
+		go c.writer() // the close frame takes the blocking path
+		return
+	}
+	if c.q.Release(b.Frames) {
+		c.startWriter() // more arrived meanwhile
+	}
 }
 
 // unwritten returns the frames of batch after its first n bytes, and

@@ -3,12 +3,14 @@ package edge
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 
@@ -64,6 +66,9 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		early, _ := rw.Reader.Peek(n)
 		src = io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc)
 	}
+	// The HTTP server's read and write deadlines of the upgrade request
+	// stay on the hijacked connection; the WebSocket sets its own.
+	nc.SetDeadline(time.Time{})
 	c := newConn(s, nc, vsn)
 	c.apikey, c.apikeyClaims = apikey, cl
 	s.metrics.connectionsTotal.Inc()
@@ -82,84 +87,146 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 func (c *conn) readLoop(src io.Reader) {
 	defer c.teardown()
 	br := bufio.NewReaderSize(src, readBufferSize)
-	var frag []byte // message being reassembled from continuation frames
-	var fragOp ws.OpCode
+	var msg message // the message being reassembled from continuation frames
+	cfg := &c.srv.cfg
 	for {
-		if t := c.srv.cfg.IdleTimeout; t > 0 {
-			c.nc.SetReadDeadline(time.Now().Add(t))
-		}
+		c.setReadDeadline(&msg)
 		h, err := ws.ReadHeader(br)
 		if err != nil {
-			c.readFailed(err)
+			c.readFailed(err, &msg)
 			return
 		}
-		if max := int64(c.srv.cfg.MaxFrameBytes); max > 0 && h.Length+int64(len(frag)) > max {
+		if max := int64(cfg.MaxFrameBytes); max > 0 && !h.OpCode.IsControl() && h.Length+int64(len(msg.buf)) > max {
 			c.srv.metrics.errorReason("frame_too_large")
-			c.closeNow(ws.StatusMessageTooBig, fmt.Sprintf("frame exceeds %d bytes", max))
+			c.closeNow(ws.StatusMessageTooBig, fmt.Sprintf("message exceeds %d bytes", max))
 			return
 		}
 		if h.Rsv != 0 || !knownOpCode(h.OpCode) {
-			c.srv.metrics.errorReason("protocol")
-			c.closeNow(ws.StatusProtocolError, "reserved bits or opcode")
+			c.protocolError("reserved bits or opcode")
 			return
 		}
 		if !h.Masked {
-			c.srv.metrics.errorReason("protocol")
-			c.closeNow(ws.StatusProtocolError, "client frames must be masked")
+			c.protocolError("client frames must be masked")
 			return
 		}
-		payload, err := readPayload(br, h.Length)
-		if err != nil {
-			c.readFailed(err)
-			return
-		}
-		ws.Cipher(payload, h.Mask, 0)
-		c.srv.metrics.bytesIn.Add(len(payload))
-
 		if h.OpCode.IsControl() {
 			if !h.Fin || h.Length > 125 {
-				c.closeNow(ws.StatusProtocolError, "bad control frame")
+				c.protocolError("bad control frame")
 				return
 			}
+			payload := make([]byte, h.Length)
+			if _, err := io.ReadFull(br, payload); err != nil {
+				c.readFailed(err, &msg)
+				return
+			}
+			ws.Cipher(payload, h.Mask, 0)
+			c.srv.metrics.bytesIn.Add(len(payload))
 			switch h.OpCode {
 			case ws.OpPing:
 				c.enqueue(ws.MustCompileFrame(ws.NewPongFrame(payload)))
 			case ws.OpClose:
-				c.closeAfterFlush(ws.StatusNormalClosure, "")
+				c.answerClose(payload)
 				return
 			}
 			continue
 		}
 		switch {
-		case h.OpCode == ws.OpContinuation:
-			if frag == nil {
-				c.closeNow(ws.StatusProtocolError, "unexpected continuation frame")
-				return
-			}
-			frag = append(frag, payload...)
-			if !h.Fin {
-				continue
-			}
-			payload, frag = frag, nil
-			h.OpCode = fragOp
-		case frag != nil:
-			c.closeNow(ws.StatusProtocolError, "expected continuation frame")
+		case h.OpCode == ws.OpContinuation && !msg.started:
+			c.protocolError("unexpected continuation frame")
 			return
-		case !h.Fin:
-			frag, fragOp = payload, h.OpCode
+		case h.OpCode != ws.OpContinuation && msg.started:
+			c.protocolError("expected continuation frame")
+			return
+		case !msg.started:
+			// The first frame's payload is read under the idle deadline;
+			// later frames of the message under its own limit as well.
+			msg.begin(h.OpCode)
+		}
+		from := len(msg.buf)
+		if err := msg.read(br, int(h.Length)); err != nil {
+			c.readFailed(err, &msg)
+			return
+		}
+		ws.Cipher(msg.buf[from:], h.Mask, 0)
+		c.srv.metrics.bytesIn.Add(int(h.Length))
+		if !h.Fin {
 			continue
 		}
-		if !c.handleFrame(h.OpCode == ws.OpBinary, payload) {
+		payload, op := msg.finish()
+		if !c.handleFrame(op == ws.OpBinary, payload) {
 			return
 		}
 	}
 }
 
-func (c *conn) readFailed(err error) {
+// setReadDeadline arms the read deadline: the idle timeout between
+// messages, and while a message is arriving no later than its own time
+// limit too.
+func (c *conn) setReadDeadline(msg *message) {
+	cfg := &c.srv.cfg
+	var d time.Time
+	if t := cfg.IdleTimeout; t > 0 {
+		d = time.Now().Add(t)
+	}
+	if t := cfg.MessageTimeout; t > 0 && msg.started {
+		if end := msg.start.Add(t); d.IsZero() || end.Before(d) {
+			d = end
+		}
+	}
+	c.nc.SetReadDeadline(d)
+}
+
+func (c *conn) protocolError(reason string) {
+	c.srv.metrics.errorReason("protocol")
+	c.closeNow(ws.StatusProtocolError, reason)
+}
+
+// answerClose answers a client's close frame (RFC 6455 §5.5.1, §7.4): a
+// valid code is echoed; a 1-byte body or a code no endpoint may send is a
+// protocol error (1002); a reason that is not UTF-8 is 1007.
+func (c *conn) answerClose(body []byte) {
+	switch {
+	case len(body) == 0:
+		c.closeAfterFlush(ws.StatusNormalClosure, "")
+	case len(body) == 1:
+		c.protocolError("close frame with a 1-byte body")
+	default:
+		code := ws.StatusCode(binary.BigEndian.Uint16(body))
+		switch {
+		case !validCloseCode(code):
+			c.protocolError(fmt.Sprintf("invalid close code %d", code))
+		case !utf8.Valid(body[2:]):
+			c.srv.metrics.errorReason("protocol")
+			c.closeNow(ws.StatusInvalidFramePayloadData, "close reason is not valid UTF-8")
+		default:
+			c.closeAfterFlush(code, "")
+		}
+	}
+}
+
+// validCloseCode reports whether an endpoint may send code in a close
+// frame: the codes RFC 6455 and the IANA registry define for use on the
+// wire, and the ranges for libraries and applications.
+func validCloseCode(code ws.StatusCode) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+		return true
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
+}
+
+func (c *conn) readFailed(err error, msg *message) {
 	var ne net.Error
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrUnexpectedEOF):
 	case errors.As(err, &ne) && ne.Timeout():
+		if msg.started && c.srv.cfg.MessageTimeout > 0 && time.Since(msg.start) >= c.srv.cfg.MessageTimeout {
+			c.srv.metrics.errorReason("message_timeout")
+			c.closeNow(ws.StatusPolicyViolation, "message not completed in time")
+			return
+		}
 		c.srv.metrics.errorReason("idle_timeout")
 		c.closeNow(ws.StatusGoingAway, "idle timeout")
 	default:
@@ -174,25 +241,58 @@ func writeJSONError(w http.ResponseWriter, status int, msg string) {
 	w.Write(append(append([]byte(`{"error":`), phx.AppendString(nil, msg)...), '}'))
 }
 
-// readPayload reads a frame payload of n bytes. Large payloads grow with
-// the bytes that actually arrive, so a header that merely claims a large
-// length cannot make the server allocate it.
-func readPayload(r io.Reader, n int64) ([]byte, error) {
-	const eager = 64 << 10
-	if n <= eager {
-		b := make([]byte, n)
-		_, err := io.ReadFull(r, b)
-		return b, err
+// message is one client message being read, from one frame or from a
+// fragment and its continuations.
+type message struct {
+	started bool
+	op      ws.OpCode
+	start   time.Time
+	buf     []byte
+}
+
+// growStep is how far ahead of the bytes that have arrived the buffer may
+// grow: a header that merely claims a large length cannot make the server
+// allocate it, and the buffer never exceeds what the frames declared.
+const growStep = 64 << 10
+
+func (m *message) begin(op ws.OpCode) {
+	m.started, m.op, m.start = true, op, time.Now()
+}
+
+// read appends n payload bytes from r. The buffer grows by a quarter at a
+// time (so many small fragments copy little), but never beyond the bytes
+// declared so far, nor more than growStep beyond the bytes received.
+func (m *message) read(r io.Reader, n int) error {
+	declared := len(m.buf) + n
+	if m.buf == nil && n <= growStep {
+		m.buf = make([]byte, 0, n)
 	}
-	var buf bytes.Buffer
-	buf.Grow(eager)
-	if _, err := io.CopyN(&buf, r, n); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
+	for len(m.buf) < declared {
+		if len(m.buf) == cap(m.buf) {
+			grown := make([]byte, len(m.buf), min(declared, len(m.buf)+max(growStep, len(m.buf)/4)))
+			copy(grown, m.buf)
+			m.buf = grown
 		}
-		return nil, err
+		k, err := io.ReadFull(r, m.buf[len(m.buf):min(cap(m.buf), declared)])
+		m.buf = m.buf[:len(m.buf)+k]
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
 	}
-	return buf.Bytes(), nil
+	return nil
+}
+
+// finish returns the whole message and resets m for the next one.
+func (m *message) finish() ([]byte, ws.OpCode) {
+	b, op := m.buf, m.op
+	if b == nil {
+		b = []byte{}
+	}
+	*m = message{}
+	return b, op
 }
 
 func knownOpCode(op ws.OpCode) bool {

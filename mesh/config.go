@@ -84,12 +84,15 @@ type Config struct {
 	Strategy      Strategy
 	Gossip        GossipConfig
 
-	QueueBytes     int           // per peer and lane; default 8 MiB
-	MaxFrameBytes  int           // largest mesh frame accepted; default 16 MiB
-	InterestLinger time.Duration // debounce before InterestRemove; default 2s
-	SnapshotWait   time.Duration // how long a first join waits for presence snapshots; default 2s
-	PingInterval   time.Duration // RTT probes on the control lane; default 2s
-	PeerTimeout    time.Duration // a silent mesh connection is dropped and redialed; default 5s
+	QueueBytes    int // per peer and lane; default 8 MiB
+	MaxFrameBytes int // largest mesh frame accepted and sent; default 16 MiB
+	// MaxSnapshotBytes bounds the unfinished snapshots (sent in parts)
+	// held from one peer at once; default 1 GiB.
+	MaxSnapshotBytes int
+	InterestLinger   time.Duration // debounce before InterestRemove; default 2s
+	SnapshotWait     time.Duration // how long a first join waits for presence snapshots; default 2s
+	PingInterval     time.Duration // RTT probes on the control lane; default 2s
+	PeerTimeout      time.Duration // a silent mesh connection is dropped and redialed; default 5s
 
 	// PacketConn, if set, carries the QUIC mesh instead of a socket bound
 	// to MeshAddr (tests wrap it to drop traffic, as a partition would).
@@ -116,6 +119,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = 16 << 20
+	}
+	if c.MaxSnapshotBytes == 0 {
+		c.MaxSnapshotBytes = 1 << 30
 	}
 	if c.InterestLinger == 0 {
 		c.InterestLinger = 2 * time.Second

@@ -61,7 +61,7 @@ func (n *Node) serveInbound(conn *quic.Conn) {
 		h, ok := f.(*meshproto.Hello)
 		if err != nil || !ok || !n.validHello(h, roleDialer, lane, ekm) || (from != "" && h.NodeID != from) {
 			n.authFailures.Inc()
-			n.log.Warn("mesh peer refused: authentication failed", "remote", conn.RemoteAddr().String(), "err", err)
+			n.logLimited.Warn("mesh peer refused: authentication failed", "remote", conn.RemoteAddr().String(), "err", err)
 			conn.CloseWithError(errCodeHandshake, "authentication failed")
 			return
 		}
@@ -101,19 +101,30 @@ func (n *Node) readLane(from string, lane byte, br *bufio.Reader, cr *countReade
 	frames := n.metrics.GetOrCreateCounter("meshcast_mesh_frames_received_total" + labels)
 	bytes := n.metrics.GetOrCreateCounter("meshcast_mesh_bytes_received_total" + labels)
 	counted := 0
+	asm := newAssembler(n.cfg.MaxSnapshotBytes)
 	for {
+		// A new buffer for every frame (nil): what the handler keeps of a
+		// frame may alias it.
 		f, _, err := meshproto.ReadFrame(br, n.cfg.MaxFrameBytes, nil)
 		if err != nil {
 			if errors.Is(err, meshproto.ErrTooLarge) || errors.Is(err, meshproto.ErrMalformed) ||
 				errors.Is(err, meshproto.ErrUnknownType) || errors.Is(err, meshproto.ErrVersion) {
-				n.log.Warn("mesh peer sent a bad frame; closing", "peer", from, "err", err)
+				n.badFrames.Inc()
+				n.logLimited.Warn("mesh peer sent a bad frame; closing", "peer", from, "err", err)
 			}
 			return err
 		}
 		frames.Inc()
 		bytes.Add(cr.n - counted) // bytes read from the stream so far; exact in total
 		counted = cr.n
-		n.dispatch(from, f)
+		if f, err = asm.add(f); err != nil {
+			n.badFrames.Inc()
+			n.logLimited.Warn("mesh peer sent too large a snapshot; closing", "peer", from, "err", err)
+			return err
+		}
+		if f != nil {
+			n.dispatch(from, f)
+		}
 	}
 }
 

@@ -32,7 +32,7 @@ type lane struct {
 	queue    [][]byte
 	bytes    int
 	signaled bool
-	overflow bool // control only: frames were lost, the peer needs a resync
+	resync   bool // control only: the peer needs a resync (new session, or frames were lost)
 	wake     chan struct{}
 
 	sentFrames, sentBytes, drops *metrics.Counter
@@ -44,7 +44,9 @@ func newLane(id byte, limit int) *lane {
 
 // push queues a frame. Over the limit a data frame is dropped (counted);
 // a control frame empties the queue and marks the lane for a resync by
-// snapshot, which supersedes what was lost.
+// snapshot, which supersedes what was lost. The resync is written by the
+// lane's writer itself, around the queue, so that however large it is it
+// cannot overflow the queue again: every resync completes.
 func (l *lane) push(f []byte) bool {
 	l.mu.Lock()
 	if l.bytes+len(f) > l.limit && l.bytes > 0 {
@@ -55,7 +57,7 @@ func (l *lane) push(f []byte) bool {
 		}
 		l.drops.Add(len(l.queue))
 		clear(l.queue)
-		l.queue, l.bytes, l.overflow = l.queue[:0], 0, true
+		l.queue, l.bytes, l.resync = l.queue[:0], 0, true
 	}
 	l.queue = append(l.queue, f)
 	l.bytes += len(f)
@@ -79,11 +81,19 @@ func (l *lane) kick() {
 	}
 }
 
+// requestResync marks the lane for a resync and wakes its writer.
+func (l *lane) requestResync() {
+	l.mu.Lock()
+	l.resync = true
+	l.mu.Unlock()
+	l.kick()
+}
+
 // take returns everything queued and whether a resync is needed.
 func (l *lane) take(spare [][]byte) (batch [][]byte, resync bool) {
 	l.mu.Lock()
-	batch, resync = l.queue, l.overflow
-	l.queue, l.bytes, l.signaled, l.overflow = spare[:0], 0, false, false
+	batch, resync = l.queue, l.resync
+	l.queue, l.bytes, l.signaled, l.resync = spare[:0], 0, false, false
 	l.mu.Unlock()
 	return batch, resync
 }

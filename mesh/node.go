@@ -17,6 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/meshcast/meshcast/mesh/interest"
+	"github.com/meshcast/meshcast/mesh/lograte"
 	"github.com/meshcast/meshcast/mesh/presence"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
@@ -42,6 +43,7 @@ type Handler interface {
 type Node struct {
 	cfg         Config
 	log         *slog.Logger
+	logLimited  *slog.Logger // for lines a peer or a storm can repeat at will
 	h           Handler
 	self        Member
 	incarnation uint64
@@ -59,6 +61,7 @@ type Node struct {
 
 	metrics      *metrics.Set
 	authFailures *metrics.Counter
+	badFrames    *metrics.Counter
 	connects     *metrics.Counter
 	published    *metrics.Counter
 
@@ -105,12 +108,14 @@ func New(cfg Config, h Handler) (*Node, error) {
 	n := &Node{
 		cfg:          cfg,
 		log:          cfg.Logger.With("node", id),
+		logLimited:   lograte.Logger(cfg.Logger.With("node", id), 10*time.Second, 5),
 		h:            h,
 		self:         Member{ID: id, Name: cfg.Name, Region: cfg.Region, MeshAddr: meshAddr, ClientAddr: cfg.ClientAddr},
 		incarnation:  inc,
 		meshKey:      deriveKey(cfg.ClusterSecret, "mesh"),
 		metrics:      ms,
 		authFailures: ms.NewCounter("meshcast_mesh_auth_failures_total"),
+		badFrames:    ms.NewCounter("meshcast_mesh_bad_frames_total"),
 		connects:     ms.NewCounter("meshcast_mesh_connects_total"),
 		published:    ms.NewCounter("meshcast_mesh_broadcasts_published_total"),
 		peers:        make(map[string]*peer),
@@ -314,6 +319,9 @@ func (n *Node) Close() {
 		}
 	}
 	n.mu.Unlock()
+	if n.cancel == nil {
+		return // never started: nothing runs, nothing is bound
+	}
 	n.cancel()
 	if n.ln != nil {
 		n.ln.Close()

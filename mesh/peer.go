@@ -69,8 +69,17 @@ func (p *peer) unregisterMetrics() {
 	}
 }
 
-// send queues a frame on a lane.
-func (p *peer) send(lane byte, frame []byte) bool { return p.lanes[lane].push(frame) }
+// send queues a frame on a lane. A frame larger than a peer accepts is
+// dropped here (counted and logged): sent, it would make the peer reset
+// the whole connection.
+func (p *peer) send(lane byte, frame []byte) bool {
+	if len(frame)-4 > p.n.cfg.MaxFrameBytes {
+		p.lanes[lane].drops.Inc()
+		p.n.logLimited.Warn("mesh frame too large for peers; dropped", "peer", p.m.ID, "lane", laneName(lane), "bytes", len(frame), "limit", p.n.cfg.MaxFrameBytes)
+		return false
+	}
+	return p.lanes[lane].push(frame)
+}
 
 // run dials and serves sessions until the peer is removed.
 func (p *peer) run() {
@@ -176,7 +185,7 @@ func (p *peer) session(conn *quic.Conn, streams [2]*quic.Stream) {
 		case <-ctx.Done():
 		}
 	}()
-	p.n.resync(p)
+	p.lanes[laneControl].requestResync()
 	done := make(chan struct{}, 2)
 	for _, lane := range []byte{laneControl, laneData} {
 		go func() {
@@ -220,10 +229,26 @@ func (p *peer) write(ctx context.Context, l *lane, s *quic.Stream) {
 		case <-l.wake:
 		}
 		batch, resync := l.take(spare)
-		if resync {
-			p.n.resync(p)
-		}
 		buf = buf[:0]
+		if resync {
+			// Written before the batch: the batch's presence deltas are
+			// older than the snapshots, which the peer then keeps.
+			err := p.n.resyncFrames(p, func(f []byte) error {
+				buf = append(buf, f...)
+				l.sentFrames.Inc()
+				if len(buf) < 1<<20 {
+					return nil
+				}
+				err := p.writeStream(s, buf)
+				l.sentBytes.Add(len(buf))
+				buf = buf[:0]
+				return err
+			})
+			if err != nil {
+				p.n.log.Debug("mesh resync write failed", "peer", p.m.ID, "err", err)
+				return
+			}
+		}
 		frames := 0
 		for _, f := range batch {
 			if len(f) > 0 {
@@ -236,8 +261,7 @@ func (p *peer) write(ctx context.Context, l *lane, s *quic.Stream) {
 		if len(buf) == 0 {
 			continue
 		}
-		s.SetWriteDeadline(time.Now().Add(streamWriteLimit))
-		if _, err := s.Write(buf); err != nil {
+		if err := p.writeStream(s, buf); err != nil {
 			p.n.log.Debug("mesh write failed", "peer", p.m.ID, "lane", laneName(l.id), "err", err)
 			return
 		}
@@ -247,6 +271,12 @@ func (p *peer) write(ctx context.Context, l *lane, s *quic.Stream) {
 			buf = nil // don't keep a burst's buffer forever
 		}
 	}
+}
+
+func (p *peer) writeStream(s *quic.Stream, b []byte) error {
+	s.SetWriteDeadline(time.Now().Add(streamWriteLimit))
+	_, err := s.Write(b)
+	return err
 }
 
 func exportKey(conn *quic.Conn) ([]byte, error) {

@@ -225,9 +225,11 @@ func (n *Node) sendTo(id string, f meshproto.Frame) {
 	}
 }
 
-// resync sends a (re)connected peer everything it may have missed: this
-// node's interests, and its presence of every topic the peer listens to.
-func (n *Node) resync(p *peer) {
+// resyncFrames emits what a (re)connected peer, or one whose control
+// frames were lost, needs: this node's interests, and its presence of
+// every topic the peer listens to, all as snapshots in parts. The lane's
+// writer calls it and writes the frames itself.
+func (n *Node) resyncFrames(p *peer, emit func([]byte) error) error {
 	n.mu.RLock()
 	mine := make([]string, 0, len(n.local))
 	for t := range n.local {
@@ -240,10 +242,30 @@ func (n *Node) resync(p *peer) {
 		}
 	}
 	n.mu.RUnlock()
-	p.send(laneControl, meshproto.Append(nil, &meshproto.InterestSnapshot{Topics: mine}))
-	for _, t := range theirs {
-		p.send(laneControl, meshproto.Append(nil, snapshotFrame(t, n.h.OwnPresence(t))))
+	if err := interestFrames(mine, emit); err != nil {
+		return err
 	}
+	for _, t := range theirs {
+		if err := presenceFrames(t, n.h.OwnPresence(t), emit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sendPresenceSnapshot queues this node's presence of topic, in parts, to
+// one member.
+func (n *Node) sendPresenceSnapshot(id, topic string) {
+	n.mu.RLock()
+	p := n.peers[id]
+	n.mu.RUnlock()
+	if p == nil {
+		return
+	}
+	presenceFrames(topic, n.h.OwnPresence(topic), func(f []byte) error {
+		p.send(laneControl, f)
+		return nil
+	})
 }
 
 // dispatch handles one frame from an authenticated peer.
@@ -269,7 +291,7 @@ func (n *Node) dispatch(from string, f meshproto.Frame) {
 		// Always answer, even with an empty snapshot: the new listener
 		// counts answers before its first client gets presence_state.
 		for _, t := range f.Topics {
-			n.sendTo(from, snapshotFrame(t, n.h.OwnPresence(t)))
+			n.sendPresenceSnapshot(from, t)
 		}
 	case *meshproto.InterestRemove:
 		n.mu.Lock()
@@ -288,7 +310,7 @@ func (n *Node) dispatch(from string, f meshproto.Frame) {
 		}
 		n.mu.Unlock()
 		for _, t := range shared {
-			n.sendTo(from, snapshotFrame(t, n.h.OwnPresence(t)))
+			n.sendPresenceSnapshot(from, t)
 		}
 	case *meshproto.PresenceDelta:
 		if !n.h.ApplyPresence(f.Topic, deltaOf(f)) {
@@ -298,7 +320,7 @@ func (n *Node) dispatch(from string, f meshproto.Frame) {
 		n.h.ApplyPresenceSnapshot(f.Topic, snapshotOf(f))
 		n.snapshotArrived(f.Topic, from, nil)
 	case *meshproto.PresenceSyncRequest:
-		n.sendTo(from, snapshotFrame(f.Topic, n.h.OwnPresence(f.Topic)))
+		n.sendPresenceSnapshot(from, f.Topic)
 	case *meshproto.Ping:
 		n.sendTo(from, &meshproto.Pong{Nanos: f.Nanos})
 	case *meshproto.Pong:
@@ -331,14 +353,6 @@ func deltaOf(f *meshproto.PresenceDelta) presence.Delta {
 		d.Leaves = append(d.Leaves, entryOf(f.Owner, e))
 	}
 	return d
-}
-
-func snapshotFrame(topic string, s presence.Snapshot) *meshproto.PresenceSnapshot {
-	f := &meshproto.PresenceSnapshot{Topic: topic, Owner: s.Owner, Seq: s.Seq}
-	for _, e := range s.Entries {
-		f.Entries = append(f.Entries, meshproto.PresenceEntry{Holder: e.Holder, Key: e.Key, Ref: e.Ref, Meta: e.Meta})
-	}
-	return f
 }
 
 func snapshotOf(f *meshproto.PresenceSnapshot) presence.Snapshot {

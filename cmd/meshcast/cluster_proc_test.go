@@ -30,7 +30,8 @@ type nodeSpec struct {
 	gossipAddr   string // memberlist, TCP+UDP
 	meshAddr     string // QUIC, UDP
 	secret       string
-	join         string // seed gossip address, "" for the first node
+	join         string   // seed gossip address, "" for the first node
+	extra        []string // more flags
 }
 
 // node is one meshcast process.
@@ -81,6 +82,7 @@ func spawnNode(t *testing.T, spec nodeSpec) *node {
 	if spec.join != "" {
 		args = append(args, "--join", spec.join)
 	}
+	args = append(args, spec.extra...)
 	n := &node{nodeSpec: spec, log: &syncBuffer{}, done: make(chan struct{})}
 	n.cmd = exec.Command(meshcastBin, args...)
 	n.cmd.Stdout = n.log
@@ -153,17 +155,30 @@ func (n *node) exited(d time.Duration) bool {
 
 // cluster is three nodes: n1 (iad, the seed), n2 (fra), n3 (sin).
 type cluster struct {
+	specs []nodeSpec
 	nodes []*node
 }
 
 // startCluster starts three nodes on free loopback ports and waits until
 // each one counts three members and has its mesh connection to both others
 // up.
-func startCluster(t *testing.T, secret string) *cluster {
+func startCluster(t *testing.T, secret string, extra ...string) *cluster {
+	t.Helper()
+	c := &cluster{specs: clusterSpecs(t, secret, extra...)}
+	for _, spec := range c.specs {
+		c.nodes = append(c.nodes, spawnNode(t, spec))
+	}
+	c.waitMembers(t, c.nodes, 3, readyWait)
+	return c
+}
+
+// clusterSpecs are the specs of three nodes on free loopback ports, n2
+// and n3 joining n1, each started with the extra flags.
+func clusterSpecs(t *testing.T, secret string, extra ...string) []nodeSpec {
 	t.Helper()
 	ports := freePorts(t, 9)
 	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
-	c := &cluster{}
+	var specs []nodeSpec
 	for i, region := range []string{"iad", "fra", "sin"} {
 		spec := nodeSpec{
 			name:       "n" + strconv.Itoa(i+1),
@@ -172,14 +187,14 @@ func startCluster(t *testing.T, secret string) *cluster {
 			gossipAddr: addr(3*i + 1),
 			meshAddr:   addr(3*i + 2),
 			secret:     secret,
+			extra:      extra,
 		}
 		if i > 0 {
-			spec.join = c.nodes[0].gossipAddr
+			spec.join = specs[0].gossipAddr
 		}
-		c.nodes = append(c.nodes, spawnNode(t, spec))
+		specs = append(specs, spec)
 	}
-	c.waitMembers(t, c.nodes, 3, readyWait)
-	return c
+	return specs
 }
 
 // waitMembers waits until every node of nodes reports want members and

@@ -5,7 +5,7 @@
 //
 // Every frame is
 //
-//	u32 big-endian length of the rest | u8 type | u8 version (1) | body
+//	u32 big-endian length of the rest | u8 type | u8 version (2) | body
 //
 // Inside a body, integers are uvarints unless noted, strings and byte slices
 // are a uvarint length and the bytes, and lists are a uvarint count and the
@@ -25,7 +25,9 @@ import (
 )
 
 // Version is the frame version this package writes and the only one it reads.
-const Version = 1
+// Version 2 sends snapshots in parts. Nodes of one cluster run one version:
+// a peer speaking another is refused at its first frame (its Hello).
+const Version = 2
 
 // DefaultMaxFrame is the largest frame Decode and ReadFrame accept when
 // given maxFrame <= 0, counted as the length field counts: type, version and

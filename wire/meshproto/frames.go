@@ -34,8 +34,14 @@ type InterestAdd struct{ Topics []string }
 type InterestRemove struct{ Topics []string }
 
 // InterestSnapshot is the sender's whole interest set, sent to a new or
-// reconnected peer; it replaces what the peer knew.
-type InterestSnapshot struct{ Topics []string }
+// reconnected peer; it replaces what the peer knew. A large set is sent in
+// parts: Part counts from 0, More is set on every part but the last, and
+// the receiver replaces its view only once the last part has arrived.
+type InterestSnapshot struct {
+	Topics []string
+	Part   uint64
+	More   bool
+}
 
 // Broadcast carries one message on Topic from node Origin. When RelayTo is
 // not empty the receiver is a region relay: it delivers locally and forwards
@@ -75,12 +81,16 @@ type PresenceDelta struct {
 }
 
 // PresenceSnapshot is Owner's full set of entries of Topic at Seq. It
-// replaces whatever the receiver held for that owner and topic.
+// replaces whatever the receiver held for that owner and topic. A large
+// set is sent in parts as InterestSnapshot is (Part, More); each part
+// repeats Topic, Owner and Seq.
 type PresenceSnapshot struct {
 	Topic   string
 	Owner   string
 	Seq     uint64
 	Entries []PresenceEntry
+	Part    uint64
+	More    bool
 }
 
 // PresenceSyncRequest asks for PresenceSnapshots of Topic: of Owner's
@@ -144,12 +154,41 @@ func (f *Ping) decode(r *reader)           { f.Nanos = int64(r.uint64("nanos")) 
 func (f *Pong) appendBody(b []byte) []byte { return appendUint64(b, uint64(f.Nanos)) }
 func (f *Pong) decode(r *reader)           { f.Nanos = int64(r.uint64("nanos")) }
 
-func (f *InterestAdd) appendBody(b []byte) []byte      { return appendStrings(b, f.Topics) }
-func (f *InterestAdd) decode(r *reader)                { f.Topics = r.strings("topics") }
-func (f *InterestRemove) appendBody(b []byte) []byte   { return appendStrings(b, f.Topics) }
-func (f *InterestRemove) decode(r *reader)             { f.Topics = r.strings("topics") }
-func (f *InterestSnapshot) appendBody(b []byte) []byte { return appendStrings(b, f.Topics) }
-func (f *InterestSnapshot) decode(r *reader)           { f.Topics = r.strings("topics") }
+func (f *InterestAdd) appendBody(b []byte) []byte    { return appendStrings(b, f.Topics) }
+func (f *InterestAdd) decode(r *reader)              { f.Topics = r.strings("topics") }
+func (f *InterestRemove) appendBody(b []byte) []byte { return appendStrings(b, f.Topics) }
+func (f *InterestRemove) decode(r *reader)           { f.Topics = r.strings("topics") }
+func (f *InterestSnapshot) appendBody(b []byte) []byte {
+	b = appendStrings(b, f.Topics)
+	return appendPart(b, f.Part, f.More)
+}
+
+func (f *InterestSnapshot) decode(r *reader) {
+	f.Topics = r.strings("topics")
+	f.Part, f.More = r.part()
+}
+
+// moreFlag marks a snapshot part that is not the last; other bits are
+// reserved and rejected.
+const moreFlag = 1
+
+func appendPart(b []byte, part uint64, more bool) []byte {
+	b = appendUvarint(b, part)
+	var flags byte
+	if more {
+		flags = moreFlag
+	}
+	return append(b, flags)
+}
+
+func (r *reader) part() (uint64, bool) {
+	part := r.uvarint("part")
+	flags := r.byte("flags")
+	if flags&^moreFlag != 0 {
+		r.fail("flags")
+	}
+	return part, flags&moreFlag != 0
+}
 
 // broadcastBinary is the flag bit of Broadcast.Binary; other bits are
 // reserved and rejected.
@@ -206,7 +245,8 @@ func (f *PresenceSnapshot) appendBody(b []byte) []byte {
 	b = appendString(b, f.Topic)
 	b = appendString(b, f.Owner)
 	b = appendUvarint(b, f.Seq)
-	return appendEntries(b, f.Entries)
+	b = appendEntries(b, f.Entries)
+	return appendPart(b, f.Part, f.More)
 }
 
 func (f *PresenceSnapshot) decode(r *reader) {
@@ -214,6 +254,7 @@ func (f *PresenceSnapshot) decode(r *reader) {
 	f.Owner = r.string("owner")
 	f.Seq = r.uvarint("seq")
 	f.Entries = r.entries("entries")
+	f.Part, f.More = r.part()
 }
 
 func (f *PresenceSyncRequest) appendBody(b []byte) []byte {

@@ -24,6 +24,7 @@ var frames = []Frame{
 	&InterestAdd{},
 	&InterestRemove{Topics: []string{"realtime:room1"}},
 	&InterestSnapshot{Topics: []string{"a", "b", "c"}},
+	&InterestSnapshot{Topics: []string{"d"}, Part: 3, More: true},
 	&InterestSnapshot{},
 	&Broadcast{
 		Topic: "realtime:room1", Event: "cursor", Payload: []byte(`{"x":1,"y":2}`),
@@ -45,6 +46,7 @@ var frames = []Frame{
 		Topic: "realtime:lobby", Owner: "node-a@17", Seq: 99,
 		Entries: []PresenceEntry{{Holder: 1, Key: "k", Ref: "r"}, {}},
 	},
+	&PresenceSnapshot{Topic: "t", Owner: "o", Seq: 4, Part: 1 << 33, More: true},
 	&PresenceSnapshot{},
 	&PresenceSyncRequest{Topic: "realtime:lobby", Owner: "node-a@17"},
 	&PresenceSyncRequest{Topic: "realtime:lobby"},
@@ -143,7 +145,8 @@ func TestBadFrames(t *testing.T) {
 		{"length 0", []byte{0, 0, 0, 0}, 0, ErrMalformed},
 		{"length 1", []byte{0, 0, 0, 1, 7}, 0, ErrMalformed},
 		{"version 0", frame(byte(TypePing), 0, 0, 0, 0, 0, 0, 0, 0, 0), 0, ErrVersion},
-		{"version 2", frame(byte(TypePing), 2), 0, ErrVersion},
+		{"version 1", frame(byte(TypePing), 1, 0, 0, 0, 0, 0, 0, 0, 0), 0, ErrVersion},
+		{"version 3", frame(byte(TypePing), 3), 0, ErrVersion},
 		{"type 0", frame(0, Version), 0, ErrUnknownType},
 		{"type 200", frame(200, Version, 1, 2, 3), 0, ErrUnknownType},
 		{"trailing byte", frame(byte(TypePing), Version, 0, 0, 0, 0, 0, 0, 0, 0, 0), 0, ErrMalformed},
@@ -153,6 +156,8 @@ func TestBadFrames(t *testing.T) {
 		{"topic count 2^62", frame(byte(TypeInterestAdd), Version, huge(1<<62)...), 0, ErrMalformed},
 		{"topic count over bytes", frame(byte(TypeInterestSnapshot), Version, 3, 0, 0), 0, ErrMalformed},
 		{"entry count over bytes", frame(byte(TypePresenceSnapshot), Version, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0), 0, ErrMalformed},
+		{"snapshot flag reserved", frame(byte(TypeInterestSnapshot), Version, 0, 0, 2), 0, ErrMalformed},
+		{"snapshot without part", frame(byte(TypeInterestSnapshot), Version, 0), 0, ErrMalformed},
 		{"broadcast flag reserved", frame(byte(TypeBroadcast), Version, 0, 0, 0, 0, 0, 2, 0, 0), 0, ErrMalformed},
 	}
 	for _, tt := range tests {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Version is the serializer a socket chose with the vsn query parameter.
@@ -199,6 +200,16 @@ func DecodeBinary(data []byte) (Message, error) {
 	}
 	if len(fields[4]) > 0 {
 		m.Meta = fields[4]
+	}
+	// Everything but a raw-bytes payload may end up in a text frame (to
+	// v1 clients, in replies), so it must be UTF-8.
+	for i, f := range fields {
+		if !utf8.Valid(f) {
+			return Message{}, fmt.Errorf("%w: binary field %d is not valid UTF-8", ErrMalformed, i)
+		}
+	}
+	if enc == EncJSON && !utf8.Valid(m.Payload) {
+		return Message{}, fmt.Errorf("%w: binary JSON payload is not valid UTF-8", ErrMalformed)
 	}
 	if enc == EncJSON && !json.Valid(m.Payload) {
 		return Message{}, fmt.Errorf("%w: binary JSON payload is not valid JSON", ErrMalformed)

@@ -1,0 +1,303 @@
+// Package outq is the outbound queue of one client connection: the frames
+// prepared for it and the role of its single writer, as one small state
+// machine with no I/O, so that every transport (a WebSocket's file
+// descriptor, a WebTransport stream) hands frames over the same way and the
+// rules can be tested without sockets.
+//
+// Senders (the connection's own reader, other connections' fan-out, timers)
+// only Push prepared frames; they never block and never write. The first
+// Push into an idle queue hands the caller the writer role, which it gives
+// to whatever writes for that transport. The writer Takes everything queued,
+// writes it, and calls Release, which either keeps the role (more arrived,
+// or a close is pending) or gives it back (the queue is idle again). An idle
+// queue holds no writer at all.
+//
+// A queue over its byte limit is a slow consumer: the Push that overflows
+// turns the queue to Closing with a policy-violation close frame, and the
+// connection is closed once that frame is written. Frames shared between
+// many queues (one broadcast to many subscribers) are never copied.
+package outq
+
+import (
+	"sync"
+)
+
+// State is where a queue is in its life.
+type State uint8
+
+// The states. Writing and Closing are the two states in which exactly one
+// writer holds the queue (or is about to, when a call returned Start).
+const (
+	// Idle: nothing queued, no writer.
+	Idle State = iota
+	// Held: frames wait for the Hold hook's deferred Flush; no writer.
+	Held
+	// Writing: a writer holds the queue.
+	Writing
+	// Closing: nothing more is accepted; the writer writes what is left
+	// (or only a begun frame, when the close dropped the rest), then the
+	// close frame, then calls Finish.
+	Closing
+	// Closed: the transport is closed; nothing is queued or written again.
+	Closed
+)
+
+func (s State) String() string {
+	switch s {
+	case Idle:
+		return "idle"
+	case Held:
+		return "held"
+	case Writing:
+		return "writing"
+	case Closing:
+		return "closing"
+	case Closed:
+		return "closed"
+	}
+	return "invalid"
+}
+
+// Result says what a Push did.
+type Result uint8
+
+const (
+	// Queued: the frame is queued; someone else writes it.
+	Queued Result = iota
+	// Start: the frame is queued and the caller now holds the writer role:
+	// it must start the writer.
+	Start
+	// Overflow: the frame did not fit; the queue is now Closing as a slow
+	// consumer.
+	Overflow
+	// Rejected: the queue is closing or closed; the frame was dropped.
+	Rejected
+)
+
+// Queue is one connection's outbound queue. The zero value is not usable;
+// call New.
+type Queue struct {
+	// Limit is the byte bound (0 = none): a Push that would take a
+	// non-empty queue above it overflows. A frame into an empty queue is
+	// always accepted, so one frame larger than Limit still goes out.
+	limit int
+	// hold, if set, is asked (with the queue locked) whether a writer
+	// about to start should wait instead; when it says yes it has arranged
+	// for Flush to be called later. It gets the time of the last Take.
+	hold     func(lastTake int64) bool
+	clock    func() int64
+	overflow []byte
+
+	mu         sync.Mutex
+	state      State
+	frames     [][]byte
+	spare      [][]byte // the writer's previous batch array, reused
+	bytes      int      // bytes in frames
+	partial    bool     // frames[0] is the rest of a frame already partly written
+	closeFrame []byte
+	overflowed bool
+	lastTake   int64
+}
+
+// Options configure a Queue.
+type Options struct {
+	// Limit bounds the queued bytes (0 = unbounded).
+	Limit int
+	// Hold, if set, may defer a writer's start (write coalescing): called
+	// with the queue locked and the clock reading of the last Take, it
+	// returns true when it has scheduled a Flush for later. It must not
+	// call back into the queue.
+	Hold func(lastTake int64) bool
+	// Clock reads the time recorded at each Take for Hold (nil: none).
+	Clock func() int64
+	// OverflowClose is the transport's close frame for a slow consumer,
+	// written after the begun frame (if any) when a Push overflows.
+	OverflowClose []byte
+}
+
+// New returns an idle queue.
+func New(o Options) *Queue {
+	return &Queue{limit: o.Limit, hold: o.Hold, clock: o.Clock, overflow: o.OverflowClose}
+}
+
+// State returns the queue's state.
+func (q *Queue) State() State {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.state
+}
+
+// Len returns the queued bytes.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.bytes
+}
+
+// Push queues a prepared frame. It never blocks. With Overflow the queue
+// has turned Closing with the OverflowClose frame. Whenever start is true
+// the caller holds the writer role and must start the writer.
+func (q *Queue) Push(f []byte) (r Result, start bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch q.state {
+	case Closing, Closed:
+		return Rejected, false
+	}
+	if q.limit > 0 && q.bytes > 0 && q.bytes+len(f) > q.limit {
+		q.overflowed = true
+		return Overflow, q.closeLocked(q.overflow, true)
+	}
+	q.frames = append(q.frames, f)
+	q.bytes += len(f)
+	if q.state != Idle {
+		return Queued, false
+	}
+	if q.hold != nil && q.hold(q.lastTake) {
+		q.state = Held
+		return Queued, false
+	}
+	q.state = Writing
+	return Start, true
+}
+
+// Flush ends a Hold: a held queue with frames gets a writer, and the
+// caller must start it when Flush returns true.
+func (q *Queue) Flush() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.state != Held {
+		return false
+	}
+	if len(q.frames) == 0 {
+		q.state = Idle
+		return false
+	}
+	q.state = Writing
+	return true
+}
+
+// Batch is what a writer takes at once.
+type Batch struct {
+	Frames [][]byte
+	Bytes  int
+	// Close is the close frame to write after Frames, when the queue is
+	// Closing; the writer calls Finish after writing it.
+	Close []byte
+}
+
+// Take hands the writer everything queued. Only the writer calls it.
+func (q *Queue) Take() Batch {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	b := Batch{Frames: q.frames, Bytes: q.bytes}
+	if q.state == Closing {
+		b.Close = q.closeFrame
+	}
+	q.frames, q.spare, q.bytes, q.partial = q.spare[:0], nil, 0, false
+	if q.clock != nil {
+		q.lastTake = q.clock()
+	}
+	return b
+}
+
+// Release returns a written batch's array for reuse and reports whether
+// the writer keeps its role: true when more frames arrived meanwhile (or a
+// close is pending), false when the queue went idle and the writer must
+// stop.
+func (q *Queue) Release(written [][]byte) (more bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	clear(written) // drop references to shared frames
+	if cap(written) <= 1024 && q.spare == nil {
+		q.spare = written[:0]
+	}
+	switch q.state {
+	case Writing:
+		if len(q.frames) == 0 {
+			q.state = Idle
+			return false
+		}
+		return true
+	case Closing:
+		return true
+	}
+	return false
+}
+
+// Requeue puts the unwritten rest of a batch back in front of whatever
+// was queued meanwhile; began reports that rest[0] is the tail of a frame
+// whose head was written, which must be finished before anything else.
+// The writer keeps its role.
+func (q *Queue) Requeue(rest [][]byte, began bool) {
+	if len(rest) == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.state == Closed {
+		return
+	}
+	n := 0
+	for _, f := range rest {
+		n += len(f)
+	}
+	q.frames = append(rest, q.frames...)
+	q.bytes += n
+	q.partial = began
+}
+
+// Close stops the queue taking frames and arranges for frame (a close
+// frame of the transport, or nil) to be written after what is queued; with
+// drop, what is queued is dropped first (but a begun frame is finished).
+// It reports whether the caller must start the writer. Closing a closing
+// or closed queue does nothing.
+func (q *Queue) Close(frame []byte, drop bool) (start bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.state == Closing || q.state == Closed {
+		return false
+	}
+	return q.closeLocked(frame, drop)
+}
+
+func (q *Queue) closeLocked(frame []byte, drop bool) (start bool) {
+	start = q.state == Idle || q.state == Held
+	q.state = Closing
+	q.closeFrame = frame
+	if drop {
+		keep := 0
+		if q.partial && len(q.frames) > 0 {
+			keep = 1
+		}
+		clear(q.frames[keep:])
+		q.frames = q.frames[:keep]
+		q.bytes = 0
+		if keep == 1 {
+			q.bytes = len(q.frames[0])
+		}
+	}
+	return start
+}
+
+// Overflowed reports whether the queue was closed as a slow consumer.
+func (q *Queue) Overflowed() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.overflowed
+}
+
+// Finish marks the transport closed and drops everything; the writer (or
+// whoever closed the transport) calls it once. It reports whether this
+// call was the one that closed the queue.
+func (q *Queue) Finish() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.state == Closed {
+		return false
+	}
+	q.state = Closed
+	clear(q.frames)
+	q.frames, q.spare, q.bytes, q.closeFrame = nil, nil, 0, nil
+	return true
+}

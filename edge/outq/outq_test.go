@@ -1,0 +1,276 @@
+package outq
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+var closeFrame = []byte("CLOSE")
+
+func frame(s string) []byte { return []byte(s) }
+
+func names(fs [][]byte) []string {
+	out := make([]string, len(fs))
+	for i, f := range fs {
+		out[i] = string(f)
+	}
+	return out
+}
+
+func TestFirstPushStartsOneWriter(t *testing.T) {
+	q := New(Options{})
+	if r, start := q.Push(frame("a")); r != Start || !start {
+		t.Fatalf("first push: %v start=%v, want Start", r, start)
+	}
+	if r, start := q.Push(frame("b")); r != Queued || start {
+		t.Fatalf("second push: %v start=%v, want Queued without a second writer", r, start)
+	}
+	if q.State() != Writing {
+		t.Fatalf("state %v, want writing", q.State())
+	}
+	b := q.Take()
+	if got := names(b.Frames); !slices.Equal(got, []string{"a", "b"}) || b.Bytes != 2 || b.Close != nil {
+		t.Fatalf("take: %v %d %q", got, b.Bytes, b.Close)
+	}
+	if q.Release(b.Frames) {
+		t.Fatal("release of an empty queue kept the writer")
+	}
+	if q.State() != Idle {
+		t.Fatalf("state %v, want idle", q.State())
+	}
+	if _, start := q.Push(frame("c")); !start {
+		t.Fatal("push into an idle queue did not start a writer")
+	}
+}
+
+func TestReleaseKeepsWriterWhenMoreArrived(t *testing.T) {
+	q := New(Options{})
+	q.Push(frame("a"))
+	b := q.Take()
+	if _, start := q.Push(frame("b")); start {
+		t.Fatal("push during a write started a second writer")
+	}
+	if !q.Release(b.Frames) {
+		t.Fatal("writer gave up its role with a frame queued")
+	}
+	if got := names(q.Take().Frames); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("second take: %v", got)
+	}
+}
+
+func TestOverflowClosesAsSlowConsumer(t *testing.T) {
+	q := New(Options{Limit: 10, OverflowClose: closeFrame})
+	if r, _ := q.Push(make([]byte, 25)); r != Start {
+		t.Fatalf("a frame larger than the limit into an empty queue: %v, want it sent", r)
+	}
+	// The writer holds the queue (it is writing the big frame) and more
+	// arrives: over the limit.
+	r, start := q.Push(frame("x"))
+	if r != Overflow || start {
+		t.Fatalf("overflow: %v start=%v, want Overflow with the writer already running", r, start)
+	}
+	if !q.Overflowed() || q.State() != Closing {
+		t.Fatalf("state %v overflowed=%v", q.State(), q.Overflowed())
+	}
+	if r, _ := q.Push(frame("y")); r != Rejected {
+		t.Fatalf("push after overflow: %v", r)
+	}
+	b := q.Take()
+	if len(b.Frames) != 0 || string(b.Close) != "CLOSE" {
+		t.Fatalf("take after overflow: %v close %q; queued frames must be dropped and the close frame sent", names(b.Frames), b.Close)
+	}
+}
+
+func TestOverflowOfHeldQueueStartsWriter(t *testing.T) {
+	hold := true
+	var flushes int
+	q := New(Options{Limit: 4, OverflowClose: closeFrame, Hold: func(int64) bool { flushes++; return hold }})
+	if r, start := q.Push(frame("ab")); r != Queued || start || q.State() != Held {
+		t.Fatalf("held push: %v %v %v", r, start, q.State())
+	}
+	if r, start := q.Push(frame("cde")); r != Overflow || !start {
+		t.Fatalf("overflow of a held queue: %v start=%v, want a writer for the close frame", r, start)
+	}
+	if q.Flush() {
+		t.Fatal("flush of a closing queue started a writer")
+	}
+}
+
+func TestHoldAndFlush(t *testing.T) {
+	now := int64(100)
+	var lastSeen int64 = -1
+	q := New(Options{
+		Hold:  func(last int64) bool { lastSeen = last; return last > 0 },
+		Clock: func() int64 { return now },
+	})
+	if _, start := q.Push(frame("a")); !start {
+		t.Fatal("never-written queue was held")
+	}
+	q.Release(q.Take().Frames)
+	if _, start := q.Push(frame("b")); start || q.State() != Held || lastSeen != 100 {
+		t.Fatalf("recently written queue: start=%v state=%v last=%d", start, q.State(), lastSeen)
+	}
+	q.Push(frame("c"))
+	if !q.Flush() || q.State() != Writing {
+		t.Fatalf("flush: state %v", q.State())
+	}
+	if got := names(q.Take().Frames); !slices.Equal(got, []string{"b", "c"}) {
+		t.Fatalf("held frames: %v", got)
+	}
+	if q.Flush() {
+		t.Fatal("flush of a writing queue started a second writer")
+	}
+}
+
+func TestCloseAfterFlushAndDrop(t *testing.T) {
+	for _, drop := range []bool{false, true} {
+		t.Run(fmt.Sprint("drop=", drop), func(t *testing.T) {
+			q := New(Options{})
+			q.Push(frame("a"))
+			b := q.Take()
+			q.Push(frame("b"))
+			if q.Close(closeFrame, drop) {
+				t.Fatal("close with a writer running asked for another")
+			}
+			if q.Close(frame("other"), false) {
+				t.Fatal("second close did something")
+			}
+			if !q.Release(b.Frames) {
+				t.Fatal("writer gave up with a close pending")
+			}
+			b = q.Take()
+			want := []string{"b"}
+			if drop {
+				want = []string{}
+			}
+			if got := names(b.Frames); !slices.Equal(got, want) || string(b.Close) != "CLOSE" {
+				t.Fatalf("take: %v close %q, want %v then CLOSE", got, b.Close, want)
+			}
+			if !q.Finish() || q.Finish() {
+				t.Fatal("Finish must report true exactly once")
+			}
+			if r, _ := q.Push(frame("c")); r != Rejected {
+				t.Fatalf("push after finish: %v", r)
+			}
+		})
+	}
+}
+
+func TestCloseIdleStartsWriter(t *testing.T) {
+	q := New(Options{})
+	if !q.Close(closeFrame, false) {
+		t.Fatal("closing an idle queue must hand out the writer role for the close frame")
+	}
+	if b := q.Take(); string(b.Close) != "CLOSE" {
+		t.Fatalf("close frame: %q", b.Close)
+	}
+}
+
+// A frame whose head reached the socket is finished before the close
+// frame, even when the close drops the rest.
+func TestDropKeepsBegunFrame(t *testing.T) {
+	q := New(Options{})
+	q.Push(frame("aaaa"))
+	q.Push(frame("bbbb"))
+	b := q.Take()
+	// The socket took 2 bytes of "aaaa".
+	q.Requeue([][]byte{b.Frames[0][2:], b.Frames[1]}, true)
+	q.Push(frame("cccc"))
+	q.Close(closeFrame, true)
+	got := q.Take()
+	if names(got.Frames)[0] != "aa" || len(got.Frames) != 1 || got.Bytes != 2 {
+		t.Fatalf("after drop: %v (%d bytes), want only the begun frame's tail", names(got.Frames), got.Bytes)
+	}
+}
+
+func TestRequeueOrder(t *testing.T) {
+	q := New(Options{})
+	q.Push(frame("1"))
+	q.Push(frame("2"))
+	b := q.Take()
+	q.Push(frame("3"))
+	q.Requeue(b.Frames[1:], false)
+	if got := names(q.Take().Frames); !slices.Equal(got, []string{"2", "3"}) {
+		t.Fatalf("requeued order: %v", got)
+	}
+}
+
+// TestConcurrentSendersOneWriter runs many senders against one writer
+// loop: every frame is written exactly once, in each sender's order, and
+// there is never more than one writer.
+func TestConcurrentSendersOneWriter(t *testing.T) {
+	q := New(Options{})
+	const senders, each = 8, 2000
+	var (
+		mu      sync.Mutex
+		written [][]byte
+		holders atomic.Int32 // writers between getting the role and giving it back
+		overlap atomic.Bool
+		wg      sync.WaitGroup
+		writers sync.WaitGroup
+	)
+	hold := func() {
+		if holders.Add(1) != 1 {
+			overlap.Store(true)
+		}
+	}
+	writer := func() {
+		defer writers.Done()
+		hold()
+		for {
+			b := q.Take()
+			mu.Lock()
+			written = append(written, b.Frames...)
+			mu.Unlock()
+			// Give the role back before Release can hand it to the next
+			// Push; take it again if Release says we keep it.
+			holders.Add(-1)
+			if !q.Release(b.Frames) {
+				return
+			}
+			hold()
+		}
+	}
+	for s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if _, start := q.Push(fmt.Appendf(nil, "%d/%d", s, i)); start {
+					writers.Add(1)
+					go writer()
+				}
+				if rand.IntN(50) == 0 {
+					runtime.Gosched() // let writers catch up now and then
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	writers.Wait()
+	if overlap.Load() {
+		t.Fatal("two writers held the queue at once")
+	}
+	if q.State() != Idle {
+		t.Fatalf("state %v after everything was written", q.State())
+	}
+	next := make([]int, senders)
+	for _, f := range written {
+		var s, i int
+		fmt.Sscanf(string(f), "%d/%d", &s, &i)
+		if i != next[s] {
+			t.Fatalf("sender %d: frame %d written after %d", s, i, next[s]-1)
+		}
+		next[s]++
+	}
+	for s, n := range next {
+		if n != each {
+			t.Fatalf("sender %d: %d of %d frames written", s, n, each)
+		}
+	}
+}
