@@ -67,6 +67,8 @@ export class MeshcastChannel {
     this.replies = new Map()
     this.callback = null
     this.closedReported = false
+    this.joinCount = 0
+    this.tracked = undefined
     this.lastSystemError = null
     this.timeoutMs = client.timeoutMs
     this.joinPush = new Push(this, 'phx_join', () => this._joinPayload(), this.timeoutMs)
@@ -205,6 +207,12 @@ export class MeshcastChannel {
     this.lastSystemError = null
     this.rejoinTimer.reset()
     for (const push of this.pushBuffer.splice(0)) push.send()
+    // A rejoin (after a reconnect or a server-side error) lost this client's presence on the server: track it again.
+    // An app that re-tracks on SUBSCRIBED itself (the realtime-js idiom) sends the same payload, which the server ignores.
+    if (this.joinCount > 0 && this.tracked !== undefined) {
+      this._pushEvent('presence', { type: 'presence', event: 'track', payload: this.tracked })
+    }
+    this.joinCount++
     if (this.client.accessTokenFn) this.client.setAuth().catch((e) => this.client.log('error', 'access token refresh failed', e))
     this._report(SUBSCRIBE_STATES.SUBSCRIBED)
   }
@@ -297,13 +305,18 @@ export class MeshcastChannel {
     return this.send({ type: 'broadcast', event, payload })
   }
 
-  /** Tracks this client's presence with `payload`; resolves on the server's reply. */
+  /**
+   * Tracks this client's presence with `payload`; resolves on the server's reply.
+   * The payload is tracked again by itself after every rejoin (until untrack()).
+   */
   track(payload, opts = {}) {
+    this.tracked = payload
     return this.send({ type: 'presence', event: 'track', payload }, opts)
   }
 
   /** Removes this client's presence. */
   untrack(opts = {}) {
+    this.tracked = undefined
     return this.send({ type: 'presence', event: 'untrack' }, opts)
   }
 

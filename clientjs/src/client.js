@@ -198,6 +198,7 @@ export class MeshcastClient {
     if (this.manualClose) return
     const clock = ++this.connectClock
     this.state = 'connecting'
+    this.log('transport', 'connecting', { attempt: this.reconnectTimer.tries + 1 })
     this._openTransport(clock).then(
       (conn) => {
         this.pendingConn = null
