@@ -118,8 +118,8 @@ export class WebTransportConnection {
     }
     this.wt = wt
     wt.closed.then(
-      (info) => this.finish(this.remoteClose ?? { code: info?.closeCode ?? 1005, reason: info?.reason ?? '', wasClean: true }),
-      (err) => this.finish(this.remoteClose ?? { code: 1006, reason: err?.message ?? String(err), wasClean: false })
+      (info) => this.sessionClosed({ code: info?.closeCode ?? 1005, reason: info?.reason ?? '', wasClean: true }),
+      (err) => this.sessionClosed({ code: 1006, reason: err?.message ?? String(err), wasClean: false })
     )
     try {
       await wt.ready
@@ -139,14 +139,44 @@ export class WebTransportConnection {
     this.opened = true
   }
 
+  /**
+   * The session ended. The server's close frame may still sit unread in the
+   * stream (the session can end before the reader got to it): let the reader
+   * drain for a moment, so the app sees the server's code and reason.
+   */
+  sessionClosed(info) {
+    if (this.finished) return
+    this.sessionInfo = info
+    if (this.readerDone || !this.streamReader) {
+      this.finish(this.remoteClose ?? info)
+      return
+    }
+    const timer = setTimeout(() => this.finish(this.remoteClose ?? info), 250)
+    this.onReaderDone = () => {
+      clearTimeout(timer)
+      this.finish(this.remoteClose ?? info)
+    }
+  }
+
   async readStream(reader) {
     this.streamReader = reader
+    try {
+      await this.readFrames(reader)
+    } finally {
+      this.readerDone = true
+      this.onReaderDone?.()
+    }
+  }
+
+  async readFrames(reader) {
     try {
       for (;;) {
         const { value, done } = await reader.read()
         if (done) {
+          if (this.remoteClose || this.finished) return
+          if (this.sessionInfo) return // the session ended; sessionClosed reports it
           this.decoder.end()
-          if (!this.remoteClose) this.fail(new FramingError('the server closed the stream without a close frame', 1006))
+          this.fail(new FramingError('the server ended the stream without a close frame', 1002))
           return
         }
         for (const { opcode, body } of this.decoder.push(value)) {
@@ -161,7 +191,7 @@ export class WebTransportConnection {
         }
       }
     } catch (err) {
-      if (this.finished) return
+      if (this.finished || this.sessionInfo) return
       if (err instanceof FramingError || err instanceof TypeError) this.fail(err)
       else this.finish(this.remoteClose ?? { code: 1006, reason: err?.message ?? String(err), wasClean: false })
     }
