@@ -103,6 +103,7 @@ export class MeshcastClient {
     this.ref = 0
     this.conn = null
     this.pendingConn = null
+    this.cancelAttempt = null
     this.state = 'closed'
     this.lastTransport = null
     this.manualClose = true
@@ -285,6 +286,8 @@ export class MeshcastClient {
         const remember = phase === 'session'
         reject(new WebTransportUnavailable(`WebTransport ${phase === 'session' ? 'session' : 'discovery'} did not complete within ${ms} ms`, { remember }))
       }, ms)
+      // disconnect() ends the attempt at once: no timer or request outlives it.
+      this.cancelAttempt = () => reject(new TransportError('connect cancelled by disconnect()'))
     })
     try {
       return await Promise.race([attempt, deadline])
@@ -295,6 +298,7 @@ export class MeshcastClient {
       throw err
     } finally {
       clearTimeout(timer)
+      this.cancelAttempt = null
     }
   }
 
@@ -331,6 +335,7 @@ export class MeshcastClient {
     const clock = ++this.connectClock
     this.reconnectTimer.reset()
     this._clearHeartbeats()
+    this.cancelAttempt?.()
     const conns = [this.conn, this.pendingConn].filter(Boolean)
     this.conn = null
     this.pendingConn = null

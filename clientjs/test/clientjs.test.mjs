@@ -377,8 +377,9 @@ describe('errors reach the caller', () => {
 })
 
 describe('disconnect', () => {
-  it('leaves no timers or sockets: a Node process exits by itself right after disconnect()', async () => {
-    const child = spawn(process.execPath, [path.join(here, 'fixtures/disconnect-exits.mjs'), `${server.httpURL}/realtime/v1`], { stdio: ['ignore', 'pipe', 'pipe'] })
+  for (const mode of ['joined', 'stalled-webtransport']) {
+  it(`leaves no timers or sockets: a Node process exits by itself right after disconnect() (${mode})`, async () => {
+    const child = spawn(process.execPath, [path.join(here, 'fixtures/disconnect-exits.mjs'), `${server.httpURL}/realtime/v1`, mode], { stdio: ['ignore', 'pipe', 'pipe'] })
     let out = ''
     child.stdout.on('data', (d) => (out += d))
     child.stderr.on('data', (d) => (out += d))
@@ -390,4 +391,5 @@ describe('disconnect', () => {
     assert.ok(report.subscribed && report.tracked && report.sent, out)
     assert.ok(Date.now() - started < 10000)
   })
+  }
 })
