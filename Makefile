@@ -35,7 +35,7 @@ test-go:
 	$(GO) test -count=1 ./wire/... ./bench/...
 
 deps-js:
-	@if [ ! -d $(NPM_DIR)/node_modules/@supabase/realtime-js ]; then \
+	@if [ ! -f $(NPM_DIR)/node_modules/.package-lock.json ] || [ $(NPM_DIR)/package-lock.json -nt $(NPM_DIR)/node_modules/.package-lock.json ]; then \
 		echo "installing npm packages in $(NPM_DIR)"; \
 		cd $(NPM_DIR) && npm ci --no-audit --no-fund; \
 	fi
