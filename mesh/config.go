@@ -78,6 +78,9 @@ type Config struct {
 	MeshAddr        string // QUIC bind, UDP host:port
 	MeshAdvertise   string // optional address others reach the mesh on
 	ClientAddr      string // advertised HTTP/WebSocket address
+	// Database names the database this node can stream changes from
+	// (advertised as Member.DB); empty when it has none.
+	Database string
 
 	Join          []string // seeds: host:port, or DNS names (every A/AAAA record)
 	ClusterSecret []byte   // required: encrypts gossip, authenticates peers

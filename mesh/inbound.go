@@ -45,10 +45,10 @@ func (n *Node) serveInbound(conn *quic.Conn) {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, handshakeTimeout)
 	defer cancel()
-	var readers [2]*bufio.Reader
-	var counts [2]*countReader
+	var readers [numLanes]*bufio.Reader
+	var counts [numLanes]*countReader
 	var from string
-	for _, lane := range []byte{laneControl, laneData} {
+	for _, lane := range lanes {
 		s, err := conn.AcceptStream(ctx)
 		if err != nil {
 			conn.CloseWithError(errCodeHandshake, "no stream")
@@ -80,8 +80,8 @@ func (n *Node) serveInbound(conn *quic.Conn) {
 		return
 	}
 	defer n.removeInbound(from, conn)
-	done := make(chan struct{}, 2)
-	for _, lane := range []byte{laneControl, laneData} {
+	done := make(chan struct{}, numLanes)
+	for _, lane := range lanes {
 		go func() {
 			err := n.readLane(from, lane, readers[lane], counts[lane])
 			if !errors.Is(err, context.Canceled) {
@@ -91,8 +91,9 @@ func (n *Node) serveInbound(conn *quic.Conn) {
 			done <- struct{}{}
 		}()
 	}
-	<-done
-	<-done
+	for range lanes {
+		<-done
+	}
 }
 
 // readLane reads frames from one lane and dispatches them in order.

@@ -9,16 +9,38 @@ import (
 // Lanes of a peer connection: each is its own QUIC stream, so bulk data
 // never blocks control.
 const (
-	laneControl byte = 0
-	laneData    byte = 1
+	laneControl byte = 0 // interest, presence, subscriptions: resynced when lost
+	laneData    byte = 1 // broadcasts: dropped (counted) when full
+	laneChanges byte = 2 // Postgres changes: resynced (resent) when lost
+	numLanes         = 3
 )
 
+// lanes lists the lanes in the order a connection opens their streams.
+var lanes = [numLanes]byte{laneControl, laneData, laneChanges}
+
 func laneName(l byte) string {
-	if l == laneControl {
+	switch l {
+	case laneControl:
 		return "control"
+	case laneChanges:
+		return "changes"
 	}
 	return "data"
 }
+
+// Lane names a lane for the mesh's users.
+type Lane byte
+
+// The lanes other packages send on.
+const (
+	// LaneControl carries small, ordered, never-dropped frames: a full
+	// queue, or a new connection, resyncs the peer (see OnResync).
+	LaneControl = Lane(laneControl)
+	// LaneChanges carries bulk frames that must not be dropped (Postgres
+	// changes), resynced like the control lane, on a stream of its own so
+	// that they never delay control frames.
+	LaneChanges = Lane(laneChanges)
+)
 
 // lane is one bounded send queue toward a peer. Senders append encoded
 // frames (shared between peers when the same frame goes to several) and

@@ -23,6 +23,10 @@ type Member struct {
 	MeshAddr   string `json:"m"` // QUIC, UDP host:port
 	ClientAddr string `json:"c"` // HTTP/WebSocket host:port
 	Draining   bool   `json:"d,omitempty"`
+	// DB names the database whose WAL the node can read (Config.Database),
+	// empty when it has none: nodes with the same DB are candidates for
+	// owning its reader.
+	DB string `json:"b,omitempty"`
 }
 
 // metaVersion prefixes the JSON metadata so that it can evolve.

@@ -65,6 +65,11 @@ type Node struct {
 	connects     *metrics.Counter
 	published    *metrics.Counter
 
+	// Set before Start (ext.go).
+	handlers map[meshproto.Type]func(from string, f meshproto.Frame)
+	resyncs  map[Lane][]func(peer string, emit func([]byte) error) error
+	watchers []func(self Member, members []Member)
+
 	mu      sync.RWMutex
 	closed  bool
 	peers   map[string]*peer
@@ -110,7 +115,8 @@ func New(cfg Config, h Handler) (*Node, error) {
 		log:          cfg.Logger.With("node", id),
 		logLimited:   lograte.Logger(cfg.Logger.With("node", id), 10*time.Second, 5),
 		h:            h,
-		self:         Member{ID: id, Name: cfg.Name, Region: cfg.Region, MeshAddr: meshAddr, ClientAddr: cfg.ClientAddr},
+		self:         Member{ID: id, Name: cfg.Name, Region: cfg.Region, MeshAddr: meshAddr, ClientAddr: cfg.ClientAddr, DB: cfg.Database},
+		resyncs:      make(map[Lane][]func(string, func([]byte) error) error),
 		incarnation:  inc,
 		meshKey:      deriveKey(cfg.ClusterSecret, "mesh"),
 		metrics:      ms,
@@ -198,6 +204,7 @@ func (n *Node) Start() error {
 		n.closeTransport()
 		return err
 	}
+	n.notifyWatchers()
 	n.wg.Add(2)
 	go func() { defer n.wg.Done(); n.acceptLoop() }()
 	go func() { defer n.wg.Done(); n.joinLoop() }()
@@ -218,7 +225,7 @@ func (n *Node) quicConfig() *quic.Config {
 		KeepAlivePeriod:      n.cfg.PeerTimeout / 4,
 		MaxIdleTimeout:       n.cfg.PeerTimeout,
 		HandshakeIdleTimeout: handshakeTimeout,
-		MaxIncomingStreams:   4,
+		MaxIncomingStreams:   numLanes + 1,
 	}
 }
 

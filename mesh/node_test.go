@@ -182,7 +182,8 @@ func TestBadFrameFromPeerClosesOnlyThatConnection(t *testing.T) {
 	b := startNode(t, "b", "s", []string{a.GossipAddr()}, rb)
 	c := startNode(t, "c", "s", []string{a.GossipAddr()}, rc)
 	if !waitFor(5*time.Second, func() bool {
-		return b.Connected(a.ID()) && c.Connected(a.ID()) && a.Connected(b.ID()) && a.Connected(c.ID())
+		return b.Connected(a.ID()) && c.Connected(a.ID()) && a.Connected(b.ID()) && a.Connected(c.ID()) &&
+			b.Connected(c.ID()) && c.Connected(b.ID())
 	}) {
 		t.Fatal("never connected")
 	}

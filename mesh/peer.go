@@ -29,7 +29,7 @@ const (
 type peer struct {
 	n      *Node
 	m      Member
-	lanes  [2]*lane
+	lanes  [numLanes]*lane
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -41,7 +41,7 @@ type peer struct {
 func newPeer(n *Node, m Member) *peer {
 	ctx, cancel := context.WithCancel(n.ctx)
 	p := &peer{n: n, m: m, ctx: ctx, cancel: cancel}
-	for _, id := range []byte{laneControl, laneData} {
+	for _, id := range lanes {
 		l := newLane(id, n.cfg.QueueBytes)
 		labels := fmt.Sprintf(`{peer=%q,lane=%q}`, m.ID, laneName(id))
 		l.sentFrames = p.counter("meshcast_mesh_frames_sent_total" + labels)
@@ -116,8 +116,8 @@ func (p *peer) run() {
 	}
 }
 
-func (p *peer) dial() (*quic.Conn, [2]*quic.Stream, error) {
-	var streams [2]*quic.Stream
+func (p *peer) dial() (*quic.Conn, [numLanes]*quic.Stream, error) {
+	var streams [numLanes]*quic.Stream
 	addr, err := net.ResolveUDPAddr("udp", p.m.MeshAddr)
 	if err != nil {
 		return nil, streams, err
@@ -128,7 +128,7 @@ func (p *peer) dial() (*quic.Conn, [2]*quic.Stream, error) {
 	if err != nil {
 		return nil, streams, err
 	}
-	fail := func(err error) (*quic.Conn, [2]*quic.Stream, error) {
+	fail := func(err error) (*quic.Conn, [numLanes]*quic.Stream, error) {
 		conn.CloseWithError(errCodeHandshake, "handshake failed")
 		return nil, streams, err
 	}
@@ -136,7 +136,7 @@ func (p *peer) dial() (*quic.Conn, [2]*quic.Stream, error) {
 	if err != nil {
 		return fail(err)
 	}
-	for _, lane := range []byte{laneControl, laneData} {
+	for _, lane := range lanes {
 		s, err := conn.OpenStreamSync(ctx)
 		if err != nil {
 			return fail(err)
@@ -172,7 +172,7 @@ func (p *peer) dial() (*quic.Conn, [2]*quic.Stream, error) {
 
 // session runs one connection: a writer per lane, pings for RTT. It
 // returns when the connection fails or the peer is removed.
-func (p *peer) session(conn *quic.Conn, streams [2]*quic.Stream) {
+func (p *peer) session(conn *quic.Conn, streams [numLanes]*quic.Stream) {
 	p.connected.Store(true)
 	p.n.connects.Inc()
 	p.n.log.Info("mesh peer connected", "peer", p.m.ID, "region", p.m.Region)
@@ -186,8 +186,9 @@ func (p *peer) session(conn *quic.Conn, streams [2]*quic.Stream) {
 		}
 	}()
 	p.lanes[laneControl].requestResync()
-	done := make(chan struct{}, 2)
-	for _, lane := range []byte{laneControl, laneData} {
+	p.lanes[laneChanges].requestResync()
+	done := make(chan struct{}, numLanes)
+	for _, lane := range lanes {
 		go func() {
 			p.write(ctx, p.lanes[lane], streams[lane])
 			cancel()
@@ -205,12 +206,14 @@ func (p *peer) session(conn *quic.Conn, streams [2]*quic.Stream) {
 		}
 	}
 	conn.CloseWithError(0, "")
-	<-done
-	<-done
+	for range lanes {
+		<-done
+	}
 	p.connected.Store(false)
-	// Control frames lost with the connection are superseded by the
-	// snapshot sent on reconnect; data frames wait for it.
+	// Control and changes frames lost with the connection are superseded
+	// by the resync on reconnect; data frames wait for it.
 	p.lanes[laneControl].reset()
+	p.lanes[laneChanges].reset()
 	if p.ctx.Err() == nil {
 		p.n.log.Info("mesh peer disconnected", "peer", p.m.ID)
 	}
@@ -233,7 +236,7 @@ func (p *peer) write(ctx context.Context, l *lane, s *quic.Stream) {
 		if resync {
 			// Written before the batch: the batch's presence deltas are
 			// older than the snapshots, which the peer then keeps.
-			err := p.n.resyncFrames(p, func(f []byte) error {
+			err := p.n.resyncFrames(p, l.id, func(f []byte) error {
 				buf = append(buf, f...)
 				l.sentFrames.Inc()
 				if len(buf) < 1<<20 {

@@ -229,7 +229,10 @@ func (n *Node) sendTo(id string, f meshproto.Frame) {
 // frames were lost, needs: this node's interests, and its presence of
 // every topic the peer listens to, all as snapshots in parts. The lane's
 // writer calls it and writes the frames itself.
-func (n *Node) resyncFrames(p *peer, emit func([]byte) error) error {
+func (n *Node) resyncFrames(p *peer, lane byte, emit func([]byte) error) error {
+	if lane != laneControl {
+		return n.resyncHooks(p, lane, emit)
+	}
 	n.mu.RLock()
 	mine := make([]string, 0, len(n.local))
 	for t := range n.local {
@@ -250,7 +253,7 @@ func (n *Node) resyncFrames(p *peer, emit func([]byte) error) error {
 			return err
 		}
 	}
-	return nil
+	return n.resyncHooks(p, lane, emit)
 }
 
 // sendPresenceSnapshot queues this node's presence of topic, in parts, to
@@ -330,6 +333,10 @@ func (n *Node) dispatch(from string, f meshproto.Frame) {
 		if p != nil {
 			p.rttNanos.Store(time.Now().UnixNano() - f.Nanos)
 		}
+	default:
+		if fn := n.handlers[f.Type()]; fn != nil {
+			fn(from, f)
+		}
 	}
 }
 
@@ -370,13 +377,18 @@ func entryOf(owner string, e meshproto.PresenceEntry) presence.Entry {
 // memberUp adds or updates a live member (memberlist callback).
 func (n *Node) memberUp(m Member) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.closed {
+		n.mu.Unlock()
 		return
 	}
 	delete(n.dead, m.ID)
 	if p := n.peers[m.ID]; p != nil {
+		changed := p.m.Draining != m.Draining
 		p.m.Draining = m.Draining
+		n.mu.Unlock()
+		if changed {
+			n.notifyWatchers()
+		}
 		return
 	}
 	p := newPeer(n, m)
@@ -384,6 +396,8 @@ func (n *Node) memberUp(m Member) {
 	n.log.Info("cluster member up", "member", m.ID, "region", m.Region, "mesh", m.MeshAddr)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); p.run() }()
+	n.mu.Unlock()
+	n.notifyWatchers()
 }
 
 // memberDown removes a member that left or was declared dead: its
@@ -413,7 +427,7 @@ func (n *Node) memberDown(id string, left bool) {
 
 	p.cancel()
 	p.unregisterMetrics()
-	for _, lane := range []byte{laneControl, laneData} {
+	for _, lane := range lanes {
 		labels := receivedLabels(id, lane)
 		n.metrics.UnregisterMetric("meshcast_mesh_frames_received_total" + labels)
 		n.metrics.UnregisterMetric("meshcast_mesh_bytes_received_total" + labels)
@@ -423,6 +437,7 @@ func (n *Node) memberDown(id string, left bool) {
 	}
 	n.log.Info("cluster member down", "member", id, "graceful", left)
 	n.h.NodeDown(id)
+	n.notifyWatchers()
 }
 
 // addInbound registers an authenticated inbound connection; false when

@@ -109,6 +109,26 @@ func Decode(b []byte, maxFrame int) (f Frame, n int, err error) {
 		x := new(PresenceSyncRequest)
 		x.decode(&r)
 		f = x
+	case TypeSubRegister:
+		x := new(SubRegister)
+		x.decode(&r)
+		f = x
+	case TypeSubUnregister:
+		x := new(SubUnregister)
+		x.decode(&r)
+		f = x
+	case TypeSubAck:
+		x := new(SubAck)
+		x.decode(&r)
+		f = x
+	case TypeChanges:
+		x := new(Changes)
+		x.decode(&r)
+		f = x
+	case TypeChangesAck:
+		x := new(ChangesAck)
+		x.decode(&r)
+		f = x
 	default:
 		return nil, n, fmt.Errorf("%w: %d", ErrUnknownType, uint8(t))
 	}

@@ -37,8 +37,9 @@ const DefaultMaxFrame = 16 << 20
 // Lanes of Hello: each peer connection carries one stream per lane so that
 // bulk data never blocks control frames.
 const (
-	LaneControl uint8 = 0 // hello, interest, presence, subscriptions
-	LaneData    uint8 = 1 // broadcasts and changes
+	LaneControl uint8 = 0 // hello, interest, presence, subscriptions, change acks
+	LaneData    uint8 = 1 // broadcasts
+	LaneChanges uint8 = 2 // Postgres change records, never dropped
 )
 
 // Type identifies a frame. The numbers are part of the wire format.
@@ -56,6 +57,11 @@ const (
 	TypePresenceDelta       Type = 8
 	TypePresenceSnapshot    Type = 9
 	TypePresenceSyncRequest Type = 10
+	TypeSubRegister         Type = 11
+	TypeSubUnregister       Type = 12
+	TypeSubAck              Type = 13
+	TypeChanges             Type = 14
+	TypeChangesAck          Type = 15
 )
 
 var typeNames = [...]string{
@@ -69,6 +75,11 @@ var typeNames = [...]string{
 	TypePresenceDelta:       "PresenceDelta",
 	TypePresenceSnapshot:    "PresenceSnapshot",
 	TypePresenceSyncRequest: "PresenceSyncRequest",
+	TypeSubRegister:         "SubRegister",
+	TypeSubUnregister:       "SubUnregister",
+	TypeSubAck:              "SubAck",
+	TypeChanges:             "Changes",
+	TypeChangesAck:          "ChangesAck",
 }
 
 // String returns the frame type's name, for errors and logs.

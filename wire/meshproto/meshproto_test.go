@@ -50,6 +50,19 @@ var frames = []Frame{
 	&PresenceSnapshot{},
 	&PresenceSyncRequest{Topic: "realtime:lobby", Owner: "node-a@17"},
 	&PresenceSyncRequest{Topic: "realtime:lobby"},
+	&SubRegister{DB: "db1", Replace: true, Part: 2, More: true, Subs: []Sub{
+		{ID: 1<<53 - 1, Schema: "public", Table: "todos", Event: "INSERT", Filter: "id=eq.1", Columns: []string{"id", "title"}, Role: "authenticated", Claims: []byte(`{"sub":"u1"}`)},
+		{},
+	}},
+	&SubRegister{DB: "db1"},
+	&SubUnregister{DB: "db1", IDs: []uint64{1, 1 << 52, 3}},
+	&SubUnregister{},
+	&SubAck{DB: "db1", IDs: []uint64{7}, LSN: 0x16B374D848, Err: "Unable to subscribe"},
+	&SubAck{},
+	&Changes{DB: "db1", LSN: 0x16B374D848, Seq: 1<<32 - 1, Record: []byte{1, 2, 3}, IDs: []uint64{5, 6}},
+	&Changes{},
+	&ChangesAck{DB: "db1", LSN: 99, Seq: 3},
+	&ChangesAck{},
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -156,6 +169,9 @@ func TestBadFrames(t *testing.T) {
 		{"topic count 2^62", frame(byte(TypeInterestAdd), Version, huge(1<<62)...), 0, ErrMalformed},
 		{"topic count over bytes", frame(byte(TypeInterestSnapshot), Version, 3, 0, 0), 0, ErrMalformed},
 		{"entry count over bytes", frame(byte(TypePresenceSnapshot), Version, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0), 0, ErrMalformed},
+		{"replace flag 2", frame(byte(TypeSubRegister), Version, 0, 2, 0, 0, 0), 0, ErrMalformed},
+		{"seq over 32 bits", frame(byte(TypeChangesAck), Version, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10), 0, ErrMalformed},
+		{"sub count over bytes", frame(byte(TypeSubRegister), Version, 0, 0, 5, 0, 0, 0, 0, 0), 0, ErrMalformed},
 		{"snapshot flag reserved", frame(byte(TypeInterestSnapshot), Version, 0, 0, 2), 0, ErrMalformed},
 		{"snapshot without part", frame(byte(TypeInterestSnapshot), Version, 0), 0, ErrMalformed},
 		{"broadcast flag reserved", frame(byte(TypeBroadcast), Version, 0, 0, 0, 0, 0, 2, 0, 0), 0, ErrMalformed},

@@ -1,0 +1,227 @@
+package meshproto
+
+// Frames of Postgres changes (design §4): a node registers its channels'
+// postgres_changes subscriptions with the node that owns the database's
+// WAL reader (control lane), and the owner sends every change record once
+// to each node with matching subscriptions, tagged with their IDs (changes
+// lane), which acknowledges what it has delivered (control lane).
+
+// Sub is one postgres_changes binding as its node registers it. Filter is
+// the binding's filter text (the owner parses it again); Event is
+// INSERT, UPDATE, DELETE or *. Claims is the JWT's claims as JSON, for the
+// owner's row-level security checks.
+type Sub struct {
+	ID      uint64
+	Schema  string
+	Table   string
+	Event   string
+	Filter  string
+	Columns []string
+	Role    string
+	Claims  []byte
+}
+
+// SubRegister adds subscriptions of database DB at its owner. With Replace
+// they are the sender's whole set, replacing what the owner held for it
+// (after a new owner took over, or a resync); a large set is sent in parts
+// as snapshots are (Part, More), the owner replacing once the last part is
+// in. The owner answers with SubAck.
+type SubRegister struct {
+	DB      string
+	Replace bool
+	Subs    []Sub
+	Part    uint64
+	More    bool
+}
+
+// SubUnregister removes subscriptions of database DB at its owner.
+type SubUnregister struct {
+	DB  string
+	IDs []uint64
+}
+
+// SubAck answers a SubRegister: the owner holds the subscriptions IDs and
+// matches every change it reads from now on against them; or, with Err,
+// it refused them. LSN is the owner's position in the WAL then (0 while
+// its reader is not streaming).
+type SubAck struct {
+	DB  string
+	IDs []uint64
+	LSN uint64
+	Err string
+}
+
+// Changes carries one change record of database DB, encoded once by the
+// owner (Record, opaque here), to a node holding the subscriptions IDs it
+// matches. (LSN, Seq) is the change's place in the WAL: the commit LSN of
+// its transaction and its position in it; a node drops a change at or
+// before one it has delivered (a new owner repeats the unconfirmed tail).
+type Changes struct {
+	DB     string
+	LSN    uint64
+	Seq    uint32
+	Record []byte
+	IDs    []uint64
+}
+
+// ChangesAck says the sender has delivered every change of DB up to and
+// including (LSN, Seq) that the receiver sent it.
+type ChangesAck struct {
+	DB  string
+	LSN uint64
+	Seq uint32
+}
+
+// Type implements Frame.
+func (*SubRegister) Type() Type { return TypeSubRegister }
+
+// Type implements Frame.
+func (*SubUnregister) Type() Type { return TypeSubUnregister }
+
+// Type implements Frame.
+func (*SubAck) Type() Type { return TypeSubAck }
+
+// Type implements Frame.
+func (*Changes) Type() Type { return TypeChanges }
+
+// Type implements Frame.
+func (*ChangesAck) Type() Type { return TypeChangesAck }
+
+// minSub is the smallest encoded Sub: eight empty fields.
+const minSub = 8
+
+func (f *SubRegister) appendBody(b []byte) []byte {
+	b = appendString(b, f.DB)
+	var replace byte
+	if f.Replace {
+		replace = 1
+	}
+	b = append(b, replace)
+	b = appendUvarint(b, uint64(len(f.Subs)))
+	for i := range f.Subs {
+		s := &f.Subs[i]
+		b = appendUvarint(b, s.ID)
+		b = appendString(b, s.Schema)
+		b = appendString(b, s.Table)
+		b = appendString(b, s.Event)
+		b = appendString(b, s.Filter)
+		b = appendStrings(b, s.Columns)
+		b = appendString(b, s.Role)
+		b = appendBytes(b, s.Claims)
+	}
+	return appendPart(b, f.Part, f.More)
+}
+
+func (f *SubRegister) decode(r *reader) {
+	f.DB = r.string("db")
+	switch r.byte("replace") {
+	case 0:
+	case 1:
+		f.Replace = true
+	default:
+		r.fail("replace")
+	}
+	if n := r.count("subs", minSub); n > 0 {
+		f.Subs = make([]Sub, n)
+		for i := range f.Subs {
+			s := &f.Subs[i]
+			s.ID = r.uvarint("subs")
+			s.Schema = r.string("subs")
+			s.Table = r.string("subs")
+			s.Event = r.string("subs")
+			s.Filter = r.string("subs")
+			s.Columns = r.strings("subs")
+			s.Role = r.string("subs")
+			s.Claims = r.bytes("subs")
+		}
+		if r.err != "" {
+			f.Subs = nil
+		}
+	}
+	f.Part, f.More = r.part()
+}
+
+func appendIDs(b []byte, ids []uint64) []byte {
+	b = appendUvarint(b, uint64(len(ids)))
+	for _, id := range ids {
+		b = appendUvarint(b, id)
+	}
+	return b
+}
+
+func (r *reader) ids(field string) []uint64 {
+	n := r.count(field, 1)
+	if n == 0 {
+		return nil
+	}
+	ids := make([]uint64, n)
+	for i := range ids {
+		ids[i] = r.uvarint(field)
+	}
+	if r.err != "" {
+		return nil
+	}
+	return ids
+}
+
+func (f *SubUnregister) appendBody(b []byte) []byte {
+	b = appendString(b, f.DB)
+	return appendIDs(b, f.IDs)
+}
+
+func (f *SubUnregister) decode(r *reader) {
+	f.DB = r.string("db")
+	f.IDs = r.ids("ids")
+}
+
+func (f *SubAck) appendBody(b []byte) []byte {
+	b = appendString(b, f.DB)
+	b = appendIDs(b, f.IDs)
+	b = appendUvarint(b, f.LSN)
+	return appendString(b, f.Err)
+}
+
+func (f *SubAck) decode(r *reader) {
+	f.DB = r.string("db")
+	f.IDs = r.ids("ids")
+	f.LSN = r.uvarint("lsn")
+	f.Err = r.string("err")
+}
+
+func (f *Changes) appendBody(b []byte) []byte {
+	b = appendString(b, f.DB)
+	b = appendUvarint(b, f.LSN)
+	b = appendUvarint(b, uint64(f.Seq))
+	b = appendBytes(b, f.Record)
+	return appendIDs(b, f.IDs)
+}
+
+func (f *Changes) decode(r *reader) {
+	f.DB = r.string("db")
+	f.LSN = r.uvarint("lsn")
+	f.Seq = r.uint32v("seq")
+	f.Record = r.bytes("record")
+	f.IDs = r.ids("ids")
+}
+
+func (f *ChangesAck) appendBody(b []byte) []byte {
+	b = appendString(b, f.DB)
+	b = appendUvarint(b, f.LSN)
+	return appendUvarint(b, uint64(f.Seq))
+}
+
+func (f *ChangesAck) decode(r *reader) {
+	f.DB = r.string("db")
+	f.LSN = r.uvarint("lsn")
+	f.Seq = r.uint32v("seq")
+}
+
+// uint32v reads a uvarint that must fit 32 bits.
+func (r *reader) uint32v(field string) uint32 {
+	v := r.uvarint(field)
+	if v > 1<<32-1 {
+		r.fail(field)
+		return 0
+	}
+	return uint32(v)
+}
