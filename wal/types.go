@@ -17,7 +17,8 @@ const (
 	classText                     // text, varchar, name, citext: string, ordered by bytes
 	classBpchar                   // char(n): string; compares without trailing spaces
 	classInt                      // int2, int4, int8: number
-	classFloat                    // float4, float8: number, or "NaN"/"Infinity"/"-Infinity"
+	classFloat                    // float8: number, or "NaN"/"Infinity"/"-Infinity"
+	classFloat4                   // float4: as float8, but filter values round to float4
 	classNumeric                  // numeric: number, or "NaN"/"Infinity"/"-Infinity"
 	classBool                     // boolean
 	classJSON                     // json: embedded, no equality (Postgres has none)
@@ -101,7 +102,7 @@ var builtinTypes = func() map[uint32]*typeInfo {
 	add(oidText, "text", classText, 1009)
 	add(oidOID, "oid", classOther, 1028)
 	add(oidJSON, "json", classJSON, 199)
-	add(oidFloat4, "float4", classFloat, 1021)
+	add(oidFloat4, "float4", classFloat4, 1021)
 	add(oidFloat8, "float8", classFloat, 1022)
 	add(oidBpchar, "bpchar", classBpchar, 1014)
 	add(oidVarchar, "varchar", classText, 1015)

@@ -32,7 +32,7 @@ func appendValue(dst []byte, t *typeInfo, text []byte) ([]byte, error) {
 			return dst, fmt.Errorf("%w: %s %q", errValue, t.name, text)
 		}
 		return append(dst, text...), nil
-	case classFloat, classNumeric:
+	case classFloat, classFloat4, classNumeric:
 		// to_jsonb quotes what is not a JSON number: NaN and the infinities.
 		if isJSONNumber(text) {
 			return append(dst, text...), nil
