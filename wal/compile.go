@@ -372,7 +372,9 @@ func parseArrayLiteral(s string) (elems []string, nulls int, err error) {
 	}
 }
 
-func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f' }
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
+}
 
 // likeToken is one element of a LIKE pattern: a literal rune, _ (any one
 // character) or % (any run).
