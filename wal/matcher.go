@@ -12,7 +12,7 @@ import (
 type Subscription struct {
 	ID     uint64 // cluster-unique; the id the client sees
 	Node   string // the node that holds the channel
-	Schema string
+	Schema string // "*": every schema
 	Table  string // "" or "*": every table of Schema
 	Event  Kind   // 0: every kind ("*")
 	// Filters must all hold. On a Delete they test the old values.
@@ -37,11 +37,11 @@ type Subscription struct {
 //
 // A Matcher is safe for concurrent use; Match holds its lock.
 type Matcher struct {
-	mu       sync.Mutex
-	subs     map[uint64]*Subscription
-	byTable  map[tableName]map[uint64]*Subscription
-	bySchema map[string]map[uint64]*Subscription // Table "" or "*"
-	index    map[tableName]*tableIndex
+	mu      sync.Mutex
+	subs    map[uint64]*Subscription
+	byTable map[tableName]map[uint64]*Subscription
+	wild    map[uint64]*Subscription // Schema "*" or Table "" or "*"
+	index   map[tableName]*tableIndex
 
 	// Scratch of Match.
 	datums  []datum
@@ -70,10 +70,10 @@ type compiled struct {
 // NewMatcher returns an empty Matcher.
 func NewMatcher() *Matcher {
 	return &Matcher{
-		subs:     map[uint64]*Subscription{},
-		byTable:  map[tableName]map[uint64]*Subscription{},
-		bySchema: map[string]map[uint64]*Subscription{},
-		index:    map[tableName]*tableIndex{},
+		subs:    map[uint64]*Subscription{},
+		byTable: map[tableName]map[uint64]*Subscription{},
+		wild:    map[uint64]*Subscription{},
+		index:   map[tableName]*tableIndex{},
 	}
 }
 
@@ -84,27 +84,30 @@ func (m *Matcher) Add(s *Subscription) {
 	defer m.mu.Unlock()
 	m.remove(s.ID)
 	m.subs[s.ID] = s
-	if s.Table == "" || s.Table == "*" {
-		addTo(m.bySchema, s.Schema, s)
+	if wildcard(s) {
+		m.wild[s.ID] = s
 		for name, idx := range m.index {
-			if name.schema == s.Schema {
+			if covers(s, name) {
 				idx.add(s)
 			}
 		}
 		return
 	}
 	name := tableName{s.Schema, s.Table}
-	addTo(m.byTable, name, s)
+	if m.byTable[name] == nil {
+		m.byTable[name] = map[uint64]*Subscription{}
+	}
+	m.byTable[name][s.ID] = s
 	if idx := m.index[name]; idx != nil {
 		idx.add(s)
 	}
 }
 
-func addTo[K comparable](m map[K]map[uint64]*Subscription, k K, s *Subscription) {
-	if m[k] == nil {
-		m[k] = map[uint64]*Subscription{}
-	}
-	m[k][s.ID] = s
+func wildcard(s *Subscription) bool { return s.Schema == "*" || s.Table == "" || s.Table == "*" }
+
+// covers says whether s is for table name.
+func covers(s *Subscription, name tableName) bool {
+	return (s.Schema == "*" || s.Schema == name.schema) && (s.Table == "" || s.Table == "*" || s.Table == name.table)
 }
 
 // Remove removes the subscription with id, if there is one.
@@ -120,13 +123,10 @@ func (m *Matcher) remove(id uint64) {
 		return
 	}
 	delete(m.subs, id)
-	if s.Table == "" || s.Table == "*" {
-		delete(m.bySchema[s.Schema], id)
-		if len(m.bySchema[s.Schema]) == 0 {
-			delete(m.bySchema, s.Schema)
-		}
+	if wildcard(s) {
+		delete(m.wild, id)
 		for name, idx := range m.index {
-			if name.schema == s.Schema {
+			if covers(s, name) {
 				idx.remove(id)
 			}
 		}
@@ -170,7 +170,7 @@ func (m *Matcher) Match(c *Change, dst []*Subscription) []*Subscription {
 	name := tableName{c.Schema, c.Table}
 	idx := m.index[name]
 	if idx == nil || !sameColumns(idx.columns, c.Columns) || idx.dead > len(idx.entries) {
-		if len(m.byTable[name]) == 0 && len(m.bySchema[c.Schema]) == 0 {
+		if len(m.byTable[name]) == 0 && len(m.wild) == 0 {
 			delete(m.index, name)
 			return dst
 		}
@@ -267,16 +267,18 @@ func sameColumns(a, b []Column) bool {
 	return true
 }
 
-// build compiles the subscriptions of a table and of its schema's
-// wildcards against columns.
+// build compiles the subscriptions of a table, and the wildcards that cover
+// it, against columns.
 func (m *Matcher) build(name tableName, columns []Column) *tableIndex {
 	idx := &tableIndex{columns: columns, eq: make([]map[string]*[3][]*compiled, len(columns)),
 		entries: map[uint64]*compiled{}}
 	for _, s := range m.byTable[name] {
 		idx.add(s)
 	}
-	for _, s := range m.bySchema[name.schema] {
-		idx.add(s)
+	for _, s := range m.wild {
+		if covers(s, name) {
+			idx.add(s)
+		}
 	}
 	m.index[name] = idx
 	return idx

@@ -165,6 +165,9 @@ func TestMatcherEventsTablesAndOrder(t *testing.T) {
 	add(8, "n1", "public", "others", 0, "")
 	add(9, "n2", "public", "todos", 0, "id=eq.5")
 	add(10, "n1", "public", "todos", 0, "id=in.(4,5,6)")
+	add(11, "n3", "*", "*", Update, "")
+	add(12, "n3", "*", "todos", Update, "")
+	add(13, "n3", "*", "others", Update, "")
 
 	check := func(c *Change, want ...uint64) {
 		t.Helper()
@@ -176,7 +179,7 @@ func TestMatcherEventsTablesAndOrder(t *testing.T) {
 	five := map[string]string{"id": "5"}
 	// Sorted by node, then ID.
 	check(todoChange(Insert, five), 2, 5, 10, 1, 6, 9)
-	check(todoChange(Update, five), 3, 5, 10, 1, 9)
+	check(todoChange(Update, five), 3, 5, 10, 1, 9, 11, 12)
 	check(todoChange(Delete, five), 5, 10, 1, 9, 4) // old values
 	check(todoChange(Insert, map[string]string{"id": "7"}), 2, 5, 1)
 	check(&Change{Kind: Truncate, Schema: "public", Table: "todos", Columns: todoColumns})
@@ -188,6 +191,9 @@ func TestMatcherEventsTablesAndOrder(t *testing.T) {
 	// Replacing an ID replaces the subscription.
 	add(2, "n1", "public", "todos", Insert, "id=eq.6")
 	check(todoChange(Insert, five), 10, 1, 6)
+	m.Remove(11)
+	m.Remove(12)
+	m.Remove(13)
 	if m.Len() != 8 {
 		t.Errorf("Len = %d", m.Len())
 	}
