@@ -1,0 +1,493 @@
+package wal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Handler receives a Reader's transactions.
+type Handler interface {
+	// Transaction is called with each committed transaction, in commit
+	// order, on the Reader's goroutine. The consumer accepts tx by calling
+	// Reader.Ack(tx.LSN), then or later, from any goroutine; the reader
+	// confirms to Postgres only what was acked, so whatever was not is
+	// delivered again after a restart (at least once). Transaction should
+	// return promptly: while it runs the reader does not read the stream.
+	// It must not retain tx's Changes' Columns for modification.
+	Transaction(ctx context.Context, tx *Transaction)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, tx *Transaction)
+
+// Transaction calls f.
+func (f HandlerFunc) Transaction(ctx context.Context, tx *Transaction) { f(ctx, tx) }
+
+// Reader streams a database's committed changes from a permanent logical
+// replication slot (pgoutput) and hands them to its Handler.
+//
+// The zero values of the optional fields are the documented defaults. Run
+// may be called again after it returns; the fields must not change while it
+// runs.
+type Reader struct {
+	// URL is the database URL (postgres://user@host/db). The user needs
+	// the REPLICATION attribute, and to create a missing publication FOR
+	// ALL TABLES, superuser. Required.
+	URL string
+	// Handler receives the transactions. Required.
+	Handler Handler
+	// Publication names the publication to stream (default
+	// "supabase_realtime"). If it does not exist, the reader creates it
+	// FOR ALL TABLES and logs that it did.
+	Publication string
+	// Slot names the replication slot (default "meshcast"): permanent,
+	// created if missing, and resumed from its confirmed position.
+	Slot string
+	// MaxSlotLag bounds, in bytes, how far the slot's confirmed position
+	// may trail the server's WAL end because the Handler has not acked
+	// what it was given (default 1 GiB; negative: no bound). Past it the
+	// reader confirms every transaction it has delivered, acked or not,
+	// and logs an error: those changes will not be delivered again. It
+	// cannot bound the lag while no reader runs; for that, set Postgres's
+	// max_slot_wal_keep_size, and the reader recreates a slot Postgres
+	// invalidated (logging the loss).
+	MaxSlotLag int64
+	// StatusInterval is how often the reader reports its position to
+	// Postgres (default 1s). It also reports when Postgres asks.
+	StatusInterval time.Duration
+	// MaxBackoff caps the wait between attempts after a failure (default
+	// 5s; the first wait is 100ms, then doubling).
+	MaxBackoff time.Duration
+	// TakeOver makes the reader terminate another consumer holding the
+	// slot (SQLSTATE 55006), as a new owner does after the old one died
+	// without its connection closing. Without it the reader retries until
+	// the slot is free.
+	TakeOver bool
+	// Logger receives the reader's logs (default slog.Default()).
+	Logger *slog.Logger
+	// Metrics is where the reader's metrics go (default: a set of its
+	// own): meshcast_wal_reader_running, meshcast_wal_changes_total,
+	// meshcast_wal_transactions_total, meshcast_wal_lag_bytes,
+	// meshcast_wal_confirmed_lsn, meshcast_wal_reconnects_total and
+	// meshcast_wal_lag_forced_confirms_total.
+	Metrics *metrics.Set
+
+	acked atomic.Uint64
+	m     *readerMetrics
+	log   *slog.Logger
+}
+
+// Defaults of Reader.
+const (
+	DefaultPublication = "supabase_realtime"
+	DefaultSlot        = "meshcast"
+	DefaultMaxSlotLag  = 1 << 30
+)
+
+var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+
+// Ack accepts every transaction whose LSN is at most lsn: the reader may
+// confirm them to Postgres. Acks must follow the order transactions were
+// delivered in; an ack below an earlier one is ignored.
+func (r *Reader) Ack(lsn LSN) {
+	for {
+		old := r.acked.Load()
+		if uint64(lsn) <= old || r.acked.CompareAndSwap(old, uint64(lsn)) {
+			return
+		}
+	}
+}
+
+// Run streams until ctx is cancelled, then confirms what was acked and
+// returns nil, with all its goroutines stopped. Connection failures,
+// Postgres restarts and a slot held by another consumer are logged and
+// retried with backoff; Run returns an error only for a configuration it
+// cannot use.
+func (r *Reader) Run(ctx context.Context) error {
+	if r.URL == "" || r.Handler == nil {
+		return errors.New("wal: Reader needs a URL and a Handler")
+	}
+	if !slotName.MatchString(r.slot()) {
+		return fmt.Errorf("wal: slot name %q: use 1-63 lower-case letters, digits and underscores", r.slot())
+	}
+	if _, err := pgconn.ParseConfig(r.URL); err != nil {
+		return fmt.Errorf("wal: database URL: %w", err)
+	}
+	r.log = r.Logger
+	if r.log == nil {
+		r.log = slog.Default()
+	}
+	r.log = r.log.With("slot", r.slot(), "publication", r.publication())
+	if r.m == nil {
+		set := r.Metrics
+		if set == nil {
+			set = metrics.NewSet()
+		}
+		r.m = newReaderMetrics(set)
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		s := &session{r: r}
+		err := s.run(ctx)
+		r.m.running.Set(0)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if s.streamed {
+			backoff = 100 * time.Millisecond
+		}
+		r.m.reconnects.Inc()
+		var pgErr *pgconn.PgError
+		switch {
+		case errors.As(err, &pgErr) && pgErr.Code == "55006":
+			r.log.Warn("wal: replication slot is in use by another consumer; retrying", "err", err, "retry_in", backoff)
+		default:
+			r.log.Error("wal: replication stream failed; retrying", "err", err, "retry_in", backoff)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, r.maxBackoff())
+	}
+}
+
+func (r *Reader) slot() string        { return orDefault(r.Slot, DefaultSlot) }
+func (r *Reader) publication() string { return orDefault(r.Publication, DefaultPublication) }
+
+func (r *Reader) maxBackoff() time.Duration {
+	if r.MaxBackoff > 0 {
+		return r.MaxBackoff
+	}
+	return 5 * time.Second
+}
+
+func (r *Reader) statusInterval() time.Duration {
+	if r.StatusInterval > 0 {
+		return r.StatusInterval
+	}
+	return time.Second
+}
+
+func (r *Reader) maxSlotLag() int64 {
+	switch {
+	case r.MaxSlotLag < 0:
+		return 1<<63 - 1
+	case r.MaxSlotLag == 0:
+		return DefaultMaxSlotLag
+	}
+	return r.MaxSlotLag
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+type readerMetrics struct {
+	running, lag, confirmed *metrics.Gauge
+	changes, txs            *metrics.Counter
+	reconnects, forced      *metrics.Counter
+}
+
+func newReaderMetrics(set *metrics.Set) *readerMetrics {
+	return &readerMetrics{
+		running:    set.GetOrCreateGauge("meshcast_wal_reader_running", nil),
+		lag:        set.GetOrCreateGauge("meshcast_wal_lag_bytes", nil),
+		confirmed:  set.GetOrCreateGauge("meshcast_wal_confirmed_lsn", nil),
+		changes:    set.GetOrCreateCounter("meshcast_wal_changes_total"),
+		txs:        set.GetOrCreateCounter("meshcast_wal_transactions_total"),
+		reconnects: set.GetOrCreateCounter("meshcast_wal_reconnects_total"),
+		forced:     set.GetOrCreateCounter("meshcast_wal_lag_forced_confirms_total"),
+	}
+}
+
+// session is one replication connection's life.
+type session struct {
+	r        *Reader
+	repl     *pgconn.PgConn
+	query    *pgx.Conn
+	types    *typeCache
+	asm      *assembler
+	streamed bool // START_REPLICATION succeeded
+
+	delivered LSN // the last transaction handed to the Handler
+	confirmed LSN // the last position reported
+	walEnd    LSN // the server's WAL end, as last heard
+	idleEnd   LSN // a keepalive's position: everything before it was sent
+}
+
+func (s *session) run(ctx context.Context) error {
+	defer s.close()
+	if err := s.connect(ctx); err != nil {
+		return err
+	}
+	if err := s.prepare(ctx); err != nil {
+		return err
+	}
+	start := LSN(s.r.acked.Load())
+	err := pglogrepl.StartReplication(ctx, s.repl, s.r.slot(), pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + quotePublication(s.r.publication()) + "'"},
+	})
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "55006" && s.r.TakeOver {
+		s.r.log.Warn("wal: taking the replication slot over from its other consumer", "err", err)
+		if _, terr := s.query.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+			WHERE slot_name = $1 AND active_pid IS NOT NULL`, s.r.slot()); terr != nil {
+			return terr
+		}
+	}
+	if err != nil {
+		return err
+	}
+	s.streamed = true
+	s.confirmed, s.delivered = start, start
+	s.r.m.running.Set(1)
+	s.r.log.Info("wal: streaming", "from", start)
+	return s.stream(ctx)
+}
+
+// quotePublication makes name one identifier of pgoutput's
+// publication_names list, inside a single-quoted option value.
+func quotePublication(name string) string {
+	id := `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+	return strings.ReplaceAll(id, `'`, `''`)
+}
+
+func (s *session) connect(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	qcfg, err := pgx.ParseConfig(s.r.URL)
+	if err != nil {
+		return err
+	}
+	for k, v := range sessionParams {
+		qcfg.RuntimeParams[k] = v
+	}
+	qcfg.RuntimeParams["application_name"] = "meshcast-wal"
+	if s.query, err = pgx.ConnectConfig(ctx, qcfg); err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	rcfg := qcfg.Config.Copy()
+	rcfg.RuntimeParams["replication"] = "database"
+	if s.repl, err = pgconn.ConnectConfig(ctx, rcfg); err != nil {
+		return fmt.Errorf("connect for replication: %w", err)
+	}
+	s.types = newTypeCache()
+	s.asm = newAssembler()
+	return nil
+}
+
+func (s *session) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if s.repl != nil {
+		s.repl.Close(ctx)
+	}
+	if s.query != nil {
+		s.query.Close(ctx)
+	}
+}
+
+// prepare makes sure the publication and the slot exist.
+func (s *session) prepare(ctx context.Context) error {
+	pub, slot := s.r.publication(), s.r.slot()
+	var exists bool
+	if err := s.query.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)", pub).Scan(&exists); err != nil {
+		return err
+	}
+	if !exists {
+		_, err := s.query.Exec(ctx, "CREATE PUBLICATION "+pgx.Identifier{pub}.Sanitize()+" FOR ALL TABLES")
+		var pgErr *pgconn.PgError
+		if err != nil && !(errors.As(err, &pgErr) && pgErr.Code == "42710") { // created meanwhile
+			return fmt.Errorf("create publication %s: %w", pub, err)
+		}
+		if err == nil {
+			s.r.log.Info("wal: created the missing publication FOR ALL TABLES")
+		}
+	}
+	var plugin, walStatus, db, currentDB string
+	err := s.query.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(wal_status, ''), coalesce(database, ''), current_database()
+		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &walStatus, &db, &currentDB)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return s.createSlot(ctx)
+	case err != nil:
+		return err
+	case plugin != "pgoutput" || db != currentDB:
+		return fmt.Errorf("replication slot %s exists for plugin %q in database %q, not pgoutput in %q", slot, plugin, db, currentDB)
+	case walStatus == "lost":
+		s.r.log.Error("wal: Postgres removed WAL the replication slot still needed (max_slot_wal_keep_size); " +
+			"recreating the slot: changes committed while it was invalid are lost")
+		if _, err := s.query.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slot); err != nil {
+			return err
+		}
+		s.r.acked.Store(0)
+		return s.createSlot(ctx)
+	}
+	return nil
+}
+
+func (s *session) createSlot(ctx context.Context) error {
+	_, err := pglogrepl.CreateReplicationSlot(ctx, s.repl, s.r.slot(), "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42710" {
+		return nil // another reader created it meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("create replication slot: %w", err)
+	}
+	s.r.log.Info("wal: created the replication slot")
+	return nil
+}
+
+// stream reads the replication stream until ctx ends or it fails.
+func (s *session) stream(ctx context.Context) error {
+	interval := s.r.statusInterval()
+	next := time.Now().Add(interval)
+	for {
+		if ctx.Err() != nil {
+			return s.status(true)
+		}
+		if !time.Now().Before(next) {
+			if err := s.status(false); err != nil {
+				return err
+			}
+			next = time.Now().Add(interval)
+		}
+		rctx, cancel := context.WithDeadline(ctx, next)
+		msg, err := s.repl.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) || ctx.Err() != nil {
+				continue
+			}
+			return err
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			reply, err := s.copyData(ctx, msg.Data)
+			if err != nil {
+				return err
+			}
+			if reply {
+				next = time.Now() // report at once
+			}
+		case *pgproto3.ErrorResponse:
+			return pgconn.ErrorResponseToPgError(msg)
+		case *pgproto3.CopyDone:
+			return errors.New("server ended the replication stream")
+		}
+	}
+}
+
+// copyData handles one message of the stream; reply says Postgres asked
+// for a status report.
+func (s *session) copyData(ctx context.Context, b []byte) (reply bool, err error) {
+	if len(b) == 0 {
+		return false, errors.New("empty replication message")
+	}
+	switch b[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		k, err := pglogrepl.ParsePrimaryKeepaliveMessage(b[1:])
+		if err != nil {
+			return false, err
+		}
+		s.walEnd = max(s.walEnd, LSN(k.ServerWALEnd))
+		if s.asm.tx == nil {
+			s.idleEnd = max(s.idleEnd, LSN(k.ServerWALEnd))
+		}
+		return k.ReplyRequested, nil
+	case pglogrepl.XLogDataByteID:
+		x, err := pglogrepl.ParseXLogData(b[1:])
+		if err != nil {
+			return false, err
+		}
+		s.walEnd = max(s.walEnd, LSN(x.ServerWALEnd))
+		return false, s.message(ctx, x.WALData)
+	}
+	return false, nil
+}
+
+// message decodes one pgoutput message and delivers what it completes.
+func (s *session) message(ctx context.Context, b []byte) error {
+	m, err := parseMessage(b)
+	if err != nil {
+		return err
+	}
+	switch m := m.(type) {
+	case msgBegin:
+		return s.asm.begin(m)
+	case msgRelation:
+		rel, err := s.types.relation(ctx, s.query, m)
+		if err != nil {
+			return err
+		}
+		s.asm.addRelation(rel)
+	case msgType:
+		s.types.forget(m.oid)
+	case msgRow:
+		return s.asm.row(m)
+	case msgTruncate:
+		return s.asm.truncate(m)
+	case msgCommit:
+		tx, err := s.asm.commit(m)
+		if err != nil {
+			return err
+		}
+		s.r.m.txs.Inc()
+		s.r.m.changes.Add(len(tx.Changes))
+		s.delivered = tx.LSN
+		s.r.Handler.Transaction(ctx, tx)
+	}
+	return nil
+}
+
+// status reports the position to Postgres: what the Handler acked, or,
+// while nothing delivered awaits an ack and no transaction is half read,
+// the last keepalive's position, so an idle or uninteresting stream never
+// holds WAL back. Past MaxSlotLag it confirms what was delivered, acked or
+// not.
+func (s *session) status(final bool) error {
+	acked := LSN(s.r.acked.Load())
+	pos := max(s.confirmed, acked)
+	if s.delivered <= acked && s.asm.tx == nil {
+		pos = max(pos, s.idleEnd)
+	}
+	if lag := int64(s.walEnd) - int64(pos); lag > s.r.maxSlotLag() && s.delivered > pos {
+		s.r.log.Error("wal: slot lag exceeds MaxSlotLag; confirming transactions the consumer has not acknowledged: they will not be delivered again",
+			"lag_bytes", lag, "max_slot_lag", s.r.maxSlotLag(), "acked", acked, "confirming", s.delivered)
+		s.r.m.forced.Inc()
+		s.r.Ack(s.delivered)
+		pos = s.delivered
+	}
+	s.confirmed = pos
+	s.r.m.confirmed.Set(float64(pos))
+	s.r.m.lag.Set(float64(max(int64(s.walEnd)-int64(pos), 0)))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pglogrepl.LSN(pos), WALFlushPosition: pglogrepl.LSN(pos), WALApplyPosition: pglogrepl.LSN(pos),
+	})
+	if err != nil && final {
+		s.r.log.Warn("wal: could not report the final position", "err", err)
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,192 @@
+package wal
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// relation is what the reader knows of a table from pgoutput's Relation
+// message, its column types and its primary key.
+type relation struct {
+	id            uint32
+	schema, table string
+	columns       []Column
+	types         []*typeInfo
+	identity      []bool // replica identity columns
+}
+
+func newRelation(m msgRelation, types []*typeInfo, primaryKey []string) *relation {
+	r := &relation{id: m.id, schema: m.schema, table: m.name, types: types,
+		columns: make([]Column, len(m.columns)), identity: make([]bool, len(m.columns))}
+	for i, c := range m.columns {
+		r.columns[i] = Column{Name: c.name, Type: types[i].name, Key: slices.Contains(primaryKey, c.name), class: types[i].class}
+		r.identity[i] = c.key
+	}
+	return r
+}
+
+// assembler turns pgoutput's messages into transactions. It holds the
+// relation cache and the transaction in progress, and does no I/O: the
+// reader resolves a relation's types before it calls addRelation.
+type assembler struct {
+	relations map[uint32]*relation
+	tx        *Transaction
+}
+
+var errNoBegin = errors.New("pgoutput: change outside a transaction")
+
+func newAssembler() *assembler {
+	return &assembler{relations: map[uint32]*relation{}}
+}
+
+func (a *assembler) begin(m msgBegin) error {
+	if a.tx != nil {
+		return errors.New("pgoutput: begin inside a transaction")
+	}
+	a.tx = &Transaction{CommitTime: m.time.UTC()}
+	return nil
+}
+
+func (a *assembler) addRelation(r *relation) { a.relations[r.id] = r }
+
+func (a *assembler) row(m msgRow) error {
+	if a.tx == nil {
+		return errNoBegin
+	}
+	r := a.relations[m.relation]
+	if r == nil {
+		return fmt.Errorf("pgoutput: change of unknown relation %d", m.relation)
+	}
+	c, err := r.change(m)
+	if err != nil {
+		return err
+	}
+	a.add(c)
+	return nil
+}
+
+func (a *assembler) truncate(m msgTruncate) error {
+	if a.tx == nil {
+		return errNoBegin
+	}
+	for _, id := range m.relations {
+		r := a.relations[id]
+		if r == nil {
+			return fmt.Errorf("pgoutput: truncate of unknown relation %d", id)
+		}
+		a.add(&Change{Kind: Truncate, Schema: r.schema, Table: r.table, Columns: r.columns})
+	}
+	return nil
+}
+
+func (a *assembler) add(c *Change) {
+	c.Seq = uint32(len(a.tx.Changes))
+	c.CommitTime = a.tx.CommitTime
+	a.tx.Changes = append(a.tx.Changes, c)
+}
+
+// commit ends the transaction in progress and returns it.
+func (a *assembler) commit(m msgCommit) (*Transaction, error) {
+	tx := a.tx
+	if tx == nil {
+		return nil, errors.New("pgoutput: commit without begin")
+	}
+	a.tx = nil
+	tx.LSN = m.end
+	tx.CommitTime = m.time.UTC()
+	for _, c := range tx.Changes {
+		c.LSN, c.CommitTime = tx.LSN, tx.CommitTime
+	}
+	return tx, nil
+}
+
+// abandon drops the transaction in progress (the stream broke).
+func (a *assembler) abandon() { a.tx = nil }
+
+// change decodes a row message of r.
+func (r *relation) change(m msgRow) (*Change, error) {
+	c := &Change{Kind: m.kind, Schema: r.schema, Table: r.table, Columns: r.columns}
+	n := len(r.columns)
+	for _, t := range [2][]tupleValue{m.newTuple, m.oldTuple} {
+		if t != nil && len(t) != n {
+			return nil, fmt.Errorf("pgoutput: %s.%s tuple has %d columns, relation %d", r.schema, r.table, len(t), n)
+		}
+	}
+	// One buffer holds every value; rows slice it once it stops growing.
+	size := 0
+	for _, t := range [2][]tupleValue{m.newTuple, m.oldTuple} {
+		for _, v := range t {
+			size += len(v.data) + 8
+		}
+	}
+	buf := make([]byte, 0, size+size/8)
+	var spans [2][][2]int
+	tuples := [2][]tupleValue{m.newTuple, m.oldTuple}
+	for k, t := range tuples {
+		if t == nil {
+			continue
+		}
+		spans[k] = make([][2]int, n)
+		for i, v := range t {
+			// A key-only old tuple carries the other columns as nulls.
+			if k == 1 && m.old == 'K' && !r.identity[i] {
+				spans[k][i] = [2]int{-1, -1}
+				continue
+			}
+			start := len(buf)
+			switch v.kind {
+			case 'n':
+				buf = append(buf, "null"...)
+			case 't':
+				var err error
+				if buf, err = appendValue(buf, r.types[i], v.data); err != nil {
+					return nil, fmt.Errorf("%s.%s column %s: %w", r.schema, r.table, r.columns[i].Name, err)
+				}
+			case 'u':
+				spans[k][i] = [2]int{-1, -1}
+				continue
+			default:
+				return nil, fmt.Errorf("%s.%s column %s: binary values are not requested", r.schema, r.table, r.columns[i].Name)
+			}
+			spans[k][i] = [2]int{start, len(buf)}
+		}
+	}
+	rows := [2][]json.RawMessage{}
+	for k := range spans {
+		if spans[k] == nil {
+			continue
+		}
+		rows[k] = make([]json.RawMessage, n)
+		for i, s := range spans[k] {
+			if s[0] >= 0 {
+				rows[k][i] = buf[s[0]:s[1]:s[1]]
+			}
+		}
+	}
+	switch m.kind {
+	case Insert:
+		c.Record = rows[0]
+	case Update:
+		c.Record, c.OldRecord = rows[0], rows[1]
+		if c.OldRecord == nil {
+			// The key did not change, so pgoutput sent no old tuple:
+			// old_record is the key's values, as wal2json gives them.
+			c.OldRecord = make([]json.RawMessage, n)
+			for i, v := range c.Record {
+				if r.identity[i] {
+					c.OldRecord[i] = v
+				}
+			}
+		}
+		for i, v := range c.Record {
+			if v == nil {
+				c.Record[i] = c.OldRecord[i]
+			}
+		}
+	case Delete:
+		c.OldRecord = rows[1]
+	}
+	return c, nil
+}
