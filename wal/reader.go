@@ -75,6 +75,10 @@ type Reader struct {
 	// without its connection closing. Without it the reader retries until
 	// the slot is free.
 	TakeOver bool
+	// OnStreaming, if set, is called each time the reader starts
+	// streaming (the slot exists: every transaction committed from now on
+	// will be delivered), on the reader's goroutine.
+	OnStreaming func()
 	// Logger receives the reader's logs (default slog.Default()).
 	Logger *slog.Logger
 	// Metrics is where the reader's metrics go (default: a set of its
@@ -259,6 +263,9 @@ func (s *session) run(ctx context.Context) error {
 	s.confirmed, s.delivered = start, start
 	s.r.m.running.Set(1)
 	s.r.log.Info("wal: streaming", "from", start)
+	if s.r.OnStreaming != nil {
+		s.r.OnStreaming()
+	}
 	return s.stream(ctx)
 }
 

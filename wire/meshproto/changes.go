@@ -6,19 +6,28 @@ package meshproto
 // to each node with matching subscriptions, tagged with their IDs (changes
 // lane), which acknowledges what it has delivered (control lane).
 
-// Sub is one postgres_changes binding as its node registers it. Filter is
-// the binding's filter text (the owner parses it again); Event is
-// INSERT, UPDATE, DELETE or *. Claims is the JWT's claims as JSON, for the
-// owner's row-level security checks.
+// Sub is one postgres_changes binding as its node registers it. Event is
+// INSERT, UPDATE, DELETE or *; Filters all hold. Claims is the JWT's
+// claims as JSON, for the owner's row-level security checks.
 type Sub struct {
 	ID      uint64
 	Schema  string
 	Table   string
 	Event   string
-	Filter  string
+	Filters []SubFilter
 	Columns []string
 	Role    string
 	Claims  []byte
+}
+
+// SubFilter is one condition of a Sub: Column Op Value (negated with
+// Negate). Op numbers an operator of the filter grammar, as the wal
+// package defines them; Value is its operand as text.
+type SubFilter struct {
+	Column string
+	Op     uint8
+	Value  string
+	Negate bool
 }
 
 // SubRegister adds subscriptions of database DB at its owner. With Replace
@@ -72,6 +81,17 @@ type ChangesAck struct {
 	Seq uint32
 }
 
+// SubSync asks a node for its whole set of DB's subscriptions (a
+// SubRegister with Replace): a new owner sends it to every member before
+// it starts reading, so that no change is matched against a partial set.
+type SubSync struct{ DB string }
+
+// Type implements Frame.
+func (*SubSync) Type() Type { return TypeSubSync }
+
+func (f *SubSync) appendBody(b []byte) []byte { return appendString(b, f.DB) }
+func (f *SubSync) decode(r *reader)           { f.DB = r.string("db") }
+
 // Type implements Frame.
 func (*SubRegister) Type() Type { return TypeSubRegister }
 
@@ -104,7 +124,16 @@ func (f *SubRegister) appendBody(b []byte) []byte {
 		b = appendString(b, s.Schema)
 		b = appendString(b, s.Table)
 		b = appendString(b, s.Event)
-		b = appendString(b, s.Filter)
+		b = appendUvarint(b, uint64(len(s.Filters)))
+		for _, f := range s.Filters {
+			b = appendString(b, f.Column)
+			neg := byte(0)
+			if f.Negate {
+				neg = 1
+			}
+			b = append(b, f.Op, neg)
+			b = appendString(b, f.Value)
+		}
 		b = appendStrings(b, s.Columns)
 		b = appendString(b, s.Role)
 		b = appendBytes(b, s.Claims)
@@ -129,7 +158,22 @@ func (f *SubRegister) decode(r *reader) {
 			s.Schema = r.string("subs")
 			s.Table = r.string("subs")
 			s.Event = r.string("subs")
-			s.Filter = r.string("subs")
+			if n := r.count("filters", 4); n > 0 {
+				s.Filters = make([]SubFilter, n)
+				for j := range s.Filters {
+					f := &s.Filters[j]
+					f.Column = r.string("filters")
+					f.Op = r.byte("filters")
+					switch r.byte("filters") {
+					case 0:
+					case 1:
+						f.Negate = true
+					default:
+						r.fail("filters")
+					}
+					f.Value = r.string("filters")
+				}
+			}
 			s.Columns = r.strings("subs")
 			s.Role = r.string("subs")
 			s.Claims = r.bytes("subs")

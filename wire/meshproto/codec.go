@@ -129,6 +129,10 @@ func Decode(b []byte, maxFrame int) (f Frame, n int, err error) {
 		x := new(ChangesAck)
 		x.decode(&r)
 		f = x
+	case TypeSubSync:
+		x := new(SubSync)
+		x.decode(&r)
+		f = x
 	default:
 		return nil, n, fmt.Errorf("%w: %d", ErrUnknownType, uint8(t))
 	}

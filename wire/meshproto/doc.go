@@ -62,6 +62,7 @@ const (
 	TypeSubAck              Type = 13
 	TypeChanges             Type = 14
 	TypeChangesAck          Type = 15
+	TypeSubSync             Type = 16
 )
 
 var typeNames = [...]string{
@@ -80,6 +81,7 @@ var typeNames = [...]string{
 	TypeSubAck:              "SubAck",
 	TypeChanges:             "Changes",
 	TypeChangesAck:          "ChangesAck",
+	TypeSubSync:             "SubSync",
 }
 
 // String returns the frame type's name, for errors and logs.

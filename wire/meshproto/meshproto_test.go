@@ -51,7 +51,7 @@ var frames = []Frame{
 	&PresenceSyncRequest{Topic: "realtime:lobby", Owner: "node-a@17"},
 	&PresenceSyncRequest{Topic: "realtime:lobby"},
 	&SubRegister{DB: "db1", Replace: true, Part: 2, More: true, Subs: []Sub{
-		{ID: 1<<53 - 1, Schema: "public", Table: "todos", Event: "INSERT", Filter: "id=eq.1", Columns: []string{"id", "title"}, Role: "authenticated", Claims: []byte(`{"sub":"u1"}`)},
+		{ID: 1<<53 - 1, Schema: "public", Table: "todos", Event: "INSERT", Filters: []SubFilter{{Column: "id", Op: 1, Value: "1"}, {Column: "t", Op: 7, Value: "{a,\"b,c\"}", Negate: true}}, Columns: []string{"id", "title"}, Role: "authenticated", Claims: []byte(`{"sub":"u1"}`)},
 		{},
 	}},
 	&SubRegister{DB: "db1"},
@@ -63,6 +63,8 @@ var frames = []Frame{
 	&Changes{},
 	&ChangesAck{DB: "db1", LSN: 99, Seq: 3},
 	&ChangesAck{},
+	&SubSync{DB: "db1"},
+	&SubSync{},
 }
 
 func TestRoundTrip(t *testing.T) {

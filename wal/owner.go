@@ -1,0 +1,436 @@
+package wal
+
+import (
+	"context"
+	"time"
+
+	"github.com/meshcast/meshcast/mesh"
+	"github.com/meshcast/meshcast/wire/meshproto"
+)
+
+// ownerState is what the owner of the database keeps while it owns it:
+// whom it still waits for before reading, and the changes sent to each
+// node that are not acknowledged yet. Guarded by Service.mu.
+type ownerState struct {
+	s        *Service
+	expect   map[string]bool // members whose whole set has not arrived yet
+	takeover *time.Timer     // ends the wait for expect
+	takeOver bool            // the previous owner is gone: take the slot from a lingering consumer
+	cancel   context.CancelFunc
+	// streaming is set once the reader streams: the slot exists, so a
+	// subscription held from then on sees every later commit. Until then
+	// the acknowledgements of registrations wait in held.
+	streaming bool
+	held      map[string][]uint64
+
+	outbox   map[string]*outbox
+	acked    map[string]position
+	txq      []*txState    // delivered, not yet acknowledged by every node, in order
+	progress chan struct{} // closed and replaced whenever acknowledgements free room
+}
+
+// outbox is the changes sent to one node and not acknowledged: resent in
+// order if the node's changes lane resyncs.
+type outbox struct {
+	frames []sentChange
+	bytes  int
+}
+
+type sentChange struct {
+	pos   position
+	frame []byte
+}
+
+// txState is a delivered transaction: the last change each node got of it.
+type txState struct {
+	lsn     LSN
+	pending map[string]position
+}
+
+// startOwningLocked makes this node the owner: it asks every other member
+// for its subscriptions and reads once all have answered, or after
+// TakeoverWait.
+func (s *Service) startOwningLocked(prev string, prevAlive bool) []out {
+	o := &ownerState{
+		s:        s,
+		expect:   map[string]bool{},
+		takeOver: prev != "" && !prevAlive,
+		outbox:   map[string]*outbox{},
+		acked:    map[string]position{},
+		progress: make(chan struct{}),
+		held:     map[string][]uint64{},
+	}
+	s.own = o
+	var outs []out
+	for _, m := range s.members {
+		if m.ID != s.cfg.Self {
+			o.expect[m.ID] = true
+			outs = append(outs, out{to: m.ID, lane: mesh.LaneControl, frame: &meshproto.SubSync{DB: s.cfg.DB}})
+		}
+	}
+	// This node registers its own subscriptions with itself, as any
+	// member does with a new owner (which also answers its waiters).
+	outs = append(outs, s.replaceLocked(s.cfg.Self)...)
+	if len(o.expect) > 0 {
+		o.takeover = time.AfterFunc(s.cfg.TakeoverWait, func() {
+			s.mu.Lock()
+			if s.own == o && len(o.expect) > 0 {
+				s.log.Warn("starting to read without every member's subscriptions", "missing", len(o.expect))
+				o.expect = map[string]bool{}
+			}
+			s.mu.Unlock()
+			s.poke()
+		})
+	}
+	s.log.Info("this node owns the database's change stream", "waiting_for", len(o.expect))
+	return outs
+}
+
+// stopOwningLocked gives ownership up: the reader stops; what was not
+// acknowledged is the next owner's to send again.
+func (s *Service) stopOwningLocked() {
+	o := s.own
+	if o == nil {
+		return
+	}
+	s.own = nil
+	if o.takeover != nil {
+		o.takeover.Stop()
+	}
+	if o.cancel != nil {
+		o.cancel()
+	}
+	close(o.progress)
+	s.log.Info("this node no longer owns the database's change stream")
+}
+
+// membersChangedLocked drops members that left from what the owner waits
+// for.
+func (o *ownerState) membersChangedLocked(s *Service, live map[string]bool) []out {
+	for id := range o.expect {
+		if !live[id] {
+			delete(o.expect, id)
+		}
+	}
+	return nil
+}
+
+func (s *Service) addRegLocked(node string, sub *Subscription) {
+	m := s.regs[node]
+	if m == nil {
+		m = map[uint64]*Subscription{}
+		s.regs[node] = m
+	}
+	if old := m[sub.ID]; old != nil {
+		s.matcher.Remove(sub.ID)
+	}
+	m[sub.ID] = sub
+	s.matcher.Add(sub)
+}
+
+// onRegister takes subscriptions from a node (this one included).
+func (s *Service) onRegister(from string, f *meshproto.SubRegister) []out {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f.Replace {
+		if f.Part > 0 || f.More {
+			acc := s.parts[from]
+			switch {
+			case f.Part == 0:
+				acc = &meshproto.SubRegister{DB: f.DB, Replace: true}
+			case acc == nil || f.Part != acc.Part+1:
+				delete(s.parts, from) // a part was lost; the resync sends it all again
+				return nil
+			}
+			acc.Part = f.Part
+			acc.Subs = append(acc.Subs, f.Subs...)
+			if f.More {
+				s.parts[from] = acc
+				return nil
+			}
+			delete(s.parts, from)
+			f = acc
+		}
+		keep := map[uint64]bool{}
+		for i := range f.Subs {
+			keep[f.Subs[i].ID] = true
+		}
+		for id := range s.regs[from] {
+			if !keep[id] {
+				delete(s.regs[from], id)
+				s.matcher.Remove(id)
+			}
+		}
+	}
+	var ids []uint64
+	var refused []uint64
+	for i := range f.Subs {
+		sub, err := subOf(from, &f.Subs[i])
+		if err != nil {
+			s.log.Warn("refusing a subscription", "from", from, "err", err)
+			refused = append(refused, f.Subs[i].ID)
+			continue
+		}
+		s.addRegLocked(from, sub)
+		ids = append(ids, sub.ID)
+	}
+	var outs []out
+	if len(refused) > 0 {
+		outs = append(outs, out{to: from, lane: mesh.LaneControl, frame: &meshproto.SubAck{DB: s.cfg.DB, IDs: refused, Err: "Unable to subscribe to changes with given parameters"}})
+	}
+	o := s.own
+	if o == nil {
+		// Kept, but not acknowledged: only the owner can promise that the
+		// subscriptions see every later commit.
+		return outs
+	}
+	if f.Replace && o.expect[from] {
+		delete(o.expect, from)
+		if len(o.expect) == 0 {
+			defer s.poke()
+		}
+	}
+	if !o.streaming {
+		o.held[from] = append(o.held[from], ids...)
+		return outs
+	}
+	return append(outs, out{to: from, lane: mesh.LaneControl, frame: &meshproto.SubAck{DB: s.cfg.DB, IDs: ids}})
+}
+
+// onStreaming acknowledges the registrations held while the reader was
+// not streaming yet.
+func (o *ownerState) onStreaming() {
+	s := o.s
+	s.mu.Lock()
+	if s.own != o {
+		s.mu.Unlock()
+		return
+	}
+	var outs []out
+	if !o.streaming {
+		o.streaming = true
+		for node, ids := range o.held {
+			outs = append(outs, out{to: node, lane: mesh.LaneControl, frame: &meshproto.SubAck{DB: s.cfg.DB, IDs: ids}})
+		}
+		o.held = nil
+	}
+	s.mu.Unlock()
+	s.flush(outs)
+}
+
+func (s *Service) onUnregister(from string, ids []uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		if _, ok := s.regs[from][id]; ok {
+			delete(s.regs[from], id)
+			s.matcher.Remove(id)
+		}
+	}
+}
+
+// dropNodeLocked forgets a member that is gone: its subscriptions, and
+// the acknowledgements the owner waited for from it.
+func (s *Service) dropNodeLocked(node string) []out {
+	for id := range s.regs[node] {
+		s.matcher.Remove(id)
+	}
+	delete(s.regs, node)
+	delete(s.parts, node)
+	if o := s.own; o != nil {
+		delete(o.expect, node)
+		delete(o.outbox, node)
+		delete(o.acked, node)
+		for _, tx := range o.txq {
+			delete(tx.pending, node)
+		}
+		o.advanceLocked()
+	}
+	return nil
+}
+
+// advanceLocked confirms the transactions every node has acknowledged,
+// in order, and wakes a reader waiting for room.
+func (o *ownerState) advanceLocked() {
+	n := 0
+	for _, tx := range o.txq {
+		done := true
+		for node, pos := range tx.pending {
+			if o.acked[node].before(pos) {
+				done = false
+				break
+			}
+		}
+		if !done {
+			break
+		}
+		o.s.cfg.Reader.Ack(tx.lsn)
+		n++
+	}
+	if n > 0 {
+		clear(o.txq[:n])
+		o.txq = o.txq[n:]
+	}
+	close(o.progress)
+	o.progress = make(chan struct{})
+}
+
+func (s *Service) onChangesAck(from string, pos position) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o := s.own
+	if o == nil {
+		return
+	}
+	if o.acked[from].before(pos) {
+		o.acked[from] = pos
+	}
+	if ob := o.outbox[from]; ob != nil {
+		k := 0
+		for k < len(ob.frames) && !pos.before(ob.frames[k].pos) {
+			ob.bytes -= len(ob.frames[k].frame)
+			k++
+		}
+		clear(ob.frames[:k])
+		ob.frames = ob.frames[k:]
+	}
+	o.advanceLocked()
+}
+
+// resyncChanges sends again what a node has not acknowledged, when its
+// changes lane is new or lost frames.
+func (s *Service) resyncChanges(peer string, emit func([]byte) error) error {
+	s.mu.Lock()
+	var frames [][]byte
+	if o := s.own; o != nil {
+		if ob := o.outbox[peer]; ob != nil {
+			for _, f := range ob.frames {
+				frames = append(frames, f.frame)
+			}
+		}
+	}
+	s.mu.Unlock()
+	for _, f := range frames {
+		if err := emit(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Transaction implements Handler: the owner's reader hands it every
+// committed transaction. Each change goes once to each node with matching
+// subscriptions; the transaction is acknowledged to the reader once every
+// one of them has acknowledged it.
+func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
+	s := o.s
+	matched := make([][]*Subscription, len(tx.Changes))
+	any := false
+	for i, c := range tx.Changes {
+		matched[i] = s.matcher.Match(c, nil)
+		any = any || len(matched[i]) > 0
+	}
+	if any && s.cfg.Visibility != nil {
+		matched = s.cfg.Visibility.Filter(ctx, tx, matched)
+	}
+	pending := map[string]position{}
+	for i, c := range tx.Changes {
+		subs := matched[i]
+		if len(subs) == 0 {
+			continue
+		}
+		pos := position{uint64(tx.LSN), c.Seq}
+		var record []byte
+		for start := 0; start < len(subs); {
+			end := start + 1
+			for end < len(subs) && subs[end].Node == subs[start].Node {
+				end++
+			}
+			node := subs[start].Node
+			ids := make([]uint64, 0, end-start)
+			for _, sub := range subs[start:end] {
+				ids = append(ids, sub.ID)
+			}
+			start = end
+			if node == s.cfg.Self {
+				s.deliverLocal(pos, c, ids)
+				continue
+			}
+			if record == nil {
+				record = c.AppendBinary(nil)
+			}
+			frame := meshproto.Append(nil, &meshproto.Changes{DB: s.cfg.DB, LSN: pos.lsn, Seq: pos.seq, Record: record, IDs: ids})
+			if !o.room(ctx, node) {
+				return // ownership lost, or stopping: the next reader sends it again
+			}
+			s.mu.Lock()
+			if s.own != o {
+				s.mu.Unlock()
+				return
+			}
+			if _, live := s.regs[node]; !live {
+				s.mu.Unlock()
+				continue // the node went meanwhile
+			}
+			ob := o.outbox[node]
+			if ob == nil {
+				ob = &outbox{}
+				o.outbox[node] = ob
+			}
+			ob.frames = append(ob.frames, sentChange{pos, frame})
+			ob.bytes += len(frame)
+			pending[node] = pos
+			s.mu.Unlock()
+			if s.tr != nil {
+				s.tr.send(node, mesh.LaneChanges, frame)
+			}
+		}
+	}
+	s.mu.Lock()
+	if s.own == o {
+		o.txq = append(o.txq, &txState{lsn: tx.LSN, pending: pending})
+		o.advanceLocked()
+	}
+	s.mu.Unlock()
+}
+
+// room waits until node has room in its window of unacknowledged changes.
+func (o *ownerState) room(ctx context.Context, node string) bool {
+	s := o.s
+	for {
+		s.mu.Lock()
+		if s.own != o {
+			s.mu.Unlock()
+			return false
+		}
+		ob := o.outbox[node]
+		if ob == nil || ob.bytes < s.cfg.Window {
+			s.mu.Unlock()
+			return true
+		}
+		wait := o.progress
+		s.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// deliverLocal hands a change to this node's own subscribers, the owner's
+// shortcut around the mesh.
+func (s *Service) deliverLocal(pos position, c *Change, ids []uint64) {
+	s.mu.Lock()
+	dup := !s.last.before(pos)
+	if !dup {
+		s.last = pos
+	}
+	s.mu.Unlock()
+	if dup {
+		s.dupes.Inc()
+		return
+	}
+	s.deliveries.Add(len(ids))
+	s.cfg.Deliver(c, ids)
+}

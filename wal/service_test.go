@@ -1,0 +1,216 @@
+package wal
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshcast/meshcast/mesh"
+	"github.com/meshcast/meshcast/mesh/presence"
+	"github.com/meshcast/meshcast/wal/pgtest"
+	"github.com/meshcast/meshcast/wire/meshproto"
+)
+
+// deliveries records what a Service delivered: the id column of each
+// inserted row, by subscription ID, in order.
+type deliveries struct {
+	mu  sync.Mutex
+	got map[uint64][]int
+}
+
+func newDeliveries() *deliveries { return &deliveries{got: map[uint64][]int{}} }
+
+func (d *deliveries) deliver(c *Change, ids []uint64) {
+	if c.Kind != Insert {
+		return
+	}
+	idx := -1
+	for i, col := range c.Columns {
+		if col.Name == "id" {
+			idx = i
+		}
+	}
+	n, _ := strconv.Atoi(string(c.Record[idx]))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, id := range ids {
+		d.got[id] = append(d.got[id], n)
+	}
+}
+
+func (d *deliveries) rows(id uint64) []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]int(nil), d.got[id]...)
+}
+
+// waitRows waits until subscription id got rows 1..n.
+func (d *deliveries) waitRows(t *testing.T, id uint64, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		got := d.rows(id)
+		if len(got) >= n {
+			for i, v := range got {
+				if v != i+1 {
+					t.Fatalf("subscription %d: rows %v: not every row once in commit order", id, got)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("subscription %d got %d of %d rows: %v", id, len(got), n, got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func runService(t *testing.T, s *Service) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			s.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func testReaderFor(url, slot string) *Reader {
+	return &Reader{URL: url, Slot: slot, StatusInterval: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		Logger: slog.New(slog.DiscardHandler)}
+}
+
+// A subscription confirmed by Subscribe gets every change committed after
+// it, and none after Unsubscribe.
+func TestServiceSingleNode(t *testing.T) {
+	pg := pgtest.Shared(t)
+	pg.Exec(`CREATE TABLE items (id int PRIMARY KEY, note text)`)
+	d := newDeliveries()
+	s := NewService(ServiceConfig{DB: "db", Self: "n1", Reader: testReaderFor(pg.URL(), "svc_single"), Deliver: d.deliver,
+		Logger: slog.New(slog.DiscardHandler)})
+	runService(t, s)
+	all := &Subscription{ID: s.NewID(), Schema: "public", Table: "items"}
+	odd := &Subscription{ID: s.NewID(), Schema: "public", Table: "items", Filters: []Filter{{Column: "note", Op: OpEq, Value: "odd"}}}
+	if err := s.Subscribe(context.Background(), []*Subscription{all, odd}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 5; i++ {
+		note := "even"
+		if i%2 == 1 {
+			note = "odd"
+		}
+		pg.Exec(`INSERT INTO items VALUES ($1, $2)`, i, note)
+	}
+	d.waitRows(t, all.ID, 5, 10*time.Second)
+	if got := d.rows(odd.ID); fmt.Sprint(got) != "[1 3 5]" {
+		t.Errorf("filtered subscription got %v, want [1 3 5]", got)
+	}
+	s.Unsubscribe([]uint64{odd.ID})
+	pg.Exec(`INSERT INTO items VALUES (6, 'odd')`)
+	d.waitRows(t, all.ID, 6, 10*time.Second)
+	if got := d.rows(odd.ID); len(got) != 3 {
+		t.Errorf("after Unsubscribe the subscription got %v", got)
+	}
+}
+
+type nopHandler struct{}
+
+func (nopHandler) Deliver(*meshproto.Broadcast)                    {}
+func (nopHandler) ApplyPresence(string, presence.Delta) bool       { return true }
+func (nopHandler) ApplyPresenceSnapshot(string, presence.Snapshot) {}
+func (nopHandler) OwnPresence(string) presence.Snapshot            { return presence.Snapshot{} }
+func (nopHandler) NodeDown(string)                                 {}
+
+type clusterService struct {
+	node *mesh.Node
+	svc  *Service
+	d    *deliveries
+	stop func()
+}
+
+func startServiceNode(t *testing.T, name, url, slot string, join []string) *clusterService {
+	t.Helper()
+	n, err := mesh.New(mesh.Config{
+		Name: name, Region: "iad", GossipAddr: "127.0.0.1:0", MeshAddr: "127.0.0.1:0", Join: join,
+		ClusterSecret: []byte("s"), Database: "db", PeerTimeout: time.Second,
+		Gossip: mesh.GossipConfig{ProbeInterval: 100 * time.Millisecond},
+		Logger: slog.New(slog.DiscardHandler),
+	}, nopHandler{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDeliveries()
+	s := NewService(ServiceConfig{DB: "db", Self: n.ID(), Reader: testReaderFor(url, slot), Deliver: d.deliver,
+		SettleWait: 500 * time.Millisecond, TakeoverWait: time.Second, Logger: slog.New(slog.DiscardHandler)})
+	s.Attach(n)
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopSvc := runService(t, s)
+	cs := &clusterService{node: n, svc: s, d: d}
+	var once sync.Once
+	cs.stop = func() { once.Do(func() { n.Close(); stopSvc() }) }
+	t.Cleanup(cs.stop)
+	return cs
+}
+
+// Three nodes read one database through its owner. The owner is killed
+// while rows are inserted at a steady rate: the other nodes' subscribers
+// get every row, once, in commit order.
+func TestServiceFailover(t *testing.T) {
+	pg := pgtest.Shared(t)
+	pg.Exec(`CREATE TABLE items (id int PRIMARY KEY, note text)`)
+	n1 := startServiceNode(t, "n1", pg.URL(), "svc_failover", nil)
+	seed := n1.node.GossipAddr()
+	nodes := []*clusterService{n1, startServiceNode(t, "n2", pg.URL(), "svc_failover", []string{seed}),
+		startServiceNode(t, "n3", pg.URL(), "svc_failover", []string{seed})}
+	subs := map[*clusterService]*Subscription{}
+	for _, n := range nodes {
+		sub := &Subscription{ID: n.svc.NewID(), Schema: "public", Table: "items"}
+		// Until the three have found each other, the first Subscribe may
+		// time out; it is retried as a client would rejoin.
+		deadline := time.Now().Add(20 * time.Second)
+		for n.svc.Subscribe(context.Background(), []*Subscription{sub}) != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: subscription never confirmed", n.node.ID())
+			}
+		}
+		subs[n] = sub
+	}
+	owner := n1.svc.owner
+	var victim *clusterService
+	for _, n := range nodes {
+		n.svc.mu.Lock()
+		if n.svc.own != nil {
+			victim = n
+		}
+		n.svc.mu.Unlock()
+	}
+	if victim == nil {
+		t.Fatalf("no node owns the database (n1 thinks %q)", owner)
+	}
+	const rows = 60
+	for i := 1; i <= rows; i++ {
+		pg.Exec(`INSERT INTO items VALUES ($1, 'x')`, i)
+		if i == rows/3 {
+			victim.stop() // kill: no graceful leave
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, n := range nodes {
+		if n != victim {
+			n.d.waitRows(t, subs[n].ID, rows, 20*time.Second)
+		}
+	}
+}
