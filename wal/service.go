@@ -99,7 +99,7 @@ type ServiceConfig struct {
 	// SettleWait is how long a cluster node alone after its start waits
 	// before it owns the database itself (default 3s).
 	SettleWait time.Duration
-	Logger *slog.Logger
+	Logger     *slog.Logger
 	// Metrics receives the service's metrics (default: a set of its own).
 	Metrics *metrics.Set
 }
