@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5"
 	"github.com/meshcast/meshcast/wal/pgtest"
 )
@@ -152,7 +153,8 @@ func TestReaderChanges(t *testing.T) {
 	pg.Exec(`CREATE TABLE todos (id bigint PRIMARY KEY, title text, done bool, body text);
 		ALTER TABLE todos ALTER COLUMN body SET STORAGE EXTERNAL`)
 	slot := "s_" + pg.Database()
-	r := startReader(t, pg.URL(), slot, true)
+	set := metrics.NewSet()
+	r := startReader(t, pg.URL(), slot, true, func(r *Reader) { r.Metrics = set })
 	waitStreaming(t, pg, slot)
 	if !r.logs.contains("created the missing publication FOR ALL TABLES") {
 		t.Errorf("no log of the publication's creation:\n%s", r.logs.buf.String())
@@ -233,6 +235,21 @@ func TestReaderChanges(t *testing.T) {
 	c = r.next(t).Changes[0]
 	check(c, "errors", `["Error 400: Bad Request, no primary key"]`)
 	check(c, "record", `{}`)
+
+	var m string
+	defer func() {
+		if t.Failed() {
+			t.Log(m)
+		}
+	}()
+	eventually(t, "metrics", func() bool {
+		var b bytes.Buffer
+		set.WritePrometheus(&b)
+		m = b.String()
+		return strings.Contains(m, "meshcast_wal_reader_running 1\n") && strings.Contains(m, "meshcast_wal_changes_total 11\n") &&
+			strings.Contains(m, "meshcast_wal_transactions_total 10\n") && strings.Contains(m, "meshcast_wal_lag_bytes 0\n") &&
+			!strings.Contains(m, "meshcast_wal_confirmed_lsn 0\n")
+	})
 }
 
 func TestReaderTransactionsInCommitOrder(t *testing.T) {
