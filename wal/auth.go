@@ -506,6 +506,8 @@ func arrayElement(s string) string {
 // A delete on an RLS table is not checked, and its OldRecord is reduced to
 // the primary key, as Supabase does. When a query fails, its role and
 // claims see nothing of the batch (fail closed) and the error is returned.
+// The queries run concurrently on the pool; Authorize returns when all are
+// done.
 func (a *Authorizer) Authorize(ctx context.Context, changes []*Change, hits [][]*Subscription) error {
 	type viewer struct{ role, claims string }
 	infos := make([]*tableInfo, len(changes))
@@ -549,14 +551,25 @@ func (a *Authorizer) Authorize(ctx context.Context, changes []*Change, hits [][]
 			c.OldRecord = old
 		}
 	}
+	// The queries run side by side, as many as the pool has connections.
 	visible := map[viewer]map[int]bool{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, a.pool.Config().MaxConns)
 	for v, idx := range need {
-		vis, err := a.visible(ctx, v.role, v.claims, changes, infos, idx)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		visible[v] = vis
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			vis, err := a.visible(ctx, v.role, v.claims, changes, infos, idx)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+			}
+			visible[v] = vis
+		})
 	}
+	wg.Wait()
 	for i, c := range changes {
 		if infos[i] == nil || !infos[i].rls || c.Kind == Delete {
 			continue

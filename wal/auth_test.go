@@ -210,3 +210,59 @@ func (c *Change) key0() string {
 	}
 	return string(c.Record[0])
 }
+
+// BenchmarkAuthorizeRLS measures the RLS check of one batch: 50 inserts on
+// an owner-policy table, each matched by the subscriptions of 100 distinct
+// users (5,000 candidate deliveries), which costs 100 round trips.
+func BenchmarkAuthorizeRLS(b *testing.B) {
+	pg := pgtest.Shared(b)
+	role := "bench_" + pg.Database()
+	pg.Exec(fmt.Sprintf(`
+		CREATE SCHEMA auth;
+		CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$
+			SELECT (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')::uuid $$;
+		DROP ROLE IF EXISTS %[1]s; CREATE ROLE %[1]s; GRANT USAGE ON SCHEMA auth TO %[1]s;
+		CREATE TABLE notes (id int PRIMARY KEY, user_id uuid, body text);
+		GRANT SELECT ON notes TO %[1]s;
+		ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+		CREATE POLICY own ON notes FOR SELECT TO %[1]s USING (user_id = auth.uid());
+		CREATE PUBLICATION supabase_realtime FOR ALL TABLES`, role))
+	b.Cleanup(func() { pg.Exec(fmt.Sprintf("DROP OWNED BY %[1]s; DROP ROLE %[1]s", role)) })
+	slot := "bench_" + pg.Database()
+	pg.Exec("SELECT pg_create_logical_replication_slot('" + slot + "', 'pgoutput')")
+	const users, rows = 100, 50
+	user := func(i int) string { return fmt.Sprintf("00000000-0000-0000-0000-%012d", i) }
+	pg.Exec(fmt.Sprintf("INSERT INTO notes SELECT i, ('00000000-0000-0000-0000-' || lpad((i %% %d)::text, 12, '0'))::uuid, 'x' FROM generate_series(1, %d) i", users, rows))
+	changes := slotTransactions(b, connect(b, pg.URL()), slot, "supabase_realtime")[0].Changes
+	a, err := NewAuthorizer(context.Background(), pg.URL(), "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(a.Close)
+	m := NewMatcher()
+	for i := range users {
+		m.Add(&Subscription{ID: uint64(i), Node: "n", Schema: "public", Table: "notes", Role: role,
+			Claims: fmt.Sprintf(`{"sub":%q,"role":%q}`, user(i), role)})
+	}
+	hits := make([][]*Subscription, len(changes))
+	ctx := context.Background()
+	queries := a.queries.Load()
+	delivered := 0
+	b.ResetTimer()
+	for b.Loop() {
+		for i, c := range changes {
+			hits[i] = m.Match(c, hits[i][:0])
+		}
+		if err := a.Authorize(ctx, changes, hits); err != nil {
+			b.Fatal(err)
+		}
+		delivered = 0
+		for _, h := range hits {
+			delivered += len(h)
+		}
+	}
+	if delivered != rows {
+		b.Fatalf("%d deliveries, want %d (each row to its owner)", delivered, rows)
+	}
+	b.ReportMetric(float64(a.queries.Load()-queries)/float64(b.N), "queries/op")
+}
