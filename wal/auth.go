@@ -16,12 +16,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Binding is a postgres_changes binding as a client sent it.
+// Binding is a postgres_changes binding as a client sent it; "" is a field
+// it did not send.
 type Binding struct {
 	Event  string   // INSERT, UPDATE, DELETE or * (anything else is *)
-	Schema string   // "" is public
+	Schema string   // "" is public when Table is given
 	Table  string   // "" or "*": every table of the schema in the publication
-	Filter string   // the filter grammar; "" is none
+	Filter string   // the filter grammar; needs Table
 	Select []string // columns to send (the primary key is added); nil is all
 }
 
@@ -106,6 +107,14 @@ func (a *Authorizer) Invalidate() {
 // not read the table or its primary key (Supabase would send Error 401 with
 // every change instead).
 func (a *Authorizer) Check(ctx context.Context, b Binding, role, claims string) (*Subscription, error) {
+	// Supabase takes schema and table, schema alone or table alone, and a
+	// filter only with a table.
+	if b.Table == "" && (b.Schema == "" || b.Filter != "") {
+		return nil, refusal("No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: " + inspectBinding(b))
+	}
+	if len(b.Select) == 0 {
+		b.Select = nil
+	}
 	sub := &Subscription{Event: ParseEvent(b.Event), Schema: orDefault(b.Schema, "public"), Table: orDefault(b.Table, "*"),
 		Role: role, Claims: claims}
 	filters, err := ParseFilter(b.Filter)
@@ -153,6 +162,25 @@ func (a *Authorizer) Check(ctx context.Context, b Binding, role, claims string) 
 		sub.Columns = slices.Clone(b.Select)
 	}
 	return sub, nil
+}
+
+// inspectBinding formats b as Elixir inspects the binding's map, its
+// fields in key order: %{"event" => "*", "filter" => "id=eq.1"}.
+func inspectBinding(b Binding) string {
+	var kv []string
+	add := func(k, v string) {
+		if v != "" {
+			kv = append(kv, inspectString(k)+" => "+inspectString(v))
+		}
+	}
+	add("event", b.Event)
+	add("filter", b.Filter)
+	add("schema", b.Schema)
+	if b.Select != nil {
+		kv = append(kv, `"select" => `+inspectList(b.Select...))
+	}
+	add("table", b.Table)
+	return "%{" + strings.Join(kv, ", ") + "}"
 }
 
 // pgError is an error as Postgres raises it, for Supabase's "Exception:"

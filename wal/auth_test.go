@@ -60,6 +60,11 @@ func TestAuthorizerCheck(t *testing.T) {
 			err: unable + "Please check Realtime is enabled for the given connect parameters: [event: *, schema: public, table: hidden, filters: [], select: nil]"},
 		{b: Binding{Schema: "nope", Event: "INSERT"}, role: "postgres",
 			err: unable + "Please check Realtime is enabled for the given connect parameters: [event: INSERT, schema: nope, table: *, filters: [], select: nil]"},
+		{b: Binding{}, role: "postgres",
+			err: "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: %{}"},
+		{b: Binding{Event: "*", Schema: "public", Filter: "id=eq.1"}, role: "postgres",
+			err: "No subscription params provided. Please provide at least a `schema` or `table` to subscribe to: " +
+				`%{"event" => "*", "filter" => "id=eq.1", "schema" => "public"}`},
 		{b: Binding{Schema: "public", Select: []string{"id"}}, role: "postgres",
 			err: "Column selection is not supported for wildcard subscriptions. Provide an explicit schema and table name."},
 		{b: Binding{Table: "todos", Select: []string{"nope"}}, role: "postgres",
