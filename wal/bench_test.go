@@ -68,3 +68,30 @@ func BenchmarkAppendData(b *testing.B) {
 	}
 	b.SetBytes(int64(len(buf)))
 }
+
+// BenchmarkDecodeInsert is the reader's cost per row change once the bytes
+// are in: pgoutput decoding and the values' conversion to JSON.
+func BenchmarkDecodeInsert(b *testing.B) {
+	cols := []relColumn{{key: true, name: "id", oid: oidInt8}, {name: "title", oid: oidText}, {name: "done", oid: oidBool},
+		{name: "due", oid: oidTimestampTZ}, {name: "score", oid: oidNumeric}, {name: "tags", oid: 1009}}
+	m, _ := parseMessage(relationMessage(1, "public", "todos", cols))
+	r := m.(msgRelation)
+	types := make([]*typeInfo, len(r.columns))
+	for i, c := range r.columns {
+		types[i] = builtinTypes[c.oid]
+	}
+	rel := newRelation(r, types, []string{"id"})
+	msg := insertMessage(1, tuple('t', "12345", 't', "Buy milk and \"bread\"", 't', "f",
+		't', "2024-05-01 10:00:00.123456+00", 't', "3.14", 't', `{a,"b c"}`))
+	b.SetBytes(int64(len(msg)))
+	b.ReportAllocs()
+	for b.Loop() {
+		m, err := parseMessage(msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := rel.change(m.(msgRow)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5"
 	"github.com/meshcast/meshcast/wal/pgtest"
 )
@@ -123,12 +124,11 @@ func queryOne[T any](t *testing.T, url, sql string, args ...any) T {
 	return v
 }
 
-// waitStreaming waits until slot has an active consumer.
-func waitStreaming(t *testing.T, pg *pgtest.Server, slot string) {
+// waitStreaming waits until tr streams. (An active slot is not enough: a
+// slot being created is active too, and dropped if its creator goes.)
+func (tr *testReader) waitStreaming(t *testing.T) {
 	t.Helper()
-	eventually(t, "slot "+slot+" active", func() bool {
-		return queryOne[bool](t, pg.URL(), "SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1 AND active)", slot)
-	})
+	eventually(t, "the reader to stream", func() bool { return tr.logs.contains(`msg="wal: streaming"`) })
 }
 
 // data decodes a change's data object.
@@ -152,8 +152,9 @@ func TestReaderChanges(t *testing.T) {
 	pg.Exec(`CREATE TABLE todos (id bigint PRIMARY KEY, title text, done bool, body text);
 		ALTER TABLE todos ALTER COLUMN body SET STORAGE EXTERNAL`)
 	slot := "s_" + pg.Database()
-	r := startReader(t, pg.URL(), slot, true)
-	waitStreaming(t, pg, slot)
+	set := metrics.NewSet()
+	r := startReader(t, pg.URL(), slot, true, func(r *Reader) { r.Metrics = set })
+	r.waitStreaming(t)
 	if !r.logs.contains("created the missing publication FOR ALL TABLES") {
 		t.Errorf("no log of the publication's creation:\n%s", r.logs.buf.String())
 	}
@@ -233,6 +234,21 @@ func TestReaderChanges(t *testing.T) {
 	c = r.next(t).Changes[0]
 	check(c, "errors", `["Error 400: Bad Request, no primary key"]`)
 	check(c, "record", `{}`)
+
+	var m string
+	defer func() {
+		if t.Failed() {
+			t.Log(m)
+		}
+	}()
+	eventually(t, "metrics", func() bool {
+		var b bytes.Buffer
+		set.WritePrometheus(&b)
+		m = b.String()
+		return strings.Contains(m, "meshcast_wal_reader_running 1\n") && strings.Contains(m, "meshcast_wal_changes_total 11\n") &&
+			strings.Contains(m, "meshcast_wal_transactions_total 10\n") && strings.Contains(m, "meshcast_wal_lag_bytes 0\n") &&
+			!strings.Contains(m, "meshcast_wal_confirmed_lsn 0\n")
+	})
 }
 
 func TestReaderTransactionsInCommitOrder(t *testing.T) {
@@ -240,7 +256,7 @@ func TestReaderTransactionsInCommitOrder(t *testing.T) {
 	pg.Exec("CREATE TABLE t (id int PRIMARY KEY, v text)")
 	slot := "s_" + pg.Database()
 	r := startReader(t, pg.URL(), slot, true)
-	waitStreaming(t, pg, slot)
+	r.waitStreaming(t)
 
 	pg.Exec("BEGIN; INSERT INTO t VALUES (1, 'a'); UPDATE t SET v = 'b' WHERE id = 1; INSERT INTO t VALUES (2, 'c'); DELETE FROM t WHERE id = 1; COMMIT")
 	tx := r.next(t)
@@ -298,7 +314,7 @@ func TestReaderResumesAfterLastAck(t *testing.T) {
 	pg.Exec("CREATE TABLE t (id int PRIMARY KEY)")
 	slot := "s_" + pg.Database()
 	r := startReader(t, pg.URL(), slot, false)
-	waitStreaming(t, pg, slot)
+	r.waitStreaming(t)
 	for i := range 10 {
 		pg.Exec("INSERT INTO t VALUES ($1)", i)
 	}
@@ -332,7 +348,7 @@ func TestReaderConfirmsWhenIdle(t *testing.T) {
 	pg.Exec("CREATE PUBLICATION only_watched FOR TABLE watched")
 	slot := "s_" + pg.Database()
 	r := startReader(t, pg.URL(), slot, false, func(r *Reader) { r.Publication = "only_watched" })
-	waitStreaming(t, pg, slot)
+	r.waitStreaming(t)
 	// Writes the publication does not carry: nothing is delivered, and
 	// the slot still advances past them.
 	pg.Exec("INSERT INTO other SELECT generate_series(1, 1000)")
@@ -361,7 +377,7 @@ func TestReaderMaxSlotLag(t *testing.T) {
 	pg.Exec("CREATE TABLE t (id int PRIMARY KEY, v text)")
 	slot := "s_" + pg.Database()
 	r := startReader(t, pg.URL(), slot, false, func(r *Reader) { r.MaxSlotLag = 64 << 10 })
-	waitStreaming(t, pg, slot)
+	r.waitStreaming(t)
 	pg.Exec("INSERT INTO t SELECT i, repeat('x', 100) FROM generate_series(1, 2000) i")
 	tx := r.next(t)
 	eventually(t, "forced confirmation", func() bool { return confirmedLSN(t, pg, slot) >= tx.LSN })
@@ -375,7 +391,7 @@ func TestReaderSecondConsumerTakesOverWhenFirstStops(t *testing.T) {
 	pg.Exec("CREATE TABLE t (id int PRIMARY KEY)")
 	slot := "s_" + pg.Database()
 	first := startReader(t, pg.URL(), slot, true)
-	waitStreaming(t, pg, slot)
+	first.waitStreaming(t)
 	second := startReader(t, pg.URL(), slot, true)
 	eventually(t, "the second reader to report the busy slot", func() bool {
 		return second.logs.contains("replication slot is in use by another consumer")
@@ -401,7 +417,7 @@ func TestReaderTakeOver(t *testing.T) {
 	pg.Exec("CREATE TABLE t (id int PRIMARY KEY)")
 	slot := "s_" + pg.Database()
 	first := startReader(t, pg.URL(), slot, true)
-	waitStreaming(t, pg, slot)
+	first.waitStreaming(t)
 	second := startReader(t, pg.URL(), slot, true, func(r *Reader) { r.TakeOver = true })
 	eventually(t, "the take-over", func() bool { return second.logs.contains("taking the replication slot over") })
 	first.stop() // it would take the slot back otherwise
@@ -415,7 +431,7 @@ func TestReaderSurvivesPostgresRestart(t *testing.T) {
 	pg := pgtest.Start(t)
 	pg.Exec("CREATE TABLE t (id int PRIMARY KEY)")
 	r := startReader(t, pg.URL(), "meshcast", true)
-	waitStreaming(t, pg, "meshcast")
+	r.waitStreaming(t)
 
 	// A writer inserts steadily; it records what committed.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -468,4 +484,30 @@ func pgExec(ctx context.Context, url, sql string, args ...any) error {
 	defer conn.Close(context.Background())
 	_, err = conn.Exec(ctx, sql, args...)
 	return err
+}
+
+// A slot Postgres invalidated (max_slot_wal_keep_size) while no reader ran
+// is recreated, loudly, and streaming resumes.
+func TestReaderRecreatesInvalidatedSlot(t *testing.T) {
+	pg := pgtest.Start(t, pgtest.WithSetting("max_slot_wal_keep_size", "1MB"), pgtest.WithSetting("min_wal_size", "32MB"),
+		pgtest.WithSetting("max_wal_size", "32MB"))
+	pg.Exec("CREATE TABLE t (id int PRIMARY KEY, v text)")
+	r := startReader(t, pg.URL(), "meshcast", true)
+	r.waitStreaming(t)
+	r.stop()
+	eventually(t, "the slot to be lost", func() bool {
+		pg.Exec("INSERT INTO t SELECT i, repeat('x', 200) FROM generate_series(1, 20000) i ON CONFLICT (id) DO UPDATE SET v = excluded.v")
+		pg.Exec("SELECT pg_switch_wal()")
+		pg.Exec("CHECKPOINT")
+		return queryOne[string](t, pg.URL(), "SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = 'meshcast'") == "lost"
+	})
+	r2 := startReader(t, pg.URL(), "meshcast", true)
+	r2.waitStreaming(t)
+	if !r2.logs.contains("recreating the slot") {
+		t.Errorf("no log of the recreation:\n%s", r2.logs.buf.String())
+	}
+	pg.Exec("INSERT INTO t VALUES (-1, 'after')")
+	if got := string(r2.next(t).Changes[0].Record[0]); got != "-1" {
+		t.Fatalf("got row %s", got)
+	}
 }

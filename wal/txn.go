@@ -102,9 +102,6 @@ func (a *assembler) commit(m msgCommit) (*Transaction, error) {
 	return tx, nil
 }
 
-// abandon drops the transaction in progress (the stream broke).
-func (a *assembler) abandon() { a.tx = nil }
-
 // change decodes a row message of r.
 func (r *relation) change(m msgRow) (*Change, error) {
 	c := &Change{Kind: m.kind, Schema: r.schema, Table: r.table, Columns: r.columns}

@@ -169,12 +169,12 @@ func (c *typeCache) lookup(oid uint32) *typeInfo {
 
 // pgType is a pg_type row and, for a composite, its attributes.
 type pgType struct {
-	oid, elem, base, rel uint32
-	name                 string
-	typtype, category    byte
-	delim                byte
-	fieldNames           []string
-	fieldTypes           []uint32
+	oid, elem, base   uint32
+	name              string
+	typtype, category byte
+	delim             byte
+	fieldNames        []string
+	fieldTypes        []uint32
 }
 
 const typeQuery = `

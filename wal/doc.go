@@ -1,0 +1,89 @@
+// Package wal turns a Postgres database's committed changes into Supabase
+// postgres_changes records and finds the subscriptions each one reaches.
+// It is the core of meshcast's Postgres changes (design §4): the mesh and
+// the edge drive it, it holds no client connections and imports neither.
+//
+// # Parts
+//
+//   - Reader streams a permanent logical replication slot (pgoutput,
+//     protocol version 1) into Transactions of typed Changes, and confirms
+//     to Postgres only what its Handler acked.
+//   - Change.AppendData encodes a change once as the "data" object clients
+//     receive; Change.AppendBinary and DecodeChange are its form for the
+//     mesh.
+//   - ParseFilter parses Supabase's filter grammar; Matcher finds the
+//     Subscriptions a change reaches, equality filters through a hash index.
+//   - Authorizer checks bindings at join, with Supabase's error texts, and
+//     filters a batch's matches by row level security.
+//
+// # Values
+//
+// A value is the JSON to_jsonb gives for it (numbers; "NaN" and the
+// infinities as strings; json and jsonb embedded; arrays and composites as
+// JSON; timestamps as "2024-05-01T10:00:00.123456" and
+// "…+00:00"; bytea as "\\x0102"; everything else as its text). The reader's
+// sessions set TimeZone=UTC, DateStyle=ISO, IntervalStyle=postgres,
+// extra_float_digits=1 and bytea_output=hex whatever the database's
+// defaults, so timestamptz values are always in UTC. commit_timestamp is
+// UTC with milliseconds ("…T10:00:00.123Z"). A row over 1 MiB (measured on
+// its values, as Supabase measures its wal2json text) is sent with its
+// values over 64 bytes left out and errors ["Error 413: Payload Too
+// Large"]; an unchanged TOAST value is taken from the old row when
+// REPLICA IDENTITY FULL sent one, else left out of record. A transaction is
+// held in memory whole until its commit (no streaming of large
+// transactions).
+//
+// # At least once
+//
+// The Handler gets each transaction in commit order and accepts it with
+// Reader.Ack(tx.LSN) once every node it must reach has it; the reader
+// confirms (flush and apply position) the highest LSN acked. While nothing
+// delivered awaits an ack and no transaction is half read, it confirms the
+// position of Postgres's keepalives instead, so a stream of changes nobody
+// subscribes to, or of tables outside the publication, never holds WAL
+// back. A restarted reader, in this process or another, resumes after the
+// slot's confirmed position: only the unacked tail is delivered again, and
+// (LSN, Seq) identifies a change for dropping duplicates. If acks lag more
+// than MaxSlotLag bytes behind the server's WAL, the reader confirms what
+// it delivered anyway and logs an error: the bound wins over redelivery.
+// Nothing bounds a slot while no reader runs; Postgres's
+// max_slot_wal_keep_size does, and a slot it invalidates is recreated with
+// an error logged.
+//
+// # Matching
+//
+// Filters compare after a cast to the column's type, as Supabase's
+// check_equality_op does: numerically for integers, floats (NaN equal to
+// itself and above all) and numeric, in time for date, time, timetz,
+// timestamp, timestamptz and interval (a month is 30 days), by bytes for
+// text (Postgres's C collation: databases with other collations may order
+// text differently for lt/gt), uuid and bytea; char(n) ignores trailing
+// spaces. SQL's NULL logic holds: a comparison with NULL is not true,
+// negated or not; is and isdistinct are NULL-aware; an in list with a NULL
+// never yields false. Inserts and updates test the new row, deletes the
+// old one; a value the change does not carry (unchanged TOAST, a column
+// outside the replica identity) fails its filter. Differences from
+// Postgres: match and imatch use Go's RE2 (no backreferences or lookaround,
+// no \m \M \y word boundaries; "." matches a newline as in Postgres);
+// ilike folds case with Unicode rules where a C-collated database folds
+// only ASCII; enums, jsonb and other types have equality but no ordering
+// (lt… are refused at join), jsonb compares its canonical text (1.0 and 1
+// differ), and json, arrays and composites take is only.
+//
+// Matching costs one hash lookup per indexed column plus the matches, for
+// subscriptions with a non-negated eq or in filter; subscriptions without
+// one are evaluated one by one, per table and event.
+//
+// # Authorization cost
+//
+// Check costs a few catalog queries per binding the first time a role
+// meets a table (cached until Invalidate) and one cast query per filter.
+// Authorize costs nothing for tables without RLS (privileges were settled
+// at join) and, for tables with RLS, one round trip per distinct (role,
+// claims) among the batch's matches: a pipelined BEGIN READ ONLY;
+// set_config('role'…), set_config('request.jwt.claims'…); one SELECT
+// joining the batch's primary keys (jsonb_array_elements WITH ORDINALITY)
+// to each table, as the role sees it; ROLLBACK. Visibility is of the row as
+// it is when checked, as in Supabase. Deletes on RLS tables are not
+// checked and carry only the primary key.
+package wal
