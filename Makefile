@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run cluster bench-compare test test-go test-js test-browser deps-js deps-browser bench lint fuzz clean
+.PHONY: all build run run-pg cluster bench-compare test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz clean
 
 all: build
 
@@ -20,15 +20,33 @@ build:
 run: build
 	./$(BIN)/meshcast
 
+# A node streaming the changes of a throwaway local Postgres (a todos table
+# in the supabase_realtime publication); the demo page shows it live.
+run-pg: build deps-pg
+	./deploy/local/run-pg.sh
+
 # Three local nodes n1/n2/n3 (iad/fra/sin) on :4000-:4002, gossip 7946/7956/7966; Ctrl-C stops them.
 cluster: build
 	./deploy/local/cluster.sh
 
-test: build test-go test-js test-browser
+test: build deps-pg test-go test-js test-browser
+
+# PostgreSQL 15's server binaries, for the tests' throwaway databases
+# (wal/pgtest starts them; as root it runs them as the postgres user).
+PG_BINDIR ?= /usr/lib/postgresql/15/bin
+deps-pg:
+	@if [ ! -x $(PG_BINDIR)/initdb ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian postgresql-15"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; \
+		else \
+			echo "PostgreSQL 15 missing and not root: install Debian's postgresql-15 to run the Postgres tests"; \
+		fi; \
+	fi
 
 # Packages that hold concurrency run with -race; pure codecs without it
 # (race instrumentation only slows them down).
-RACE_PKGS := ./edge/... ./mesh/... ./cmd/...
+RACE_PKGS := ./edge/... ./mesh/... ./wal/... ./cmd/...
 test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 $(RACE_PKGS)
@@ -68,9 +86,15 @@ bench-compare: build
 	$(GO) install github.com/centrifugal/centrifugo/v6@$(CENTRIFUGO_VERSION)
 	ROUNDS=3 ./bench/compare.sh
 
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzDecodeText -fuzztime=30s ./wire/phx
-	$(GO) test -run='^$$' -fuzz=FuzzDecodeBinary -fuzztime=30s ./wire/phx
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeText$$' -fuzztime=$(FUZZTIME) ./wire/phx
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeBinary$$' -fuzztime=$(FUZZTIME) ./wire/phx
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./wire/meshproto
+	$(GO) test -run='^$$' -fuzz='^FuzzParseMessage$$' -fuzztime=$(FUZZTIME) ./wal
+	$(GO) test -run='^$$' -fuzz='^FuzzAppendValue$$' -fuzztime=$(FUZZTIME) ./wal
+	$(GO) test -run='^$$' -fuzz='^FuzzParseFilter$$' -fuzztime=$(FUZZTIME) ./wal
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeChange$$' -fuzztime=$(FUZZTIME) ./wal
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

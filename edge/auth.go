@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -14,6 +15,7 @@ type claims struct {
 	Role string
 	Sub  string
 	Exp  time.Time // zero when the node runs open
+	Raw  []byte    // the whole claims object as JSON (request.jwt.claims)
 }
 
 // canPrivate is meshcast's rule for private channels (Supabase runs RLS on
@@ -115,7 +117,8 @@ func (a *authenticator) verify(token string) (*claims, *authError) {
 		return nil, &authError{"InvalidJWTToken", fmt.Sprintf("Token is not valid yet: iat is %d seconds in the future", int(iat.Sub(now).Seconds()))}
 	}
 	sub, _ := mc["sub"].(string)
-	return &claims{Role: role, Sub: sub, Exp: exp.Time}, nil
+	raw, _ := json.Marshal(mc) // decoded from JSON, so it encodes
+	return &claims{Role: role, Sub: sub, Exp: exp.Time, Raw: raw}, nil
 }
 
 // channelToken picks the token a join or refresh uses: its own, unless it

@@ -29,6 +29,7 @@ type channel struct {
 	holder          uint64 // this join's presence holder ID
 	presenceBytes   int    // size of this join's tracked meta (guarded by conn.mu)
 	claims          *claims
+	bindings        []binding // postgres_changes; set before the channel is joined
 	expiry          *time.Timer
 }
 
@@ -136,10 +137,6 @@ func (c *conn) join(m *phx.Message) bool {
 		refuse("Unknown Error on Channel: join payload must be a JSON object")
 		return true
 	}
-	if len(p.Config.PostgresChanges) > 0 {
-		refuse("Unable to subscribe to changes with given parameters: postgres_changes are not available on this node yet")
-		return true
-	}
 	cl, aerr := s.auth.verify(channelToken(p.Token(), c.apikey))
 	if aerr != nil {
 		refuse(aerr.joinReason())
@@ -176,16 +173,25 @@ func (c *conn) join(m *phx.Message) bool {
 		ch.presenceKey = newUUID()
 	}
 	t, ready := s.hub.acquire(ch.key)
-	if ready != nil {
+	var changesMsg []byte // the system message about the bindings
+	reply := joinOK
+	if ready != nil || len(p.Config.PostgresChanges) > 0 {
 		// A new topic in a cluster: the presence of the other nodes
 		// arrives before the first presence_state (bounded by the mesh,
-		// and by Shutdown's deadline). c.mu is let go meanwhile, so that
+		// and by Shutdown's deadline). Bindings wait (bounded) until the
+		// database's owner holds them. c.mu is let go meanwhile, so that
 		// Shutdown and token timers are not held up by the wait; only this
 		// reader handles the connection's frames, so nothing else joins.
 		c.mu.Unlock()
-		select {
-		case <-ready:
-		case <-s.stopping:
+		if len(p.Config.PostgresChanges) > 0 {
+			ch.bindings, changesMsg = s.joinChanges(ch, p.Config.PostgresChanges, cl)
+			reply = joinReplyChanges(ch.bindings)
+		}
+		if ready != nil {
+			select {
+			case <-ready:
+			case <-s.stopping:
+			}
 		}
 		c.mu.Lock()
 	}
@@ -193,9 +199,13 @@ func (c *conn) join(m *phx.Message) bool {
 	s.channels.Add(1)
 	s.metrics.joins.Inc()
 	s.hub.join(ch, t, func(t *topic) {
-		c.reply(m.JoinRef, m.Ref, m.Topic, "ok", joinOK)
+		c.reply(m.JoinRef, m.Ref, m.Topic, "ok", reply)
 		if ch.presenceEnabled {
 			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence.Set))
+		}
+		s.attachChanges(ch)
+		if changesMsg != nil {
+			c.send(ch.joinRef, "", m.Topic, "system", changesMsg)
 		}
 	})
 	c.armExpiry(ch)
@@ -213,6 +223,7 @@ func (c *conn) removeChannel(ch *channel) {
 	}
 	c.srv.channels.Add(-1)
 	c.srv.metrics.leaves.Inc()
+	c.srv.leaveChanges(ch)
 	c.presenceBytes -= ch.presenceBytes
 	ch.presenceBytes = 0
 	c.srv.hub.leave(ch, func(t *topic) {

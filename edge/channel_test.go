@@ -2,6 +2,7 @@ package edge
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/gobwas/ws"
@@ -70,15 +71,9 @@ func TestJoinRefusals(t *testing.T) {
 		}
 	}
 
-	c.write(joinFrame("p", "realtime:pg", `{"postgres_changes":[{"event":"INSERT","schema":"public","table":"todos"}]}`))
-	f := c.next()
-	if refOf(f.Ref) != "p" || jsonField(f.Payload, "status") != `"error"` {
-		t.Errorf("join with postgres_changes: %s, want status error", f)
-	}
-
 	// None of those left a channel behind: a push on them is unmatched.
-	c.write(broadcastFrame("p", "q", "realtime:pg", "e", `{}`))
-	f = c.next()
+	c.write(broadcastFrame("p", "q", "realtime:nope", "e", `{}`))
+	f := c.next()
 	if refOf(f.Ref) != "q" || !jsonEq(f.Payload, `{"status":"error","response":{"reason":"unmatched topic"}}`) {
 		t.Errorf("push after a refused join: %s, want unmatched topic", f)
 	}
@@ -343,5 +338,28 @@ func TestBroadcastFromV1(t *testing.T) {
 	}
 	if f := v2.next(); !jsonEq(f.Raw, `[null,null,"realtime:room1","broadcast",{"type":"broadcast","event":"e","payload":{"a":1}}]`) {
 		t.Errorf("v2 subscriber got %s", f)
+	}
+}
+
+// On a node without a database, bindings are echoed (so realtime-js sees
+// no mismatch) and a system error says why there are no changes; the
+// channel stays joined for broadcast and presence, as Supabase does.
+func TestJoinBindingsWithoutDatabase(t *testing.T) {
+	ts := startServer(t, nil)
+	c := ts.connect(t)
+	c.write(joinFrame("p", "realtime:pg", `{"postgres_changes":[{"event":"INSERT","schema":"public","table":"todos"}]}`))
+	f := c.next()
+	if !jsonEq(f.Payload, `{"status":"ok","response":{"postgres_changes":[{"event":"INSERT","schema":"public","table":"todos","id":0}]}}`) {
+		t.Errorf("join with postgres_changes: %s", f)
+	}
+	f = c.next()
+	if f.Event != "system" || jsonField(f.Payload, "extension") != `"postgres_changes"` || jsonField(f.Payload, "status") != `"error"` ||
+		!strings.Contains(jsonField(f.Payload, "message"), "--database-url") {
+		t.Errorf("system message: %s", f)
+	}
+	c.write(broadcastFrame("p", "q", "realtime:pg", "e", `{}`))
+	c.write(heartbeatFrame)
+	if f := c.next(); !isHeartbeatReply(f) {
+		t.Errorf("the channel is not joined: %s", f)
 	}
 }

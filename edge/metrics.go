@@ -25,6 +25,7 @@ type serverMetrics struct {
 	restBroadcasts   *metrics.Counter
 	queueDrops       *metrics.Counter
 	slowClose        *metrics.Counter
+	changesOut       *metrics.Counter
 }
 
 func newServerMetrics(s *Server) *serverMetrics {
@@ -44,6 +45,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 		restBroadcasts:   set.NewCounter("meshcast_rest_broadcasts_total"),
 		queueDrops:       set.NewCounter("meshcast_queue_drops_total"),
 		slowClose:        set.NewCounter("meshcast_slow_consumer_closes_total"),
+		changesOut:       set.NewCounter("meshcast_changes_out_total"),
 	}
 	set.NewGauge("meshcast_connections", func() float64 { return float64(s.conns.Load()) })
 	set.NewGauge("meshcast_channels", func() float64 { return float64(s.channels.Load()) })

@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/gobwas/ws"
 
 	"github.com/meshcast/meshcast/mesh"
@@ -52,6 +53,12 @@ type Server struct {
 	cluster    *mesh.Node // nil on a single node
 	coalesce   *coalescer
 	pool       *writePool
+
+	changes    ChangeStream    // nil without a database
+	validator  ChangeValidator // nil: bindings are checked by the owner only
+	changeSubs *changeSubs
+
+	extraMetrics []*metrics.Set // written at /metrics after the server's own
 
 	conns    atomic.Int64 // admitted connections, for the limit and metrics
 	channels atomic.Int64
@@ -89,6 +96,7 @@ func New(cfg Config) (*Server, error) {
 		log:        log,
 		logLimited: lograte.Logger(log, 10*time.Second, 5),
 		stopping:   make(chan struct{}),
+		changeSubs: newChangeSubs(),
 		auth:       newAuthenticator(cfg.JWTSecret, cfg.JWTLeeway),
 		hub:        newHub(cfg.NodeID, cfg.PresenceEventsPerSecond),
 		refPrefix:  newRefPrefix(),
@@ -124,6 +132,9 @@ func (s *Server) SetCluster(n *mesh.Node) error {
 	s.hub.cluster = n
 	return nil
 }
+
+// AddMetrics adds a set of metrics to /metrics (before Serve).
+func (s *Server) AddMetrics(set *metrics.Set) { s.extraMetrics = append(s.extraMetrics, set) }
 
 // Open reports whether the server runs without auth.
 func (s *Server) Open() bool { return s.auth.open() }
@@ -230,6 +241,9 @@ func (s *Server) routes() *http.ServeMux {
 		s.metrics.write(w)
 		if s.cluster != nil {
 			s.cluster.WritePrometheus(w)
+		}
+		for _, set := range s.extraMetrics {
+			set.WritePrometheus(w)
 		}
 	})
 	for _, base := range []string{"/api", "/realtime/v1/api"} {

@@ -330,8 +330,10 @@ func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
 		matched[i] = s.matcher.Match(c, nil)
 		any = any || len(matched[i]) > 0
 	}
-	if any && s.cfg.Visibility != nil {
-		matched = s.cfg.Visibility.Filter(ctx, tx, matched)
+	if any && s.cfg.Authorize != nil {
+		if err := s.cfg.Authorize(ctx, tx.Changes, matched); err != nil {
+			s.log.Warn("row-level security check failed; those subscribers miss these changes", "lsn", tx.LSN, "err", err)
+		}
 	}
 	pending := map[string]position{}
 	for i, c := range tx.Changes {

@@ -84,9 +84,11 @@ type ServiceConfig struct {
 	// are ids. It is called in commit order, from one goroutine at a
 	// time, and must not block.
 	Deliver func(c *Change, ids []uint64)
-	// Visibility, if set, decides which subscriptions may see a change
-	// (row-level security); the owner calls it for each transaction.
-	Visibility Visibility
+	// Authorize, if set, removes from hits (per change of a transaction,
+	// the subscriptions it matched) those whose role may not see the
+	// change (row-level security); Authorizer.Authorize is one. The owner
+	// calls it once per transaction with subscribers.
+	Authorize func(ctx context.Context, changes []*Change, hits [][]*Subscription) error
 	// RegisterTimeout bounds how long Subscribe waits for the owner's
 	// acknowledgement (default 5s).
 	RegisterTimeout time.Duration
@@ -102,14 +104,6 @@ type ServiceConfig struct {
 	Logger     *slog.Logger
 	// Metrics receives the service's metrics (default: a set of its own).
 	Metrics *metrics.Set
-}
-
-// Visibility filters the subscriptions a transaction's changes reach by
-// what their roles may see. Filter gets, per change of tx, the
-// subscriptions it matched, and returns them with the ones that may not
-// see the change removed (it may reuse the slices).
-type Visibility interface {
-	Filter(ctx context.Context, tx *Transaction, matched [][]*Subscription) [][]*Subscription
 }
 
 // ErrNotConfirmed is returned by Subscribe when the owner did not

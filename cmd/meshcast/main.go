@@ -26,6 +26,7 @@ import (
 
 	"github.com/meshcast/meshcast/edge"
 	"github.com/meshcast/meshcast/mesh"
+	"github.com/meshcast/meshcast/wal"
 )
 
 func main() {
@@ -59,6 +60,13 @@ type options struct {
 	regionRelay   bool
 	gossipProfile string
 	probeInterval time.Duration
+
+	// Postgres changes
+	databaseURL    string
+	publication    string
+	slot           string
+	maxSlotLag     int64
+	databaseRegion string
 }
 
 // clustered reports whether the flags ask for a cluster node.
@@ -122,6 +130,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.regionRelay, "region-relay", false, "cluster: send a broadcast once per remote region to a relay node there (same as --mesh-strategy relay)")
 	fs.StringVar(&o.gossipProfile, "gossip-profile", "lan", "cluster: memberlist timings: lan or wan")
 	fs.DurationVar(&o.probeInterval, "gossip-probe-interval", time.Second, "cluster: failure-detector probe interval; crashed nodes are declared dead after a few of these")
+	fs.StringVar(&o.databaseURL, "database-url", "", "Postgres changes: `postgres://user:pass@host:port/db` to stream changes from (logical replication; see README); empty: no postgres_changes")
+	fs.StringVar(&o.publication, "publication", wal.DefaultPublication, "Postgres changes: publication whose tables are streamed (created FOR ALL TABLES when missing)")
+	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
+	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
+	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order (default: this node's region)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: meshcast [flags]\n\nRuns a meshcast edge node. Every flag may also be given as an environment\nvariable MESHCAST_<FLAG> (e.g. MESHCAST_LISTEN, MESHCAST_JWT_SECRET);\nthe command line wins.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -193,11 +206,21 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer ln.Close()
+	var changes *changeStream
+	if o.databaseURL != "" {
+		if changes, err = newChangeStream(o, srv, log); err != nil {
+			return err
+		}
+		defer changes.close()
+	}
 	if o.clustered() {
-		if node, err = startNode(o, name, srv, ln.Addr().String(), log); err != nil {
+		if node, err = startNode(o, name, srv, ln.Addr().String(), log, changes); err != nil {
 			return err
 		}
 		defer node.Close()
+	}
+	if changes != nil {
+		changes.start()
 	}
 	if srv.Open() {
 		log.Warn("running open: no --jwt-secret, so every apikey and token is accepted and private channels are not protected; set --jwt-secret in production")
@@ -235,6 +258,9 @@ func run(args []string, stderr io.Writer) error {
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("shutdown", "err", err)
 	}
+	if changes != nil {
+		changes.handOver()
+	}
 	if node != nil {
 		node.Leave(5 * time.Second)
 	}
@@ -246,7 +272,7 @@ func run(args []string, stderr io.Writer) error {
 }
 
 // startNode joins the cluster with the cluster flags.
-func startNode(o *options, name string, srv *edge.Server, clientAddr string, log *slog.Logger) (*mesh.Node, error) {
+func startNode(o *options, name string, srv *edge.Server, clientAddr string, log *slog.Logger, changes *changeStream) (*mesh.Node, error) {
 	strategy, err := mesh.ParseStrategy(o.strategy)
 	if err != nil {
 		return nil, err
@@ -285,6 +311,7 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 		ClusterSecret:   []byte(o.clusterSecret),
 		Strategy:        strategy,
 		Gossip:          mesh.GossipConfig{Profile: o.gossipProfile, ProbeInterval: o.probeInterval},
+		Database:        changes.database(),
 		Logger:          log,
 	}, srv)
 	if err != nil {
@@ -292,6 +319,9 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 	}
 	if err := srv.SetCluster(node); err != nil {
 		return nil, err
+	}
+	if changes != nil {
+		changes.svc.Attach(node)
 	}
 	if err := node.Start(); err != nil {
 		return nil, err

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/meshcast/meshcast/edge"
+	"github.com/meshcast/meshcast/wal"
+)
+
+// changeStream wires the Postgres changes of --database-url: the wal
+// Service (registration, the owner's reader), the Authorizer (join checks,
+// row-level security) and the edge.
+type changeStream struct {
+	svc    *wal.Service
+	auth   *wal.Authorizer
+	db     string
+	log    *slog.Logger
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// databaseKey names the database the URL points at, without credentials:
+// nodes configured with the same host, port and database are candidate
+// owners of its reader.
+func databaseKey(url string) (string, error) {
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		return "", fmt.Errorf("--database-url: %w", err)
+	}
+	return fmt.Sprintf("%s:%d/%s", cfg.Host, cfg.Port, cfg.Database), nil
+}
+
+func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStream, error) {
+	key, err := databaseKey(o.databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	set := metrics.NewSet()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	auth, err := wal.NewAuthorizer(ctx, o.databaseURL, o.publication)
+	if err != nil {
+		return nil, err
+	}
+	regions := []string{o.region}
+	if o.databaseRegion != "" {
+		regions = nil
+		for _, r := range strings.Split(o.databaseRegion, ",") {
+			if r = strings.TrimSpace(r); r != "" {
+				regions = append(regions, r)
+			}
+		}
+	}
+	cfg := wal.ServiceConfig{
+		DB:      key,
+		Self:    o.edge.NodeID,
+		Regions: regions,
+		Reader: &wal.Reader{
+			URL:         o.databaseURL,
+			Publication: o.publication,
+			Slot:        o.slot,
+			MaxSlotLag:  o.maxSlotLag,
+			Logger:      log,
+			Metrics:     set,
+		},
+		Deliver: srv.DeliverChange,
+		Logger:  log,
+		Metrics: set,
+	}
+	if !srv.Open() {
+		cfg.Authorize = auth.Authorize
+	} else {
+		log.Warn("postgres_changes run open: without --jwt-secret every subscriber gets every change of the tables it subscribes to (no privileges, no row-level security)")
+	}
+	c := &changeStream{svc: wal.NewService(cfg), auth: auth, db: key, log: log}
+	srv.SetChanges(c.svc, auth)
+	srv.AddMetrics(set)
+	log.Info("postgres changes", "database", key, "publication", o.publication, "slot", o.slot)
+	return c, nil
+}
+
+// database is the key mesh members advertise (empty without a database).
+func (c *changeStream) database() string {
+	if c == nil {
+		return ""
+	}
+	return c.db
+}
+
+func (c *changeStream) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.svc.Run(ctx) }()
+}
+
+// handOver gives the reader to another node before this one leaves.
+func (c *changeStream) handOver() { c.svc.SetDraining() }
+
+func (c *changeStream) close() {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.wg.Wait()
+	c.svc.Close()
+	c.auth.Close()
+}

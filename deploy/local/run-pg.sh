@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# make run-pg: a throwaway local PostgreSQL (initdb in a temp dir,
+# wal_level=logical, a todos table in the supabase_realtime publication) and
+# one meshcast node streaming its changes. Ctrl-C stops both and removes the
+# database. Extra arguments go to meshcast.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-./bin/meshcast}
+PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+PGPORT=${PGPORT:-54329}
+LISTEN=${LISTEN:-:4000}
+
+dir=$(mktemp -d /tmp/meshcast-pg.XXXXXX)
+as_pg=()
+if [ "$(id -u)" = 0 ]; then
+	# initdb and postgres refuse to run as root.
+	chown postgres "$dir"
+	as_pg=(runuser -u postgres --)
+fi
+cleanup() {
+	[ -n "${node:-}" ] && kill "$node" 2>/dev/null && wait "$node" 2>/dev/null
+	"${as_pg[@]}" "$PG_BINDIR/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT INT TERM
+
+"${as_pg[@]}" "$PG_BINDIR/initdb" -D "$dir/data" -U postgres -A trust --no-sync >/dev/null
+cat >>"$dir/data/postgresql.conf" <<CONF
+wal_level = logical
+max_replication_slots = 10
+max_wal_senders = 10
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$dir'
+max_slot_wal_keep_size = 1GB
+CONF
+"${as_pg[@]}" "$PG_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w start >/dev/null
+url="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+"${as_pg[@]}" "$PG_BINDIR/psql" -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres <<'SQL'
+CREATE TABLE todos (id bigserial PRIMARY KEY, title text NOT NULL, done boolean NOT NULL DEFAULT false,
+                    created_at timestamptz NOT NULL DEFAULT now());
+ALTER TABLE todos REPLICA IDENTITY FULL;
+CREATE PUBLICATION supabase_realtime FOR TABLE todos;
+INSERT INTO todos (title) VALUES ('try meshcast'), ('insert a row from psql');
+SQL
+echo "Postgres: $url   (psql -h 127.0.0.1 -p $PGPORT -U postgres)"
+echo "try: psql -h 127.0.0.1 -p $PGPORT -U postgres -c \"INSERT INTO todos (title) VALUES ('hello')\""
+"$BIN" --listen "$LISTEN" --database-url "$url" "$@" &
+node=$!
+wait "$node"

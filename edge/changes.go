@@ -1,0 +1,397 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/meshcast/meshcast/wal"
+)
+
+// ChangeStream is what the edge needs of the Postgres changes pipeline
+// (wal.Service provides it): subscription IDs, registration with the
+// database's owner, and removal.
+type ChangeStream interface {
+	NewID() uint64
+	Subscribe(ctx context.Context, subs []*wal.Subscription) error
+	Unsubscribe(ids []uint64)
+}
+
+// ChangeValidator checks a binding when a channel joins, as Supabase does
+// when it inserts a subscription (wal.Authorizer is one): the tables exist
+// in the publication, the filter's columns exist and its values cast to
+// their types, and the role may read what it asks for. It returns the
+// subscription to register, or an error whose text is what Supabase tells
+// the client.
+type ChangeValidator interface {
+	Check(ctx context.Context, b wal.Binding, role, claims string) (*wal.Subscription, error)
+}
+
+// binding is one postgres_changes binding of a join, as the client sent
+// it.
+type binding struct {
+	raw    json.RawMessage // echoed in the join reply, plus its id
+	sub    *wal.Subscription
+	shared *sharedSub
+}
+
+// sharedSub is one subscription registered with the database's owner,
+// shared by every channel of this node with the same binding and claims:
+// the owner matches it once per change, and the node fans the change out
+// to its channels.
+type sharedSub struct {
+	key      string
+	sub      *wal.Subscription
+	refs     int
+	channels map[*channel]struct{}
+	done     chan struct{} // closed once the owner answered (or gave up)
+	err      error         // set before done closes
+}
+
+// changeSubs indexes this node's shared subscriptions.
+type changeSubs struct {
+	mu    sync.Mutex
+	byKey map[string]*sharedSub
+	byID  map[uint64]*sharedSub
+}
+
+func newChangeSubs() *changeSubs {
+	return &changeSubs{byKey: map[string]*sharedSub{}, byID: map[uint64]*sharedSub{}}
+}
+
+// SetChanges connects the server to the Postgres changes pipeline (before
+// Serve); v, if set, checks bindings at join.
+func (s *Server) SetChanges(cs ChangeStream, v ChangeValidator) {
+	s.changes, s.validator = cs, v
+}
+
+// parseBinding reads one postgres_changes binding: event, schema, table,
+// filter, and select as a comma list or an array of columns.
+func parseBinding(raw json.RawMessage) (wal.Binding, error) {
+	var b struct {
+		Event  json.RawMessage `json:"event"`
+		Schema string          `json:"schema"`
+		Table  string          `json:"table"`
+		Filter string          `json:"filter"`
+		Select json.RawMessage `json:"select"`
+	}
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return wal.Binding{}, errors.New("Unable to subscribe to changes with given parameters: a binding must be an object of strings")
+	}
+	out := wal.Binding{Schema: b.Schema, Table: b.Table, Filter: b.Filter}
+	json.Unmarshal(b.Event, &out.Event) // not a string: every event
+	if len(b.Select) > 0 && string(b.Select) != "null" {
+		var list string
+		switch {
+		case json.Unmarshal(b.Select, &out.Select) == nil:
+		case json.Unmarshal(b.Select, &list) == nil:
+			for _, c := range strings.Split(list, ",") {
+				if c = strings.TrimSpace(c); c != "" && c != "*" {
+					out.Select = append(out.Select, c)
+				}
+			}
+		default:
+			return wal.Binding{}, errors.New("Unable to subscribe to changes with given parameters: select must be a list of columns")
+		}
+	}
+	return out, nil
+}
+
+// subscriptionOf makes the subscription of a binding without asking the
+// database (no validator): the owner's matcher compiles it against the
+// table, and a binding that does not fit matches nothing.
+func subscriptionOf(b wal.Binding, role, claims string) (*wal.Subscription, error) {
+	sub := &wal.Subscription{Schema: b.Schema, Table: b.Table, Event: wal.ParseEvent(b.Event), Columns: b.Select, Role: role, Claims: claims}
+	if sub.Schema == "" {
+		sub.Schema = "public"
+	}
+	fs, err := wal.ParseFilter(b.Filter)
+	if err != nil {
+		return nil, err
+	}
+	sub.Filters = fs
+	return sub, nil
+}
+
+// subKey identifies a subscription for sharing: same binding, same claims.
+func subKey(sub *wal.Subscription) string {
+	var b strings.Builder
+	b.WriteString(sub.Schema)
+	b.WriteByte(0)
+	b.WriteString(sub.Table)
+	b.WriteByte(0)
+	b.WriteString(sub.Event.String())
+	for _, f := range sub.Filters {
+		b.WriteByte(0)
+		b.WriteString(f.Column)
+		b.WriteByte(byte(f.Op))
+		if f.Negate {
+			b.WriteByte('!')
+		}
+		b.WriteString(f.Value)
+	}
+	b.WriteByte(1)
+	b.WriteString(strings.Join(sub.Columns, ","))
+	b.WriteByte(1)
+	b.WriteString(sub.Role)
+	b.WriteByte(1)
+	b.WriteString(sub.Claims)
+	return b.String()
+}
+
+// joinChanges sets up a joining channel's bindings. It returns the
+// bindings and the system message that follows the join reply
+// ("Subscribed to PostgreSQL", or the error). It waits (bounded) for the
+// owner to hold the subscriptions, so that a change committed after the
+// join reply reaches the client; the caller must not hold c.mu.
+func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims) ([]binding, []byte) {
+	bindings := make([]binding, len(raws))
+	var role, claims string
+	if cl != nil && !s.auth.open() {
+		role, claims = cl.Role, string(cl.Raw)
+	}
+	var problem error
+	if s.changes == nil {
+		problem = errors.New("Unable to subscribe to changes with given parameters: this node has no database (start it with --database-url)")
+	}
+	for i, raw := range raws {
+		bindings[i].raw = raw
+		if problem != nil {
+			continue
+		}
+		b, err := parseBinding(raw)
+		var sub *wal.Subscription
+		if err == nil {
+			if s.validator != nil {
+				sub, err = s.validator.Check(context.Background(), b, role, claims)
+			} else {
+				sub, err = subscriptionOf(b, role, claims)
+			}
+		}
+		if err != nil {
+			problem = err
+			continue
+		}
+		bindings[i].sub = sub
+	}
+	if problem != nil {
+		for i := range bindings {
+			bindings[i].sub = nil
+		}
+		return bindings, systemPayload("postgres_changes", "error", problem.Error(), ch.name)
+	}
+	// Share subscriptions with the same key; register the new ones.
+	cs := s.changeSubs
+	var fresh []*wal.Subscription
+	var mine []*sharedSub
+	cs.mu.Lock()
+	for i := range bindings {
+		b := &bindings[i]
+		key := subKey(b.sub)
+		sh := cs.byKey[key]
+		if sh == nil {
+			b.sub.ID = s.changes.NewID()
+			sh = &sharedSub{key: key, sub: b.sub, channels: map[*channel]struct{}{}, done: make(chan struct{})}
+			cs.byKey[key], cs.byID[b.sub.ID] = sh, sh
+			fresh = append(fresh, b.sub)
+			mine = append(mine, sh)
+		}
+		sh.refs++
+		b.shared = sh
+	}
+	cs.mu.Unlock()
+	if len(fresh) > 0 {
+		err := s.changes.Subscribe(context.Background(), fresh)
+		for _, sh := range mine {
+			sh.err = err
+			close(sh.done)
+		}
+	}
+	var err error
+	for _, b := range bindings {
+		select {
+		case <-b.shared.done:
+			if b.shared.err != nil {
+				err = b.shared.err
+			}
+		case <-s.stopping:
+			err = errors.New("server shutting down")
+		}
+	}
+	if err != nil {
+		s.metrics.errorReason("changes_not_confirmed")
+		return bindings, systemPayload("postgres_changes", "error", "Unable to subscribe to changes: "+err.Error(), ch.name)
+	}
+	return bindings, systemPayload("postgres_changes", "ok", "Subscribed to PostgreSQL", ch.name)
+}
+
+// attachChanges starts the deliveries of a joined channel's bindings. The
+// join calls it after queueing the join reply, so no change reaches the
+// client before the reply that tells it the binding ids.
+func (s *Server) attachChanges(ch *channel) {
+	cs := s.changeSubs
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, b := range ch.bindings {
+		if b.shared != nil {
+			b.shared.channels[ch] = struct{}{}
+		}
+	}
+}
+
+// leaveChanges drops a leaving channel from its subscriptions, and the
+// subscriptions no channel uses any more from the owner.
+func (s *Server) leaveChanges(ch *channel) {
+	if len(ch.bindings) == 0 {
+		return
+	}
+	cs := s.changeSubs
+	var gone []uint64
+	cs.mu.Lock()
+	for _, b := range ch.bindings {
+		sh := b.shared
+		if sh == nil {
+			continue
+		}
+		delete(sh.channels, ch)
+		if sh.refs--; sh.refs == 0 {
+			delete(cs.byKey, sh.key)
+			delete(cs.byID, sh.sub.ID)
+			gone = append(gone, sh.sub.ID)
+		}
+	}
+	cs.mu.Unlock()
+	if len(gone) > 0 && s.changes != nil {
+		s.changes.Unsubscribe(gone)
+	}
+}
+
+// joinReplyChanges is the join reply's response: the bindings echoed in
+// order, each with its id (0 for a binding that could not subscribe).
+func joinReplyChanges(bindings []binding) []byte {
+	p := []byte(`{"postgres_changes":[`)
+	for i, b := range bindings {
+		if i > 0 {
+			p = append(p, ',')
+		}
+		var id uint64
+		if b.shared != nil {
+			id = b.shared.sub.ID
+		}
+		p = appendWithID(p, b.raw, id)
+	}
+	return append(p, "]}"...)
+}
+
+// appendWithID appends the JSON object obj with an "id" member added.
+func appendWithID(dst []byte, obj json.RawMessage, id uint64) []byte {
+	obj = compactJSON(bytes.TrimSpace(obj))
+	if len(obj) < 2 || obj[0] != '{' {
+		obj = []byte("{}")
+	}
+	dst = append(dst, obj[:len(obj)-1]...)
+	if len(obj) > 2 {
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"id":`...)
+	dst = strconv.AppendUint(dst, id, 10)
+	return append(dst, '}')
+}
+
+// DeliverChange hands a change from the database's owner to this node's
+// channels whose subscriptions are ids, as Supabase's postgres_changes
+// message: {"ids":[…],"data":{…}}. The data object is encoded once per
+// column set, and one frame is built per group of channels that get the
+// same ids on the same topic, so the common case — many subscribers of
+// one binding — is one frame shared by all of them.
+func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
+	cs := s.changeSubs
+	type group struct {
+		topic string
+		ids   []uint64
+		cols  []string
+		chans []*channel
+	}
+	groups := map[string]*group{}
+	var order []string
+	cs.mu.Lock()
+	perChannel := map[*channel][]uint64{}
+	for _, id := range ids {
+		sh := cs.byID[id]
+		if sh == nil {
+			continue
+		}
+		for ch := range sh.channels {
+			perChannel[ch] = append(perChannel[ch], id)
+		}
+	}
+	for ch, chIDs := range perChannel {
+		// The channel's matching bindings, in its binding order.
+		var mine []uint64
+		var cols []string
+		for _, b := range ch.bindings {
+			if b.shared == nil {
+				continue
+			}
+			for _, id := range chIDs {
+				if b.shared.sub.ID == id {
+					mine = append(mine, id)
+					if cols == nil {
+						cols = b.shared.sub.Columns
+					}
+				}
+			}
+		}
+		key := ch.key.name + "\x00" + strings.Join(cols, ",") + "\x00" + idList(mine)
+		g := groups[key]
+		if g == nil {
+			g = &group{topic: ch.key.name, ids: mine, cols: cols}
+			groups[key] = g
+			order = append(order, key)
+		}
+		g.chans = append(g.chans, ch)
+	}
+	cs.mu.Unlock()
+
+	datas := map[string][]byte{}
+	for _, key := range order {
+		g := groups[key]
+		ck := strings.Join(g.cols, ",")
+		data := datas[ck]
+		if data == nil {
+			data = c.AppendData(nil, g.cols)
+			datas[ck] = data
+		}
+		payload := append([]byte(`{"ids":[`), idList(g.ids)...)
+		payload = append(payload, `],"data":`...)
+		payload = append(append(payload, data...), '}')
+		var frames [3][]byte // by phx.Version
+		n := 0
+		for _, ch := range g.chans {
+			v := ch.conn.vsn
+			if frames[v] == nil {
+				frames[v] = textFrame(v, "", "", g.topic, "postgres_changes", payload)
+			}
+			if ch.conn.enqueue(frames[v]) {
+				n++
+			}
+		}
+		s.metrics.messagesOut.Add(n)
+		s.metrics.changesOut.Add(n)
+	}
+}
+
+func idList(ids []uint64) string {
+	var b []byte
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, id, 10)
+	}
+	return string(b)
+}
