@@ -69,7 +69,7 @@ func (c *conn) broadcast(ch *channel, m *phx.Message, size int) {
 func (s *Server) publish(k topicKey, t *topic, out *outMsg, skip *channel) {
 	s.metrics.broadcasts.Inc()
 	if t != nil {
-		s.metrics.messagesOut.Add(t.fanout(out, skip))
+		s.metrics.fannedOut(t.fanout(out, skip))
 	}
 	if s.cluster != nil {
 		s.cluster.Publish(&meshproto.Broadcast{

@@ -369,14 +369,14 @@ func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
 		payload := append([]byte(`{"ids":[`), idList(g.ids)...)
 		payload = append(payload, `],"data":`...)
 		payload = append(append(payload, data...), '}')
-		var frames [3][]byte // by phx.Version
+		var frames [numFormats][]byte
 		n := 0
 		for _, ch := range g.chans {
-			v := ch.conn.vsn
-			if frames[v] == nil {
-				frames[v] = textFrame(v, "", "", g.topic, "postgres_changes", payload)
+			ff := ch.conn.format
+			if frames[ff] == nil {
+				frames[ff] = textFrame(ff, "", "", g.topic, "postgres_changes", payload)
 			}
-			if ch.conn.enqueue(frames[v]) {
+			if ch.conn.enqueue(frames[ff]) {
 				n++
 			}
 		}

@@ -42,7 +42,7 @@ var (
 // connection must stop reading.
 func (c *conn) handleFrame(binary bool, data []byte) bool {
 	size := len(data)
-	c.srv.metrics.messagesIn.Inc()
+	c.srv.metrics.received(c.tm)
 	if !binary && !utf8.Valid(data) {
 		// Every browser and Node's ws fail the connection on invalid UTF-8
 		// in a text frame: relaying it would disconnect every subscriber

@@ -26,7 +26,7 @@ func (s *Server) Deliver(b *meshproto.Broadcast) {
 		return
 	}
 	out := &outMsg{topic: k.name, event: b.Event, data: b.Payload, meta: b.Meta, enc: b.Enc, binary: b.Binary}
-	s.metrics.messagesOut.Add(t.fanout(out, nil))
+	s.metrics.fannedOut(t.fanout(out, nil))
 }
 
 // ApplyPresence applies another node's presence delta. A topic without

@@ -113,5 +113,5 @@ func (c *Config) queueLimit() int {
 	if c.BytesPerSecond <= 0 {
 		return c.QueueBytes
 	}
-	return max(c.QueueBytes, c.byteBurst()+c.MaxFrameBytes+maxWSHeader)
+	return max(c.QueueBytes, c.byteBurst()+c.MaxFrameBytes+maxFrameHeader)
 }

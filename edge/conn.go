@@ -1,12 +1,9 @@
 package edge
 
 import (
-	"net"
 	"runtime"
 	"sync"
 	"syscall"
-	"time"
-	"unicode/utf8"
 
 	"github.com/gobwas/ws"
 	"golang.org/x/time/rate"
@@ -20,27 +17,30 @@ import (
 // Outbound, every sender (the connection's own reader, other connections'
 // fan-out, timers) only pushes prepared frames onto the connection's
 // outq.Queue. The push that finds the queue idle hands the connection to
-// the server's write pool, which writes everything queued in one
-// non-blocking writev. Only when the socket is full (or the connection
-// closes) does a connection get its own writer goroutine, which may block
-// and exits when the queue is empty: an idle connection holds no writer
-// goroutine. A full queue closes the connection (slow consumer) instead of
-// blocking the sender, so one slow client never slows the others.
+// a writer: the server's write pool, which writes everything queued in one
+// non-blocking writev, when the transport has a file descriptor for it (a
+// WebSocket); otherwise, or when the socket is full (or the connection
+// closes), a writer goroutine of its own, which may block and exits when
+// the queue is empty: an idle connection holds no writer goroutine. A full
+// queue closes the connection (slow consumer) instead of blocking the
+// sender, so one slow client never slows the others.
 type conn struct {
 	srv    *Server
-	nc     net.Conn
-	vsn    phx.Version
+	tr     transport
+	kind   transportKind // tr.kind()
+	format frameFormat
+	vsn    phx.Version // format.version(), the serializer of client frames
 	remote string
+	tm     *transportMetrics
 
 	// apikeyClaims are the claims of the socket's apikey (nil when open).
 	apikey       string
 	apikeyClaims *claims
 
 	q          *outq.Queue
-	writerDone chan struct{}   // closed when the socket has been closed by the writer
+	writerDone chan struct{}   // closed when the writer has shut the transport
 	writer     func()          // c.writeLoop, bound once so starting a writer allocates nothing
-	raw        syscall.RawConn // non-blocking writes from the write pool; nil if unsupported
-	deadline   time.Time       // the write deadline last set (writer only)
+	raw        syscall.RawConn // non-blocking writes from the write pool; nil when the transport has none
 
 	// Inbound state, guarded by mu: the reader goroutine and token timers
 	// both change channels.
@@ -55,29 +55,26 @@ type conn struct {
 	presenceBytes int
 }
 
-// slowConsumerClose is the close frame of a connection whose queue
-// overflowed; one copy serves every connection.
-var slowConsumerClose = wsCloseFrame(ws.StatusPolicyViolation, "slow consumer: outbound queue full")
-
-func newConn(s *Server, nc net.Conn, vsn phx.Version) *conn {
+// newConn makes the connection carried by tr, whose frames look like ff.
+func newConn(s *Server, tr transport, ff frameFormat, remote string) *conn {
 	c := &conn{
 		srv:        s,
-		nc:         nc,
-		vsn:        vsn,
-		remote:     nc.RemoteAddr().String(),
+		tr:         tr,
+		kind:       tr.kind(),
+		format:     ff,
+		vsn:        ff.version(),
+		remote:     remote,
+		tm:         s.metrics.byKind[tr.kind()],
 		writerDone: make(chan struct{}),
 		channels:   make(map[string]*channel),
 	}
-	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerClose}
+	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff]}
 	if k := s.coalesce; k.every > 0 {
 		opts.Clock = k.now
 		opts.Hold = func(last int64) bool { return k.recent(last) && k.add(c) }
 	}
 	c.q = outq.New(opts)
 	c.writer = c.writeLoop
-	if sc, ok := nc.(syscall.Conn); ok {
-		c.raw, _ = sc.SyscallConn()
-	}
 	if s.cfg.EventsPerSecond > 0 {
 		c.events = rate.NewLimiter(rate.Limit(s.cfg.EventsPerSecond), burst(s.cfg.EventsPerSecond))
 	}
@@ -147,50 +144,25 @@ func (c *conn) closeNow(code ws.StatusCode, reason string) {
 }
 
 func (c *conn) startClose(code ws.StatusCode, reason string, drop bool) {
-	if c.q.Close(wsCloseFrame(code, reason), drop) {
+	if c.q.Close(closeFrame(c.format, code, reason), drop) {
 		go c.writer()
 	}
 }
 
-// wsCloseFrame is a complete close frame; the reason is cut to the 123
-// bytes a control frame has room for, at a rune boundary.
-func wsCloseFrame(code ws.StatusCode, reason string) []byte {
-	if len(reason) > 123 {
-		cut := 123
-		for cut > 0 && !utf8.RuneStart(reason[cut]) {
-			cut--
-		}
-		reason = reason[:cut]
-	}
-	return ws.MustCompileFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(code, reason)))
-}
-
 // writeLoop writes until the queue is empty, then exits; a push starts it
-// again. After the close frame, or a failed write, it closes the socket
+// again. After the close frame, or a failed write, it shuts the transport
 // (which stops the reader too) and no writer starts again.
 func (c *conn) writeLoop() {
-	var bufs net.Buffers
 	for {
 		b := c.q.Take()
 		batch := b.Frames
 		if b.Close != nil {
 			batch = append(batch, b.Close)
 		}
-		if wt := c.srv.cfg.WriteTimeout; wt > 0 {
-			// Moving the deadline on every write costs a timer update per
-			// delivery; refreshing it once a quarter has passed still
-			// cuts off a stuck write after ¾ to all of WriteTimeout.
-			if now := time.Now(); c.deadline.Sub(now) < wt*3/4 {
-				c.deadline = now.Add(wt)
-				c.nc.SetWriteDeadline(c.deadline)
-			}
-		}
 		var err error
 		if len(batch) > 0 {
-			bufs = batch
-			_, err = bufs.WriteTo(c.nc)
-			c.srv.metrics.bytesOut.Add(b.Bytes)
-			c.srv.metrics.writes.Inc()
+			err = c.tr.writeFrames(batch)
+			c.srv.metrics.wrote(c.tm, b.Bytes)
 		}
 		if err != nil || b.Close != nil {
 			clear(batch)
@@ -211,18 +183,18 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// finish closes the socket once; no writer runs after it.
+// finish shuts the transport once; no writer runs after it.
 func (c *conn) finish() {
 	if c.q.Finish() {
-		c.nc.Close()
+		c.tr.shut()
 		close(c.writerDone)
 	}
 }
 
 // send encodes and queues one frame addressed to this connection only.
 func (c *conn) send(joinRef, ref, topic, event string, payload []byte) {
-	c.enqueue(textFrame(c.vsn, joinRef, ref, topic, event, payload))
-	c.srv.metrics.messagesOut.Inc()
+	c.enqueue(textFrame(c.format, joinRef, ref, topic, event, payload))
+	c.srv.metrics.delivered(c.tm, 1)
 }
 
 func (c *conn) reply(joinRef, ref, topic, status string, response []byte) {

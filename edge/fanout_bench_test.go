@@ -35,7 +35,7 @@ func benchTopic(b *testing.B, s *Server, n int) (*topic, func()) {
 	var conns []*conn
 	key := topicKey{name: "realtime:bench"}
 	for i := 0; i < n; i++ {
-		c := newConn(s, newSinkConn(), phx.V2)
+		c := newConn(s, newWSTransport(newSinkConn(), 0), formatWSv2, "bench")
 		conns = append(conns, c)
 		ch := &channel{conn: c, key: key, name: "bench", holder: uint64(i)}
 		t, _ := s.hub.acquire(key)
@@ -68,7 +68,7 @@ func BenchmarkFanout(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				out := &outMsg{topic: "realtime:bench", event: "m", data: payload, enc: phx.EncJSON}
-				if got := t.fanout(out, nil); got != n {
+				if got := t.fanout(out, nil).total(); got != n {
 					b.Fatalf("delivered to %d of %d", got, n)
 				}
 			}

@@ -175,22 +175,22 @@ func (h *hub) dropIfEmpty(t *topic) {
 }
 
 // fanout queues m for every channel of the topic except skip, and returns
-// how many queues took it. Frames are built once per serializer version.
-func (t *topic) fanout(m *outMsg, skip *channel) int {
+// how many queues took it. Frames are built once per frame format.
+func (t *topic) fanout(m *outMsg, skip *channel) deliveries {
 	t.mu.RLock()
 	n := t.fanoutLocked(m, skip)
 	t.mu.RUnlock()
 	return n
 }
 
-func (t *topic) fanoutLocked(m *outMsg, skip *channel) int {
-	n := 0
+func (t *topic) fanoutLocked(m *outMsg, skip *channel) deliveries {
+	var n deliveries
 	for _, ch := range t.subs {
 		if ch == skip {
 			continue
 		}
-		if f := m.frame(ch.conn.vsn); f != nil && ch.conn.enqueue(f) {
-			n++
+		if f := m.frame(ch.conn.format); f != nil && ch.conn.enqueue(f) {
+			n[ch.conn.kind]++
 		}
 	}
 	return n

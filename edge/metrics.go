@@ -9,6 +9,10 @@ import (
 // serverMetrics are the node's counters, kept in a Set owned by the Server
 // so that several servers in one process (tests, clusters) do not share
 // them.
+//
+// The connection and traffic counters exist twice: unlabeled, the node's
+// total over all transports (the names a WebSocket-only node always had),
+// and with a transport label, its parts.
 type serverMetrics struct {
 	set *metrics.Set
 
@@ -26,6 +30,19 @@ type serverMetrics struct {
 	queueDrops       *metrics.Counter
 	slowClose        *metrics.Counter
 	changesOut       *metrics.Counter
+
+	byKind [numKinds]*transportMetrics
+}
+
+// transportMetrics are the transport-labeled parts of the traffic
+// counters.
+type transportMetrics struct {
+	connectionsTotal *metrics.Counter
+	messagesIn       *metrics.Counter
+	messagesOut      *metrics.Counter
+	bytesIn          *metrics.Counter
+	bytesOut         *metrics.Counter
+	writes           *metrics.Counter
 }
 
 func newServerMetrics(s *Server) *serverMetrics {
@@ -48,9 +65,63 @@ func newServerMetrics(s *Server) *serverMetrics {
 		changesOut:       set.NewCounter("meshcast_changes_out_total"),
 	}
 	set.NewGauge("meshcast_connections", func() float64 { return float64(s.conns.Load()) })
+	for k := range transportKind(numKinds) {
+		l := `{transport="` + k.String() + `"}`
+		m.byKind[k] = &transportMetrics{
+			connectionsTotal: set.NewCounter("meshcast_connections_total" + l),
+			messagesIn:       set.NewCounter("meshcast_messages_in_total" + l),
+			messagesOut:      set.NewCounter("meshcast_messages_out_total" + l),
+			bytesIn:          set.NewCounter("meshcast_bytes_in_total" + l),
+			bytesOut:         set.NewCounter("meshcast_bytes_out_total" + l),
+			writes:           set.NewCounter("meshcast_socket_writes_total" + l),
+		}
+		set.NewGauge("meshcast_connections"+l, func() float64 { return float64(s.liveByKind[k].Load()) })
+	}
 	set.NewGauge("meshcast_channels", func() float64 { return float64(s.channels.Load()) })
 	set.NewGauge("meshcast_topics", func() float64 { return float64(s.hub.topicCount()) })
 	return m
+}
+
+// connected counts an accepted connection.
+func (m *serverMetrics) connected(tm *transportMetrics) {
+	m.connectionsTotal.Inc()
+	tm.connectionsTotal.Inc()
+}
+
+// received counts one client message.
+func (m *serverMetrics) received(tm *transportMetrics) {
+	m.messagesIn.Inc()
+	tm.messagesIn.Inc()
+}
+
+// read counts payload bytes read from a client.
+func (m *serverMetrics) read(tm *transportMetrics, n int) {
+	m.bytesIn.Add(n)
+	tm.bytesIn.Add(n)
+}
+
+// delivered counts n frames queued to one connection.
+func (m *serverMetrics) delivered(tm *transportMetrics, n int) {
+	m.messagesOut.Add(n)
+	tm.messagesOut.Add(n)
+}
+
+// fannedOut counts the frames a fan-out queued.
+func (m *serverMetrics) fannedOut(d deliveries) {
+	m.messagesOut.Add(d.total())
+	for k, n := range d {
+		if n > 0 {
+			m.byKind[k].messagesOut.Add(n)
+		}
+	}
+}
+
+// wrote counts one write of n bytes of frames to a client.
+func (m *serverMetrics) wrote(tm *transportMetrics, n int) {
+	m.bytesOut.Add(n)
+	m.writes.Inc()
+	tm.bytesOut.Add(n)
+	tm.writes.Inc()
 }
 
 // errorReason counts an error by reason; reasons are a small fixed set of

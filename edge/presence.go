@@ -141,16 +141,16 @@ func (s *Server) localPresence(t *topic, d presence.Diff) {
 // channel of the topic, the tracker included. Called with t.mu held.
 func (t *topic) fanoutPresenceDiff(d presence.Diff) {
 	payload := presenceDiff(d)
-	var frames [3][]byte // by phx.Version
+	var frames [numFormats][]byte
 	for _, ch := range t.subs {
 		if !ch.presenceEnabled {
 			continue
 		}
-		v := ch.conn.vsn
-		if frames[v] == nil {
-			frames[v] = textFrame(v, "", "", t.key.name, "presence_diff", payload)
+		ff := ch.conn.format
+		if frames[ff] == nil {
+			frames[ff] = textFrame(ff, "", "", t.key.name, "presence_diff", payload)
 		}
-		ch.conn.enqueue(frames[v])
+		ch.conn.enqueue(frames[ff])
 	}
 }
 

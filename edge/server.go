@@ -60,10 +60,12 @@ type Server struct {
 
 	extraMetrics []*metrics.Set // written at /metrics after the server's own
 
-	conns    atomic.Int64 // admitted connections, for the limit and metrics
-	channels atomic.Int64
-	holders  atomic.Uint64
-	refs     atomic.Uint64
+	conns atomic.Int64 // admitted connections, for the limit and metrics
+	// liveByKind counts tracked connections by transport (metrics).
+	liveByKind [numKinds]atomic.Int64
+	channels   atomic.Int64
+	holders    atomic.Uint64
+	refs       atomic.Uint64
 	// presenceSeq numbers this node's presence deltas across all topics,
 	// so a topic's sequence keeps growing even when its state is dropped
 	// and made again.
@@ -172,7 +174,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.stoppingOnce.Do(func() { close(s.stopping) })
 		s.mu.Lock()
 		for c := range s.live {
-			c.nc.Close()
+			c.tr.kill()
 		}
 		s.mu.Unlock()
 		<-done
@@ -214,6 +216,8 @@ func (s *Server) track(c *conn) bool {
 		return false
 	}
 	s.live[c] = struct{}{}
+	s.liveByKind[c.kind].Add(1)
+	s.metrics.connected(c.tm)
 	// Added under s.mu, so that Shutdown (which sets shut under s.mu
 	// before waiting) always waits for this connection's reader, which
 	// itself waits for the connection's last writer.
@@ -227,6 +231,7 @@ func (s *Server) untrack(c *conn) {
 	delete(s.live, c)
 	s.mu.Unlock()
 	if ok {
+		s.liveByKind[c.kind].Add(-1)
 		s.release()
 	}
 }

@@ -83,8 +83,7 @@ func (p *writePool) close() {
 func (c *conn) writeReady() {
 	b := c.q.Take()
 	n, err := c.writeNonBlocking(b.Frames)
-	c.srv.metrics.bytesOut.Add(n)
-	c.srv.metrics.writes.Inc()
+	c.srv.metrics.wrote(c.tm, n)
 	if err != nil {
 		clear(b.Frames)
 		c.srv.metrics.errorReason("write")

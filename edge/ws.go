@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -26,31 +27,14 @@ const readBufferSize = 1024
 // /socket/websocket, after checking vsn, auth and the connection limit, so
 // that refusals are HTTP answers with a {"error":…} body, as Supabase sends.
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	vsn, err := phx.ParseVersion(q.Get("vsn"))
+	vsn, err := phx.ParseVersion(r.URL.Query().Get("vsn"))
 	if err != nil {
 		s.metrics.errorReason("bad_vsn")
 		w.WriteHeader(http.StatusForbidden)
 		return
 	}
-	apikey := q.Get("apikey")
-	if apikey == "" {
-		apikey = r.Header.Get("x-api-key")
-	}
-	cl, aerr := s.auth.socket(apikey)
-	if aerr != nil {
-		s.metrics.errorReason("unauthorized")
-		writeJSONError(w, http.StatusUnauthorized, aerr.Error())
-		return
-	}
-	if !s.admit() {
-		s.metrics.errorReason("too_many_connections")
-		writeJSONError(w, http.StatusTooManyRequests, "Too many connected users")
-		return
-	}
-	if s.draining.Load() {
-		s.release()
-		writeJSONError(w, http.StatusServiceUnavailable, "Realtime is restarting, please standby")
+	apikey, cl, ok := s.admitClient(w, r)
+	if !ok {
 		return
 	}
 	nc, rw, _, err := ws.UpgradeHTTP(r, w)
@@ -69,9 +53,10 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	// The HTTP server's read and write deadlines of the upgrade request
 	// stay on the hijacked connection; the WebSocket sets its own.
 	nc.SetDeadline(time.Time{})
-	c := newConn(s, nc, vsn)
+	t := newWSTransport(nc, s.cfg.WriteTimeout)
+	c := newConn(s, t, wsFormat(vsn), nc.RemoteAddr().String())
+	c.raw = t.raw
 	c.apikey, c.apikeyClaims = apikey, cl
-	s.metrics.connectionsTotal.Inc()
 	if !s.track(c) {
 		nc.Close()
 		s.release()
@@ -79,18 +64,88 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	// Fresh goroutines with small stacks: returning from the handler lets
 	// net/http's per-request buffers be collected.
-	go func() { defer s.wg.Done(); c.readLoop(src) }()
+	go func() { defer s.wg.Done(); c.readLoop(t, src) }()
 }
+
+// admitClient runs the checks every transport makes before its upgrade:
+// the apikey (query, or the x-api-key header), the connection limit and
+// draining. A refusal is answered with the HTTP status and {"error":…}
+// body Supabase sends; on success the caller holds one admitted
+// connection and must release it if the upgrade fails.
+func (s *Server) admitClient(w http.ResponseWriter, r *http.Request) (apikey string, cl *claims, ok bool) {
+	apikey = r.URL.Query().Get("apikey")
+	if apikey == "" {
+		apikey = r.Header.Get("x-api-key")
+	}
+	cl, aerr := s.auth.socket(apikey)
+	if aerr != nil {
+		s.metrics.errorReason("unauthorized")
+		writeJSONError(w, http.StatusUnauthorized, aerr.Error())
+		return "", nil, false
+	}
+	if !s.admit() {
+		s.metrics.errorReason("too_many_connections")
+		writeJSONError(w, http.StatusTooManyRequests, "Too many connected users")
+		return "", nil, false
+	}
+	if s.draining.Load() {
+		s.release()
+		writeJSONError(w, http.StatusServiceUnavailable, "Realtime is restarting, please standby")
+		return "", nil, false
+	}
+	return apikey, cl, true
+}
+
+// wsTransport carries a conn over a WebSocket: frames are written with
+// one writev per batch, and the socket's file descriptor gives the write
+// pool its non-blocking path.
+type wsTransport struct {
+	nc           net.Conn
+	raw          syscall.RawConn // nil if the socket has no descriptor
+	writeTimeout time.Duration
+	deadline     time.Time // the write deadline last set (writer only)
+	bufs         net.Buffers
+}
+
+func newWSTransport(nc net.Conn, writeTimeout time.Duration) *wsTransport {
+	t := &wsTransport{nc: nc, writeTimeout: writeTimeout}
+	if sc, ok := nc.(syscall.Conn); ok {
+		t.raw, _ = sc.SyscallConn()
+	}
+	return t
+}
+
+func (t *wsTransport) kind() transportKind { return kindWebSocket }
+
+func (t *wsTransport) writeFrames(batch [][]byte) error {
+	if wt := t.writeTimeout; wt > 0 {
+		// Moving the deadline on every write costs a timer update per
+		// delivery; refreshing it once a quarter has passed still cuts
+		// off a stuck write after ¾ to all of WriteTimeout.
+		if now := time.Now(); t.deadline.Sub(now) < wt*3/4 {
+			t.deadline = now.Add(wt)
+			t.nc.SetWriteDeadline(t.deadline)
+		}
+	}
+	t.bufs = batch
+	_, err := t.bufs.WriteTo(t.nc)
+	t.bufs = nil
+	return err
+}
+
+// shut closes the socket, which ends the reader's read.
+func (t *wsTransport) shut() { t.nc.Close() }
+func (t *wsTransport) kill() { t.nc.Close() }
 
 // readLoop reads client frames until the socket fails or closes, then
 // tears the connection down.
-func (c *conn) readLoop(src io.Reader) {
+func (c *conn) readLoop(t *wsTransport, src io.Reader) {
 	defer c.teardown()
 	br := bufio.NewReaderSize(src, readBufferSize)
 	var msg message // the message being reassembled from continuation frames
 	cfg := &c.srv.cfg
 	for {
-		c.setReadDeadline(&msg)
+		c.setReadDeadline(t.nc, &msg)
 		h, err := ws.ReadHeader(br)
 		if err != nil {
 			c.readFailed(err, &msg)
@@ -120,7 +175,7 @@ func (c *conn) readLoop(src io.Reader) {
 				return
 			}
 			ws.Cipher(payload, h.Mask, 0)
-			c.srv.metrics.bytesIn.Add(len(payload))
+			c.srv.metrics.read(c.tm, len(payload))
 			switch h.OpCode {
 			case ws.OpPing:
 				c.enqueue(ws.MustCompileFrame(ws.NewPongFrame(payload)))
@@ -148,7 +203,7 @@ func (c *conn) readLoop(src io.Reader) {
 			return
 		}
 		ws.Cipher(msg.buf[from:], h.Mask, 0)
-		c.srv.metrics.bytesIn.Add(int(h.Length))
+		c.srv.metrics.read(c.tm, int(h.Length))
 		if !h.Fin {
 			continue
 		}
@@ -162,7 +217,7 @@ func (c *conn) readLoop(src io.Reader) {
 // setReadDeadline arms the read deadline: the idle timeout between
 // messages, and while a message is arriving no later than its own time
 // limit too.
-func (c *conn) setReadDeadline(msg *message) {
+func (c *conn) setReadDeadline(nc net.Conn, msg *message) {
 	cfg := &c.srv.cfg
 	var d time.Time
 	if t := cfg.IdleTimeout; t > 0 {
@@ -173,7 +228,7 @@ func (c *conn) setReadDeadline(msg *message) {
 			d = end
 		}
 	}
-	c.nc.SetReadDeadline(d)
+	nc.SetReadDeadline(d)
 }
 
 func (c *conn) protocolError(reason string) {
