@@ -82,8 +82,10 @@ type Config struct {
 	// (advertised as Member.DB); empty when it has none.
 	Database string
 
-	Join          []string // seeds: host:port, or DNS names (every A/AAAA record)
-	ClusterSecret []byte   // required: encrypts gossip, authenticates peers
+	Join []string // seeds: host:port, or DNS names (every A/AAAA record)
+	// Resolver looks the seeds' names up (default net.DefaultResolver).
+	Resolver      *net.Resolver
+	ClusterSecret []byte // required: encrypts gossip, authenticates peers
 	Strategy      Strategy
 	Gossip        GossipConfig
 

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/json"
@@ -71,9 +72,10 @@ type membershipEvents interface {
 // membership wraps memberlist: node metadata, encryption, join by seeds or
 // DNS name, and the events.
 type membership struct {
-	log    *slog.Logger
-	ml     *memberlist.Memberlist
-	events membershipEvents
+	log      *slog.Logger
+	ml       *memberlist.Memberlist
+	events   membershipEvents
+	resolver *net.Resolver
 
 	mu   sync.Mutex
 	self Member
@@ -131,7 +133,7 @@ func gossipConfig(cfg *Config, self Member, log *slog.Logger) (*memberlist.Confi
 }
 
 func startMembership(cfg *Config, self Member, events membershipEvents, log *slog.Logger) (*membership, error) {
-	m := &membership{log: log, events: events, self: self, meta: encodeMeta(self)}
+	m := &membership{log: log, events: events, self: self, meta: encodeMeta(self), resolver: cfg.Resolver}
 	mc, err := gossipConfig(cfg, self, log)
 	if err != nil {
 		return nil, err
@@ -152,7 +154,43 @@ func (m *membership) join(seeds []string) (int, error) {
 	if len(seeds) == 0 {
 		return 0, nil
 	}
-	return m.ml.Join(seeds)
+	addrs := resolveSeeds(m.resolver, seeds, m.log)
+	if len(addrs) == 0 {
+		return 0, fmt.Errorf("mesh: no address for the seeds %v", seeds)
+	}
+	return m.ml.Join(addrs)
+}
+
+// resolveSeeds turns seeds into host:port addresses: an IP stays, a name
+// becomes every A and AAAA record of it (fly.io's <app>.internal lists
+// every machine of the app). Names that do not resolve are skipped.
+func resolveSeeds(r *net.Resolver, seeds []string, log *slog.Logger) []string {
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	var out []string
+	for _, seed := range seeds {
+		host, port, err := net.SplitHostPort(seed)
+		if err != nil {
+			log.Warn("cluster seed is not host:port", "seed", seed, "err", err)
+			continue
+		}
+		if net.ParseIP(host) != nil {
+			out = append(out, seed)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ips, err := r.LookupIPAddr(ctx, host)
+		cancel()
+		if err != nil {
+			log.Debug("cluster seed does not resolve", "seed", seed, "err", err)
+			continue
+		}
+		for _, ip := range ips {
+			out = append(out, net.JoinHostPort(ip.IP.String(), port))
+		}
+	}
+	return out
 }
 
 // setDraining updates this node's metadata and gossips it.

@@ -5,11 +5,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/quic-go/quic-go"
 
 	"go.uber.org/goleak"
@@ -392,5 +394,43 @@ func TestRefusedHandshakesAreRateLimitedInLogs(t *testing.T) {
 	}
 	if lines := strings.Count(logs.String(), "mesh peer refused"); lines == 0 || lines > 10 {
 		t.Errorf("%d log lines for %d refused handshakes, want a few:\n%s", lines, dials, logs.String())
+	}
+}
+
+// TestJoinByDNSServer joins through <app>.internal served by a real DNS
+// server on loopback, as fly.io's resolver lists every machine of an app:
+// the name has records for both nodes, one of them not up (a stale
+// record), and the node joins the one that is.
+func TestJoinByDNSServer(t *testing.T) {
+	a := startNode(t, "a", "s", nil, newRecorder())
+	host, port, _ := strings.Cut(a.GossipAddr(), ":")
+	mux := dns.NewServeMux()
+	mux.HandleFunc("meshcast.internal.", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		for _, q := range r.Question {
+			switch q.Qtype {
+			case dns.TypeA:
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: net.ParseIP(host)})
+			case dns.TypeAAAA:
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: 5}, AAAA: net.ParseIP("fdaa::dead")})
+			}
+		}
+		w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: mux}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", pc.LocalAddr().String())
+	}}
+	b := startNode(t, "b", "s", []string{"meshcast.internal:" + port}, newRecorder(), func(c *Config) { c.Resolver = resolver })
+	if !waitFor(10*time.Second, func() bool { return len(b.Members()) == 1 && len(a.Members()) == 1 }) {
+		t.Fatalf("join through the DNS server failed: a sees %v, b sees %v", a.Members(), b.Members())
 	}
 }

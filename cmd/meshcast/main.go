@@ -139,6 +139,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		fmt.Fprintf(fs.Output(), "Usage: meshcast [flags]\n\nRuns a meshcast edge node. Every flag may also be given as an environment\nvariable MESHCAST_<FLAG> (e.g. MESHCAST_LISTEN, MESHCAST_JWT_SECRET);\nthe command line wins.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
+	for name, v := range flyDefaults(os.Getenv) {
+		if f := fs.Lookup(name); f != nil {
+			f.Value.Set(v)
+			f.DefValue = v
+		}
+	}
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		name := "MESHCAST_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
@@ -190,6 +196,9 @@ func run(args []string, stderr io.Writer) error {
 	log, err := newLogger(o, stderr)
 	if err != nil {
 		return err
+	}
+	if limit := flyMemoryLimit(os.Getenv); limit > 0 {
+		log.Info("memory limit from FLY_VM_MEMORY_MB", "bytes", limit)
 	}
 	o.edge.Logger = log
 	var node *mesh.Node
