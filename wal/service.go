@@ -51,6 +51,7 @@ type Service struct {
 	// cluster's owner.
 	clustered, settled bool
 	settle             *time.Timer
+	draining           bool // this node is leaving: never its own owner again
 
 	// Node side.
 	local   map[uint64]*Subscription // this node's subscriptions
@@ -217,13 +218,9 @@ func (s *Service) Attach(n *mesh.Node) {
 // counting itself a candidate owner.
 func (s *Service) SetDraining() {
 	s.mu.Lock()
+	s.draining = true
 	ms := slices.Clone(s.members)
 	s.mu.Unlock()
-	for i := range ms {
-		if ms[i].ID == s.cfg.Self {
-			ms[i].Draining = true
-		}
-	}
 	s.setMembers(ms)
 }
 
@@ -289,6 +286,14 @@ func (s *Service) handle(from string, f meshproto.Frame) {
 // setMembers takes a new membership: the owner may have changed.
 func (s *Service) setMembers(ms []Member) {
 	s.mu.Lock()
+	if s.draining {
+		ms = slices.Clone(ms)
+		for i := range ms {
+			if ms[i].ID == s.cfg.Self {
+				ms[i].Draining = true
+			}
+		}
+	}
 	s.members = ms
 	if len(ms) > 1 {
 		s.settled = true
