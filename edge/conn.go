@@ -41,6 +41,7 @@ type conn struct {
 	writerDone chan struct{}   // closed when the writer has shut the transport
 	writer     func()          // c.writeLoop, bound once so starting a writer allocates nothing
 	raw        syscall.RawConn // non-blocking writes from the write pool; nil when the transport has none
+	dg         datagramSender  // the transport's datagrams (WebTransport); nil when it has none
 
 	// Inbound state, guarded by mu: the reader goroutine and token timers
 	// both change channels.
@@ -160,7 +161,10 @@ func (c *conn) writeLoop() {
 			batch = append(batch, b.Close)
 		}
 		var err error
-		if len(batch) > 0 {
+		if len(b.Datagrams) > 0 {
+			err = c.sendDatagrams(b.Datagrams)
+		}
+		if len(batch) > 0 && err == nil {
 			err = c.tr.writeFrames(batch)
 			c.srv.metrics.wrote(c.tm, b.Bytes)
 		}
