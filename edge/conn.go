@@ -50,7 +50,8 @@ type conn struct {
 	events   *rate.Limiter
 	bytes    *rate.Limiter
 	joins    *rate.Limiter
-	gone     bool // torn down; channels are left
+	notices  *rate.Limiter // dropped-datagram notices (made on the first)
+	gone     bool          // torn down; channels are left
 	// presenceBytes is the size of the metas this connection tracks over
 	// all its channels.
 	presenceBytes int
@@ -69,7 +70,7 @@ func newConn(s *Server, tr transport, ff frameFormat, remote string) *conn {
 		writerDone: make(chan struct{}),
 		channels:   make(map[string]*channel),
 	}
-	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff]}
+	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff], DatagramLimit: s.cfg.DatagramQueue}
 	if k := s.coalesce; k.every > 0 {
 		opts.Clock = k.now
 		opts.Hold = func(last int64) bool { return k.recent(last) && k.add(c) }

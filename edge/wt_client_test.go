@@ -38,7 +38,13 @@ type wtTestServer struct {
 // WebSocket on TCP and WebTransport on UDP until the test ends.
 func startWTServer(t *testing.T, tweak func(*Config)) *wtTestServer {
 	t.Helper()
-	ts := startServer(t, tweak)
+	return serveWT(t, startServer(t, tweak))
+}
+
+// serveWT adds a WebTransport listener to a running test server; the
+// server is shut down in t.Cleanup.
+func serveWT(t *testing.T, ts *testServer) *wtTestServer {
+	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen udp: %v", err)
