@@ -258,6 +258,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /socket/websocket", s.serveWebSocket)
 	mux.HandleFunc("GET /healthz", s.serveHealth)
 	mux.HandleFunc("GET "+certHashPath, s.serveCertHash)
+	mux.HandleFunc("GET "+clientJSPath, serveClientJS)
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s.metrics.write(w)
