@@ -47,6 +47,14 @@ type Config struct {
 	PayloadSize int           // bytes of the JSON payload; default 100
 	ConnectRate float64       // connections opened per second; default 2000
 	Binary      bool          // meshcast: publish kind-3 binary frames instead of text
+	// Transport is how meshcast clients connect: TransportWebSocket
+	// (default) or TransportWebTransport (sessions at the URL the node's
+	// cert-hash endpoint names, its certificate pinned by hash).
+	Transport string
+	// Unreliable (WebTransport): subscribers join with
+	// broadcast.unreliable and the publisher sends datagrams; lost
+	// datagrams count as lost deliveries.
+	Unreliable bool
 
 	ServerPID int           // server process for RSS/CPU readings; 0 = none
 	Hold      time.Duration // idle: keep connections open this long after measuring
@@ -93,6 +101,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Mode == "" {
 		cfg.Mode = ModeThroughput
 	}
+	if cfg.Transport == "" {
+		cfg.Transport = TransportWebSocket
+	}
 	if cfg.Subs == 0 {
 		cfg.Subs = 1000
 	}
@@ -131,6 +142,17 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 
 	var errs []error
+	switch cfg.Transport {
+	case TransportWebSocket, TransportWebTransport:
+	default:
+		errs = append(errs, fmt.Errorf("unknown transport %q", cfg.Transport))
+	}
+	if cfg.Unreliable && (cfg.Transport != TransportWebTransport || cfg.Binary) {
+		errs = append(errs, errors.New("-unreliable needs -transport webtransport and sends datagrams (not -binary)"))
+	}
+	if cfg.Unreliable && cfg.PayloadSize+len(cfg.Topic)+16 > 1024 {
+		errs = append(errs, errors.New("-unreliable: a datagram carries at most 1024 bytes (payload + topic + 16)"))
+	}
 	switch cfg.Mode {
 	case ModeThroughput, ModeIdle:
 	case ModeLatency:

@@ -26,8 +26,16 @@ const (
 // channel without self-delivery or acks.
 const phxJoinConfig = `{"config":{"broadcast":{"self":false,"ack":false},"presence":{"key":"","enabled":false},"postgres_changes":[],"private":false}}`
 
+// phxJoinConfigUnreliable is phxJoinConfig with meshcast's datagram opt-in.
+const phxJoinConfigUnreliable = `{"config":{"broadcast":{"self":false,"ack":false,"unreliable":true},"presence":{"key":"","enabled":false},"postgres_changes":[],"private":false}}`
+
 // AppendPhxJoin appends a v2 phx_join text frame for topic with join_ref = ref.
 func AppendPhxJoin(dst []byte, ref, topic string) []byte {
+	return AppendPhxJoinConfig(dst, ref, topic, phxJoinConfig)
+}
+
+// AppendPhxJoinConfig is AppendPhxJoin with another join payload.
+func AppendPhxJoinConfig(dst []byte, ref, topic, payload string) []byte {
 	dst = append(dst, '[')
 	dst = strconv.AppendQuote(dst, ref)
 	dst = append(dst, ',')
@@ -35,7 +43,7 @@ func AppendPhxJoin(dst []byte, ref, topic string) []byte {
 	dst = append(dst, ',')
 	dst = strconv.AppendQuote(dst, topic)
 	dst = append(dst, `,"phx_join",`...)
-	dst = append(dst, phxJoinConfig...)
+	dst = append(dst, payload...)
 	return append(dst, ']')
 }
 
@@ -87,6 +95,17 @@ func AppendKind3(dst []byte, joinRef string, ref uint64, topic, event, meta stri
 	dst = append(dst, event...)
 	dst = append(dst, meta...)
 	return append(dst, payload...), nil
+}
+
+// AppendDatagram appends a meshcast datagram: a kind-3 frame with an empty
+// ref and meta and a JSON payload. Fields must be at most 255 bytes
+// (Config validation keeps the topic within that).
+func AppendDatagram(dst []byte, joinRef, topic, event string, payload []byte) []byte {
+	dst = append(dst, KindUserBroadcastPush, byte(len(joinRef)), 0, byte(len(topic)), byte(len(event)), 0, EncJSON)
+	dst = append(dst, joinRef...)
+	dst = append(dst, topic...)
+	dst = append(dst, event...)
+	return append(dst, payload...)
 }
 
 // Kind4 is a decoded server → client user broadcast (kind 4). Its slices alias

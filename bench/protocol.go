@@ -17,7 +17,7 @@ import (
 type protocol interface {
 	// handshake subscribes c (or, for the publisher, makes it ready to
 	// publish) and returns once the server confirmed it.
-	handshake(c *wsConn, publisher bool, timeout time.Duration) error
+	handshake(c clientConn, publisher bool, timeout time.Duration) error
 	// appendPublish appends the frame that publishes payload with sequence
 	// seq (also usable as a request id) and returns its opcode.
 	appendPublish(dst []byte, seq uint64, payload []byte) ([]byte, ws.OpCode)
@@ -42,10 +42,10 @@ type visitor interface {
 func newProtocol(cfg *Config) (protocol, error) {
 	switch cfg.Target {
 	case TargetMeshcast:
-		return &phoenix{topic: cfg.Topic, event: "m", binary: cfg.Binary}, nil
+		return &phoenix{topic: cfg.Topic, event: "m", binary: cfg.Binary, unreliable: cfg.Unreliable}, nil
 	case TargetCentrifugo:
-		if cfg.Binary {
-			return nil, errors.New("bench: -binary applies to the meshcast target only")
+		if cfg.Binary || cfg.Unreliable || cfg.Transport != TransportWebSocket {
+			return nil, errors.New("bench: -binary, -unreliable and -transport webtransport apply to the meshcast target only")
 		}
 		return &centrifugo{channel: cfg.Channel}, nil
 	default:
@@ -55,19 +55,24 @@ func newProtocol(cfg *Config) (protocol, error) {
 
 // phoenix speaks Phoenix Channels v2 as Supabase realtime-js does.
 type phoenix struct {
-	topic  string
-	event  string
-	binary bool
+	topic      string
+	event      string
+	binary     bool
+	unreliable bool // join with broadcast.unreliable; publish datagrams
 }
 
 const phxJoinRef = "1"
 
-func (p *phoenix) handshake(c *wsConn, _ bool, timeout time.Duration) error {
-	if err := c.nc.SetDeadline(time.Now().Add(timeout)); err != nil {
+func (p *phoenix) handshake(c clientConn, _ bool, timeout time.Duration) error {
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return err
 	}
-	defer c.nc.SetDeadline(time.Time{})
-	if err := c.WriteFrame(ws.OpText, AppendPhxJoin(nil, phxJoinRef, p.topic)); err != nil {
+	defer c.SetDeadline(time.Time{})
+	join := AppendPhxJoin(nil, phxJoinRef, p.topic)
+	if p.unreliable {
+		join = AppendPhxJoinConfig(nil, phxJoinRef, p.topic, phxJoinConfigUnreliable)
+	}
+	if err := c.WriteFrame(ws.OpText, join); err != nil {
 		return fmt.Errorf("send phx_join: %w", err)
 	}
 	for range 16 { // the reply should be first; tolerate a few pushes before it
@@ -95,6 +100,9 @@ func (p *phoenix) handshake(c *wsConn, _ bool, timeout time.Duration) error {
 
 func (p *phoenix) appendPublish(dst []byte, seq uint64, payload []byte) ([]byte, ws.OpCode) {
 	ref := seq + 1 // ref 1 was the join
+	if p.unreliable {
+		return AppendDatagram(dst, phxJoinRef, p.topic, p.event, payload), ws.OpBinary
+	}
 	if p.binary {
 		// Only fails for fields over 255 bytes, which newProtocol's inputs rule out.
 		out, _ := AppendKind3(dst, phxJoinRef, ref, p.topic, p.event, "", EncJSON, payload)
@@ -147,11 +155,11 @@ var (
 	centReplyP = []byte(`"publish":{}`)
 )
 
-func (p *centrifugo) handshake(c *wsConn, publisher bool, timeout time.Duration) error {
-	if err := c.nc.SetDeadline(time.Now().Add(timeout)); err != nil {
+func (p *centrifugo) handshake(c clientConn, publisher bool, timeout time.Duration) error {
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return err
 	}
-	defer c.nc.SetDeadline(time.Time{})
+	defer c.SetDeadline(time.Time{})
 	if err := c.WriteFrame(ws.OpText, AppendCentConnect(nil, 1)); err != nil {
 		return fmt.Errorf("send connect: %w", err)
 	}
@@ -171,7 +179,7 @@ func (p *centrifugo) handshake(c *wsConn, publisher bool, timeout time.Duration)
 }
 
 // centAwait reads until the reply with the given id, answering pings.
-func centAwait(c *wsConn, id uint64) error {
+func centAwait(c clientConn, id uint64) error {
 	for range 16 {
 		_, b, err := c.ReadFrame()
 		if err != nil {

@@ -9,11 +9,13 @@ import (
 // Result is what a run measured. Latencies are in milliseconds; a value of -1
 // means "not measured".
 type Result struct {
-	Target  string `json:"target"`
-	Mode    string `json:"mode"`
-	URL     string `json:"url"`
-	Binary  bool   `json:"binary,omitempty"`
-	Payload int    `json:"payload_bytes"`
+	Target     string `json:"target"`
+	Transport  string `json:"transport,omitempty"`
+	Unreliable bool   `json:"unreliable,omitempty"`
+	Mode       string `json:"mode"`
+	URL        string `json:"url"`
+	Binary     bool   `json:"binary,omitempty"`
+	Payload    int    `json:"payload_bytes"`
 
 	Subs              int     `json:"subs"`
 	Connected         int     `json:"connected"`
@@ -44,6 +46,12 @@ type Result struct {
 	PublisherLate     uint64  `json:"publisher_late"`       // latency mode: sends >1ms behind schedule
 	WindowStalls      int     `json:"window_stalls"`        // throughput: window waits abandoned after no progress
 
+	// Datagrams (-unreliable): what the node counted during the run, so
+	// that lost deliveries split into dropped by the server and lost on
+	// the way (network, the client's receive queue). -1 when unknown.
+	ServerDatagramsSent    float64 `json:"server_datagrams_sent"`
+	ServerDatagramsDropped float64 `json:"server_datagrams_dropped"`
+
 	// Things that should not happen.
 	Disconnects     int    `json:"disconnects"`
 	FirstDisconnect string `json:"first_disconnect,omitempty"`
@@ -53,16 +61,31 @@ type Result struct {
 
 	// Resources. CPU is in cores (CPU seconds per wall second) over the
 	// measured window; -1 when unknown.
-	ServerCPU     float64 `json:"server_cpu_cores"`
-	ClientCPU     float64 `json:"client_cpu_cores"`
-	HostCPU       float64 `json:"host_cpu_cores"` // whole machine; minus server and client = interference
-	RSSBeforeKiB  int64   `json:"rss_before_kib,omitempty"`
-	RSSAfterKiB   int64   `json:"rss_after_kib,omitempty"`
-	RSSPerConnKiB float64 `json:"rss_per_conn_kib,omitempty"`
-	ClientRSSKiB  int64   `json:"client_rss_kib"` // meshbench itself, once everyone is subscribed
+	ServerCPU float64 `json:"server_cpu_cores"`
+	// ServerCPUPerDeliveryUs is server CPU time per delivery (server cores
+	// / deliveries per second), in microseconds; -1 when unknown.
+	ServerCPUPerDeliveryUs float64 `json:"server_cpu_us_per_delivery"`
+	ClientCPU              float64 `json:"client_cpu_cores"`
+	HostCPU                float64 `json:"host_cpu_cores"` // whole machine; minus server and client = interference
+	RSSBeforeKiB           int64   `json:"rss_before_kib,omitempty"`
+	RSSAfterKiB            int64   `json:"rss_after_kib,omitempty"`
+	RSSPerConnKiB          float64 `json:"rss_per_conn_kib,omitempty"`
+	ClientRSSKiB           int64   `json:"client_rss_kib"` // meshbench itself, once everyone is subscribed
 	// ClientAllocsPerDelivery is meshbench's heap allocations during the
 	// measured window per delivery: its own overhead, ideally ~0.
 	ClientAllocsPerDelivery float64 `json:"client_allocs_per_delivery"`
+}
+
+// Column names the result's server and transport, as the table's column.
+func (r *Result) Column() string {
+	c := r.Target
+	if r.Transport != "" && r.Transport != TransportWebSocket {
+		c += " " + r.Transport
+	}
+	if r.Unreliable {
+		c += " datagrams"
+	}
+	return c
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -70,7 +93,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // String is a one-line human summary.
 func (r *Result) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s subs=%d/%d", r.Target, r.Mode, r.Connected, r.Subs)
+	fmt.Fprintf(&b, "%s %s subs=%d/%d", r.Column(), r.Mode, r.Connected, r.Subs)
 	if r.Binary {
 		b.WriteString(" binary")
 	}
@@ -88,6 +111,9 @@ func (r *Result) String() string {
 	if r.ServerCPU >= 0 {
 		fmt.Fprintf(&b, " server_cpu=%.2f", r.ServerCPU)
 	}
+	if r.ServerCPUPerDeliveryUs >= 0 && r.Mode != string(ModeIdle) {
+		fmt.Fprintf(&b, " server_us/delivery=%.3f", r.ServerCPUPerDeliveryUs)
+	}
 	if r.ClientCPU >= 0 {
 		fmt.Fprintf(&b, " client_cpu=%.2f", r.ClientCPU)
 	}
@@ -99,6 +125,9 @@ func (r *Result) String() string {
 	}
 	if r.Disconnects > 0 {
 		fmt.Fprintf(&b, " DISCONNECTS=%d (%s)", r.Disconnects, r.FirstDisconnect)
+	}
+	if r.Unreliable && r.ServerDatagramsSent >= 0 {
+		fmt.Fprintf(&b, " server_datagrams_sent=%.0f server_datagrams_dropped=%.0f", r.ServerDatagramsSent, r.ServerDatagramsDropped)
 	}
 	if r.Gaps > 0 || r.OutOfOrder > 0 {
 		fmt.Fprintf(&b, " GAPS=%d OUT_OF_ORDER=%d", r.Gaps, r.OutOfOrder)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,8 @@ type runner struct {
 
 	subs      []*subscriber // all created up front; s.c is set once subscribed
 	connected []*subscriber
+
+	wtTargets map[string]*wtTarget // WebTransport endpoints by WebSocket URL, discovered up front
 
 	pub *pubReader
 
@@ -84,11 +87,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	res := &Result{
-		Target: cfg.Target, Mode: string(cfg.Mode), URL: cfg.URL, Binary: cfg.Binary,
-		Payload: cfg.PayloadSize, Subs: cfg.Subs, ServerCPU: -1, ClientCPU: -1, HostCPU: -1,
+		Target: cfg.Target, Transport: cfg.Transport, Unreliable: cfg.Unreliable, Mode: string(cfg.Mode), URL: cfg.URL, Binary: cfg.Binary,
+		Payload: cfg.PayloadSize, Subs: cfg.Subs, ServerCPU: -1, ServerCPUPerDeliveryUs: -1, ClientCPU: -1, HostCPU: -1,
+		ServerDatagramsSent: -1, ServerDatagramsDropped: -1,
 	}
 	defer r.shutdown()
 
+	if cfg.Transport == TransportWebTransport {
+		if err := r.discover(ctx); err != nil {
+			return nil, err
+		}
+	}
 	stopHB := make(chan struct{})
 	hbDone := make(chan struct{})
 	go r.heartbeats(stopHB, hbDone)
@@ -178,7 +187,7 @@ func (r *runner) connectAll(ctx context.Context, res *Result) error {
 func (r *runner) open(ctx context.Context, s *subscriber) error {
 	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)
 	defer cancel()
-	c, err := dialWS(hctx, r.cfg.subURL(s.id), r.cfg.HandshakeTimeout, r.cfg.ReadBuffer)
+	c, err := r.dial(hctx, r.cfg.subURL(s.id), r.cfg.Unreliable)
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}
@@ -196,6 +205,34 @@ func (r *runner) open(ctx context.Context, s *subscriber) error {
 		s.readLoop()
 	}()
 	return nil
+}
+
+// discover finds the WebTransport endpoint behind every URL of the run.
+func (r *runner) discover(ctx context.Context) error {
+	r.wtTargets = map[string]*wtTarget{}
+	urls := append(strings.Split(r.cfg.URL, ","), r.cfg.PubURL)
+	for _, u := range urls {
+		u = strings.TrimSpace(u)
+		if r.wtTargets[u] != nil {
+			continue
+		}
+		t, err := discoverWT(ctx, u)
+		if err != nil {
+			return err
+		}
+		r.wtTargets[u] = t
+	}
+	return nil
+}
+
+// dial opens a connection of the run's transport to the node of url (a
+// WebSocket URL; WebTransport sessions go where its node's cert-hash says).
+// datagrams: a WebTransport subscriber that reads datagrams too.
+func (r *runner) dial(ctx context.Context, url string, datagrams bool) (clientConn, error) {
+	if r.cfg.Transport == TransportWebTransport {
+		return dialWT(ctx, r.wtTargets[strings.TrimSpace(url)], r.cfg.HandshakeTimeout, r.cfg.ReadBuffer, datagrams)
+	}
+	return dialWS(ctx, url, r.cfg.HandshakeTimeout, r.cfg.ReadBuffer)
 }
 
 // heartbeats sends every subscriber's heartbeat when due, until stop closes.

@@ -13,7 +13,7 @@ import (
 type subscriber struct {
 	r    *runner
 	id   int
-	c    *wsConn
+	c    clientConn
 	hist *Histogram     // shard shared with other subscribers
 	recv *atomic.Uint64 // shard of the live delivery counter
 
@@ -94,7 +94,7 @@ func (s *subscriber) heartbeat(now int64, every time.Duration, buf []byte) []byt
 	s.nextHB.Store(now + int64(every))
 	s.hbRef++
 	buf = s.r.proto.appendHeartbeat(buf[:0], s.hbRef+1) // ref 1 was the join
-	_ = s.c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = s.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_ = s.c.WriteFrame(ws.OpText, buf)
 	return buf
 }
@@ -102,7 +102,7 @@ func (s *subscriber) heartbeat(now int64, every time.Duration, buf []byte) []byt
 // pubReader reads the publisher's connection: acks, heartbeat replies, errors.
 type pubReader struct {
 	r           *runner
-	c           *wsConn
+	c           clientConn
 	unexpectedN uint64
 	firstUnexp  string
 	readErr     error

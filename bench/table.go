@@ -9,8 +9,8 @@ import (
 	"text/tabwriter"
 )
 
-// WriteTable prints results side by side: one column per target (in order of
-// first appearance), one block of rows per scenario (mode, binary, subs,
+// WriteTable prints results side by side: one column per target and
+// transport (Result.Column, in order of first appearance), one block of rows per scenario (mode, binary, subs,
 // rate, window). Several results of one target and scenario (repeated
 // rounds) are reduced row by row to their median, so one column's figures may
 // come from different rounds; the number of rounds is shown.
@@ -26,15 +26,16 @@ func WriteTable(w io.Writer, results []Result) error {
 	var scenarios []key
 	cells := map[key]map[string][]Result{}
 	for _, r := range results {
-		if !slices.Contains(targets, r.Target) {
-			targets = append(targets, r.Target)
+		col := r.Column()
+		if !slices.Contains(targets, col) {
+			targets = append(targets, col)
 		}
 		k := key{r.Mode, r.Binary, r.Subs, r.RatePerSec, r.Window}
 		if cells[k] == nil {
 			cells[k] = map[string][]Result{}
 			scenarios = append(scenarios, k)
 		}
-		cells[k][r.Target] = append(cells[k][r.Target], r)
+		cells[k][col] = append(cells[k][col], r)
 	}
 
 	const labelWidth = 44
@@ -76,6 +77,7 @@ func WriteTable(w io.Writer, results []Result) error {
 				{"latency p99 ms", func(r Result) float64 { return r.P99 }, 2},
 				{"latency max ms", func(r Result) float64 { return r.Max }, 2},
 				{"lost deliveries", func(r Result) float64 { return float64(r.Lost) }, 0},
+				{"server CPU µs/delivery", func(r Result) float64 { return r.ServerCPUPerDeliveryUs }, 3},
 			}
 		}
 		rows = append(rows,

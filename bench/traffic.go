@@ -29,7 +29,7 @@ func (r *runner) runTraffic(ctx context.Context, res *Result) (*Result, error) {
 		return res, err
 	}
 
-	c, err := dialWS(ctx, cfg.PubURL, cfg.HandshakeTimeout, cfg.ReadBuffer)
+	c, err := r.dial(ctx, cfg.PubURL, false)
 	if err != nil {
 		return res, fmt.Errorf("bench: publisher dial: %w", err)
 	}
@@ -52,8 +52,18 @@ func (r *runner) runTraffic(ctx context.Context, res *Result) (*Result, error) {
 
 	var cpu0 cpuSample
 	var mallocs0 uint64
+	var dgSent0, dgDropped0 float64
+	var dgErr error
+	if cfg.Unreliable {
+		dgSent0, dgDropped0, dgErr = datagramCounters(ctx, cfg.PubURL)
+	}
 	ps := r.publish(ctx, c, func() { cpu0, mallocs0 = r.cpu(), mallocs() })
 	r.drain(ctx, ps.sent)
+	if cfg.Unreliable && dgErr == nil {
+		if s, d, err := datagramCounters(ctx, cfg.PubURL); err == nil {
+			res.ServerDatagramsSent, res.ServerDatagramsDropped = s-dgSent0, d-dgDropped0
+		}
+	}
 	cpu1, mallocs1 := r.cpu(), mallocs()
 	drainEnd := r.now()
 	r.shutdown()
@@ -89,6 +99,11 @@ func (r *runner) runTraffic(ctx context.Context, res *Result) (*Result, error) {
 	res.P50, res.P90, res.P99, res.P999 = ms(sum.P50), ms(sum.P90), ms(sum.P99), ms(sum.P999)
 	res.Max, res.Mean = ms(sum.Max), ms(sum.Mean)
 	setCPU(res, cpu0, cpu1, time.Duration(drainEnd-measureStart).Seconds())
+	if res.ServerCPU >= 0 && res.Delivered > 0 {
+		// CPU over the measured window (drain included) per measured
+		// delivery: the server's cost of one delivery, whatever the rate.
+		res.ServerCPUPerDeliveryUs = res.ServerCPU * time.Duration(drainEnd-measureStart).Seconds() / float64(res.Delivered) * 1e6
+	}
 	if res.Delivered > 0 {
 		res.ClientAllocsPerDelivery = float64(mallocs1-mallocs0) / float64(res.Delivered)
 	}
@@ -112,7 +127,7 @@ func rateString(r float64) string {
 
 // publish sends publications for cfg.Warmup + cfg.Duration. atMeasure runs
 // once, right when measuring starts.
-func (r *runner) publish(ctx context.Context, c *wsConn, atMeasure func()) pubStats {
+func (r *runner) publish(ctx context.Context, c clientConn, atMeasure func()) pubStats {
 	cfg := &r.cfg
 	var ps pubStats
 	conns := uint64(len(r.connected))
@@ -184,7 +199,12 @@ func (r *runner) publish(ctx context.Context, c *wsConn, atMeasure func()) pubSt
 		}
 		var op ws.OpCode
 		frame, op = r.proto.appendPublish(frame[:0], seq, payload)
-		if err := c.WriteFrame(op, frame); err != nil {
+		if cfg.Unreliable {
+			err = c.(*wtConn).SendDatagram(frame)
+		} else {
+			err = c.WriteFrame(op, frame)
+		}
+		if err != nil {
 			ps.writeErr = err
 			break
 		}

@@ -73,12 +73,13 @@ func (s *Server) publish(k topicKey, t *topic, out *outMsg, skip *channel) {
 	}
 	if s.cluster != nil {
 		s.cluster.Publish(&meshproto.Broadcast{
-			Topic:   k.meshTopic(),
-			Event:   out.event,
-			Payload: out.data,
-			Meta:    out.meta,
-			Enc:     out.enc,
-			Binary:  out.binary,
+			Topic:      k.meshTopic(),
+			Event:      out.event,
+			Payload:    out.data,
+			Meta:       out.meta,
+			Enc:        out.enc,
+			Binary:     out.binary,
+			Unreliable: out.unreliable,
 		})
 	}
 }

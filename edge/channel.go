@@ -21,7 +21,8 @@ type channel struct {
 	joinRef string
 	t       *topic // set by hub.join
 
-	self, ack bool
+	self, ack  bool
+	unreliable bool // broadcast.unreliable: datagrams on WebTransport
 
 	// Guarded by t.mu (presence state and its fan-out share the lock).
 	presenceEnabled bool
@@ -164,6 +165,7 @@ func (c *conn) join(m *phx.Message) bool {
 		joinRef:         m.JoinRef,
 		self:            bool(p.Config.Broadcast.Self),
 		ack:             bool(p.Config.Broadcast.Ack),
+		unreliable:      bool(p.Config.Broadcast.Unreliable),
 		presenceEnabled: bool(p.Config.Presence.Enabled),
 		presenceKey:     p.Config.PresenceKey(),
 		holder:          s.holders.Add(1),

@@ -25,7 +25,7 @@ func (s *Server) Deliver(b *meshproto.Broadcast) {
 	if t == nil {
 		return
 	}
-	out := &outMsg{topic: k.name, event: b.Event, data: b.Payload, meta: b.Meta, enc: b.Enc, binary: b.Binary}
+	out := &outMsg{topic: k.name, event: b.Event, data: b.Payload, meta: b.Meta, enc: b.Enc, binary: b.Binary, unreliable: b.Unreliable}
 	s.metrics.fannedOut(t.fanout(out, nil))
 }
 

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"time"
 )
@@ -62,6 +63,31 @@ type Config struct {
 	// wait (at most this long) and go out together. 0 writes every frame
 	// at once.
 	WriteCoalesce time.Duration
+
+	// WebTransport (ServeWebTransport).
+
+	// AllowedOrigins are the origins whose pages may open WebTransport
+	// sessions: "https://app.example.com" (scheme, host and port as the
+	// Origin header has them), "https://*.example.com" (any subdomain) or
+	// "*". Empty allows every origin (development). Requests without an
+	// Origin (not from a browser) are allowed.
+	AllowedOrigins []string
+	// WebTransportCert is the listener's certificate (--tls-cert). nil:
+	// the node generates self-signed ECDSA P-256 certificates valid for
+	// WebTransportCertValidity, rotates them, and publishes their SHA-256
+	// for serverCertificateHashes.
+	WebTransportCert *tls.Certificate
+	// WebTransportCertValidity is the validity of a generated certificate,
+	// below MaxCertValidity (0: DefaultCertValidity). It rotates after
+	// half of it.
+	WebTransportCertValidity time.Duration
+	// WebTransportAdvertise is where clients dial WebTransport, as
+	// "host:port" or an https URL; empty derives it from the listener and
+	// the request (see README).
+	WebTransportAdvertise string
+	// DatagramQueue is how many datagrams wait per WebTransport session
+	// before the oldest is dropped (0: 16).
+	DatagramQueue int
 
 	Logger *slog.Logger
 }

@@ -41,6 +41,7 @@ type conn struct {
 	writerDone chan struct{}   // closed when the writer has shut the transport
 	writer     func()          // c.writeLoop, bound once so starting a writer allocates nothing
 	raw        syscall.RawConn // non-blocking writes from the write pool; nil when the transport has none
+	dg         datagramSender  // the transport's datagrams (WebTransport); nil when it has none
 
 	// Inbound state, guarded by mu: the reader goroutine and token timers
 	// both change channels.
@@ -49,7 +50,8 @@ type conn struct {
 	events   *rate.Limiter
 	bytes    *rate.Limiter
 	joins    *rate.Limiter
-	gone     bool // torn down; channels are left
+	notices  *rate.Limiter // dropped-datagram notices (made on the first)
+	gone     bool          // torn down; channels are left
 	// presenceBytes is the size of the metas this connection tracks over
 	// all its channels.
 	presenceBytes int
@@ -68,7 +70,7 @@ func newConn(s *Server, tr transport, ff frameFormat, remote string) *conn {
 		writerDone: make(chan struct{}),
 		channels:   make(map[string]*channel),
 	}
-	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff]}
+	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff], DatagramLimit: s.cfg.DatagramQueue}
 	if k := s.coalesce; k.every > 0 {
 		opts.Clock = k.now
 		opts.Hold = func(last int64) bool { return k.recent(last) && k.add(c) }
@@ -160,7 +162,10 @@ func (c *conn) writeLoop() {
 			batch = append(batch, b.Close)
 		}
 		var err error
-		if len(batch) > 0 {
+		if len(b.Datagrams) > 0 {
+			err = c.sendDatagrams(b.Datagrams)
+		}
+		if len(batch) > 0 && err == nil {
 			err = c.tr.writeFrames(batch)
 			c.srv.metrics.wrote(c.tm, b.Bytes)
 		}

@@ -70,6 +70,9 @@ type outMsg struct {
 	enc    byte
 	data   []byte // the user payload: JSON, or raw bytes when enc is EncBytes
 	binary bool   // send kind-4 frames to v2 clients
+	// unreliable: a datagram broadcast, sent as a datagram to the
+	// WebTransport subscribers that opted in (deliver).
+	unreliable bool
 
 	frames [numFormats][]byte
 	built  [numFormats]bool

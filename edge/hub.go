@@ -189,7 +189,7 @@ func (t *topic) fanoutLocked(m *outMsg, skip *channel) deliveries {
 		if ch == skip {
 			continue
 		}
-		if f := m.frame(ch.conn.format); f != nil && ch.conn.enqueue(f) {
+		if ch.deliver(m) {
 			n[ch.conn.kind]++
 		}
 	}

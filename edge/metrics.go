@@ -31,6 +31,10 @@ type serverMetrics struct {
 	slowClose        *metrics.Counter
 	changesOut       *metrics.Counter
 
+	datagramsReceived *metrics.Counter
+	datagramsSent     *metrics.Counter
+	datagramsOnStream *metrics.Counter
+
 	byKind [numKinds]*transportMetrics
 }
 
@@ -63,6 +67,10 @@ func newServerMetrics(s *Server) *serverMetrics {
 		queueDrops:       set.NewCounter("meshcast_queue_drops_total"),
 		slowClose:        set.NewCounter("meshcast_slow_consumer_closes_total"),
 		changesOut:       set.NewCounter("meshcast_changes_out_total"),
+
+		datagramsReceived: set.NewCounter("meshcast_datagrams_received_total"),
+		datagramsSent:     set.NewCounter("meshcast_datagrams_sent_total"),
+		datagramsOnStream: set.NewCounter("meshcast_datagrams_on_stream_total"),
 	}
 	set.NewGauge("meshcast_connections", func() float64 { return float64(s.conns.Load()) })
 	for k := range transportKind(numKinds) {
@@ -122,6 +130,11 @@ func (m *serverMetrics) wrote(tm *transportMetrics, n int) {
 	m.writes.Inc()
 	tm.bytesOut.Add(n)
 	tm.writes.Inc()
+}
+
+// datagramDropped counts a datagram dropped, by reason (a small fixed set).
+func (m *serverMetrics) datagramDropped(reason string) {
+	m.set.GetOrCreateCounter(`meshcast_datagrams_dropped_total{reason="` + reason + `"}`).Inc()
 }
 
 // errorReason counts an error by reason; reasons are a small fixed set of

@@ -78,6 +78,13 @@ type Server struct {
 
 	refPrefix string
 
+	// handler is mux with the Alt-Svc header of the WebTransport
+	// listener; TCP and HTTP/3 requests both go through it.
+	handler http.Handler
+	// wtp is the WebTransport listener once ServeWebTransport runs (set
+	// under mu, read without it).
+	wtp atomic.Pointer[wtServer]
+
 	mu   sync.Mutex
 	live map[*conn]struct{}
 	shut bool
@@ -108,8 +115,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.metrics = newServerMetrics(s)
 	s.mux = s.routes()
+	s.handler = s.withAltSvc(s.mux)
 	s.http = &http.Server{
-		Handler:           s.mux,
+		Handler:           s.handler,
 		ReadHeaderTimeout: cfg.HTTPReadHeaderTimeout,
 		ReadTimeout:       cfg.HTTPReadTimeout,
 		WriteTimeout:      cfg.HTTPWriteTimeout,
@@ -142,7 +150,7 @@ func (s *Server) AddMetrics(set *metrics.Set) { s.extraMetrics = append(s.extraM
 func (s *Server) Open() bool { return s.auth.open() }
 
 // Handler returns the HTTP handler (WebSocket, REST, metrics, demo).
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 // Serve accepts connections on ln until Shutdown. It returns
 // http.ErrServerClosed after Shutdown.
@@ -151,23 +159,34 @@ func (s *Server) Serve(ln net.Listener) error { return s.http.Serve(ln) }
 // Shutdown stops accepting, tells every client the server is going away
 // (system message, then a close frame with 1001 so that clients reconnect
 // elsewhere) and waits for connections to finish until ctx is done, when
-// the rest are cut.
+// the rest are cut. WebSocket and WebTransport clients are drained alike;
+// the WebTransport listener closes last.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	err := s.http.Shutdown(ctx)
 
 	s.mu.Lock()
 	s.shut = true
+	w := s.wtp.Load()
 	conns := make([]*conn, 0, len(s.live))
 	for c := range s.live {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	if w != nil {
+		w.drain()
+	}
 	for _, c := range conns {
 		c.goAway()
 	}
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	go func() {
+		s.wg.Wait()
+		if w != nil {
+			w.sessions.Wait()
+		}
+		close(done)
+	}()
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -177,10 +196,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			c.tr.kill()
 		}
 		s.mu.Unlock()
+		if w != nil {
+			// Closing the QUIC connections ends what a reset stream does
+			// not (a writer waiting for room in a datagram queue).
+			w.close()
+		}
 		<-done
 		if err == nil {
 			err = ctx.Err()
 		}
+	}
+	if w != nil {
+		w.close()
 	}
 	s.coalesce.close()
 	s.pool.close()
@@ -241,6 +268,8 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /realtime/v1/websocket", s.serveWebSocket)
 	mux.HandleFunc("GET /socket/websocket", s.serveWebSocket)
 	mux.HandleFunc("GET /healthz", s.serveHealth)
+	mux.HandleFunc("GET "+certHashPath, s.serveCertHash)
+	mux.HandleFunc("GET "+clientJSPath, serveClientJS)
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s.metrics.write(w)

@@ -217,7 +217,7 @@ func (c *conn) readLoop(t *wsTransport, src io.Reader) {
 // setReadDeadline arms the read deadline: the idle timeout between
 // messages, and while a message is arriving no later than its own time
 // limit too.
-func (c *conn) setReadDeadline(nc net.Conn, msg *message) {
+func (c *conn) setReadDeadline(nc interface{ SetReadDeadline(time.Time) error }, msg *message) {
 	cfg := &c.srv.cfg
 	var d time.Time
 	if t := cfg.IdleTimeout; t > 0 {

@@ -1,8 +1,8 @@
 // Bundles clientjs (src/index.js) into one minified browser ES module,
 // edge/demo/meshcast.js. The Go binary embeds edge/demo/, so every node serves
-// it (GET /meshcast.js from the demo file server; GET /clientjs/meshcast.js once
-// that route exists). The output is committed; re-run `npm run build` after
-// changing src/ (the unit suite fails while the committed bundle is stale).
+// it at GET /clientjs/meshcast.js (the demo page imports it from there). The
+// output is committed; re-run `npm run build` after changing src/ (the unit
+// suite fails while the committed bundle is stale).
 import { build } from 'esbuild'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'

@@ -1,5 +1,7 @@
 // Browser end-to-end: Debian's chromium (driven by playwright-core) opens the demo
 // page served by the real meshcast binary, as two people in two browser contexts.
+// The demo runs on clientjs: WebTransport (with the node's pinned certificate
+// hash), chat, who's online, and live cursors over datagrams.
 import { after, before, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { existsSync } from 'node:fs'
@@ -28,7 +30,6 @@ before(async () => {
       '--headless',
       '--no-sandbox',
       '--disable-gpu',
-      '--disable-quic',
       '--no-first-run',
       '--disable-background-networking',
       '--disable-component-update',
@@ -53,6 +54,7 @@ async function openDemo(name) {
   const res = await page.goto(`${server.httpURL}/?name=${encodeURIComponent(name)}`)
   assert.equal(res.status(), 200, 'GET / must serve the demo page')
   await page.locator('#status').filter({ hasText: /^SUBSCRIBED$/ }).waitFor()
+  assert.equal(await page.textContent('#transport'), 'webtransport', 'the demo shows the transport clientjs picked')
   return { page, errors }
 }
 
@@ -93,6 +95,18 @@ it('two people chat and see each other online', { skip, timeout: 60000 }, async 
   await bob.page.fill('#message', 'hi alice')
   await bob.page.press('#message', 'Enter')
   await alice.page.locator('#messages li').filter({ hasText: 'hi alice' }).waitFor()
+
+  // Alice moves her pointer over the cursors board: bob sees her cursor,
+  // carried by datagrams. Moves repeat until it shows (datagrams may be lost).
+  const box = await alice.page.locator('#cursors').boundingBox()
+  const aliceAtBob = bob.page.locator('#cursors .cursor[data-user="alice"]')
+  for (let i = 0; (await aliceAtBob.count()) === 0; i++) {
+    assert.ok(i < 50, 'alice\'s cursor never reached bob')
+    await alice.page.mouse.move(box.x + box.width * (0.2 + (i % 5) * 0.1), box.y + box.height * 0.5, { steps: 3 })
+    await bob.page.waitForTimeout(50)
+  }
+  await aliceAtBob.waitFor()
+  assert.equal(await alice.page.locator('#cursors .cursor').count(), 0, 'one\'s own cursor is not drawn')
 
   // Renaming rejoins under the new presence key.
   await bob.page.fill('#name', 'robert')

@@ -1,10 +1,12 @@
 // clientjs's WebTransport code path in Node, against the real server through
 // a bridge (test/fixtures/webtransport-bridge.mjs: a WebTransport test double
-// whose stream and datagrams are relayed to the server's WebSocket, until the
-// node serves WebTransport itself; Node 20 has no WebTransport). Proves the
-// client side of the contract: discovery, serverCertificateHashes, the
-// length-prefixed stream framing both ways, datagrams (kind 3 out, kind 4 in),
-// close frames, framing errors, and the fallback rules.
+// whose stream and datagrams are relayed to the server's WebSocket; Node 20
+// has no WebTransport, so the bridge stands in for the browser's, and the
+// node runs with --webtransport-listen off). Proves the client side of the
+// contract: discovery, serverCertificateHashes, the length-prefixed stream
+// framing both ways, datagrams (kind 3 out, kind 4 in), close frames, framing
+// errors, and the fallback rules. The server side of WebTransport is tested
+// with Go clients (edge) and with Chromium (browser-clientjs.test.mjs).
 import { after, afterEach, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
@@ -19,7 +21,7 @@ let realtime
 const hash = randomBytes(32)
 
 before(async () => {
-  server = await startServer()
+  server = await startServer({ args: ['--webtransport-listen', 'off'] })
   clients = new MeshcastClients(server)
   realtime = new Clients(server)
 })

@@ -54,17 +54,14 @@ export function fatal(message) {
   return err
 }
 
-/** Returns a TCP port that was free a moment ago on 127.0.0.1. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.unref()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolve(port))
-    })
-  })
+/**
+ * Returns a port that was free a moment ago on 127.0.0.1 for both TCP and UDP
+ * (meshcast serves WebTransport on the UDP port of its --listen port).
+ */
+export async function freePort() {
+  const { port, release } = await reservePort()
+  await release()
+  return port
 }
 
 /**

@@ -1,11 +1,14 @@
 // Command meshbench is a load generator for meshcast and comparable realtime
-// servers. It opens N WebSocket subscribers and one publisher against a
-// running server and reports deliveries per second and publish→receive
-// latency, or, in idle mode, the server's resident memory per connection.
+// servers. It opens N WebSocket (or, for meshcast, WebTransport) subscribers
+// and one publisher against a running server and reports deliveries per
+// second and publish→receive latency, or, in idle mode, the server's resident
+// memory per connection.
 //
 // Usage:
 //
 //	meshbench -target meshcast -mode throughput -subs 1000 -duration 10s
+//	meshbench -transport webtransport -mode latency -rate 470 -subs 1000
+//	meshbench -transport webtransport -unreliable -mode latency -rate 470
 //	meshbench -target centrifugo -mode latency -rate 470 -subs 1000
 //	meshbench -target meshcast -mode idle -subs 10000 -server-pid $SERVER_PID
 //	meshbench -table results.jsonl   # side-by-side table of -json outputs
@@ -47,6 +50,8 @@ func main() {
 	flag.IntVar(&cfg.PayloadSize, "payload", 100, "payload size in bytes (JSON object with timestamp and padding)")
 	flag.Float64Var(&cfg.ConnectRate, "connect-rate", 2000, "connections opened per second")
 	flag.BoolVar(&cfg.Binary, "binary", false, "meshcast: publish realtime-js kind-3 binary frames instead of text")
+	flag.StringVar(&cfg.Transport, "transport", bench.TransportWebSocket, "meshcast: websocket or webtransport (sessions where the node's /realtime/v1/webtransport/cert-hash says, certificate pinned by its hash)")
+	flag.BoolVar(&cfg.Unreliable, "unreliable", false, "meshcast over webtransport: subscribers join with broadcast.unreliable and the publisher sends datagrams (lost datagrams count as lost)")
 	flag.IntVar(&cfg.ServerPID, "server-pid", 0, "server process id for RSS and CPU readings (0 = skip)")
 	flag.DurationVar(&cfg.Hold, "hold", 0, "idle: keep the connections open this long after measuring")
 	flag.DurationVar(&cfg.Settle, "settle", 5e9, "idle: max wait for the server RSS to settle")

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -41,6 +42,10 @@ func main() {
 
 type options struct {
 	listen    string
+	wtListen  string
+	origins   string
+	tlsCert   string
+	tlsKey    string
 	logLevel  string
 	logFormat string
 	jwtSecret string
@@ -89,6 +94,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	c := &o.edge
 	fs.StringVar(&o.listen, "listen", ":4000", "HTTP/WebSocket listen address `host:port`")
+	fs.StringVar(&o.wtListen, "webtransport-listen", "", "WebTransport (HTTP/3, UDP) listen address `host:port`, or off (default: the --listen address, over UDP)")
+	fs.StringVar(&c.WebTransportAdvertise, "webtransport-advertise", "", "WebTransport address clients dial, `host:port` or an https URL, published at /realtime/v1/webtransport/cert-hash (default: derived from the listener; see README)")
+	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated origins whose pages may open WebTransport sessions (https://app.example.com, https://*.example.com, *); empty allows any (development)")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain `file` for WebTransport (with --tls-key); without, the node generates and rotates self-signed certificates and publishes their hashes")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of --tls-cert")
+	fs.DurationVar(&c.WebTransportCertValidity, "webtransport-cert-validity", edge.DefaultCertValidity, "validity of a generated WebTransport certificate, under 336h (Chromium's limit for pinned certificates); rotated after half of it")
 	fs.StringVar(&c.NodeID, "name", host, "node name (appears in logs and presence entries)")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "HS256/384/512 secret that apikeys and access tokens must be signed with; empty runs the node open (dev only)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -164,6 +175,21 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
 	c.JWTSecret = []byte(o.jwtSecret)
+	for _, s := range strings.Split(o.origins, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			c.AllowedOrigins = append(c.AllowedOrigins, s)
+		}
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		c.WebTransportCert = &cert
+	}
 	if o.clustered() && o.clusterSecret == "" {
 		return nil, errors.New("--cluster-secret is required for a cluster node")
 	}
@@ -222,6 +248,21 @@ func run(args []string, stderr io.Writer) error {
 		}
 		defer changes.close()
 	}
+	var udp net.PacketConn
+	if o.wtListen != "off" {
+		addr := o.wtListen
+		if addr == "" {
+			// The --listen host and the port TCP got (the same number when
+			// --listen names one), over UDP.
+			host, _, _ := net.SplitHostPort(o.listen)
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			addr = net.JoinHostPort(host, port)
+		}
+		if udp, err = net.ListenPacket("udp", addr); err != nil {
+			return fmt.Errorf("--webtransport-listen %s: %w (set --webtransport-listen off to run without WebTransport)", addr, err)
+		}
+		defer udp.Close()
+	}
 	if o.clustered() {
 		if node, err = startNode(o, name, srv, ln.Addr().String(), log, changes); err != nil {
 			return err
@@ -255,9 +296,16 @@ func run(args []string, stderr io.Writer) error {
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	var wtc chan error // nil, so never ready, without WebTransport
+	if udp != nil {
+		wtc = make(chan error, 1)
+		go func() { wtc <- srv.ServeWebTransport(udp) }()
+	}
 	select {
 	case err := <-errc:
 		return err
+	case err := <-wtc:
+		return fmt.Errorf("webtransport: %w", err)
 	case <-ctx.Done():
 	}
 	stop()
@@ -275,6 +323,11 @@ func run(args []string, stderr io.Writer) error {
 	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
+	}
+	if wtc != nil {
+		if err := <-wtc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("webtransport: %w", err)
+		}
 	}
 	log.Info("stopped")
 	return nil

@@ -1,6 +1,8 @@
-// meshcast demo: chat (broadcast event "chat") and who's online (presence) on
-// channel "lobby", using the unmodified @supabase/realtime-js bundled beside it.
-import { RealtimeClient } from './realtime-js.mjs'
+// meshcast demo on clientjs (the bundle every node serves at /clientjs/meshcast.js):
+// chat (broadcast "chat"), who's online (presence) and live cursors (sendUnreliable
+// "cursor": one datagram per move over WebTransport, a reliable broadcast over
+// WebSocket) on channel "lobby". The header shows the transport clientjs picked.
+import { MeshcastClient } from '/clientjs/meshcast.js'
 
 const $ = (id) => document.getElementById(id)
 const nameInput = $('name')
@@ -9,17 +11,18 @@ const sendButton = $('send')
 const messages = $('messages')
 const online = $('online')
 const status = $('status')
+const transport = $('transport')
+const board = $('cursors')
 
 const MAX_MESSAGES = 200
+const CURSOR_TTL_MS = 5000
 
 // ?name=alice picks the name; otherwise a random guest name.
 nameInput.value =
   new URLSearchParams(location.search).get('name') || `guest-${1000 + Math.floor(Math.random() * 9000)}`
 
 // The dev server runs without auth, so any apikey is accepted.
-const client = new RealtimeClient(location.origin.replace(/^http/, 'ws') + '/realtime/v1', {
-  params: { apikey: 'demo' },
-})
+const client = new MeshcastClient(`${location.origin}/realtime/v1`, { apikey: 'demo' })
 
 let channel = null
 let name = ''
@@ -29,6 +32,9 @@ function setStatus(state, err) {
   status.dataset.state = state
   status.title = err ? String(err.message || err) : ''
   sendButton.disabled = state !== 'SUBSCRIBED'
+  transport.textContent = client.transport ?? '…'
+  transport.dataset.transport = client.transport ?? ''
+  transport.title = client.webtransportDisabled ? `WebTransport off: ${client.webtransportDisabled}` : 'the transport clientjs picked'
 }
 
 function addMessage({ user, text }) {
@@ -54,16 +60,53 @@ function renderOnline(ch) {
       return li
     })
   )
+  // Cursors of people who left go with them.
+  for (const el of board.querySelectorAll('.cursor')) if (!users.includes(el.dataset.user)) el.remove()
 }
+
+// Others' cursors: one labelled dot per user, at a position relative to the board.
+function moveCursor({ user, x, y }) {
+  if (typeof user !== 'string' || user === name || !Number.isFinite(x) || !Number.isFinite(y)) return
+  let el = [...board.querySelectorAll('.cursor')].find((c) => c.dataset.user === user)
+  if (!el) {
+    el = document.createElement('div')
+    el.className = 'cursor'
+    el.dataset.user = user
+    el.textContent = user
+    board.append(el)
+  }
+  el.style.left = `${Math.min(1, Math.max(0, x)) * 100}%`
+  el.style.top = `${Math.min(1, Math.max(0, y)) * 100}%`
+  el.dataset.seen = String(Date.now())
+}
+
+setInterval(() => {
+  for (const el of board.querySelectorAll('.cursor')) if (Date.now() - Number(el.dataset.seen) > CURSOR_TTL_MS) el.remove()
+}, 1000)
+
+// Latest wins: at most one datagram per animation frame, with the newest position.
+let pending = null
+board.addEventListener('pointermove', (e) => {
+  const r = board.getBoundingClientRect()
+  const first = pending === null
+  pending = { x: (e.clientX - r.left) / r.width, y: (e.clientY - r.top) / r.height }
+  if (!first) return
+  requestAnimationFrame(() => {
+    const p = pending
+    pending = null
+    if (channel?.state === 'joined') channel.sendUnreliable('cursor', { user: name, x: +p.x.toFixed(4), y: +p.y.toFixed(4) }).catch(() => {})
+  })
+})
 
 // One presence entry per name, so (re)join the channel whenever the name changes.
 function join(newName) {
   name = newName
   const ch = client.channel('lobby', {
-    config: { broadcast: { self: true }, presence: { key: name } },
+    config: { broadcast: { self: true, unreliable: true }, presence: { key: name } },
   })
   channel = ch
   ch.on('broadcast', { event: 'chat' }, ({ payload }) => addMessage(payload))
+    .on('broadcast', { event: 'cursor' }, ({ payload }) => ch === channel && moveCursor(payload))
     .on('presence', { event: 'sync' }, () => ch === channel && renderOnline(ch))
     .subscribe(async (state, err) => {
       if (ch !== channel) return
@@ -84,7 +127,7 @@ async function rename() {
   channel = null
   setStatus('JOINING')
   online.replaceChildren()
-  await client.removeChannel(old)
+  await old.unsubscribe()
   join(newName)
 }
 

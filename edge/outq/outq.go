@@ -16,6 +16,11 @@
 // turns the queue to Closing with a policy-violation close frame, and the
 // connection is closed once that frame is written. Frames shared between
 // many queues (one broadcast to many subscribers) are never copied.
+//
+// Beside the frames, a queue has a small datagram lane for transports that
+// can send unreliable datagrams (WebTransport): PushDatagram never
+// overflows the queue; a full lane drops its oldest datagram (latest-wins
+// traffic such as cursors wants the newest). The same writer takes both.
 package outq
 
 import (
@@ -97,6 +102,10 @@ type Queue struct {
 	closeFrame []byte
 	overflowed bool
 	lastTake   int64
+
+	datagramLimit int
+	datagrams     [][]byte
+	dspare        [][]byte // the array of the datagrams last taken
 }
 
 // Options configure a Queue.
@@ -113,11 +122,20 @@ type Options struct {
 	// OverflowClose is the transport's close frame for a slow consumer,
 	// written after the begun frame (if any) when a Push overflows.
 	OverflowClose []byte
+	// DatagramLimit is how many datagrams the datagram lane holds (0:
+	// DefaultDatagramLimit).
+	DatagramLimit int
 }
+
+// DefaultDatagramLimit is the datagram lane's size when Options leave it 0.
+const DefaultDatagramLimit = 16
 
 // New returns an idle queue.
 func New(o Options) *Queue {
-	return &Queue{limit: o.Limit, hold: o.Hold, clock: o.Clock, overflow: o.OverflowClose}
+	if o.DatagramLimit <= 0 {
+		o.DatagramLimit = DefaultDatagramLimit
+	}
+	return &Queue{limit: o.Limit, hold: o.Hold, clock: o.Clock, overflow: o.OverflowClose, datagramLimit: o.DatagramLimit}
 }
 
 // State returns the queue's state.
@@ -150,6 +168,11 @@ func (q *Queue) Push(f []byte) (r Result, start bool) {
 	}
 	q.frames = append(q.frames, f)
 	q.bytes += len(f)
+	return q.wakeLocked()
+}
+
+// wakeLocked gives a queue that just got something its writer.
+func (q *Queue) wakeLocked() (Result, bool) {
 	if q.state != Idle {
 		return Queued, false
 	}
@@ -161,6 +184,39 @@ func (q *Queue) Push(f []byte) (r Result, start bool) {
 	return Start, true
 }
 
+// PushDatagram queues a datagram on the datagram lane. It never blocks and
+// never overflows the queue: when the lane is full its oldest datagram is
+// dropped (dropped is true). r is Rejected once the queue is closing;
+// otherwise Queued or Start, and whenever start is true the caller holds
+// the writer role and must start the writer, as with Push.
+func (q *Queue) PushDatagram(d []byte) (r Result, dropped, start bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch q.state {
+	case Closing, Closed:
+		return Rejected, false, false
+	}
+	if len(q.datagrams) >= q.datagramLimit {
+		copy(q.datagrams, q.datagrams[1:])
+		q.datagrams[len(q.datagrams)-1] = nil
+		q.datagrams = q.datagrams[:len(q.datagrams)-1]
+		dropped = true
+	}
+	q.datagrams = append(q.datagrams, d)
+	r, start = q.wakeLocked()
+	return r, dropped, start
+}
+
+// Datagrams returns how many datagrams wait on the datagram lane.
+func (q *Queue) Datagrams() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.datagrams)
+}
+
+// empty reports that nothing waits for the writer.
+func (q *Queue) empty() bool { return len(q.frames) == 0 && len(q.datagrams) == 0 }
+
 // Flush ends a Hold: a held queue with frames gets a writer, and the
 // caller must start it when Flush returns true.
 func (q *Queue) Flush() bool {
@@ -169,7 +225,7 @@ func (q *Queue) Flush() bool {
 	if q.state != Held {
 		return false
 	}
-	if len(q.frames) == 0 {
+	if q.empty() {
 		q.state = Idle
 		return false
 	}
@@ -181,6 +237,9 @@ func (q *Queue) Flush() bool {
 type Batch struct {
 	Frames [][]byte
 	Bytes  int
+	// Datagrams are the datagram lane's, oldest first. The array is the
+	// queue's: it is valid until the writer's next Take.
+	Datagrams [][]byte
 	// Close is the close frame to write after Frames, when the queue is
 	// Closing; the writer calls Finish after writing it.
 	Close []byte
@@ -195,6 +254,12 @@ func (q *Queue) Take() Batch {
 		b.Close = q.closeFrame
 	}
 	q.frames, q.spare, q.bytes, q.partial = q.spare[:0], nil, 0, false
+	if len(q.datagrams) > 0 {
+		// The writer is done with the datagrams of its previous Take.
+		clear(q.dspare)
+		b.Datagrams = q.datagrams
+		q.datagrams, q.dspare = q.dspare[:0], b.Datagrams
+	}
 	if q.clock != nil {
 		q.lastTake = q.clock()
 	}
@@ -214,7 +279,7 @@ func (q *Queue) Release(written [][]byte) (more bool) {
 	}
 	switch q.state {
 	case Writing:
-		if len(q.frames) == 0 {
+		if q.empty() {
 			q.state = Idle
 			return false
 		}
@@ -265,6 +330,10 @@ func (q *Queue) closeLocked(frame []byte, drop bool) (start bool) {
 	start = q.state == Idle || q.state == Held
 	q.state = Closing
 	q.closeFrame = frame
+	// Datagrams are unreliable by definition: a closing connection sends
+	// none of those still waiting.
+	clear(q.datagrams)
+	q.datagrams = q.datagrams[:0]
 	if drop {
 		keep := 0
 		if q.partial && len(q.frames) > 0 {
@@ -298,6 +367,9 @@ func (q *Queue) Finish() bool {
 	}
 	q.state = Closed
 	clear(q.frames)
+	clear(q.datagrams)
+	clear(q.dspare)
 	q.frames, q.spare, q.bytes, q.closeFrame = nil, nil, 0, nil
+	q.datagrams, q.dspare = nil, nil
 	return true
 }

@@ -274,3 +274,111 @@ func TestConcurrentSendersOneWriter(t *testing.T) {
 		}
 	}
 }
+
+func TestDatagramLaneStartsTheWriter(t *testing.T) {
+	q := New(Options{})
+	if r, dropped, start := q.PushDatagram(frame("d1")); r != Start || dropped || !start {
+		t.Fatalf("first datagram: %v dropped=%v start=%v, want Start", r, dropped, start)
+	}
+	if r, _, start := q.PushDatagram(frame("d2")); r != Queued || start {
+		t.Fatalf("second datagram: %v start=%v, want Queued", r, start)
+	}
+	if r, start := q.Push(frame("f")); r != Queued || start {
+		t.Fatalf("frame behind datagrams: %v start=%v, want Queued", r, start)
+	}
+	b := q.Take()
+	if got := names(b.Datagrams); !slices.Equal(got, []string{"d1", "d2"}) {
+		t.Fatalf("datagrams %v", got)
+	}
+	if got := names(b.Frames); !slices.Equal(got, []string{"f"}) || b.Bytes != 1 {
+		t.Fatalf("frames %v, %d bytes: datagrams must not count as queued bytes", got, b.Bytes)
+	}
+	if q.Release(b.Frames) || q.State() != Idle {
+		t.Fatalf("state %v after the last batch", q.State())
+	}
+	// Only a datagram arriving during a write keeps the writer.
+	q.Push(frame("g"))
+	b = q.Take()
+	q.PushDatagram(frame("d3"))
+	if !q.Release(b.Frames) {
+		t.Fatal("writer gave up with a datagram waiting")
+	}
+	if got := names(q.Take().Datagrams); !slices.Equal(got, []string{"d3"}) {
+		t.Fatalf("datagrams %v", got)
+	}
+}
+
+func TestDatagramLaneDropsOldest(t *testing.T) {
+	q := New(Options{DatagramLimit: 3, Limit: 4})
+	var dropped int
+	for i := range 5 {
+		r, d, _ := q.PushDatagram(frame(fmt.Sprintf("d%d", i)))
+		if r == Rejected || r == Overflow {
+			t.Fatalf("datagram %d: %v", i, r)
+		}
+		if d {
+			dropped++
+		}
+	}
+	if dropped != 2 || q.Datagrams() != 3 {
+		t.Fatalf("dropped %d, %d queued; want 2 dropped, 3 queued", dropped, q.Datagrams())
+	}
+	if q.State() != Writing || q.Overflowed() {
+		t.Fatalf("state %v overflowed=%v: a full datagram lane is no slow consumer", q.State(), q.Overflowed())
+	}
+	if got := names(q.Take().Datagrams); !slices.Equal(got, []string{"d2", "d3", "d4"}) {
+		t.Fatalf("datagrams %v, want the newest three", got)
+	}
+}
+
+func TestDatagramBatchStaysValidUntilNextTake(t *testing.T) {
+	q := New(Options{DatagramLimit: 2})
+	q.PushDatagram(frame("a"))
+	q.PushDatagram(frame("b"))
+	b := q.Take()
+	// Pushes while the writer sends its batch go elsewhere.
+	q.PushDatagram(frame("c"))
+	q.PushDatagram(frame("d"))
+	q.PushDatagram(frame("e"))
+	if got := names(b.Datagrams); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("the batch being written changed: %v", got)
+	}
+	q.Release(b.Frames)
+	if got := names(q.Take().Datagrams); !slices.Equal(got, []string{"d", "e"}) {
+		t.Fatalf("second batch %v", got)
+	}
+}
+
+func TestCloseDiscardsDatagrams(t *testing.T) {
+	q := New(Options{})
+	q.Push(frame("f"))
+	q.PushDatagram(frame("d"))
+	if start := q.Close(closeFrame, false); start {
+		t.Fatal("close with a writer running started another")
+	}
+	if r, _, _ := q.PushDatagram(frame("late")); r != Rejected {
+		t.Fatalf("datagram after close: %v, want Rejected", r)
+	}
+	b := q.Take()
+	if len(b.Datagrams) != 0 || !slices.Equal(names(b.Frames), []string{"f"}) || string(b.Close) != "CLOSE" {
+		t.Fatalf("batch after close: datagrams %v frames %v close %q", names(b.Datagrams), names(b.Frames), b.Close)
+	}
+	q.Finish()
+	if r, _, _ := q.PushDatagram(frame("x")); r != Rejected || q.Datagrams() != 0 {
+		t.Fatalf("datagram after finish: %v", r)
+	}
+}
+
+func TestHeldQueueFlushesDatagrams(t *testing.T) {
+	hold := true
+	q := New(Options{Hold: func(int64) bool { return hold }})
+	if r, _, start := q.PushDatagram(frame("d")); r != Queued || start || q.State() != Held {
+		t.Fatalf("held datagram: %v start=%v state %v", r, start, q.State())
+	}
+	if !q.Flush() {
+		t.Fatal("flush of a held queue with a datagram gave no writer")
+	}
+	if got := names(q.Take().Datagrams); !slices.Equal(got, []string{"d"}) {
+		t.Fatalf("datagrams %v", got)
+	}
+}

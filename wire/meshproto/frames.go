@@ -53,8 +53,11 @@ type Broadcast struct {
 	Meta    []byte
 	Enc     uint8 // payload encoding, defined by the edge
 	Binary  bool  // payload is binary, not JSON
-	Origin  string
-	RelayTo []string
+	// Unreliable marks a latest-wins broadcast (a client's datagram): the
+	// receiver delivers it as a datagram where it can.
+	Unreliable bool
+	Origin     string
+	RelayTo    []string
 }
 
 // PresenceEntry is one presence entry of the owner named by the enclosing
@@ -190,9 +193,11 @@ func (r *reader) part() (uint64, bool) {
 	return part, flags&moreFlag != 0
 }
 
-// broadcastBinary is the flag bit of Broadcast.Binary; other bits are
-// reserved and rejected.
-const broadcastBinary = 1
+// The flag bits of Broadcast; other bits are reserved and rejected.
+const (
+	broadcastBinary     = 1
+	broadcastUnreliable = 2
+)
 
 func (f *Broadcast) appendBody(b []byte) []byte {
 	b = appendString(b, f.Topic)
@@ -202,6 +207,9 @@ func (f *Broadcast) appendBody(b []byte) []byte {
 	var flags byte
 	if f.Binary {
 		flags |= broadcastBinary
+	}
+	if f.Unreliable {
+		flags |= broadcastUnreliable
 	}
 	b = append(b, f.Enc, flags)
 	b = appendString(b, f.Origin)
@@ -215,10 +223,11 @@ func (f *Broadcast) decode(r *reader) {
 	f.Meta = r.bytes("meta")
 	f.Enc = r.byte("enc")
 	flags := r.byte("flags")
-	if flags&^broadcastBinary != 0 {
+	if flags&^(broadcastBinary|broadcastUnreliable) != 0 {
 		r.fail("flags")
 	}
 	f.Binary = flags&broadcastBinary != 0
+	f.Unreliable = flags&broadcastUnreliable != 0
 	f.Origin = r.string("origin")
 	f.RelayTo = r.strings("relay_to")
 }

@@ -32,6 +32,8 @@ var frames = []Frame{
 		RelayTo: []string{"node-b@3", "node-c@9"},
 	},
 	&Broadcast{Topic: "t", Event: "e", Payload: []byte{0}},
+	&Broadcast{Topic: "realtime:cursors", Event: "cursor", Payload: []byte(`{"x":3}`), Enc: 1, Binary: true, Unreliable: true, Origin: "node-a@17"},
+	&Broadcast{Unreliable: true},
 	&Broadcast{},
 	&PresenceDelta{
 		Topic: "realtime:lobby", Owner: "node-a@17", Seq: 1 << 40,
@@ -176,7 +178,7 @@ func TestBadFrames(t *testing.T) {
 		{"sub count over bytes", frame(byte(TypeSubRegister), Version, 0, 0, 5, 0, 0, 0, 0, 0), 0, ErrMalformed},
 		{"snapshot flag reserved", frame(byte(TypeInterestSnapshot), Version, 0, 0, 2), 0, ErrMalformed},
 		{"snapshot without part", frame(byte(TypeInterestSnapshot), Version, 0), 0, ErrMalformed},
-		{"broadcast flag reserved", frame(byte(TypeBroadcast), Version, 0, 0, 0, 0, 0, 2, 0, 0), 0, ErrMalformed},
+		{"broadcast flag reserved", frame(byte(TypeBroadcast), Version, 0, 0, 0, 0, 0, 4, 0, 0), 0, ErrMalformed},
 	}
 	for _, tt := range tests {
 		f, _, err := Decode(tt.in, tt.max)

@@ -31,6 +31,10 @@ type JoinConfig struct {
 	Broadcast struct {
 		Self Flag `json:"self"`
 		Ack  Flag `json:"ack"`
+		// Unreliable (meshcast, not Supabase) opts the channel into
+		// datagrams on WebTransport: the client may send broadcasts as
+		// datagrams and receives others' datagrams as datagrams.
+		Unreliable Flag `json:"unreliable"`
 	} `json:"broadcast"`
 	Presence struct {
 		Key     json.RawMessage `json:"key"`

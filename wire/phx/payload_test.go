@@ -221,3 +221,21 @@ func TestIsObject(t *testing.T) {
 		}
 	}
 }
+
+func TestDecodeJoinUnreliable(t *testing.T) {
+	for in, want := range map[string]bool{
+		`{"config":{"broadcast":{"unreliable":true}}}`:               true,
+		`{"config":{"broadcast":{"unreliable":"true","self":true}}}`: true,
+		`{"config":{"broadcast":{"unreliable":1}}}`:                  false,
+		`{"config":{"broadcast":{"self":true}}}`:                     false,
+		`{}`:                                                         false,
+	} {
+		p, err := DecodeJoin([]byte(in))
+		if err != nil {
+			t.Fatalf("DecodeJoin(%s): %v", in, err)
+		}
+		if got := bool(p.Config.Broadcast.Unreliable); got != want {
+			t.Errorf("%s: unreliable = %v, want %v", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,597 @@
+package edge
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/webtransport-go"
+
+	"github.com/meshcast/meshcast/wire/phx"
+)
+
+// The WebTransport transport: HTTP/3 over QUIC (UDP), one session per
+// client, one client-opened bidirectional stream per session carrying the
+// same Phoenix frames as a WebSocket (wtframe.go), and datagrams for
+// unreliable broadcasts (datagram.go). A session becomes a conn like any
+// WebSocket and goes through the same channel, auth and limit code.
+
+const (
+	// WebTransportPath is where sessions are opened (extended CONNECT).
+	WebTransportPath = "/realtime/v1/webtransport"
+	// certHashPath answers where to connect and which certificate hashes
+	// to pin.
+	certHashPath = WebTransportPath + "/cert-hash"
+
+	// streamOpenTimeout bounds the wait for a new session's stream.
+	streamOpenTimeout = 10 * time.Second
+	// wtCloseWait is how long a closing session waits for the client to
+	// close after the close frame, before it closes the session itself:
+	// closing it resets the stream, which may discard the close frame, and
+	// Chromium loses the session's close code, so the frame is how a
+	// browser learns why.
+	wtCloseWait = time.Second
+	// wtWriteChunk is the most a writer copies into one stream write.
+	wtWriteChunk = 64 << 10
+)
+
+// wtServer is a Server's WebTransport listener.
+type wtServer struct {
+	srv   *Server
+	certs *certSource
+	h3    *http3.Server
+	wts   *webtransport.Server
+	qtr   *quic.Transport
+	ln    *quic.EarlyListener
+	addr  *net.UDPAddr // bound
+
+	// ctx is cancelled when Shutdown begins: sessions still waiting for
+	// their stream are closed.
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   chan struct{} // ends certificate rotation
+
+	mu       sync.Mutex
+	closed   bool
+	sessions sync.WaitGroup // session goroutines before they are conns
+	loops    sync.WaitGroup // per-QUIC-connection goroutines, rotation
+	once     sync.Once
+}
+
+// ServeWebTransport serves WebTransport sessions on pc (UDP) until
+// Shutdown, which drains them like WebSocket connections. It returns
+// http.ErrServerClosed after Shutdown, and closes pc.
+func (s *Server) ServeWebTransport(pc net.PacketConn) error {
+	w, err := s.newWTServer(pc)
+	if err != nil {
+		pc.Close()
+		return err
+	}
+	s.mu.Lock()
+	switch {
+	case s.shut:
+		err = http.ErrServerClosed
+	case s.wtp.Load() != nil:
+		err = errors.New("edge: ServeWebTransport called twice")
+	default:
+		s.wtp.Store(w)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		w.close()
+		return err
+	}
+	w.loops.Add(1)
+	go func() {
+		defer w.loops.Done()
+		w.certs.run(w.stop, func(err error) { s.log.Error("rotating the WebTransport certificate", "err", err) })
+	}()
+	s.log.Info("webtransport serving", "addr", w.addr.String(), "url", w.url(nil), "self_signed", w.certs.fixed == nil)
+	return w.acceptLoop()
+}
+
+func (s *Server) newWTServer(pc net.PacketConn) (*wtServer, error) {
+	var certs *certSource
+	var err error
+	if s.cfg.WebTransportCert != nil {
+		certs, err = newFixedCerts(s.cfg.WebTransportCert)
+	} else {
+		certs, err = newSelfSignedCerts(s.cfg.WebTransportCertValidity, nil)
+	}
+	if err != nil {
+		return nil, err
+	}
+	addr, ok := pc.LocalAddr().(*net.UDPAddr)
+	if !ok {
+		return nil, fmt.Errorf("edge: WebTransport needs a UDP socket, not %T", pc.LocalAddr())
+	}
+	w := &wtServer{srv: s, certs: certs, addr: addr, stop: make(chan struct{})}
+	w.ctx, w.cancel = context.WithCancel(context.Background())
+	idle := 30 * time.Second
+	if t := s.cfg.IdleTimeout; t > idle {
+		idle = t
+	}
+	qconf := &quic.Config{
+		EnableDatagrams:                  true,
+		EnableStreamResetPartialDelivery: true,
+		MaxIdleTimeout:                   idle,
+	}
+	tlsConf := http3.ConfigureTLSConfig(&tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: certs.getCertificate,
+	})
+	w.h3 = &http3.Server{
+		Handler:    http.HandlerFunc(w.serveHTTP3),
+		TLSConfig:  tlsConf,
+		QUICConfig: qconf,
+		Logger:     s.log,
+	}
+	w.wts = &webtransport.Server{
+		H3: w.h3,
+		// The origin is checked in serveSession, where a refusal can be an
+		// HTTP answer that says why; the default check wants the page and
+		// the session on one host:port, which a page served over TCP and
+		// a session on a UDP port of another name fail.
+		CheckOrigin: func(*http.Request) bool { return true },
+		Config: &webtransport.Config{
+			// One stream per session, none the other way; a bounded
+			// window of unread stream data. (A nil Config breaks Safari.)
+			MaxIncomingStreams:    1,
+			MaxIncomingUniStreams: -1,
+			MaxIncomingData:       8 << 20,
+		},
+	}
+	w.qtr = &quic.Transport{Conn: pc}
+	ln, err := w.qtr.ListenEarly(tlsConf, qconf)
+	if err != nil {
+		w.qtr.Close()
+		return nil, fmt.Errorf("edge: WebTransport listener: %w", err)
+	}
+	w.ln = ln
+	return w, nil
+}
+
+// acceptLoop serves each QUIC connection on a goroutine of its own.
+func (w *wtServer) acceptLoop() error {
+	for {
+		qc, err := w.ln.Accept(context.Background())
+		w.mu.Lock()
+		closed := w.closed
+		if err == nil && !closed {
+			w.loops.Add(1)
+		}
+		w.mu.Unlock()
+		if err != nil {
+			if closed {
+				return http.ErrServerClosed
+			}
+			return err
+		}
+		if closed {
+			qc.CloseWithError(0, "server shutting down")
+			return http.ErrServerClosed
+		}
+		go func() {
+			defer w.loops.Done()
+			if err := w.wts.ServeQUICConn(qc); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				w.srv.logLimited.Debug("webtransport connection", "remote", qc.RemoteAddr().String(), "err", err)
+			}
+		}()
+	}
+}
+
+// drain begins Shutdown: sessions that opened no stream yet are closed.
+func (w *wtServer) drain() { w.cancel() }
+
+// close closes every QUIC connection and the listener, and waits for the
+// goroutines of the listener. Sessions that are conns are not waited for
+// here (Shutdown waits for them).
+func (w *wtServer) close() {
+	w.once.Do(func() {
+		w.mu.Lock()
+		w.closed = true
+		w.mu.Unlock()
+		w.cancel()
+		close(w.stop)
+		w.wts.Close() // closes the connections while the socket still sends
+		w.ln.Close()
+		w.loops.Wait()
+		w.qtr.Close()
+		w.qtr.Conn.Close()
+	})
+}
+
+// hold registers a session goroutine; false once the listener closes.
+func (w *wtServer) hold() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return false
+	}
+	w.sessions.Add(1)
+	return true
+}
+
+// serveHTTP3 is the HTTP/3 handler: WebTransport sessions, and every other
+// route as over TCP (a browser told by Alt-Svc may send those here), with
+// the HTTP read and write timeouts applied per request.
+func (w *wtServer) serveHTTP3(rw http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		if r.URL.Path != WebTransportPath {
+			http.NotFound(rw, r)
+			return
+		}
+		w.serveSession(rw, r)
+		return
+	}
+	rc := http.NewResponseController(rw)
+	now := time.Now()
+	if t := w.srv.cfg.HTTPReadTimeout; t > 0 {
+		rc.SetReadDeadline(now.Add(t))
+	}
+	if t := w.srv.cfg.HTTPWriteTimeout; t > 0 {
+		rc.SetWriteDeadline(now.Add(t))
+	}
+	w.srv.handler.ServeHTTP(rw, r)
+}
+
+// serveSession opens a session after the checks a WebSocket upgrade makes
+// (auth, connection limit, draining) and the origin check, so that
+// refusals are HTTP answers with a {"error":…} body.
+func (w *wtServer) serveSession(rw http.ResponseWriter, r *http.Request) {
+	s := w.srv
+	if v := r.URL.Query().Get("vsn"); v != "" && v != "2.0.0" {
+		s.metrics.errorReason("bad_vsn")
+		writeJSONError(rw, http.StatusForbidden, "WebTransport speaks vsn 2.0.0 only")
+		return
+	}
+	if origin := r.Header.Get("Origin"); !s.originAllowed(origin) {
+		s.metrics.errorReason("origin")
+		writeJSONError(rw, http.StatusForbidden, "Origin not allowed: "+origin)
+		return
+	}
+	apikey, cl, ok := s.admitClient(rw, r)
+	if !ok {
+		return
+	}
+	sess, err := w.wts.Upgrade(rw, r)
+	if err != nil {
+		s.release()
+		s.metrics.errorReason("upgrade")
+		s.logLimited.Debug("webtransport upgrade failed", "remote", r.RemoteAddr, "err", err)
+		writeJSONError(rw, http.StatusBadRequest, "WebTransport upgrade failed: "+err.Error())
+		return
+	}
+	if !w.hold() {
+		s.release()
+		sess.CloseWithError(webtransport.SessionErrorCode(ws.StatusGoingAway), "server shutting down")
+		return
+	}
+	// The session outlives the handler.
+	go w.runSession(sess, apikey, cl)
+}
+
+// runSession waits for the session's stream, then is the conn's reader
+// until the session ends.
+func (w *wtServer) runSession(sess *webtransport.Session, apikey string, cl *claims) {
+	defer w.sessions.Done()
+	s := w.srv
+	ctx, cancel := context.WithTimeout(w.ctx, streamOpenTimeout)
+	str, err := sess.AcceptStream(ctx)
+	cancel()
+	if err != nil {
+		s.release()
+		code, reason := ws.StatusPolicyViolation, "no stream opened within "+streamOpenTimeout.String()
+		if w.ctx.Err() != nil {
+			code, reason = ws.StatusGoingAway, "server shutting down"
+		} else if sess.Context().Err() == nil {
+			s.metrics.errorReason("no_stream")
+		}
+		sess.CloseWithError(webtransport.SessionErrorCode(code), reason)
+		return
+	}
+	t := newWTTransport(sess, str, s.cfg.WriteTimeout)
+	c := newConn(s, t, formatWTv2, sess.RemoteAddr().String())
+	c.apikey, c.apikeyClaims = apikey, cl
+	c.dg = t
+	if !s.track(c) {
+		s.release()
+		t.closeWith(ws.StatusGoingAway, "server shutting down")
+		t.kill()
+		t.shut()
+		return
+	}
+	defer s.wg.Done()
+	datagrams := make(chan struct{})
+	go func() {
+		defer close(datagrams)
+		c.readDatagrams(sess)
+	}()
+	c.readWebTransport(t)
+	// The writer closed the session before teardown returned, so the
+	// datagram reader is ending.
+	<-datagrams
+}
+
+// readWebTransport reads client frames from the stream until it ends or
+// fails, then tears the connection down.
+func (c *conn) readWebTransport(t *wtTransport) {
+	defer c.teardown()
+	cfg := &c.srv.cfg
+	fr := wtFrameReader{r: bufio.NewReaderSize(t.str, readBufferSize), max: cfg.MaxFrameBytes}
+	for {
+		c.setReadDeadline(t.str, &fr.msg)
+		err := fr.header()
+		var body []byte
+		var op byte
+		if err == nil {
+			// The message deadline applies from its first bytes.
+			c.setReadDeadline(t.str, &fr.msg)
+			body, op, err = fr.body()
+		}
+		var fe *wtFrameError
+		var ne net.Error
+		switch {
+		case err == nil:
+		case errors.As(err, &fe):
+			if fe.code == ws.StatusMessageTooBig {
+				c.srv.metrics.errorReason("frame_too_large")
+			} else {
+				c.srv.metrics.errorReason("protocol")
+			}
+			c.closeNow(fe.code, fe.reason)
+			return
+		case errors.As(err, &ne) && ne.Timeout():
+			c.readFailed(err, &fr.msg)
+			return
+		default:
+			// The stream ended (io.EOF, between frames or not), or the
+			// client reset it or closed the session.
+			return
+		}
+		c.srv.metrics.read(c.tm, len(body))
+		if op == wtOpClose {
+			c.answerClose(body)
+			return
+		}
+		if !c.handleFrame(op == wtOpBinary, body) {
+			return
+		}
+	}
+}
+
+// wtTransport carries a conn over a WebTransport session's stream.
+type wtTransport struct {
+	sess         *webtransport.Session
+	str          *webtransport.Stream
+	writeTimeout time.Duration
+
+	// Writer only.
+	deadline    time.Time
+	closeCode   ws.StatusCode
+	closeReason string
+
+	killed   chan struct{}
+	killOnce sync.Once
+}
+
+func newWTTransport(sess *webtransport.Session, str *webtransport.Stream, writeTimeout time.Duration) *wtTransport {
+	return &wtTransport{
+		sess:         sess,
+		str:          str,
+		writeTimeout: writeTimeout,
+		closeCode:    ws.StatusNormalClosure,
+		killed:       make(chan struct{}),
+	}
+}
+
+func (t *wtTransport) kind() transportKind { return kindWebTransport }
+
+// wtWriteBufs pool the buffers that turn a batch of frames into few
+// stream writes: each write hands data to the QUIC connection's loop, so
+// one per batch beats one per frame, and an idle session keeps no buffer.
+var wtWriteBufs = sync.Pool{New: func() any { b := make([]byte, 0, wtWriteChunk); return &b }}
+
+func (t *wtTransport) writeFrames(batch [][]byte) error {
+	if wt := t.writeTimeout; wt > 0 {
+		if now := time.Now(); t.deadline.Sub(now) < wt*3/4 {
+			t.deadline = now.Add(wt)
+			t.str.SetWriteDeadline(t.deadline)
+		}
+	}
+	if last := batch[len(batch)-1]; len(last) >= wtHeader+2 && last[4] == wtOpClose {
+		t.closeCode = ws.StatusCode(uint16(last[5])<<8 | uint16(last[6]))
+		t.closeReason = string(last[wtHeader+2:])
+	}
+	if len(batch) == 1 {
+		_, err := t.str.Write(batch[0])
+		return err
+	}
+	bp := wtWriteBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	defer func() { *bp = buf[:0]; wtWriteBufs.Put(bp) }()
+	for _, f := range batch {
+		if len(buf) > 0 && len(buf)+len(f) > wtWriteChunk {
+			if _, err := t.str.Write(buf); err != nil {
+				return err
+			}
+			buf = buf[:0]
+		}
+		if len(f) >= wtWriteChunk {
+			if _, err := t.str.Write(f); err != nil {
+				return err
+			}
+			continue
+		}
+		buf = append(buf, f...)
+	}
+	if len(buf) > 0 {
+		_, err := t.str.Write(buf)
+		return err
+	}
+	return nil
+}
+
+// sendDatagram sends one datagram.
+func (t *wtTransport) sendDatagram(d []byte) error { return t.sess.SendDatagram(d) }
+
+// closeWith sets the session close code for a shut without a close frame.
+func (t *wtTransport) closeWith(code ws.StatusCode, reason string) {
+	t.closeCode, t.closeReason = code, reason
+}
+
+// shut ends the stream after the close frame, gives the client a moment
+// to read it and close the session itself, then closes the session with
+// the frame's code (which Go clients see; browsers lose it). Closing the
+// session resets the stream, and a client drops what it has not read of
+// a reset stream: so even after the client's own close frame, the echo
+// waits for the client (clientjs closes the session right after its
+// frame) rather than being cut short.
+func (t *wtTransport) shut() {
+	t.str.Close()
+	timer := time.NewTimer(wtCloseWait)
+	select {
+	case <-t.sess.Context().Done():
+	case <-t.killed:
+	case <-timer.C:
+	}
+	timer.Stop()
+	t.sess.CloseWithError(webtransport.SessionErrorCode(t.closeCode), cutReason(t.closeReason))
+}
+
+// kill resets the stream both ways at once: the reader and a blocked
+// writer return, and shut does not wait for the client.
+func (t *wtTransport) kill() {
+	t.killOnce.Do(func() {
+		close(t.killed)
+		t.str.CancelRead(webtransport.StreamErrorCode(ws.StatusGoingAway))
+		t.str.CancelWrite(webtransport.StreamErrorCode(ws.StatusGoingAway))
+	})
+}
+
+// originAllowed applies Config.AllowedOrigins.
+func (s *Server) originAllowed(origin string) bool {
+	if origin == "" || len(s.cfg.AllowedOrigins) == 0 {
+		return true
+	}
+	for _, o := range s.cfg.AllowedOrigins {
+		if originMatches(o, origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// originMatches matches an Origin header against one allowed entry:
+// "*", an exact origin, or "scheme://*.domain" for any subdomain.
+func originMatches(pattern, origin string) bool {
+	pattern, origin = strings.ToLower(strings.TrimSuffix(pattern, "/")), strings.ToLower(origin)
+	if pattern == "*" || pattern == origin {
+		return true
+	}
+	scheme, rest, ok := strings.Cut(pattern, "://*.")
+	if !ok {
+		return false
+	}
+	oscheme, ohost, ok := strings.Cut(origin, "://")
+	return ok && oscheme == scheme && strings.HasSuffix(ohost, "."+rest)
+}
+
+// url is the session URL clients are told to dial (README, "WebTransport":
+// which host is advertised). r is the cert-hash request (nil: for logs).
+func (w *wtServer) url(r *http.Request) string {
+	if adv := w.srv.cfg.WebTransportAdvertise; adv != "" {
+		if strings.Contains(adv, "://") {
+			return adv
+		}
+		return "https://" + adv + WebTransportPath
+	}
+	port := strconv.Itoa(w.addr.Port)
+	host := "127.0.0.1"
+	switch {
+	case !w.addr.IP.IsUnspecified():
+		host = w.addr.IP.String()
+	case r == nil:
+	case w.certs.fixed != nil:
+		// A CA certificate names hosts: the one the client asked for.
+		if h, _, err := net.SplitHostPort(r.Host); err == nil {
+			host = h
+		} else if r.Host != "" {
+			host = r.Host
+		}
+	default:
+		// Bound to every address: the one the client's request reached is
+		// one it can reach (a pinned certificate names no host).
+		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+			if h, _, err := net.SplitHostPort(a.String()); err == nil && h != "" {
+				host = h
+			}
+		}
+	}
+	return "https://" + net.JoinHostPort(host, port) + WebTransportPath
+}
+
+// altSvc is the Alt-Svc header value announcing HTTP/3 on the UDP port.
+func (w *wtServer) altSvc() string {
+	if adv := w.srv.cfg.WebTransportAdvertise; adv != "" && !strings.Contains(adv, "://") {
+		return `h3="` + adv + `"; ma=86400`
+	}
+	return `h3=":` + strconv.Itoa(w.addr.Port) + `"; ma=86400`
+}
+
+// serveCertHash answers GET /realtime/v1/webtransport/cert-hash: where to
+// connect and the SHA-256 of the certificates to pin, or 404 when this
+// node has no WebTransport.
+func (s *Server) serveCertHash(rw http.ResponseWriter, r *http.Request) {
+	h := rw.Header()
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Cache-Control", "no-store")
+	w := s.webTransport()
+	if w == nil {
+		writeJSONError(rw, http.StatusNotFound, "WebTransport is off on this node")
+		return
+	}
+	hashes, notAfter := w.certs.published()
+	b := []byte(`{"url":`)
+	b = phx.AppendString(b, w.url(r))
+	b = append(b, `,"hashes":[`...)
+	for i, sum := range hashes {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"algorithm":"sha-256","value":"`...)
+		b = base64.StdEncoding.AppendEncode(b, sum[:])
+		b = append(b, `"}`...)
+	}
+	b = append(b, `],"not_after":`...)
+	b = phx.AppendString(b, notAfter.UTC().Format(time.RFC3339))
+	b = append(b, '}')
+	h.Set("Content-Type", "application/json")
+	rw.Write(b)
+}
+
+// webTransport returns the WebTransport listener, nil when there is none.
+func (s *Server) webTransport() *wtServer { return s.wtp.Load() }
+
+// withAltSvc adds the Alt-Svc header to every HTTP response once the
+// WebTransport listener runs.
+func (s *Server) withAltSvc(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if w := s.webTransport(); w != nil {
+			rw.Header().Set("Alt-Svc", w.altSvc())
+		}
+		h.ServeHTTP(rw, r)
+	})
+}
