@@ -1,0 +1,248 @@
+package edge
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/meshcast/meshcast/mesh"
+	"github.com/meshcast/meshcast/wal"
+	"github.com/meshcast/meshcast/wal/pgtest"
+)
+
+// End-to-end tests of postgres_changes through a WebSocket client, with a
+// real Postgres as the oracle. The client's node is not the database's
+// owner: every change crosses the mesh as a Changes frame, as it does for
+// most clients of a cluster.
+
+// startChangesPair starts two nodes in this process: an owner, which alone
+// can read pg (slot slot) and so runs the reader, and the node returned,
+// whose clients the test uses. With secret set both check JWTs, and the
+// owner filters row-level security. tweak changes the returned node's
+// Config.
+func startChangesPair(t *testing.T, pg *pgtest.Server, slot string, secret []byte, tweak func(*Config)) *testServer {
+	t.Helper()
+	var seed string
+	var client *testServer
+	for i, reads := range []bool{true, false} {
+		cfg := DefaultConfig()
+		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.NodeID = mesh.NewID(fmt.Sprintf("pg%d", i))
+		cfg.JWTSecret = secret
+		if !reads && tweak != nil {
+			tweak(&cfg)
+		}
+		s, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		auth, err := wal.NewAuthorizer(context.Background(), pg.URL(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := wal.ServiceConfig{DB: "db", Self: cfg.NodeID, Deliver: s.DeliverChange, SettleWait: 200 * time.Millisecond,
+			TakeoverWait: time.Second, Logger: cfg.Logger}
+		mc := mesh.Config{
+			Name: fmt.Sprintf("pg%d", i), ID: cfg.NodeID, Region: "iad", GossipAddr: "127.0.0.1:0", MeshAddr: "127.0.0.1:0",
+			ClusterSecret: []byte("test-secret"), Gossip: mesh.GossipConfig{ProbeInterval: 200 * time.Millisecond},
+			PeerTimeout: time.Second, Logger: cfg.Logger,
+		}
+		if reads {
+			sc.Reader = &wal.Reader{URL: pg.URL(), Slot: slot, StatusInterval: 50 * time.Millisecond, Logger: cfg.Logger}
+			if secret != nil {
+				sc.Authorize = auth.Authorize
+			}
+			mc.Database = "db"
+		} else {
+			mc.Join = []string{seed}
+		}
+		svc := wal.NewService(sc)
+		s.SetChanges(svc, auth)
+		node, err := mesh.New(mc, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetCluster(node); err != nil {
+			t.Fatal(err)
+		}
+		svc.Attach(node)
+		if err := node.Start(); err != nil {
+			t.Fatal(err)
+		}
+		seed = node.GossipAddr()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); svc.Run(ctx) }()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts := &testServer{
+			Server: s,
+			addr:   ln.Addr().String(),
+			client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: testWait},
+			served: make(chan error, 1),
+		}
+		go func() { ts.served <- s.Serve(ln) }()
+		t.Cleanup(func() {
+			ts.stop()
+			node.Close()
+			cancel()
+			<-done
+			svc.Close()
+			auth.Close()
+		})
+		client = ts
+	}
+	return client
+}
+
+// pgConn is a connection to pg in UTC, closed when t ends: to_jsonb of a
+// timestamptz depends on the session's time zone, and the reader's
+// sessions are in UTC.
+func pgConn(t *testing.T, pg *pgtest.Server) *pgx.Conn {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(pg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["timezone"] = "UTC"
+	conn, err := pgx.ConnectConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// queryJSON returns the JSON text one row of sql yields.
+func queryJSON(t *testing.T, conn *pgx.Conn, sql string, args ...any) []byte {
+	t.Helper()
+	var b []byte
+	if err := conn.QueryRow(context.Background(), sql, args...).Scan(&b); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return b
+}
+
+func execSQL(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
+	t.Helper()
+	if _, err := conn.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// sameJSON reports whether two JSON texts are the same value: objects
+// whatever their key order, numbers by exact decimal value (jsonb prints
+// 1e30 as 1000000000000000000000000000000, and an int8 beyond 2^53 must
+// not be rounded by the comparison).
+func sameJSON(a, b []byte) bool {
+	va, err1 := decodeExact(a)
+	vb, err2 := decodeExact(b)
+	return err1 == nil && err2 == nil && sameValue(va, vb)
+}
+
+func decodeExact(b []byte) (any, error) {
+	d := json.NewDecoder(strings.NewReader(string(b)))
+	d.UseNumber()
+	var v any
+	err := d.Decode(&v)
+	return v, err
+}
+
+func sameValue(a, b any) bool {
+	switch a := a.(type) {
+	case json.Number:
+		b, ok := b.(json.Number)
+		if !ok {
+			return false
+		}
+		ra, ok1 := new(big.Rat).SetString(a.String())
+		rb, ok2 := new(big.Rat).SetString(b.String())
+		return ok1 && ok2 && ra.Cmp(rb) == 0
+	case map[string]any:
+		b, ok := b.(map[string]any)
+		if !ok || len(a) != len(b) {
+			return false
+		}
+		for k, v := range a {
+			if w, ok := b[k]; !ok || !sameValue(v, w) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		b, ok := b.([]any)
+		if !ok || len(a) != len(b) {
+			return false
+		}
+		for i := range a {
+			if !sameValue(a[i], b[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	return a == b
+}
+
+// collectChanges reads postgres_changes messages until it has n, within
+// d; other frames are skipped.
+func collectChanges(t *testing.T, c *wsClient, n int, d time.Duration) []changeOf {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var out []changeOf
+	for len(out) < n {
+		data, op, err := c.read(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("after %d of %d changes: %v", len(out), n, err)
+		}
+		f, err := decodeFrame(data, op, false)
+		if err != nil {
+			t.Fatalf("decoding %q: %v", data, err)
+		}
+		if f.Event != "postgres_changes" {
+			continue
+		}
+		var ch changeOf
+		if err := json.Unmarshal(f.Payload, &ch); err != nil {
+			t.Fatalf("postgres_changes payload %s: %v", f.Payload, err)
+		}
+		out = append(out, ch)
+	}
+	return out
+}
+
+// quiet checks that c receives no postgres_changes message before the
+// server answers a heartbeat sent after every change it could have got
+// has had time to arrive: a later insert of a row it does receive (marker)
+// arrives first.
+func expectNothingBefore(t *testing.T, c *wsClient, marker func(changeOf) bool) {
+	t.Helper()
+	deadline := time.Now().Add(testWait)
+	for {
+		data, op, err := c.read(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("waiting for the marker change: %v", err)
+		}
+		f, err := decodeFrame(data, op, false)
+		if err != nil || f.Event != "postgres_changes" {
+			continue
+		}
+		var ch changeOf
+		json.Unmarshal(f.Payload, &ch)
+		if marker(ch) {
+			return
+		}
+		t.Errorf("unexpected change before the marker: %s", f.Payload)
+	}
+}

@@ -1,0 +1,144 @@
+package edge
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/meshcast/meshcast/wal/pgtest"
+)
+
+// rlsSchema is Supabase's setup in small: the anon and authenticated roles
+// (cluster-wide, so created only if missing), auth.uid() reading the JWT's
+// sub from request.jwt.claims as Supabase defines it, and a notes table
+// whose rows only their owner may read.
+const rlsSchema = `
+DO $$ BEGIN CREATE ROLE anon NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE authenticated NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+CREATE SCHEMA auth;
+CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$
+	SELECT coalesce(nullif(current_setting('request.jwt.claim.sub', true), ''),
+		(nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'))::uuid $$;
+GRANT USAGE ON SCHEMA auth TO anon, authenticated;
+CREATE TABLE notes (id int8 PRIMARY KEY, user_id uuid NOT NULL, body text);
+ALTER TABLE notes REPLICA IDENTITY FULL;
+ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner ON notes FOR SELECT TO authenticated USING (user_id = auth.uid());
+GRANT SELECT ON notes TO authenticated;
+CREATE TABLE secrets (id int8 PRIMARY KEY, x text);
+CREATE TABLE marker (id int PRIMARY KEY);
+GRANT SELECT ON marker TO anon, authenticated;
+CREATE PUBLICATION supabase_realtime FOR ALL TABLES;
+`
+
+const (
+	aliceID = "a0000000-0000-0000-0000-000000000001"
+	bobID   = "b0000000-0000-0000-0000-000000000002"
+)
+
+// userToken is a JWT for role with sub, valid for ttl.
+func userToken(t *testing.T, role, sub string, ttl time.Duration) string {
+	t.Helper()
+	return mintWith(t, testSecret, jwt.MapClaims{"role": role, "sub": sub, "exp": time.Now().Add(ttl).Unix()})
+}
+
+// rowOf summarizes a change as "KIND id body" (the old row for a delete),
+// and the keys of the row it carries.
+func rowOf(ch changeOf) string {
+	row := ch.Data.Record
+	if ch.Data.Type == "DELETE" {
+		row = ch.Data.OldRecord
+	}
+	var m map[string]any
+	json.Unmarshal(row, &m)
+	s := fmt.Sprintf("%s %v", ch.Data.Type, m["id"])
+	if b, ok := m["body"]; ok {
+		s += fmt.Sprintf(" %v", b)
+	}
+	if _, ok := m["user_id"]; !ok {
+		s += " (no user_id)"
+	}
+	return s
+}
+
+// expectRows reads the client's next len(want) changes and compares them
+// with want, in order.
+func expectRows(t *testing.T, who string, c *wsClient, want ...string) {
+	t.Helper()
+	var got []string
+	for _, ch := range collectChanges(t, c, len(want), testWait) {
+		got = append(got, rowOf(ch))
+	}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Errorf("%s received %q, want %q", who, got, want)
+	}
+}
+
+// joinSystem joins topic with bindings on c and returns the system
+// message that follows the (ok) join reply.
+func joinSystem(t *testing.T, c *wsClient, topic, bindings string) map[string]string {
+	t.Helper()
+	c.write(joinFrame("1", topic, `{"postgres_changes":`+bindings+`}`))
+	if f := c.next(); f.Event != "phx_reply" || jsonField(f.Payload, "status") != `"ok"` {
+		t.Fatalf("join %s: %s", topic, f)
+	}
+	f := c.next()
+	var m map[string]string
+	if f.Event != "system" || json.Unmarshal(f.Payload, &m) != nil {
+		t.Fatalf("after the join reply: %s, want a system message", f)
+	}
+	return m
+}
+
+// With --jwt-secret, two users under an owner policy each receive only
+// the rows they may select, as their row is when the change is checked;
+// deletes on an RLS table reach both and carry only the primary key; a
+// role without SELECT on a table is refused at join with Supabase's text.
+func TestChangesRowLevelSecurity(t *testing.T) {
+	pg := pgtest.Shared(t)
+	pg.Exec(rlsSchema)
+	ts := startChangesPair(t, pg, "edge_rls", testSecret, nil)
+	alice := ts.connectQuery(t, "apikey="+userToken(t, "authenticated", aliceID, time.Hour)+"&vsn=2.0.0")
+	bob := ts.connectQuery(t, "apikey="+userToken(t, "authenticated", bobID, time.Hour)+"&vsn=2.0.0")
+	for _, c := range []*wsClient{alice, bob} {
+		if m := joinSystem(t, c, "realtime:notes", `[{"event":"*","schema":"public","table":"notes"}]`); m["message"] != "Subscribed to PostgreSQL" {
+			t.Fatalf("join notes: %v", m)
+		}
+		joinSystem(t, c, "realtime:marker", `[{"event":"INSERT","schema":"public","table":"marker"}]`)
+	}
+
+	// Each step waits for its deliveries: visibility is checked against
+	// the row as it is then, so the next step must not overtake it.
+	pg.Exec(fmt.Sprintf(`INSERT INTO notes VALUES (1, '%[1]s', 'a1'); INSERT INTO notes VALUES (2, '%[2]s', 'b1');
+		INSERT INTO notes VALUES (3, '%[1]s', 'a2')`, aliceID, bobID))
+	expectRows(t, "alice", alice, "INSERT 1 a1", "INSERT 3 a2")
+	expectRows(t, "bob", bob, "INSERT 2 b1")
+	pg.Exec(`UPDATE notes SET body = 'b2' WHERE id = 2`)
+	expectRows(t, "bob", bob, "UPDATE 2 b2")
+	pg.Exec(`UPDATE notes SET user_id = $1 WHERE id = 2`, aliceID) // bob's row becomes alice's
+	expectRows(t, "alice", alice, "UPDATE 2 b2")
+	pg.Exec(`DELETE FROM notes WHERE id = 1`)
+	pg.Exec(`INSERT INTO marker VALUES (1)`)
+	// bob's next change is the delete: he did not get the row that left him.
+	expectRows(t, "alice", alice, "DELETE 1 (no user_id)", "INSERT 1 (no user_id)")
+	expectRows(t, "bob", bob, "DELETE 1 (no user_id)", "INSERT 1 (no user_id)")
+
+	// No SELECT: refused at join, the channel stays joined.
+	anon := ts.connectQuery(t, "apikey="+userToken(t, "anon", "", time.Hour)+"&vsn=2.0.0")
+	for _, tc := range []struct {
+		c     *wsClient
+		table string
+	}{{alice, "secrets"}, {anon, "notes"}} {
+		m := joinSystem(t, tc.c, "realtime:refused-"+tc.table, `[{"event":"*","schema":"public","table":"`+tc.table+`"}]`)
+		want := "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: " +
+			"[event: *, schema: public, table: " + tc.table + ", filters: [], select: nil]. " +
+			"Exception: ERROR 42501 (insufficient_privilege) permission denied for table " + tc.table
+		if m["extension"] != "postgres_changes" || m["status"] != "error" || m["message"] != want {
+			t.Errorf("binding on %s without SELECT: system %v\nwant message %q", tc.table, m, want)
+		}
+	}
+}
