@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/meshcast/meshcast/mesh"
@@ -24,15 +25,14 @@ import (
 // owner: every change crosses the mesh as a Changes frame, as it does for
 // most clients of a cluster.
 
-// startChangesPair starts two nodes in this process: an owner, which alone
-// can read pg (slot slot) and so runs the reader, and the node returned,
-// whose clients the test uses. With secret set both check JWTs, and the
-// owner filters row-level security. tweak changes the returned node's
-// Config.
-func startChangesPair(t *testing.T, pg *pgtest.Server, slot string, secret []byte, tweak func(*Config)) *testServer {
+// startChangesPair starts two nodes in this process: the owner, which
+// alone can read pg (slot slot) and so runs the reader, and the node whose
+// clients the test uses. With secret set both check JWTs, and the owner
+// filters row-level security. tweak changes the client node's Config.
+// Both serve their wal metrics.
+func startChangesPair(t *testing.T, pg *pgtest.Server, slot string, secret []byte, tweak func(*Config)) (client, owner *testServer) {
 	t.Helper()
 	var seed string
-	var client *testServer
 	for i, reads := range []bool{true, false} {
 		cfg := DefaultConfig()
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -49,15 +49,17 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, slot string, secret []byt
 		if err != nil {
 			t.Fatal(err)
 		}
+		set := metrics.NewSet()
+		s.AddMetrics(set)
 		sc := wal.ServiceConfig{DB: "db", Self: cfg.NodeID, Deliver: s.DeliverChange, SettleWait: 200 * time.Millisecond,
-			TakeoverWait: time.Second, Logger: cfg.Logger}
+			TakeoverWait: time.Second, Logger: cfg.Logger, Metrics: set}
 		mc := mesh.Config{
 			Name: fmt.Sprintf("pg%d", i), ID: cfg.NodeID, Region: "iad", GossipAddr: "127.0.0.1:0", MeshAddr: "127.0.0.1:0",
 			ClusterSecret: []byte("test-secret"), Gossip: mesh.GossipConfig{ProbeInterval: 200 * time.Millisecond},
 			PeerTimeout: time.Second, Logger: cfg.Logger,
 		}
 		if reads {
-			sc.Reader = &wal.Reader{URL: pg.URL(), Slot: slot, StatusInterval: 50 * time.Millisecond, Logger: cfg.Logger}
+			sc.Reader = &wal.Reader{URL: pg.URL(), Slot: slot, StatusInterval: 50 * time.Millisecond, Logger: cfg.Logger, Metrics: set}
 			if secret != nil {
 				sc.Authorize = auth.Authorize
 			}
@@ -101,9 +103,13 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, slot string, secret []byt
 			svc.Close()
 			auth.Close()
 		})
-		client = ts
+		if reads {
+			owner = ts
+		} else {
+			client = ts
+		}
 	}
-	return client
+	return client, owner
 }
 
 // pgConn is a connection to pg in UTC, closed when t ends: to_jsonb of a
@@ -217,32 +223,8 @@ func collectChanges(t *testing.T, c *wsClient, n int, d time.Duration) []changeO
 		if err := json.Unmarshal(f.Payload, &ch); err != nil {
 			t.Fatalf("postgres_changes payload %s: %v", f.Payload, err)
 		}
+		ch.Topic = f.Topic
 		out = append(out, ch)
 	}
 	return out
-}
-
-// quiet checks that c receives no postgres_changes message before the
-// server answers a heartbeat sent after every change it could have got
-// has had time to arrive: a later insert of a row it does receive (marker)
-// arrives first.
-func expectNothingBefore(t *testing.T, c *wsClient, marker func(changeOf) bool) {
-	t.Helper()
-	deadline := time.Now().Add(testWait)
-	for {
-		data, op, err := c.read(time.Until(deadline))
-		if err != nil {
-			t.Fatalf("waiting for the marker change: %v", err)
-		}
-		f, err := decodeFrame(data, op, false)
-		if err != nil || f.Event != "postgres_changes" {
-			continue
-		}
-		var ch changeOf
-		json.Unmarshal(f.Payload, &ch)
-		if marker(ch) {
-			return
-		}
-		t.Errorf("unexpected change before the marker: %s", f.Payload)
-	}
 }

@@ -3,6 +3,7 @@ package edge
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,7 +102,7 @@ func joinSystem(t *testing.T, c *wsClient, topic, bindings string) map[string]st
 func TestChangesRowLevelSecurity(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec(rlsSchema)
-	ts := startChangesPair(t, pg, "edge_rls", testSecret, nil)
+	ts, _ := startChangesPair(t, pg, "edge_rls", testSecret, nil)
 	alice := ts.connectQuery(t, "apikey="+userToken(t, "authenticated", aliceID, time.Hour)+"&vsn=2.0.0")
 	bob := ts.connectQuery(t, "apikey="+userToken(t, "authenticated", bobID, time.Hour)+"&vsn=2.0.0")
 	for _, c := range []*wsClient{alice, bob} {
@@ -141,4 +142,98 @@ func TestChangesRowLevelSecurity(t *testing.T) {
 			t.Errorf("binding on %s without SELECT: system %v\nwant message %q", tc.table, m, want)
 		}
 	}
+}
+
+// An access_token with other claims moves the channel's bindings to them:
+// from the "Subscribed to PostgreSQL" that follows the refresh, RLS
+// filters by the new claims, the client's listeners still get the binding
+// ids of the join reply, and the owner no longer holds the old
+// subscriptions. A token whose role may not read the table any more closes
+// the channel.
+func TestChangesTokenRefreshFollowsClaims(t *testing.T) {
+	pg := pgtest.Shared(t)
+	pg.Exec(rlsSchema)
+	ts, owner := startChangesPair(t, pg, "edge_refresh", testSecret, nil)
+	c := ts.connectQuery(t, "apikey="+userToken(t, "authenticated", aliceID, time.Hour)+"&vsn=2.0.0")
+	topics := []string{"realtime:notes", "realtime:notes2", "realtime:marker"}
+	ids := map[string]uint64{}
+	for i, topic := range topics {
+		table := "notes"
+		if i == 2 {
+			table = "marker"
+		}
+		got, sys := joinWithBindings(t, c, "1", topic, `[{"event":"*","schema":"public","table":"`+table+`"}]`)
+		if sys != `"Subscribed to PostgreSQL"` {
+			t.Fatalf("join %s: %s", topic, sys)
+		}
+		ids[topic] = got[0]
+	}
+	ownerSubs := func(want string) {
+		t.Helper()
+		var v string
+		if !waitFor(testWait, func() bool { v, _ = owner.metric("meshcast_wal_subscriptions"); return v == want }) {
+			t.Fatalf("the owner holds %s subscriptions, want %s", v, want)
+		}
+	}
+	ownerSubs("2") // the notes channels share one
+	// received reads a batch of changes (their order across channels
+	// is not defined) and checks each carries its channel's join-reply id.
+	received := func(n int) string {
+		t.Helper()
+		var got []string
+		for _, ch := range collectChanges(t, c, n, testWait) {
+			if len(ch.IDs) != 1 || ch.IDs[0] != ids[ch.Topic] {
+				t.Errorf("%s: ids %v, want the join reply's [%d]", ch.Topic, ch.IDs, ids[ch.Topic])
+			}
+			got = append(got, strings.TrimPrefix(ch.Topic, "realtime:")+": "+rowOf(ch))
+		}
+		slices.Sort(got)
+		return strings.Join(got, "; ")
+	}
+	pg.Exec(fmt.Sprintf(`INSERT INTO notes VALUES (1, '%s', 'alice''s'); INSERT INTO notes VALUES (2, '%s', 'bob''s');
+		INSERT INTO marker VALUES (1)`, aliceID, bobID))
+	if got, want := received(3), "marker: INSERT 1 (no user_id); notes2: INSERT 1 alice's; notes: INSERT 1 alice's"; got != want {
+		t.Errorf("as alice: %s, want %s", got, want)
+	}
+
+	// realtime-js sends the new token to every joined channel.
+	bob := userToken(t, "authenticated", bobID, time.Hour)
+	for i, topic := range topics {
+		c.write(fmt.Sprintf(`["1","%d",%q,"access_token",{"access_token":%q}]`, 10+i, topic, bob))
+	}
+	for range topics {
+		f := c.next()
+		if f.Event != "system" || jsonField(f.Payload, "message") != `"Subscribed to PostgreSQL"` || jsonField(f.Payload, "status") != `"ok"` {
+			t.Fatalf("after the refresh: %s, want Subscribed to PostgreSQL", f)
+		}
+	}
+	ownerSubs("2") // bob's replaced alice's
+	pg.Exec(fmt.Sprintf(`INSERT INTO notes VALUES (3, '%s', 'alice''s'); INSERT INTO notes VALUES (4, '%s', 'bob''s');
+		INSERT INTO marker VALUES (2)`, aliceID, bobID))
+	if got, want := received(3), "marker: INSERT 2 (no user_id); notes2: INSERT 4 bob's; notes: INSERT 4 bob's"; got != want {
+		t.Errorf("as bob: %s, want %s", got, want)
+	}
+
+	// anon may not select from notes: that channel closes, the others stay.
+	c.write(fmt.Sprintf(`["1","20","realtime:notes","access_token",{"access_token":%q}]`, userToken(t, "anon", "", time.Hour)))
+	f := c.next()
+	want := "Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: " +
+		"[event: *, schema: public, table: notes, filters: [], select: nil]. " +
+		"Exception: ERROR 42501 (insufficient_privilege) permission denied for table notes"
+	if f.Event != "system" || f.Topic != "realtime:notes" || jsonField(f.Payload, "extension") != `"system"` ||
+		jsonField(f.Payload, "message") != strconvQuote(want) {
+		t.Errorf("refresh to a role without SELECT: %s\nwant a system error %q", f, want)
+	}
+	if f := c.next(); f.Event != "phx_close" || f.Topic != "realtime:notes" {
+		t.Errorf("after the system error: %s, want phx_close", f)
+	}
+	pg.Exec(fmt.Sprintf(`INSERT INTO notes VALUES (5, '%s', 'bob''s'); INSERT INTO marker VALUES (3)`, bobID))
+	if got, want := received(2), "marker: INSERT 3 (no user_id); notes2: INSERT 5 bob's"; got != want {
+		t.Errorf("after notes closed: %s, want %s", got, want)
+	}
+}
+
+func strconvQuote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
 }
