@@ -28,9 +28,9 @@ func TestChangesFiltersAgreeWithPostgres(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec(filtertest.Schema("d") + `CREATE TABLE marker (id int PRIMARY KEY);
 		CREATE PUBLICATION supabase_realtime FOR TABLE d, marker;`)
-	ts, _ := startChangesPair(t, pg, "edge_filters", nil, func(c *Config) {
+	ts, _ := startChangesPair(t, pg, pairConfig{slot: "edge_filters", tweak: func(c *Config) {
 		c.MaxChannelsPerConn, c.JoinsPerSecond = 0, 0
-	})
+	}})
 	r := rand.New(rand.NewPCG(7, 8))
 	const nRows, nSubs = 120, 200
 	c := ts.connect(t)

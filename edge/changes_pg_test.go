@@ -25,21 +25,29 @@ import (
 // owner: every change crosses the mesh as a Changes frame, as it does for
 // most clients of a cluster.
 
+// pairConfig configures startChangesPair.
+type pairConfig struct {
+	slot   string        // the replication slot
+	secret []byte        // JWT secret; nil: open
+	tweak  func(*Config) // changes the client node's Config
+	// meshDelay delays every packet from the client node to the owner.
+	meshDelay time.Duration
+}
+
 // startChangesPair starts two nodes in this process: the owner, which
-// alone can read pg (slot slot) and so runs the reader, and the node whose
-// clients the test uses. With secret set both check JWTs, and the owner
-// filters row-level security. tweak changes the client node's Config.
-// Both serve their wal metrics.
-func startChangesPair(t *testing.T, pg *pgtest.Server, slot string, secret []byte, tweak func(*Config)) (client, owner *testServer) {
+// alone can read pg and so runs the reader, and the node whose clients
+// the test uses. With a secret both check JWTs, and the owner filters
+// row-level security. Both serve their wal metrics.
+func startChangesPair(t *testing.T, pg *pgtest.Server, pc pairConfig) (client, owner *testServer) {
 	t.Helper()
-	var seed string
+	var seed, ownerMesh string
 	for i, reads := range []bool{true, false} {
 		cfg := DefaultConfig()
 		cfg.Logger = slog.New(slog.DiscardHandler)
 		cfg.NodeID = mesh.NewID(fmt.Sprintf("pg%d", i))
-		cfg.JWTSecret = secret
-		if !reads && tweak != nil {
-			tweak(&cfg)
+		cfg.JWTSecret = pc.secret
+		if !reads && pc.tweak != nil {
+			pc.tweak(&cfg)
 		}
 		s, err := New(cfg)
 		if err != nil {
@@ -53,19 +61,28 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, slot string, secret []byt
 		s.AddMetrics(set)
 		sc := wal.ServiceConfig{DB: "db", Self: cfg.NodeID, Deliver: s.DeliverChange, SettleWait: 200 * time.Millisecond,
 			TakeoverWait: time.Second, Logger: cfg.Logger, Metrics: set}
+		udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fc := &filterConn{PacketConn: udp, blocked: map[string]bool{}}
 		mc := mesh.Config{
-			Name: fmt.Sprintf("pg%d", i), ID: cfg.NodeID, Region: "iad", GossipAddr: "127.0.0.1:0", MeshAddr: "127.0.0.1:0",
+			Name: fmt.Sprintf("pg%d", i), ID: cfg.NodeID, Region: "iad", GossipAddr: "127.0.0.1:0", PacketConn: fc,
 			ClusterSecret: []byte("test-secret"), Gossip: mesh.GossipConfig{ProbeInterval: 200 * time.Millisecond},
 			PeerTimeout: time.Second, Logger: cfg.Logger,
 		}
 		if reads {
-			sc.Reader = &wal.Reader{URL: pg.URL(), Slot: slot, StatusInterval: 50 * time.Millisecond, Logger: cfg.Logger, Metrics: set}
-			if secret != nil {
+			sc.Reader = &wal.Reader{URL: pg.URL(), Slot: pc.slot, StatusInterval: 50 * time.Millisecond, Logger: cfg.Logger, Metrics: set}
+			if pc.secret != nil {
 				sc.Authorize = auth.Authorize
 			}
 			mc.Database = "db"
+			ownerMesh = udp.LocalAddr().String()
 		} else {
 			mc.Join = []string{seed}
+			if pc.meshDelay > 0 {
+				fc.delayTo(ownerMesh, pc.meshDelay)
+			}
 		}
 		svc := wal.NewService(sc)
 		s.SetChanges(svc, auth)
@@ -102,6 +119,7 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, slot string, secret []byt
 			<-done
 			svc.Close()
 			auth.Close()
+			udp.Close()
 		})
 		if reads {
 			owner = ts
@@ -227,4 +245,34 @@ func collectChanges(t *testing.T, c *wsClient, n int, d time.Duration) []changeO
 		out = append(out, ch)
 	}
 	return out
+}
+
+// The join reply waits until the owner holds the binding and streams: a
+// row committed the moment the reply arrives reaches the client, even when
+// every packet from the client's node to the owner takes 300 ms (a reply
+// sent before the owner had the subscription would miss it).
+func TestChangesJoinReplyMeansLive(t *testing.T) {
+	pg := pgtest.Shared(t)
+	pg.Exec(`CREATE TABLE todos (id int PRIMARY KEY); CREATE PUBLICATION supabase_realtime FOR ALL TABLES`)
+	const delay = 300 * time.Millisecond
+	ts, _ := startChangesPair(t, pg, pairConfig{slot: "edge_live", meshDelay: delay})
+	conn := pgConn(t, pg)
+	c := ts.connect(t)
+	for i := 1; i <= 3; i++ {
+		topic := fmt.Sprintf("realtime:live%d", i)
+		start := time.Now()
+		c.write(joinFrame("1", topic, fmt.Sprintf(`{"postgres_changes":[{"event":"INSERT","schema":"public","table":"todos","filter":"id=eq.%d"}]}`, i)))
+		if f := c.next(); f.Event != "phx_reply" || jsonField(f.Payload, "status") != `"ok"` {
+			t.Fatalf("join: %s", f)
+		}
+		execSQL(t, conn, "INSERT INTO todos VALUES ($1)", i)
+		took := time.Since(start)
+		if took < delay {
+			t.Errorf("join %d replied in %v, before its subscription could reach the owner", i, took)
+		}
+		got := collectChanges(t, c, 1, testWait)
+		if got[0].Topic != topic || jsonField(got[0].Data.Record, "id") != fmt.Sprint(i) {
+			t.Errorf("join %d: got %s %s", i, got[0].Topic, got[0].Data.Record)
+		}
+	}
 }

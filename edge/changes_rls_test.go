@@ -102,7 +102,7 @@ func joinSystem(t *testing.T, c *wsClient, topic, bindings string) map[string]st
 func TestChangesRowLevelSecurity(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec(rlsSchema)
-	ts, _ := startChangesPair(t, pg, "edge_rls", testSecret, nil)
+	ts, _ := startChangesPair(t, pg, pairConfig{slot: "edge_rls", secret: testSecret})
 	alice := ts.connectQuery(t, "apikey="+userToken(t, "authenticated", aliceID, time.Hour)+"&vsn=2.0.0")
 	bob := ts.connectQuery(t, "apikey="+userToken(t, "authenticated", bobID, time.Hour)+"&vsn=2.0.0")
 	for _, c := range []*wsClient{alice, bob} {
@@ -153,7 +153,7 @@ func TestChangesRowLevelSecurity(t *testing.T) {
 func TestChangesTokenRefreshFollowsClaims(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec(rlsSchema)
-	ts, owner := startChangesPair(t, pg, "edge_refresh", testSecret, nil)
+	ts, owner := startChangesPair(t, pg, pairConfig{slot: "edge_refresh", secret: testSecret})
 	c := ts.connectQuery(t, "apikey="+userToken(t, "authenticated", aliceID, time.Hour)+"&vsn=2.0.0")
 	topics := []string{"realtime:notes", "realtime:notes2", "realtime:marker"}
 	ids := map[string]uint64{}

@@ -52,7 +52,7 @@ var valueRows = []string{
 func TestChangesValuesAreToJSONB(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec(valuesSchema)
-	ts, _ := startChangesPair(t, pg, "edge_values", nil, nil)
+	ts, _ := startChangesPair(t, pg, pairConfig{slot: "edge_values"})
 	conn := pgConn(t, pg)
 	c := ts.connect(t)
 	ids, sys := joinWithBindings(t, c, "1", "realtime:values",
@@ -125,7 +125,7 @@ func TestChangesValuesAreToJSONB(t *testing.T) {
 func TestChangesUnchangedTOAST(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec(valuesSchema)
-	ts, _ := startChangesPair(t, pg, "edge_toast", nil, nil)
+	ts, _ := startChangesPair(t, pg, pairConfig{slot: "edge_toast"})
 	conn := pgConn(t, pg)
 	c := ts.connect(t)
 	joinWithBindings(t, c, "1", "realtime:toast",
@@ -157,7 +157,7 @@ func TestChangesUnchangedTOAST(t *testing.T) {
 func TestChangesCommitOrder(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec(valuesSchema)
-	ts, _ := startChangesPair(t, pg, "edge_order", nil, nil)
+	ts, _ := startChangesPair(t, pg, pairConfig{slot: "edge_order"})
 	c := ts.connect(t)
 	joinWithBindings(t, c, "1", "realtime:order", `[{"event":"*","schema":"public","table":"seq"}]`)
 	ctx := context.Background()
