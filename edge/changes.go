@@ -21,22 +21,29 @@ type ChangeStream interface {
 	Unsubscribe(ids []uint64)
 }
 
-// ChangeValidator checks a binding when a channel joins, as Supabase does
-// when it inserts a subscription (wal.Authorizer is one): the tables exist
-// in the publication, the filter's columns exist and its values cast to
-// their types, and the role may read what it asks for. It returns the
-// subscription to register, or an error whose text is what Supabase tells
-// the client.
+// ChangeValidator checks a binding when a channel joins, and again when
+// its token changes, as Supabase does when it inserts a subscription
+// (wal.Authorizer is one): the tables exist in the publication, the
+// filter's columns exist and its values cast to their types, and the role
+// may read what it asks for. Check returns the subscription to register,
+// or an error whose text is what Supabase tells the client. ForgetRole
+// drops what was learnt of a role's privileges, so that the next Check of
+// it sees them as they are now.
 type ChangeValidator interface {
 	Check(ctx context.Context, b wal.Binding, role, claims string) (*wal.Subscription, error)
+	ForgetRole(role string)
 }
 
-// binding is one postgres_changes binding of a join, as the client sent
+// binding is one postgres_changes binding of a channel, as the client sent
 // it.
 type binding struct {
-	raw    json.RawMessage // echoed in the join reply, plus its id
+	raw json.RawMessage // echoed in the join reply, plus its id
+	// id is the binding's id in the join reply, which the client's
+	// listeners know it by: the ID of the subscription it first shared,
+	// kept when a token refresh moves it to another one.
+	id     uint64
 	sub    *wal.Subscription
-	shared *sharedSub
+	shared *sharedSub // the subscription it gets changes from; guarded by changeSubs.mu once joined
 }
 
 // sharedSub is one subscription registered with the database's owner,
@@ -154,16 +161,30 @@ func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims) ([
 	if cl != nil && !s.auth.open() {
 		role, claims = cl.Role, string(cl.Raw)
 	}
+	for i, raw := range raws {
+		bindings[i].raw = raw
+	}
 	var problem error
 	if s.changes == nil {
 		problem = errors.New("Unable to subscribe to changes with given parameters: this node has no database (start it with --database-url)")
+	} else {
+		problem = s.checkBindings(bindings, role, claims)
 	}
-	for i, raw := range raws {
-		bindings[i].raw = raw
-		if problem != nil {
-			continue
-		}
-		b, err := parseBinding(raw)
+	if problem != nil {
+		return bindings, systemPayload("postgres_changes", "error", problem.Error(), ch.name)
+	}
+	if err := s.shareBindings(bindings); err != nil {
+		s.metrics.errorReason("changes_not_confirmed")
+		return bindings, systemPayload("postgres_changes", "error", "Unable to subscribe to changes: "+err.Error(), ch.name)
+	}
+	return bindings, systemPayload("postgres_changes", "ok", "Subscribed to PostgreSQL", ch.name)
+}
+
+// checkBindings makes the subscriptions of bindings for role and claims,
+// checked by the validator if there is one; on error none is set.
+func (s *Server) checkBindings(bindings []binding, role, claims string) error {
+	for i := range bindings {
+		b, err := parseBinding(bindings[i].raw)
 		var sub *wal.Subscription
 		if err == nil {
 			if s.validator != nil {
@@ -173,18 +194,21 @@ func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims) ([
 			}
 		}
 		if err != nil {
-			problem = err
-			continue
+			for i := range bindings {
+				bindings[i].sub = nil
+			}
+			return err
 		}
 		bindings[i].sub = sub
 	}
-	if problem != nil {
-		for i := range bindings {
-			bindings[i].sub = nil
-		}
-		return bindings, systemPayload("postgres_changes", "error", problem.Error(), ch.name)
-	}
-	// Share subscriptions with the same key; register the new ones.
+	return nil
+}
+
+// shareBindings gives each binding the shared subscription of its key,
+// registering with the owner those that are new, and waits (bounded)
+// until the owner holds all of them. A binding without an id takes its
+// subscription's. The caller must not hold a conn's mu.
+func (s *Server) shareBindings(bindings []binding) error {
 	cs := s.changeSubs
 	var fresh []*wal.Subscription
 	var mine []*sharedSub
@@ -202,6 +226,9 @@ func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims) ([
 		}
 		sh.refs++
 		b.shared = sh
+		if b.id == 0 {
+			b.id = sh.sub.ID
+		}
 	}
 	cs.mu.Unlock()
 	if len(fresh) > 0 {
@@ -222,11 +249,27 @@ func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims) ([
 			err = errors.New("server shutting down")
 		}
 	}
-	if err != nil {
-		s.metrics.errorReason("changes_not_confirmed")
-		return bindings, systemPayload("postgres_changes", "error", "Unable to subscribe to changes: "+err.Error(), ch.name)
+	return err
+}
+
+// releaseLocked drops one reference to each binding's subscription and
+// returns the IDs of those no channel uses any more, for Unsubscribe.
+// Called with changeSubs.mu held.
+func (cs *changeSubs) releaseLocked(ch *channel, bindings []binding) []uint64 {
+	var gone []uint64
+	for _, b := range bindings {
+		sh := b.shared
+		if sh == nil {
+			continue
+		}
+		delete(sh.channels, ch)
+		if sh.refs--; sh.refs == 0 {
+			delete(cs.byKey, sh.key)
+			delete(cs.byID, sh.sub.ID)
+			gone = append(gone, sh.sub.ID)
+		}
 	}
-	return bindings, systemPayload("postgres_changes", "ok", "Subscribed to PostgreSQL", ch.name)
+	return gone
 }
 
 // attachChanges starts the deliveries of a joined channel's bindings. The
@@ -250,20 +293,8 @@ func (s *Server) leaveChanges(ch *channel) {
 		return
 	}
 	cs := s.changeSubs
-	var gone []uint64
 	cs.mu.Lock()
-	for _, b := range ch.bindings {
-		sh := b.shared
-		if sh == nil {
-			continue
-		}
-		delete(sh.channels, ch)
-		if sh.refs--; sh.refs == 0 {
-			delete(cs.byKey, sh.key)
-			delete(cs.byID, sh.sub.ID)
-			gone = append(gone, sh.sub.ID)
-		}
-	}
+	gone := cs.releaseLocked(ch, ch.bindings)
 	cs.mu.Unlock()
 	if len(gone) > 0 && s.changes != nil {
 		s.changes.Unsubscribe(gone)
@@ -278,11 +309,7 @@ func joinReplyChanges(bindings []binding) []byte {
 		if i > 0 {
 			p = append(p, ',')
 		}
-		var id uint64
-		if b.shared != nil {
-			id = b.shared.sub.ID
-		}
-		p = appendWithID(p, b.raw, id)
+		p = appendWithID(p, b.raw, b.id)
 	}
 	return append(p, "]}"...)
 }
@@ -339,7 +366,7 @@ func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
 			}
 			for _, id := range chIDs {
 				if b.shared.sub.ID == id {
-					mine = append(mine, id)
+					mine = append(mine, b.id)
 					if cols == nil {
 						cols = b.shared.sub.Columns
 					}
@@ -394,4 +421,84 @@ func idList(ids []uint64) string {
 		b = strconv.AppendUint(b, id, 10)
 	}
 	return string(b)
+}
+
+// rekeyChanges follows a token refresh with the channel's bindings. Their
+// subscriptions are keyed by role and claims, which the owner filters
+// row-level security by, so new claims move the channel to subscriptions
+// of the new claims: checked again (privileges as they are now),
+// registered with the owner, and confirmed before the channel leaves the
+// old ones, which go when no channel uses them. The client keeps the
+// binding ids of its join reply. A binding the new role may not read
+// closes the channel with Supabase's text. It reports whether the channel
+// is still joined. Called with c.mu held, which it lets go while the
+// owner confirms, as a join does.
+func (c *conn) rekeyChanges(ch *channel, cl *claims) bool {
+	s := c.srv
+	if s.changes == nil || s.auth.open() {
+		return true
+	}
+	role, claims := cl.Role, string(cl.Raw)
+	stale := false
+	for _, b := range ch.bindings { // only this goroutine writes ch.bindings
+		if b.shared != nil && (b.shared.sub.Role != role || b.shared.sub.Claims != claims) {
+			stale = true
+		}
+	}
+	if !stale {
+		return true
+	}
+	next := make([]binding, len(ch.bindings))
+	for i, b := range ch.bindings {
+		next[i] = binding{raw: b.raw, id: b.id}
+	}
+	if s.validator != nil {
+		s.validator.ForgetRole(role)
+	}
+	c.mu.Unlock()
+	refused := s.checkBindings(next, role, claims)
+	var unconfirmed error
+	if refused == nil {
+		unconfirmed = s.shareBindings(next)
+	}
+	c.mu.Lock()
+	joined := !c.gone && c.channels[ch.key.name] == ch
+	cs := s.changeSubs
+	var gone []uint64
+	if refused == nil {
+		cs.mu.Lock()
+		if joined {
+			// Release first: a subscription both sets share keeps its
+			// reference from next.
+			gone = cs.releaseLocked(ch, ch.bindings)
+			for _, b := range next {
+				b.shared.channels[ch] = struct{}{}
+			}
+			ch.bindings = next
+		} else {
+			gone = cs.releaseLocked(ch, next)
+		}
+		cs.mu.Unlock()
+	}
+	if len(gone) > 0 {
+		s.changes.Unsubscribe(gone)
+	}
+	switch {
+	case !joined:
+		return false
+	case refused != nil:
+		s.metrics.errorReason("token_refresh")
+		c.closeChannel(ch, refused.Error())
+		return false
+	case unconfirmed != nil:
+		s.metrics.errorReason("changes_not_confirmed")
+		c.send(ch.joinRef, "", ch.key.name, "system",
+			systemPayload("postgres_changes", "error", "Unable to subscribe to changes: "+unconfirmed.Error(), ch.name))
+	default:
+		// As Supabase does after resubscribing with a new token: changes
+		// committed from now on are matched and filtered with the new
+		// claims.
+		c.send(ch.joinRef, "", ch.key.name, "system", systemPayload("postgres_changes", "ok", "Subscribed to PostgreSQL", ch.name))
+	}
+	return true
 }

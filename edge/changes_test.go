@@ -42,10 +42,12 @@ func startChangesServer(t *testing.T, pg *pgtest.Server, slot string, secret []b
 	return ts
 }
 
-// changeOf is a postgres_changes message's payload.
+// changeOf is a postgres_changes message's payload (and its frame's
+// topic).
 type changeOf struct {
-	IDs  []uint64 `json:"ids"`
-	Data struct {
+	Topic string   `json:"-"`
+	IDs   []uint64 `json:"ids"`
+	Data  struct {
 		Type            string            `json:"type"`
 		Schema          string            `json:"schema"`
 		Table           string            `json:"table"`

@@ -10,7 +10,9 @@ import (
 )
 
 // refreshToken handles the access_token event: no reply; a bad token
-// closes the channel with a system error. Called with c.mu held.
+// closes the channel with a system error, and new claims move its
+// postgres_changes bindings to subscriptions of those claims. Called with
+// c.mu held (which it may let go meanwhile).
 func (c *conn) refreshToken(ch *channel, m *phx.Message) {
 	var p phx.AccessTokenPayload
 	if json.Unmarshal(m.Payload, &p) != nil || p.AccessToken == nil {
@@ -31,6 +33,9 @@ func (c *conn) refreshToken(ch *channel, m *phx.Message) {
 	}
 	if ch.key.private && !cl.canPrivate() {
 		c.closeChannel(ch, "You no longer have permission to read from this Channel topic: "+ch.name)
+		return
+	}
+	if !c.rekeyChanges(ch, cl) {
 		return
 	}
 	ch.claims = cl

@@ -95,6 +95,18 @@ func (a *Authorizer) Invalidate() {
 	clear(a.access)
 }
 
+// ForgetRole forgets what was learnt of role's privileges, so that the
+// next Check for it asks the database again (a token refresh).
+func (a *Authorizer) ForgetRole(role string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k := range a.access {
+		if k.role == role {
+			delete(a.access, k)
+		}
+	}
+}
+
 // Check validates b for a subscriber whose JWT has role and claims (JSON),
 // as Supabase does when it inserts the subscription: the tables exist in
 // the publication, the filter parses, its columns exist and are readable by

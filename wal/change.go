@@ -99,6 +99,10 @@ type Change struct {
 	LSN        LSN    // its transaction's LSN
 	Seq        uint32 // its position in the transaction: (LSN, Seq) orders changes
 	CommitTime time.Time
+
+	// xid is its transaction's ID, on the node that read it (not in the
+	// binary form): the RLS check waits until its snapshot covers it.
+	xid uint32
 }
 
 // Limits of Supabase's apply_rls: a row over maxRowBytes is sent with only

@@ -77,13 +77,19 @@
 // # Authorization cost
 //
 // Check costs a few catalog queries per binding the first time a role
-// meets a table (cached until Invalidate) and one cast query per filter.
+// meets a table (cached until Invalidate or ForgetRole) and one cast query
+// per filter.
 // Authorize costs nothing for tables without RLS (privileges were settled
 // at join) and, for tables with RLS, one round trip per distinct (role,
 // claims) among the batch's matches: a pipelined BEGIN READ ONLY;
 // set_config('role'…), set_config('request.jwt.claims'…); one SELECT
 // joining the batch's primary keys (jsonb_array_elements WITH ORDINALITY)
 // to each table, as the role sees it; ROLLBACK. Visibility is of the row as
-// it is when checked, as in Supabase. Deletes on RLS tables are not
-// checked and carry only the primary key.
+// it is when checked, as in Supabase. Postgres hands a commit to logical
+// decoding a moment before other sessions see it, so the SELECT also
+// returns its snapshot, and a check whose snapshot does not cover the
+// batch's transactions yet is sent again (1 ms later, doubling; rare, and
+// never more than a second); a broken connection (Postgres restarted) is
+// retried on fresh ones. Deletes on RLS tables are not checked and carry
+// only the primary key.
 package wal

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Authorize removes from hits[i], the subscriptions changes[i] reaches,
@@ -141,22 +144,90 @@ func (a *Authorizer) visible(ctx context.Context, role, claims string, changes [
 			keys = append(keys, "["+strings.Join(vals, ",")+"]")
 		}
 		args = append(args, "["+strings.Join(keys, ",")+"]")
-		parts = append(parts, fmt.Sprintf(`SELECT %d, e.o FROM jsonb_array_elements($%d::jsonb) WITH ORDINALITY AS e(v, o)
+		parts = append(parts, fmt.Sprintf(`SELECT %d, e.o, NULL FROM jsonb_array_elements($%d::jsonb) WITH ORDINALITY AS e(v, o)
 			WHERE EXISTS (SELECT FROM %s t WHERE %s)`, t, len(args), pgx.Identifier{info.name.schema, info.name.table}.Sanitize(),
 			strings.Join(cond, " AND ")))
 	}
+	// The statement's snapshot comes along, to tell whether it saw the
+	// batch's transactions at all.
+	query := "SELECT -1, 0::bigint, pg_current_snapshot()::text UNION ALL " + strings.Join(parts, " UNION ALL ")
+	var xids []uint32
+	for _, i := range idx {
+		if x := changes[i].xid; x != 0 && !slices.Contains(xids, x) {
+			xids = append(xids, x)
+		}
+	}
+	// The check is read-only and rolled back, so it can always be sent
+	// again:
+	//   - Postgres sends a transaction's commit to logical decoding once it
+	//     is in the WAL, a moment before other sessions see it: a check
+	//     whose snapshot does not cover the batch's transactions yet would
+	//     hide their rows, so it waits and asks again;
+	//   - a connection error (Postgres restarted, the pool's connections
+	//     are broken) is retried on fresh connections.
+	// An error Postgres reports (a policy that raises) is not retried.
+	var err error
+	conns, wait := 0, time.Millisecond
+	for {
+		var vis map[int]bool
+		var snap snapshot
+		vis, snap, err = a.visibleOnce(ctx, role, claims, query, args, order, byTable)
+		var pgErr *pgconn.PgError
+		switch {
+		case err == nil && snap.sees(xids):
+			return vis, nil
+		case err == nil:
+			if wait > time.Second {
+				return vis, fmt.Errorf("wal: RLS check for role %s: the batch's transactions are still not visible", strconv.Quote(role))
+			}
+		case errors.As(err, &pgErr) || ctx.Err() != nil:
+			return map[int]bool{}, fmt.Errorf("wal: RLS check for role %s: %w", strconv.Quote(role), err)
+		default:
+			if conns++; conns == rlsAttempts {
+				return map[int]bool{}, fmt.Errorf("wal: RLS check for role %s: %w", strconv.Quote(role), err)
+			}
+			a.pool.Reset()
+			wait = time.Duration(conns) * 100 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return map[int]bool{}, fmt.Errorf("wal: RLS check for role %s: %w", strconv.Quote(role), ctx.Err())
+		case <-time.After(wait):
+		}
+		if err == nil {
+			wait *= 2
+		}
+	}
+}
+
+// rlsAttempts bounds how often an RLS check is sent when the connection
+// fails: about 1.5 s of retries, longer than a Postgres restart takes.
+const rlsAttempts = 6
+
+// visibleOnce sends the check in one round trip (BEGIN READ ONLY, the
+// role and claims, query, ROLLBACK) and returns what it found visible and
+// the snapshot it saw that with.
+func (a *Authorizer) visibleOnce(ctx context.Context, role, claims, query string, args []any, order []*tableInfo, byTable map[*tableInfo][]int) (map[int]bool, snapshot, error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN READ ONLY")
 	b.Queue("SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)", role, claims)
-	q := b.Queue(strings.Join(parts, " UNION ALL "), args...)
+	q := b.Queue(query, args...)
 	vis := map[int]bool{}
+	var snap snapshot
 	q.Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var t, o int
-			if err := rows.Scan(&t, &o); err != nil {
+			var text *string
+			if err := rows.Scan(&t, &o, &text); err != nil {
 				return err
 			}
-			if t < len(order) && o >= 1 && o <= len(byTable[order[t]]) {
+			switch {
+			case t == -1 && text != nil:
+				var err error
+				if snap, err = parseSnapshot(*text); err != nil {
+					return err
+				}
+			case t >= 0 && t < len(order) && o >= 1 && o <= len(byTable[order[t]]):
 				vis[byTable[order[t]][o-1]] = true
 			}
 		}
@@ -165,7 +236,63 @@ func (a *Authorizer) visible(ctx context.Context, role, claims string, changes [
 	b.Queue("ROLLBACK")
 	a.queries.Add(1)
 	if err := a.pool.SendBatch(ctx, b).Close(); err != nil {
-		return map[int]bool{}, fmt.Errorf("wal: RLS check for role %s: %w", strconv.Quote(role), err)
+		return nil, snapshot{}, err
 	}
-	return vis, nil
+	return vis, snap, nil
+}
+
+// snapshot is a pg_snapshot: transactions below xmin have ended, those
+// from xmax on had not begun, and of those between, xip were in progress.
+type snapshot struct {
+	xmin, xmax uint64
+	xip        []uint64
+}
+
+// parseSnapshot parses pg_snapshot's text form, "xmin:xmax:xip,…".
+func parseSnapshot(s string) (snapshot, error) {
+	var snap snapshot
+	parts := strings.Split(s, ":")
+	if len(parts) != 3 {
+		return snap, fmt.Errorf("wal: snapshot %q", s)
+	}
+	var err1, err2 error
+	snap.xmin, err1 = strconv.ParseUint(parts[0], 10, 64)
+	snap.xmax, err2 = strconv.ParseUint(parts[1], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return snap, fmt.Errorf("wal: snapshot %q: %w", s, err)
+	}
+	if parts[2] != "" {
+		for _, x := range strings.Split(parts[2], ",") {
+			v, err := strconv.ParseUint(x, 10, 64)
+			if err != nil {
+				return snap, fmt.Errorf("wal: snapshot %q: %w", s, err)
+			}
+			snap.xip = append(snap.xip, v)
+		}
+	}
+	return snap, nil
+}
+
+// sees reports whether every transaction of xids (32-bit, as pgoutput
+// gives them), all committed, had ended for the snapshot. A snapshot never
+// read (xmax 0) sees nothing.
+func (s snapshot) sees(xids []uint32) bool {
+	for _, x := range xids {
+		if s.xmax == 0 {
+			return false
+		}
+		// The full ID is the one of x's epoch below xmax: x committed,
+		// so it began before the snapshot.
+		full := s.xmax&^0xFFFFFFFF | uint64(x)
+		if full >= s.xmax {
+			if full < 1<<32 {
+				return false
+			}
+			full -= 1 << 32
+		}
+		if full >= s.xmin && slices.Contains(s.xip, full) {
+			return false
+		}
+	}
+	return true
 }

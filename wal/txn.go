@@ -33,6 +33,7 @@ func newRelation(m msgRelation, types []*typeInfo, primaryKey []string) *relatio
 type assembler struct {
 	relations map[uint32]*relation
 	tx        *Transaction
+	xid       uint32 // tx's
 }
 
 var errNoBegin = errors.New("pgoutput: change outside a transaction")
@@ -46,6 +47,7 @@ func (a *assembler) begin(m msgBegin) error {
 		return errors.New("pgoutput: begin inside a transaction")
 	}
 	a.tx = &Transaction{CommitTime: m.time.UTC()}
+	a.xid = m.xid
 	return nil
 }
 
@@ -84,6 +86,7 @@ func (a *assembler) truncate(m msgTruncate) error {
 func (a *assembler) add(c *Change) {
 	c.Seq = uint32(len(a.tx.Changes))
 	c.CommitTime = a.tx.CommitTime
+	c.xid = a.xid
 	a.tx.Changes = append(a.tx.Changes, c)
 }
 

@@ -223,14 +223,21 @@ describe('channels', () => {
     await s.next((f) => broadcastOf(f)?.event === 'still', 5000, 'broadcast after an unknown event')
   })
 
-  it('refuses postgres_changes bindings while the WAL feature is not available', async () => {
+  it('joins postgres_changes bindings on a node without a database, then says why they get nothing', async () => {
     const s = await open()
     const topic = `realtime:${uniqueName('pg')}`
     const reply = await s.join(topic, '1', {
       postgres_changes: [{ event: 'INSERT', schema: 'public', table: 'todos' }],
     })
-    assert.equal(reply[4].status, 'error', `expected an error reply, got ${JSON.stringify(reply)}`)
-    assert.match(String(reply[4].response?.reason), /postgres_changes/i)
+    // Supabase never refuses a join for its config: the bindings are echoed, and
+    // a system message carries the subscription error.
+    assert.equal(reply[4].status, 'ok', `expected an ok reply, got ${JSON.stringify(reply)}`)
+    assert.deepEqual(reply[4].response.postgres_changes.map(({ id, ...b }) => b), [{ event: 'INSERT', schema: 'public', table: 'todos' }])
+    const sys = await s.next((f) => f[2] === topic && f[3] === 'system', 5000, 'the postgres_changes system message')
+    assert.equal(sys[0], '1')
+    assert.equal(sys[4].extension, 'postgres_changes')
+    assert.equal(sys[4].status, 'error')
+    assert.match(sys[4].message, /--database-url/)
   })
 })
 

@@ -50,13 +50,13 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	if err != nil {
 		return nil, err
 	}
-	regions := []string{o.region}
-	if o.databaseRegion != "" {
-		regions = nil
-		for _, r := range strings.Split(o.databaseRegion, ",") {
-			if r = strings.TrimSpace(r); r != "" {
-				regions = append(regions, r)
-			}
+	// Every node must compute the same owner, so the preference is the
+	// same list on every node: a default of each node's own region would
+	// make each node of a multi-region cluster pick one of its own.
+	var regions []string
+	for _, r := range strings.Split(o.databaseRegion, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			regions = append(regions, r)
 		}
 	}
 	cfg := wal.ServiceConfig{
