@@ -77,6 +77,7 @@ type Transaction struct {
 	LSN        LSN
 	CommitTime time.Time // UTC, microseconds
 	Changes    []*Change
+	XID        uint32 // the transaction's id
 }
 
 // Change is one row inserted, updated or deleted, or one table truncated.
@@ -99,6 +100,9 @@ type Change struct {
 	LSN        LSN    // its transaction's LSN
 	Seq        uint32 // its position in the transaction: (LSN, Seq) orders changes
 	CommitTime time.Time
+	// XID is its transaction's id, for the owner's row level security
+	// checks; the binary form does not carry it (0 on other nodes).
+	XID uint32
 }
 
 // Limits of Supabase's apply_rls: a row over maxRowBytes is sent with only

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -33,6 +35,7 @@ func (a *Authorizer) Authorize(ctx context.Context, changes []*Change, hits [][]
 	type viewer struct{ role, claims string }
 	infos := make([]*tableInfo, len(changes))
 	need := map[viewer][]int{} // change indices to check, per viewer
+	var xids []uint32          // transactions of the changes to check
 	var errs []error
 	for i, c := range changes {
 		if len(hits[i]) == 0 || c.Kind == Truncate {
@@ -55,6 +58,9 @@ func (a *Authorizer) Authorize(ctx context.Context, changes []*Change, hits [][]
 			}
 			kept = append(kept, s)
 			if info.rls && c.Kind != Delete {
+				if c.XID != 0 && !slices.Contains(xids, c.XID) {
+					xids = append(xids, c.XID)
+				}
 				v := viewer{s.Role, s.Claims}
 				if l := need[v]; len(l) == 0 || l[len(l)-1] != i {
 					need[v] = append(need[v], i)
@@ -70,6 +76,16 @@ func (a *Authorizer) Authorize(ctx context.Context, changes []*Change, hits [][]
 				}
 			}
 			c.OldRecord = old
+		}
+	}
+	// Postgres streams a commit once its WAL is flushed, a moment before
+	// the transaction is visible to other sessions: checked then, its
+	// rows would look invisible (an update's old version would be
+	// checked). So the checks wait until a snapshot sees the batch's
+	// transactions.
+	if len(need) > 0 && len(xids) > 0 {
+		if err := a.awaitVisible(ctx, xids); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	// The queries run side by side, as many as the pool has connections.
@@ -168,4 +184,70 @@ func (a *Authorizer) visible(ctx context.Context, role, claims string, changes [
 		return map[int]bool{}, fmt.Errorf("wal: RLS check for role %s: %w", strconv.Quote(role), err)
 	}
 	return vis, nil
+}
+
+// visibleWait bounds how long Authorize waits for a streamed transaction
+// to become visible; it takes microseconds unless the committing backend
+// is descheduled.
+const visibleWait = time.Second
+
+// awaitVisible waits until a new snapshot sees the transactions xids
+// (committed ones, as the stream delivers), at most visibleWait. Every
+// later snapshot sees them too.
+func (a *Authorizer) awaitVisible(ctx context.Context, xids []uint32) error {
+	deadline := time.Now().Add(visibleWait)
+	for pause := 100 * time.Microsecond; ; pause = min(2*pause, 10*time.Millisecond) {
+		var snap string
+		if err := a.pool.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&snap); err != nil {
+			return fmt.Errorf("wal: RLS check: read a snapshot: %w", err)
+		}
+		all := true
+		for _, x := range xids {
+			ok, err := snapshotSees(snap, x)
+			if err != nil {
+				return err
+			}
+			all = all && ok
+		}
+		if all {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("wal: RLS check: transactions %v still not visible after %s (snapshot %s)", xids, visibleWait, snap)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+}
+
+// snapshotSees reports whether a snapshot in pg_snapshot's text form
+// ("xmin:xmax:xip,…", 64-bit ids) sees the committed transaction whose
+// 32-bit id (pgoutput's) is xid. The id's epoch is the one that puts it
+// within 2^31 of xmax, as Postgres's wraparound limits guarantee.
+func snapshotSees(snap string, xid uint32) (bool, error) {
+	parts := strings.SplitN(snap, ":", 3)
+	if len(parts) != 3 {
+		return false, fmt.Errorf("wal: snapshot %q", snap)
+	}
+	xmin, err1 := strconv.ParseUint(parts[0], 10, 64)
+	xmax, err2 := strconv.ParseUint(parts[1], 10, 64)
+	if err1 != nil || err2 != nil {
+		return false, fmt.Errorf("wal: snapshot %q", snap)
+	}
+	full := xmax + uint64(int64(int32(xid-uint32(xmax))))
+	switch {
+	case full < xmin:
+		return true, nil
+	case full >= xmax:
+		return false, nil
+	}
+	for _, s := range strings.Split(parts[2], ",") {
+		if s == strconv.FormatUint(full, 10) {
+			return false, nil
+		}
+	}
+	return true, nil
 }

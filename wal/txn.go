@@ -45,7 +45,7 @@ func (a *assembler) begin(m msgBegin) error {
 	if a.tx != nil {
 		return errors.New("pgoutput: begin inside a transaction")
 	}
-	a.tx = &Transaction{CommitTime: m.time.UTC()}
+	a.tx = &Transaction{CommitTime: m.time.UTC(), XID: m.xid}
 	return nil
 }
 
@@ -84,6 +84,7 @@ func (a *assembler) truncate(m msgTruncate) error {
 func (a *assembler) add(c *Change) {
 	c.Seq = uint32(len(a.tx.Changes))
 	c.CommitTime = a.tx.CommitTime
+	c.XID = a.tx.XID
 	a.tx.Changes = append(a.tx.Changes, c)
 }
 
