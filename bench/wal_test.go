@@ -128,7 +128,7 @@ func TestWALSmoke(t *testing.T) {
 			if res.Received != want || res.Expected != want {
 				t.Errorf("received %d, expected %d, want %d", res.Received, res.Expected, want)
 			}
-			if res.Owner == "" || res.ServerCPU <= 0 || res.ChangesOut < float64(res.DeliveriesWindow) || res.WALChanges == 0 {
+			if res.Owner == "" || res.ServerCPU <= 0 || res.ChangesOut == 0 || res.WALChanges == 0 {
 				t.Errorf("node metrics missing: %s", res)
 			}
 			if res.SlotLagStart < 0 || res.SlotLagEnd < 0 {

@@ -30,7 +30,8 @@ const (
 // WALConfig describes one run of the Postgres changes benchmark (meshbench
 // wal). Zero fields take the defaults noted.
 type WALConfig struct {
-	Shape Shape // default ShapeFanout
+	Shape Shape  // default ShapeFanout
+	Label string // names the run in results
 
 	// Where. With URL empty the run starts its own Postgres and cluster
 	// (Cluster); otherwise URL lists the nodes' WebSocket URLs and

@@ -127,6 +127,9 @@ func StartNodes(ctx context.Context, cfg ClusterConfig, dbURL string, flags []st
 			"--listen", n.HTTPAddr, "--name", n.Name, "--region", cfg.Regions[(i-1)%len(cfg.Regions)],
 			"--gossip-addr", "127.0.0.1:" + strconv.Itoa(gossip), "--cluster-secret", "meshbench",
 			"--database-url", dbURL, "--log-level", "warn",
+			// Every node prefers the first region: the reader runs on n1
+			// (with one node per region), whatever the default.
+			"--database-region", cfg.Regions[0],
 		}
 		if i > 1 {
 			args = append(args, "--join", "127.0.0.1:"+strconv.Itoa(cfg.BasePort+110))
@@ -258,6 +261,9 @@ func (m Metrics) Sum(name string, labels ...string) float64 {
 	return s
 }
 
+// metricsClient keeps no idle connections: nothing outlives a scrape.
+var metricsClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
 // ScrapeMetrics reads a Prometheus text page.
 func ScrapeMetrics(ctx context.Context, url string) (Metrics, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -266,7 +272,7 @@ func ScrapeMetrics(ctx context.Context, url string) (Metrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := metricsClient.Do(req)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 // the end of the warmup until the deliveries drained); -1 is "not
 // measured".
 type WALResult struct {
+	Label      string  `json:"label,omitempty"`
 	Shape      string  `json:"shape"`
 	Nodes      int     `json:"nodes"`
 	Owner      string  `json:"owner"` // the node whose reader ran
@@ -165,6 +166,9 @@ func (r *WALResult) String() string {
 	rate := "max"
 	if r.RateTarget > 0 {
 		rate = fmt.Sprintf("%.0f/s", r.RateTarget)
+	}
+	if r.Label != "" {
+		b.WriteString(r.Label + ": ")
 	}
 	fmt.Fprintf(&b, "wal %s: %d nodes, subs=%d/%d, rate %s (%.0f rows/s committed, %d×%d rows/tx, window %d)\n",
 		r.Shape, r.Nodes, r.Connected, r.Subs, rate, r.RowsPerSec, r.Writers, r.RowsPerTx, r.Window)

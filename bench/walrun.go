@@ -58,7 +58,7 @@ func RunWAL(ctx context.Context, cfg WALConfig) (*WALResult, error) {
 	r := &walRunner{cfg: cfg, base: time.Now()}
 	r.baseUnix = r.base.UnixNano()
 	r.measureStart.Store(math.MaxInt64)
-	res := &WALResult{Shape: string(cfg.Shape), Subs: cfg.Subs, Topics: cfg.Topics, Writers: cfg.Writers,
+	res := &WALResult{Label: cfg.Label, Shape: string(cfg.Shape), Subs: cfg.Subs, Topics: cfg.Topics, Writers: cfg.Writers,
 		RowsPerTx: cfg.RowsPerTx, Window: cfg.Window, RateTarget: cfg.Rate, Pad: cfg.Pad,
 		ServerCPU: -1, PostgresCPU: -1, ClientCPU: -1, HostCPU: -1}
 	tokenLife := cfg.Budget() + time.Hour

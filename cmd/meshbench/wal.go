@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"os/signal"
@@ -21,6 +22,7 @@ func walMain(args []string) int {
 	var cfg bench.WALConfig
 	var shape, regions, nodeFlags string
 	var jsonOut, quiet bool
+	var table string
 	fs.StringVar(&shape, "shape", string(bench.ShapeFanout), "fanout (every subscriber gets every row), filtered (id=eq.<k>, one key per subscriber) or rls (distinct users, each sees 1/teams of the rows)")
 	fs.StringVar(&cfg.URL, "url", "", "the nodes' WebSocket URLs, comma-separated (subscribers round-robin); empty: start Postgres and a cluster")
 	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "with -url: the database the nodes stream (the writer's; needs CREATE, superuser for -shape rls)")
@@ -52,9 +54,18 @@ func walMain(args []string) int {
 	fs.StringVar(&cl.LogDir, "logs", "", "without -url: directory for the nodes' logs (default: a new temporary one)")
 	fs.StringVar(&cl.Postgres.BinDir, "pg-bindir", bench.DefaultPostgresBinDir, "without -url: PostgreSQL's binaries")
 	fs.BoolVar(&cl.Postgres.Fsync, "pg-fsync", false, "without -url: keep Postgres's fsync (commits wait for the disk)")
+	fs.StringVar(&cfg.Label, "label", "", "names the run in its result")
+	fs.StringVar(&table, "table", "", "print the -json results in this file (one per line) as a table and exit")
 	fs.BoolVar(&jsonOut, "json", false, "print one JSON object on stdout (the summary goes to stderr)")
 	fs.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
 	fs.Parse(args)
+	if table != "" {
+		if err := printWALTable(table); err != nil {
+			log.Print(err)
+			return 1
+		}
+		return 0
+	}
 	cfg.Shape = bench.Shape(shape)
 	cl.Regions = strings.Split(regions, ",")
 	cl.Flags = strings.Fields(nodeFlags)
@@ -84,4 +95,26 @@ func walMain(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// printWALTable reads WAL results, one JSON object per line, and prints
+// them as a table.
+func printWALTable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var results []bench.WALResult
+	dec := json.NewDecoder(f)
+	for {
+		var r bench.WALResult
+		if err := dec.Decode(&r); err == io.EOF {
+			break
+		} else if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		results = append(results, r)
+	}
+	return bench.WriteWALTable(os.Stdout, results)
 }
