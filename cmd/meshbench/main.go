@@ -12,6 +12,7 @@
 //	meshbench -target centrifugo -mode latency -rate 470 -subs 1000
 //	meshbench -target meshcast -mode idle -subs 10000 -server-pid $SERVER_PID
 //	meshbench -table results.jsonl   # side-by-side table of -json outputs
+//	meshbench wal -shape fanout -subs 1000   # Postgres changes (own Postgres + 3 nodes)
 //
 // See bench/README.md.
 package main
@@ -34,6 +35,9 @@ import (
 func main() {
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("meshbench: ")
+	if len(os.Args) > 1 && os.Args[1] == "wal" {
+		os.Exit(walMain(os.Args[2:]))
+	}
 	var cfg bench.Config
 	var mode string
 	var jsonOut, quiet bool

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/meshcast/meshcast/bench"
+)
+
+// walMain is `meshbench wal`: the Postgres changes benchmark (see
+// bench/README.md). It returns the exit code.
+func walMain(args []string) int {
+	fs := flag.NewFlagSet("meshbench wal", flag.ExitOnError)
+	var cfg bench.WALConfig
+	var shape, regions, nodeFlags string
+	var jsonOut, quiet bool
+	var table string
+	fs.StringVar(&shape, "shape", string(bench.ShapeFanout), "fanout (every subscriber gets every row), filtered (id=eq.<k>, one key per subscriber) or rls (distinct users, each sees 1/teams of the rows)")
+	fs.StringVar(&cfg.URL, "url", "", "the nodes' WebSocket URLs, comma-separated (subscribers round-robin); empty: start Postgres and a cluster")
+	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "with -url: the database the nodes stream (the writer's; needs CREATE, superuser for -shape rls)")
+	fs.StringVar(&cfg.Slot, "replication-slot", "meshcast", "with -url: the nodes' replication slot (for the lag reading)")
+	fs.StringVar(&cfg.Publication, "publication", "supabase_realtime", "the publication the table is added to")
+	fs.StringVar(&cfg.JWTSecret, "jwt-secret", "", "the nodes' --jwt-secret: sockets get an anon apikey, joins a user token (needed by -shape rls)")
+	fs.IntVar(&cfg.PostgresPID, "postgres-pid", 0, "with -url: the postmaster's pid, for Postgres's CPU (0: not measured)")
+	fs.BoolVar(&cfg.SkipSetup, "skip-setup", false, "with -url: do not (re)create the shape's table (meshbench_wal_<shape>) and schema")
+	fs.IntVar(&cfg.Subs, "subs", 1000, "subscriber connections")
+	fs.IntVar(&cfg.Topics, "topics", 1, "channel topics the subscribers spread over")
+	fs.IntVar(&cfg.Keys, "keys", 0, "filtered: distinct keys (default -subs)")
+	fs.IntVar(&cfg.Teams, "teams", 5, "rls: teams (each user sees 1/teams of the rows)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "rows committed per second (0 = as fast as -window allows)")
+	fs.IntVar(&cfg.Window, "window", 64, "rows committed and not yet received by all their subscribers (-1 = unbounded)")
+	fs.IntVar(&cfg.Writers, "writers", 4, "writer connections")
+	fs.IntVar(&cfg.RowsPerTx, "rows-per-tx", 1, "rows per transaction")
+	fs.IntVar(&cfg.Pad, "pad", 64, "bytes of each row's pad column")
+	fs.DurationVar(&cfg.Duration, "duration", 10e9, "measured writing time")
+	fs.DurationVar(&cfg.Warmup, "warmup", 2e9, "writing before measuring")
+	fs.DurationVar(&cfg.Drain, "drain", 10e9, "max wait for outstanding deliveries after writing")
+	fs.Float64Var(&cfg.ConnectRate, "connect-rate", 1000, "subscriber connections opened per second")
+	cl := &cfg.Cluster
+	fs.StringVar(&cl.MeshcastBin, "meshcast-bin", "bin/meshcast", "without -url: the meshcast binary")
+	fs.IntVar(&cl.Nodes, "nodes", 3, "without -url: cluster nodes")
+	fs.IntVar(&cl.BasePort, "base-port", 4400, "without -url: node i serves on base+i, gossips on base+100+10i (mesh +1), pprof on base+50+i")
+	fs.StringVar(&regions, "regions", "iad,fra,sin", "without -url: the nodes' regions, cycled")
+	fs.StringVar(&nodeFlags, "node-flags", "", "without -url: more meshcast flags for every node (space-separated)")
+	fs.BoolVar(&cl.Pprof, "pprof", false, "without -url: --pprof-addr on every node (127.0.0.1:base+50+i)")
+	fs.StringVar(&cl.LogDir, "logs", "", "without -url: directory for the nodes' logs (default: a new temporary one)")
+	fs.StringVar(&cl.Postgres.BinDir, "pg-bindir", bench.DefaultPostgresBinDir, "without -url: PostgreSQL's binaries")
+	fs.BoolVar(&cl.Postgres.Fsync, "pg-fsync", false, "without -url: keep Postgres's fsync (commits wait for the disk)")
+	fs.StringVar(&cfg.Label, "label", "", "names the run in its result")
+	fs.StringVar(&table, "table", "", "print the -json results in this file (one per line) as a table and exit")
+	fs.BoolVar(&jsonOut, "json", false, "print one JSON object on stdout (the summary goes to stderr)")
+	fs.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
+	fs.Parse(args)
+	if table != "" {
+		if err := printWALTable(table); err != nil {
+			log.Print(err)
+			return 1
+		}
+		return 0
+	}
+	cfg.Shape = bench.Shape(shape)
+	cl.Regions = strings.Split(regions, ",")
+	cl.Flags = strings.Fields(nodeFlags)
+	if !quiet {
+		cfg.Logf = log.Printf
+	}
+	checkFileLimit(cfg.Subs)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Budget())
+	defer cancel()
+	res, err := bench.RunWAL(ctx, cfg)
+	if res != nil {
+		if jsonOut {
+			if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+				log.Print(err)
+				return 1
+			}
+			fmt.Fprintln(os.Stderr, res)
+		} else {
+			fmt.Println(res)
+		}
+	}
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	return 0
+}
+
+// printWALTable reads WAL results, one JSON object per line, and prints
+// them as a table.
+func printWALTable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var results []bench.WALResult
+	dec := json.NewDecoder(f)
+	for {
+		var r bench.WALResult
+		if err := dec.Decode(&r); err == io.EOF {
+			break
+		} else if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		results = append(results, r)
+	}
+	return bench.WriteWALTable(os.Stdout, results)
+}
