@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"strings"
 	"sync"
@@ -46,6 +47,9 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Logger = slog.New(slog.DiscardHandler)
+	if os.Getenv("MESHCAST_TEST_LOG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	if tweak != nil {
 		tweak(&cfg)
 	}
