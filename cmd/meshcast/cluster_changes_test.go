@@ -156,7 +156,6 @@ type writer struct {
 	url   string
 	mu    sync.Mutex
 	wrote int // the last id committed
-	err   error
 }
 
 func (w *writer) last() int {
