@@ -87,6 +87,7 @@ func parseBinding(raw json.RawMessage) (wal.Binding, error) {
 		Select json.RawMessage `json:"select"`
 	}
 	if err := json.Unmarshal(raw, &b); err != nil {
+		//lint:ignore ST1005 the client is sent Supabase's text
 		return wal.Binding{}, errors.New("Unable to subscribe to changes with given parameters: a binding must be an object of strings")
 	}
 	out := wal.Binding{Schema: b.Schema, Table: b.Table, Filter: b.Filter}
@@ -102,6 +103,7 @@ func parseBinding(raw json.RawMessage) (wal.Binding, error) {
 				}
 			}
 		default:
+			//lint:ignore ST1005 the client is sent Supabase's text
 			return wal.Binding{}, errors.New("Unable to subscribe to changes with given parameters: select must be a list of columns")
 		}
 	}
@@ -166,6 +168,7 @@ func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims) ([
 	}
 	var problem error
 	if s.changes == nil {
+		//lint:ignore ST1005 the client is sent Supabase's text
 		problem = errors.New("Unable to subscribe to changes with given parameters: this node has no database (start it with --database-url)")
 	} else {
 		problem = s.checkBindings(bindings, role, claims)

@@ -32,7 +32,7 @@ func TestChangesFiltersAgreeWithPostgres(t *testing.T) {
 		c.MaxChannelsPerConn, c.JoinsPerSecond = 0, 0
 	}})
 	r := rand.New(rand.NewPCG(7, 8))
-	const nRows, nSubs = 120, 200
+	const nRows, nSubs = 100, 160
 	c := ts.connect(t)
 	filters := make([]filtertest.Filter, nSubs)
 	ids := make([]uint64, nSubs)

@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -269,6 +270,12 @@ func TestChangesRowLevelSecurityAcrossPostgresRestart(t *testing.T) {
 		}
 		got <- ids
 	}()
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
 	for id := 1; id <= rows; id++ {
 		if id == rows/2 {
 			pg.Restart()
@@ -276,13 +283,28 @@ func TestChangesRowLevelSecurityAcrossPostgresRestart(t *testing.T) {
 		// Retried while Postgres comes back; a retry of a commit that did
 		// happen inserts nothing.
 		deadline := time.Now().Add(20 * time.Second)
-		for pgExec(pg, "INSERT INTO notes VALUES ($1, $2, 'x') ON CONFLICT DO NOTHING", id, aliceID) != nil {
+		for {
+			err := errors.New("no connection")
+			if conn == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				conn, err = pgx.Connect(ctx, pg.URL())
+				cancel()
+			}
+			if conn != nil {
+				if _, err = conn.Exec(context.Background(), "INSERT INTO notes VALUES ($1, $2, 'x') ON CONFLICT DO NOTHING", id, aliceID); err != nil {
+					conn.Close(context.Background())
+					conn = nil
+				}
+			}
+			if err == nil {
+				break
+			}
 			if time.Now().After(deadline) {
-				t.Fatalf("insert %d: Postgres did not come back", id)
+				t.Fatalf("insert %d: Postgres did not come back: %v", id, err)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // a steady stream of transactions
 	}
 	ids := <-got
 	var want []int
@@ -292,17 +314,4 @@ func TestChangesRowLevelSecurityAcrossPostgresRestart(t *testing.T) {
 	if !slices.Equal(ids, want) {
 		t.Errorf("alice received %v, want every row 1..%d once, in order", ids, rows)
 	}
-}
-
-// pgExec runs one statement on a new connection.
-func pgExec(pg *pgtest.Server, sql string, args ...any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, pg.URL())
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, sql, args...)
-	return err
 }

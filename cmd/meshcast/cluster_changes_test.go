@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,7 +156,6 @@ type writer struct {
 	url   string
 	mu    sync.Mutex
 	wrote int // the last id committed
-	err   error
 }
 
 func (w *writer) last() int {
@@ -240,10 +240,11 @@ func ownerOf(t *testing.T, nodes []*node) *node {
 }
 
 // Subscribers on all three nodes; a writer inserts 50 rows a second; the
-// owner is killed (-9), and later Postgres itself is killed and restarted,
-// both mid-stream. Every surviving subscriber gets every row exactly once
-// (duplicates of the redelivered tail are dropped by its node), in commit
-// order, and the stream resumes within the issue's bound.
+// owner is killed (-9), then Postgres itself is killed and restarted, then
+// the next owner stops gracefully, all mid-stream. Every surviving
+// subscriber gets every row exactly once (duplicates of the redelivered
+// tail are dropped by its node), in commit order, and the stream resumes
+// within the issue's bound.
 func TestClusterChangesFailover(t *testing.T) {
 	pg := pgtest.Start(t)
 	pg.Exec(`CREATE TABLE ticks (id int PRIMARY KEY); CREATE PUBLICATION supabase_realtime FOR ALL TABLES`)
@@ -325,4 +326,30 @@ func TestClusterChangesFailover(t *testing.T) {
 		gap, last, next := streams[n].gapAround(restarted)
 		t.Logf("Postgres restart: on %s no row for %v, between rows %d and %d", n.name, gap.Round(time.Millisecond), last, next)
 	}
+
+	// The owner stops gracefully (SIGTERM): it hands the reader over to
+	// the last node, whose subscriber loses nothing either.
+	leaving := ownerOf(t, survivors)
+	var last *node
+	for _, n := range survivors {
+		if n != leaving {
+			last = n
+		}
+	}
+	ids, _ := streams[last].received()
+	wrote = writeAll(2*rows+1, 3*rows)
+	if !waitFor(30*time.Second, func() bool { return w.last() >= 2*rows+rows/3 }) {
+		t.Fatalf("the writer is stuck at %d", w.last())
+	}
+	leaving.signal(t, syscall.SIGTERM)
+	stopped := time.Now()
+	if !leaving.exited(15 * time.Second) {
+		t.Fatal("the owner did not stop on SIGTERM")
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	streams[last].waitRows(t, len(ids), 2*rows+1, 3*rows, 30*time.Second)
+	gap, from, to := streams[last].gapAround(stopped)
+	t.Logf("graceful handover from %s: on %s no row for %v, between rows %d and %d", leaving.name, last.name, gap.Round(time.Millisecond), from, to)
 }
