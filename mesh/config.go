@@ -78,8 +78,9 @@ type Config struct {
 	MeshAddr        string // QUIC bind, UDP host:port
 	MeshAdvertise   string // optional address others reach the mesh on
 	ClientAddr      string // advertised HTTP/WebSocket address
-	// Database names the database this node can stream changes from
-	// (advertised as Member.DB); empty when it has none.
+	// Database names the database whose changes this node takes part in
+	// (advertised as Member.DB, with Member.Reader set: it can read the
+	// WAL); empty for none. SetDatabase sets both before Start.
 	Database string
 
 	Join []string // seeds: host:port, or DNS names (every A/AAAA record)

@@ -65,3 +65,10 @@ func (n *Node) notifyWatchers() {
 		fn(n.self, members)
 	}
 }
+
+// SetDatabase sets what this node advertises of the database whose
+// changes it takes part in (Member.DB and Member.Reader). Call before
+// Start.
+func (n *Node) SetDatabase(db string, reader bool) {
+	n.self.DB, n.self.Reader = db, reader
+}

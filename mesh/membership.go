@@ -24,10 +24,11 @@ type Member struct {
 	MeshAddr   string `json:"m"` // QUIC, UDP host:port
 	ClientAddr string `json:"c"` // HTTP/WebSocket host:port
 	Draining   bool   `json:"d,omitempty"`
-	// DB names the database whose WAL the node can read (Config.Database),
-	// empty when it has none: nodes with the same DB are candidates for
-	// owning its reader.
-	DB string `json:"b,omitempty"`
+	// DB names the database whose changes the node takes part in
+	// (Config.Database, or SetDatabase), empty for none; Reader says it can
+	// read the database's WAL itself, which makes it a candidate owner.
+	DB     string `json:"b,omitempty"`
+	Reader bool   `json:"w,omitempty"`
 }
 
 // metaVersion prefixes the JSON metadata so that it can evolve.

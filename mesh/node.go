@@ -115,7 +115,7 @@ func New(cfg Config, h Handler) (*Node, error) {
 		log:          cfg.Logger.With("node", id),
 		logLimited:   lograte.Logger(cfg.Logger.With("node", id), 10*time.Second, 5),
 		h:            h,
-		self:         Member{ID: id, Name: cfg.Name, Region: cfg.Region, MeshAddr: meshAddr, ClientAddr: cfg.ClientAddr, DB: cfg.Database},
+		self:         Member{ID: id, Name: cfg.Name, Region: cfg.Region, MeshAddr: meshAddr, ClientAddr: cfg.ClientAddr, DB: cfg.Database, Reader: cfg.Database != ""},
 		resyncs:      make(map[Lane][]func(string, func([]byte) error) error),
 		incarnation:  inc,
 		meshKey:      deriveKey(cfg.ClusterSecret, "mesh"),

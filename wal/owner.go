@@ -63,8 +63,8 @@ func (s *Service) startOwningLocked(prev string, prevAlive bool) []out {
 	s.own = o
 	var outs []out
 	for _, m := range s.members {
-		// Only members that read the database run a Service, and only
-		// they can hold subscriptions of it.
+		// Only members that take part in the database run a Service,
+		// and only they can hold subscriptions of it.
 		if m.ID != s.cfg.Self && m.DB == s.cfg.DB {
 			o.expect[m.ID] = true
 			outs = append(outs, out{to: m.ID, lane: mesh.LaneControl, frame: &meshproto.SubSync{DB: s.cfg.DB}})

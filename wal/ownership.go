@@ -10,7 +10,8 @@ import (
 type Member struct {
 	ID       string
 	Region   string
-	DB       string // the database the member can read ("" for none)
+	DB       string // the database whose changes it takes part in ("" for none)
+	Reader   bool   // it can read the database itself: a candidate owner
 	Draining bool
 }
 
@@ -28,7 +29,7 @@ func OwnerOf(db string, regions []string, members []Member) string {
 	var all []string
 	byRegion := map[string][]string{}
 	for _, m := range members {
-		if m.DB != db || m.Draining {
+		if m.DB != db || !m.Reader || m.Draining {
 			continue
 		}
 		all = append(all, m.ID)

@@ -7,11 +7,11 @@ import (
 
 func TestOwnerOf(t *testing.T) {
 	ms := []Member{
-		{ID: "a", Region: "iad", DB: "db"},
-		{ID: "b", Region: "iad", DB: "db"},
-		{ID: "c", Region: "fra", DB: "db"},
-		{ID: "d", Region: "fra"}, // no database
-		{ID: "e", Region: "sin", DB: "other"},
+		{ID: "a", Region: "iad", DB: "db", Reader: true},
+		{ID: "b", Region: "iad", DB: "db", Reader: true},
+		{ID: "c", Region: "fra", DB: "db", Reader: true},
+		{ID: "d", Region: "fra", DB: "db"}, // takes part, cannot read
+		{ID: "e", Region: "sin", DB: "other", Reader: true},
 	}
 	iad := OwnerOf("db", []string{"iad"}, ms)
 	if iad != "a" && iad != "b" {
@@ -48,10 +48,10 @@ func TestOwnerOf(t *testing.T) {
 
 // Adding a node elsewhere never moves the reader.
 func TestOwnerOfStable(t *testing.T) {
-	ms := []Member{{ID: "n1", Region: "iad", DB: "db"}, {ID: "n2", Region: "iad", DB: "db"}}
+	ms := []Member{{ID: "n1", Region: "iad", DB: "db", Reader: true}, {ID: "n2", Region: "iad", DB: "db", Reader: true}}
 	owner := OwnerOf("db", []string{"iad"}, ms)
 	for i := range 20 {
-		ms = append(ms, Member{ID: fmt.Sprintf("x%d", i), Region: "fra", DB: "db"})
+		ms = append(ms, Member{ID: fmt.Sprintf("x%d", i), Region: "fra", DB: "db", Reader: true})
 		if got := OwnerOf("db", []string{"iad"}, ms); got != owner {
 			t.Fatalf("adding a fra node moved the reader from %s to %s", owner, got)
 		}

@@ -168,11 +168,7 @@ func (s *Service) NewID() uint64 {
 }
 
 func (s *Service) selfMember() Member {
-	m := Member{ID: s.cfg.Self, DB: ""}
-	if s.cfg.Reader != nil {
-		m.DB = s.cfg.DB
-	}
-	return m
+	return Member{ID: s.cfg.Self, DB: s.cfg.DB, Reader: s.cfg.Reader != nil}
 }
 
 // transport is what the service needs of the mesh.
@@ -185,9 +181,10 @@ type meshTransport struct{ n *mesh.Node }
 func (t meshTransport) send(to string, l mesh.Lane, frame []byte) bool { return t.n.Send(to, l, frame) }
 
 // Attach connects the service to its cluster node; call it before the
-// node's Start. The node must advertise the database (mesh.Config.Database
-// = ServiceConfig.DB) if and only if this node has a Reader.
+// node's Start. It makes the node advertise the database, and whether it
+// can read it (a candidate owner).
 func (s *Service) Attach(n *mesh.Node) {
+	n.SetDatabase(s.cfg.DB, s.cfg.Reader != nil)
 	s.tr = meshTransport{n}
 	s.mu.Lock()
 	s.clustered = true
@@ -206,9 +203,9 @@ func (s *Service) Attach(n *mesh.Node) {
 	n.OnResync(mesh.LaneControl, s.resyncControl)
 	n.OnResync(mesh.LaneChanges, s.resyncChanges)
 	n.Watch(func(self mesh.Member, members []mesh.Member) {
-		ms := []Member{{ID: self.ID, Region: self.Region, DB: self.DB, Draining: self.Draining}}
+		ms := []Member{{ID: self.ID, Region: self.Region, DB: self.DB, Reader: self.Reader, Draining: self.Draining}}
 		for _, m := range members {
-			ms = append(ms, Member{ID: m.ID, Region: m.Region, DB: m.DB, Draining: m.Draining})
+			ms = append(ms, Member{ID: m.ID, Region: m.Region, DB: m.DB, Reader: m.Reader, Draining: m.Draining})
 		}
 		s.setMembers(ms)
 	})
