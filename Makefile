@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run cluster bench-compare test test-go test-js test-browser deps-js deps-browser bench lint fuzz clean
+.PHONY: all build run cluster bench-compare bench-transports test test-go test-js test-browser deps-js deps-browser bench lint fuzz clean
 
 all: build
 
@@ -68,9 +68,15 @@ bench-compare: build
 	$(GO) install github.com/centrifugal/centrifugo/v6@$(CENTRIFUGO_VERSION)
 	ROUNDS=3 ./bench/compare.sh
 
+# WebSocket vs WebTransport (and datagrams) on one node, as in README's Performance section.
+bench-transports: build
+	ROUNDS=3 ./bench/transports.sh
+
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeText -fuzztime=30s ./wire/phx
 	$(GO) test -run='^$$' -fuzz=FuzzDecodeBinary -fuzztime=30s ./wire/phx
+	$(GO) test -run='^$$' -fuzz=FuzzWTFrameReader -fuzztime=30s ./edge
+	$(GO) test -run='^$$' -fuzz=FuzzDecodeDatagram -fuzztime=30s ./edge
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
