@@ -47,7 +47,7 @@ deps-pg:
 # Packages that hold concurrency run with -race; pure codecs without it
 # (race instrumentation only slows them down).
 RACE_PKGS := ./edge/... ./mesh/... ./wal/... ./cmd/...
-test-go:
+test-go: deps-pg
 	$(GO) vet ./...
 	$(GO) test -race -count=1 $(RACE_PKGS)
 	$(GO) test -count=1 ./wire/... ./bench/...
@@ -68,10 +68,10 @@ deps-browser:
 		fi; \
 	fi
 
-test-js: build deps-js
+test-js: build deps-js deps-pg
 	cd $(NPM_DIR) && MESHCAST_BIN=$(CURDIR)/$(BIN)/meshcast npm test
 
-test-browser: build deps-js deps-browser
+test-browser: build deps-js deps-browser deps-pg
 	cd $(NPM_DIR) && MESHCAST_BIN=$(CURDIR)/$(BIN)/meshcast npm run test:browser
 
 # Go benchmarks (codecs, fan-out, router, mesh strategies) and meshbench

@@ -176,6 +176,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 	var last string
 	for {
 		ready, readers := 0, 0.0
+		scrapeErr := ""
 		for _, n := range c.Nodes {
 			select {
 			case <-n.done:
@@ -184,7 +185,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 			}
 			m, err := ScrapeMetrics(ctx, n.MetricsURL())
 			if err != nil {
-				last = err.Error()
+				scrapeErr = "; " + err.Error()
 				continue
 			}
 			if len(c.Nodes) == 1 || m["meshcast_mesh_peers_connected"] == want {
@@ -195,7 +196,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		if ready == len(c.Nodes) && readers == 1 {
 			return nil
 		}
-		last = fmt.Sprintf("%d/%d nodes with all peers, %.0f readers running", ready, len(c.Nodes), readers)
+		last = fmt.Sprintf("%d/%d nodes with all peers, %.0f readers running%s", ready, len(c.Nodes), readers, scrapeErr)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("bench: cluster not ready in %s: %s (logs in %s)", clusterStartTimeout, last, c.LogDir)

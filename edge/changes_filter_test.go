@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -88,11 +87,7 @@ func TestChangesFiltersAgreeWithPostgres(t *testing.T) {
 			ds = append(ds, delivery{f.Topic, ch.Data.Type, key.ID, ch.IDs})
 		}
 	}()
-	var sb strings.Builder
-	for id := range nRows {
-		fmt.Fprintf(&sb, "INSERT INTO d VALUES %s;\n", filtertest.Row(r, id))
-	}
-	pg.Exec(sb.String())
+	pg.Exec(filtertest.Inserts(r, "d", nRows))
 	pg.Exec("CREATE TABLE d2 AS SELECT * FROM d")
 	pg.Exec("DELETE FROM d")
 	// Changes arrive in commit order: once the marker is in, so is

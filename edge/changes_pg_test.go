@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
-	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -101,17 +98,7 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, pc pairConfig) (client, o
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); svc.Run(ctx) }()
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ts := &testServer{
-			Server: s,
-			addr:   ln.Addr().String(),
-			client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: testWait},
-			served: make(chan error, 1),
-		}
-		go func() { ts.served <- s.Serve(ln) }()
+		ts := serve(t, s)
 		t.Cleanup(func() {
 			ts.stop()
 			node.Close()
@@ -163,60 +150,6 @@ func execSQL(t *testing.T, conn *pgx.Conn, sql string, args ...any) {
 	if _, err := conn.Exec(context.Background(), sql, args...); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
-}
-
-// sameJSON reports whether two JSON texts are the same value: objects
-// whatever their key order, numbers by exact decimal value (jsonb prints
-// 1e30 as 1000000000000000000000000000000, and an int8 beyond 2^53 must
-// not be rounded by the comparison).
-func sameJSON(a, b []byte) bool {
-	va, err1 := decodeExact(a)
-	vb, err2 := decodeExact(b)
-	return err1 == nil && err2 == nil && sameValue(va, vb)
-}
-
-func decodeExact(b []byte) (any, error) {
-	d := json.NewDecoder(strings.NewReader(string(b)))
-	d.UseNumber()
-	var v any
-	err := d.Decode(&v)
-	return v, err
-}
-
-func sameValue(a, b any) bool {
-	switch a := a.(type) {
-	case json.Number:
-		b, ok := b.(json.Number)
-		if !ok {
-			return false
-		}
-		ra, ok1 := new(big.Rat).SetString(a.String())
-		rb, ok2 := new(big.Rat).SetString(b.String())
-		return ok1 && ok2 && ra.Cmp(rb) == 0
-	case map[string]any:
-		b, ok := b.(map[string]any)
-		if !ok || len(a) != len(b) {
-			return false
-		}
-		for k, v := range a {
-			if w, ok := b[k]; !ok || !sameValue(v, w) {
-				return false
-			}
-		}
-		return true
-	case []any:
-		b, ok := b.([]any)
-		if !ok || len(a) != len(b) {
-			return false
-		}
-		for i := range a {
-			if !sameValue(a[i], b[i]) {
-				return false
-			}
-		}
-		return true
-	}
-	return a == b
 }
 
 // collectChanges reads postgres_changes messages until it has n, within

@@ -74,10 +74,10 @@ func TestChangesValuesAreToJSONB(t *testing.T) {
 			if fmt.Sprint(got.IDs) != fmt.Sprint(ids[ti:ti+1]) {
 				t.Errorf("%s %s: ids %v, want %v", table, what, got.IDs, ids[ti:ti+1])
 			}
-			if (record == nil) != (d.Record == nil) || record != nil && !sameJSON(d.Record, record) {
+			if (record == nil) != (d.Record == nil) || record != nil && !pgtest.SameJSON(d.Record, record) {
 				t.Errorf("%s %s: record\n got %s\nwant %s", table, what, d.Record, record)
 			}
-			if (old == nil) != (d.OldRecord == nil) || old != nil && !sameJSON(d.OldRecord, old) {
+			if (old == nil) != (d.OldRecord == nil) || old != nil && !pgtest.SameJSON(d.OldRecord, old) {
 				t.Errorf("%s %s: old_record\n got %s\nwant %s", table, what, d.OldRecord, old)
 			}
 			if ct, err := time.Parse("2006-01-02T15:04:05.000Z", d.CommitTimestamp); err != nil || time.Since(ct).Abs() > time.Minute {
@@ -96,7 +96,7 @@ func TestChangesValuesAreToJSONB(t *testing.T) {
 		wantCols := queryJSON(t, conn, `SELECT jsonb_agg(jsonb_build_object('name', a.attname, 'type', ty.typname) ORDER BY a.attnum)::text
 			FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
 			WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped`, table)
-		if cols, _ := json.Marshal(got[0].Data.Columns); !sameJSON(cols, wantCols) {
+		if cols, _ := json.Marshal(got[0].Data.Columns); !pgtest.SameJSON(cols, wantCols) {
 			t.Errorf("%s columns\n got %s\nwant %s", table, cols, wantCols)
 		}
 
@@ -138,14 +138,14 @@ func TestChangesUnchangedTOAST(t *testing.T) {
 		execSQL(t, conn, "UPDATE "+table+" SET n = 1 WHERE id = 1")
 		got := collectChanges(t, c, 2, testWait)
 		whole := queryJSON(t, conn, "SELECT to_jsonb(t)::text FROM "+table+" t WHERE id = 1")
-		if got[0].Data.Type != "INSERT" || !sameJSON(got[0].Data.Record, inserted) {
+		if got[0].Data.Type != "INSERT" || !pgtest.SameJSON(got[0].Data.Record, inserted) {
 			t.Errorf("%s insert: record %.200s", table, got[0].Data.Record)
 		}
 		want := queryJSON(t, conn, "SELECT (to_jsonb(t) - 'big')::text FROM "+table+" t WHERE id = 1")
 		if table == "toasty_full" {
 			want = whole
 		}
-		if got[1].Data.Type != "UPDATE" || !sameJSON(got[1].Data.Record, want) {
+		if got[1].Data.Type != "UPDATE" || !pgtest.SameJSON(got[1].Data.Record, want) {
 			t.Errorf("%s update leaving the TOASTed value: record\n got %.200s\nwant %.200s", table, got[1].Data.Record, want)
 		}
 	}

@@ -57,6 +57,22 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	ts := serve(t, s)
+	t.Cleanup(func() {
+		if err := ts.stop(); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if !errors.Is(ts.serveErr, http.ErrServerClosed) {
+			t.Errorf("Serve returned %v, want http.ErrServerClosed", ts.serveErr)
+		}
+		ts.client.CloseIdleConnections()
+	})
+	return ts
+}
+
+// serve makes s serve on a port of its own; stop ends it.
+func serve(t *testing.T, s *Server) *testServer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
@@ -68,15 +84,6 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 		served: make(chan error, 1),
 	}
 	go func() { ts.served <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		if err := ts.stop(); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if !errors.Is(ts.serveErr, http.ErrServerClosed) {
-			t.Errorf("Serve returned %v, want http.ErrServerClosed", ts.serveErr)
-		}
-		ts.client.CloseIdleConnections()
-	})
 	return ts
 }
 

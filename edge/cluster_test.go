@@ -134,17 +134,7 @@ func startCluster(t *testing.T, regions []string, tweak func(*mesh.Config)) []*c
 		if seed == "" {
 			seed = node.GossipAddr()
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ts := &testServer{
-			Server: s,
-			addr:   ln.Addr().String(),
-			client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: testWait},
-			served: make(chan error, 1),
-		}
-		go func() { ts.served <- s.Serve(ln) }()
+		ts := serve(t, s)
 		cn := &clusterNode{testServer: ts, node: node, udp: fc}
 		t.Cleanup(func() {
 			ts.stop()

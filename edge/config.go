@@ -3,6 +3,7 @@ package edge
 import (
 	"crypto/tls"
 	"log/slog"
+	"net/http"
 	"time"
 )
 
@@ -88,6 +89,11 @@ type Config struct {
 	// DatagramQueue is how many datagrams wait per WebTransport session
 	// before the oldest is dropped (0: 16).
 	DatagramQueue int
+
+	// DemoTable, if set, serves the demo page's live table panel at
+	// /demo/todos and below (make run-pg's node only: it writes to a
+	// database without auth). Without it the panel only shows changes.
+	DemoTable http.Handler
 
 	Logger *slog.Logger
 }

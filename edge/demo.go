@@ -12,8 +12,12 @@ var demoFiles embed.FS
 // clientJSPath is where every node serves the clientjs bundle.
 const clientJSPath = "/clientjs/meshcast.js"
 
-// demoHandler serves the demo page (chat, who's online, live cursors),
-// which runs on clientjs, so a node needs nothing else to show it.
+// demoTablePath is where Config.DemoTable is served.
+const demoTablePath = "/demo/todos"
+
+// demoHandler serves the demo page (chat, who's online, live cursors, a
+// live table of Postgres changes), which runs on clientjs, so a node needs
+// nothing else to show it.
 func demoHandler() http.Handler {
 	sub, err := fs.Sub(demoFiles, "demo")
 	if err != nil {

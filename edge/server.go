@@ -294,6 +294,13 @@ func (s *Server) routes() *http.ServeMux {
 		mux.HandleFunc("OPTIONS "+base+"/broadcast", serveCORSPreflight)
 		mux.HandleFunc("OPTIONS "+base+"/broadcast/{topic}/events/{event}", serveCORSPreflight)
 	}
+	if s.cfg.DemoTable != nil {
+		// By method: a pattern for every method would conflict with GET /.
+		for _, m := range []string{"GET", "POST", "PATCH", "DELETE"} {
+			mux.Handle(m+" "+demoTablePath, s.cfg.DemoTable)
+			mux.Handle(m+" "+demoTablePath+"/", s.cfg.DemoTable)
+		}
+	}
 	mux.Handle("GET /", demoHandler())
 	return mux
 }

@@ -2,6 +2,7 @@ package wal
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -67,30 +68,30 @@ func parseDatum(c class, text string) (datum, error) {
 func cmpDatum(c class, a, b datum) int {
 	switch c {
 	case classInt, classBool:
-		return cmpInt(a.i, b.i)
+		return cmp.Compare(a.i, b.i)
 	case classFloat, classFloat4:
 		return cmpFloat(a.f, b.f)
 	case classNumeric:
 		return cmpNumeric(a, b)
 	case classDate, classTimestamp, classTimestampTZ:
 		if a.special != b.special {
-			return cmpInt(int64(a.special), int64(b.special))
+			return cmp.Compare(int64(a.special), int64(b.special))
 		}
-		return cmpInt(a.i, b.i)
+		return cmp.Compare(a.i, b.i)
 	case classTime:
-		return cmpInt(a.i, b.i)
+		return cmp.Compare(a.i, b.i)
 	case classTimeTZ:
 		// timetz_cmp: the time in UTC, then the zone west of UTC (j is
 		// east).
-		if x := cmpInt(a.i-a.j*1000000, b.i-b.j*1000000); x != 0 {
+		if x := cmp.Compare(a.i-a.j*1000000, b.i-b.j*1000000); x != 0 {
 			return x
 		}
-		return cmpInt(-a.j, -b.j)
+		return cmp.Compare(-a.j, -b.j)
 	case classInterval:
-		if x := cmpInt(a.i, b.i); x != 0 {
+		if x := cmp.Compare(a.i, b.i); x != 0 {
 			return x
 		}
-		return cmpInt(a.j, b.j)
+		return cmp.Compare(a.j, b.j)
 	}
 	return strings.Compare(a.s, b.s)
 }
@@ -132,16 +133,6 @@ func (d datum) key(c class) string {
 		return uuidText(d.s)
 	}
 	return d.s
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // cmpFloat is float8_cmp: NaN equals NaN and sorts above everything.
@@ -258,7 +249,7 @@ func cmpNumeric(a, b datum) int {
 			}
 			return int64(d.special)
 		}
-		return cmpInt(rank(a), rank(b))
+		return cmp.Compare(rank(a), rank(b))
 	}
 	sign := func(d datum) int {
 		switch {
@@ -271,13 +262,13 @@ func cmpNumeric(a, b datum) int {
 	}
 	sa, sb := sign(a), sign(b)
 	if sa != sb || sa == 0 {
-		return cmpInt(int64(sa), int64(sb))
+		return cmp.Compare(int64(sa), int64(sb))
 	}
 	// Same sign: compare magnitudes, then flip for negatives.
 	m := 0
 	switch {
 	case a.exp != b.exp:
-		m = cmpInt(int64(a.exp), int64(b.exp))
+		m = cmp.Compare(int64(a.exp), int64(b.exp))
 	default:
 		m = strings.Compare(a.s, b.s)
 	}

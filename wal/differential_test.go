@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -25,11 +24,7 @@ func TestMatcherAgreesWithPostgres(t *testing.T) {
 
 	r := rand.New(rand.NewPCG(1, 2))
 	const nRows, nSubs = 150, 500
-	var sb strings.Builder
-	for id := range nRows {
-		fmt.Fprintf(&sb, "INSERT INTO d VALUES %s;\n", filtertest.Row(r, id))
-	}
-	pg.Exec(sb.String())
+	pg.Exec(filtertest.Inserts(r, "d", nRows))
 	// The SQL side evaluates on a copy of the rows.
 	pg.Exec("CREATE TABLE d2 AS SELECT * FROM d")
 	pg.Exec("DELETE FROM d")

@@ -2,9 +2,6 @@ package wal
 
 import (
 	"context"
-	"encoding/json"
-	"math/big"
-	"strings"
 	"testing"
 	"time"
 
@@ -85,56 +82,4 @@ func slotTransactions(t testing.TB, conn *pgx.Conn, slot, publication string) []
 		}
 	}
 	return txs
-}
-
-// jsonEqual compares JSON texts as values, numbers by their exact decimal
-// value (jsonb prints 1e+30 as 1000000000000000000000000000000).
-func jsonEqual(a, b []byte) bool {
-	va, err1 := decodeJSON(a)
-	vb, err2 := decodeJSON(b)
-	return err1 == nil && err2 == nil && valueEqual(va, vb)
-}
-
-func decodeJSON(b []byte) (any, error) {
-	d := json.NewDecoder(strings.NewReader(string(b)))
-	d.UseNumber()
-	var v any
-	err := d.Decode(&v)
-	return v, err
-}
-
-func valueEqual(a, b any) bool {
-	switch a := a.(type) {
-	case json.Number:
-		b, ok := b.(json.Number)
-		if !ok {
-			return false
-		}
-		ra, ok1 := new(big.Rat).SetString(a.String())
-		rb, ok2 := new(big.Rat).SetString(b.String())
-		return ok1 && ok2 && ra.Cmp(rb) == 0
-	case map[string]any:
-		b, ok := b.(map[string]any)
-		if !ok || len(a) != len(b) {
-			return false
-		}
-		for k, v := range a {
-			if w, ok := b[k]; !ok || !valueEqual(v, w) {
-				return false
-			}
-		}
-		return true
-	case []any:
-		b, ok := b.([]any)
-		if !ok || len(a) != len(b) {
-			return false
-		}
-		for i := range a {
-			if !valueEqual(a[i], b[i]) {
-				return false
-			}
-		}
-		return true
-	}
-	return a == b
 }

@@ -425,16 +425,7 @@ func (o *ownerState) room(ctx context.Context, node string) bool {
 // deliverLocal hands a change to this node's own subscribers, the owner's
 // shortcut around the mesh.
 func (s *Service) deliverLocal(pos position, c *Change, ids []uint64) {
-	s.mu.Lock()
-	dup := !s.last.before(pos)
-	if !dup {
-		s.last = pos
+	if s.firstTime(pos) {
+		s.deliver(c, ids)
 	}
-	s.mu.Unlock()
-	if dup {
-		s.dupes.Inc()
-		return
-	}
-	s.deliveries.Add(len(ids))
-	s.cfg.Deliver(c, ids)
 }

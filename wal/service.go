@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -428,7 +429,7 @@ func (s *Service) replaceLocked(to string) []out {
 	for _, sub := range s.local {
 		subs = append(subs, wireSub(sub))
 	}
-	slices.SortFunc(subs, func(a, b meshproto.Sub) int { return int64Cmp(a.ID, b.ID) })
+	slices.SortFunc(subs, func(a, b meshproto.Sub) int { return cmp.Compare(a.ID, b.ID) })
 	var outs []out
 	const part = 256 << 10
 	var cur *meshproto.SubRegister
@@ -456,16 +457,6 @@ func (s *Service) replaceLocked(to string) []out {
 		cur = &meshproto.SubRegister{DB: s.cfg.DB, Replace: true}
 	}
 	return append(outs, out{to: to, lane: mesh.LaneControl, frame: cur})
-}
-
-func int64Cmp(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // resyncControl adds this node's registration to a resync toward the
@@ -496,6 +487,20 @@ func (s *Service) resyncControl(peer string, emit func([]byte) error) error {
 // already, and acknowledges it.
 func (s *Service) onChanges(from string, f *meshproto.Changes) {
 	pos := position{f.LSN, f.Seq}
+	if s.firstTime(pos) {
+		if c, err := DecodeChange(f.Record); err != nil {
+			s.log.Error("undecodable change from the owner; skipped", "from", from, "lsn", LSN(f.LSN), "err", err)
+		} else {
+			s.deliver(c, f.IDs)
+		}
+	}
+	s.ackLater(from, pos)
+}
+
+// firstTime records pos as delivered and reports whether it is new. A
+// change at or before the last one delivered is the unconfirmed tail that
+// a new owner, or a restarted reader, sends again: counted and dropped.
+func (s *Service) firstTime(pos position) bool {
 	s.mu.Lock()
 	dup := !s.last.before(pos)
 	if !dup {
@@ -504,13 +509,13 @@ func (s *Service) onChanges(from string, f *meshproto.Changes) {
 	s.mu.Unlock()
 	if dup {
 		s.dupes.Inc()
-	} else if c, err := DecodeChange(f.Record); err != nil {
-		s.log.Error("undecodable change from the owner; skipped", "from", from, "lsn", LSN(f.LSN), "err", err)
-	} else {
-		s.deliveries.Add(len(f.IDs))
-		s.cfg.Deliver(c, f.IDs)
 	}
-	s.ackLater(from, pos)
+	return !dup
+}
+
+func (s *Service) deliver(c *Change, ids []uint64) {
+	s.deliveries.Add(len(ids))
+	s.cfg.Deliver(c, ids)
 }
 
 // ackState batches the acknowledgements to one owner: the first change

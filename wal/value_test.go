@@ -99,7 +99,7 @@ func TestValuesMatchToJSONB(t *testing.T) {
 		got := recordJSON(t, c)
 		var id int
 		json.Unmarshal(c.Record[0], &id)
-		if !jsonEqual(got, []byte(want[id])) {
+		if !pgtest.SameJSON(got, []byte(want[id])) {
 			t.Errorf("row %d:\n got %s\nwant %s", id, got, want[id])
 			diffColumns(t, got, []byte(want[id]))
 		}
@@ -141,7 +141,7 @@ func diffColumns(t testing.TB, got, want []byte) {
 	json.Unmarshal(got, &g)
 	json.Unmarshal(want, &w)
 	for k, wv := range w {
-		if !jsonEqual(g[k], wv) {
+		if !pgtest.SameJSON(g[k], wv) {
 			t.Errorf("  %s: got %s want %s", k, g[k], wv)
 		}
 	}

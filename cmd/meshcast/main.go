@@ -72,6 +72,7 @@ type options struct {
 	slot           string
 	maxSlotLag     int64
 	databaseRegion string
+	demoTodos      bool
 }
 
 // clustered reports whether the flags ask for a cluster node.
@@ -147,6 +148,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list (default: any region)")
+	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: meshcast [flags]\n\nRuns a meshcast edge node. Every flag may also be given as an environment\nvariable MESHCAST_<FLAG> (e.g. MESHCAST_LISTEN, MESHCAST_JWT_SECRET);\nthe command line wins.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -191,6 +193,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		}
 		c.WebTransportCert = &cert
 	}
+	if o.demoTodos && (o.databaseURL == "" || o.jwtSecret != "") {
+		return nil, errors.New("--demo-todos is for make run-pg's open demo node: it needs --database-url and no --jwt-secret")
+	}
 	if o.clustered() && o.clusterSecret == "" {
 		return nil, errors.New("--cluster-secret is required for a cluster node")
 	}
@@ -228,6 +233,14 @@ func run(args []string, stderr io.Writer) error {
 		log.Info("memory limit from FLY_VM_MEMORY_MB", "bytes", limit)
 	}
 	o.edge.Logger = log
+	if o.demoTodos {
+		demo, err := newDemoTable(o.databaseURL, log)
+		if err != nil {
+			return fmt.Errorf("--demo-todos: %w", err)
+		}
+		defer demo.close()
+		o.edge.DemoTable = demo
+	}
 	var node *mesh.Node
 	name := o.edge.NodeID
 	if o.clustered() {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make run-pg: a throwaway local PostgreSQL (initdb in a temp dir,
 # wal_level=logical, a todos table in the supabase_realtime publication) and
-# one meshcast node streaming its changes. Ctrl-C stops both and removes the
-# database. Extra arguments go to meshcast.
+# one meshcast node streaming its changes, with the demo page's table panel
+# (--demo-todos: the page inserts, updates and deletes todos rows through the
+# node; only this throwaway setup turns it on). Ctrl-C stops both and removes
+# the database. Extra arguments go to meshcast.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-./bin/meshcast}
@@ -36,15 +38,10 @@ max_slot_wal_keep_size = 1GB
 CONF
 "${as_pg[@]}" "$PG_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w start >/dev/null
 url="postgres://postgres@127.0.0.1:$PGPORT/postgres"
-"${as_pg[@]}" "$PG_BINDIR/psql" -q -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres <<'SQL'
-CREATE TABLE todos (id bigserial PRIMARY KEY, title text NOT NULL, done boolean NOT NULL DEFAULT false,
-                    created_at timestamptz NOT NULL DEFAULT now());
-ALTER TABLE todos REPLICA IDENTITY FULL;
-CREATE PUBLICATION supabase_realtime FOR TABLE todos;
-INSERT INTO todos (title) VALUES ('try meshcast'), ('insert a row from psql');
-SQL
+"${as_pg[@]}" "$PG_BINDIR/psql" -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres <deploy/local/todos.sql
 echo "Postgres: $url   (psql -h 127.0.0.1 -p $PGPORT -U postgres)"
+echo "demo: http://localhost:${LISTEN##*:}/ (the live table panel: open it in two tabs)"
 echo "try: psql -h 127.0.0.1 -p $PGPORT -U postgres -c \"INSERT INTO todos (title) VALUES ('hello')\""
-"$BIN" --listen "$LISTEN" --database-url "$url" "$@" &
+"$BIN" --listen "$LISTEN" --database-url "$url" --demo-todos "$@" &
 node=$!
 wait "$node"

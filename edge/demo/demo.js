@@ -2,7 +2,9 @@
 // chat (broadcast "chat"), who's online (presence) and live cursors (sendUnreliable
 // "cursor": one datagram per move over WebTransport, a reliable broadcast over
 // WebSocket) on channel "lobby". The header shows the transport clientjs picked.
+// table.js adds the live table of Postgres changes, on the same client.
 import { MeshcastClient } from '/clientjs/meshcast.js'
+import { liveTable } from './table.js'
 
 const $ = (id) => document.getElementById(id)
 const nameInput = $('name')
@@ -142,3 +144,4 @@ $('composer').addEventListener('submit', async (e) => {
 })
 
 join(nameInput.value)
+liveTable(client)

@@ -56,8 +56,18 @@ func Schema(name string) string {
 		ALTER TABLE ` + name + ` REPLICA IDENTITY FULL;`
 }
 
-// Row is the VALUES list of a random row with key id.
-func Row(r *rand.Rand, id int) string {
+// Inserts is n INSERT statements into table (made by Schema), of random
+// rows with keys 0 to n-1.
+func Inserts(r *rand.Rand, table string, n int) string {
+	var b strings.Builder
+	for id := range n {
+		fmt.Fprintf(&b, "INSERT INTO %s VALUES %s;\n", table, row(r, id))
+	}
+	return b.String()
+}
+
+// row is the VALUES list of a random row with key id.
+func row(r *rand.Rand, id int) string {
 	vals := []string{fmt.Sprint(id)}
 	for _, d := range Domains {
 		v := d.Values[r.IntN(len(d.Values))]

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/meshcast/meshcast/wal/pglocal"
 )
 
 // shared is the server of Shared. It is package state on purpose: one
@@ -16,7 +18,7 @@ import (
 var shared struct {
 	mu      sync.Mutex
 	main    bool // Main is running the tests
-	inst    *instance
+	inst    *pglocal.Server
 	err     error
 	started bool
 	dbs     atomic.Int64
@@ -44,7 +46,7 @@ func (m M) Run() int {
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.inst != nil {
-		shared.inst.destroy()
+		shared.inst.Remove()
 		shared.inst = nil
 	}
 	return code
