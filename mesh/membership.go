@@ -150,6 +150,7 @@ func startMembership(cfg *Config, self Member, events membershipEvents, log *slo
 	}
 	mc.Delegate = (*metaDelegate)(m)
 	mc.Events = (*eventDelegate)(m)
+	mc.Ping = pingDelegate{events}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: start gossip on %s: %w", cfg.GossipAddr, err)
