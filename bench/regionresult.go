@@ -170,34 +170,10 @@ func (r *RegionResult) WriteText(w io.Writer) error {
 			fmt.Fprintf(tw, "%s → %s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%d\t%d\t\n", p.From, p.To, ow, p.Min, p.P50, p.P90, p.P99, p.Max, over, p.Count, p.Lost)
 		}
 	}
-	if pf := r.Presence; pf != nil {
-		fmt.Fprintf(tw, "presence: %d joins, %d watchers: every watcher saw a join after p50 %.1f, p99 %.1f, max %.1f ms; %d joins incomplete\t\n",
-			pf.Joins, pf.Watchers, pf.AllSeen.P50, pf.AllSeen.P99, pf.AllSeen.Max, pf.Incomplete)
-	}
-	if cf := r.Connect; cf != nil {
-		regs := make([]string, 0, len(r.ConnectMS))
-		for k := range r.ConnectMS {
-			regs = append(regs, k)
-		}
-		sort.Strings(regs)
-		for _, k := range regs {
-			q := r.ConnectMS[k]
-			fmt.Fprintf(tw, "connect %s: %d handshakes p50 %.1f p99 %.1f max %.1f ms\t\n", k, q.Count, q.P50, q.P99, q.Max)
-		}
-		fmt.Fprintf(tw, "ramp %.1fs (%.0f/s), held %d after %.0fs idle; client %.1f KiB/conn (%.0f MiB, %d goroutines)\t\n",
-			cf.RampSeconds, cf.ConnectsPerSec, cf.HeldAfterIdle, cf.IdleSeconds, cf.ClientRSSPerConn, cf.ClientRSSMiB, r.Goroutines)
-		nodes := make([]string, 0, len(cf.NodeRSSPerConnKB))
-		for k := range cf.NodeRSSPerConnKB {
-			nodes = append(nodes, k)
-		}
-		sort.Strings(nodes)
-		for _, k := range nodes {
-			fmt.Fprintf(tw, "node %s: %.1f KiB RSS per connection\t\n", k, cf.NodeRSSPerConnKB[k])
-		}
-	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	r.writeExtras(w)
 	return r.Server.writeText(w)
 }
 
@@ -217,4 +193,33 @@ func (s *ServerFigures) writeText(w io.Writer) error {
 	_, err := fmt.Fprintf(w, "per message: mesh %.1f B / %.2f frames, WAN %.1f B / %.2f frames (data lane); WAN on the wire %.1f B (QUIC, all lanes); server CPU %.2f cores, %.2f µs per delivery\n",
 		s.MeshBytesPerMsg, s.MeshFramesPerMsg, s.WANBytesPerMsg, s.WANFramesPerMsg, s.WireWANBytesPerMsg, s.CPU, s.CPUPerDeliveryUs)
 	return err
+}
+
+// writeExtras writes the presence and connect figures.
+func (r *RegionResult) writeExtras(w io.Writer) {
+	if pf := r.Presence; pf != nil {
+		fmt.Fprintf(w, "presence: %d joins, %d watchers: every watcher saw a join after p50 %.1f, p99 %.1f, max %.1f ms; %d joins incomplete\n",
+			pf.Joins, pf.Watchers, pf.AllSeen.P50, pf.AllSeen.P99, pf.AllSeen.Max, pf.Incomplete)
+	}
+	if cf := r.Connect; cf != nil {
+		regs := make([]string, 0, len(r.ConnectMS))
+		for k := range r.ConnectMS {
+			regs = append(regs, k)
+		}
+		sort.Strings(regs)
+		for _, k := range regs {
+			q := r.ConnectMS[k]
+			fmt.Fprintf(w, "connect %s: %d handshakes p50 %.1f p99 %.1f max %.1f ms\n", k, q.Count, q.P50, q.P99, q.Max)
+		}
+		fmt.Fprintf(w, "ramp %.1fs (%.0f/s), held %d after %.0fs idle; client %.1f KiB/conn (%.0f MiB, %d goroutines)\n",
+			cf.RampSeconds, cf.ConnectsPerSec, cf.HeldAfterIdle, cf.IdleSeconds, cf.ClientRSSPerConn, cf.ClientRSSMiB, r.Goroutines)
+		nodes := make([]string, 0, len(cf.NodeRSSPerConnKB))
+		for k := range cf.NodeRSSPerConnKB {
+			nodes = append(nodes, k)
+		}
+		sort.Strings(nodes)
+		for _, k := range nodes {
+			fmt.Fprintf(w, "node %s: %.1f KiB RSS per connection\n", k, cf.NodeRSSPerConnKB[k])
+		}
+	}
 }
