@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run run-pg cluster bench-compare test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz clean
+.PHONY: all build run run-pg cluster bench-compare bench-transports test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz clean
 
 all: build
 
@@ -86,6 +86,10 @@ bench-compare: build
 	$(GO) install github.com/centrifugal/centrifugo/v6@$(CENTRIFUGO_VERSION)
 	ROUNDS=3 ./bench/compare.sh
 
+# WebSocket vs WebTransport (and datagrams) on one node, as in README's Performance section.
+bench-transports: build
+	ROUNDS=3 ./bench/transports.sh
+
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeText$$' -fuzztime=$(FUZZTIME) ./wire/phx
@@ -95,6 +99,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzAppendValue$$' -fuzztime=$(FUZZTIME) ./wal
 	$(GO) test -run='^$$' -fuzz='^FuzzParseFilter$$' -fuzztime=$(FUZZTIME) ./wal
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeChange$$' -fuzztime=$(FUZZTIME) ./wal
+	$(GO) test -run='^$$' -fuzz='^FuzzWTFrameReader$$' -fuzztime=$(FUZZTIME) ./edge
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeDatagram$$' -fuzztime=$(FUZZTIME) ./edge
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -79,20 +79,9 @@ if [[ " $TARGETS " == *" meshcast "* ]]; then
 	MESHCAST_RUN=$OUT/sut-mc
 fi
 
-SERVER_PID=
-stop_server() {
-	[[ -n $SERVER_PID ]] || return 0
-	if kill -0 "$SERVER_PID" 2>/dev/null; then
-		kill -TERM "$SERVER_PID" 2>/dev/null || true
-		for _ in $(seq 100); do
-			kill -0 "$SERVER_PID" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$SERVER_PID" 2>/dev/null || true
-	fi
-	wait "$SERVER_PID" 2>/dev/null || true
-	SERVER_PID=
-}
+BENCH_NAME=compare
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 trap stop_server EXIT
 trap 'exit 130' INT TERM
 
@@ -149,29 +138,6 @@ url_of() {
 
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
-
-# host_busy_ticks: CPU ticks the whole machine spent outside idle/iowait since boot.
-host_busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
-
-# wait_quiet: waits (at most QUIET_WAIT seconds) until the host, minus the
-# idle server, uses under QUIET_CORES cores, so that other work on a shared
-# machine disturbs the measurement less. It only warns if that never happens.
-wait_quiet() {
-	local deadline=$((SECONDS + QUIET_WAIT)) a b
-	while :; do
-		a=$(host_busy_ticks)
-		sleep 1
-		b=$(host_busy_ticks)
-		# ticks are 1/100 s: busy cores over that second = (b - a) / 100.
-		if ((b - a < QUIET_CORES_TICKS)); then
-			return 0
-		fi
-		if ((SECONDS >= deadline)); then
-			echo "compare: host still busy ($(((b - a)))% of one core) after ${QUIET_WAIT}s; measuring anyway" >&2
-			return 0
-		fi
-	done
-}
 
 # bench TARGET NAME ARGS...: one meshbench run against the running server.
 bench() {

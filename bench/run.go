@@ -15,6 +15,11 @@ const (
 	recvShards = 16
 	// maxHandshakes bounds connections being opened at once.
 	maxHandshakes = 512
+	// maxWTHandshakes bounds WebTransport handshakes at once: quic-go's
+	// server queues at most 32 connections waiting for Accept and refuses
+	// the next ones (CONNECTION_REFUSED), which a CPU-starved node on a
+	// shared machine hits under a burst of 512.
+	maxWTHandshakes = 16
 )
 
 type paddedCounter struct {
@@ -116,7 +121,11 @@ func (r *runner) connectAll(ctx context.Context, res *Result) error {
 	start := time.Now()
 	interval := time.Duration(float64(time.Second) / cfg.ConnectRate)
 	results := make(chan error, cfg.Subs)
-	sem := make(chan struct{}, maxHandshakes)
+	inFlight := maxHandshakes
+	if cfg.Transport == TransportWebTransport {
+		inFlight = maxWTHandshakes
+	}
+	sem := make(chan struct{}, inFlight)
 
 	launched := 0
 	var okCount, errCount int

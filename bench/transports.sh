@@ -49,20 +49,9 @@ cp "$MESHCAST_BIN" "$OUT/sut-mc" # a rebuild or pkill elsewhere cannot hit a run
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 
-SERVER_PID=
-stop_server() {
-	[[ -n $SERVER_PID ]] || return 0
-	if kill -0 "$SERVER_PID" 2>/dev/null; then
-		kill -TERM "$SERVER_PID" 2>/dev/null || true
-		for _ in $(seq 100); do
-			kill -0 "$SERVER_PID" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$SERVER_PID" 2>/dev/null || true
-	fi
-	wait "$SERVER_PID" 2>/dev/null || true
-	SERVER_PID=
-}
+BENCH_NAME=transports
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 trap stop_server EXIT
 trap 'exit 130' INT TERM
 
@@ -82,21 +71,6 @@ start_server() {
 	echo "transports: meshcast did not start; log:" >&2
 	tail -5 "$OUT/meshcast.log" >&2
 	return 1
-}
-
-host_busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
-wait_quiet() {
-	local deadline=$((SECONDS + QUIET_WAIT)) a b
-	while :; do
-		a=$(host_busy_ticks)
-		sleep 1
-		b=$(host_busy_ticks)
-		((b - a < QUIET_CORES_TICKS)) && return 0
-		if ((SECONDS >= deadline)); then
-			echo "transports: host still busy ($((b - a))% of one core) after ${QUIET_WAIT}s; measuring anyway" >&2
-			return 0
-		fi
-	done
 }
 
 # run NAME ARGS...: one meshbench run against the running node.

@@ -60,7 +60,7 @@ type changeOf struct {
 }
 
 // nextChange reads until a postgres_changes message.
-func nextChange(t *testing.T, c *wsClient) (changeOf, wsFrame) {
+func nextChange(t *testing.T, c peer) (changeOf, wsFrame) {
 	t.Helper()
 	for {
 		f := c.next()
@@ -77,7 +77,7 @@ func nextChange(t *testing.T, c *wsClient) (changeOf, wsFrame) {
 
 // joinChanges joins topic with bindings and returns the ids of the reply
 // and the system message that follows it.
-func joinWithBindings(t *testing.T, c *wsClient, joinRef, topic, bindings string) ([]uint64, string) {
+func joinWithBindings(t *testing.T, c peer, joinRef, topic, bindings string) ([]uint64, string) {
 	t.Helper()
 	c.write(joinFrame(joinRef, topic, `{"postgres_changes":`+bindings+`}`))
 	f := c.next()

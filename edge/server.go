@@ -1,7 +1,15 @@
 // Package edge is the client-facing side of a meshcast node: the HTTP
-// server, the WebSocket transport, connection lifecycle and heartbeats,
-// channel join/leave, broadcast and presence semantics, JWT auth, limits,
-// REST broadcast, /metrics, /healthz and the demo page.
+// server, the WebSocket and WebTransport transports, connection lifecycle
+// and heartbeats, channel join/leave, broadcast and presence semantics, JWT
+// auth, limits, REST broadcast, /metrics, /healthz, the demo page and the
+// clientjs bundle.
+//
+// Both transports make the same conn (transport.go): channel, presence,
+// auth and limit code never knows which carries a client. A WebTransport
+// session (webtransport.go) carries the Phoenix frames on one stream with a
+// length prefix (wtframe.go) and unreliable broadcasts as datagrams
+// (datagram.go); its certificates are configured or self-signed and rotated
+// (certs.go).
 //
 // # WebSocket library
 //

@@ -424,3 +424,45 @@ func TestWebTransportShutdownDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWebTransportLimits: the per-connection limits apply to sessions as
+// to WebSockets: a flood of broadcasts closes the channel with Supabase's
+// message, and a session that stops reading is closed as a slow consumer
+// without holding anyone else up.
+func TestWebTransportLimits(t *testing.T) {
+	ts := startWTServer(t, func(c *Config) { c.EventsPerSecond = 5 })
+	flood := ts.connectWT(t)
+	mustJoin(t, flood, "1", "realtime:lim", `{}`)
+	for i := range 10 {
+		flood.write(broadcastFrame("1", strconv.Itoa(i+2), "realtime:lim", "e", `{}`))
+	}
+	f := expectFrame(t, flood, "system", func(f wsFrame) bool { return f.Event == "system" })
+	if jsonField(f.Payload, "message") != `"Too many messages per second"` {
+		t.Fatalf("system %s", f)
+	}
+	if f := flood.next(); f.Event != "phx_close" || refOf(f.Ref) != "1" {
+		t.Fatalf("after the limit: %s", f)
+	}
+
+	// A reader that never reads, and a publisher with 3 MB for it: the
+	// stream window fills, the queue overflows, the session goes.
+	ts = startWTServer(t, func(c *Config) {
+		c.BytesPerSecond = 0
+		c.QueueBytes = 256 << 10
+		c.WriteTimeout = 500 * time.Millisecond
+	})
+	stuck := ts.connectWT(t)
+	mustJoin(t, stuck, "1", "realtime:slow", `{}`)
+	pub := ts.connect(t)
+	mustJoin(t, pub, "1", "realtime:slow", `{}`)
+	big := `{"s":"` + strings.Repeat("x", 60000) + `"}`
+	for range 50 {
+		pub.write(broadcastFrame("1", "9", "realtime:slow", "e", big))
+	}
+	ts.metricIs(t, "meshcast_slow_consumer_closes_total", "1")
+	if _, err := stuck.ended(testWait); err != nil {
+		t.Fatal(err)
+	}
+	pub.write(heartbeatFrame)
+	expectFrame(t, pub, "heartbeat", isHeartbeatReply)
+}

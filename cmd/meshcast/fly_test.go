@@ -76,9 +76,9 @@ type flyConfig struct {
 }
 
 // fly.toml holds true of the binary: every MESHCAST_ variable is a flag,
-// the TCP service's internal port is where the node listens, the health
-// check is an endpoint it serves, and fly waits longer than the node's
-// graceful shutdown.
+// the TCP service's internal port is where the node listens, the UDP
+// service's is where WebTransport listens, the health check is an endpoint
+// it serves, and fly waits longer than the node's graceful shutdown.
 func TestFlyTomlMatchesTheBinary(t *testing.T) {
 	var cfg flyConfig
 	if _, err := toml.DecodeFile(filepath.Join("..", "..", "deploy", "fly", "fly.toml"), &cfg); err != nil {
@@ -123,6 +123,69 @@ func TestFlyTomlMatchesTheBinary(t *testing.T) {
 	}
 	if !tcp {
 		t.Error("no TCP service for WebSocket and HTTP")
+	}
+	checkFlyWebTransport(t, &cfg, o)
+}
+
+// checkFlyWebTransport: the UDP service carries WebTransport as fly routes
+// UDP (shared/fly.md §2): the node binds fly-global-services on the
+// service's internal port, fly forwards the same port number it receives,
+// clients are told to dial that port, and the image's user may bind it.
+func checkFlyWebTransport(t *testing.T, cfg *flyConfig, o *options) {
+	t.Helper()
+	if o.wtListen == "off" {
+		return
+	}
+	host, port, err := net.SplitHostPort(o.wtListen)
+	if err != nil {
+		t.Fatalf("--webtransport-listen %q: fly.toml must name fly-global-services:PORT (%v)", o.wtListen, err)
+	}
+	if host != "fly-global-services" {
+		t.Errorf("--webtransport-listen %s: fly delivers UDP only to fly-global-services", o.wtListen)
+	}
+	var udp int
+	for _, s := range cfg.Services {
+		if s.Protocol != "udp" {
+			continue
+		}
+		udp++
+		if strconv.Itoa(s.InternalPort) != port {
+			t.Errorf("UDP service internal_port %d, but WebTransport listens on %s", s.InternalPort, o.wtListen)
+		}
+		if len(s.Ports) == 0 {
+			t.Error("UDP service without ports")
+		}
+		for _, p := range s.Ports {
+			if p.Port != s.InternalPort {
+				t.Errorf("UDP port %d to internal_port %d: fly rewrites addresses, never ports", p.Port, s.InternalPort)
+			}
+			if len(p.Handlers) > 0 {
+				t.Errorf("UDP port %d has handlers %v; QUIC needs raw UDP", p.Port, p.Handlers)
+			}
+		}
+	}
+	if udp != 1 {
+		t.Errorf("%d UDP services; WebTransport needs one", udp)
+	}
+	// The advertised address is what browsers dial: its port must be the
+	// one fly receives UDP on, and it must be a name, not the bound
+	// fly-global-services address (a private one).
+	adv := o.edge.WebTransportAdvertise
+	if adv == "" {
+		t.Error("no MESHCAST_WEBTRANSPORT_ADVERTISE: clients would be sent to fly-global-services' private address")
+	} else if advHost, advPort, err := net.SplitHostPort(adv); err != nil || advPort != port || advHost == "fly-global-services" {
+		t.Errorf("--webtransport-advertise %q: want the WebTransport host name with port %s (%v)", adv, port, err)
+	}
+	// The image runs as non-root: a port under 1024 would not bind.
+	docker, err := os.ReadFile(filepath.Join("..", "..", "deploy", "fly", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := strconv.Atoi(port); n < 1024 && !strings.Contains(string(docker), "USER root") {
+		t.Errorf("WebTransport port %d is privileged, and the image does not run as root", n)
+	}
+	if !strings.Contains(string(docker), " "+port+"/udp") {
+		t.Errorf("the Dockerfile does not EXPOSE %s/udp", port)
 	}
 }
 

@@ -103,6 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated origins whose pages may open WebTransport sessions (https://app.example.com, https://*.example.com, *); empty allows any (development)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain `file` for WebTransport (with --tls-key); without, the node generates and rotates self-signed certificates and publishes their hashes")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of --tls-cert")
+	fs.IntVar(&c.DatagramQueue, "datagram-queue", 16, "datagrams waiting per WebTransport session before the oldest is dropped (latest wins); smaller keeps them fresher under overload")
 	fs.DurationVar(&c.WebTransportCertValidity, "webtransport-cert-validity", edge.DefaultCertValidity, "validity of a generated WebTransport certificate, under 336h (Chromium's limit for pinned certificates); rotated after half of it")
 	fs.StringVar(&c.NodeID, "name", host, "node name (appears in logs and presence entries)")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "HS256/384/512 secret that apikeys and access tokens must be signed with; empty runs the node open (dev only)")
