@@ -220,8 +220,21 @@ func regionsMain(args []string) int {
 	var nodes nodeList
 	fs.Var(&nodes, "node", "REGION=URL of a node (WebSocket URL with apikey and vsn), repeatable or comma-separated")
 	fs.StringVar(&sf.cfg.RegionHeader, "region-header", "", "send this header with the client's region on every connection (fly.io: Fly-Prefer-Region)")
+	jwtSecret := fs.String("jwt-secret", "", "the nodes' --jwt-secret: every URL's apikey becomes an anon token signed with it")
 	fs.Parse(args)
 	sf.finish()
+	if *jwtSecret != "" {
+		for i := range nodes.sites {
+			for j, u := range nodes.sites[i].URLs {
+				signed, err := bench.WithAPIKey(u, *jwtSecret, sf.cfg.Budget()+time.Hour)
+				if err != nil {
+					log.Print(err)
+					return 2
+				}
+				nodes.sites[i].URLs[j] = signed
+			}
+		}
+	}
 	if sf.scenario == "wal" {
 		log.Print("against running nodes, use meshbench wal -url URL,URL… -database-url …")
 		return 2
