@@ -192,7 +192,7 @@ func (r *regionRun) runPresence(ctx context.Context, res *RegionResult) error {
 	drainEnd := r.now()
 	after := scrapeSites(ctx, cfg.Sites)
 	cpu1 := readClientCPU()
-	r.collect(res, measureT, publishEnd, drainEnd)
+	r.collect(res, measureT, publishEnd)
 	res.Server = serverFigures(before, after, res.Published, res.Delivered, time.Duration(drainEnd-measureT).Seconds())
 	res.ClientCPU, res.HostCPU = cpu1.rate(cpu0)
 	pf := &PresenceFigures{Joins: uint64(len(measuredJoins)), Watchers: res.Connected}

@@ -93,9 +93,8 @@ func RunRegions(ctx context.Context, cfg RegionConfig) (*RegionResult, error) {
 		r.connectHist = append(r.connectHist, NewHistogram())
 	}
 	res := newRegionResult(&cfg)
-	for i, s := range cfg.Sites {
+	for _, s := range cfg.Sites {
 		res.ClientRTTMS[s.Region] = probeRTT(ctx, s.URLs, cfg.RegionHeader, s.Region, cfg.HandshakeTimeout)
-		_ = i
 	}
 	switch cfg.Scenario {
 	case ScenarioConnect:
@@ -437,7 +436,7 @@ func (r *regionRun) runBroadcast(ctx context.Context, res *RegionResult) error {
 		}
 		return n
 	}
-	perPub := float64(res.Connected) / float64(channels)
+	subsPerChannel := float64(res.Connected) / float64(channels)
 
 	before := scrapeSites(ctx, cfg.Sites)
 	cpu0 := readClientCPU()
@@ -469,7 +468,7 @@ func (r *regionRun) runBroadcast(ctx context.Context, res *RegionResult) error {
 				lagMax = max(lagMax, lag)
 			}
 		} else {
-			now = r.waitInflight(ctx, expected, uint64(float64(cfg.Window)*perPub)+1, end, &writtenOff, &res.WindowStalls)
+			now = r.waitInflight(ctx, expected, uint64(float64(cfg.Window)*subsPerChannel)+1, end, &writtenOff, &res.WindowStalls)
 		}
 		if now >= end {
 			break
@@ -505,7 +504,7 @@ func (r *regionRun) runBroadcast(ctx context.Context, res *RegionResult) error {
 		res.PublishErrors++
 		res.FirstPublishError = writeErr.Error()
 	}
-	r.collect(res, measureT, publishEnd, drainEnd)
+	r.collect(res, measureT, publishEnd)
 	res.Server = serverFigures(before, after, res.Published, res.Delivered, time.Duration(drainEnd-measureT).Seconds())
 	res.ClientCPU, res.HostCPU = cpu1.rate(cpu0)
 	return nil
@@ -554,10 +553,9 @@ func (r *regionRun) drainRegions(ctx context.Context, want uint64) bool {
 	return r.received() >= want
 }
 
-// collect fills res from the shards and publishers once publishing ended.
-// The pollers still run: counters are read with the race the runner
-// accepts for a report (they are only ever incremented).
-func (r *regionRun) collect(res *RegionResult, measureT, publishEnd, drainEnd int64) {
+// collect fills res from the shards and publishers once the drain is
+// over: it stops the pollers first, so their counters are final.
+func (r *regionRun) collect(res *RegionResult, measureT, publishEnd int64) {
 	cfg := &r.cfg
 	r.group.stopping.Store(true) // pollers stop; their counters are final
 	r.group.wg.Wait()
@@ -628,7 +626,6 @@ func (r *regionRun) collect(res *RegionResult, measureT, publishEnd, drainEnd in
 		}
 		return res.Pairs[i].To < res.Pairs[j].To
 	})
-	_ = drainEnd
 }
 
 // pairStats summarises one pair's histogram.
