@@ -34,11 +34,11 @@ func containsAll(b []byte, parts ...[]byte) bool {
 // own, and the handshake times per region.
 func (r *regionRun) runConnect(ctx context.Context, res *RegionResult) error {
 	cfg := &r.cfg
-	rss0 := nodeRSS(ctx, cfg.Sites)
+	rss0 := nodeRSS(ctx, cfg.Sites, cfg.RegionHeader)
 	runtime.GC()
 	client0, _ := ReadRSSKiB(0)
 	cpu0 := readClientCPU()
-	before := scrapeSites(ctx, cfg.Sites)
+	before := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
 	ps := r.placements()
 	r.connectSubs(ctx, res, ps, func(int) string { return regionJoinBroadcast }, func(int) msgHandler { return &idleSub{r: r} })
 	if res.Connected == 0 {
@@ -53,11 +53,12 @@ func (r *regionRun) runConnect(ctx context.Context, res *RegionResult) error {
 	case <-time.After(cfg.Idle):
 	case <-ctx.Done():
 	}
-	rss1 := nodeRSS(ctx, cfg.Sites)
-	after := scrapeSites(ctx, cfg.Sites)
-	for url, kib := range rss1 {
-		if n := after.connections(url); n > 0 && rss0[url] > 0 {
-			cf.NodeRSSPerConnKB[url] = float64(kib-rss0[url]) / n
+	rss1 := nodeRSS(ctx, cfg.Sites, cfg.RegionHeader)
+	after := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
+	for i, kib := range rss1 {
+		if m := after.metrics[i]; m != nil && m["meshcast_connections"] > 0 && rss0[i] > 0 && kib > 0 {
+			id, region := m.nodeInfo()
+			cf.NodeRSSPerConnKB[region+" "+id] = float64(kib-rss0[i]) / m["meshcast_connections"]
 		}
 	}
 	if client1, err := ReadRSSKiB(0); err == nil {
@@ -101,34 +102,21 @@ func (r *regionRun) failedSoFar() int {
 	return n
 }
 
-// nodeRSS reads every node's resident memory in KiB: from /proc for local
-// nodes (Site.PIDs), else from its /metrics.
-func nodeRSS(ctx context.Context, sites []Site) map[string]int64 {
-	out := map[string]int64{}
+// nodeRSS reads every node's resident memory in KiB (0: unknown), in the
+// order of the sites' URLs: from /proc for local nodes (Site.PIDs), else
+// from its /metrics.
+func nodeRSS(ctx context.Context, sites []Site, header string) []int64 {
+	var out []int64
 	for _, s := range sites {
 		for i, u := range s.URLs {
-			mu := metricsURLOf(u)
+			var kib int64
 			if i < len(s.PIDs) && s.PIDs[i] > 0 {
-				if kib, err := ReadRSSKiB(s.PIDs[i]); err == nil {
-					out[mu] = kib
-					continue
-				}
+				kib, _ = ReadRSSKiB(s.PIDs[i])
+			} else if m, err := scrapeRegion(ctx, metricsURLOf(u), header, s.Region); err == nil {
+				kib = int64(m["process_resident_memory_bytes"] / 1024)
 			}
-			if m, err := ScrapeMetrics(ctx, mu); err == nil {
-				out[mu] = int64(m["process_resident_memory_bytes"] / 1024)
-			}
+			out = append(out, kib)
 		}
 	}
 	return out
-}
-
-// connections is the number of client connections the node at metrics URL
-// u holds.
-func (s siteScrape) connections(u string) float64 {
-	for i, x := range s.urls {
-		if x == u && s.metrics[i] != nil {
-			return s.metrics[i]["meshcast_connections"]
-		}
-	}
-	return 0
 }

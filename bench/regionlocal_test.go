@@ -96,7 +96,7 @@ func TestLocalRegions(t *testing.T) {
 
 	// Gossip crosses the emulated WAN too: every node's memberlist probes
 	// of a node in another region took at least that round trip.
-	s := scrapeSites(ctx, c.Sites)
+	s := scrapeSites(ctx, c.Sites, "")
 	crossProbes := 0
 	for i, m := range s.metrics {
 		id, region := m.nodeInfo()

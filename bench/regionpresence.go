@@ -137,7 +137,7 @@ func (r *regionRun) runPresence(ctx context.Context, res *RegionResult) error {
 	}
 	defer r.closePubs()
 	time.Sleep(200 * time.Millisecond) // the watchers' presence_state first
-	before := scrapeSites(ctx, cfg.Sites)
+	before := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
 	cpu0 := readClientCPU()
 	interval := int64(float64(time.Second) / cfg.Rate)
 	start := r.now()
@@ -190,7 +190,7 @@ func (r *regionRun) runPresence(ctx context.Context, res *RegionResult) error {
 	}
 	res.Drained = r.drainRegions(ctx, want)
 	drainEnd := r.now()
-	after := scrapeSites(ctx, cfg.Sites)
+	after := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
 	cpu1 := readClientCPU()
 	r.collect(res, measureT, publishEnd)
 	res.Server = serverFigures(before, after, res.Published, res.Delivered, time.Duration(drainEnd-measureT).Seconds())

@@ -438,7 +438,7 @@ func (r *regionRun) runBroadcast(ctx context.Context, res *RegionResult) error {
 	}
 	subsPerChannel := float64(res.Connected) / float64(channels)
 
-	before := scrapeSites(ctx, cfg.Sites)
+	before := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
 	cpu0 := readClientCPU()
 	cfg.Logf("publishing: %d publishers, warmup %s, measure %s, rate %s", len(order), cfg.Warmup, cfg.Duration, rateString(cfg.Rate))
 	var interval int64
@@ -497,7 +497,7 @@ func (r *regionRun) runBroadcast(ctx context.Context, res *RegionResult) error {
 	}
 	res.Drained = r.drainRegions(ctx, expected)
 	drainEnd := r.now()
-	after := scrapeSites(ctx, cfg.Sites)
+	after := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
 	cpu1 := readClientCPU()
 	res.PublisherLagMaxMS, res.PublisherLate = ms(lagMax), late
 	if writeErr != nil {

@@ -16,7 +16,7 @@
 #
 # Environment [defaults]: MESHBENCH_BIN [bin/meshbench] MESHCAST_BIN [bin/meshcast]
 #   OUT [bin] ROUNDS [1] ONLY [rooms fanout presence connect] RATE [200] DURATION [20s]
-#   CHANNELS [20] PER_CHANNEL [12] SUBS [300] FANOUT_RATE [100] CONNS [19900]
+#   CHANNELS [40] PER_CHANNEL [6] SUBS [300] FANOUT_RATE [100] CONNS [19900]
 #   RTT_MATRIX [] EXTRA [] (more meshbench local flags)
 # Every meshbench run holds /tmp/meshcast-bench.lock, so benchmarks on a
 # shared machine never overlap, and is bounded by timeout.
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mb=${MESHBENCH_BIN:-bin/meshbench}
 OUT=${OUT:-bin} ROUNDS=${ROUNDS:-1} ONLY=${ONLY:-rooms fanout presence connect}
-RATE=${RATE:-200} DURATION=${DURATION:-20s} CHANNELS=${CHANNELS:-20} PER_CHANNEL=${PER_CHANNEL:-12}
+RATE=${RATE:-200} DURATION=${DURATION:-20s} CHANNELS=${CHANNELS:-40} PER_CHANNEL=${PER_CHANNEL:-6}
 SUBS=${SUBS:-300} FANOUT_RATE=${FANOUT_RATE:-100} CONNS=${CONNS:-19900}
 BENCH_NAME=regions.sh QUIET_WAIT=${QUIET_WAIT:-60} QUIET_CORES_TICKS=${QUIET_CORES_TICKS:-30}
 # shellcheck source=bench/lib.sh

@@ -2,8 +2,12 @@ package bench
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync"
+	"time"
 )
 
 // ServerFigures is what the nodes' /metrics said about a run: deltas from
@@ -53,12 +57,15 @@ type siteScrape struct {
 	regions map[string]string // node ID → region, from every node's info
 }
 
-// scrapeSites reads every node's /metrics at once.
-func scrapeSites(ctx context.Context, sites []Site) siteScrape {
+// scrapeSites reads every node's /metrics at once; header (if set) carries
+// the node's region, as the clients' upgrades do.
+func scrapeSites(ctx context.Context, sites []Site, header string) siteScrape {
 	var s siteScrape
+	var regions []string
 	for _, site := range sites {
 		for _, u := range site.URLs {
 			s.urls = append(s.urls, metricsURLOf(u))
+			regions = append(regions, site.Region)
 		}
 	}
 	s.metrics = make([]Metrics, len(s.urls))
@@ -67,7 +74,7 @@ func scrapeSites(ctx context.Context, sites []Site) siteScrape {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if m, err := ScrapeMetrics(ctx, u); err == nil {
+			if m, err := scrapeRegion(ctx, u, header, regions[i]); err == nil {
 				s.metrics[i] = m
 			}
 		}()
@@ -80,6 +87,30 @@ func scrapeSites(ctx context.Context, sites []Site) siteScrape {
 		}
 	}
 	return s
+}
+
+// scrapeRegion reads a /metrics page, with header: region when header is
+// set (fly.io's proxy then answers from a machine of that region).
+func scrapeRegion(ctx context.Context, url, header, region string) (Metrics, error) {
+	if header == "" {
+		return ScrapeMetrics(ctx, url)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set(header, region)
+	resp, err := metricsClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("bench: %s: %s", url, resp.Status)
+	}
+	return parseMetrics(io.LimitReader(resp.Body, 16<<20))
 }
 
 // nodeInfo is the node's ID and region from meshcast_mesh_node_info.

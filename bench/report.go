@@ -80,15 +80,15 @@ func (r *Report) WriteText(w io.Writer) error {
 // writeComparison puts the runs side by side: bytes per message and the
 // worst cross-region p99 over its one-way delay.
 func (r *Report) writeComparison(w io.Writer) error {
-	fmt.Fprintf(w, "%-12s %10s %10s %10s %10s %12s %14s %10s %8s\n", "run", "mesh B/msg", "mesh fr/msg", "WAN B/msg", "WAN fr/msg", "wire WAN B", "worst p99−1way", "CPU cores", "lost")
+	fmt.Fprintf(w, "%-14s %10s %11s %10s %10s %10s %14s %10s %7s %6s\n", "run", "mesh B/msg", "mesh fr/msg", "WAN B/msg", "WAN fr/msg", "wire WAN B", "worst p99−1way", "CPU cores", "others", "lost")
 	for _, run := range r.Runs {
 		worst := "-"
 		if v, ok := run.WorstOverOneWay(); ok {
 			worst = fmt.Sprintf("%+.1f ms", v)
 		}
 		s := run.Server
-		fmt.Fprintf(w, "%-12s %10.1f %10.2f %10.1f %10.2f %12.1f %14s %10.2f %8d\n", runName(run), s.MeshBytesPerMsg, s.MeshFramesPerMsg,
-			s.WANBytesPerMsg, s.WANFramesPerMsg, s.WireWANBytesPerMsg, worst, s.CPU, run.Lost)
+		fmt.Fprintf(w, "%-14s %10.1f %11.2f %10.1f %10.2f %10.1f %14s %10.2f %7.2f %6d\n", runName(run), s.MeshBytesPerMsg, s.MeshFramesPerMsg,
+			s.WANBytesPerMsg, s.WANFramesPerMsg, s.WireWANBytesPerMsg, worst, s.CPU, run.OtherCPU(), run.Lost)
 	}
 	return nil
 }
@@ -113,4 +113,14 @@ func (r *RegionResult) WorstOverOneWay() (float64, bool) {
 		}
 	}
 	return worst, ok
+}
+
+// OtherCPU is the cores used by neither the nodes nor meshbench during the
+// run (host − servers − meshbench): other work on a shared machine. Runs
+// with a large value were disturbed.
+func (r *RegionResult) OtherCPU() float64 {
+	if r.HostCPU < 0 || r.ClientCPU < 0 {
+		return -1
+	}
+	return r.HostCPU - r.Server.CPU - r.ClientCPU
 }

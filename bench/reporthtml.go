@@ -258,7 +258,7 @@ func bytesChart(runs []*RegionResult) string {
 
 func comparisonTable(runs []*RegionResult) string {
 	var b strings.Builder
-	b.WriteString("<table><tr><th>run</th><th>mesh B/msg</th><th>mesh frames/msg</th><th>WAN B/msg</th><th>WAN frames/msg</th><th>wire WAN B/msg</th><th>worst cross-region p99 − one-way</th><th>server CPU</th><th>lost</th></tr>")
+	b.WriteString("<table><tr><th>run</th><th>mesh B/msg</th><th>mesh frames/msg</th><th>WAN B/msg</th><th>WAN frames/msg</th><th>wire WAN B/msg</th><th>worst cross-region p99 − one-way</th><th>server CPU</th><th>other processes (cores)</th><th>lost</th></tr>")
 	for _, r := range runs {
 		worst := "–"
 		if v, ok := r.WorstOverOneWay(); ok {
@@ -269,8 +269,8 @@ func comparisonTable(runs []*RegionResult) string {
 			worst = fmt.Sprintf("<span class=%s>%+.1f ms</span>", cls, v)
 		}
 		s := r.Server
-		fmt.Fprintf(&b, "<tr><td>%s</td><td>%.1f</td><td>%.2f</td><td>%.1f</td><td>%.2f</td><td>%.1f</td><td>%s</td><td>%.2f</td><td>%d</td></tr>",
-			esc(runName(r)), s.MeshBytesPerMsg, s.MeshFramesPerMsg, s.WANBytesPerMsg, s.WANFramesPerMsg, s.WireWANBytesPerMsg, worst, s.CPU, r.Lost)
+		fmt.Fprintf(&b, "<tr><td>%s</td><td>%.1f</td><td>%.2f</td><td>%.1f</td><td>%.2f</td><td>%.1f</td><td>%s</td><td>%.2f</td><td>%.2f</td><td>%d</td></tr>",
+			esc(runName(r)), s.MeshBytesPerMsg, s.MeshFramesPerMsg, s.WANBytesPerMsg, s.WANFramesPerMsg, s.WireWANBytesPerMsg, worst, s.CPU, r.OtherCPU(), r.Lost)
 	}
 	b.WriteString("</table>")
 	return b.String()
