@@ -89,9 +89,6 @@ func newPollGroup(n int, now func() int64, hbEvery time.Duration) (*pollGroup, e
 	return g, nil
 }
 
-// shards is the number of pollers (handler shard indexes are below it).
-func (g *pollGroup) shards() int { return len(g.ps) }
-
 // add takes over c (joined already): its socket moves to a poller, c must
 // not be used afterwards. Bytes c had buffered past the join are handled
 // first, on the caller's goroutine, before the poller sees the socket.
@@ -174,17 +171,6 @@ func (g *pollGroup) errs() (n int, first error) {
 		}
 	}
 	return n, first
-}
-
-// conns is the number of connections held (open or failed).
-func (g *pollGroup) conns() int {
-	n := 0
-	for _, p := range g.ps {
-		p.mu.Lock()
-		n += len(p.conns)
-		p.mu.Unlock()
-	}
-	return n
 }
 
 func (p *poller) run() {

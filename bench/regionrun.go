@@ -338,10 +338,9 @@ func (r *regionRun) closePubs() {
 
 // broadcastSub is a subscriber of the fanout and rooms scenarios.
 type broadcastSub struct {
-	r       *regionRun
-	region  int
-	next    []uint64 // per publisher of the channel: the next sequence
-	ignored int
+	r      *regionRun
+	region int
+	next   []uint64 // per publisher of the channel: the next sequence
 }
 
 func (s *broadcastSub) onMessage(shard int, op ws.OpCode, b []byte, now int64) {
