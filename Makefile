@@ -74,11 +74,13 @@ test-js: build deps-js deps-pg
 test-browser: build deps-js deps-browser deps-pg
 	cd $(NPM_DIR) && MESHCAST_BIN=$(CURDIR)/$(BIN)/meshcast npm run test:browser
 
-# Go benchmarks (codecs, fan-out, router, mesh strategies) and meshbench
-# against a local node (idle RSS, throughput, latency).
+# Go benchmarks (codecs, fan-out, router, mesh strategies), meshbench
+# against a local node (idle RSS, throughput, latency), and latency by
+# region on an emulated WAN (report in bin/regions.{txt,json,html}).
 bench: build
 	$(GO) test -run='^$$' -bench=. -benchmem ./wire/... ./edge/... ./mesh/...
 	TARGETS=meshcast ROUNDS=1 ./bench/compare.sh
+	ONLY=rooms ./bench/regions.sh    # latency by region and the strategies: bin/regions.html
 
 # meshcast and Centrifugo side by side, as in README's Performance section.
 CENTRIFUGO_VERSION ?= v6.9.1

@@ -14,6 +14,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // Strategy chooses where a broadcast goes.
@@ -103,6 +105,10 @@ type Config struct {
 	// PacketConn, if set, carries the QUIC mesh instead of a socket bound
 	// to MeshAddr (tests wrap it to drop traffic, as a partition would).
 	PacketConn net.PacketConn
+	// WrapGossip, if set, wraps memberlist's network transport (bound to
+	// GossipAddr) before memberlist uses it: the WAN emulation of
+	// meshbench local (mesh/wanemu) delays gossip across regions with it.
+	WrapGossip func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 
 	Logger *slog.Logger
 }

@@ -139,8 +139,18 @@ func startMembership(cfg *Config, self Member, events membershipEvents, log *slo
 	if err != nil {
 		return nil, err
 	}
+	if cfg.WrapGossip != nil {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("mesh: start gossip on %s: %w", cfg.GossipAddr, err)
+		}
+		mc.Transport = cfg.WrapGossip(nt)
+	}
 	mc.Delegate = (*metaDelegate)(m)
 	mc.Events = (*eventDelegate)(m)
+	mc.Ping = pingDelegate{events}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: start gossip on %s: %w", cfg.GossipAddr, err)

@@ -130,6 +130,9 @@ func New(cfg Config, h Handler) (*Node, error) {
 		local:        make(map[string]*localTopic),
 		waits:        make(map[string]*snapshotWait),
 	}
+	// Who this node is, so that a scraper can tell which peers of
+	// meshcast_mesh_*{peer} are in another region (cross-region bytes).
+	ms.NewGauge(fmt.Sprintf(`meshcast_mesh_node_info{node=%q,region=%q}`, id, cfg.Region), func() float64 { return 1 })
 	ms.NewGauge("meshcast_mesh_members", func() float64 {
 		n.mu.RLock()
 		defer n.mu.RUnlock()

@@ -13,6 +13,8 @@
 //	meshbench -target meshcast -mode idle -subs 10000 -server-pid $SERVER_PID
 //	meshbench -table results.jsonl   # side-by-side table of -json outputs
 //	meshbench wal -shape fanout -subs 1000   # Postgres changes (own Postgres + 3 nodes)
+//	meshbench local -regions iad,fra,sin -nodes-per-region 2 -scenario rooms -strategies all,interested,relay
+//	meshbench regions -node iad=wss://…,fra=wss://… -scenario fanout   # latency by region of running nodes
 //
 // See bench/README.md.
 package main
@@ -35,8 +37,15 @@ import (
 func main() {
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("meshbench: ")
-	if len(os.Args) > 1 && os.Args[1] == "wal" {
-		os.Exit(walMain(os.Args[2:]))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "wal":
+			os.Exit(walMain(os.Args[2:]))
+		case "local":
+			os.Exit(localMain(os.Args[2:]))
+		case "regions":
+			os.Exit(regionsMain(os.Args[2:]))
+		}
 	}
 	var cfg bench.Config
 	var mode string

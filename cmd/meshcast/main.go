@@ -73,6 +73,10 @@ type options struct {
 	maxSlotLag     int64
 	databaseRegion string
 	demoTodos      bool
+
+	// benchmarks
+	emulateWAN string
+	wan        *wanEmulation
 }
 
 // clustered reports whether the flags ask for a cluster node.
@@ -149,6 +153,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list (default: any region)")
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
+	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: meshcast [flags]\n\nRuns a meshcast edge node. Every flag may also be given as an environment\nvariable MESHCAST_<FLAG> (e.g. MESHCAST_LISTEN, MESHCAST_JWT_SECRET);\nthe command line wins.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -277,6 +282,7 @@ func run(args []string, stderr io.Writer) error {
 		}
 		defer udp.Close()
 	}
+	defer o.wan.close() // after node.Close
 	if o.clustered() {
 		if node, err = startNode(o, name, srv, ln.Addr().String(), log, changes); err != nil {
 			return err
@@ -374,7 +380,7 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 			seeds = append(seeds, s)
 		}
 	}
-	node, err := mesh.New(mesh.Config{
+	mcfg := mesh.Config{
 		Name:            name,
 		ID:              o.edge.NodeID,
 		Region:          o.region,
@@ -389,7 +395,11 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 		Gossip:          mesh.GossipConfig{Profile: o.gossipProfile, ProbeInterval: o.probeInterval},
 		Database:        changes.database(),
 		Logger:          log,
-	}, srv)
+	}
+	if o.wan, err = emulateWAN(o, &mcfg, srv, log); err != nil {
+		return nil, err
+	}
+	node, err := mesh.New(mcfg, srv)
 	if err != nil {
 		return nil, err
 	}
