@@ -58,6 +58,16 @@ type WALResult struct {
 	P999             float64 `json:"p999_ms"`
 	Max              float64 `json:"max_ms"`
 	Mean             float64 `json:"mean_ms"`
+	// Commit acknowledged → client: from the writer hearing its commit
+	// acknowledged to the subscriber's read (0 when read before that): the
+	// latency without Postgres's own statement and commit time.
+	AckP50 float64 `json:"ack_p50_ms"`
+	AckP95 float64 `json:"ack_p95_ms"`
+	AckP99 float64 `json:"ack_p99_ms"`
+	AckMax float64 `json:"ack_max_ms"`
+	// ReadBeforeAck counts measured deliveries read before the writer heard
+	// its commit acknowledged (counted as 0 in the Ack figures).
+	ReadBeforeAck uint64 `json:"read_before_ack"`
 
 	// The slot, from Postgres: pg_current_wal_lsn() − confirmed_flush_lsn.
 	SlotLagStart   int64   `json:"slot_lag_start_bytes"` // when measuring started
@@ -174,6 +184,7 @@ func (r *WALResult) String() string {
 		r.Shape, r.Nodes, r.Connected, r.Subs, rate, r.RowsPerSec, r.Writers, r.RowsPerTx, r.Window)
 	fmt.Fprintf(&b, "  deliveries/s=%.0f delivered=%d lost=%d repeated=%d wrong=%d  commit→client p50=%.2f p90=%.2f p95=%.2f p99=%.2f max=%.2f ms  (commit itself p50 %.2f p99 %.2f ms)\n",
 		r.DeliveriesPerSec, r.Delivered, r.Lost, r.Repeated, r.Wrong, r.P50, r.P90, r.P95, r.P99, r.Max, r.CommitP50, r.CommitP99)
+	fmt.Fprintf(&b, "  commit acknowledged→client p50=%.2f p95=%.2f p99=%.2f max=%.2f ms (%d read before the ack)\n", r.AckP50, r.AckP95, r.AckP99, r.AckMax, r.ReadBeforeAck)
 	fmt.Fprintf(&b, "  slot lag: start %s, end %s, max %s, drained %s, growth %.0f B/s; node lag max %s; WAL %s\n",
 		kb(float64(r.SlotLagStart)), kb(float64(r.SlotLagEnd)), kb(float64(r.SlotLagMax)), kb(float64(r.SlotLagDrained)),
 		r.SlotLagSlope, kb(r.NodeLagMax), kb(float64(r.WALBytes)))

@@ -28,7 +28,10 @@ type walRunner struct {
 	connected []*walSub
 	classSubs []int // connected subscribers per class
 	hists     []*Histogram
+	ackHists  []*Histogram
 	recv      []paddedCounter
+	// writer is set before writing starts; subscribers read it per row.
+	writer atomic.Pointer[walWriter]
 
 	readers sync.WaitGroup
 }
@@ -124,6 +127,7 @@ func RunWAL(ctx context.Context, cfg WALConfig) (*WALResult, error) {
 		return res, err
 	}
 	defer w.close()
+	r.writer.Store(w)
 	lag, err := newLagSampler(ctx, dbURL, cfg.Slot, metricURLs)
 	if err != nil {
 		return res, err
@@ -186,14 +190,16 @@ func withConn(ctx context.Context, url string, f func(*pgx.Conn) error) error {
 func (r *walRunner) connectAll(ctx context.Context, res *WALResult, tokenLife time.Duration) error {
 	cfg := &r.cfg
 	r.hists = make([]*Histogram, histShards)
+	r.ackHists = make([]*Histogram, histShards)
 	for i := range r.hists {
 		r.hists[i] = NewHistogram()
+		r.ackHists[i] = NewHistogram()
 	}
 	r.recv = make([]paddedCounter, recvShards)
 	r.subs = make([]*walSub, cfg.Subs)
 	for i := range r.subs {
 		s := &walSub{r: r, id: i, class: subClass(cfg, i), topic: fmt.Sprintf("realtime:meshbench-wal-%d", i%cfg.Topics),
-			hist: r.hists[i%histShards], recv: &r.recv[i%recvShards].Uint64, lastSeq: make([]int64, cfg.Writers)}
+			hist: r.hists[i%histShards], ack: r.ackHists[i%histShards], recv: &r.recv[i%recvShards].Uint64, lastSeq: make([]int64, cfg.Writers)}
 		r.subs[i] = s
 	}
 	start := time.Now()
@@ -357,14 +363,16 @@ func (r *walRunner) shutdown() {
 // collect sums what the subscribers and the writer saw; after shutdown.
 func (r *walRunner) collect(res *WALResult, w *walWriter, lag *lagSampler) {
 	measureStart := r.measureStart.Load()
-	hist := NewHistogram()
-	for _, h := range r.hists {
+	hist, ack := NewHistogram(), NewHistogram()
+	for i, h := range r.hists {
 		hist.Merge(h)
+		ack.Merge(r.ackHists[i])
 	}
 	var lastRecv int64
 	for _, s := range r.connected {
 		res.Received += s.unique
 		res.Delivered += s.measured
+		res.ReadBeforeAck += s.beforeAck
 		res.Repeated += s.repeated
 		res.Wrong += s.wrong
 		res.ChangeErrors += s.errorsN
@@ -407,6 +415,9 @@ func (r *walRunner) collect(res *WALResult, w *walWriter, lag *lagSampler) {
 	res.P50, res.P90, res.P99, res.P999 = ms(sum.P50), ms(sum.P90), ms(sum.P99), ms(sum.P999)
 	res.P95 = ms(time.Duration(hist.Quantile(0.95)))
 	res.Max, res.Mean = ms(sum.Max), ms(sum.Mean)
+	as := ack.Summary()
+	res.AckP50, res.AckP99, res.AckMax = ms(as.P50), ms(as.P99), ms(as.Max)
+	res.AckP95 = ms(time.Duration(ack.Quantile(0.95)))
 	lag.fill(res)
 }
 

@@ -21,7 +21,8 @@ type walSub struct {
 	class int // the rows it must receive: see subClass
 	topic string
 	c     *wsConn
-	hist  *Histogram
+	hist  *Histogram     // statement sent → read
+	ack   *Histogram     // commit acknowledged to the writer → read
 	recv  *atomic.Uint64 // shard of the live count of rows received once
 
 	nextHB atomic.Int64 // runner clock of the next heartbeat
@@ -33,6 +34,7 @@ type walSub struct {
 	unique      uint64  // rows received (first time)
 	measured    uint64  // of which sent after measuring started
 	lastRecv    int64
+	beforeAck   uint64 // measured rows read before their commit was acknowledged to the writer
 	repeated    uint64 // a writer's seq at or below one received before: a duplicate or reordering
 	wrong       uint64 // rows of another class: rows this subscriber must not see
 	errorsN     uint64 // changes with errors (e.g. 413, 401)
@@ -252,6 +254,18 @@ func (s *walSub) change(b []byte) {
 		s.measured++
 		s.lastRecv = s.frameTime
 		s.hist.Record(s.frameTime - c.sentNs)
+		// Read before the writer heard its commit acknowledged: 0.
+		if w := s.r.writer.Load(); w != nil {
+			if at, ok := w.ackedAt(c.writer, c.seq); ok {
+				d := int64(0) // at 0: not acknowledged yet
+				if at > 0 {
+					d = max(0, s.frameTime-at)
+				} else {
+					s.beforeAck++
+				}
+				s.ack.Record(d)
+			}
+		}
 	}
 }
 

@@ -32,6 +32,9 @@ type walWriter struct {
 	committed []atomic.Uint64
 	expected  atomic.Uint64
 	writeOff  atomic.Uint64 // deliveries given up on by window stalls
+	// acked[writer][seq] is the runner clock at which that row's commit
+	// was acknowledged (0: not yet); rows past the capacity are not kept.
+	acked [][]atomic.Int64
 
 	mu       sync.Mutex
 	commit   *Histogram // statement sent → commit acknowledged
@@ -54,6 +57,10 @@ func newWALWriter(ctx context.Context, r *walRunner, url string) (*walWriter, er
 		classes = r.cfg.Keys + 1
 	}
 	w.committed = make([]atomic.Uint64, classes)
+	w.acked = make([][]atomic.Int64, r.cfg.Writers)
+	for i := range w.acked {
+		w.acked[i] = make([]atomic.Int64, ackCapacity(&r.cfg))
+	}
 	for range r.cfg.Writers {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		conn, err := pgx.Connect(cctx, url)
@@ -65,6 +72,31 @@ func newWALWriter(ctx context.Context, r *walRunner, url string) (*walWriter, er
 		w.conns = append(w.conns, conn)
 	}
 	return w, nil
+}
+
+// maxAckedRows bounds the acknowledgement times kept per writer (8 bytes
+// each) when the rate does not bound them.
+const maxAckedRows = 1 << 21
+
+// ackCapacity is how many rows' acknowledgement times one writer keeps:
+// all of a fixed-rate run's with room to spare, else maxAckedRows.
+func ackCapacity(cfg *WALConfig) int {
+	if cfg.Rate <= 0 {
+		return maxAckedRows
+	}
+	secs := (cfg.Warmup + cfg.Duration).Seconds() + 1
+	n := int(cfg.Rate*secs*1.5)/cfg.Writers + 2*cfg.RowsPerTx + 1
+	return min(n, maxAckedRows)
+}
+
+// ackedAt is when the commit of writer's row seq was acknowledged: 0 when
+// not yet, ok false when the row is past what is kept.
+func (w *walWriter) ackedAt(writer int, seq int64) (at int64, ok bool) {
+	a := w.acked[writer]
+	if seq <= 0 || seq >= int64(len(a)) {
+		return 0, false
+	}
+	return a[seq].Load(), true
 }
 
 func (w *walWriter) close() {
@@ -182,6 +214,11 @@ func (w *walWriter) loop(ctx context.Context, id int, conn *pgx.Conn, start, end
 			owed += uint64(r.classSubs[teams[k]])
 		}
 		w.expected.Add(owed)
+		for k := range cfg.RowsPerTx {
+			if a := w.acked[id]; seqs[k] < int64(len(a)) {
+				a[seqs[k]].Store(done)
+			}
+		}
 		w.commit.Record(done - sent)
 		if sent >= r.measureStart.Load() {
 			w.mu.Lock()
