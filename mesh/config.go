@@ -63,33 +63,39 @@ func (s Strategy) String() string {
 // no answer, direct or through another node, within ProbeInterval makes
 // the node a suspect, and a suspect that does not refute (a live node
 // refutes as soon as it hears the suspicion) is declared dead after
-// SuspicionMult probe intervals once a second node confirms the suspicion
-// (three times that without confirmation). A dead node's presence is
+// SuspicionMult probe intervals (in clusters of more than
+// SuspicionMult-1 nodes, memberlist waits up to three times that for
+// SuspicionMult-2 other nodes to confirm). A dead node's presence is
 // removed everywhere, so the timeouts trade detection time against false
-// deaths of nodes that were only slow. With the lan defaults (250 ms, 3) a
-// kill -9 is seen by the other nodes' clients within 2 s in clusters of
-// 3 and 5 (see README, Running a cluster).
+// deaths of nodes that were only slow: the lan defaults (125 ms, 11) give
+// a suspect 1.375 s to refute, which rode out the stalls of a saturated
+// 2-core host, and still show a kill -9 to the other nodes' clients within
+// 2 s in clusters of 3 and 5 (see README, Running a cluster).
 type GossipConfig struct {
 	// Profile is "lan" (default) or "wan" (memberlist's WAN timings: 5 s
 	// probes, 3 s probe timeout, suspicion multiplier 6, for clusters
 	// whose round trips exceed the lan probe timeout).
 	Profile string
 	// ProbeInterval is the time between two probes of this node and the
-	// time a probe may take; default 250 ms (lan), 5 s (wan).
+	// time a probe may take; default 125 ms (lan), 5 s (wan).
 	ProbeInterval time.Duration
 	// ProbeTimeout is how long a direct probe waits for its answer before
 	// asking other nodes to probe too; it must exceed the round trip to
 	// every member. Default half of ProbeInterval (lan), 3 s (wan).
 	ProbeTimeout time.Duration
 	// SuspicionMult is how many probe intervals a suspect has to refute
-	// before it is declared dead; default 3 (lan), 6 (wan).
+	// before it is declared dead; default (lan) enough intervals for
+	// DefaultSuspicionWindow, at least 3 (11 at 125 ms); 6 (wan).
 	SuspicionMult int
 }
 
 // Default lan failure detection (GossipConfig).
 const (
-	DefaultProbeInterval = 250 * time.Millisecond
-	DefaultSuspicionMult = 3
+	DefaultProbeInterval = 125 * time.Millisecond
+	// DefaultSuspicionWindow is the least time a suspect has to refute:
+	// the default SuspicionMult is the smallest multiple of the probe
+	// interval that reaches it (11 at 125 ms), and at least 3.
+	DefaultSuspicionWindow = 1375 * time.Millisecond
 )
 
 // Config configures a Node.

@@ -18,12 +18,13 @@ func TestGossipTimings(t *testing.T) {
 		interval, wait time.Duration
 		mult, maxMult  int
 	}{
-		{"lan defaults", GossipConfig{}, 250 * time.Millisecond, 125 * time.Millisecond, 3, 3},
-		{"lan explicit", GossipConfig{Profile: "lan"}, 250 * time.Millisecond, 125 * time.Millisecond, 3, 3},
-		{"lan, the tests' 200ms", GossipConfig{ProbeInterval: 200 * time.Millisecond}, 200 * time.Millisecond, 100 * time.Millisecond, 3, 3},
-		{"lan, probe timeout given", GossipConfig{ProbeTimeout: 200 * time.Millisecond}, 250 * time.Millisecond, 200 * time.Millisecond, 3, 3},
-		{"lan, probe timeout over the interval", GossipConfig{ProbeTimeout: time.Second}, 250 * time.Millisecond, 250 * time.Millisecond, 3, 3},
-		{"lan, suspicion given", GossipConfig{SuspicionMult: 5}, 250 * time.Millisecond, 125 * time.Millisecond, 5, 3},
+		{"lan defaults", GossipConfig{}, 125 * time.Millisecond, 62500 * time.Microsecond, 11, 3},
+		{"lan explicit", GossipConfig{Profile: "lan"}, 125 * time.Millisecond, 62500 * time.Microsecond, 11, 3},
+		{"lan, the tests' 200ms", GossipConfig{ProbeInterval: 200 * time.Millisecond}, 200 * time.Millisecond, 100 * time.Millisecond, 7, 3},
+		{"lan, the old 1s", GossipConfig{ProbeInterval: time.Second}, time.Second, 500 * time.Millisecond, 3, 3},
+		{"lan, probe timeout given", GossipConfig{ProbeTimeout: 100 * time.Millisecond}, 125 * time.Millisecond, 100 * time.Millisecond, 11, 3},
+		{"lan, probe timeout over the interval", GossipConfig{ProbeTimeout: time.Second}, 125 * time.Millisecond, 125 * time.Millisecond, 11, 3},
+		{"lan, suspicion given", GossipConfig{SuspicionMult: 5}, 125 * time.Millisecond, 62500 * time.Microsecond, 5, 3},
 		// The flag's old default of 1 s overrode the wan profile's
 		// timings; now wan keeps memberlist's unless told otherwise.
 		{"wan defaults", GossipConfig{Profile: "wan"}, 5 * time.Second, 3 * time.Second, 6, 6},

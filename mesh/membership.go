@@ -126,19 +126,21 @@ func applyGossipTimings(mc *memberlist.Config, g GossipConfig) {
 	wan := g.Profile == "wan"
 	if !wan {
 		mc.ProbeInterval = DefaultProbeInterval
-		mc.SuspicionMult = DefaultSuspicionMult
-		// Three times SuspicionMult without a confirmation from a second
-		// node: a suspicion only one node holds (it may be the one in
-		// trouble) takes longer to kill.
+		// Where memberlist expects confirmations (more nodes than
+		// SuspicionMult-1), a suspicion nobody confirms waits up to three
+		// times longer.
 		mc.SuspicionMaxTimeoutMult = 3
 	}
 	if g.ProbeInterval > 0 {
 		mc.ProbeInterval = g.ProbeInterval
 	}
+	if !wan {
+		mc.SuspicionMult = max(3, int((DefaultSuspicionWindow+mc.ProbeInterval-1)/mc.ProbeInterval))
+	}
 	if !wan || g.ProbeInterval > 0 {
 		mc.ProbeTimeout = mc.ProbeInterval / 2
 		mc.GossipInterval = mc.ProbeInterval / 5
-		mc.PushPullInterval = 10 * mc.ProbeInterval
+		mc.PushPullInterval = max(10*mc.ProbeInterval, 2*time.Second)
 	}
 	if g.ProbeTimeout > 0 {
 		mc.ProbeTimeout = min(g.ProbeTimeout, mc.ProbeInterval)
