@@ -496,7 +496,6 @@ func (r *detectRun) runKills(ctx context.Context, res *DetectResult) error {
 	return nil
 }
 
-
 // nearestRank is the q-quantile of sorted s by the nearest-rank method.
 func nearestRank(s []float64, q float64) float64 {
 	i := int(float64(len(s))*q+0.999999) - 1

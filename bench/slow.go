@@ -93,7 +93,7 @@ type SlowRound struct {
 	SlowCloseCode   int     `json:"slow_close_code"`
 	SlowCloseReason string  `json:"slow_close_reason,omitempty"`
 	SlowEnd         string  `json:"slow_end,omitempty"` // how its socket ended, when not by a close frame
-	SlowReadBytes   int64   `json:"slow_read_bytes"` // while the round ran
+	SlowReadBytes   int64   `json:"slow_read_bytes"`    // while the round ran
 }
 
 // SlowSide is the median of the rounds of one side.
