@@ -13,20 +13,25 @@ import (
 	"go.uber.org/goleak"
 )
 
-// The smoke runs of meshbench detect, slow and soak: real meshcast
-// processes, each scenario for a few seconds, in parallel.
-
-// TestDetectSmoke kills one node of three once: every other node's client
-// sees its presence leave, the two survivors count it as failed, nothing
-// counts a false death, and the restarted node is back everywhere. Then a
-// short load run on a fresh cluster completes with deliveries.
-func TestDetectSmoke(t *testing.T) {
+// TestScenarioSmoke runs meshbench detect, slow and soak for a few
+// seconds each, in parallel, on real meshcast processes (and Postgres).
+func TestScenarioSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts meshcast processes")
 	}
-	t.Parallel()
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	leaks := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, leaks) }) // after the parallel subtests
 	bin := buildMeshcast(t)
+	t.Run("detect", func(t *testing.T) { t.Parallel(); detectSmoke(t, bin) })
+	t.Run("slow", func(t *testing.T) { t.Parallel(); slowSmoke(t, bin) })
+	t.Run("soak", func(t *testing.T) { t.Parallel(); soakSmoke(t, bin) })
+}
+
+// detectSmoke kills one node of three once: every other node's client
+// sees its presence leave, the two survivors count it as failed, nothing
+// counts a false death, and the restarted node is back everywhere. Then a
+// short load run on a fresh cluster completes with deliveries.
+func detectSmoke(t *testing.T, bin string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cfg := DetectConfig{MeshcastBin: bin, Nodes: 3, Kills: 1, BasePort: freeBasePort(t, 3), Settle: 100 * time.Millisecond,
@@ -55,18 +60,13 @@ func TestDetectSmoke(t *testing.T) {
 	}
 }
 
-// TestSlowSmoke runs one A/B pair against a node with a small queue: the
+// slowSmoke runs one A/B pair against a node with a 2 MiB queue (a
+// second of the traffic, so that the others ride out a loaded host): the
 // slow subscriber is closed with 1008 and the others lose nothing.
-func TestSlowSmoke(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a meshcast process")
-	}
-	t.Parallel()
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	bin := buildMeshcast(t)
+func slowSmoke(t *testing.T, bin string) {
 	addr := "127.0.0.1:" + strconv.Itoa(freeBasePort(t, 1)+1)
 	cmd := exec.Command(bin, "--listen", addr, "--webtransport-listen", "off", "--log-level", "warn",
-		"--queue-bytes", "65536", "--bytes-per-sec", "0")
+		"--queue-bytes", "2097152", "--bytes-per-sec", "0")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -82,7 +82,7 @@ func TestSlowSmoke(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	res, err := RunSlow(ctx, SlowConfig{URL: url, ServerPID: cmd.Process.Pid, Subs: 20, Rate: 500, PayloadSize: 4000,
-		Duration: 2 * time.Second, Rounds: 1, Logf: t.Logf})
+		Duration: 4 * time.Second, Rounds: 1, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,16 +101,10 @@ func TestSlowSmoke(t *testing.T) {
 	}
 }
 
-// TestSoakSmoke runs the soak for a few seconds: every node is sampled,
+// soakSmoke runs the soak for a few seconds: every node is sampled,
 // the load ran (broadcast, changes, churn), and the idle cluster after it
 // has no more goroutines than before.
-func TestSoakSmoke(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts Postgres and meshcast processes")
-	}
-	t.Parallel()
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	bin := buildMeshcast(t)
+func soakSmoke(t *testing.T, bin string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	res, err := RunSoak(ctx, SoakConfig{MeshcastBin: bin, BasePort: freeBasePort(t, 3), Duration: 6 * time.Second, Sample: time.Second,

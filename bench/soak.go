@@ -121,15 +121,19 @@ type SoakNode struct {
 
 // SoakResult is what RunSoak measured.
 type SoakResult struct {
-	Config       SoakConfig  `json:"-"`
-	Seconds      float64     `json:"seconds"`
-	Nodes        []*SoakNode `json:"nodes"`
-	Broadcast    *Result     `json:"broadcast"`
-	WAL          *WALResult  `json:"wal,omitempty"`
-	ChurnCycles  uint64      `json:"churn_cycles"`
-	ChurnErrors  uint64      `json:"churn_errors"`
-	FirstChurnEr string      `json:"first_churn_error,omitempty"`
-	Failed       bool        `json:"failed"`
+	Config    SoakConfig  `json:"-"`
+	Seconds   float64     `json:"seconds"`
+	Nodes     []*SoakNode `json:"nodes"`
+	Broadcast *Result     `json:"broadcast"`
+	WAL       *WALResult  `json:"wal,omitempty"`
+	// Detector is the failure detector's counters over the run: nothing
+	// was killed, so every suspicion was false (refuted) and a death a
+	// false positive.
+	Detector     DetectorCounts `json:"detector"`
+	ChurnCycles  uint64         `json:"churn_cycles"`
+	ChurnErrors  uint64         `json:"churn_errors"`
+	FirstChurnEr string         `json:"first_churn_error,omitempty"`
+	Failed       bool           `json:"failed"`
 }
 
 func (r *SoakResult) String() string {
@@ -145,6 +149,9 @@ func (r *SoakResult) String() string {
 		fmt.Fprintf(&b, "  wal: %s\n", r.WAL)
 	}
 	fmt.Fprintf(&b, "  churn: %d cycles, %d errors %s\n", r.ChurnCycles, r.ChurnErrors, r.FirstChurnEr)
+	d := r.Detector
+	fmt.Fprintf(&b, "  failure detector (nothing killed): %.0f suspicions, %.0f refuted, %.0f declared dead, %.0f members failed, %.0f returned\n",
+		d.Suspicions, d.RefutedSuspect+d.RefutedDead, d.DeclaredDead, d.Failed, d.Returned)
 	for _, n := range r.Nodes {
 		fmt.Fprintf(&b, "  %s goroutines: idle %.0f → %.0f; load %.0f → %.0f (max %.0f, %+.1f per 10 min) | RSS MiB: idle %.1f → %.1f; load %.1f → %.1f (max %.1f, %+.2f per 10 min)\n",
 			n.Name, n.IdleGoroutinesBefore, n.IdleGoroutinesAfter, n.GoroutinesEarly, n.GoroutinesLate, n.GoroutinesMax, n.GoroutinesPer10Min,
@@ -271,8 +278,13 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (*SoakResult, error) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	time.Sleep(5 * time.Second) // interest lingers (2 s) and idle timers
+	time.Sleep(3 * time.Second) // interest lingers (2 s), then its timers and goroutines are gone
 	idle(true)
+	for _, n := range cl.Nodes {
+		if m, err := ScrapeMetrics(ctx, n.MetricsURL()); err == nil {
+			res.Detector.add(m)
+		}
+	}
 	for _, n := range res.Nodes {
 		n.judge()
 		if len(n.Failures) > 0 {

