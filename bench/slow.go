@@ -28,8 +28,8 @@ type SlowConfig struct {
 	URL         string  // the node's WebSocket URL; default DefaultMeshcastURL
 	ServerPID   int     // for server CPU; 0 = none
 	Subs        int     // subscribers that keep up; default 1000
-	Rate        float64 // publications/s; default 200
-	PayloadSize int     // default 2000 bytes: at 200 msg/s the node closes the slow one within a round
+	Rate        float64 // publications/s; default 100
+	PayloadSize int     // default 1000 bytes: at 100 msg/s the node closes the slow one within a round
 	Duration    time.Duration
 	Rounds      int // A/B pairs; default 2
 	// SlowBytesPerSec is how fast the slow subscriber reads; default 1024.
@@ -47,10 +47,10 @@ func (c SlowConfig) withDefaults() SlowConfig {
 		c.Subs = 1000
 	}
 	if c.Rate == 0 {
-		c.Rate = 200
+		c.Rate = 100
 	}
 	if c.PayloadSize == 0 {
-		c.PayloadSize = 2000
+		c.PayloadSize = 1000
 	}
 	if c.Duration == 0 {
 		c.Duration = 40 * time.Second
@@ -90,6 +90,7 @@ type SlowRound struct {
 	// round), the close frame it got at the end of what it was sent,
 	// and the bytes it read.
 	SlowClosedAfter float64 `json:"slow_closed_after_s"`
+	SlowClosedBy    string  `json:"slow_closed_by,omitempty"`
 	SlowCloseCode   int     `json:"slow_close_code"`
 	SlowCloseReason string  `json:"slow_close_reason,omitempty"`
 	SlowEnd         string  `json:"slow_end,omitempty"` // how its socket ended, when not by a close frame
@@ -130,7 +131,7 @@ func (r *SlowResult) String() string {
 			i/2+1, side, rd.Result.P50, rd.Result.P99, rd.Result.ServerCPUPerDeliveryUs, rd.Result.DeliveriesPerSec, rd.Result.Lost, rd.Result.Disconnects)
 		if rd.WithSlow {
 			if rd.SlowClosedAfter >= 0 {
-				fmt.Fprintf(&b, "; slow one closed after %.1f s, close %d %q", rd.SlowClosedAfter, rd.SlowCloseCode, rd.SlowCloseReason)
+				fmt.Fprintf(&b, "; slow one closed after %.1f s: %s, close frame %d %q", rd.SlowClosedAfter, rd.SlowClosedBy, rd.SlowCloseCode, rd.SlowCloseReason)
 			} else {
 				b.WriteString("; slow one not closed in the round")
 			}
@@ -212,12 +213,21 @@ func runSlowRound(ctx context.Context, cfg SlowConfig, rd *SlowRound) error {
 		}
 	}
 	metricsURL := metricsURLOf(cfg.URL)
-	var closes0 float64
+	// The node closes a slow subscriber when its queue overflows
+	// (meshcast_slow_consumer_closes_total, close 1008) or when one write
+	// to it blocks past --write-timeout (errors_total{reason="write"}, the
+	// socket closed without a close frame), whichever comes first.
+	const slowCloses, writeErrors = "meshcast_slow_consumer_closes_total", `meshcast_errors_total{reason="write"}`
+	var closes0, writes0 float64
 	if m, err := ScrapeMetrics(rctx, metricsURL); err == nil {
-		closes0 = m["meshcast_slow_consumer_closes_total"]
+		closes0, writes0 = m[slowCloses], m[writeErrors]
 	}
 	// Watch for the node closing the slow one while the round runs.
-	closedAt := make(chan time.Time, 1)
+	type closure struct {
+		at  time.Time
+		why string
+	}
+	closedAt := make(chan closure, 1)
 	watchDone := make(chan struct{})
 	stopWatch := make(chan struct{})
 	go func() {
@@ -232,8 +242,14 @@ func runSlowRound(ctx context.Context, cfg SlowConfig, rd *SlowRound) error {
 			case <-stopWatch:
 				return
 			case <-t.C:
-				if m, err := ScrapeMetrics(rctx, metricsURL); err == nil && m["meshcast_slow_consumer_closes_total"] > closes0 {
-					closedAt <- time.Now()
+				m, err := ScrapeMetrics(rctx, metricsURL)
+				switch {
+				case err != nil:
+				case m[slowCloses] > closes0:
+					closedAt <- closure{time.Now(), "queue full (meshcast_slow_consumer_closes_total)"}
+					return
+				case m[writeErrors] > writes0:
+					closedAt <- closure{time.Now(), "write timeout (meshcast_errors_total{reason=\"write\"})"}
 					return
 				}
 			}
@@ -250,8 +266,8 @@ func runSlowRound(ctx context.Context, cfg SlowConfig, rd *SlowRound) error {
 		return nil
 	}
 	select {
-	case t := <-closedAt:
-		rd.SlowClosedAfter = t.Sub(slow.joined).Seconds()
+	case c := <-closedAt:
+		rd.SlowClosedAfter, rd.SlowClosedBy = c.at.Sub(slow.joined).Seconds(), c.why
 	default:
 	}
 	rd.SlowReadBytes = slow.r.n.Load()
