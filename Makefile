@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run run-pg cluster bench-compare bench-transports test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz clean
+.PHONY: all build run run-pg cluster bench-compare bench-transports soak test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz clean
 
 all: build
 
@@ -93,6 +93,12 @@ bench-transports: build
 	ROUNDS=3 ./bench/transports.sh
 
 FUZZTIME ?= 30s
+# A bounded soak, not part of make test: 3 nodes + Postgres under mixed load
+# for SOAK_DURATION; fails if goroutines or RSS grow beyond its bounds.
+SOAK_DURATION ?= 10m
+soak: build deps-pg
+	$(BIN)/meshbench soak -duration $(SOAK_DURATION)
+
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeText$$' -fuzztime=$(FUZZTIME) ./wire/phx
 	$(GO) test -run='^$$' -fuzz='^FuzzDecodeBinary$$' -fuzztime=$(FUZZTIME) ./wire/phx

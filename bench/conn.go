@@ -35,6 +35,10 @@ type wsConn struct {
 	wmu  sync.Mutex
 	wbuf []byte
 	rng  *rand.PCG
+
+	// The server's close frame, once ReadFrame returned ErrClosed.
+	closeCode   int
+	closeReason string
 }
 
 // dialWS opens a WebSocket to url. readBuf sizes the bufio.Reader.
@@ -129,6 +133,7 @@ func (c *wsConn) ReadFrame() (ws.OpCode, []byte, error) {
 			case ws.OpClose:
 				_ = c.WriteFrame(ws.OpClose, p)
 				code, reason := ws.ParseCloseFrameData(p)
+				c.closeCode, c.closeReason = int(code), reason
 				return 0, nil, fmt.Errorf("%w (code %d %q)", ErrClosed, code, reason)
 			}
 			continue

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"strconv"
@@ -83,7 +84,7 @@ type membership struct {
 	meta []byte
 }
 
-func gossipConfig(cfg *Config, self Member, log *slog.Logger) (*memberlist.Config, error) {
+func gossipConfig(cfg *Config, self Member, events *gossipEvents) (*memberlist.Config, error) {
 	mc := memberlist.DefaultLANConfig()
 	if cfg.Gossip.Profile == "wan" {
 		mc = memberlist.DefaultWANConfig()
@@ -114,28 +115,44 @@ func gossipConfig(cfg *Config, self Member, log *slog.Logger) (*memberlist.Confi
 	}
 	mc.SecretKey = deriveKey(cfg.ClusterSecret, "gossip")
 	mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
-	if g := cfg.Gossip; g.ProbeInterval > 0 {
-		mc.ProbeInterval = g.ProbeInterval
-		mc.ProbeTimeout = g.ProbeInterval / 2
-		mc.GossipInterval = g.ProbeInterval / 5
-		mc.PushPullInterval = 10 * g.ProbeInterval
-	}
-	// A suspect is declared dead after SuspicionMult probe intervals once
-	// another member confirms the suspicion, and at most after three times
-	// that: a crashed node is detected in about 4 probe intervals in a
-	// cluster of three or more.
-	mc.SuspicionMult = 3
-	mc.SuspicionMaxTimeoutMult = 3
-	if cfg.Gossip.SuspicionMult > 0 {
-		mc.SuspicionMult = cfg.Gossip.SuspicionMult
-	}
-	mc.Logger = slog.NewLogLogger(log.With("component", "memberlist").Handler(), slog.LevelDebug)
+	applyGossipTimings(mc, cfg.Gossip)
+	mc.Logger = stdlog.New(events, "", 0)
 	return mc, nil
 }
 
-func startMembership(cfg *Config, self Member, events membershipEvents, log *slog.Logger) (*membership, error) {
+// applyGossipTimings sets memberlist's failure detection from g (see
+// GossipConfig for the defaults and what they trade).
+func applyGossipTimings(mc *memberlist.Config, g GossipConfig) {
+	wan := g.Profile == "wan"
+	if !wan {
+		mc.ProbeInterval = DefaultProbeInterval
+		// Where memberlist expects confirmations (more nodes than
+		// SuspicionMult-1), a suspicion nobody confirms waits up to three
+		// times longer.
+		mc.SuspicionMaxTimeoutMult = 3
+	}
+	if g.ProbeInterval > 0 {
+		mc.ProbeInterval = g.ProbeInterval
+	}
+	if !wan {
+		mc.SuspicionMult = max(3, int((DefaultSuspicionWindow+mc.ProbeInterval-1)/mc.ProbeInterval))
+	}
+	if !wan || g.ProbeInterval > 0 {
+		mc.ProbeTimeout = mc.ProbeInterval / 2
+		mc.GossipInterval = mc.ProbeInterval / 5
+		mc.PushPullInterval = max(10*mc.ProbeInterval, 2*time.Second)
+	}
+	if g.ProbeTimeout > 0 {
+		mc.ProbeTimeout = min(g.ProbeTimeout, mc.ProbeInterval)
+	}
+	if g.SuspicionMult > 0 {
+		mc.SuspicionMult = g.SuspicionMult
+	}
+}
+
+func startMembership(cfg *Config, self Member, events membershipEvents, gev *gossipEvents, log *slog.Logger) (*membership, error) {
 	m := &membership{log: log, events: events, self: self, meta: encodeMeta(self), resolver: cfg.Resolver}
-	mc, err := gossipConfig(cfg, self, log)
+	mc, err := gossipConfig(cfg, self, gev)
 	if err != nil {
 		return nil, err
 	}
@@ -216,6 +233,11 @@ func (m *membership) setDraining(timeout time.Duration) {
 }
 
 func (m *membership) alive() int { return m.ml.NumMembers() }
+
+// healthScore is memberlist's Lifeguard awareness of this node: 0 when
+// healthy, up to 7 when its probes keep failing in ways that point at
+// itself; probe timeouts are stretched by score+1.
+func (m *membership) healthScore() int { return m.ml.GetHealthScore() }
 
 func (m *membership) leave(timeout time.Duration) {
 	if err := m.ml.Leave(timeout); err != nil {

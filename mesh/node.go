@@ -64,6 +64,10 @@ type Node struct {
 	badFrames    *metrics.Counter
 	connects     *metrics.Counter
 	published    *metrics.Counter
+	gossipEv     *gossipEvents
+	failed       *metrics.Counter // members removed as failed
+	departed     *metrics.Counter // members that left gracefully
+	returned     *metrics.Counter // members declared dead that were alive
 
 	// Set before Start (ext.go).
 	handlers map[meshproto.Type]func(from string, f meshproto.Frame)
@@ -124,12 +128,25 @@ func New(cfg Config, h Handler) (*Node, error) {
 		badFrames:    ms.NewCounter("meshcast_mesh_bad_frames_total"),
 		connects:     ms.NewCounter("meshcast_mesh_connects_total"),
 		published:    ms.NewCounter("meshcast_mesh_broadcasts_published_total"),
+		failed:       ms.NewCounter("meshcast_mesh_members_failed_total"),
+		departed:     ms.NewCounter("meshcast_mesh_members_left_total"),
+		returned:     ms.NewCounter("meshcast_mesh_members_returned_total"),
 		peers:        make(map[string]*peer),
 		inbound:      make(map[string][]*quic.Conn),
 		dead:         make(map[string]bool),
 		local:        make(map[string]*localTopic),
 		waits:        make(map[string]*snapshotWait),
 	}
+	n.gossipEv = newGossipEvents(ms, n.log, n.logLimited)
+	ms.NewGauge("meshcast_gossip_health_score", func() float64 {
+		n.mu.RLock()
+		m := n.ms
+		n.mu.RUnlock()
+		if m == nil {
+			return 0
+		}
+		return float64(m.healthScore())
+	})
 	// Who this node is, so that a scraper can tell which peers of
 	// meshcast_mesh_*{peer} are in another region (cross-region bytes).
 	ms.NewGauge(fmt.Sprintf(`meshcast_mesh_node_info{node=%q,region=%q}`, id, cfg.Region), func() float64 { return 1 })
@@ -201,7 +218,10 @@ func (n *Node) Start() error {
 		n.closeTransport()
 		return fmt.Errorf("mesh: quic listen: %w", err)
 	}
-	n.ms, err = startMembership(&n.cfg, n.self, n, n.log)
+	ms, err := startMembership(&n.cfg, n.self, n, n.gossipEv, n.log)
+	n.mu.Lock()
+	n.ms = ms
+	n.mu.Unlock()
 	if err != nil {
 		n.ln.Close()
 		n.closeTransport()

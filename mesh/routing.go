@@ -381,6 +381,12 @@ func (n *Node) memberUp(m Member) {
 		n.mu.Unlock()
 		return
 	}
+	if n.dead[m.ID] {
+		// memberlist declared it dead and now hears it alive: its
+		// presence was removed everywhere for nothing.
+		n.returned.Inc()
+		n.log.Warn("cluster member declared dead is alive again", "member", m.ID)
+	}
 	delete(n.dead, m.ID)
 	if p := n.peers[m.ID]; p != nil {
 		changed := p.m.Draining != m.Draining
@@ -411,6 +417,11 @@ func (n *Node) memberDown(id string, left bool) {
 	}
 	delete(n.peers, id)
 	n.dead[id] = true
+	if left { // counted with the removal: Members never shows one without the other
+		n.departed.Inc()
+	} else {
+		n.failed.Inc()
+	}
 	n.table.RemoveNode(id)
 	for topic, w := range n.waits {
 		if w.pending[id] {

@@ -198,7 +198,7 @@ func runLocalWAL(ctx context.Context, rep *bench.Report, lc bench.LocalConfig, s
 		JWTSecret: "meshbench-secret",
 		Cluster: bench.ClusterConfig{MeshcastBin: lc.MeshcastBin, Nodes: len(regions), BasePort: lc.BasePort, Regions: regions,
 			LogDir: filepath.Join(lc.LogDir, "wal-"+label),
-			Flags:  append([]string{"--emulate-wan", file, "--mesh-strategy", lc.Strategy}, lc.Flags...)}}
+			Flags:  append([]string{"--emulate-wan", file, "--mesh-strategy", lc.Strategy, "--gossip-probe-interval", "1s"}, lc.Flags...)}}
 	if c.Rate == 0 {
 		wc.Window = c.Window
 	}

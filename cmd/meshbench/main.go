@@ -14,6 +14,9 @@
 //	meshbench -table results.jsonl   # side-by-side table of -json outputs
 //	meshbench wal -shape fanout -subs 1000   # Postgres changes (own Postgres + 3 nodes)
 //	meshbench local -regions iad,fra,sin -nodes-per-region 2 -scenario rooms -strategies all,interested,relay
+//	meshbench detect -nodes 5 -kills 20   # kill -9 → presence leave latency; -load 3m: false positives
+//	meshbench slow -server-pid $PID   # 1000 subscribers' latency with and without one slow reader
+//	meshbench soak -duration 10m   # make soak: mixed load on 3 nodes + Postgres, RSS and goroutines flat
 //	meshbench regions -node iad=wss://…,fra=wss://… -scenario fanout   # latency by region of running nodes
 //
 // See bench/README.md.
@@ -45,6 +48,12 @@ func main() {
 			os.Exit(localMain(os.Args[2:]))
 		case "regions":
 			os.Exit(regionsMain(os.Args[2:]))
+		case "detect":
+			os.Exit(detectMain(os.Args[2:]))
+		case "slow":
+			os.Exit(slowMain(os.Args[2:]))
+		case "soak":
+			os.Exit(soakMain(os.Args[2:]))
 		}
 	}
 	var cfg bench.Config

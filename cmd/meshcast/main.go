@@ -65,6 +65,8 @@ type options struct {
 	regionRelay   bool
 	gossipProfile string
 	probeInterval time.Duration
+	probeTimeout  time.Duration
+	suspicionMult int
 
 	// Postgres changes
 	databaseURL    string
@@ -146,7 +148,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.strategy, "mesh-strategy", "interested", "cluster: broadcast routing: interested (once per node with subscribers), all (every node), relay (once per remote region)")
 	fs.BoolVar(&o.regionRelay, "region-relay", false, "cluster: send a broadcast once per remote region to a relay node there (same as --mesh-strategy relay)")
 	fs.StringVar(&o.gossipProfile, "gossip-profile", "lan", "cluster: memberlist timings: lan or wan")
-	fs.DurationVar(&o.probeInterval, "gossip-probe-interval", time.Second, "cluster: failure-detector probe interval; crashed nodes are declared dead after a few of these")
+	fs.DurationVar(&o.probeInterval, "gossip-probe-interval", 0, "cluster: failure-detector probe interval (0: 125ms with --gossip-profile lan, 5s with wan)")
+	fs.DurationVar(&o.probeTimeout, "gossip-probe-timeout", 0, "cluster: how long a direct probe waits before other nodes are asked to probe too; must exceed the round trip to every member (0: half the probe interval with lan, 3s with wan)")
+	fs.IntVar(&o.suspicionMult, "gossip-suspicion-mult", 0, "cluster: probe intervals a suspected node has to refute before it is declared dead (0: with lan enough for 1.375s, at least 3: 11 at 125ms; 6 with wan); with the lan defaults a crashed node's presence leaves reach the other nodes' clients within 2s")
 	fs.StringVar(&o.databaseURL, "database-url", "", "Postgres changes: `postgres://user:pass@host:port/db` to stream changes from (logical replication; see README); empty: no postgres_changes")
 	fs.StringVar(&o.publication, "publication", wal.DefaultPublication, "Postgres changes: publication whose tables are streamed (created FOR ALL TABLES when missing)")
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
@@ -392,7 +396,7 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 		Join:            seeds,
 		ClusterSecret:   []byte(o.clusterSecret),
 		Strategy:        strategy,
-		Gossip:          mesh.GossipConfig{Profile: o.gossipProfile, ProbeInterval: o.probeInterval},
+		Gossip:          mesh.GossipConfig{Profile: o.gossipProfile, ProbeInterval: o.probeInterval, ProbeTimeout: o.probeTimeout, SuspicionMult: o.suspicionMult},
 		Database:        changes.database(),
 		Logger:          log,
 	}

@@ -1,0 +1,616 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// The failure-detection benchmark (meshbench detect). A cluster of meshcast
+// processes, one client per node tracking a presence key named after its
+// node on one topic. Kill rounds: kill -9 a node, time until every other
+// node's client has the presence_diff leave of that node's key, restart the
+// node, wait until everyone sees it again, repeat (the victim rotates).
+// Load run: nothing is killed, a broadcast load saturates the cluster for a
+// while, and any presence leave a client sees, or any suspicion, death or
+// refutation the nodes count, is a false positive of the failure detector.
+
+// DetectConfig configures RunDetect. Zero fields take the defaults noted.
+type DetectConfig struct {
+	MeshcastBin string   // default bin/meshcast
+	Nodes       int      // processes, default 3 (at most 9)
+	Kills       int      // kill rounds; default 20 (0 with Load set)
+	BasePort    int      // node i serves on BasePort+i, gossips on BasePort+100+10i (mesh +1); default 4900
+	Flags       []string // more meshcast flags for every node (e.g. --gossip-probe-interval 1s)
+	// Settle is the wait between a restarted node being back and the
+	// next kill: Settle plus up to Settle at random, so that kills fall at
+	// any phase of the probes. Default 1s.
+	Settle time.Duration
+	// Timeout: a leave not seen this long after the kill counts as
+	// missed; default 30s.
+	Timeout time.Duration
+	// Load, if set, runs the false-positive run instead of the kills:
+	// throughput-mode broadcast to LoadSubs subscribers spread over the
+	// nodes for this long.
+	Load     time.Duration
+	LoadSubs int // default 1000
+	// GOGC for the nodes of the load run (more collections, more pauses);
+	// default 25, -1 leaves Go's default.
+	GOGC   int
+	LogDir string // node logs; default a new temporary directory
+	Seed   uint64 // the settle jitter; default 1
+	Logf   func(format string, args ...any)
+}
+
+func (c DetectConfig) withDefaults() (DetectConfig, error) {
+	if c.MeshcastBin == "" {
+		c.MeshcastBin = "bin/meshcast"
+	}
+	if c.Nodes == 0 {
+		c.Nodes = 3
+	}
+	if c.Kills == 0 && c.Load == 0 {
+		c.Kills = 20
+	}
+	if c.BasePort == 0 {
+		c.BasePort = 4900
+	}
+	if c.Settle == 0 {
+		c.Settle = time.Second
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.LoadSubs == 0 {
+		c.LoadSubs = 1000
+	}
+	if c.GOGC == 0 {
+		c.GOGC = 25
+	}
+	if c.Seed == 0 {
+		c.Seed = 1
+	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+	switch {
+	case c.Nodes < 2 || c.Nodes > 9:
+		return c, errors.New("bench: detect needs 2 to 9 nodes")
+	case c.Kills < 0 || c.Kills > 1000:
+		return c, errors.New("bench: kills must be within [0, 1000]")
+	case c.Load < 0 || c.Load > time.Hour:
+		return c, errors.New("bench: load must be within [0, 1h]")
+	case c.BasePort < 1024 || c.BasePort+100+10*c.Nodes+1 > 65535:
+		return c, errors.New("bench: base port out of range")
+	}
+	return c, nil
+}
+
+// Budget bounds RunDetect.
+func (c DetectConfig) Budget() time.Duration {
+	c, err := c.withDefaults()
+	if err != nil {
+		return time.Minute
+	}
+	perKill := c.Timeout + 2*clusterStartTimeout + 2*c.Settle
+	return time.Minute + time.Duration(c.Kills)*perKill + c.Load + 2*time.Minute
+}
+
+// DetectorCounts are the failure detector's counters summed over every
+// node process of a run (killed ones as of just before their kill).
+type DetectorCounts struct {
+	Suspicions     float64 `json:"suspicions"`       // meshcast_gossip_suspicions_total
+	DeclaredDead   float64 `json:"declared_dead"`    // meshcast_gossip_declared_dead_total
+	RefutedSuspect float64 `json:"refuted_suspect"`  // meshcast_gossip_refuted_total{accusation="suspect"}
+	RefutedDead    float64 `json:"refuted_dead"`     // meshcast_gossip_refuted_total{accusation="dead"}
+	Failed         float64 `json:"members_failed"`   // meshcast_mesh_members_failed_total
+	Returned       float64 `json:"members_returned"` // meshcast_mesh_members_returned_total
+	MaxHealthScore float64 `json:"max_health_score"` // highest meshcast_gossip_health_score seen
+}
+
+func (d *DetectorCounts) add(m Metrics) {
+	d.Suspicions += m["meshcast_gossip_suspicions_total"]
+	d.DeclaredDead += m["meshcast_gossip_declared_dead_total"]
+	d.RefutedSuspect += m[`meshcast_gossip_refuted_total{accusation="suspect"}`]
+	d.RefutedDead += m[`meshcast_gossip_refuted_total{accusation="dead"}`]
+	d.Failed += m["meshcast_mesh_members_failed_total"]
+	d.Returned += m["meshcast_mesh_members_returned_total"]
+	d.MaxHealthScore = max(d.MaxHealthScore, m["meshcast_gossip_health_score"])
+}
+
+// DetectResult is what RunDetect measured.
+type DetectResult struct {
+	Nodes int      `json:"nodes"`
+	Flags []string `json:"flags"`
+	Kills int      `json:"kills"`
+	// Per kill: from kill -9 to the presence leave at the last (Last) and
+	// the first (First) of the other nodes' clients, ms.
+	LastMS  []float64 `json:"last_ms"`
+	FirstMS []float64 `json:"first_ms"`
+	Missed  int       `json:"missed"` // kills whose leave some client did not see within Timeout
+	Min     float64   `json:"min_ms"`
+	P50     float64   `json:"p50_ms"`
+	P95     float64   `json:"p95_ms"`
+	Max     float64   `json:"max_ms"`
+
+	LoadSeconds       float64 `json:"load_s,omitempty"`
+	LoadDeliveriesSec float64 `json:"load_deliveries_per_s,omitempty"`
+	LoadHostCPU       float64 `json:"load_host_cpu,omitempty"`
+	GOGC              int     `json:"gogc,omitempty"`
+	// Leaves seen by the clients during the load run: each is a node
+	// declared dead while it was alive.
+	FalseLeaves int `json:"false_leaves"`
+
+	Detector DetectorCounts `json:"detector"`
+}
+
+func (r *DetectResult) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "detect: %d nodes, flags %q\n", r.Nodes, r.Flags)
+	if r.Kills > 0 {
+		fmt.Fprintf(&b, "  %d kills: kill -9 → presence leave at every other node's client: min %.0f, p50 %.0f, p95 %.0f, max %.0f ms; missed %d\n",
+			r.Kills, r.Min, r.P50, r.P95, r.Max, r.Missed)
+		fmt.Fprintf(&b, "  per kill (last client, ms): %s\n", joinMS(r.LastMS))
+	}
+	if r.LoadSeconds > 0 {
+		fmt.Fprintf(&b, "  load %.0f s (GOGC %d): %.0f deliveries/s, host CPU %.2f cores; presence leaves seen: %d\n",
+			r.LoadSeconds, r.GOGC, r.LoadDeliveriesSec, r.LoadHostCPU, r.FalseLeaves)
+	}
+	d := r.Detector
+	fmt.Fprintf(&b, "  detector: %.0f suspicions, %.0f declared dead, %.0f members failed, %.0f returned, refuted %.0f suspect / %.0f dead, max health score %.0f",
+		d.Suspicions, d.DeclaredDead, d.Failed, d.Returned, d.RefutedSuspect, d.RefutedDead, d.MaxHealthScore)
+	return b.String()
+}
+
+func joinMS(v []float64) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.FormatFloat(x, 'f', 0, 64)
+	}
+	return strings.Join(s, " ")
+}
+
+// detectRun is one RunDetect.
+type detectRun struct {
+	cfg   DetectConfig
+	nodes []*Node
+	conns []*detectClient
+	env   []string
+
+	mu        sync.Mutex
+	lastLeave []map[string]time.Time // per watcher (node index): key → last leave seen
+	lastJoin  []map[string]time.Time
+	leaves    int // leaves seen in all
+}
+
+// detectClient is one node's client: it tracks key n<i> and records the
+// presence joins and leaves it sees.
+type detectClient struct {
+	c    *wsConn
+	done chan struct{}
+	stop chan struct{}
+}
+
+const detectTopic = "realtime:detect"
+
+// RunDetect runs the kill rounds or, with Load, the false-positive run.
+func RunDetect(ctx context.Context, cfg DetectConfig) (*DetectResult, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.LogDir == "" {
+		if cfg.LogDir, err = os.MkdirTemp("", "meshbench-detect"); err != nil {
+			return nil, err
+		}
+	} else if err := os.MkdirAll(cfg.LogDir, 0o755); err != nil {
+		return nil, err
+	}
+	r := &detectRun{cfg: cfg, nodes: make([]*Node, cfg.Nodes), conns: make([]*detectClient, cfg.Nodes)}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MESHCAST_") && !strings.HasPrefix(kv, "GOGC=") {
+			r.env = append(r.env, kv)
+		}
+	}
+	if cfg.Load > 0 && cfg.GOGC > 0 {
+		r.env = append(r.env, "GOGC="+strconv.Itoa(cfg.GOGC))
+	}
+	for range cfg.Nodes {
+		r.lastLeave = append(r.lastLeave, map[string]time.Time{})
+		r.lastJoin = append(r.lastJoin, map[string]time.Time{})
+	}
+	defer r.stop()
+	for i := range cfg.Nodes {
+		if err := r.startNode(i); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.waitMeshed(ctx); err != nil {
+		return nil, err
+	}
+	for i := range cfg.Nodes {
+		if err := r.connect(ctx, i); err != nil {
+			return nil, err
+		}
+	}
+	for i := range cfg.Nodes {
+		if err := r.waitSeen(ctx, i, time.Time{}); err != nil {
+			return nil, err
+		}
+	}
+	res := &DetectResult{Nodes: cfg.Nodes, Flags: cfg.Flags}
+	cfg.Logf("detect: %d nodes up (logs in %s)", cfg.Nodes, cfg.LogDir)
+	if cfg.Load > 0 {
+		err = r.runLoad(ctx, res)
+	} else {
+		err = r.runKills(ctx, res)
+	}
+	for _, n := range r.nodes {
+		if n == nil {
+			continue
+		}
+		if m, serr := ScrapeMetrics(ctx, n.MetricsURL()); serr == nil {
+			res.Detector.add(m)
+		}
+	}
+	return res, err
+}
+
+func (r *detectRun) gossipAddr(i int) string {
+	return "127.0.0.1:" + strconv.Itoa(r.cfg.BasePort+100+10*(i+1))
+}
+
+func (r *detectRun) startNode(i int) error {
+	n := &Node{Name: "n" + strconv.Itoa(i+1), HTTPAddr: "127.0.0.1:" + strconv.Itoa(r.cfg.BasePort+i+1), done: make(chan struct{})}
+	var seeds []string
+	for j := range r.cfg.Nodes {
+		if j != i {
+			seeds = append(seeds, r.gossipAddr(j))
+		}
+	}
+	args := []string{"--listen", n.HTTPAddr, "--name", n.Name, "--region", "local",
+		"--gossip-addr", r.gossipAddr(i), "--join", strings.Join(seeds, ","), "--cluster-secret", "meshbench",
+		"--webtransport-listen", "off", "--log-level", "info", "--events-per-sec", "0", "--bytes-per-sec", "0"}
+	args = append(args, r.cfg.Flags...)
+	logf, err := os.OpenFile(filepath.Join(r.cfg.LogDir, n.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := n.startWith(r.cfg.MeshcastBin, args, logf, r.env); err != nil {
+		return err
+	}
+	r.nodes[i] = n
+	return nil
+}
+
+// waitMeshed waits until every node has every other as a connected peer
+// and as a member.
+func (r *detectRun) waitMeshed(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, clusterStartTimeout)
+	defer cancel()
+	want := float64(r.cfg.Nodes - 1)
+	for {
+		ready := 0
+		for _, n := range r.nodes {
+			select {
+			case <-n.done:
+				return fmt.Errorf("bench: node %s exited (log in %s)", n.Name, r.cfg.LogDir)
+			default:
+			}
+			if m, err := ScrapeMetrics(ctx, n.MetricsURL()); err == nil && m["meshcast_mesh_peers_connected"] == want && m["meshcast_mesh_members"] == want+1 {
+				ready++
+			}
+		}
+		if ready == len(r.nodes) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bench: cluster not meshed: %d/%d nodes ready (logs in %s)", ready, len(r.nodes), r.cfg.LogDir)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// connect opens node i's client: join with presence key n<i+1>, track.
+func (r *detectRun) connect(ctx context.Context, i int) error {
+	url := "ws://" + r.nodes[i].HTTPAddr + "/realtime/v1/websocket?apikey=meshbench&vsn=2.0.0"
+	c, err := dialWS(ctx, url, 10*time.Second, 4096)
+	if err != nil {
+		return fmt.Errorf("bench: client of %s: %w", r.nodes[i].Name, err)
+	}
+	key := r.nodes[i].Name
+	if err := joinTopic(c, detectTopic, fmt.Sprintf(regionJoinPresence, key), 10*time.Second); err != nil {
+		c.Close()
+		return fmt.Errorf("bench: client of %s: %w", key, err)
+	}
+	dc := &detectClient{c: c, done: make(chan struct{}), stop: make(chan struct{})}
+	r.conns[i] = dc
+	go func() { defer close(dc.done); r.read(i, c) }()
+	go dc.heartbeats()
+	track := `["1","2","` + detectTopic + `","presence",{"type":"presence","event":"track","payload":{"node":"` + key + `"}}]`
+	if err := c.WriteFrame(ws.OpText, []byte(track)); err != nil {
+		return fmt.Errorf("bench: track on %s: %w", key, err)
+	}
+	return nil
+}
+
+func (dc *detectClient) heartbeats() {
+	t := time.NewTicker(20 * time.Second)
+	defer t.Stop()
+	for ref := uint64(100); ; ref++ {
+		select {
+		case <-dc.stop:
+			return
+		case <-dc.done:
+			return
+		case <-t.C:
+			if dc.c.WriteFrame(ws.OpText, AppendPhxHeartbeat(nil, ref)) != nil {
+				return
+			}
+		}
+	}
+}
+
+func (dc *detectClient) close() {
+	close(dc.stop)
+	dc.c.Close()
+	<-dc.done
+}
+
+// read records watcher i's presence joins and leaves until its socket
+// ends.
+func (r *detectRun) read(i int, c *wsConn) {
+	for {
+		op, b, err := c.ReadFrame()
+		if err != nil {
+			return
+		}
+		now := time.Now()
+		if op != ws.OpText {
+			continue
+		}
+		var frame [5]json.RawMessage
+		if json.Unmarshal(b, &frame) != nil {
+			continue
+		}
+		var event string
+		_ = json.Unmarshal(frame[3], &event)
+		switch event {
+		case "presence_state":
+			var state map[string]json.RawMessage
+			if json.Unmarshal(frame[4], &state) != nil {
+				continue
+			}
+			r.mu.Lock()
+			for k := range state {
+				r.lastJoin[i][k] = now
+			}
+			r.mu.Unlock()
+		case "presence_diff":
+			var diff struct {
+				Joins  map[string]json.RawMessage `json:"joins"`
+				Leaves map[string]json.RawMessage `json:"leaves"`
+			}
+			if json.Unmarshal(frame[4], &diff) != nil {
+				continue
+			}
+			r.mu.Lock()
+			for k := range diff.Joins {
+				r.lastJoin[i][k] = now
+			}
+			for k := range diff.Leaves {
+				r.lastLeave[i][k] = now
+				r.leaves++
+			}
+			r.mu.Unlock()
+		}
+	}
+}
+
+// waitSeen waits until every client (but victim's own when it is down)
+// has seen node victim's key join after since, and victim's client every
+// other key.
+func (r *detectRun) waitSeen(ctx context.Context, victim int, since time.Time) error {
+	deadline := time.Now().Add(r.cfg.Timeout)
+	key := r.nodes[victim].Name
+	for {
+		r.mu.Lock()
+		ok := true
+		for w := range r.cfg.Nodes {
+			if !r.lastJoin[w][key].After(since) || !r.lastJoin[victim][r.nodes[w].Name].After(since) {
+				ok = false
+			}
+		}
+		r.mu.Unlock()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("bench: %s's presence not seen everywhere within %s (logs in %s)", key, r.cfg.Timeout, r.cfg.LogDir)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// runKills is the kill rounds.
+func (r *detectRun) runKills(ctx context.Context, res *DetectResult) error {
+	rng := rand.New(rand.NewPCG(r.cfg.Seed, r.cfg.Seed^0x5eed))
+	for k := range r.cfg.Kills {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(r.cfg.Settle + time.Duration(rng.Int64N(int64(r.cfg.Settle))))
+		v := k % r.cfg.Nodes
+		victim := r.nodes[v]
+		if m, err := ScrapeMetrics(ctx, victim.MetricsURL()); err == nil {
+			res.Detector.add(m) // its life's counts, before they are gone
+		}
+		killed := time.Now()
+		if err := victim.cmd.Process.Kill(); err != nil {
+			return fmt.Errorf("bench: kill %s: %w", victim.Name, err)
+		}
+		<-victim.done
+		r.conns[v].close()
+		first, last, ok := r.waitLeave(ctx, v, killed)
+		res.Kills++
+		if !ok {
+			res.Missed++
+			r.cfg.Logf("kill %d of %s: leave not seen everywhere within %s", k+1, victim.Name, r.cfg.Timeout)
+		} else {
+			res.FirstMS = append(res.FirstMS, ms(first))
+			res.LastMS = append(res.LastMS, ms(last))
+			r.cfg.Logf("kill %d of %s: leave seen after %.0f ms (first client %.0f ms)", k+1, victim.Name, ms(last), ms(first))
+		}
+		restarted := time.Now()
+		if err := r.startNode(v); err != nil {
+			return err
+		}
+		if err := r.waitMeshed(ctx); err != nil {
+			return err
+		}
+		if err := r.connect(ctx, v); err != nil {
+			return err
+		}
+		if err := r.waitSeen(ctx, v, restarted); err != nil {
+			return err
+		}
+	}
+	if len(res.LastMS) > 0 {
+		s := append([]float64(nil), res.LastMS...)
+		sort.Float64s(s)
+		res.Min, res.Max = s[0], s[len(s)-1]
+		res.P50, res.P95 = nearestRank(s, 0.50), nearestRank(s, 0.95)
+	}
+	return nil
+}
+
+// nearestRank is the q-quantile of sorted s by the nearest-rank method.
+func nearestRank(s []float64, q float64) float64 {
+	i := int(float64(len(s))*q+0.999999) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// waitLeave waits until every other node's client has seen victim's key
+// leave after killed; it returns the first and the last one's delay.
+func (r *detectRun) waitLeave(ctx context.Context, victim int, killed time.Time) (first, last time.Duration, ok bool) {
+	key := r.nodes[victim].Name
+	deadline := killed.Add(r.cfg.Timeout)
+	for {
+		r.mu.Lock()
+		first, last, ok = 0, 0, true
+		for w := range r.cfg.Nodes {
+			if w == victim {
+				continue
+			}
+			t := r.lastLeave[w][key]
+			if !t.After(killed) {
+				ok = false
+				break
+			}
+			d := t.Sub(killed)
+			if first == 0 || d < first {
+				first = d
+			}
+			last = max(last, d)
+		}
+		r.mu.Unlock()
+		if ok || time.Now().After(deadline) || ctx.Err() != nil {
+			return first, last, ok
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// runLoad is the false-positive run.
+func (r *detectRun) runLoad(ctx context.Context, res *DetectResult) error {
+	var urls []string
+	for _, n := range r.nodes {
+		urls = append(urls, "ws://"+n.HTTPAddr+"/realtime/v1/websocket?apikey=meshbench&vsn=2.0.0")
+	}
+	lc := Config{URL: strings.Join(urls, ","), Mode: ModeThroughput, Subs: r.cfg.LoadSubs, Duration: r.cfg.Load,
+		Topic: "realtime:load", Drain: 2 * time.Second}
+	r.mu.Lock()
+	leaves0 := r.leaves
+	r.mu.Unlock()
+	var health DetectorCounts
+	done := make(chan struct{})
+	var loadRes *Result
+	var loadErr error
+	go func() {
+		defer close(done)
+		lctx, cancel := context.WithTimeout(ctx, lc.Budget())
+		defer cancel()
+		loadRes, loadErr = Run(lctx, lc)
+	}()
+	began := time.Now()
+	cpu0, _ := ReadHostBusySeconds()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for loop := true; loop; {
+		select {
+		case <-done:
+			loop = false
+		case <-tick.C:
+			for _, n := range r.nodes {
+				if m, err := ScrapeMetrics(ctx, n.MetricsURL()); err == nil {
+					health.MaxHealthScore = max(health.MaxHealthScore, m["meshcast_gossip_health_score"])
+				}
+			}
+			for _, dc := range r.conns {
+				if dc != nil {
+					dc.c.WriteFrame(ws.OpText, AppendPhxHeartbeat(nil, 1))
+				}
+			}
+		}
+	}
+	cpu1, _ := ReadHostBusySeconds()
+	wall := time.Since(began).Seconds()
+	res.LoadSeconds, res.GOGC = wall, r.cfg.GOGC
+	res.LoadHostCPU = (cpu1 - cpu0) / wall
+	if loadRes != nil {
+		res.LoadDeliveriesSec = loadRes.DeliveriesPerSec
+	}
+	res.Detector.MaxHealthScore = health.MaxHealthScore
+	r.mu.Lock()
+	res.FalseLeaves = r.leaves - leaves0
+	r.mu.Unlock()
+	if loadErr != nil {
+		return fmt.Errorf("bench: load: %w", loadErr)
+	}
+	return nil
+}
+
+func (r *detectRun) stop() {
+	for _, dc := range r.conns {
+		if dc != nil {
+			select {
+			case <-dc.done:
+			default:
+				dc.close()
+			}
+		}
+	}
+	var live []*Node
+	for _, n := range r.nodes {
+		if n != nil {
+			select {
+			case <-n.done:
+			default:
+				live = append(live, n)
+			}
+		}
+	}
+	(&Cluster{Nodes: live}).Stop()
+}

@@ -1,0 +1,366 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// The slow-consumer scenario (meshbench slow): latency-mode rounds against
+// one node, alternating A (Subs subscribers) and B (the same plus one
+// subscriber of the same topic that reads SlowBytesPerSec with a tiny
+// receive buffer, so that the node's queue for it fills and the node
+// closes it). The others' p50/p99 and the server's CPU per delivery are
+// compared between A and B, and B says what happened to the slow one.
+
+// SlowConfig configures RunSlow. Zero fields take the defaults noted.
+type SlowConfig struct {
+	URL         string  // the node's WebSocket URL; default DefaultMeshcastURL
+	ServerPID   int     // for server CPU; 0 = none
+	Subs        int     // subscribers that keep up; default 1000
+	Rate        float64 // publications/s; default 100
+	PayloadSize int     // default 1000 bytes: at 100 msg/s the node closes the slow one within a round
+	Duration    time.Duration
+	Rounds      int // A/B pairs; default 2
+	// SlowBytesPerSec is how fast the slow subscriber reads; default 1024.
+	SlowBytesPerSec int
+	// SlowRcvBuf is the slow subscriber's SO_RCVBUF; default 4096.
+	SlowRcvBuf int
+	Logf       func(format string, args ...any)
+}
+
+func (c SlowConfig) withDefaults() SlowConfig {
+	if c.URL == "" {
+		c.URL = DefaultMeshcastURL
+	}
+	if c.Subs == 0 {
+		c.Subs = 1000
+	}
+	if c.Rate == 0 {
+		c.Rate = 100
+	}
+	if c.PayloadSize == 0 {
+		c.PayloadSize = 1000
+	}
+	if c.Duration == 0 {
+		c.Duration = 40 * time.Second
+	}
+	if c.Rounds == 0 {
+		c.Rounds = 2
+	}
+	if c.SlowBytesPerSec == 0 {
+		c.SlowBytesPerSec = 1024
+	}
+	if c.SlowRcvBuf == 0 {
+		c.SlowRcvBuf = 4096
+	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+	return c
+}
+
+func (c SlowConfig) round() Config {
+	return Config{URL: c.URL, Mode: ModeLatency, Subs: c.Subs, Rate: c.Rate, PayloadSize: c.PayloadSize,
+		Duration: c.Duration, Warmup: time.Second, ServerPID: c.ServerPID, Topic: "realtime:slow"}
+}
+
+// Budget bounds RunSlow.
+func (c SlowConfig) Budget() time.Duration {
+	c = c.withDefaults()
+	return time.Duration(2*c.Rounds)*(c.round().Budget()+15*time.Second) + time.Minute
+}
+
+// SlowRound is one round.
+type SlowRound struct {
+	WithSlow bool    `json:"with_slow"`
+	Result   *Result `json:"result"`
+	// The slow subscriber (B rounds): seconds from its join to the node's
+	// meshcast_slow_consumer_closes_total rising (-1: not closed in the
+	// round), the close frame it got at the end of what it was sent,
+	// and the bytes it read.
+	SlowClosedAfter float64 `json:"slow_closed_after_s"`
+	SlowClosedBy    string  `json:"slow_closed_by,omitempty"`
+	SlowCloseCode   int     `json:"slow_close_code"`
+	SlowCloseReason string  `json:"slow_close_reason,omitempty"`
+	SlowEnd         string  `json:"slow_end,omitempty"` // how its socket ended, when not by a close frame
+	SlowReadBytes   int64   `json:"slow_read_bytes"`    // while the round ran
+}
+
+// SlowSide is the median of the rounds of one side.
+type SlowSide struct {
+	P50, P99, CPUPerDeliveryUs, DeliveriesPerSec float64
+	Lost                                         int64
+	Disconnects                                  int
+}
+
+// SlowResult is what RunSlow measured.
+type SlowResult struct {
+	Config      SlowConfig  `json:"-"`
+	Rounds      []SlowRound `json:"rounds"`
+	A           SlowSide    `json:"without_slow"`
+	B           SlowSide    `json:"with_slow"`
+	P99Change   float64     `json:"p99_change_pct"` // (B − A) / A
+	P50Change   float64     `json:"p50_change_pct"`
+	CPUChange   float64     `json:"cpu_per_delivery_change_pct"`
+	SlowClosed  int         `json:"slow_closed"` // B rounds whose slow subscriber the node closed
+	SlowClosedS []float64   `json:"slow_closed_after_s"`
+}
+
+func (r *SlowResult) String() string {
+	var b strings.Builder
+	c := r.Config
+	fmt.Fprintf(&b, "slow: %d subscribers, %.0f msg/s, %d-byte payload, %s rounds, %d A/B pairs; the slow one reads %d B/s (SO_RCVBUF %d)\n",
+		c.Subs, c.Rate, c.PayloadSize, c.Duration, c.Rounds, c.SlowBytesPerSec, c.SlowRcvBuf)
+	for i, rd := range r.Rounds {
+		side := "A"
+		if rd.WithSlow {
+			side = "B"
+		}
+		fmt.Fprintf(&b, "  round %d %s: p50 %.2f p99 %.2f ms, %.2f µs CPU/delivery, %.0f deliveries/s, lost %d, disconnects %d",
+			i/2+1, side, rd.Result.P50, rd.Result.P99, rd.Result.ServerCPUPerDeliveryUs, rd.Result.DeliveriesPerSec, rd.Result.Lost, rd.Result.Disconnects)
+		if rd.WithSlow {
+			if rd.SlowClosedAfter >= 0 {
+				fmt.Fprintf(&b, "; slow one closed after %.1f s: %s, close frame %d %q", rd.SlowClosedAfter, rd.SlowClosedBy, rd.SlowCloseCode, rd.SlowCloseReason)
+			} else {
+				b.WriteString("; slow one not closed in the round")
+			}
+			if rd.SlowEnd != "" {
+				fmt.Fprintf(&b, " (%s)", rd.SlowEnd)
+			}
+			fmt.Fprintf(&b, ", read %d bytes", rd.SlowReadBytes)
+		}
+		b.WriteByte('\n')
+	}
+	fmt.Fprintf(&b, "  medians: A p50 %.2f p99 %.2f ms %.2f µs/delivery | B p50 %.2f p99 %.2f ms %.2f µs/delivery | p99 %+.1f %%, p50 %+.1f %%, CPU/delivery %+.1f %%; slow one closed in %d of %d B rounds",
+		r.A.P50, r.A.P99, r.A.CPUPerDeliveryUs, r.B.P50, r.B.P99, r.B.CPUPerDeliveryUs, r.P99Change, r.P50Change, r.CPUChange, r.SlowClosed, c.Rounds)
+	return b.String()
+}
+
+// RunSlow runs the A/B rounds.
+func RunSlow(ctx context.Context, cfg SlowConfig) (*SlowResult, error) {
+	cfg = cfg.withDefaults()
+	res := &SlowResult{Config: cfg}
+	for i := range 2 * cfg.Rounds {
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		rd := SlowRound{WithSlow: i%2 == 1, SlowClosedAfter: -1}
+		if err := runSlowRound(ctx, cfg, &rd); err != nil {
+			return res, err
+		}
+		cfg.Logf("round %d %v: p99 %.2f ms", i/2+1, map[bool]string{false: "A", true: "B"}[rd.WithSlow], rd.Result.P99)
+		res.Rounds = append(res.Rounds, rd)
+	}
+	side := func(slow bool) SlowSide {
+		var p50, p99, cpu, dps []float64
+		var s SlowSide
+		for _, rd := range res.Rounds {
+			if rd.WithSlow != slow {
+				continue
+			}
+			r := rd.Result
+			p50, p99, cpu, dps = append(p50, r.P50), append(p99, r.P99), append(cpu, r.ServerCPUPerDeliveryUs), append(dps, r.DeliveriesPerSec)
+			s.Lost += r.Lost
+			s.Disconnects += r.Disconnects
+		}
+		s.P50, s.P99, s.CPUPerDeliveryUs, s.DeliveriesPerSec = medianOf(p50), medianOf(p99), medianOf(cpu), medianOf(dps)
+		return s
+	}
+	res.A, res.B = side(false), side(true)
+	pct := func(a, b float64) float64 { return (b - a) / a * 100 }
+	res.P99Change, res.P50Change, res.CPUChange = pct(res.A.P99, res.B.P99), pct(res.A.P50, res.B.P50), pct(res.A.CPUPerDeliveryUs, res.B.CPUPerDeliveryUs)
+	for _, rd := range res.Rounds {
+		if rd.WithSlow && rd.SlowClosedAfter >= 0 {
+			res.SlowClosed++
+			res.SlowClosedS = append(res.SlowClosedS, rd.SlowClosedAfter)
+		}
+	}
+	return res, nil
+}
+
+func medianOf(v []float64) float64 {
+	if len(v) == 0 {
+		return -1
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func runSlowRound(ctx context.Context, cfg SlowConfig, rd *SlowRound) error {
+	rc := cfg.round()
+	rctx, cancel := context.WithTimeout(ctx, rc.Budget())
+	defer cancel()
+	var slow *slowSub
+	if rd.WithSlow {
+		var err error
+		if slow, err = dialSlow(rctx, cfg, rc.Topic); err != nil {
+			return err
+		}
+	}
+	metricsURL := metricsURLOf(cfg.URL)
+	// The node closes a slow subscriber when its queue overflows
+	// (meshcast_slow_consumer_closes_total, close 1008) or when one write
+	// to it blocks past --write-timeout (errors_total{reason="write"}, the
+	// socket closed without a close frame), whichever comes first.
+	const slowCloses, writeErrors = "meshcast_slow_consumer_closes_total", `meshcast_errors_total{reason="write"}`
+	var closes0, writes0 float64
+	if m, err := ScrapeMetrics(rctx, metricsURL); err == nil {
+		closes0, writes0 = m[slowCloses], m[writeErrors]
+	}
+	// Watch for the node closing the slow one while the round runs.
+	type closure struct {
+		at  time.Time
+		why string
+	}
+	closedAt := make(chan closure, 1)
+	watchDone := make(chan struct{})
+	stopWatch := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if slow == nil {
+			return
+		}
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case <-t.C:
+				m, err := ScrapeMetrics(rctx, metricsURL)
+				switch {
+				case err != nil:
+				case m[slowCloses] > closes0:
+					closedAt <- closure{time.Now(), "queue full (meshcast_slow_consumer_closes_total)"}
+					return
+				case m[writeErrors] > writes0:
+					closedAt <- closure{time.Now(), "write timeout (meshcast_errors_total{reason=\"write\"})"}
+					return
+				}
+			}
+		}
+	}()
+	res, err := Run(rctx, rc)
+	close(stopWatch)
+	<-watchDone
+	if err != nil {
+		return err
+	}
+	rd.Result = res
+	if slow == nil {
+		return nil
+	}
+	select {
+	case c := <-closedAt:
+		rd.SlowClosedAfter, rd.SlowClosedBy = c.at.Sub(slow.joined).Seconds(), c.why
+	default:
+	}
+	rd.SlowReadBytes = slow.r.n.Load()
+	if rd.SlowClosedAfter >= 0 {
+		// Read what the node sent before closing at full speed, to the
+		// close frame.
+		slow.r.fast.Store(true)
+		select {
+		case <-slow.done:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	slow.c.Close()
+	<-slow.done
+	if errors.Is(slow.err, ErrClosed) {
+		rd.SlowCloseCode, rd.SlowCloseReason = slow.c.closeCode, slow.c.closeReason
+	} else if rd.SlowClosedAfter >= 0 && slow.err != nil {
+		rd.SlowEnd = slow.err.Error()
+	}
+	return nil
+}
+
+// slowSub is the subscriber that reads slowly.
+type slowSub struct {
+	c      *wsConn
+	r      *throttled
+	joined time.Time
+	done   chan struct{} // the reader ended, with err
+	err    error
+}
+
+// read reads frames (as slowly as the throttle lets it) until the socket
+// ends.
+func (s *slowSub) read() {
+	defer close(s.done)
+	for {
+		if _, _, err := s.c.ReadFrame(); err != nil {
+			s.err = err
+			return
+		}
+	}
+}
+
+// throttled reads at most perSec bytes per second until fast is set.
+type throttled struct {
+	nc     net.Conn
+	perSec int
+	fast   atomic.Bool
+	n      atomic.Int64
+}
+
+func (t *throttled) Read(p []byte) (int, error) {
+	if !t.fast.Load() {
+		chunk := max(t.perSec/10, 1)
+		time.Sleep(100 * time.Millisecond)
+		p = p[:min(len(p), chunk)]
+	}
+	n, err := t.nc.Read(p)
+	t.n.Add(int64(n))
+	return n, err
+}
+
+func dialSlow(ctx context.Context, cfg SlowConfig, topic string) (*slowSub, error) {
+	nd := net.Dialer{Timeout: 10 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, cfg.SlowRcvBuf)
+		})
+		return errors.Join(err, serr)
+	}}
+	var raw net.Conn
+	d := ws.Dialer{Timeout: 10 * time.Second, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := nd.DialContext(ctx, network, addr)
+		raw = c
+		return c, err
+	}}
+	nc, br, _, err := d.Dial(ctx, cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("bench: slow subscriber: %w", err)
+	}
+	if br != nil {
+		ws.PutReader(br) // nothing past the handshake yet: the server waits for the join
+	}
+	t := &throttled{nc: raw, perSec: cfg.SlowBytesPerSec}
+	t.fast.Store(true) // the join at full speed
+	seed := uint64(time.Now().UnixNano())
+	c := &wsConn{nc: nc, br: bufio.NewReaderSize(t, 512), rbuf: make([]byte, 0, 512), wbuf: make([]byte, 0, 256), rng: rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)}
+	if err := joinTopic(c, topic, phxJoinConfig, 10*time.Second); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("bench: slow subscriber: %w", err)
+	}
+	t.fast.Store(false)
+	s := &slowSub{c: c, r: t, joined: time.Now(), done: make(chan struct{})}
+	go s.read()
+	return s, nil
+}
