@@ -100,7 +100,7 @@ CHAOS_DURATION ?= 3m
 CHAOS_REQUIRE_NETNS ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
 chaos: deps-pg
 	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_REQUIRE_NETNS=$(CHAOS_REQUIRE_NETNS) MESHCAST_TEST_NODE_RACE=1 \
-	 $(GO) test -race -count=1 -v -run '^TestChaos$$' -timeout 30m ./cmd/meshcast
+	$(GO) test -race -count=1 -v -run '^TestChaos$$' -timeout 30m ./cmd/meshcast
 
 FUZZTIME ?= 30s
 fuzz:

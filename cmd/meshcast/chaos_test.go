@@ -282,7 +282,7 @@ func (r *chaosRun) run() {
 		if r.t.Failed() {
 			return
 		}
-		r.pause(time.Second + time.Duration(r.rng.IntN(2000))*time.Millisecond)
+		r.pause(time.Second + time.Duration(r.randIntN(2000))*time.Millisecond)
 		kind := kinds[i%len(kinds)]
 		r.faultCounts[kind]++
 		r.t.Logf("chaos %v: fault %d: %s", time.Since(start).Round(100*time.Millisecond), i+1, kind)
@@ -384,7 +384,7 @@ func (r *chaosRun) kill() {
 	if len(busy) > 0 {
 		up = busy
 	}
-	slot := up[r.rng.IntN(len(up))]
+	slot := up[r.randIntN(len(up))]
 	r.mu.Lock()
 	victim := r.nodes[slot]
 	r.mu.Unlock()
@@ -409,7 +409,7 @@ func (r *chaosRun) kill() {
 		}
 		leave <- time.Since(killed)
 	}()
-	r.pause(time.Duration(500+r.rng.IntN(1500)) * time.Millisecond)
+	r.pause(time.Duration(500+r.randIntN(1500)) * time.Millisecond)
 	n := spawnNode(r.t, r.specs[slot])
 	r.mu.Lock()
 	r.nodes[slot] = n
@@ -434,7 +434,7 @@ func (r *chaosRun) kill() {
 // again.
 func (r *chaosRun) partition() {
 	r.t.Helper()
-	slot := r.rng.IntN(chaosNodes)
+	slot := r.randIntN(chaosNodes)
 	r.mu.Lock()
 	cut := r.nodes[slot]
 	r.mu.Unlock()
@@ -481,7 +481,7 @@ func (r *chaosRun) partition() {
 	// Rows need the side that holds the replication slot: checked after
 	// the heal.
 	r.waitFlow("the partition of "+cut.name, func(*session) bool { return false })
-	r.pause(time.Duration(1000+r.rng.IntN(2000)) * time.Millisecond)
+	r.pause(time.Duration(1000+r.randIntN(2000)) * time.Millisecond)
 	close(healing)
 	if d := <-cutSeen; d >= 0 {
 		r.cutDetect = append(r.cutDetect, d)
@@ -933,7 +933,7 @@ func (cl *chaosClient) run() {
 func (r *chaosRun) randIntN(n int) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.rng.IntN(n)
+	return r.rng.IntN(n) // the only use of rng: the clients use it too
 }
 
 // reachable are the running nodes outside any partition.
