@@ -130,6 +130,9 @@ const (
 	// dial, join (whose reply waits for the database owner, up to 5 s),
 	// track.
 	reconnectWait = 20 * time.Second
+	// inFlight is how long before a kill a row may have committed and
+	// still be lost with the killed node's sockets.
+	inFlight = 2 * time.Second
 )
 
 // chaosRun is one run: the cluster, its clients, the writer, what was
@@ -402,7 +405,9 @@ func (r *chaosRun) kill() {
 	// other node within the detection bound.
 	leave := make(chan time.Duration, 1)
 	go func() {
-		ok := waitFor(r.cfg.detect, func() bool { return !r.anyViewHolds(gone) })
+		// Observed by at least one client elsewhere: when every client was
+		// on the victim, by the first of them reconnected.
+		ok := waitFor(r.cfg.detect, func() bool { return r.observers(gone) > 0 && !r.anyViewHolds(gone) })
 		if !ok {
 			leave <- -1
 			return
@@ -550,6 +555,17 @@ func (r *chaosRun) sessionsOn(n *node) map[string]bool {
 		}
 	}
 	return out
+}
+
+// observers counts the live sessions not in ids.
+func (r *chaosRun) observers(ids map[string]bool) int {
+	n := 0
+	for _, s := range r.liveSessions() {
+		if !ids[s.id] {
+			n++
+		}
+	}
+	return n
 }
 
 // anyViewHolds reports whether a live session on a running node other
@@ -766,14 +782,44 @@ func (r *chaosRun) finish() {
 		}
 		dups += o.s.duplicates()
 	}
+	// A session that ended with its node's kill got every row committed
+	// after its join reply until shortly before the kill (what was in
+	// flight may be lost with the socket).
+	r.mu.Lock()
+	ended := slices.Clone(r.sessions)
+	r.mu.Unlock()
+	var endedChecked int
+	for _, s := range ended {
+		if s.isLive() {
+			continue
+		}
+		r.mu.Lock()
+		killed, ok := r.killed[s.node]
+		r.mu.Unlock()
+		if !ok {
+			continue // reported as an unexpected loss
+		}
+		var lost []int
+		for _, c := range committed {
+			if c.at.After(s.replyAt) && c.at.Before(killed.Add(-inFlight)) && s.count(c.id) == 0 {
+				lost = append(lost, c.id)
+			}
+		}
+		endedChecked++
+		if len(lost) > 0 {
+			r.t.Errorf("%s on %s (join reply at %s, node killed at %s) missed %d rows committed before the kill: %s",
+				s.id, s.node.name, s.replyAt.Format("15:04:05.000"), killed.Format("15:04:05.000"), len(lost), compactIDs(lost))
+		}
+		dups += s.duplicates()
+	}
 	var sessions int
 	for _, cl := range r.clients {
 		cl.mu.Lock()
 		sessions += len(cl.sessions)
 		cl.mu.Unlock()
 	}
-	r.t.Logf("rows: %d clients connected the whole run and %d reconnected ones checked against Postgres; %d sessions in all; %d rows delivered twice to one session",
-		whole, reconnected, sessions, dups)
+	r.t.Logf("rows: %d clients connected the whole run and %d reconnected ones checked against Postgres, and %d sessions that ended with a kill; %d sessions in all; %d rows delivered twice to one session",
+		whole, reconnected, endedChecked, sessions, dups)
 	if len(r.unexpected) > 0 {
 		r.t.Errorf("clients lost their socket to a node that was not killed: %s", strings.Join(r.unexpected, "; "))
 	}
