@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run run-pg cluster bench-compare bench-transports soak test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz clean
+.PHONY: all build run run-pg cluster bench-compare bench-transports soak test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz chaos clean
 
 all: build
 
@@ -91,6 +91,16 @@ bench-compare: build
 # WebSocket vs WebTransport (and datagrams) on one node, as in README's Performance section.
 bench-transports: build
 	ROUNDS=3 ./bench/transports.sh
+
+# The chaos test for minutes (a 25 s run of it is part of test-go): kill -9,
+# partitions in network namespaces (root), Postgres restarts, under
+# broadcast + presence + postgres_changes; the nodes built with -race and
+# run with the default failure detection. See README, Development.
+CHAOS_DURATION ?= 3m
+CHAOS_REQUIRE_NETNS ?= $(shell [ "$$(id -u)" = 0 ] && echo 1)
+chaos: deps-pg
+	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_REQUIRE_NETNS=$(CHAOS_REQUIRE_NETNS) MESHCAST_TEST_NODE_RACE=1 \
+	$(GO) test -race -count=1 -v -run '^TestChaos$$' -timeout 30m ./cmd/meshcast
 
 FUZZTIME ?= 30s
 # A bounded soak, not part of make test: 3 nodes + Postgres under mixed load

@@ -27,6 +27,12 @@ type ownerState struct {
 	acked    map[string]position
 	txq      []*txState    // delivered, not yet acknowledged by every node, in order
 	progress chan struct{} // closed and replaced whenever acknowledgements free room
+	// heldAck is the last transaction every live node acknowledged while
+	// a member is absent: confirmed once none is.
+	heldAck LSN
+	// gen counts the reader's restarts to read again for a member that
+	// came back: a transaction of an earlier reader is not queued.
+	gen int
 }
 
 // outbox is the changes sent to one node and not acknowledged: resent in
@@ -166,6 +172,9 @@ func (s *Service) onRegister(from string, f *meshproto.SubRegister) []out {
 	}
 	var ids []uint64
 	var refused []uint64
+	if f.Replace {
+		defer s.backLocked(from) // once its subscriptions are in the matcher
+	}
 	for i := range f.Subs {
 		sub, err := subOf(from, &f.Subs[i])
 		if err != nil {
@@ -254,6 +263,7 @@ func (s *Service) dropNodeLocked(node string) []out {
 // advanceLocked confirms the transactions every node has acknowledged,
 // in order, and wakes a reader waiting for room.
 func (o *ownerState) advanceLocked() {
+	hold := o.s.holdingLocked()
 	n := 0
 	for _, tx := range o.txq {
 		done := true
@@ -266,8 +276,12 @@ func (o *ownerState) advanceLocked() {
 		if !done {
 			break
 		}
-		o.s.cfg.Reader.Ack(tx.lsn)
+		o.heldAck = max(o.heldAck, tx.lsn)
 		n++
+	}
+	if !hold && o.heldAck > 0 {
+		o.s.cfg.Reader.Ack(o.heldAck)
+		o.heldAck = 0
 	}
 	if n > 0 {
 		clear(o.txq[:n])
@@ -326,6 +340,12 @@ func (s *Service) resyncChanges(peer string, emit func([]byte) error) error {
 // one of them has acknowledged it.
 func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
 	s := o.s
+	s.mu.Lock()
+	gen := o.gen
+	s.mu.Unlock()
+	if ctx.Err() != nil {
+		return // a reader stopping, or restarting to read again
+	}
 	matched := make([][]*Subscription, len(tx.Changes))
 	any := false
 	for i, c := range tx.Changes {
@@ -391,11 +411,78 @@ func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
 		}
 	}
 	s.mu.Lock()
-	if s.own == o {
+	if s.own == o && o.gen == gen {
 		o.txq = append(o.txq, &txState{lsn: tx.LSN, pending: pending})
 		o.advanceLocked()
 	}
 	s.mu.Unlock()
+}
+
+// noteAbsentLocked updates the absent members from a change of the
+// member list: a participant that vanished without draining is absent; a
+// live one with its name and another ID ends its absence (it restarted);
+// one that is live again ends it at once on a node that does not own the
+// database, and on the owner when it registers again (onRegister).
+func (s *Service) noteAbsentLocked(before, now []Member) {
+	live := map[string]bool{}
+	names := map[string]string{}
+	for _, m := range now {
+		live[m.ID] = true
+		if m.Name != "" {
+			names[m.Name] = m.ID
+		}
+	}
+	for _, m := range before {
+		if m.ID != s.cfg.Self && m.DB == s.cfg.DB && !m.Draining && !live[m.ID] {
+			s.absent[m.ID] = absence{name: m.Name, since: time.Now()}
+			s.log.Info("a member vanished without leaving; confirming nothing until it is back", "member", m.ID, "for_at_most", s.cfg.AbsentWait)
+		}
+	}
+	for id, a := range s.absent {
+		switch {
+		case a.name != "" && names[a.name] != "" && names[a.name] != id:
+			s.log.Info("an absent member restarted; it missed nothing its clients can still get", "member", id, "now", names[a.name])
+			delete(s.absent, id)
+		case live[id] && s.own == nil:
+			delete(s.absent, id)
+		}
+	}
+	if s.own != nil {
+		s.own.advanceLocked()
+	}
+}
+
+// holdingLocked reports whether a member is absent, forgetting those
+// absent for longer than AbsentWait.
+func (s *Service) holdingLocked() bool {
+	for id, a := range s.absent {
+		if time.Since(a.since) > s.cfg.AbsentWait {
+			s.log.Warn("a member that vanished did not come back in time; confirming the changes it missed: it will not get them",
+				"member", id, "absent_wait", s.cfg.AbsentWait)
+			delete(s.absent, id)
+		}
+	}
+	return len(s.absent) > 0
+}
+
+// backLocked ends the absence of a member that registered again with this
+// owner: the reader starts over from the last confirmed position, so that
+// the member gets every change it missed; the other nodes drop the ones
+// they had.
+func (s *Service) backLocked(node string) {
+	if _, ok := s.absent[node]; !ok {
+		return
+	}
+	delete(s.absent, node)
+	o := s.own
+	if o == nil || o.cancel == nil {
+		return // the reader has not started: it starts from the confirmed position
+	}
+	s.log.Info("a member that was cut off is back; reading the changes it missed again", "member", node)
+	o.gen++
+	o.txq = nil
+	o.heldAck = 0
+	o.cancel()
 }
 
 // room waits until node has room in its window of unacknowledged changes.

@@ -9,6 +9,7 @@ import (
 // Member is a cluster member as WAL ownership sees it.
 type Member struct {
 	ID       string
+	Name     string // the node's name: a new incarnation has a new ID, the same name
 	Region   string
 	DB       string // the database whose changes it takes part in ("" for none)
 	Reader   bool   // it can read the database itself: a candidate owner

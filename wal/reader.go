@@ -71,10 +71,19 @@ type Reader struct {
 	// 5s; the first wait is 100ms, then doubling).
 	MaxBackoff time.Duration
 	// TakeOver makes the reader terminate another consumer holding the
-	// slot (SQLSTATE 55006), as a new owner does after the old one died
-	// without its connection closing. Without it the reader retries until
-	// the slot is free.
+	// slot (SQLSTATE 55006) once that consumer has gone silent, as a new
+	// owner does after the old one died without its connection closing.
+	// A consumer that still reports its position (every StatusInterval)
+	// is alive: after a partition of the cluster it is the old owner on
+	// the other side, and terminating it would make the two sides take
+	// the slot from each other in turn, each confirming changes the other
+	// side's subscribers never got. Without TakeOver the reader retries
+	// until the slot is free.
 	TakeOver bool
+	// TakeOverSilence is how long the other consumer must have sent no
+	// position report (pg_stat_replication.reply_time) before TakeOver
+	// terminates it (default 5s).
+	TakeOverSilence time.Duration
 	// OnStreaming, if set, is called each time the reader starts
 	// streaming (the slot exists: every transaction committed from now on
 	// will be delivered), on the reader's goroutine.
@@ -172,6 +181,13 @@ func (r *Reader) Run(ctx context.Context) error {
 func (r *Reader) slot() string        { return orDefault(r.Slot, DefaultSlot) }
 func (r *Reader) publication() string { return orDefault(r.Publication, DefaultPublication) }
 
+func (r *Reader) takeOverSilence() time.Duration {
+	if r.TakeOverSilence > 0 {
+		return r.TakeOverSilence
+	}
+	return 5 * time.Second
+}
+
 func (r *Reader) maxBackoff() time.Duration {
 	if r.MaxBackoff > 0 {
 		return r.MaxBackoff
@@ -250,9 +266,25 @@ func (s *session) run(ctx context.Context) error {
 	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "55006" && s.r.TakeOver {
-		s.r.log.Warn("wal: taking the replication slot over from its other consumer", "err", err)
-		if _, terr := s.query.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
-			WHERE slot_name = $1 AND active_pid IS NOT NULL`, s.r.slot()); terr != nil {
+		// Only a consumer silent for TakeOverSilence: its last report, or
+		// its start when it has sent none yet.
+		// Two statements: in one, Postgres may evaluate the termination
+		// before the condition.
+		var pid int32
+		terr := s.query.QueryRow(ctx, `SELECT s.active_pid FROM pg_replication_slots s
+			JOIN pg_stat_replication r ON r.pid = s.active_pid
+			WHERE s.slot_name = $1 AND COALESCE(r.reply_time, r.backend_start) < now() - make_interval(secs => $2)`,
+			s.r.slot(), s.r.takeOverSilence().Seconds()).Scan(&pid)
+		if terr == nil {
+			_, terr = s.query.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+				WHERE slot_name = $1 AND active_pid = $2`, s.r.slot(), pid)
+		}
+		switch {
+		case terr == nil:
+			s.r.log.Warn("wal: took the replication slot over from its silent consumer", "pid", pid, "silent_for_over", s.r.takeOverSilence())
+		case errors.Is(terr, pgx.ErrNoRows):
+			s.r.log.Info("wal: the replication slot's consumer is alive; not taking it over", "err", err)
+		default:
 			return terr
 		}
 	}

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/meshcast/meshcast/wal/pgtest"
 )
 
@@ -28,6 +30,12 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.Write(p)
+}
+
+func (l *logBuffer) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.buf.String(), s)
 }
 
 func (l *logBuffer) contains(s string) bool {
@@ -412,15 +420,64 @@ func TestReaderSecondConsumerTakesOverWhenFirstStops(t *testing.T) {
 	}
 }
 
-func TestReaderTakeOver(t *testing.T) {
+// A consumer that still reports its position is alive (the old owner on
+// the other side of a partition): TakeOver leaves it the slot, and the
+// two never take it from each other in turn.
+func TestReaderTakeOverLeavesALiveConsumer(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec("CREATE TABLE t (id int PRIMARY KEY)")
 	slot := "s_" + pg.Database()
 	first := startReader(t, pg.URL(), slot, true)
 	first.waitStreaming(t)
-	second := startReader(t, pg.URL(), slot, true, func(r *Reader) { r.TakeOver = true })
-	eventually(t, "the take-over", func() bool { return second.logs.contains("taking the replication slot over") })
-	first.stop() // it would take the slot back otherwise
+	second := startReader(t, pg.URL(), slot, true, func(r *Reader) { r.TakeOver = true; r.TakeOverSilence = 500 * time.Millisecond })
+	deadline := time.Now().Add(15 * time.Second)
+	for second.logs.count("not taking it over") < 3 { // over more than TakeOverSilence
+		if time.Now().After(deadline) {
+			t.Fatalf("the second reader did not find the slot's consumer alive 3 times:\n%s", second.logs.buf.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pg.Exec("INSERT INTO t VALUES (1)")
+	if got := string(first.next(t).Changes[0].Record[0]); got != "1" {
+		t.Fatalf("first got %s", got)
+	}
+	if first.logs.contains("replication stream failed") || second.logs.contains("took the replication slot over") {
+		t.Fatalf("the live consumer was terminated:\n%s\n%s", first.logs.buf.String(), second.logs.buf.String())
+	}
+	first.stop()
+	pg.Exec("INSERT INTO t VALUES (2)")
+	if got := string(second.next(t).Changes[0].Record[0]); got != "2" {
+		t.Fatalf("second got %s", got)
+	}
+}
+
+// A consumer that holds the slot and reports nothing (a node that died
+// with its connection left open) is terminated after TakeOverSilence.
+func TestReaderTakeOverASilentConsumer(t *testing.T) {
+	pg := pgtest.Shared(t)
+	pg.Exec("CREATE TABLE t (id int PRIMARY KEY)")
+	slot := "s_" + pg.Database()
+	pg.Exec("CREATE PUBLICATION supabase_realtime FOR ALL TABLES")
+	pg.Exec("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+	cfg, err := pgconn.ParseConfig(pg.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	ctx := context.Background()
+	silent, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close(ctx)
+	if err := pglogrepl.StartReplication(ctx, silent, slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names 'supabase_realtime'"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	second := startReader(t, pg.URL(), slot, true, func(r *Reader) { r.TakeOver = true; r.TakeOverSilence = 500 * time.Millisecond })
+	waitLog(t, second, "took the replication slot over")
+	second.waitStreaming(t)
 	pg.Exec("INSERT INTO t VALUES (1)")
 	if got := string(second.next(t).Changes[0].Record[0]); got != "1" {
 		t.Fatalf("second got %s", got)
@@ -509,5 +566,18 @@ func TestReaderRecreatesInvalidatedSlot(t *testing.T) {
 	pg.Exec("INSERT INTO t VALUES (-1, 'after')")
 	if got := string(r2.next(t).Changes[0].Record[0]); got != "-1" {
 		t.Fatalf("got row %s", got)
+	}
+}
+
+// waitLog waits for a line of r's log that holds text, showing the log
+// when none comes.
+func waitLog(t *testing.T, r *testReader, text string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !r.logs.contains(text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line %q within 15s:\n%s", text, r.logs.buf.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -66,6 +66,17 @@ type Service struct {
 	parts   map[string]*meshproto.SubRegister   // Replace sets arriving in parts
 	matcher *Matcher
 	own     *ownerState // non-nil while this node owns the database
+	// absent are the members that vanished without leaving (a crash, or a
+	// partition: their clients may still be connected on the other side),
+	// by ID. While one is absent the owner confirms nothing to Postgres, so
+	// that when it comes back the changes it missed can be read again.
+	absent map[string]absence
+}
+
+// absence is a member that vanished without leaving.
+type absence struct {
+	name  string
+	since time.Time
 }
 
 // ServiceConfig configures a Service.
@@ -103,6 +114,15 @@ type ServiceConfig struct {
 	// SettleWait is how long a cluster node alone after its start waits
 	// before it owns the database itself (default 3s).
 	SettleWait time.Duration
+	// AbsentWait is how long the owner waits for a member that vanished
+	// without leaving (a crash, or a partition) to come back before it
+	// confirms the changes that member missed (default 60s). Until then
+	// the owner confirms nothing; a member that comes back in time
+	// registers again and gets every change it missed (the owner reads the
+	// unconfirmed tail again; the others drop what they had). A new
+	// incarnation of the member (the same name) ends the wait at once: the
+	// old one is gone for good.
+	AbsentWait time.Duration
 	Logger     *slog.Logger
 	// Metrics receives the service's metrics (default: a set of its own).
 	Metrics *metrics.Set
@@ -128,6 +148,9 @@ func NewService(cfg ServiceConfig) *Service {
 	if cfg.SettleWait == 0 {
 		cfg.SettleWait = 3 * time.Second
 	}
+	if cfg.AbsentWait == 0 {
+		cfg.AbsentWait = time.Minute
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -145,6 +168,7 @@ func NewService(cfg ServiceConfig) *Service {
 		regs:    make(map[string]map[uint64]*Subscription),
 		parts:   make(map[string]*meshproto.SubRegister),
 		matcher: NewMatcher(),
+		absent:  make(map[string]absence),
 	}
 	s.deliveries = s.metrics.NewCounter("meshcast_wal_deliveries_total")
 	s.dupes = s.metrics.NewCounter("meshcast_wal_duplicates_dropped_total")
@@ -204,9 +228,9 @@ func (s *Service) Attach(n *mesh.Node) {
 	n.OnResync(mesh.LaneControl, s.resyncControl)
 	n.OnResync(mesh.LaneChanges, s.resyncChanges)
 	n.Watch(func(self mesh.Member, members []mesh.Member) {
-		ms := []Member{{ID: self.ID, Region: self.Region, DB: self.DB, Reader: self.Reader, Draining: self.Draining}}
+		ms := []Member{{ID: self.ID, Name: self.Name, Region: self.Region, DB: self.DB, Reader: self.Reader, Draining: self.Draining}}
 		for _, m := range members {
-			ms = append(ms, Member{ID: m.ID, Region: m.Region, DB: m.DB, Reader: m.Reader, Draining: m.Draining})
+			ms = append(ms, Member{ID: m.ID, Name: m.Name, Region: m.Region, DB: m.DB, Reader: m.Reader, Draining: m.Draining})
 		}
 		s.setMembers(ms)
 	})
@@ -292,6 +316,7 @@ func (s *Service) setMembers(ms []Member) {
 			}
 		}
 	}
+	s.noteAbsentLocked(s.members, ms)
 	s.members = ms
 	if len(ms) > 1 {
 		s.settled = true

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -139,7 +140,7 @@ type clusterService struct {
 	stop func()
 }
 
-func startServiceNode(t *testing.T, name, url, slot string, join []string) *clusterService {
+func startServiceNode(t *testing.T, name, url, slot string, join []string, opts ...func(*ServiceConfig)) *clusterService {
 	t.Helper()
 	n, err := mesh.New(mesh.Config{
 		Name: name, Region: "iad", GossipAddr: "127.0.0.1:0", MeshAddr: "127.0.0.1:0", Join: join,
@@ -151,8 +152,12 @@ func startServiceNode(t *testing.T, name, url, slot string, join []string) *clus
 		t.Fatal(err)
 	}
 	d := newDeliveries()
-	s := NewService(ServiceConfig{DB: "db", Self: n.ID(), Reader: testReaderFor(url, slot), Deliver: d.deliver,
-		SettleWait: 500 * time.Millisecond, TakeoverWait: time.Second, Logger: slog.New(slog.DiscardHandler)})
+	cfg := ServiceConfig{DB: "db", Self: n.ID(), Reader: testReaderFor(url, slot), Deliver: d.deliver,
+		SettleWait: 500 * time.Millisecond, TakeoverWait: time.Second, Logger: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s := NewService(cfg)
 	s.Attach(n)
 	if err := n.Start(); err != nil {
 		t.Fatal(err)
@@ -213,4 +218,101 @@ func TestServiceFailover(t *testing.T) {
 			n.d.waitRows(t, subs[n].ID, rows, 20*time.Second)
 		}
 	}
+}
+
+// subscribeAll subscribes every node to the inserts of items, retrying
+// until the cluster has settled.
+func subscribeAll(t *testing.T, nodes []*clusterService) map[*clusterService]*Subscription {
+	t.Helper()
+	subs := map[*clusterService]*Subscription{}
+	for _, n := range nodes {
+		sub := &Subscription{ID: n.svc.NewID(), Schema: "public", Table: "items"}
+		deadline := time.Now().Add(20 * time.Second)
+		for n.svc.Subscribe(context.Background(), []*Subscription{sub}) != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: subscription never confirmed", n.node.ID())
+			}
+		}
+		subs[n] = sub
+	}
+	return subs
+}
+
+func ownerAmong(t *testing.T, nodes []*clusterService) *clusterService {
+	t.Helper()
+	for _, n := range nodes {
+		n.svc.mu.Lock()
+		own := n.svc.own != nil
+		n.svc.mu.Unlock()
+		if own {
+			return n
+		}
+	}
+	t.Fatal("no node owns the database")
+	return nil
+}
+
+// A member that vanishes without leaving may be cut off with its clients
+// still connected: the owner confirms nothing to Postgres meanwhile, so
+// that it could read the changes again for it; a new incarnation of the
+// member (the same name) ends the wait.
+func TestServiceHoldsConfirmationWhileAMemberIsAbsent(t *testing.T) {
+	pg := pgtest.Shared(t)
+	pg.Exec(`CREATE TABLE items (id int PRIMARY KEY, note text)`)
+	const slot = "svc_absent"
+	long := func(c *ServiceConfig) { c.AbsentWait = time.Hour }
+	n1 := startServiceNode(t, "n1", pg.URL(), slot, nil, long)
+	seed := n1.node.GossipAddr()
+	nodes := []*clusterService{n1, startServiceNode(t, "n2", pg.URL(), slot, []string{seed}, long),
+		startServiceNode(t, "n3", pg.URL(), slot, []string{seed}, long)}
+	subs := subscribeAll(t, nodes)
+	owner := ownerAmong(t, nodes)
+	var victim *clusterService
+	var others []*clusterService
+	for _, n := range nodes {
+		if n != owner && victim == nil {
+			victim = n
+		} else {
+			others = append(others, n)
+		}
+	}
+	lsnNow := func() LSN { return parseLSN(queryOne[string](t, pg.URL(), "SELECT pg_current_wal_lsn()::text")) }
+	for i := 1; i <= 5; i++ {
+		pg.Exec(`INSERT INTO items VALUES ($1, 'x')`, i)
+	}
+	before := lsnNow()
+	eventually(t, "the first rows confirmed", func() bool { return confirmedLSN(t, pg, slot) >= before })
+
+	victim.stop() // no draining: to the others it vanished
+	eventually(t, "the owner to drop the victim", func() bool {
+		owner.svc.mu.Lock()
+		defer owner.svc.mu.Unlock()
+		return len(owner.svc.members) == 2
+	})
+	for i := 6; i <= 20; i++ {
+		pg.Exec(`INSERT INTO items VALUES ($1, 'x')`, i)
+	}
+	after := lsnNow()
+	for _, n := range others {
+		n.d.waitRows(t, subs[n].ID, 20, 10*time.Second)
+	}
+	// Acknowledged by both live nodes, and still not confirmed: the
+	// reader reports every 50 ms, so 40 reports pass.
+	end := time.Now().Add(2 * time.Second)
+	for time.Now().Before(end) {
+		if c := confirmedLSN(t, pg, slot); c > before {
+			t.Fatalf("the owner confirmed %v (before the victim vanished: %v) while the victim was absent", c, before)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// The victim's next incarnation: the old one is gone for good.
+	startServiceNode(t, "n"+strconv.Itoa(slices.Index(nodes, victim)+1), pg.URL(), slot, []string{owner.node.GossipAddr()}, long)
+	eventually(t, "the owner to see the new incarnation", func() bool {
+		owner.svc.mu.Lock()
+		defer owner.svc.mu.Unlock()
+		return len(owner.svc.members) == 3
+	})
+	pg.Exec(`INSERT INTO items VALUES (21, 'x')`) // its commit is past after
+	eventually(t, "confirmation once the victim restarted", func() bool { return confirmedLSN(t, pg, slot) >= after })
 }

@@ -32,6 +32,12 @@ type nodeSpec struct {
 	secret       string
 	join         string   // seed gossip address, "" for the first node
 	extra        []string // more flags
+	// defaultProbe starts the node without --gossip-probe-interval, so
+	// it runs the binary's default failure detection.
+	defaultProbe bool
+	// ns, when set, runs the process in that network namespace; the test
+	// reaches its addresses through ns.dial.
+	ns *netns
 }
 
 // node is one meshcast process.
@@ -76,8 +82,10 @@ func spawnNode(t *testing.T, spec nodeSpec) *node {
 		"--gossip-addr", spec.gossipAddr,
 		"--mesh-addr", spec.meshAddr,
 		"--cluster-secret", spec.secret,
-		"--gossip-probe-interval", probeInterval.String(),
 		"--shutdown-timeout", "5s",
+	}
+	if !spec.defaultProbe {
+		args = append(args, "--gossip-probe-interval", probeInterval.String())
 	}
 	if spec.join != "" {
 		args = append(args, "--join", spec.join)
@@ -85,6 +93,9 @@ func spawnNode(t *testing.T, spec nodeSpec) *node {
 	args = append(args, spec.extra...)
 	n := &node{nodeSpec: spec, log: &syncBuffer{}, done: make(chan struct{})}
 	n.cmd = exec.Command(meshcastBin, args...)
+	if spec.ns != nil { // ip execs the binary: same process, same PID
+		n.cmd = exec.Command("ip", append([]string{"netns", "exec", spec.ns.name, meshcastBin}, args...)...)
+	}
 	n.cmd.Stdout = n.log
 	n.cmd.Stderr = n.log
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -261,8 +272,17 @@ func freePorts(t *testing.T, n int) []int {
 // a request (goleak).
 var httpClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 2 * time.Second}
 
+// client is the HTTP client that reaches n: httpClient, or one that dials
+// into n's network namespace.
+func (n *node) client() *http.Client {
+	if n.ns != nil {
+		return n.ns.httpClient
+	}
+	return httpClient
+}
+
 func httpStatus(n *node, path string) int {
-	resp, err := httpClient.Get("http://" + n.httpAddr + path)
+	resp, err := n.client().Get("http://" + n.httpAddr + path)
 	if err != nil {
 		return 0
 	}
@@ -275,7 +295,7 @@ func httpStatus(n *node, path string) int {
 // as the exposition format has it, e.g.
 // meshcast_mesh_frames_sent_total{peer="n2-1abc",lane="data"}.
 func scrape(n *node) (map[string]float64, error) {
-	resp, err := httpClient.Get("http://" + n.httpAddr + "/metrics")
+	resp, err := n.client().Get("http://" + n.httpAddr + "/metrics")
 	if err != nil {
 		return nil, err
 	}

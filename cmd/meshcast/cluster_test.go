@@ -27,7 +27,8 @@ import (
 	"go.uber.org/goleak"
 )
 
-// meshcastBin is the server binary, built once (without -race) by TestMain.
+// meshcastBin is the server binary, built once by TestMain (without -race
+// unless MESHCAST_TEST_NODE_RACE is set).
 var meshcastBin string
 
 func TestMain(m *testing.M) {
@@ -38,6 +39,9 @@ func TestMain(m *testing.M) {
 	}
 	meshcastBin = filepath.Join(dir, "meshcast")
 	build := exec.Command("go", "build", "-o", meshcastBin, ".")
+	if os.Getenv("MESHCAST_TEST_NODE_RACE") != "" { // make chaos: the nodes report data races in their logs
+		build = exec.Command("go", "build", "-race", "-o", meshcastBin, ".")
+	}
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "go build meshcast: %v\n%s", err, out)
 		os.RemoveAll(dir)

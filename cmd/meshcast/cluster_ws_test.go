@@ -47,6 +47,9 @@ func (q quietWriter) Write(p []byte) (int, error) {
 // error rather than failing the test so it can run on many goroutines.
 func dialWS(n *node, name string) (*wsClient, error) {
 	d := ws.Dialer{Timeout: msgWait}
+	if n.ns != nil {
+		d.NetDial = n.ns.dial
+	}
 	nc, br, _, err := d.Dial(context.Background(), "ws://"+n.httpAddr+"/realtime/v1/websocket?apikey=test&vsn=2.0.0")
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", n.name, err)
