@@ -87,6 +87,11 @@ type GossipConfig struct {
 	// before it is declared dead; default (lan) enough intervals for
 	// DefaultSuspicionWindow, at least 3 (11 at 125 ms); 6 (wan).
 	SuspicionMult int
+	// DeadGossipTime is how long memberlist keeps gossiping to a member it
+	// declared dead (which heals a short partition by itself); default
+	// memberlist's 30 s. Past it, the join loop's retries of dead members'
+	// addresses merge the sides (see Node.rejoinFailed).
+	DeadGossipTime time.Duration
 }
 
 // Default lan failure detection (GossipConfig).

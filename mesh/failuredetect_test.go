@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -166,7 +167,10 @@ func TestFalseDeathCounted(t *testing.T) {
 // looks crashed, from the inside it hears everyone.
 type cutTransport struct {
 	memberlist.NodeAwareTransport
-	cut     atomic.Bool
+	cut atomic.Bool
+	// blocks, if set, drops what this node sends to the addresses it
+	// reports (a partition when both sides block each other).
+	blocks  func(addr string) bool
 	streams chan net.Conn
 	done    chan struct{}
 }
@@ -197,29 +201,33 @@ func newCutTransport(inner memberlist.NodeAwareTransport) *cutTransport {
 
 var errCut = errors.New("gossip cut off by the test")
 
+func (t *cutTransport) dropped(addr string) bool {
+	return t.cut.Load() || (t.blocks != nil && t.blocks(addr))
+}
+
 func (t *cutTransport) WriteTo(b []byte, addr string) (time.Time, error) {
-	if t.cut.Load() {
+	if t.dropped(addr) {
 		return time.Now(), nil
 	}
 	return t.NodeAwareTransport.WriteTo(b, addr)
 }
 
 func (t *cutTransport) WriteToAddress(b []byte, addr memberlist.Address) (time.Time, error) {
-	if t.cut.Load() {
+	if t.dropped(addr.Addr) {
 		return time.Now(), nil
 	}
 	return t.NodeAwareTransport.WriteToAddress(b, addr)
 }
 
 func (t *cutTransport) DialTimeout(addr string, d time.Duration) (net.Conn, error) {
-	if t.cut.Load() {
+	if t.dropped(addr) {
 		return nil, errCut
 	}
 	return t.NodeAwareTransport.DialTimeout(addr, d)
 }
 
 func (t *cutTransport) DialAddressTimeout(addr memberlist.Address, d time.Duration) (net.Conn, error) {
-	if t.cut.Load() {
+	if t.dropped(addr.Addr) {
 		return nil, errCut
 	}
 	return t.NodeAwareTransport.DialAddressTimeout(addr, d)
@@ -230,4 +238,75 @@ func (t *cutTransport) StreamCh() <-chan net.Conn { return t.streams }
 func (t *cutTransport) Shutdown() error {
 	close(t.done)
 	return t.NodeAwareTransport.Shutdown()
+}
+
+// TestPartitionOfTwoSidesHeals cuts a 4-node cluster into two halves for
+// longer than memberlist gossips to the dead, then heals it: neither side
+// was ever alone, so only the retries of dead members' addresses can merge
+// them (before those, the halves stayed apart for good).
+func TestPartitionOfTwoSidesHeals(t *testing.T) {
+	var partitioned atomic.Bool
+	var mu sync.Mutex
+	side := map[string]int{} // gossip address → side
+	cross := func(self *string) func(string) bool {
+		return func(addr string) bool {
+			if !partitioned.Load() {
+				return false
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			return side[*self] != side[addr]
+		}
+	}
+	var nodes []*Node
+	for i, name := range []string{"a", "b", "c", "d"} {
+		var self string
+		var join []string
+		if i > 0 {
+			join = []string{nodes[0].GossipAddr()}
+		}
+		n := startNode(t, name, "s", join, newRecorder(), func(cfg *Config) {
+			cfg.Gossip.DeadGossipTime = 500 * time.Millisecond
+			cfg.WrapGossip = func(tr memberlist.NodeAwareTransport) memberlist.NodeAwareTransport {
+				ct := newCutTransport(tr)
+				ct.blocks = cross(&self)
+				return ct
+			}
+		})
+		mu.Lock()
+		self = n.GossipAddr()
+		side[self] = i / 2
+		mu.Unlock()
+		nodes = append(nodes, n)
+	}
+	sees := func(want int) bool {
+		for _, n := range nodes {
+			if len(n.Members()) != want {
+				return false
+			}
+		}
+		return true
+	}
+	if !waitFor(15*time.Second, func() bool { return sees(3) }) {
+		t.Fatal("cluster never formed")
+	}
+	partitioned.Store(true)
+	if !waitFor(20*time.Second, func() bool { return sees(1) }) {
+		t.Fatal("the halves never gave each other up")
+	}
+	// Past memberlist's gossip to the dead, so it cannot heal this alone.
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && sees(1) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !sees(1) {
+		t.Fatal("the halves merged while partitioned")
+	}
+	partitioned.Store(false)
+	if !waitFor(3*failedRetryEvery+10*time.Second, func() bool { return sees(3) }) {
+		for _, n := range nodes {
+			t.Logf("%s sees %d members", n.ID(), len(n.Members()))
+		}
+		t.Fatal("the halves never merged after the partition healed")
+	}
 }

@@ -9,6 +9,7 @@ import (
 	stdlog "log"
 	"log/slog"
 	"net"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -82,6 +83,52 @@ type membership struct {
 	mu   sync.Mutex
 	self Member
 	meta []byte
+	// failed holds the gossip addresses of members that died without
+	// leaving, and when; the join loop tries them again (see rejoinFailed).
+	failed map[string]time.Time
+}
+
+// failedAddrs lists the addresses of members that died less than
+// failedRetention ago, forgetting older ones.
+func (m *membership) failedAddrs(now time.Time) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.failed))
+	for a, at := range m.failed {
+		if now.Sub(at) > failedRetention {
+			delete(m.failed, a)
+			continue
+		}
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// noteFailed remembers addr as a member's that died; up to maxFailedKept,
+// the oldest forgotten first.
+func (m *membership) noteFailed(addr string, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failed == nil {
+		m.failed = make(map[string]time.Time)
+	}
+	if _, ok := m.failed[addr]; !ok && len(m.failed) >= maxFailedKept {
+		oldest, at := "", now
+		for a, t := range m.failed {
+			if t.Before(at) {
+				oldest, at = a, t
+			}
+		}
+		delete(m.failed, oldest)
+	}
+	m.failed[addr] = now
+}
+
+func (m *membership) noteAlive(addr string) {
+	m.mu.Lock()
+	delete(m.failed, addr)
+	m.mu.Unlock()
 }
 
 func gossipConfig(cfg *Config, self Member, events *gossipEvents) (*memberlist.Config, error) {
@@ -147,6 +194,9 @@ func applyGossipTimings(mc *memberlist.Config, g GossipConfig) {
 	}
 	if g.SuspicionMult > 0 {
 		mc.SuspicionMult = g.SuspicionMult
+	}
+	if g.DeadGossipTime > 0 {
+		mc.GossipToTheDeadTime = g.DeadGossipTime
 	}
 }
 
@@ -276,13 +326,18 @@ func (d *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	// memberlist does not say here whether the node left or died; a node
 	// that leaves gracefully marks itself draining first.
 	m, err := decodeMeta(n.Meta)
-	d.events.memberDown(n.Name, err == nil && m.Draining)
+	left := err == nil && m.Draining
+	if !left && n.State != memberlist.StateLeft {
+		(*membership)(d).noteFailed(n.Address(), time.Now())
+	}
+	d.events.memberDown(n.Name, left)
 }
 
 func (d *eventDelegate) up(n *memberlist.Node) {
 	if n.Name == d.self.ID {
 		return
 	}
+	(*membership)(d).noteAlive(n.Address())
 	m, err := decodeMeta(n.Meta)
 	if err != nil {
 		d.log.Warn("ignoring cluster member", "member", n.Name, "err", err)

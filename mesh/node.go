@@ -263,34 +263,68 @@ func (n *Node) closeTransport() {
 
 // joinLoop joins the seeds with backoff until another member is known, and
 // afterwards rejoins them whenever this node finds itself alone (a
-// partition that outlived memberlist's gossip to the dead).
+// partition that outlived memberlist's gossip to the dead). It also keeps
+// knocking at members that died without leaving (rejoinFailed): memberlist
+// alone never merges two sides of a partition that both stayed larger than
+// one node once each has given the other up.
 func (n *Node) joinLoop() {
-	if len(n.cfg.Join) == 0 {
-		return
-	}
-	backoff := 200 * time.Millisecond
+	backoff := joinBackoffMin
+	nextFailed := time.Now().Add(failedRetryEvery)
 	for {
-		if n.ms.alive() <= 1 {
+		if len(n.cfg.Join) > 0 && n.ms.alive() <= 1 {
 			if k, err := n.ms.join(n.cfg.Join); err != nil || k == 0 {
 				n.log.Debug("cluster join: no seed answered yet", "seeds", n.cfg.Join, "err", err)
 			} else {
 				n.log.Info("joined cluster", "contacted", k)
-				backoff = 200 * time.Millisecond
+				backoff = joinBackoffMin
 			}
 		}
-		if n.ms.alive() > 1 {
-			backoff = 10 * time.Second
+		if time.Now().After(nextFailed) {
+			n.rejoinFailed()
+			nextFailed = time.Now().Add(failedRetryEvery)
+		}
+		wait := aloneCheckEvery
+		if n.ms.alive() <= 1 {
+			wait, backoff = backoff, min(2*backoff, joinBackoffMax)
+		} else {
+			backoff = joinBackoffMin
 		}
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, 10*time.Second)
 	}
 }
 
-// Members returns the live members other than this node, sorted by ID.
+const (
+	// A node alone retries its seeds from joinBackoffMin, doubling up to
+	// joinBackoffMax; in a cluster it checks every aloneCheckEvery.
+	joinBackoffMin  = 200 * time.Millisecond
+	joinBackoffMax  = 2 * time.Second
+	aloneCheckEvery = time.Second
+	// failedRetryEvery is how often members that died without leaving are
+	// tried again, for failedRetention after their death.
+	failedRetryEvery = 5 * time.Second
+	failedRetention  = time.Hour
+	maxFailedKept    = 256
+)
+
+// rejoinFailed tries the gossip addresses of members declared dead: one
+// that was only cut off answers, and the two sides merge (each refutes the
+// other's death). A member that really died refuses or times out.
+func (n *Node) rejoinFailed() {
+	addrs := n.ms.failedAddrs(time.Now())
+	if len(addrs) == 0 || n.ctx.Err() != nil {
+		return
+	}
+	if k, err := n.ms.ml.Join(addrs); k > 0 {
+		n.log.Info("rejoined members declared dead", "contacted", k, "tried", len(addrs))
+	} else {
+		n.log.Debug("members declared dead still unreachable", "addrs", addrs, "err", err)
+	}
+}
+
 func (n *Node) Members() []Member {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
