@@ -16,7 +16,7 @@ import (
 // Each message seeds FuzzParseMessage, whole streams seed
 // FuzzPgoutputStream, the text values seed FuzzAppendValue, and the
 // changes the mesh would carry seed FuzzDecodeChange.
-func TestWriteCorpus(t *testing.T) {
+func TestWriteCorpusPgoutput(t *testing.T) {
 	fuzzcorpus.Skip(t)
 	pg := pgtest.Shared(t)
 	pg.Exec(oracleSchema)
@@ -98,8 +98,17 @@ func TestWriteCorpus(t *testing.T) {
 			fuzzcorpus.Write(t, "FuzzDecodeChange", fmt.Sprintf("tx%02d-%d", i, j), c.AppendBinary(nil))
 		}
 	}
+}
+
+// TestWriteCorpus writes the corpora that need no database: filters as
+// clients write them, and subscriptions as nodes register them.
+func TestWriteCorpus(t *testing.T) {
+	fuzzcorpus.Skip(t)
 	for i, s := range []string{"id=eq.1", "title=neq.Buy milk", `name=in.(a,"b,c",d)`, "done=is.null", "id=gte.5,done=not.is.true",
 		"created_at=lt.2024-05-01T10:00:00Z", `body=eq."quoted \"x\""`, "id=isdistinct.3", "tags=cs.{a,b}", "a=not.in.()"} {
 		fuzzcorpus.Write(t, "FuzzParseFilter", fmt.Sprint(i), s)
+	}
+	for i, b := range subRegisterSeeds(t) {
+		fuzzcorpus.Write(t, "FuzzSubRegister", fmt.Sprint(i), b)
 	}
 }
