@@ -13,8 +13,9 @@ import (
 func TestWriteCorpus(t *testing.T) {
 	fuzzcorpus.Skip(t)
 	for i, s := range assemblerSeeds() {
-		fuzzcorpus.Write(t, "FuzzAssembler", fmt.Sprint(i), s)
+		fuzzcorpus.Write(t, "FuzzAssembler", fmt.Sprint(i), s, []byte(nil))
 	}
+	fuzzcorpus.Write(t, "FuzzAssembler", "ops", []byte(nil), []byte{1, 0, 1, 9, 1, 1, 1, 9, 1, 2, 0, 9, 0, 0, 1, 3, 0, 1, 1, 3, 0, 1, 0, 3, 3, 0, 3, 200, 3, 1, 3, 200})
 	for i, m := range metaSeeds {
 		fuzzcorpus.Write(t, "FuzzDecodeMeta", fmt.Sprint(i), encodeMeta(m))
 	}

@@ -13,21 +13,32 @@ import (
 // FuzzAssembler feeds a peer's control lane, as frames, through the
 // snapshot assembler with a small limit: what it holds is exactly what it
 // counts, the count never passes the limit without the peer being reset,
-// and a snapshot it hands on is whole (part 0, no more to come).
+// and a snapshot it hands on is whole (part 0, no more to come). The
+// frames come from lane (encoded frames), then from ops, four bytes a
+// frame, so that mutations make frames the assembler takes.
 func FuzzAssembler(f *testing.F) {
 	for _, s := range assemblerSeeds() {
-		f.Add(s)
+		f.Add(s, []byte(nil))
 	}
-	f.Fuzz(func(t *testing.T, lane []byte) {
+	f.Add([]byte(nil), []byte{1, 0, 1, 9, 1, 1, 1, 9, 1, 2, 0, 9, 0, 0, 1, 3, 0, 1, 1, 3, 0, 1, 0, 3, 3, 0, 3, 200, 3, 1, 3, 200})
+	f.Fuzz(func(t *testing.T, lane, ops []byte) {
 		a := newAssembler(4096)
-		for len(lane) > 0 {
-			fr, n, err := meshproto.Decode(lane, 0)
-			if n == 0 {
-				return
-			}
-			lane = lane[n:]
-			if err != nil {
-				continue
+		for len(lane) > 0 || len(ops) >= 4 {
+			var fr meshproto.Frame
+			if len(lane) > 0 {
+				var n int
+				var err error
+				fr, n, err = meshproto.Decode(lane, 0)
+				if n == 0 {
+					lane = nil
+					continue
+				}
+				lane = lane[n:]
+				if err != nil {
+					continue
+				}
+			} else {
+				fr, ops = opFrame(ops[:4]), ops[4:]
 			}
 			out, err := a.add(fr)
 			if err != nil {
@@ -55,6 +66,30 @@ func FuzzAssembler(f *testing.F) {
 			}
 		}
 	})
+}
+
+// opFrame makes a snapshot part of four bytes: kind (even: interest, odd:
+// presence), part (0-3), flags (bit 0 more, bits 1-2 which topic/owner,
+// bit 3 which seq), and the number of items, of up to 6 bytes each.
+func opFrame(op []byte) meshproto.Frame {
+	part, more, which, seq := uint64(op[1]%4), op[2]&1 != 0, int(op[2]>>1&3), uint64(op[2]>>3&1)
+	n, size := int(op[3]), strings.Repeat("x", int(op[3])%7)
+	if op[0]%2 == 0 {
+		return &meshproto.InterestSnapshot{Topics: slicesRepeat(size, n), Part: part, More: more}
+	}
+	entries := make([]meshproto.PresenceEntry, n)
+	for i := range entries {
+		entries[i] = meshproto.PresenceEntry{Holder: uint64(i), Key: size, Meta: []byte(size)}
+	}
+	return &meshproto.PresenceSnapshot{Topic: "t" + strconv.Itoa(which), Owner: "o" + strconv.Itoa(which%2), Seq: seq, Part: part, More: more, Entries: entries}
+}
+
+func slicesRepeat(s string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = s
+	}
+	return out
 }
 
 // assemblerSeeds are real snapshot streams: what interestFrames and
