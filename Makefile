@@ -29,7 +29,7 @@ run-pg: build deps-pg
 cluster: build
 	./deploy/local/cluster.sh
 
-test: build deps-pg test-go test-js test-browser
+test: build deps-pg test-go test-fuzz test-js test-browser
 
 # PostgreSQL 15's server binaries, for the tests' throwaway databases
 # (wal/pgtest starts them; as root it runs them as the postgres user).
@@ -102,23 +102,70 @@ chaos: deps-pg
 	CHAOS_DURATION=$(CHAOS_DURATION) CHAOS_REQUIRE_NETNS=$(CHAOS_REQUIRE_NETNS) MESHCAST_TEST_NODE_RACE=1 \
 	$(GO) test -race -count=1 -v -run '^TestChaos$$' -timeout 30m ./cmd/meshcast
 
-FUZZTIME ?= 30s
 # A bounded soak, not part of make test: 3 nodes + Postgres under mixed load
 # for SOAK_DURATION; fails if goroutines or RSS grow beyond its bounds.
 SOAK_DURATION ?= 10m
 soak: build deps-pg
 	$(BIN)/meshbench soak -duration $(SOAK_DURATION)
 
-fuzz:
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeText$$' -fuzztime=$(FUZZTIME) ./wire/phx
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeBinary$$' -fuzztime=$(FUZZTIME) ./wire/phx
-	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZTIME) ./wire/meshproto
-	$(GO) test -run='^$$' -fuzz='^FuzzParseMessage$$' -fuzztime=$(FUZZTIME) ./wal
-	$(GO) test -run='^$$' -fuzz='^FuzzAppendValue$$' -fuzztime=$(FUZZTIME) ./wal
-	$(GO) test -run='^$$' -fuzz='^FuzzParseFilter$$' -fuzztime=$(FUZZTIME) ./wal
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeChange$$' -fuzztime=$(FUZZTIME) ./wal
-	$(GO) test -run='^$$' -fuzz='^FuzzWTFrameReader$$' -fuzztime=$(FUZZTIME) ./edge
-	$(GO) test -run='^$$' -fuzz='^FuzzDecodeDatagram$$' -fuzztime=$(FUZZTIME) ./edge
+# Every fuzz target, as package:function. `make fuzz-check` (run by fuzz and
+# test-fuzz) fails when a Fuzz function of the tree is missing here or has
+# no seed corpus in its package's testdata/fuzz/<name>/.
+FUZZ_TARGETS := \
+	./wire/phx:FuzzDecodeText ./wire/phx:FuzzDecodeBinary ./wire/phx:FuzzAppendString \
+	./wire/phx:FuzzDecodeJoin ./wire/phx:FuzzDecodePush ./wire/phx:FuzzAppendPresenceMeta \
+	./wire/meshproto:FuzzDecode ./wire/meshproto:FuzzReadFrame \
+	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister \
+	./edge:FuzzWTFrameReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
+	./edge:FuzzPresenceTrack ./edge:FuzzRESTBroadcast \
+	./mesh:FuzzAssembler ./mesh:FuzzDecodeMeta ./mesh:FuzzHello
+FUZZTIME ?= 30s
+FUZZTIME_SHORT ?= 2s
+.PHONY: fuzz-check test-fuzz fuzz-corpus
+
+fuzz-check:
+	@found=$$(grep -rEo --include='*_test.go' --exclude-dir=node_modules --exclude-dir=.git '^func Fuzz[A-Za-z0-9_]+' . \
+		| sed -E 's#^(.*)/[^/]*:func (Fuzz[A-Za-z0-9_]+)$$#\1:\2#' | sort -u); \
+	listed=$$(printf '%s\n' $(FUZZ_TARGETS) | sort -u); \
+	if [ "$$found" != "$$listed" ]; then \
+		echo "FUZZ_TARGETS in the Makefile and the Fuzz functions of the tree differ (< tree, > Makefile):"; \
+		diff <(echo "$$found") <(echo "$$listed"); exit 1; \
+	fi; \
+	for t in $(FUZZ_TARGETS); do \
+		d=$${t%%:*}/testdata/fuzz/$${t##*:}; \
+		[ -n "$$(ls -A $$d 2>/dev/null)" ] || { echo "$$t has no seed corpus in $$d"; exit 1; }; \
+	done
+
+# Each target for FUZZ_TIME (make fuzz FUZZTIME=5m for a long run). A
+# crasher lands in the package's testdata/fuzz/<name>/: commit it with the
+# fix, and plain `go test` keeps it as a regression test.
+fuzz: fuzz-check
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== $$t for $(FUZZTIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$${t##*:}\$$" -fuzztime=$(FUZZTIME) $${t%%:*} || exit 1; \
+	done
+
+# Part of `make test`: every target for FUZZTIME_SHORT. Each package's
+# instrumented test binary is built once and run per target (go test -fuzz
+# would link it again for every target), in the package's directory so
+# that it finds testdata/, with go test's own fuzz cache.
+FUZZ_PKGS = $(sort $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t)))))
+test-fuzz: fuzz-check
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cache=$$($(GO) env GOCACHE)/fuzz && \
+	for pkg in $(FUZZ_PKGS); do \
+		$(GO) test -c -fuzz=. -o "$$tmp/$$(echo $$pkg | tr / _).test" $$pkg || exit 1; \
+	done && \
+	for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; ip=$$($(GO) list $$pkg); \
+		out=$$(cd $$pkg && "$$tmp/$$(echo $$pkg | tr / _).test" -test.run='^$$' -test.fuzz="^$$name\$$" \
+			-test.fuzztime=$(FUZZTIME_SHORT) -test.fuzzcachedir="$$cache/$$ip" 2>&1) \
+			|| { echo "$$out"; echo "FAIL fuzz $$t (a crasher is in $$pkg/testdata/fuzz/$$name/)"; exit 1; }; \
+		echo "ok   fuzz $$t $(FUZZTIME_SHORT)"; \
+	done
+
+# Rewrites the seed corpora from real inputs (wal's needs Postgres).
+fuzz-corpus: deps-pg
+	MESHCAST_WRITE_CORPUS=1 $(GO) test -count=1 -run='^TestWriteCorpus' ./wire/... ./edge ./mesh ./wal
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -77,6 +77,23 @@ type presenceKey struct{ topic, owner string }
 
 var errSnapshotTooLarge = errors.New("mesh: peer's unfinished snapshots exceed the limit")
 
+// What held counts: an item's bytes plus itemOverhead, and an unfinished
+// snapshot's names plus snapshotOverhead. The overheads stand for the
+// memory an item or a snapshot takes beyond its bytes (string and slice
+// headers, map entries), so that parts of empty items, or many snapshots
+// with no entries, which cost a peer almost nothing to send, still count
+// against the limit.
+const (
+	itemOverhead     = 32
+	snapshotOverhead = 96
+)
+
+func topicCost(t string) int { return len(t) + itemOverhead }
+
+func entryCost(e meshproto.PresenceEntry) int {
+	return len(e.Key) + len(e.Ref) + len(e.PrevRef) + len(e.Meta) + itemOverhead
+}
+
 func newAssembler(limit int) *assembler {
 	return &assembler{limit: limit, presence: make(map[presenceKey]*meshproto.PresenceSnapshot)}
 }
@@ -94,21 +111,22 @@ func (a *assembler) add(f meshproto.Frame) (meshproto.Frame, error) {
 		if f.Part == 0 {
 			a.release(acc)
 			acc = &meshproto.InterestSnapshot{}
+			a.held += snapshotOverhead
 		} else if acc == nil || f.Part != acc.Part+1 {
 			a.release(acc)
 			a.interest = nil
 			return nil, nil
 		}
+		a.interest = acc // held counts it from here on
 		acc.Part = f.Part
 		acc.Topics = append(acc.Topics, f.Topics...)
 		for _, t := range f.Topics {
-			a.held += len(t)
+			a.held += topicCost(t)
 		}
 		if a.held > a.limit {
 			return nil, fmt.Errorf("%w (%d bytes)", errSnapshotTooLarge, a.held)
 		}
 		if f.More {
-			a.interest = acc
 			return nil, nil
 		}
 		a.release(acc)
@@ -124,23 +142,24 @@ func (a *assembler) add(f meshproto.Frame) (meshproto.Frame, error) {
 		if f.Part == 0 {
 			a.release(acc)
 			acc = &meshproto.PresenceSnapshot{Topic: f.Topic, Owner: f.Owner, Seq: f.Seq}
+			a.held += snapshotOverhead + len(f.Topic) + len(f.Owner)
 		} else if acc == nil || f.Part != acc.Part+1 || f.Seq != acc.Seq {
 			a.release(acc)
 			delete(a.presence, k)
 			return nil, nil
 		}
+		a.presence[k] = acc
 		acc.Part = f.Part
 		// Entries may be kept: readLane reads every frame into a buffer
 		// of its own.
 		acc.Entries = append(acc.Entries, f.Entries...)
 		for _, e := range f.Entries {
-			a.held += len(e.Key) + len(e.Ref) + len(e.Meta)
+			a.held += entryCost(e)
 		}
 		if a.held > a.limit {
 			return nil, fmt.Errorf("%w (%d bytes)", errSnapshotTooLarge, a.held)
 		}
 		if f.More {
-			a.presence[k] = acc
 			return nil, nil
 		}
 		a.release(acc)
@@ -151,22 +170,31 @@ func (a *assembler) add(f meshproto.Frame) (meshproto.Frame, error) {
 	return f, nil
 }
 
-// release forgets the bytes of a finished or abandoned snapshot.
+// release forgets what held counted of a finished or abandoned snapshot.
 func (a *assembler) release(f meshproto.Frame) {
+	a.held -= heldBy(f)
+}
+
+// heldBy is what held counts of an unfinished snapshot (0 for nil).
+func heldBy(f meshproto.Frame) int {
+	n := 0
 	switch f := f.(type) {
 	case *meshproto.InterestSnapshot:
 		if f == nil {
-			return
+			return 0
 		}
+		n = snapshotOverhead
 		for _, t := range f.Topics {
-			a.held -= len(t)
+			n += topicCost(t)
 		}
 	case *meshproto.PresenceSnapshot:
 		if f == nil {
-			return
+			return 0
 		}
+		n = snapshotOverhead + len(f.Topic) + len(f.Owner)
 		for _, e := range f.Entries {
-			a.held -= len(e.Key) + len(e.Ref) + len(e.Meta)
+			n += entryCost(e)
 		}
 	}
+	return n
 }
