@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/meshcast/meshcast/internal/fuzzcorpus"
+	"github.com/meshcast/meshcast/wire/fuzzcorpus"
 	"github.com/meshcast/meshcast/wal/pgtest"
 )
 

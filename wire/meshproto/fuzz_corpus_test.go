@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/meshcast/meshcast/internal/fuzzcorpus"
+	"github.com/meshcast/meshcast/wire/fuzzcorpus"
 )
 
 // TestWriteCorpus writes frames the encoder produces, one of every type

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/meshcast/meshcast/internal/fuzzcorpus"
+	"github.com/meshcast/meshcast/wire/fuzzcorpus"
 )
 
 // realtime-js frames of protocol.md, client to server and back, for the
