@@ -27,7 +27,7 @@ func hostileConfig(c *Config) {
 	c.HTTPWriteTimeout = time.Second
 	c.HTTPIdleTimeout = time.Second
 	c.MessageTimeout = time.Second
-	c.IdleTimeout = 20 * time.Second // longer than any attack: a timeout seen is the one under test
+	c.IdleTimeout = time.Minute // longer than any test: a timeout seen is the one under test
 	c.MaxFrameBytes = 64 << 10
 	c.EventsPerSecond = 300 // the bystanders tick at 100/s
 	c.MaxConnections = 40
