@@ -26,7 +26,7 @@ func hostileConfig(c *Config) {
 	c.HTTPReadHeaderTimeout = time.Second
 	c.HTTPReadTimeout = time.Second
 	c.HTTPWriteTimeout = time.Second
-	c.HTTPIdleTimeout = time.Second
+	c.HTTPIdleTimeout = 3 * time.Second // after the header timeout: a connection without requests meets that one
 	c.MessageTimeout = time.Second
 	c.IdleTimeout = time.Minute // longer than any test: a timeout seen is the one under test
 	c.MaxFrameBytes = 64 << 10
