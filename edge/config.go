@@ -28,6 +28,10 @@ type Config struct {
 	// largest message, so any message the size limits allow can pass.
 	BytesPerSecond   float64
 	MaxBatchMessages int // messages in one REST batch
+	// RESTEventsPerSecond bounds the messages REST requests from one
+	// client address publish per second; the burst is one second of it,
+	// but at least one whole batch. Over it a request is refused (429).
+	RESTEventsPerSecond float64
 	// QueueBytes bounds a connection's outbound queue; a client further
 	// behind is closed as a slow consumer. The bound is never below one
 	// publisher's burst (BytesPerSecond's burst plus one largest frame), so
@@ -112,6 +116,7 @@ func DefaultConfig() Config {
 		EventsPerSecond:         10_000,
 		BytesPerSecond:          5 << 20,
 		MaxBatchMessages:        1000,
+		RESTEventsPerSecond:     10_000,
 		QueueBytes:              4 << 20,
 		MaxPresenceBytes:        64 << 10,
 		MaxPresenceBytesPerConn: 1 << 20,

@@ -110,6 +110,10 @@ func (s *Server) serveBatchBroadcast(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if !s.rest.allow(r.RemoteAddr, len(req.Messages)) {
+		s.restRateLimited(w)
+		return
+	}
 	for _, m := range req.Messages {
 		var meta []byte
 		if len(m.ID) > 0 && string(m.ID) != "null" {
@@ -167,8 +171,18 @@ func (s *Server) serveSingleBroadcast(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusForbidden, jsonMessage("Unauthorized"))
 		return
 	}
+	if !s.rest.allow(r.RemoteAddr, 1) {
+		s.restRateLimited(w)
+		return
+	}
 	s.restPublish(cl, topic, private, &outMsg{event: event, data: body, enc: enc, binary: true})
 	w.WriteHeader(http.StatusAccepted)
+}
+
+// restRateLimited refuses a request over --rest-events-per-sec.
+func (s *Server) restRateLimited(w http.ResponseWriter) {
+	s.metrics.errorReason("rate_limited")
+	writeJSON(w, http.StatusTooManyRequests, jsonMessage("Too many messages per second"))
 }
 
 // badUTF8 refuses a request whose JSON or path is not UTF-8: relayed in a

@@ -61,6 +61,7 @@ type Server struct {
 	cluster    *mesh.Node // nil on a single node
 	coalesce   *coalescer
 	pool       *writePool
+	rest       *restLimiter // nil: REST messages are not rate limited
 
 	changes    ChangeStream    // nil without a database
 	validator  ChangeValidator // nil: bindings are checked by the owner only
@@ -120,6 +121,7 @@ func New(cfg Config) (*Server, error) {
 		live:       make(map[*conn]struct{}),
 		coalesce:   newCoalescer(cfg.WriteCoalesce),
 		pool:       newWritePool(),
+		rest:       newRESTLimiter(cfg.RESTEventsPerSecond, cfg.MaxBatchMessages),
 	}
 	s.metrics = newServerMetrics(s)
 	s.mux = s.routes()

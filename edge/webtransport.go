@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -56,6 +57,10 @@ type wtServer struct {
 	qtr   *quic.Transport
 	ln    *quic.EarlyListener
 	addr  *net.UDPAddr // bound
+
+	// quicConns counts the QUIC connections being served, with a
+	// session or not, against MaxConnections.
+	quicConns atomic.Int64
 
 	// ctx is cancelled when Shutdown begins: sessions still waiting for
 	// their stream are closed.
@@ -137,6 +142,15 @@ func (s *Server) newWTServer(pc net.PacketConn) (*wtServer, error) {
 		TLSConfig:  tlsConf,
 		QUICConfig: qconf,
 		Logger:     s.log,
+		// A connection without requests is closed as an idle HTTP one;
+		// one whose requests do not arrive, by its quicWatch.
+		IdleTimeout: s.http.IdleTimeout,
+		ConnContext: func(ctx context.Context, qc *quic.Conn) context.Context {
+			if q := s.watchConn(qc); q != nil {
+				ctx = context.WithValue(ctx, quicWatchKey{}, q)
+			}
+			return ctx
+		},
 	}
 	w.wts = &webtransport.Server{
 		H3: w.h3,
@@ -183,11 +197,36 @@ func (w *wtServer) acceptLoop() error {
 			qc.CloseWithError(0, "server shutting down")
 			return http.ErrServerClosed
 		}
+		// Every QUIC connection holds goroutines and memory before it
+		// opens a session: they count against the connection limit too.
+		max := w.srv.cfg.MaxConnections
+		over := w.quicConns.Add(1) > int64(max) && max > 0
 		go func() {
 			defer w.loops.Done()
+			defer w.quicConns.Add(-1)
+			// The listener accepts connections before their handshake
+			// ends. Serving starts after it: the quicWatch's header
+			// timeout runs from there (quic-go bounds the handshake
+			// itself), and a close sent before it ends would reach the
+			// client without its code and reason.
+			select {
+			case <-qc.HandshakeComplete():
+			case <-qc.Context().Done():
+				return
+			case <-w.ctx.Done():
+				qc.CloseWithError(0, "server shutting down")
+				return
+			}
+			if over {
+				w.srv.metrics.errorReason("too_many_connections")
+				qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "Too many connected users")
+				return
+			}
 			if err := w.wts.ServeQUICConn(qc); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				w.srv.logLimited.Debug("webtransport connection", "remote", qc.RemoteAddr().String(), "err", err)
 			}
+			// Returned with the connection open only on an error.
+			qc.CloseWithError(0, "")
 		}()
 	}
 }
@@ -228,6 +267,7 @@ func (w *wtServer) hold() bool {
 // route as over TCP (a browser told by Alt-Svc may send those here), with
 // the HTTP read and write timeouts applied per request.
 func (w *wtServer) serveHTTP3(rw http.ResponseWriter, r *http.Request) {
+	watchOf(r.Context()).request()
 	if r.Method == http.MethodConnect {
 		if r.URL.Path != WebTransportPath {
 			http.NotFound(rw, r)
@@ -280,13 +320,16 @@ func (w *wtServer) serveSession(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The session outlives the handler.
-	go w.runSession(sess, apikey, cl)
+	q := watchOf(r.Context())
+	q.sessionOpened()
+	go w.runSession(sess, apikey, cl, q)
 }
 
 // runSession waits for the session's stream, then is the conn's reader
 // until the session ends.
-func (w *wtServer) runSession(sess *webtransport.Session, apikey string, cl *claims) {
+func (w *wtServer) runSession(sess *webtransport.Session, apikey string, cl *claims, q *quicWatch) {
 	defer w.sessions.Done()
+	defer q.sessionClosed()
 	s := w.srv
 	ctx, cancel := context.WithTimeout(w.ctx, streamOpenTimeout)
 	str, err := sess.AcceptStream(ctx)

@@ -193,9 +193,13 @@ func (c *conn) readLoop(t *wsTransport, src io.Reader) {
 			c.protocolError("expected continuation frame")
 			return
 		case !msg.started:
-			// The first frame's payload is read under the idle deadline;
-			// later frames of the message under its own limit as well.
+			// The message's time limit runs from its first header: a body
+			// not in the buffer yet must arrive by then too, not merely
+			// within the idle timeout armed before the header.
 			msg.begin(h.OpCode)
+			if int64(br.Buffered()) < h.Length {
+				c.setReadDeadline(t.nc, &msg)
+			}
 		}
 		from := len(msg.buf)
 		if err := msg.read(br, int(h.Length)); err != nil {

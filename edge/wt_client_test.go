@@ -136,11 +136,40 @@ func wtQUIC() *quic.Config {
 // stream. A refused session returns *upgradeRefused. The session is
 // closed in t.Cleanup.
 func (ts *wtTestServer) dialWT(t *testing.T, query string, hdr http.Header) (*wtClient, error) {
+	c, err := ts.dialSession(t, WebTransportPath, query, hdr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	if c.str, err = c.sess.OpenStreamSync(ctx); err != nil {
+		return nil, err
+	}
+	c.br = bufio.NewReader(c.str)
+	return c, nil
+}
+
+// dialWTPath opens a session on another path than WebTransportPath.
+func (ts *wtTestServer) dialWTPath(t *testing.T, path, query string) (*webtransport.Session, error) {
+	c, err := ts.dialSession(t, path, query, nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.sess, nil
+}
+
+// dialWTNoStream opens a session and no stream.
+func (ts *wtTestServer) dialWTNoStream(t *testing.T) (*webtransport.Session, error) {
+	return ts.dialWTPath(t, WebTransportPath, "apikey=test&vsn=2.0.0")
+}
+
+// dialSession opens a session on path, without its stream.
+func (ts *wtTestServer) dialSession(t *testing.T, path, query string, hdr http.Header) (*wtClient, error) {
 	c := &wtClient{t: t}
 	c.tr = &webtransport.Transport{QUICConfig: wtQUIC()}
 	ctx, cancel := context.WithTimeout(context.Background(), testWait)
 	defer cancel()
-	u := "https://" + ts.udp + WebTransportPath
+	u := "https://" + ts.udp + path
 	if query != "" {
 		u += "?" + query
 	}
@@ -174,10 +203,6 @@ func (ts *wtTestServer) dialWT(t *testing.T, query string, hdr http.Header) (*wt
 		qc.CloseWithError(0, "")
 		c.tr.Close()
 	})
-	if c.str, err = sess.OpenStreamSync(ctx); err != nil {
-		return nil, err
-	}
-	c.br = bufio.NewReader(c.str)
 	return c, nil
 }
 

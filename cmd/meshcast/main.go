@@ -121,6 +121,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&c.EventsPerSecond, "events-per-sec", c.EventsPerSecond, "max broadcast+presence pushes per second per connection; exceeding closes the channel (0 = off)")
 	fs.Float64Var(&c.BytesPerSecond, "bytes-per-sec", c.BytesPerSecond, "max bytes per second of a connection's broadcast+presence pushes, burst one second but at least one largest message; exceeding closes the channel (0 = off)")
 	fs.IntVar(&c.MaxBatchMessages, "max-batch-messages", c.MaxBatchMessages, "max messages in one REST /api/broadcast batch (0 = off)")
+	fs.Float64Var(&c.RESTEventsPerSecond, "rest-events-per-sec", c.RESTEventsPerSecond, "max messages per second REST requests from one client address publish; over it a request gets 429 (0 = off)")
 	fs.IntVar(&c.QueueBytes, "queue-bytes", c.QueueBytes, "outbound queue bound per connection; a client that falls this far behind is closed as a slow consumer; never below --bytes-per-sec's burst + --max-frame-bytes (0 = off)")
 	fs.IntVar(&c.MaxPresenceBytes, "max-presence-bytes", c.MaxPresenceBytes, "max bytes of one presence track payload (0 = off)")
 	fs.IntVar(&c.MaxPresenceBytesPerConn, "max-presence-bytes-per-conn", c.MaxPresenceBytesPerConn, "max bytes of the presence payloads one connection tracks over all its channels (0 = off)")
