@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/meshcast/meshcast/wire/fuzzcorpus"
 	"github.com/meshcast/meshcast/wal/pgtest"
+	"github.com/meshcast/meshcast/wire/fuzzcorpus"
 )
 
 // TestWriteCorpus captures real pgoutput bytes from a throwaway Postgres:
