@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
-	"os/exec"
 	"regexp"
 	"slices"
 	"sort"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/wal/pgtest"
 )
 
@@ -99,23 +99,9 @@ func chaosSettings(t *testing.T) chaosConfig {
 	return cfg
 }
 
-var probeDefaultRE = regexp.MustCompile(`-gossip-probe-interval duration\n[^\n]*\(default ([^)]+)\)`)
-
-// defaultProbeInterval reads the default of --gossip-probe-interval from
-// the binary's usage text.
-func defaultProbeInterval(t *testing.T) time.Duration {
-	t.Helper()
-	out, _ := exec.Command(meshcastBin, "-h").CombinedOutput() // exits non-zero after the usage
-	m := probeDefaultRE.FindSubmatch(out)
-	if m == nil {
-		t.Fatalf("no default of --gossip-probe-interval in meshcast -h:\n%s", out)
-	}
-	d, err := time.ParseDuration(string(m[1]))
-	if err != nil {
-		t.Fatalf("meshcast -h: default probe interval %q: %v", m[1], err)
-	}
-	return d
-}
+// defaultProbeInterval is the nodes' --gossip-probe-interval when the
+// flag is not given (the lan profile's).
+func defaultProbeInterval(*testing.T) time.Duration { return mesh.DefaultProbeInterval }
 
 const (
 	chaosTopic     = "realtime:chaos"
