@@ -47,24 +47,7 @@ func detectMain(args []string) int {
 	if c.Load > 0 {
 		checkFileLimit(2 * c.LoadSubs)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, c.Budget())
-	defer cancel()
-	res, err := bench.RunDetect(ctx, c)
-	if res != nil {
-		if jsonOut {
-			json.NewEncoder(os.Stdout).Encode(res)
-			fmt.Fprintln(os.Stderr, res)
-		} else {
-			fmt.Println(res)
-		}
-	}
-	if err != nil {
-		log.Print(err)
-		return 1
-	}
-	return 0
+	return runScenario(c.Budget(), jsonOut, func(ctx context.Context) (*bench.DetectResult, error) { return bench.RunDetect(ctx, c) })
 }
 
 // slowMain is `meshbench slow`: the others' latency with and without one
@@ -89,24 +72,7 @@ func slowMain(args []string) int {
 		c.Logf = log.Printf
 	}
 	checkFileLimit(c.Subs + 1)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, c.Budget())
-	defer cancel()
-	res, err := bench.RunSlow(ctx, c)
-	if res != nil {
-		if jsonOut {
-			json.NewEncoder(os.Stdout).Encode(res)
-			fmt.Fprintln(os.Stderr, res)
-		} else {
-			fmt.Println(res)
-		}
-	}
-	if err != nil {
-		log.Print(err)
-		return 1
-	}
-	return 0
+	return runScenario(c.Budget(), jsonOut, func(ctx context.Context) (*bench.SlowResult, error) { return bench.RunSlow(ctx, c) })
 }
 
 // soakMain is `meshbench soak` (make soak): a bounded soak of a cluster.
@@ -132,14 +98,24 @@ func soakMain(args []string) int {
 		c.Logf = log.Printf
 	}
 	checkFileLimit(c.Subs + c.WALSubs + c.Churners)
+	return runScenario(c.Budget(), jsonOut, func(ctx context.Context) (*bench.SoakResult, error) { return bench.RunSoak(ctx, c) })
+}
+
+// runScenario runs one scenario within budget (SIGINT/SIGTERM end it
+// early) and prints its result: JSON on stdout and the summary on stderr
+// with jsonOut, else the summary on stdout. It returns the exit code.
+func runScenario[R any](budget time.Duration, jsonOut bool, run func(context.Context) (*R, error)) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, c.Budget())
+	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
-	res, err := bench.RunSoak(ctx, c)
+	res, err := run(ctx)
 	if res != nil {
 		if jsonOut {
-			json.NewEncoder(os.Stdout).Encode(res)
+			if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+				log.Print(err)
+				return 1
+			}
 			fmt.Fprintln(os.Stderr, res)
 		} else {
 			fmt.Println(res)

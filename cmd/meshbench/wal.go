@@ -8,9 +8,7 @@ import (
 	"io"
 	"log"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/meshcast/meshcast/bench"
 )
@@ -74,27 +72,7 @@ func walMain(args []string) int {
 	}
 	checkFileLimit(cfg.Subs)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, cfg.Budget())
-	defer cancel()
-	res, err := bench.RunWAL(ctx, cfg)
-	if res != nil {
-		if jsonOut {
-			if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
-				log.Print(err)
-				return 1
-			}
-			fmt.Fprintln(os.Stderr, res)
-		} else {
-			fmt.Println(res)
-		}
-	}
-	if err != nil {
-		log.Print(err)
-		return 1
-	}
-	return 0
+	return runScenario(cfg.Budget(), jsonOut, func(ctx context.Context) (*bench.WALResult, error) { return bench.RunWAL(ctx, cfg) })
 }
 
 // printWALTable reads WAL results, one JSON object per line, and prints
