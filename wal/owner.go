@@ -339,6 +339,13 @@ func (s *Service) resyncChanges(peer string, emit func([]byte) error) error {
 // subscriptions; the transaction is acknowledged to the reader once every
 // one of them has acknowledged it.
 func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
+	o.transactions(ctx, []*Transaction{tx})
+}
+
+// transactions routes txs, in commit order, as Transaction does one: the
+// row-level security checks of all of them run together, one query per
+// distinct claims set for the whole batch (see txBatcher).
+func (o *ownerState) transactions(ctx context.Context, txs []*Transaction) {
 	s := o.s
 	s.mu.Lock()
 	gen := o.gen
@@ -346,17 +353,35 @@ func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
 	if ctx.Err() != nil {
 		return // a reader stopping, or restarting to read again
 	}
-	matched := make([][]*Subscription, len(tx.Changes))
+	var all []*Change
+	for _, tx := range txs {
+		all = append(all, tx.Changes...)
+	}
+	matched := make([][]*Subscription, len(all))
 	any := false
-	for i, c := range tx.Changes {
+	for i, c := range all {
 		matched[i] = s.matcher.Match(c, nil)
 		any = any || len(matched[i]) > 0
 	}
 	if any && s.cfg.Authorize != nil {
-		if err := s.cfg.Authorize(ctx, tx.Changes, matched); err != nil {
-			s.log.Warn("row-level security check failed; those subscribers miss these changes", "lsn", tx.LSN, "err", err)
+		if err := s.cfg.Authorize(ctx, all, matched); err != nil {
+			s.log.Warn("row-level security check failed; those subscribers miss these changes", "lsn", txs[len(txs)-1].LSN, "err", err)
 		}
 	}
+	for _, tx := range txs {
+		n := len(tx.Changes)
+		if !o.route(ctx, gen, tx, matched[:n]) {
+			return
+		}
+		matched = matched[n:]
+	}
+}
+
+// route sends tx's changes with their matched subscriptions to the nodes
+// and queues the transaction for acknowledgement; false when ownership
+// was lost or the reader stops.
+func (o *ownerState) route(ctx context.Context, gen int, tx *Transaction, matched [][]*Subscription) bool {
+	s := o.s
 	pending := map[string]position{}
 	for i, c := range tx.Changes {
 		subs := matched[i]
@@ -385,12 +410,12 @@ func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
 			}
 			frame := meshproto.Append(nil, &meshproto.Changes{DB: s.cfg.DB, LSN: pos.lsn, Seq: pos.seq, Record: record, IDs: ids})
 			if !o.room(ctx, node) {
-				return // ownership lost, or stopping: the next reader sends it again
+				return false // ownership lost, or stopping: the next reader sends it again
 			}
 			s.mu.Lock()
 			if s.own != o {
 				s.mu.Unlock()
-				return
+				return false
 			}
 			if _, live := s.regs[node]; !live {
 				s.mu.Unlock()
@@ -411,11 +436,13 @@ func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
 		}
 	}
 	s.mu.Lock()
-	if s.own == o && o.gen == gen {
-		o.txq = append(o.txq, &txState{lsn: tx.LSN, pending: pending})
-		o.advanceLocked()
+	defer s.mu.Unlock()
+	if s.own != o || o.gen != gen {
+		return false
 	}
-	s.mu.Unlock()
+	o.txq = append(o.txq, &txState{lsn: tx.LSN, pending: pending})
+	o.advanceLocked()
+	return true
 }
 
 // noteAbsentLocked updates the absent members from a change of the
@@ -514,5 +541,61 @@ func (o *ownerState) room(ctx context.Context, node string) bool {
 func (s *Service) deliverLocal(pos position, c *Change, ids []uint64) {
 	if s.firstTime(pos) {
 		s.deliver(c, ids)
+	}
+}
+
+// txBatcher hands the owner's transactions to it from a goroutine of its
+// own, so that the reader keeps reading while the owner checks row-level
+// security: what arrives meanwhile waits in q and is taken as one batch
+// (at most maxBatchTx transactions, maxBatchChanges changes), whose RLS
+// checks cost one query per claims set in all. A reader that keeps up
+// sees batches of one; one that falls behind pays less per change the
+// further behind it is.
+type txBatcher struct {
+	o *ownerState
+	q chan *Transaction
+}
+
+const (
+	maxBatchTx      = 256
+	maxBatchChanges = 4096
+)
+
+func newTxBatcher(o *ownerState) *txBatcher {
+	return &txBatcher{o: o, q: make(chan *Transaction, maxBatchTx)}
+}
+
+// Transaction implements Handler: it queues tx, waiting while the queue
+// is full (the reader then stops reading, as before).
+func (b *txBatcher) Transaction(ctx context.Context, tx *Transaction) {
+	select {
+	case b.q <- tx:
+	case <-ctx.Done():
+	}
+}
+
+// run routes the queued transactions in order until ctx ends.
+func (b *txBatcher) run(ctx context.Context) {
+	var batch []*Transaction
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case tx := <-b.q:
+			batch = append(batch[:0], tx)
+		}
+		changes := len(batch[0].Changes)
+	more:
+		for len(batch) < maxBatchTx && changes < maxBatchChanges {
+			select {
+			case tx := <-b.q:
+				batch = append(batch, tx)
+				changes += len(tx.Changes)
+			default:
+				break more
+			}
+		}
+		b.o.transactions(ctx, batch)
+		clear(batch)
 	}
 }

@@ -100,7 +100,9 @@ type ServiceConfig struct {
 	// Authorize, if set, removes from hits (per change of a transaction,
 	// the subscriptions it matched) those whose role may not see the
 	// change (row-level security); Authorizer.Authorize is one. The owner
-	// calls it once per transaction with subscribers.
+	// calls it once per batch: the transactions the reader read while the
+	// previous batch was being checked, so that a reader that falls behind
+	// pays one query per claims set for many transactions.
 	Authorize func(ctx context.Context, changes []*Change, hits [][]*Subscription) error
 	// RegisterTimeout bounds how long Subscribe waits for the owner's
 	// acknowledgement (default 5s).
@@ -637,13 +639,17 @@ func (s *Service) Run(ctx context.Context) error {
 			continue
 		}
 		own.cancel = cancel
-		s.cfg.Reader.Handler = own
+		batcher := newTxBatcher(own)
+		s.cfg.Reader.Handler = batcher
 		s.cfg.Reader.TakeOver = own.takeOver
 		s.cfg.Reader.OnStreaming = own.onStreaming
 		s.mu.Unlock()
 		s.log.Info("reading the database's changes", "slot", s.cfg.Reader.slot())
+		var routing sync.WaitGroup
+		routing.Go(func() { batcher.run(rctx) })
 		err := s.cfg.Reader.Run(rctx)
 		cancel()
+		routing.Wait()
 		if err != nil {
 			s.log.Error("change reader stopped", "err", err)
 			select {
