@@ -157,10 +157,14 @@ test-fuzz: fuzz-check
 	done && \
 	for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; ip=$$($(GO) list $$pkg); \
-		out=$$(cd $$pkg && "$$tmp/$$(echo $$pkg | tr / _).test" -test.run='^$$' -test.fuzz="^$$name\$$" \
-			-test.fuzztime=$(FUZZTIME_SHORT) -test.fuzzcachedir="$$cache/$$ip" 2>&1) \
-			|| { echo "$$out"; echo "FAIL fuzz $$t (a crasher is in $$pkg/testdata/fuzz/$$name/)"; exit 1; }; \
-		echo "ok   fuzz $$t $(FUZZTIME_SHORT)"; \
+		bin="$$tmp/$$(echo $$pkg | tr / _).test"; seeds=$$(ls $$pkg/testdata/fuzz/$$name | wc -l); \
+		if out=$$(cd $$pkg && "$$bin" -test.run='^$$' -test.fuzz="^$$name\$$" \
+			-test.fuzztime=$(FUZZTIME_SHORT) -test.fuzzcachedir="$$cache/$$ip" 2>&1); then \
+			echo "ok   fuzz $$t $(FUZZTIME_SHORT)"; \
+		elif [ "$$(ls $$pkg/testdata/fuzz/$$name | wc -l)" = "$$seeds" ] && echo "$$out" | grep -qx '    context deadline exceeded' \
+			&& (cd $$pkg && "$$bin" -test.run="^$$name\$$" >/dev/null 2>&1); then \
+			echo "ok   fuzz $$t $(FUZZTIME_SHORT) (Go's fuzz coordinator missed its own -fuzztime deadline, a known race: no crasher written, corpus replayed)"; \
+		else echo "$$out"; echo "FAIL fuzz $$t (a crasher is in $$pkg/testdata/fuzz/$$name/)"; exit 1; fi; \
 	done
 
 # Rewrites the seed corpora from real inputs (wal's needs Postgres).
