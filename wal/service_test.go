@@ -180,19 +180,7 @@ func TestServiceFailover(t *testing.T) {
 	seed := n1.node.GossipAddr()
 	nodes := []*clusterService{n1, startServiceNode(t, "n2", pg.URL(), "svc_failover", []string{seed}),
 		startServiceNode(t, "n3", pg.URL(), "svc_failover", []string{seed})}
-	subs := map[*clusterService]*Subscription{}
-	for _, n := range nodes {
-		sub := &Subscription{ID: n.svc.NewID(), Schema: "public", Table: "items"}
-		// Until the three have found each other, the first Subscribe may
-		// time out; it is retried as a client would rejoin.
-		deadline := time.Now().Add(20 * time.Second)
-		for n.svc.Subscribe(context.Background(), []*Subscription{sub}) != nil {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: subscription never confirmed", n.node.ID())
-			}
-		}
-		subs[n] = sub
-	}
+	subs := subscribeAll(t, nodes)
 	owner := n1.svc.owner
 	var victim *clusterService
 	for _, n := range nodes {
@@ -220,8 +208,9 @@ func TestServiceFailover(t *testing.T) {
 	}
 }
 
-// subscribeAll subscribes every node to the inserts of items, retrying
-// until the cluster has settled.
+// subscribeAll subscribes every node to the inserts of items. Until the
+// nodes have found each other, a first Subscribe may time out; it is
+// retried, as a client would rejoin.
 func subscribeAll(t *testing.T, nodes []*clusterService) map[*clusterService]*Subscription {
 	t.Helper()
 	subs := map[*clusterService]*Subscription{}
