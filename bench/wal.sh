@@ -30,23 +30,9 @@ OUT=${OUT:-$(mktemp -d /tmp/meshbench-wal.XXXXXX)}
 mkdir -p "$OUT"
 mode=${1:-all}
 
-host_busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-
-# wait_quiet waits (at most QUIET_WAIT s) until the host is nearly idle, so that
-# other work on a shared machine disturbs the run less; it only warns if not.
-wait_quiet() {
-	local deadline=$((SECONDS + QUIET_WAIT)) a b
-	while :; do
-		a=$(host_busy_ticks)
-		sleep 1
-		b=$(host_busy_ticks)
-		((b - a < QUIET_TICKS)) && return 0
-		if ((SECONDS >= deadline)); then
-			echo "wal.sh: host still busy ($((b - a))% of one core) after ${QUIET_WAIT}s; measuring anyway" >&2
-			return 0
-		fi
-	done
-}
+BENCH_NAME=wal.sh QUIET_CORES_TICKS=$QUIET_TICKS
+# shellcheck source=bench/lib.sh
+. bench/lib.sh # wait_quiet
 
 # run LABEL meshbench-wal-args...: one run, its summary on the terminal, its
 # JSON appended to $OUT/results.jsonl.
