@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"text/template"
 	"time"
@@ -138,20 +137,24 @@ func New(cfg Config) *Keeper {
 // ("table realtime.messages", "function realtime.topic()", …), without
 // changing anything.
 func Missing(ctx context.Context, db DB) ([]string, error) {
-	tx, err := db.Begin(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("rtschema: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	rows, err := tx.Query(ctx, missingSQL)
-	if err != nil {
-		return nil, fmt.Errorf("rtschema: %w", err)
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	var names []string
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		var err error
+		names, err = missingIn(ctx, tx)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("rtschema: %w", err)
 	}
 	return names, nil
+}
+
+func missingIn(ctx context.Context, tx pgx.Tx) ([]string, error) {
+	rows, err := tx.Query(ctx, missingSQL)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // Ensure creates the objects of the realtime schema that db lacks, in one
@@ -166,29 +169,25 @@ func (k *Keeper) Ensure(ctx context.Context, db DB) error {
 		return err
 	}
 	if len(missing) > 0 {
-		if err := k.create(ctx, db); err != nil {
-			k.m.errors.Inc()
-			return fmt.Errorf("rtschema: creating %s: %w", strings.Join(missing, ", "), err)
+		created, err := k.create(ctx, db)
+		k.m.objects.Add(len(created))
+		if len(created) > 0 {
+			k.log.Info("realtime schema: created what was missing", "objects", created)
 		}
-		left, err := Missing(ctx, db)
 		if err != nil {
 			k.m.errors.Inc()
-			return err
-		}
-		created := slices.DeleteFunc(missing, func(s string) bool { return slices.Contains(left, s) })
-		k.m.objects.Add(len(created))
-		k.log.Info("realtime schema: created what was missing", "objects", created)
-		if len(left) > 0 {
-			k.m.errors.Inc()
-			return fmt.Errorf("rtschema: still missing after creating them: %s", strings.Join(left, ", "))
+			return fmt.Errorf("rtschema: creating %s: %w", strings.Join(missing, ", "), err)
 		}
 	}
 	k.maintain(ctx, db)
 	return nil
 }
 
-func (k *Keeper) create(ctx context.Context, db DB) error {
-	return pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+// create runs schema.sql under the lock and returns what it created:
+// the objects missing once the lock is held (another node may have made
+// them meanwhile).
+func (k *Keeper) create(ctx context.Context, db DB) (created []string, err error) {
+	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		// The lock first, so that lock_timeout does not bound the wait for
 		// another node's Ensure.
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", LockKey); err != nil {
@@ -197,9 +196,27 @@ func (k *Keeper) create(ctx context.Context, db DB) error {
 		if err := setLockTimeout(ctx, tx, k.cfg.LockTimeout); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, schemaSQL)
-		return err
+		missing, err := missingIn(ctx, tx)
+		if err != nil || len(missing) == 0 {
+			return err
+		}
+		if _, err := tx.Exec(ctx, schemaSQL); err != nil {
+			return err
+		}
+		left, err := missingIn(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if len(left) > 0 {
+			return fmt.Errorf("still missing after creating them: %s", strings.Join(left, ", "))
+		}
+		created = missing
+		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	return created, nil
 }
 
 func setLockTimeout(ctx context.Context, tx pgx.Tx, d time.Duration) error {

@@ -123,3 +123,5 @@ CREATE POLICY "members write" ON realtime.messages FOR INSERT TO authenticated
   WITH CHECK (EXISTS (SELECT 1 FROM public.rooms_members m
                       WHERE m.user_id = nullif(current_setting('request.jwt.claim.sub', true), '')::uuid
                         AND m.room = realtime.topic()));
+-- A DBA's choice that a grant by meshcast would undo.
+REVOKE UPDATE ON realtime.messages FROM anon;
