@@ -172,7 +172,7 @@ func (k *Keeper) Ensure(ctx context.Context, db DB) error {
 		created, err := k.create(ctx, db)
 		k.m.objects.Add(len(created))
 		if len(created) > 0 {
-			k.log.Info("realtime schema: created what was missing", "objects", created)
+			k.log.Info("realtime schema: created what was missing", "objects", strings.Join(created, "; "))
 		}
 		if err != nil {
 			k.m.errors.Inc()
