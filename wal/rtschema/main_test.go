@@ -41,7 +41,7 @@ type conn struct {
 	warnings []string
 }
 
-func connect(t *testing.T, url string) *conn {
+func connect(t testing.TB, url string) *conn {
 	t.Helper()
 	c := &conn{}
 	cfg, err := pgx.ParseConfig(url)
@@ -73,7 +73,7 @@ func (c *conn) takeWarnings() []string {
 	return w
 }
 
-func (c *conn) exec(t *testing.T, sql string, args ...any) {
+func (c *conn) exec(t testing.TB, sql string, args ...any) {
 	t.Helper()
 	if _, err := c.Exec(context.Background(), sql, args...); err != nil {
 		t.Fatalf("%s: %v", sql, err)
@@ -96,7 +96,7 @@ func (c *conn) value(t *testing.T, sql string, args ...any) string {
 // appRoles creates Supabase's roles on the server if they are missing:
 // roles belong to the whole server, which the tests of this binary
 // share.
-func appRoles(t *testing.T, c *conn) {
+func appRoles(t testing.TB, c *conn) {
 	t.Helper()
 	c.exec(t, `DO $$
 	DECLARE r text;

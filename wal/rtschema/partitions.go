@@ -217,12 +217,14 @@ func (k *Keeper) maintain(ctx context.Context, db DB) bool {
 	return true
 }
 
-// Maintain runs a maintenance round every Interval (after a failure, after
-// min(Interval, 1 minute)) until ctx ends. Its first round is one Interval
+// Maintain runs a maintenance round every Interval until ctx ends. After
+// a failed round the next comes sooner: after 1 minute, then twice as long
+// after each failure, up to Interval. Its first round is one Interval
 // away: Ensure runs one.
 func (k *Keeper) Maintain(ctx context.Context, db DB) {
 	t := time.NewTimer(k.cfg.Interval)
 	defer t.Stop()
+	retry := time.Minute
 	for {
 		select {
 		case <-ctx.Done():
@@ -230,8 +232,11 @@ func (k *Keeper) Maintain(ctx context.Context, db DB) {
 		case <-t.C:
 		}
 		next := k.cfg.Interval
-		if !k.maintain(ctx, db) {
-			next = min(next, time.Minute)
+		if k.maintain(ctx, db) {
+			retry = time.Minute
+		} else {
+			next = min(next, retry)
+			retry *= 2
 		}
 		t.Reset(next)
 	}

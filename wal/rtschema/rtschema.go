@@ -64,8 +64,9 @@ type Config struct {
 	// ended more than Retention ago; yesterday's and today's never are. If
 	// zero, DefaultRetention (as Supabase); negative: nothing is dropped.
 	Retention time.Duration
-	// Interval between maintenance rounds. If zero, DefaultInterval. A
-	// failed round is tried again after min(Interval, 1 minute).
+	// Interval between maintenance rounds. If zero, DefaultInterval. After
+	// a failed round the next is sooner (1 minute, doubling up to
+	// Interval).
 	Interval time.Duration
 	// LockTimeout bounds how long DDL waits for a lock on
 	// realtime.messages (creating or dropping a partition locks the table,
@@ -253,13 +254,25 @@ func (k *Keeper) maintenanceSQL(now string) string {
 		"LockKey":          LockKey,
 		"DaysAhead":        k.cfg.DaysAhead,
 		"Drop":             k.cfg.Retention >= 0,
-		"Retention":        k.cfg.Retention.String(),
+		"Retention":        shortDuration(k.cfg.Retention),
 		"RetentionSeconds": int64(k.cfg.Retention / time.Second),
 	})
 	if err != nil { // the template and its data are ours
 		panic(fmt.Sprintf("rtschema: maintenance template: %v", err))
 	}
 	return b.String()
+}
+
+// shortDuration is d as a flag would give it: 72h rather than 72h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // errNoTable is the error of a round on a database without

@@ -242,3 +242,14 @@ func partitionsOf(t *testing.T, c *conn) []string {
 	}
 	return names
 }
+
+// README shows the script with the default flags as it is.
+func TestREADMEShowsTheSQL(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "```sql\n"+SQL(Config{})+"```\n") {
+		t.Error("README's SQL differs from SQL(Config{}): paste the output of `meshcast realtime-schema-sql` into README")
+	}
+}
