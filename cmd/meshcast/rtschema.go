@@ -93,8 +93,10 @@ type schemaKeeper struct {
 }
 
 // newSchemaKeeper makes sure the realtime schema of --database-url exists
-// and starts keeping its partitions; with --manage-realtime-schema=false
-// it only warns about what is missing, and returns nil.
+// (a first try before the node serves, then in the background until it
+// succeeds) and starts keeping its partitions; with
+// --manage-realtime-schema=false it only warns about what is missing, and
+// returns nil.
 func newSchemaKeeper(o *options, srv *edge.Server, log *slog.Logger) (*schemaKeeper, error) {
 	cfg, err := pgxpool.ParseConfig(o.databaseURL)
 	if err != nil {
@@ -108,7 +110,7 @@ func newSchemaKeeper(o *options, srv *edge.Server, log *slog.Logger) (*schemaKee
 	if err != nil {
 		return nil, fmt.Errorf("--database-url: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if !o.schema.manage {
 		defer pool.Close()
@@ -126,9 +128,11 @@ func newSchemaKeeper(o *options, srv *edge.Server, log *slog.Logger) (*schemaKee
 	sc := o.schema.config()
 	sc.Logger, sc.Metrics = log, set
 	k := rtschema.New(sc)
+	// The node serves without the schema (all else works) and Maintain
+	// tries again: a database that is down or a privilege granted later
+	// must not keep it from starting.
 	if err := k.Ensure(ctx, pool); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("%w (see README, Supabase database features: give the URL's user what it needs, or run with --manage-realtime-schema=false and apply `meshcast %s`)", err, schemaSQLCommand)
+		log.Error("realtime schema: incomplete, trying again in the background; give the URL's user what README's Schema management says, or run with --manage-realtime-schema=false and apply `meshcast "+schemaSQLCommand+"`", "err", err)
 	}
 	srv.AddMetrics(set)
 	mctx, mcancel := context.WithCancel(context.Background())

@@ -217,27 +217,45 @@ func (k *Keeper) maintain(ctx context.Context, db DB) bool {
 	return true
 }
 
-// Maintain runs a maintenance round every Interval until ctx ends. After
-// a failed round the next comes sooner: after 1 minute, then twice as long
-// after each failure, up to Interval. Its first round is one Interval
-// away: Ensure runs one.
+// Maintain runs a maintenance round every Interval until ctx ends,
+// after making the schema whole if Ensure could not. After a failure the
+// next round comes sooner: after 1 second, then twice as long after each
+// failure, up to Interval. Its first round is one Interval away (Ensure
+// runs one) unless Ensure failed.
 func (k *Keeper) Maintain(ctx context.Context, db DB) {
-	t := time.NewTimer(k.cfg.Interval)
+	const firstRetry = time.Second
+	retry := firstRetry
+	next := k.cfg.Interval
+	if !k.complete.Load() {
+		next = retry
+	}
+	t := time.NewTimer(next)
 	defer t.Stop()
-	retry := time.Minute
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		next := k.cfg.Interval
-		if k.maintain(ctx, db) {
-			retry = time.Minute
+		if k.step(ctx, db) {
+			retry, next = firstRetry, k.cfg.Interval
 		} else {
-			next = min(next, retry)
+			next = min(k.cfg.Interval, retry)
 			retry *= 2
 		}
 		t.Reset(next)
 	}
+}
+
+// step is one turn of Maintain; it reports whether it succeeded.
+func (k *Keeper) step(ctx context.Context, db DB) bool {
+	if !k.complete.Load() {
+		if err := k.ensureSchema(ctx, db); err != nil {
+			if ctx.Err() == nil {
+				k.log.Error("realtime schema: incomplete", "err", err)
+			}
+			return false
+		}
+	}
+	return k.maintain(ctx, db)
 }

@@ -188,3 +188,40 @@ func TestMaintainLoop(t *testing.T) {
 		t.Fatal("Maintain did not return on cancel")
 	}
 }
+
+// A node whose user may not create the schema yet keeps trying: once the
+// DBA grants what it needs, Maintain completes it without a restart.
+func TestMaintainCompletesTheSchemaLater(t *testing.T) {
+	pg := pgtest.Shared(t)
+	admin := connect(t, pg.URL())
+	appRoles(t, admin)
+	admin.exec(t, `DO $$ BEGIN
+		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rtschema_user') THEN CREATE ROLE rtschema_user LOGIN; END IF;
+		END $$`)
+	admin.exec(t, "CREATE SCHEMA realtime; GRANT USAGE ON SCHEMA realtime TO rtschema_user")
+	c := connect(t, strings.Replace(pg.URL(), "//postgres@", "//rtschema_user@", 1))
+	k := keeper(nil, Config{})
+	err := k.Ensure(context.Background(), c)
+	if err == nil || !strings.Contains(err.Error(), "permission denied for schema realtime") {
+		t.Fatalf("Ensure without CREATE on the schema: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); k.Maintain(ctx, c) }()
+	defer func() { cancel(); <-done }()
+	admin.exec(t, "GRANT CREATE ON SCHEMA realtime TO rtschema_user")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		missing, err := Missing(context.Background(), admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(missing) == 0 && len(partitionsOf(t, admin)) == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still missing after 10s: %v, partitions %v", missing, partitionsOf(t, admin))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"text/template"
 	"time"
 
@@ -65,7 +66,7 @@ type Config struct {
 	// zero, DefaultRetention (as Supabase); negative: nothing is dropped.
 	Retention time.Duration
 	// Interval between maintenance rounds. If zero, DefaultInterval. After
-	// a failed round the next is sooner (1 minute, doubling up to
+	// a failure the next round is sooner (1 second, doubling up to
 	// Interval).
 	Interval time.Duration
 	// LockTimeout bounds how long DDL waits for a lock on
@@ -90,9 +91,10 @@ type DB interface {
 
 // Keeper makes the realtime schema exist and keeps its partitions.
 type Keeper struct {
-	cfg Config
-	log *slog.Logger
-	m   keeperMetrics
+	cfg      Config
+	log      *slog.Logger
+	m        keeperMetrics
+	complete atomic.Bool // Ensure made the schema whole
 }
 
 type keeperMetrics struct {
@@ -161,9 +163,19 @@ func missingIn(ctx context.Context, tx pgx.Tx) ([]string, error) {
 // Ensure creates the objects of the realtime schema that db lacks, in one
 // transaction, and then runs a maintenance round so that today has a
 // partition. It returns an error only when the schema could not be made
-// whole; a failed maintenance round is logged and counted, and Maintain
-// tries again.
+// whole (Maintain then tries again); a failed maintenance round is logged
+// and counted, and Maintain tries again.
 func (k *Keeper) Ensure(ctx context.Context, db DB) error {
+	if err := k.ensureSchema(ctx, db); err != nil {
+		return err
+	}
+	k.maintain(ctx, db)
+	return nil
+}
+
+// ensureSchema creates what is missing and records that the schema is
+// complete.
+func (k *Keeper) ensureSchema(ctx context.Context, db DB) error {
 	missing, err := Missing(ctx, db)
 	if err != nil {
 		k.m.errors.Inc()
@@ -177,10 +189,10 @@ func (k *Keeper) Ensure(ctx context.Context, db DB) error {
 		}
 		if err != nil {
 			k.m.errors.Inc()
-			return fmt.Errorf("rtschema: creating %s: %w", strings.Join(missing, ", "), err)
+			return fmt.Errorf("rtschema: creating %s: %w", strings.Join(missing, "; "), err)
 		}
 	}
-	k.maintain(ctx, db)
+	k.complete.Store(true)
 	return nil
 }
 
