@@ -58,8 +58,8 @@ var maintenanceTmpl = template.Must(template.New("maintenance").Parse(maintenanc
 type Config struct {
 	// DaysAhead is how many days after today (UTC) have a partition ready;
 	// yesterday's and today's always do. If zero, DefaultDaysAhead (as
-	// Supabase). Maintenance may fail for about this many days before
-	// inserts do.
+	// Supabase); negative counts as zero days. Maintenance may fail for
+	// about this many days before inserts do.
 	DaysAhead int
 	// Retention: a partition is dropped, with its rows, once its whole day
 	// ended more than Retention ago; yesterday's and today's never are. If
@@ -107,6 +107,7 @@ func New(cfg Config) *Keeper {
 	if cfg.DaysAhead == 0 {
 		cfg.DaysAhead = DefaultDaysAhead
 	}
+	cfg.DaysAhead = max(cfg.DaysAhead, 0)
 	if cfg.Retention == 0 {
 		cfg.Retention = DefaultRetention
 	}
