@@ -31,7 +31,13 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stderr); err != nil {
+	var err error
+	if sub := subcommand(os.Args[1:]); sub != nil {
+		err = sub(os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		err = run(os.Args[1:], os.Stderr)
+	}
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -75,6 +81,7 @@ type options struct {
 	maxSlotLag     int64
 	databaseRegion string
 	demoTodos      bool
+	schema         schemaFlags // the realtime schema (rtschema.go)
 
 	// benchmarks
 	emulateWAN string
@@ -158,6 +165,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list (default: any region)")
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
+	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply `meshcast "+schemaSQLCommand+"` instead; see README)")
+	o.schema.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: meshcast [flags]\n\nRuns a meshcast edge node. Every flag may also be given as an environment\nvariable MESHCAST_<FLAG> (e.g. MESHCAST_LISTEN, MESHCAST_JWT_SECRET);\nthe command line wins.\n\nFlags:\n")
@@ -205,6 +214,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.demoTodos && (o.databaseURL == "" || o.jwtSecret != "") {
 		return nil, errors.New("--demo-todos is for make run-pg's open demo node: it needs --database-url and no --jwt-secret")
+	}
+	if err := o.schema.check(); err != nil {
+		return nil, err
 	}
 	if o.clustered() && o.clusterSecret == "" {
 		return nil, errors.New("--cluster-secret is required for a cluster node")
@@ -265,6 +277,13 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer ln.Close()
+	if o.databaseURL != "" {
+		schema, err := newSchemaKeeper(o, srv, log)
+		if err != nil {
+			return err
+		}
+		defer schema.close()
+	}
 	var changes *changeStream
 	if o.databaseURL != "" {
 		if changes, err = newChangeStream(o, srv, log); err != nil {
