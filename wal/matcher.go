@@ -45,7 +45,8 @@ type Matcher struct {
 
 	// Scratch of Match.
 	datums  []datum
-	parsed  []int8 // 0 not yet, 1 ok, -1 failed
+	parsed  []int8   // 0 not yet, 1 ok, -1 failed
+	texts   [][]byte // a column's text, once a pattern needed it
 	scratch []byte
 }
 
@@ -181,6 +182,8 @@ func (m *Matcher) Match(c *Change, dst []*Subscription) []*Subscription {
 	m.datums = slices.Grow(m.datums[:0], n)[:n]
 	m.parsed = slices.Grow(m.parsed[:0], n)[:n]
 	clear(m.parsed)
+	m.texts = slices.Grow(m.texts[:0], n)[:n]
+	defer clear(m.texts) // may be copies of large values
 
 	start := len(dst)
 	sources := 0
@@ -233,6 +236,22 @@ func (m *Matcher) matches(e *compiled, row []json.RawMessage, cols []Column) boo
 			continue
 		}
 		f := &e.filters[i]
+		if f.op == OpLike || f.op == OpILike || f.op == OpMatch || f.op == OpIMatch {
+			v := row[f.col]
+			if v == nil || string(v) == "null" {
+				return false // not true, negated or not
+			}
+			if m.texts[f.col] == nil {
+				m.texts[f.col], _ = jsonText(v, nil)
+				if m.texts[f.col] == nil {
+					m.texts[f.col] = []byte{}
+				}
+			}
+			if f.matchText(m.texts[f.col]) == f.negate {
+				return false
+			}
+			continue
+		}
 		var ok bool
 		if f.needsDatum() && row[f.col] != nil {
 			switch m.parsed[f.col] {

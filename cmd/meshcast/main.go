@@ -157,6 +157,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list (default: any region)")
+	fs.IntVar(&c.MaxBindingsPerJoin, "max-bindings-per-join", c.MaxBindingsPerJoin, "Postgres changes: max postgres_changes bindings in one channel join (0 = off)")
+	fs.IntVar(&c.MaxBindingsPerConn, "max-bindings-per-conn", c.MaxBindingsPerConn, "Postgres changes: max postgres_changes bindings of one connection's channels together (0 = off)")
+	fs.IntVar(&c.MaxFilterBytes, "max-filter-bytes", c.MaxFilterBytes, "Postgres changes: max bytes of one binding's filter, and of its select's column names together (0 = off)")
+	fs.IntVar(&c.MaxPatternBytes, "max-pattern-bytes", c.MaxPatternBytes, "Postgres changes: max bytes of a like, ilike, match or imatch filter value (0 = off)")
+	fs.IntVar(&c.MaxRegexInsts, "max-regex-insts", c.MaxRegexInsts, "Postgres changes: max RE2 instructions a match or imatch pattern compiles to, x{n} counting n times (0 = off)")
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	fs.Usage = func() {
