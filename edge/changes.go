@@ -66,6 +66,7 @@ type changeSubs struct {
 	mu    sync.Mutex
 	byKey map[string]*sharedSub
 	byID  map[uint64]*sharedSub
+	peak  int // the most subscriptions since the maps were made
 }
 
 func newChangeSubs() *changeSubs {
@@ -237,6 +238,7 @@ func (s *Server) shareBindings(bindings []binding) error {
 			b.sub.ID = s.changes.NewID()
 			sh = &sharedSub{key: key, sub: b.sub, channels: map[*channel]struct{}{}, done: make(chan struct{})}
 			cs.byKey[key], cs.byID[b.sub.ID] = sh, sh
+			cs.peak = max(cs.peak, len(cs.byID))
 			fresh = append(fresh, b.sub)
 			mine = append(mine, sh)
 		}
@@ -284,6 +286,15 @@ func (cs *changeSubs) releaseLocked(ch *channel, bindings []binding) []uint64 {
 			delete(cs.byID, sh.sub.ID)
 			gone = append(gone, sh.sub.ID)
 		}
+	}
+	if cs.peak >= 64 && len(cs.byID) < cs.peak/4 {
+		// Go's maps keep what they grew to (maps.Clone too): copy them
+		// into small ones.
+		byKey, byID := make(map[string]*sharedSub, len(cs.byKey)), make(map[uint64]*sharedSub, len(cs.byID))
+		for k, sh := range cs.byKey {
+			byKey[k], byID[sh.sub.ID] = sh, sh
+		}
+		cs.byKey, cs.byID, cs.peak = byKey, byID, len(byID)
 	}
 	return gone
 }
