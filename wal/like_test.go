@@ -193,3 +193,23 @@ func backtrackLike(p []likeToken, s []byte) bool {
 	}
 	return pi == len(p)
 }
+
+// BenchmarkMatchWorstCase is the costliest match pattern the default
+// --max-regex-insts (64) lets through, against 100 KB: Go's RE2 keeps
+// every one of the 60 positions alive at each byte.
+func BenchmarkMatchWorstCase(b *testing.B) {
+	value := []byte(strings.Repeat("a", 100_000))
+	for _, pat := range []string{"x", ".{60}b", "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"} {
+		f := Filter{Column: "title", Op: OpMatch, Value: pat}
+		cf, err := compileFilter(f, todoColumns)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(strconv.Itoa(regexInsts(f))+"insts", func(b *testing.B) {
+			b.SetBytes(int64(len(value)))
+			for b.Loop() {
+				cf.matchText(value)
+			}
+		})
+	}
+}
