@@ -139,7 +139,7 @@ func (p *likePattern) match(s []byte) bool {
 		return p.match1(s)
 	}
 	var buf [8]uint64
-	d, scratch := buf[:4], buf[4:]
+	var d, scratch []uint64 // the state, and a mask's scratch
 	if w := p.words(); w <= 4 {
 		d, scratch = buf[:w], buf[4:4+w]
 	} else {
