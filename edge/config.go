@@ -71,11 +71,11 @@ type Config struct {
 
 	// WebTransport (ServeWebTransport).
 
-	// AllowedOrigins are the origins whose pages may open WebTransport
-	// sessions: "https://app.example.com" (scheme, host and port as the
-	// Origin header has them), "https://*.example.com" (any subdomain) or
-	// "*". Empty allows every origin (development). Requests without an
-	// Origin (not from a browser) are allowed.
+	// AllowedOrigins are the origins whose pages may connect, over
+	// WebSocket or WebTransport: "https://app.example.com" (scheme, host
+	// and port as the Origin header has them), "https://*.example.com"
+	// (any subdomain) or "*". If empty, every origin may. Requests without
+	// an Origin (not from a browser) are allowed.
 	AllowedOrigins []string
 	// WebTransportCert is the listener's certificate (--tls-cert). nil:
 	// the node generates self-signed ECDSA P-256 certificates valid for

@@ -297,9 +297,7 @@ func (w *wtServer) serveSession(rw http.ResponseWriter, r *http.Request) {
 		writeJSONError(rw, http.StatusForbidden, "WebTransport speaks vsn 2.0.0 only")
 		return
 	}
-	if origin := r.Header.Get("Origin"); !s.originAllowed(origin) {
-		s.metrics.errorReason("origin")
-		writeJSONError(rw, http.StatusForbidden, "Origin not allowed: "+origin)
+	if !s.checkOrigin(rw, r) {
 		return
 	}
 	apikey, cl, ok := s.admitClient(rw, r)
@@ -522,34 +520,6 @@ func (t *wtTransport) kill() {
 		t.str.CancelRead(webtransport.StreamErrorCode(ws.StatusGoingAway))
 		t.str.CancelWrite(webtransport.StreamErrorCode(ws.StatusGoingAway))
 	})
-}
-
-// originAllowed applies Config.AllowedOrigins.
-func (s *Server) originAllowed(origin string) bool {
-	if origin == "" || len(s.cfg.AllowedOrigins) == 0 {
-		return true
-	}
-	for _, o := range s.cfg.AllowedOrigins {
-		if originMatches(o, origin) {
-			return true
-		}
-	}
-	return false
-}
-
-// originMatches matches an Origin header against one allowed entry:
-// "*", an exact origin, or "scheme://*.domain" for any subdomain.
-func originMatches(pattern, origin string) bool {
-	pattern, origin = strings.ToLower(strings.TrimSuffix(pattern, "/")), strings.ToLower(origin)
-	if pattern == "*" || pattern == origin {
-		return true
-	}
-	scheme, rest, ok := strings.Cut(pattern, "://*.")
-	if !ok {
-		return false
-	}
-	oscheme, ohost, ok := strings.Cut(origin, "://")
-	return ok && oscheme == scheme && strings.HasSuffix(ohost, "."+rest)
 }
 
 // url is the session URL clients are told to dial (README, "WebTransport":

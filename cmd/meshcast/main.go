@@ -103,7 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.listen, "listen", ":4000", "HTTP/WebSocket listen address `host:port`")
 	fs.StringVar(&o.wtListen, "webtransport-listen", "", "WebTransport (HTTP/3, UDP) listen address `host:port`, or off (default: the --listen address, over UDP)")
 	fs.StringVar(&c.WebTransportAdvertise, "webtransport-advertise", "", "WebTransport address clients dial, `host:port` or an https URL, published at /realtime/v1/webtransport/cert-hash (default: derived from the listener; see README)")
-	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated origins whose pages may open WebTransport sessions (https://app.example.com, https://*.example.com, *); empty allows any (development)")
+	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated origins whose pages may connect, over WebSocket or WebTransport (https://app.example.com, https://*.example.com, *); requests without Origin (not browsers) always may; empty allows any")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain `file` for WebTransport (with --tls-key); without, the node generates and rotates self-signed certificates and publishes their hashes")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of --tls-cert")
 	fs.IntVar(&c.DatagramQueue, "datagram-queue", 16, "datagrams waiting per WebTransport session before the oldest is dropped (latest wins); smaller keeps them fresher under overload")
