@@ -12,8 +12,12 @@ export CHROMIUM_BIN
 
 all: build
 
+# What meshcast --version and /version report: git describe of this
+# checkout (its tag, else its commit, -dirty with changes), unless given.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+
 build:
-	$(GO) build -o $(BIN)/meshcast ./cmd/meshcast
+	$(GO) build -ldflags "$(if $(VERSION),-X main.version=$(VERSION))" -o $(BIN)/meshcast ./cmd/meshcast
 	$(GO) build -o $(BIN)/meshbench ./cmd/meshbench
 
 # A single node with embedded defaults: demo page at http://localhost:4000.

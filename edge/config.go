@@ -12,6 +12,9 @@ import (
 type Config struct {
 	// NodeID names this node in presence entries and logs.
 	NodeID string
+	// Version is the node's release, answered at GET /version (if empty,
+	// "unknown").
+	Version string
 	// JWTSecret enables auth: apikeys and access tokens must be HS256/384/512
 	// JWTs signed with it carrying role and exp. Empty runs the node open.
 	JWTSecret []byte
@@ -138,6 +141,10 @@ func DefaultConfig() Config {
 func (c *Config) byteBurst() int {
 	return max(int(c.BytesPerSecond), c.MaxFrameBytes, c.MaxPayloadBytes, 1)
 }
+
+// EffectiveQueueBytes is the outbound queue bound a connection gets (0:
+// none): QueueBytes, raised as queueLimit says. --help states it.
+func (c *Config) EffectiveQueueBytes() int { return c.queueLimit() }
 
 // queueLimit is the effective outbound queue bound (0 = none): QueueBytes,
 // raised to one publisher's burst plus one largest frame when the byte
