@@ -30,6 +30,10 @@ type transport interface {
 	// kill cuts the transport at once, from any goroutine (Shutdown past
 	// its deadline). A writeFrames or shut blocked in it returns.
 	kill()
+	// writeError is the errors_total reason of a failed write, "" when
+	// the write failed because the client had ended the connection
+	// normally: that is no error.
+	writeError(err error) string
 }
 
 // transportKind is the transport label of the metrics.

@@ -485,6 +485,32 @@ func (t *wtTransport) writeFrames(batch [][]byte) error {
 	return nil
 }
 
+// writeError classifies a failed write to a session. A client that ends
+// its session or its QUIC connection (a browser tab closing, clientjs's
+// disconnect() right after its close frame, which the server's echo then
+// finds gone) is no error: the stream fails with the peer's session or
+// connection close, or with the http3.Error (H3_DATAGRAM_ERROR)
+// webtransport-go makes of its CONNECT stream ending. A connection gone silent is an idle timeout, as
+// on a WebSocket. Anything else (a write timeout, a local reset) is a
+// write error.
+func (t *wtTransport) writeError(err error) string {
+	var (
+		se   *webtransport.SessionError
+		ste  *webtransport.StreamError
+		ae   *quic.ApplicationError
+		h3e  *http3.Error
+		idle *quic.IdleTimeoutError
+	)
+	switch {
+	case errors.As(err, &se) && se.Remote, errors.As(err, &ste) && ste.Remote,
+		errors.As(err, &ae) && ae.Remote, errors.As(err, &h3e) && h3e.ErrorCode == http3.ErrCodeDatagramError:
+		return ""
+	case errors.As(err, &idle):
+		return "idle_timeout"
+	}
+	return "write"
+}
+
 // sendDatagram sends one datagram.
 func (t *wtTransport) sendDatagram(d []byte) error { return t.sess.SendDatagram(d) }
 

@@ -137,6 +137,10 @@ func (t *wsTransport) writeFrames(batch [][]byte) error {
 	return err
 }
 
+// writeError counts every failed write: a WebSocket client that leaves
+// normally sends a close frame, which is answered before the socket closes.
+func (t *wsTransport) writeError(error) string { return "write" }
+
 // shut closes the socket, which ends the reader's read.
 func (t *wsTransport) shut() { t.nc.Close() }
 func (t *wsTransport) kill() { t.nc.Close() }
