@@ -591,19 +591,21 @@ func (w *wtServer) altSvc() string {
 }
 
 // serveCertHash answers GET /realtime/v1/webtransport/cert-hash: where to
-// connect and the SHA-256 of the certificates to pin, or 404 when this
-// node has no WebTransport.
+// connect and the SHA-256 of the certificates to pin. A node without
+// WebTransport says so in a 200 too ({"enabled":false,…}): every page on
+// such a node asks, and a 404 would be an error in its browser console.
 func (s *Server) serveCertHash(rw http.ResponseWriter, r *http.Request) {
 	h := rw.Header()
 	h.Set("Access-Control-Allow-Origin", "*")
 	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Type", "application/json")
 	w := s.webTransport()
 	if w == nil {
-		writeJSONError(rw, http.StatusNotFound, "WebTransport is off on this node")
+		rw.Write([]byte(`{"enabled":false,"message":"WebTransport is off on this node"}`))
 		return
 	}
 	hashes, notAfter := w.certs.published()
-	b := []byte(`{"url":`)
+	b := []byte(`{"enabled":true,"url":`)
 	b = phx.AppendString(b, w.url(r))
 	b = append(b, `,"hashes":[`...)
 	for i, sum := range hashes {
@@ -617,7 +619,6 @@ func (s *Server) serveCertHash(rw http.ResponseWriter, r *http.Request) {
 	b = append(b, `],"not_after":`...)
 	b = phx.AppendString(b, notAfter.UTC().Format(time.RFC3339))
 	b = append(b, '}')
-	h.Set("Content-Type", "application/json")
 	rw.Write(b)
 }
 
