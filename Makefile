@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run run-pg cluster bench-compare bench-transports soak test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz chaos clean
+.PHONY: all build run run-pg cluster bench-compare bench-transports soak test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz chaos clean clientjs-pack
 
 all: build
 
@@ -61,6 +61,12 @@ deps-js:
 		echo "installing npm packages in $(NPM_DIR)"; \
 		cd $(NPM_DIR) && npm ci --no-audit --no-fund; \
 	fi
+
+# clientjs as an npm package: bin/meshcast-client-<version>.tgz, which an
+# app installs with npm install /path/to/bin/meshcast-client-<version>.tgz.
+clientjs-pack:
+	@mkdir -p $(BIN)
+	cd $(NPM_DIR) && npm pack --pack-destination $(CURDIR)/$(BIN)
 
 deps-browser:
 	@if ! command -v $(CHROMIUM_BIN) >/dev/null 2>&1; then \
