@@ -21,17 +21,22 @@ build:
 	$(GO) build -o $(BIN)/meshbench ./cmd/meshbench
 
 # A single node with embedded defaults: demo page at http://localhost:4000.
+# ARGS go to the node, as MESHCAST_<FLAG> variables do:
+# make run ARGS="--listen 127.0.0.1:4100", make run MESHCAST_LISTEN=127.0.0.1:4100.
 run: build
-	./$(BIN)/meshcast
+	./$(BIN)/meshcast $(ARGS)
 
 # A node streaming the changes of a throwaway local Postgres (a todos table
 # in the supabase_realtime publication); the demo page shows it live.
+# LISTEN (127.0.0.1:4000) and PGPORT (54329) move it: make run-pg LISTEN=127.0.0.1:4100 PGPORT=54330.
 run-pg: build deps-pg
-	./deploy/local/run-pg.sh
+	./deploy/local/run-pg.sh $(ARGS)
 
-# Three local nodes n1/n2/n3 (iad/fra/sin) on :4000-:4002, gossip 7946/7956/7966; Ctrl-C stops them.
+# Three local nodes n1/n2/n3 (iad/fra/sin) on 127.0.0.1:4000-4002, gossip 7946/7956/7966; Ctrl-C stops them.
+# CLUSTER_PORT, CLUSTER_GOSSIP_PORT, CLUSTER_NAMES, CLUSTER_REGIONS change them (deploy/local/cluster.sh):
+# make cluster CLUSTER_PORT=5000 CLUSTER_GOSSIP_PORT=8946 CLUSTER_NAMES="a b" CLUSTER_REGIONS="iad fra".
 cluster: build
-	./deploy/local/cluster.sh
+	./deploy/local/cluster.sh $(ARGS)
 
 test: build deps-pg test-go test-fuzz test-js test-browser
 
