@@ -10,7 +10,7 @@ import assert from 'node:assert/strict'
 import dgram from 'node:dgram'
 import { existsSync } from 'node:fs'
 import { chromium } from 'playwright-core'
-import { Clients, startServer, subscribed, waitFor } from './helpers.mjs'
+import { Clients, scrapeMetrics, startServer, subscribed, waitFor } from './helpers.mjs'
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium'
 const haveChromium = existsSync(CHROMIUM)
@@ -161,8 +161,15 @@ describe('clientjs in Chromium: WebTransport first, WebSocket fallback', { skip 
     // Over 1024 bytes: refused by the client, never truncated.
     const tooBig = await b.page.evaluate(() => window.ch.sendUnreliable('cursor', { s: 'x'.repeat(2000) }).then(() => 'sent', (e) => `${e.name}: ${e.size}/${e.maxBytes}`))
     assert.match(tooBig, /^DatagramTooLargeError: \d+\/1024$/)
+    // Leaving is no error on the node: page a disconnects, page b's tab
+    // just closes (its session ends under the node's writes).
+    await a.page.evaluate(() => window.client.disconnect())
+    await b.page.close()
+    let m = new Map()
+    await waitFor(async () => (m = await scrapeMetrics(server)).get('meshcast_connections{transport="webtransport"}') === 0, 5000, () => `both sessions closed: ${[...m].filter(([k]) => k.startsWith('meshcast_connections')).join(' ')}`)
+    const errs = [...m].filter(([k, v]) => k.startsWith('meshcast_errors_total') && v > 0)
+    assert.deepEqual(errs, [], 'a page leaving counts no error')
     for (const p of [a, b]) {
-      await p.page.evaluate(() => window.client.disconnect())
       assert.deepEqual(p.errors, [])
       await p.ctx.close()
     }
