@@ -149,6 +149,7 @@ func TestHelpDefaults(t *testing.T) {
 			t.Errorf("--%s=%q (the default the help states): %v", name, value, err)
 			continue
 		}
+		o.flags = base.flags
 		if !reflect.DeepEqual(o, base) {
 			t.Errorf("--%s: the help says the default is %q, but giving it changes the configuration", name, value)
 		}
@@ -197,5 +198,25 @@ func TestResolveVersion(t *testing.T) {
 		if got := resolveVersion(c.linked, c.info); got != c.want {
 			t.Errorf("resolveVersion(%q, %+v) = %q, want %q", c.linked, c.info, got, c.want)
 		}
+	}
+}
+
+// On a fly.io machine the environment sets defaults: the help states
+// those, not what an empty default would derive.
+func TestHelpDefaultsOnFly(t *testing.T) {
+	cleanEnv(t)
+	t.Setenv("FLY_APP_NAME", "meshcast-test")
+	t.Setenv("FLY_PRIVATE_IP", "fdaa::2")
+	var help bytes.Buffer
+	if _, err := parseFlags([]string{"--help"}, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`(default "[fdaa::2]:7946")`, `(default "[::]:7947")`, `(default "meshcast-test.internal:7946")`} {
+		if !strings.Contains(help.String(), want) {
+			t.Errorf("the help on fly.io does not state %s", want)
+		}
+	}
+	if strings.Contains(help.String(), "(default the --gossip-addr)") {
+		t.Error("the help on fly.io states the derived --gossip-advertise, not fly's")
 	}
 }

@@ -34,13 +34,21 @@ Flags:
 // and the flags before --help were applied.
 func (o *options) helpDefaults() map[string]string {
 	d := map[string]string{
-		"listen":                 openListen + " without --jwt-secret (loopback: this machine only), " + defaultListen + " with it",
+		"listen": openListen + " without --jwt-secret (loopback: this machine only), " + defaultListen + " with it",
+	}
+	// Empty means "derived", unless the environment set a default
+	// (fly.io: flyDefaults).
+	for name, note := range map[string]string{
 		"webtransport-listen":    "the --listen address, over UDP",
 		"webtransport-advertise": "derived from the listener and the request; see README",
 		"gossip-advertise":       "the --gossip-addr",
 		"mesh-addr":              "the --gossip-addr port + 1, on its host",
 		"mesh-advertise":         "the --mesh-addr",
 		"database-region":        "any region",
+	} {
+		if f := o.flags.Lookup(name); f != nil && f.DefValue == "" {
+			d[name] = note
+		}
 	}
 	c := o.edge
 	if q, eff := c.QueueBytes, c.EffectiveQueueBytes(); eff != q {

@@ -58,6 +58,8 @@ type options struct {
 	version bool
 	// loopbackOnly: open mode moved the default --listen to loopback.
 	loopbackOnly bool
+	// flags are the flags parsed (help reads their defaults).
+	flags *flag.FlagSet
 
 	listen    string
 	wtListen  string
@@ -122,6 +124,7 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	// one line, not the whole help.
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
+	o.flags = fs
 	c := &o.edge
 	// A usage string says what 0 or empty means, but not the default:
 	// the help adds it (help.go).
