@@ -489,10 +489,10 @@ func (t *wtTransport) writeFrames(batch [][]byte) error {
 // its session or its QUIC connection (a browser tab closing, clientjs's
 // disconnect() right after its close frame, which the server's echo then
 // finds gone) is no error: the stream fails with the peer's session or
-// connection close, or with the http3.Error (H3_DATAGRAM_ERROR)
-// webtransport-go makes of its CONNECT stream ending. A connection gone silent is an idle timeout, as
-// on a WebSocket. Anything else (a write timeout, a local reset) is a
-// write error.
+// connection close, or with the http3.Error (H3_DATAGRAM_ERROR) that
+// webtransport-go makes of its CONNECT stream ending. A connection gone
+// silent is an idle timeout, as on a WebSocket. Anything else (a write
+// timeout, a local reset) is a write error.
 func (t *wtTransport) writeError(err error) string {
 	var (
 		se   *webtransport.SessionError
