@@ -89,7 +89,10 @@ func defaultText(f *flag.Flag, defaults map[string]string) string {
 		}
 		return strconv.Quote(v)
 	case bool:
-		return ""
+		if !v {
+			return ""
+		}
+		return "true"
 	case time.Duration:
 		if v == 0 {
 			return ""

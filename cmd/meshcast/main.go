@@ -202,7 +202,7 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.IntVar(&c.MaxPatternBytes, "max-pattern-bytes", c.MaxPatternBytes, "Postgres changes: max bytes of a like, ilike, match or imatch filter value (0 = off)")
 	fs.IntVar(&c.MaxRegexInsts, "max-regex-insts", c.MaxRegexInsts, "Postgres changes: max RE2 instructions a match or imatch pattern compiles to, x{n} counting n times (0 = off)")
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
-	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply `meshcast "+schemaSQLCommand+"` instead; see README)")
+	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply the SQL of meshcast "+schemaSQLCommand+" instead; see README)")
 	o.schema.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	for name, v := range flyDefaults(os.Getenv) {
