@@ -326,9 +326,9 @@ export class MeshcastClient {
 
   /**
    * Closes the connection and stops every timer: pushes still waiting resolve
-   * 'error', channels report CHANNEL_ERROR `socket closed: 1000` exactly as
-   * realtime-js's do (tested side by side), and stay on the client
-   * (connect() rejoins them). Resolves once the transport is closed.
+   * 'error', joined channels report CLOSED (an intentional close is no
+   * error; realtime-js 2.119 reports CHANNEL_ERROR here) and stay on the
+   * client (connect() rejoins them). Resolves once the transport is closed.
    * @returns {Promise<'ok'>}
    */
   async disconnect(code = 1000, reason = '') {
