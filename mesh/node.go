@@ -16,9 +16,9 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/quic-go/quic-go"
 
-	"github.com/meshcast/meshcast/mesh/interest"
 	"github.com/meshcast/meshcast/mesh/lograte"
 	"github.com/meshcast/meshcast/mesh/presence"
+	"github.com/meshcast/meshcast/mesh/route"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
 
@@ -74,24 +74,24 @@ type Node struct {
 	resyncs  map[Lane][]func(peer string, emit func([]byte) error) error
 	watchers []func(self Member, members []Member)
 
+	// in feeds the driver goroutine, the only one that changes core
+	// (driver.go).
+	in *inbox
+
+	// Lock order: mu, then a lane's mu (frames are queued under mu);
+	// in.mu is taken alone. The edge calls Subscribe and Unsubscribe
+	// under its hub lock (they take in.mu), Publish and SendPresence under
+	// a topic lock (mu's read lock, then lanes'); the mesh never calls the
+	// Handler with a lock held.
 	mu      sync.RWMutex
 	closed  bool
 	peers   map[string]*peer
 	inbound map[string][]*quic.Conn
 	dead    map[string]bool // IDs declared dead: frames from them are dropped
-	table   interest.Table  // remote nodes' interests
-	local   map[string]*localTopic
-	waits   map[string]*snapshotWait
-}
-
-// localTopic is a topic with local subscribers. linger is set while the
-// last subscriber has gone and the InterestRemove is being debounced.
-type localTopic struct{ linger *time.Timer }
-
-// snapshotWait tracks the presence snapshots a first local join waits for.
-type snapshotWait struct {
-	pending map[string]bool
-	done    chan struct{}
+	// core holds the local topics, the remote nodes' interests and the
+	// snapshot waits; the driver changes it under mu, others read it under
+	// mu's read lock.
+	core *route.Core
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -134,8 +134,8 @@ func New(cfg Config, h Handler) (*Node, error) {
 		peers:        make(map[string]*peer),
 		inbound:      make(map[string][]*quic.Conn),
 		dead:         make(map[string]bool),
-		local:        make(map[string]*localTopic),
-		waits:        make(map[string]*snapshotWait),
+		in:           newInbox(),
+		core:         route.New(route.Config{Linger: cfg.InterestLinger, SnapshotWait: cfg.SnapshotWait}),
 	}
 	n.gossipEv = newGossipEvents(ms, n.log, n.logLimited)
 	ms.NewGauge("meshcast_gossip_health_score", func() float64 {
@@ -228,9 +228,10 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.notifyWatchers()
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go func() { defer n.wg.Done(); n.acceptLoop() }()
 	go func() { defer n.wg.Done(); n.joinLoop() }()
+	go func() { defer n.wg.Done(); n.drive() }()
 	n.log.Info("mesh started", "gossip", n.cfg.GossipAddr, "mesh", n.self.MeshAddr, "region", n.self.Region, "strategy", n.cfg.Strategy.String())
 	return nil
 }
@@ -352,7 +353,7 @@ func (n *Node) GossipAddr() string { return n.ms.ml.LocalNode().Address() }
 func (n *Node) InterestedNodes(topic string) []string {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	return append([]string(nil), n.table.Nodes(topic)...)
+	return append([]string(nil), n.core.Nodes(topic)...)
 }
 
 // WritePrometheus writes the mesh metrics.
@@ -377,12 +378,8 @@ func (n *Node) Close() {
 		return
 	}
 	n.closed = true
-	for _, lt := range n.local {
-		if lt.linger != nil {
-			lt.linger.Stop()
-		}
-	}
 	n.mu.Unlock()
+	n.in.close() // joins still waiting are let go
 	if n.cancel == nil {
 		return // never started: nothing runs, nothing is bound
 	}
