@@ -113,7 +113,7 @@ func New(cfg Config, h Handler) (*Node, error) {
 			meshAddr = cfg.PacketConn.LocalAddr().String()
 		}
 	}
-	ms := metrics.NewSet()
+	set := metrics.NewSet()
 	n := &Node{
 		cfg:          cfg,
 		log:          cfg.Logger.With("node", id),
@@ -123,22 +123,22 @@ func New(cfg Config, h Handler) (*Node, error) {
 		resyncs:      make(map[Lane][]func(string, func([]byte) error) error),
 		incarnation:  inc,
 		meshKey:      deriveKey(cfg.ClusterSecret, "mesh"),
-		metrics:      ms,
-		authFailures: ms.NewCounter("meshcast_mesh_auth_failures_total"),
-		badFrames:    ms.NewCounter("meshcast_mesh_bad_frames_total"),
-		connects:     ms.NewCounter("meshcast_mesh_connects_total"),
-		published:    ms.NewCounter("meshcast_mesh_broadcasts_published_total"),
-		failed:       ms.NewCounter("meshcast_mesh_members_failed_total"),
-		departed:     ms.NewCounter("meshcast_mesh_members_left_total"),
-		returned:     ms.NewCounter("meshcast_mesh_members_returned_total"),
+		metrics:      set,
+		authFailures: set.NewCounter("meshcast_mesh_auth_failures_total"),
+		badFrames:    set.NewCounter("meshcast_mesh_bad_frames_total"),
+		connects:     set.NewCounter("meshcast_mesh_connects_total"),
+		published:    set.NewCounter("meshcast_mesh_broadcasts_published_total"),
+		failed:       set.NewCounter("meshcast_mesh_members_failed_total"),
+		departed:     set.NewCounter("meshcast_mesh_members_left_total"),
+		returned:     set.NewCounter("meshcast_mesh_members_returned_total"),
 		peers:        make(map[string]*peer),
 		inbound:      make(map[string][]*quic.Conn),
 		dead:         make(map[string]bool),
 		in:           newInbox(),
 		core:         route.New(route.Config{Linger: cfg.InterestLinger, SnapshotWait: cfg.SnapshotWait}),
 	}
-	n.gossipEv = newGossipEvents(ms, n.log, n.logLimited)
-	ms.NewGauge("meshcast_gossip_health_score", func() float64 {
+	n.gossipEv = newGossipEvents(set, n.log, n.logLimited)
+	set.NewGauge("meshcast_gossip_health_score", func() float64 {
 		n.mu.RLock()
 		m := n.ms
 		n.mu.RUnlock()
@@ -149,13 +149,13 @@ func New(cfg Config, h Handler) (*Node, error) {
 	})
 	// Who this node is, so that a scraper can tell which peers of
 	// meshcast_mesh_*{peer} are in another region (cross-region bytes).
-	ms.NewGauge(fmt.Sprintf(`meshcast_mesh_node_info{node=%q,region=%q}`, id, cfg.Region), func() float64 { return 1 })
-	ms.NewGauge("meshcast_mesh_members", func() float64 {
+	set.NewGauge(fmt.Sprintf(`meshcast_mesh_node_info{node=%q,region=%q}`, id, cfg.Region), func() float64 { return 1 })
+	set.NewGauge("meshcast_mesh_members", func() float64 {
 		n.mu.RLock()
 		defer n.mu.RUnlock()
 		return float64(len(n.peers) + 1)
 	})
-	ms.NewGauge("meshcast_mesh_peers_connected", func() float64 {
+	set.NewGauge("meshcast_mesh_peers_connected", func() float64 {
 		n.mu.RLock()
 		defer n.mu.RUnlock()
 		c := 0
