@@ -10,9 +10,9 @@ import (
 
 // The interest rules (mesh/route) run on one goroutine, the driver: it
 // takes the events other goroutines post (Subscribe and Unsubscribe from
-// the edge, interest frames from lane readers, deaths and returns from
-// the membership), steps the core, ticks it when its next deadline falls
-// due, and carries out its effects. Only the driver changes the core, and
+// the edge, interest frames and snapshot arrivals from lane readers,
+// deaths and returns from the membership), steps the core, ticks it when
+// its next deadline falls due, and carries out its effects. Only the driver changes the core, and
 // it does so under n.mu, because the fan-out path (Publish, SendPresence)
 // and the lane writers' resyncs read the core's interest table under
 // n.mu's read lock on their own goroutines: a round trip to the driver per
@@ -23,15 +23,44 @@ import (
 // input is one event for the driver.
 type input struct {
 	ev route.Event
-	// done, for a Subscribe, closes when the topic is Ready, or when the
+	// ready, for a Subscribe, closes when the topic is Ready, or when the
 	// node stops.
-	done chan struct{}
+	ready chan struct{}
 	// then, if set, runs on the driver once ev's effects are carried out.
 	then func()
+	// done, if set, closes after then, or when the node stops.
+	done chan struct{}
 }
 
-// inbox is the driver's unbounded queue: posting never blocks, so the
-// edge may post under its hub lock and lane readers are never held up.
+// release lets go whoever waits on in: the node stops.
+func (in input) release() {
+	if in.ready != nil {
+		close(in.ready)
+	}
+	if in.done != nil {
+		close(in.done)
+	}
+}
+
+// stepAndWait posts ev and returns once the driver has carried it out. A
+// lane reader posts a peer's interest frames with it, so that it reads no
+// faster than the driver answers them (as when it answered them itself)
+// and the frames it reads next find them applied.
+func (n *Node) stepAndWait(ev route.Event) {
+	done := make(chan struct{})
+	if !n.in.post(input{ev: ev, done: done}) {
+		return
+	}
+	select {
+	case <-done:
+	case <-n.ctx.Done():
+	}
+}
+
+// inbox is the driver's queue. Posting never blocks, so the edge may post
+// under its hub lock; it is bounded by the posters, none of which posts
+// without limit: a join posts once per topic it makes, a lane reader
+// waits for the interest frames it posts (stepAndWait).
 type inbox struct {
 	mu     sync.Mutex
 	queue  []input
@@ -73,9 +102,7 @@ func (q *inbox) close() {
 	q.queue, q.closed = nil, true
 	q.mu.Unlock()
 	for _, in := range left {
-		if in.done != nil {
-			close(in.done)
-		}
+		in.release()
 	}
 }
 
@@ -119,6 +146,9 @@ func (n *Node) drive() {
 			if in.then != nil {
 				in.then()
 			}
+			if in.done != nil {
+				close(in.done)
+			}
 			batch[i] = input{}
 		}
 		if ok {
@@ -137,7 +167,7 @@ func (n *Node) stepCore(batch []input, waiters map[string][]chan struct{}) (late
 	for _, in := range batch {
 		ev := in.ev
 		if s, isSub := ev.(route.Subscribe); isSub {
-			waiters[s.Topic] = append(waiters[s.Topic], in.done)
+			waiters[s.Topic] = append(waiters[s.Topic], in.ready)
 			for id, p := range n.peers {
 				if p.connected.Load() {
 					s.Connected = append(s.Connected, id)

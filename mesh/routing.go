@@ -121,7 +121,7 @@ func (n *Node) relay(b *meshproto.Broadcast) {
 // mesh/route); it closes too when the node stops.
 func (n *Node) Subscribe(topic string) <-chan struct{} {
 	done := make(chan struct{})
-	if !n.in.post(input{ev: route.Subscribe{Topic: topic}, done: done}) {
+	if !n.in.post(input{ev: route.Subscribe{Topic: topic}, ready: done}) {
 		return closedChan
 	}
 	return done
@@ -214,11 +214,11 @@ func (n *Node) dispatch(from string, f meshproto.Frame) {
 		}
 		n.h.Deliver(f)
 	case *meshproto.InterestAdd:
-		n.in.post(input{ev: route.InterestAdd{From: from, Topics: f.Topics}})
+		n.stepAndWait(route.InterestAdd{From: from, Topics: f.Topics})
 	case *meshproto.InterestRemove:
-		n.in.post(input{ev: route.InterestRemove{From: from, Topics: f.Topics}})
+		n.stepAndWait(route.InterestRemove{From: from, Topics: f.Topics})
 	case *meshproto.InterestSnapshot:
-		n.in.post(input{ev: route.InterestSnapshot{From: from, Topics: f.Topics}})
+		n.stepAndWait(route.InterestSnapshot{From: from, Topics: f.Topics})
 	case *meshproto.PresenceDelta:
 		if !n.h.ApplyPresence(f.Topic, deltaOf(f)) {
 			n.sendTo(from, &meshproto.PresenceSyncRequest{Topic: f.Topic, Owner: f.Owner})
