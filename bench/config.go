@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/meshcast/meshcast/bench/measure"
 )
 
 // Targets.
@@ -177,8 +179,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.ConnectRate < 0 || cfg.ConnectRate > maxConnectRate {
 		errs = append(errs, fmt.Errorf("connect rate must be within (0, %d]", maxConnectRate))
 	}
-	if cfg.PayloadSize < MinPayloadSize {
-		errs = append(errs, fmt.Errorf("payload must be at least %d bytes", MinPayloadSize))
+	if cfg.PayloadSize < measure.MinPayloadSize {
+		errs = append(errs, fmt.Errorf("payload must be at least %d bytes", measure.MinPayloadSize))
 	}
 	if len(cfg.Topic) > 255 || !plainJSONString(cfg.Topic) || !plainJSONString(cfg.Channel) {
 		errs = append(errs, errors.New("topic and channel must be plain strings (no quotes, backslashes, control bytes; topic <= 255 bytes)"))

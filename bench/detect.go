@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 )
 
@@ -469,9 +471,9 @@ func (r *detectRun) runKills(ctx context.Context, res *DetectResult) error {
 			res.Missed++
 			r.cfg.Logf("kill %d of %s: leave not seen everywhere within %s", k+1, victim.Name, r.cfg.Timeout)
 		} else {
-			res.FirstMS = append(res.FirstMS, ms(first))
-			res.LastMS = append(res.LastMS, ms(last))
-			r.cfg.Logf("kill %d of %s: leave seen after %.0f ms (first client %.0f ms)", k+1, victim.Name, ms(last), ms(first))
+			res.FirstMS = append(res.FirstMS, measure.MS(first))
+			res.LastMS = append(res.LastMS, measure.MS(last))
+			r.cfg.Logf("kill %d of %s: leave seen after %.0f ms (first client %.0f ms)", k+1, victim.Name, measure.MS(last), measure.MS(first))
 		}
 		restarted := time.Now()
 		if err := r.startNode(v); err != nil {
@@ -491,15 +493,9 @@ func (r *detectRun) runKills(ctx context.Context, res *DetectResult) error {
 		s := append([]float64(nil), res.LastMS...)
 		sort.Float64s(s)
 		res.Min, res.Max = s[0], s[len(s)-1]
-		res.P50, res.P95 = nearestRank(s, 0.50), nearestRank(s, 0.95)
+		res.P50, res.P95 = measure.NearestRank(s, 0.50), measure.NearestRank(s, 0.95)
 	}
 	return nil
-}
-
-// nearestRank is the q-quantile of sorted s by the nearest-rank method.
-func nearestRank(s []float64, q float64) float64 {
-	i := int(float64(len(s))*q+0.999999) - 1
-	return s[min(max(i, 0), len(s)-1)]
 }
 
 // waitLeave waits until every other node's client has seen victim's key
@@ -555,7 +551,7 @@ func (r *detectRun) runLoad(ctx context.Context, res *DetectResult) error {
 		loadRes, loadErr = Run(lctx, lc)
 	}()
 	began := time.Now()
-	cpu0, _ := ReadHostBusySeconds()
+	cpu0, _ := measure.ReadHostBusySeconds()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for loop := true; loop; {
@@ -575,7 +571,7 @@ func (r *detectRun) runLoad(ctx context.Context, res *DetectResult) error {
 			}
 		}
 	}
-	cpu1, _ := ReadHostBusySeconds()
+	cpu1, _ := measure.ReadHostBusySeconds()
 	wall := time.Since(began).Seconds()
 	res.LoadSeconds, res.GOGC = wall, r.cfg.GOGC
 	res.LoadHostCPU = (cpu1 - cpu0) / wall

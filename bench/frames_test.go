@@ -119,21 +119,3 @@ func TestScan(t *testing.T) {
 		t.Fatalf("centrifugo scan: %+v", rec)
 	}
 }
-
-func TestParseProc(t *testing.T) {
-	kib, err := parseStatusKiB([]byte("Name:\tx\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\n"), "VmRSS:")
-	if err != nil || kib != 12345 {
-		t.Fatalf("VmRSS %d %v", kib, err)
-	}
-	cpu, err := parseStatCPU([]byte("42 (a b) c) S 1 1 1 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 1 1 1"))
-	if err != nil || cpu != 3 {
-		t.Fatalf("cpu %v %v", cpu, err)
-	}
-	busy, err := parseHostBusy([]byte("cpu  100 0 50 1000 7 0 50 0 0 0\ncpu0 1 1 1 1\n"))
-	if err != nil || busy != 2 {
-		t.Fatalf("busy %v %v", busy, err)
-	}
-	if _, err := ReadRSSKiB(0); err != nil {
-		t.Fatalf("own RSS: %v", err)
-	}
-}

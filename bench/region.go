@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/meshcast/meshcast/bench/measure"
 )
 
 // Region scenarios (meshbench local / meshbench regions): clients are placed
@@ -181,8 +183,8 @@ func (c RegionConfig) withDefaults() (RegionConfig, error) {
 	if c.Rate < 0 || (c.Scenario == ScenarioPresence && c.Rate == 0) {
 		errs = append(errs, errors.New("rate must be >= 0 (presence: > 0 joins/s)"))
 	}
-	if c.PayloadSize < MinRegionPayloadSize || c.PayloadSize > 1<<20 {
-		errs = append(errs, fmt.Errorf("payload must be within [%d, 1 MiB]", MinRegionPayloadSize))
+	if c.PayloadSize < measure.MinRegionPayloadSize || c.PayloadSize > 1<<20 {
+		errs = append(errs, fmt.Errorf("payload must be within [%d, 1 MiB]", measure.MinRegionPayloadSize))
 	}
 	for _, d := range []time.Duration{c.Duration, c.Warmup, c.Idle} {
 		if d < 0 || d > maxDuration {

@@ -11,54 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 	"go.uber.org/goleak"
 	"golang.org/x/net/html"
 )
-
-func TestRegionPayload(t *testing.T) {
-	for _, size := range []int{MinRegionPayloadSize, 120, 1000} {
-		p, err := AppendRegionPayload(nil, size, 1_700_000_000_123_456_789, 42, 3, "sin")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(p) != size || !json.Valid(p) {
-			t.Fatalf("size %d: got %d bytes %q", size, len(p), p)
-		}
-		frame := AppendPhxBroadcast(nil, "1", 7, "realtime:x", "m", p)
-		s, ok := ParseRegionSample(frame)
-		if !ok || s.T != 1_700_000_000_123_456_789 || s.Seq != 42 || s.Pub != 3 || string(s.Origin) != "sin" {
-			t.Fatalf("parsed %+v %v from %s", s, ok, frame)
-		}
-	}
-	if _, err := AppendRegionPayload(nil, 10, 1, 1, 0, "iad"); err == nil {
-		t.Error("tiny payload accepted")
-	}
-	for _, bad := range []string{`{"t":1,"s":2}`, `{"t":1,"s":2,"p":3,"o":"iad`, `nothing`} {
-		if _, ok := ParseRegionSample([]byte(bad)); ok {
-			t.Errorf("parsed %s", bad)
-		}
-	}
-}
-
-func TestHistogramCDF(t *testing.T) {
-	h := NewHistogram()
-	if h.CDF(10) != nil {
-		t.Fatal("CDF of nothing")
-	}
-	for i := range 1000 {
-		h.Record(int64(i) * int64(time.Millisecond) / 10)
-	}
-	c := h.CDF(20)
-	if len(c) < 10 || c[0].F != 0 || c[len(c)-1].F != 1 || c[len(c)-1].MS != ms(time.Duration(h.Max())) {
-		t.Fatalf("cdf %v", c)
-	}
-	for i := 1; i < len(c); i++ {
-		if c[i].F < c[i-1].F || c[i].MS < c[i-1].MS {
-			t.Fatalf("not monotonic at %d: %v", i, c)
-		}
-	}
-}
 
 func TestRTTMatrixAndWAN(t *testing.T) {
 	m, err := ParseRTTMatrix("iad-fra=90, fra-fra=2")
@@ -211,7 +169,7 @@ func TestReportFormats(t *testing.T) {
 	for _, label := range []string{"interested", "relay"} {
 		res := &RegionResult{Scenario: ScenarioFanout, Label: label, Regions: []string{"iad", "fra"}}
 		for _, pr := range [][2]string{{"iad", "iad"}, {"iad", "fra"}} {
-			h := NewHistogram()
+			h := measure.NewHistogram()
 			ow := 0.0
 			if pr[1] != pr[0] {
 				ow = 43.5

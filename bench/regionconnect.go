@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 )
 
@@ -36,7 +38,7 @@ func (r *regionRun) runConnect(ctx context.Context, res *RegionResult) error {
 	cfg := &r.cfg
 	rss0 := nodeRSS(ctx, cfg.Sites, cfg.RegionHeader)
 	runtime.GC()
-	client0, _ := ReadRSSKiB(0)
+	client0, _ := measure.ReadRSSKiB(0)
 	cpu0 := readClientCPU()
 	before := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
 	ps := r.placements()
@@ -61,7 +63,7 @@ func (r *regionRun) runConnect(ctx context.Context, res *RegionResult) error {
 			cf.NodeRSSPerConnKB[region+" "+id] = float64(kib-rss0[i]) / m["meshcast_connections"]
 		}
 	}
-	if client1, err := ReadRSSKiB(0); err == nil {
+	if client1, err := measure.ReadRSSKiB(0); err == nil {
 		cf.ClientRSSMiB = float64(client1) / 1024
 		cf.ClientRSSPerConn = float64(client1-client0) / float64(res.Connected)
 	}
@@ -111,7 +113,7 @@ func nodeRSS(ctx context.Context, sites []Site, header string) []int64 {
 		for i, u := range s.URLs {
 			var kib int64
 			if i < len(s.PIDs) && s.PIDs[i] > 0 {
-				kib, _ = ReadRSSKiB(s.PIDs[i])
+				kib, _ = measure.ReadRSSKiB(s.PIDs[i])
 			} else if m, err := scrapeRegion(ctx, metricsURLOf(u), header, s.Region); err == nil {
 				kib = int64(m["process_resident_memory_bytes"] / 1024)
 			}

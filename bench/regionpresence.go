@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 )
 
@@ -196,7 +198,7 @@ func (r *regionRun) runPresence(ctx context.Context, res *RegionResult) error {
 	res.Server = serverFigures(before, after, res.Published, res.Delivered, time.Duration(drainEnd-measureT).Seconds())
 	res.ClientCPU, res.HostCPU = cpu1.rate(cpu0)
 	pf := &PresenceFigures{Joins: uint64(len(measuredJoins)), Watchers: res.Connected}
-	h := NewHistogram()
+	h := measure.NewHistogram()
 	pt := r.presence
 	pt.mu.Lock()
 	for _, k := range measuredJoins {
@@ -209,7 +211,7 @@ func (r *regionRun) runPresence(ctx context.Context, res *RegionResult) error {
 	pf.StateFrames, pf.Leaves = pt.state, pt.leave
 	pt.mu.Unlock()
 	s := h.Summary()
-	pf.AllSeen = Quantiles{P50: ms(s.P50), P90: ms(s.P90), P99: ms(s.P99), Max: ms(s.Max), Count: s.Count}
+	pf.AllSeen = measure.Quantiles{P50: measure.MS(s.P50), P90: measure.MS(s.P90), P99: measure.MS(s.P99), Max: measure.MS(s.Max), Count: s.Count}
 	res.Presence = pf
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/meshcast/meshcast/bench/measure"
 )
 
 // RegionResult is the outcome of one region scenario run. Times are in
@@ -25,12 +27,12 @@ type RegionResult struct {
 	DurationS      float64  `json:"duration_s"`
 	Seed           uint64   `json:"seed"`
 
-	Connected         int                  `json:"connected"`
-	ConnectErrors     int                  `json:"connect_errors"`
-	FirstConnectError string               `json:"first_connect_error,omitempty"`
-	ConnectSeconds    float64              `json:"connect_s"`
-	ConnectMS         map[string]Quantiles `json:"connect_ms"`    // dial + join, by region
-	ClientRTTMS       map[string]float64   `json:"client_rtt_ms"` // heartbeat round trip to a node of the region
+	Connected         int                          `json:"connected"`
+	ConnectErrors     int                          `json:"connect_errors"`
+	FirstConnectError string                       `json:"first_connect_error,omitempty"`
+	ConnectSeconds    float64                      `json:"connect_s"`
+	ConnectMS         map[string]measure.Quantiles `json:"connect_ms"`    // dial + join, by region
+	ClientRTTMS       map[string]float64           `json:"client_rtt_ms"` // heartbeat round trip to a node of the region
 
 	Publishers        int     `json:"publishers"`
 	Published         uint64  `json:"published"`
@@ -63,43 +65,34 @@ type RegionResult struct {
 	Goroutines int     `json:"client_goroutines"`
 }
 
-// Quantiles of a duration distribution, in ms.
-type Quantiles struct {
-	P50   float64 `json:"p50"`
-	P90   float64 `json:"p90"`
-	P99   float64 `json:"p99"`
-	Max   float64 `json:"max"`
-	Count uint64  `json:"count"`
-}
-
 // PairStats is the latency from publishers of one region to subscribers
 // of another (or the same).
 type PairStats struct {
-	From             string     `json:"from"`
-	To               string     `json:"to"`
-	OneWayMS         float64    `json:"one_way_ms"` // emulated one-way delay, -1 when not emulated
-	Count            uint64     `json:"count"`      // measured deliveries
-	ExpectedMeasured uint64     `json:"expected_measured"`
-	Expected         uint64     `json:"expected"` // all publications (warmup too) × subscribers
-	Received         uint64     `json:"received"`
-	Lost             int64      `json:"lost"`
-	Min              float64    `json:"min"`
-	P50              float64    `json:"p50"`
-	P90              float64    `json:"p90"`
-	P99              float64    `json:"p99"`
-	Max              float64    `json:"max"`
-	Mean             float64    `json:"mean"`
-	CDF              []CDFPoint `json:"cdf"`
+	From             string             `json:"from"`
+	To               string             `json:"to"`
+	OneWayMS         float64            `json:"one_way_ms"` // emulated one-way delay, -1 when not emulated
+	Count            uint64             `json:"count"`      // measured deliveries
+	ExpectedMeasured uint64             `json:"expected_measured"`
+	Expected         uint64             `json:"expected"` // all publications (warmup too) × subscribers
+	Received         uint64             `json:"received"`
+	Lost             int64              `json:"lost"`
+	Min              float64            `json:"min"`
+	P50              float64            `json:"p50"`
+	P90              float64            `json:"p90"`
+	P99              float64            `json:"p99"`
+	Max              float64            `json:"max"`
+	Mean             float64            `json:"mean"`
+	CDF              []measure.CDFPoint `json:"cdf"`
 }
 
 // PresenceFigures: joins tracked and how long until every watcher saw one.
 type PresenceFigures struct {
-	Joins       uint64    `json:"joins"`         // tracks sent while measuring
-	Watchers    int       `json:"watchers"`      // connected watchers
-	AllSeen     Quantiles `json:"all_seen_ms"`   // track → the last watcher's presence_diff, per join
-	Incomplete  uint64    `json:"incomplete"`    // measured joins some watcher never saw
-	StateFrames uint64    `json:"state_frames"`  // presence_state frames (one per watcher join)
-	Leaves      uint64    `json:"leave_entries"` // leave entries seen (the previous meta of a re-track)
+	Joins       uint64            `json:"joins"`         // tracks sent while measuring
+	Watchers    int               `json:"watchers"`      // connected watchers
+	AllSeen     measure.Quantiles `json:"all_seen_ms"`   // track → the last watcher's presence_diff, per join
+	Incomplete  uint64            `json:"incomplete"`    // measured joins some watcher never saw
+	StateFrames uint64            `json:"state_frames"`  // presence_state frames (one per watcher join)
+	Leaves      uint64            `json:"leave_entries"` // leave entries seen (the previous meta of a re-track)
 }
 
 // ConnectFigures: the ramp and what idle connections cost.
@@ -115,7 +108,7 @@ type ConnectFigures struct {
 
 func newRegionResult(cfg *RegionConfig) *RegionResult {
 	res := &RegionResult{Scenario: cfg.Scenario, Label: cfg.Label, Subs: cfg.conns(), Rate: cfg.Rate, Payload: cfg.PayloadSize,
-		DurationS: cfg.Duration.Seconds(), Seed: cfg.Seed, ConnectMS: map[string]Quantiles{}, ClientRTTMS: map[string]float64{},
+		DurationS: cfg.Duration.Seconds(), Seed: cfg.Seed, ConnectMS: map[string]measure.Quantiles{}, ClientRTTMS: map[string]float64{},
 		ClientCPU: -1, HostCPU: -1, PubRegions: cfg.PubRegions}
 	for _, s := range cfg.Sites {
 		res.Regions = append(res.Regions, s.Region)

@@ -16,13 +16,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 )
 
 // regionShard is what one poller's subscribers count, without locks.
 type regionShard struct {
-	hist       []*Histogram // [from*n+to], measured deliveries
-	recv       []uint64     // [from*n+to], every delivery
+	hist       []*measure.Histogram // [from*n+to], measured deliveries
+	recv       []uint64             // [from*n+to], every delivery
 	received   atomic.Uint64
 	lastRecv   int64
 	gaps, ooo  uint64
@@ -47,7 +49,7 @@ type regionRun struct {
 
 	subChannel  [][]int // [channel][region] subscribers joined
 	pubs        []*regionPub
-	connectHist []*Histogram // [region] dial + join of subscribers
+	connectHist []*measure.Histogram // [region] dial + join of subscribers
 	connMu      sync.Mutex
 	connErrs    int
 	firstErr    string
@@ -85,12 +87,12 @@ func RunRegions(ctx context.Context, cfg RegionConfig) (*RegionResult, error) {
 	for range pollers {
 		sh := &regionShard{recv: make([]uint64, r.n*r.n)}
 		for range r.n * r.n {
-			sh.hist = append(sh.hist, NewHistogram())
+			sh.hist = append(sh.hist, measure.NewHistogram())
 		}
 		r.shards = append(r.shards, sh)
 	}
 	for range r.n {
-		r.connectHist = append(r.connectHist, NewHistogram())
+		r.connectHist = append(r.connectHist, measure.NewHistogram())
 	}
 	res := newRegionResult(&cfg)
 	for _, s := range cfg.Sites {
@@ -271,7 +273,7 @@ func (r *regionRun) connectSubs(ctx context.Context, res *RegionResult, ps []pla
 	res.FirstConnectError = r.firstErr
 	for i, h := range r.connectHist {
 		s := h.Summary()
-		res.ConnectMS[cfg.Sites[i].Region] = Quantiles{P50: ms(s.P50), P90: ms(s.P90), P99: ms(s.P99), Max: ms(s.Max), Count: s.Count}
+		res.ConnectMS[cfg.Sites[i].Region] = measure.Quantiles{P50: measure.MS(s.P50), P90: measure.MS(s.P90), P99: measure.MS(s.P99), Max: measure.MS(s.Max), Count: s.Count}
 	}
 	cfg.Logf("connected %d/%d subscribers in %.1fs", res.Connected, len(ps), res.ConnectSeconds)
 }
@@ -361,7 +363,7 @@ func (s *broadcastSub) onMessage(shard int, op ws.OpCode, b []byte, now int64) {
 			return
 		}
 	}
-	rs, ok := ParseRegionSample(b)
+	rs, ok := measure.ParseRegionSample(b)
 	o := regionIndex(s.r.cfg.Sites, rs.Origin)
 	if !ok || o < 0 {
 		st.unexpectedFrame(b)
@@ -477,7 +479,7 @@ func (r *regionRun) runBroadcast(ctx context.Context, res *RegionResult) error {
 			r.measureStart.Store(now)
 		}
 		p := order[i%uint64(len(order))]
-		payload, _ = AppendRegionPayload(payload[:0], cfg.PayloadSize, r.now(), p.sent+1, p.index, cfg.Sites[p.region].Region)
+		payload, _ = measure.AppendRegionPayload(payload[:0], cfg.PayloadSize, r.now(), p.sent+1, p.index, cfg.Sites[p.region].Region)
 		frame = AppendPhxBroadcast(frame[:0], phxJoinRef, p.sent+2, r.topic(p.channel), "m", payload)
 		if err := p.c.WriteFrame(ws.OpText, frame); err != nil {
 			writeErr = err
@@ -498,7 +500,7 @@ func (r *regionRun) runBroadcast(ctx context.Context, res *RegionResult) error {
 	drainEnd := r.now()
 	after := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
 	cpu1 := readClientCPU()
-	res.PublisherLagMaxMS, res.PublisherLate = ms(lagMax), late
+	res.PublisherLagMaxMS, res.PublisherLate = measure.MS(lagMax), late
 	if writeErr != nil {
 		res.PublishErrors++
 		res.FirstPublishError = writeErr.Error()
@@ -562,7 +564,7 @@ func (r *regionRun) collect(res *RegionResult, measureT, publishEnd int64) {
 	for from := range n {
 		for to := range n {
 			k := from*n + to
-			h := NewHistogram()
+			h := measure.NewHistogram()
 			var recv uint64
 			for _, st := range r.shards {
 				h.Merge(st.hist[k])
@@ -628,15 +630,15 @@ func (r *regionRun) collect(res *RegionResult, measureT, publishEnd int64) {
 }
 
 // pairStats summarises one pair's histogram.
-func pairStats(h *Histogram, from, to string, oneWay func(a, b string) time.Duration) PairStats {
+func pairStats(h *measure.Histogram, from, to string, oneWay func(a, b string) time.Duration) PairStats {
 	s := h.Summary()
 	ps := PairStats{From: from, To: to, Count: s.Count, OneWayMS: -1,
-		P50: ms(s.P50), P90: ms(s.P90), P99: ms(s.P99), Max: ms(s.Max), Mean: ms(s.Mean), CDF: h.CDF(60)}
+		P50: measure.MS(s.P50), P90: measure.MS(s.P90), P99: measure.MS(s.P99), Max: measure.MS(s.Max), Mean: measure.MS(s.Mean), CDF: h.CDF(60)}
 	if s.Count > 0 {
-		ps.Min = ms(time.Duration(h.Min()))
+		ps.Min = measure.MS(time.Duration(h.Min()))
 	}
 	if oneWay != nil {
-		ps.OneWayMS = ms(oneWay(from, to))
+		ps.OneWayMS = measure.MS(oneWay(from, to))
 	}
 	return ps
 }
@@ -650,10 +652,10 @@ type clientCPU struct {
 
 func readClientCPU() clientCPU {
 	c := clientCPU{at: time.Now()}
-	if v, err := ReadCPUSeconds(0); err == nil {
+	if v, err := measure.ReadCPUSeconds(0); err == nil {
 		c.self, c.selfOK = v, true
 	}
-	if v, err := ReadHostBusySeconds(); err == nil {
+	if v, err := measure.ReadHostBusySeconds(); err == nil {
 		c.host, c.hstOK = v, true
 	}
 	return c
@@ -702,5 +704,5 @@ func probeRTT(ctx context.Context, urls []string, header, region string, timeout
 		rtts = append(rtts, time.Since(t0))
 	}
 	sort.Slice(rtts, func(i, j int) bool { return rtts[i] < rtts[j] })
-	return ms(rtts[len(rtts)/2])
+	return measure.MS(rtts[len(rtts)/2])
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"runtime"
 	"time"
+
+	"github.com/meshcast/meshcast/bench/measure"
 )
 
 // Report is everything one meshbench local / regions invocation measured:
@@ -31,21 +33,10 @@ func NewReport(title, command string) *Report {
 	r := &Report{Title: title, Command: command, Started: time.Now().UTC(), Load1: -1}
 	host, _ := os.Hostname()
 	r.Host = fmt.Sprintf("%s, %d CPUs, %s/%s", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
-	if l, err := ReadLoad1(); err == nil {
+	if l, err := measure.ReadLoad1(); err == nil {
 		r.Load1 = l
 	}
 	return r
-}
-
-// ReadLoad1 reads the 1-minute load average.
-func ReadLoad1() (float64, error) {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return 0, err
-	}
-	var l float64
-	_, err = fmt.Sscanf(string(b), "%f", &l)
-	return l, err
 }
 
 // WriteJSON writes the report as one indented JSON document.

@@ -3,7 +3,6 @@ package bench
 import (
 	"fmt"
 	"strings"
-	"time"
 )
 
 // Result is what a run measured. Latencies are in milliseconds; a value of -1
@@ -87,8 +86,6 @@ func (r *Result) Column() string {
 	}
 	return c
 }
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // String is a one-line human summary.
 func (r *Result) String() string {

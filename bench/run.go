@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/meshcast/meshcast/bench/measure"
 )
 
 const (
@@ -38,7 +40,7 @@ type runner struct {
 	measureStart atomic.Int64 // runner clock; MaxInt64 until measuring starts
 	stopping     atomic.Bool
 
-	hists []*Histogram
+	hists []*measure.Histogram
 	recv  []paddedCounter
 
 	subs      []*subscriber // all created up front; s.c is set once subscribed
@@ -81,9 +83,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	r := &runner{cfg: cfg, proto: proto, base: time.Now()}
 	r.baseUnix = r.base.UnixNano()
 	r.measureStart.Store(math.MaxInt64)
-	r.hists = make([]*Histogram, histShards)
+	r.hists = make([]*measure.Histogram, histShards)
 	for i := range r.hists {
-		r.hists[i] = NewHistogram()
+		r.hists[i] = measure.NewHistogram()
 	}
 	r.recv = make([]paddedCounter, recvShards)
 	r.subs = make([]*subscriber, cfg.Subs)
@@ -182,7 +184,7 @@ func (r *runner) connectAll(ctx context.Context, res *Result) error {
 		}
 	}
 	res.Connected = len(r.connected)
-	if kib, err := ReadRSSKiB(0); err == nil {
+	if kib, err := measure.ReadRSSKiB(0); err == nil {
 		res.ClientRSSKiB = kib
 	}
 	cfg.Logf("connected %d/%d subscribers in %.1fs (%d failed)", res.Connected, cfg.Subs, res.ConnectSeconds, res.ConnectErrors)
@@ -290,7 +292,7 @@ func (r *runner) shutdown() {
 func (r *runner) runIdle(ctx context.Context, res *Result) (*Result, error) {
 	cfg := &r.cfg
 	if cfg.ServerPID > 0 {
-		before, err := ReadRSSKiB(cfg.ServerPID)
+		before, err := measure.ReadRSSKiB(cfg.ServerPID)
 		if err != nil {
 			return nil, fmt.Errorf("bench: read server RSS: %w", err)
 		}
@@ -339,7 +341,7 @@ func (r *runner) settledRSS(ctx context.Context) (int64, error) {
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
-		cur, err := ReadRSSKiB(r.cfg.ServerPID)
+		cur, err := measure.ReadRSSKiB(r.cfg.ServerPID)
 		if err != nil {
 			return 0, fmt.Errorf("bench: read server RSS: %w", err)
 		}
@@ -361,14 +363,14 @@ type cpuSample struct{ server, client, host float64 }
 func (r *runner) cpu() cpuSample {
 	s := cpuSample{-1, -1, -1}
 	if r.cfg.ServerPID > 0 {
-		if v, err := ReadCPUSeconds(r.cfg.ServerPID); err == nil {
+		if v, err := measure.ReadCPUSeconds(r.cfg.ServerPID); err == nil {
 			s.server = v
 		}
 	}
-	if v, err := ReadCPUSeconds(0); err == nil {
+	if v, err := measure.ReadCPUSeconds(0); err == nil {
 		s.client = v
 	}
-	if v, err := ReadHostBusySeconds(); err == nil {
+	if v, err := measure.ReadHostBusySeconds(); err == nil {
 		s.host = v
 	}
 	return s

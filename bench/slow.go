@@ -7,11 +7,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/meshcast/meshcast/bench/measure"
 
 	"github.com/gobwas/ws"
 )
@@ -174,7 +175,7 @@ func RunSlow(ctx context.Context, cfg SlowConfig) (*SlowResult, error) {
 			s.Lost += r.Lost
 			s.Disconnects += r.Disconnects
 		}
-		s.P50, s.P99, s.CPUPerDeliveryUs, s.DeliveriesPerSec = medianOf(p50), medianOf(p99), medianOf(cpu), medianOf(dps)
+		s.P50, s.P99, s.CPUPerDeliveryUs, s.DeliveriesPerSec = measure.Median(p50), measure.Median(p99), measure.Median(cpu), measure.Median(dps)
 		return s
 	}
 	res.A, res.B = side(false), side(true)
@@ -187,18 +188,6 @@ func RunSlow(ctx context.Context, cfg SlowConfig) (*SlowResult, error) {
 		}
 	}
 	return res, nil
-}
-
-func medianOf(v []float64) float64 {
-	if len(v) == 0 {
-		return -1
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func runSlowRound(ctx context.Context, cfg SlowConfig, rd *SlowRound) error {

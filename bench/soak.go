@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 	"github.com/jackc/pgx/v5"
 )
@@ -317,13 +319,14 @@ func (n *SoakNode) judge() {
 	}
 	gor := func(x SoakSample) float64 { return x.Goroutines }
 	rss := func(x SoakSample) float64 { return x.RSSMiB }
-	n.GoroutinesEarly, n.GoroutinesLate = medianOf(col(s[q:2*q], gor)), medianOf(col(s[len(s)-q:], gor))
-	n.RSSEarly, n.RSSLate = medianOf(col(s[q:2*q], rss)), medianOf(col(s[len(s)-q:], rss))
+	n.GoroutinesEarly, n.GoroutinesLate = measure.Median(col(s[q:2*q], gor)), measure.Median(col(s[len(s)-q:], gor))
+	n.RSSEarly, n.RSSLate = measure.Median(col(s[q:2*q], rss)), measure.Median(col(s[len(s)-q:], rss))
 	for _, x := range s {
 		n.GoroutinesMax, n.RSSMax = max(n.GoroutinesMax, x.Goroutines), max(n.RSSMax, x.RSSMiB)
 	}
-	n.GoroutinesPer10Min = 600 * lsqSlope(s[q:], gor)
-	n.RSSMiBPer10Min = 600 * lsqSlope(s[q:], rss)
+	at := col(s[q:], func(x SoakSample) float64 { return x.At })
+	n.GoroutinesPer10Min = 600 * measure.Slope(at, col(s[q:], gor))
+	n.RSSMiBPer10Min = 600 * measure.Slope(at, col(s[q:], rss))
 	if lim := n.GoroutinesEarly*(1+soakGoroutineGrowth) + 30; n.GoroutinesLate > lim {
 		n.Failures = append(n.Failures, fmt.Sprintf("goroutines grew under load: %.0f → %.0f (bound %.0f)", n.GoroutinesEarly, n.GoroutinesLate, lim))
 	}
@@ -333,23 +336,6 @@ func (n *SoakNode) judge() {
 	if lim := n.IdleGoroutinesBefore + soakIdleSlack; n.IdleGoroutinesAfter > lim {
 		n.Failures = append(n.Failures, fmt.Sprintf("idle goroutines after the load %.0f, before %.0f (bound %.0f): something leaked", n.IdleGoroutinesAfter, n.IdleGoroutinesBefore, lim))
 	}
-}
-
-// lsqSlope is the least-squares slope of f over the samples, per second.
-func lsqSlope(s []SoakSample, f func(SoakSample) float64) float64 {
-	var sx, sy, sxx, sxy float64
-	for _, x := range s {
-		sx += x.At
-		sy += f(x)
-		sxx += x.At * x.At
-		sxy += x.At * f(x)
-	}
-	k := float64(len(s))
-	d := k*sxx - sx*sx
-	if d == 0 {
-		return 0
-	}
-	return (k*sxy - sx*sy) / d
 }
 
 // churn connects, joins a presence channel, tracks, holds for a while and

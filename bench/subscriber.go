@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 )
 
@@ -14,8 +16,8 @@ type subscriber struct {
 	r    *runner
 	id   int
 	c    clientConn
-	hist *Histogram     // shard shared with other subscribers
-	recv *atomic.Uint64 // shard of the live delivery counter
+	hist *measure.Histogram // shard shared with other subscribers
+	recv *atomic.Uint64     // shard of the live delivery counter
 
 	nextHB atomic.Int64 // runner clock of the next heartbeat; 0 = none
 	hbRef  uint64       // owned by the heartbeat goroutine
@@ -50,7 +52,7 @@ func (s *subscriber) readLoop() {
 }
 
 func (s *subscriber) sample(b []byte) {
-	t, seq, err := ParseSample(b)
+	t, seq, err := measure.ParseSample(b)
 	if err != nil {
 		s.unexpected(b)
 		return

@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 )
 
@@ -69,7 +71,7 @@ func (r *runner) runTraffic(ctx context.Context, res *Result) (*Result, error) {
 	r.shutdown()
 
 	measureStart := r.measureStart.Load()
-	hist := NewHistogram()
+	hist := measure.NewHistogram()
 	var total, lastRecv int64
 	for _, s := range r.connected {
 		total += int64(s.total)
@@ -86,7 +88,7 @@ func (r *runner) runTraffic(ctx context.Context, res *Result) (*Result, error) {
 	res.Expected = ps.sentMeasured * uint64(res.Connected)
 	res.Lost = int64(ps.sent)*int64(res.Connected) - total
 	res.WindowStalls = ps.stalls
-	res.PublisherLagMax = ms(ps.lagMax)
+	res.PublisherLagMax = measure.MS(ps.lagMax)
 	res.PublisherLate = ps.late
 	if pubDur := ps.publishEnd - measureStart; ps.sentMeasured > 0 && pubDur > 0 {
 		res.PublishPerSec = float64(ps.sentMeasured) / time.Duration(pubDur).Seconds()
@@ -96,8 +98,8 @@ func (r *runner) runTraffic(ctx context.Context, res *Result) (*Result, error) {
 		res.DeliveriesPerSec = float64(res.Delivered) / res.Elapsed
 	}
 	sum := hist.Summary()
-	res.P50, res.P90, res.P99, res.P999 = ms(sum.P50), ms(sum.P90), ms(sum.P99), ms(sum.P999)
-	res.Max, res.Mean = ms(sum.Max), ms(sum.Mean)
+	res.P50, res.P90, res.P99, res.P999 = measure.MS(sum.P50), measure.MS(sum.P90), measure.MS(sum.P99), measure.MS(sum.P999)
+	res.Max, res.Mean = measure.MS(sum.Max), measure.MS(sum.Mean)
 	setCPU(res, cpu0, cpu1, time.Duration(drainEnd-measureStart).Seconds())
 	if res.ServerCPU >= 0 && res.Delivered > 0 {
 		// CPU over the measured window (drain included) per measured
@@ -192,7 +194,7 @@ func (r *runner) publish(ctx context.Context, c clientConn, atMeasure func()) pu
 			}
 		}
 		var err error
-		payload, err = AppendPayload(payload[:0], cfg.PayloadSize, r.now(), seq)
+		payload, err = measure.AppendPayload(payload[:0], cfg.PayloadSize, r.now(), seq)
 		if err != nil { // ruled out by Config validation
 			ps.writeErr = err
 			break

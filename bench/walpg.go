@@ -1,12 +1,8 @@
 package bench
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/meshcast/meshcast/wal/pglocal"
@@ -61,47 +57,3 @@ func (p *LocalPostgres) URL() string { return p.Server.URL("postgres") }
 
 // Stop stops the server and removes its directory.
 func (p *LocalPostgres) Stop() { p.Server.Remove() }
-
-// ReadTreeCPUSeconds returns the CPU seconds of process pid and its live
-// children (Postgres's backends and walsenders are children of the
-// postmaster). Children that exited are not counted.
-func ReadTreeCPUSeconds(pid int) (float64, error) {
-	total, err := ReadCPUSeconds(pid)
-	if err != nil {
-		return 0, err
-	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
-	}
-	for _, e := range ents {
-		child, err := strconv.Atoi(e.Name())
-		if err != nil || child == pid {
-			continue
-		}
-		b, err := os.ReadFile(procPath(child, "stat"))
-		if err != nil {
-			continue // gone meanwhile
-		}
-		if ppid, err := parseStatPPID(b); err != nil || ppid != pid {
-			continue
-		}
-		if v, err := parseStatCPU(b); err == nil {
-			total += v
-		}
-	}
-	return total, nil
-}
-
-// parseStatPPID extracts field 4 (ppid) of /proc/<pid>/stat.
-func parseStatPPID(stat []byte) (int, error) {
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, errors.New("bench: malformed /proc stat")
-	}
-	f := bytes.Fields(stat[i+1:])
-	if len(f) < 2 {
-		return 0, errors.New("bench: short /proc stat")
-	}
-	return strconv.Atoi(string(f[1]))
-}

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/jackc/pgx/v5"
 )
 
@@ -27,8 +29,8 @@ type walRunner struct {
 	subs      []*walSub
 	connected []*walSub
 	classSubs []int // connected subscribers per class
-	hists     []*Histogram
-	ackHists  []*Histogram
+	hists     []*measure.Histogram
+	ackHists  []*measure.Histogram
 	recv      []paddedCounter
 	// writer is set before writing starts; subscribers read it per row.
 	writer atomic.Pointer[walWriter]
@@ -189,11 +191,11 @@ func withConn(ctx context.Context, url string, f func(*pgx.Conn) error) error {
 // confirmed, and counts the connected ones per class.
 func (r *walRunner) connectAll(ctx context.Context, res *WALResult, tokenLife time.Duration) error {
 	cfg := &r.cfg
-	r.hists = make([]*Histogram, histShards)
-	r.ackHists = make([]*Histogram, histShards)
+	r.hists = make([]*measure.Histogram, histShards)
+	r.ackHists = make([]*measure.Histogram, histShards)
 	for i := range r.hists {
-		r.hists[i] = NewHistogram()
-		r.ackHists[i] = NewHistogram()
+		r.hists[i] = measure.NewHistogram()
+		r.ackHists[i] = measure.NewHistogram()
 	}
 	r.recv = make([]paddedCounter, recvShards)
 	r.subs = make([]*walSub, cfg.Subs)
@@ -363,7 +365,7 @@ func (r *walRunner) shutdown() {
 // collect sums what the subscribers and the writer saw; after shutdown.
 func (r *walRunner) collect(res *WALResult, w *walWriter, lag *lagSampler) {
 	measureStart := r.measureStart.Load()
-	hist, ack := NewHistogram(), NewHistogram()
+	hist, ack := measure.NewHistogram(), measure.NewHistogram()
 	for i, h := range r.hists {
 		hist.Merge(h)
 		ack.Merge(r.ackHists[i])
@@ -403,21 +405,21 @@ func (r *walRunner) collect(res *WALResult, w *walWriter, lag *lagSampler) {
 		res.RowsPerSec = float64(w.rowsMeas) / time.Duration(w.lastSent-measureStart).Seconds()
 	}
 	res.CommitErrors, res.FirstCommitError = w.errs, w.firstErr
-	res.WindowStalls, res.WriterLate, res.WriterLagMax = w.stalls, w.late, ms(w.lagMax)
+	res.WindowStalls, res.WriterLate, res.WriterLagMax = w.stalls, w.late, measure.MS(w.lagMax)
 	w.mu.Unlock()
 	cs := w.commit.Summary()
-	res.CommitP50, res.CommitP99 = ms(cs.P50), ms(cs.P99)
+	res.CommitP50, res.CommitP99 = measure.MS(cs.P50), measure.MS(cs.P99)
 	if res.Delivered > 0 && lastRecv > measureStart {
 		res.Elapsed = time.Duration(lastRecv - measureStart).Seconds()
 		res.DeliveriesPerSec = float64(res.Delivered) / res.Elapsed
 	}
 	sum := hist.Summary()
-	res.P50, res.P90, res.P99, res.P999 = ms(sum.P50), ms(sum.P90), ms(sum.P99), ms(sum.P999)
-	res.P95 = ms(time.Duration(hist.Quantile(0.95)))
-	res.Max, res.Mean = ms(sum.Max), ms(sum.Mean)
+	res.P50, res.P90, res.P99, res.P999 = measure.MS(sum.P50), measure.MS(sum.P90), measure.MS(sum.P99), measure.MS(sum.P999)
+	res.P95 = measure.MS(time.Duration(hist.Quantile(0.95)))
+	res.Max, res.Mean = measure.MS(sum.Max), measure.MS(sum.Mean)
 	as := ack.Summary()
-	res.AckP50, res.AckP99, res.AckMax = ms(as.P50), ms(as.P99), ms(as.Max)
-	res.AckP95 = ms(time.Duration(ack.Quantile(0.95)))
+	res.AckP50, res.AckP99, res.AckMax = measure.MS(as.P50), measure.MS(as.P99), measure.MS(as.Max)
+	res.AckP95 = measure.MS(time.Duration(ack.Quantile(0.95)))
 	lag.fill(res)
 }
 
@@ -442,14 +444,14 @@ func (r *walRunner) snapshot(ctx context.Context, metricURLs []string, pgPID int
 		})
 	}
 	if pgPID > 0 {
-		if v, err := ReadTreeCPUSeconds(pgPID); err == nil {
+		if v, err := measure.ReadTreeCPUSeconds(pgPID); err == nil {
 			s.postgres = v
 		}
 	}
-	if v, err := ReadCPUSeconds(0); err == nil {
+	if v, err := measure.ReadCPUSeconds(0); err == nil {
 		s.client = v
 	}
-	if v, err := ReadHostBusySeconds(); err == nil {
+	if v, err := measure.ReadHostBusySeconds(); err == nil {
 		s.host = v
 	}
 	wg.Wait()
@@ -567,26 +569,9 @@ func (l *lagSampler) fill(res *WALResult) {
 			res.WALBytes = l.walAt[1] - l.walAt[0]
 		}
 	}
-	res.SlotLagSlope = slope(l.samples)
-}
-
-// slope is the least-squares slope of y over x (bytes per second); 0 with
-// fewer than 3 samples.
-func slope(pts [][2]float64) float64 {
-	if len(pts) < 3 {
-		return 0
+	xs, ys := make([]float64, len(l.samples)), make([]float64, len(l.samples))
+	for i, p := range l.samples {
+		xs[i], ys[i] = p[0], p[1]
 	}
-	var sx, sy, sxx, sxy float64
-	for _, p := range pts {
-		sx += p[0]
-		sy += p[1]
-		sxx += p[0] * p[0]
-		sxy += p[0] * p[1]
-	}
-	n := float64(len(pts))
-	d := n*sxx - sx*sx
-	if d == 0 {
-		return 0
-	}
-	return (n*sxy - sx*sy) / d
+	res.SlotLagSlope = measure.Slope(xs, ys)
 }

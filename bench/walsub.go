@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 )
 
@@ -21,9 +23,9 @@ type walSub struct {
 	class int // the rows it must receive: see subClass
 	topic string
 	c     *wsConn
-	hist  *Histogram     // statement sent → read
-	ack   *Histogram     // commit acknowledged to the writer → read
-	recv  *atomic.Uint64 // shard of the live count of rows received once
+	hist  *measure.Histogram // statement sent → read
+	ack   *measure.Histogram // commit acknowledged to the writer → read
+	recv  *atomic.Uint64     // shard of the live count of rows received once
 
 	nextHB atomic.Int64 // runner clock of the next heartbeat
 	hbRef  uint64       // owned by the heartbeat goroutine

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/jackc/pgx/v5"
 )
 
@@ -37,7 +39,7 @@ type walWriter struct {
 	acked [][]atomic.Int64
 
 	mu       sync.Mutex
-	commit   *Histogram // statement sent → commit acknowledged
+	commit   *measure.Histogram // statement sent → commit acknowledged
 	errs     uint64
 	firstErr string
 	stalls   int
@@ -48,7 +50,7 @@ type walWriter struct {
 }
 
 func newWALWriter(ctx context.Context, r *walRunner, url string) (*walWriter, error) {
-	w := &walWriter{r: r, cfg: &r.cfg, commit: NewHistogram()}
+	w := &walWriter{r: r, cfg: &r.cfg, commit: measure.NewHistogram()}
 	classes := 1
 	switch r.cfg.Shape {
 	case ShapeRLS:

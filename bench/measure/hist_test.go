@@ -1,10 +1,11 @@
-package bench
+package measure
 
 import (
 	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestBucketRoundTrip(t *testing.T) {
@@ -124,5 +125,42 @@ func BenchmarkHistogramRecord(b *testing.B) {
 	b.ReportAllocs()
 	for i := range b.N {
 		h.Record(int64(i) * 997)
+	}
+}
+
+func TestHistogramCDF(t *testing.T) {
+	h := NewHistogram()
+	if h.CDF(10) != nil {
+		t.Fatal("CDF of nothing")
+	}
+	for i := range 1000 {
+		h.Record(int64(i) * int64(time.Millisecond) / 10)
+	}
+	c := h.CDF(20)
+	if len(c) < 10 || c[0].F != 0 || c[len(c)-1].F != 1 || c[len(c)-1].MS != MS(time.Duration(h.Max())) {
+		t.Fatalf("cdf %v", c)
+	}
+	for i := 1; i < len(c); i++ {
+		if c[i].F < c[i-1].F || c[i].MS < c[i-1].MS {
+			t.Fatalf("not monotonic at %d: %v", i, c)
+		}
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	kib, err := parseStatusKiB([]byte("Name:\tx\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\n"), "VmRSS:")
+	if err != nil || kib != 12345 {
+		t.Fatalf("VmRSS %d %v", kib, err)
+	}
+	cpu, err := parseStatCPU([]byte("42 (a b) c) S 1 1 1 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 1 1 1"))
+	if err != nil || cpu != 3 {
+		t.Fatalf("cpu %v %v", cpu, err)
+	}
+	busy, err := parseHostBusy([]byte("cpu  100 0 50 1000 7 0 50 0 0 0\ncpu0 1 1 1 1\n"))
+	if err != nil || busy != 2 {
+		t.Fatalf("busy %v %v", busy, err)
+	}
+	if _, err := ReadRSSKiB(0); err != nil {
+		t.Fatalf("own RSS: %v", err)
 	}
 }

@@ -1,10 +1,12 @@
-package bench
+package measure
 
 import (
 	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/meshcast/meshcast/wire/phx"
 )
 
 func TestAppendPayloadExactSizeAndJSON(t *testing.T) {
@@ -46,8 +48,7 @@ func TestAppendPayloadRejects(t *testing.T) {
 func TestParseSampleEnvelopes(t *testing.T) {
 	const ts, seq = int64(1764000000123456789), uint64(42)
 	p, _ := AppendPayload(nil, 100, ts, seq)
-	k4 := append([]byte{KindUserBroadcast, 14, 1, 0, EncJSON}, "realtime:benchm"...)
-	k4 = append(k4, p...)
+	k4 := phx.AppendUserBroadcast(nil, "realtime:bench", "m", nil, phx.EncJSON, p)
 	cases := map[string][]byte{
 		"payload":   p,
 		"phx text":  fmt.Appendf(nil, `[null,null,"realtime:bench","broadcast",{"type":"broadcast","event":"m","payload":%s}]`, p),
@@ -94,5 +95,30 @@ func BenchmarkAppendPayload(b *testing.B) {
 	b.ReportAllocs()
 	for i := range b.N {
 		buf, _ = AppendPayload(buf[:0], 100, int64(i), uint64(i))
+	}
+}
+
+func TestRegionPayload(t *testing.T) {
+	for _, size := range []int{MinRegionPayloadSize, 120, 1000} {
+		p, err := AppendRegionPayload(nil, size, 1_700_000_000_123_456_789, 42, 3, "sin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p) != size || !json.Valid(p) {
+			t.Fatalf("size %d: got %d bytes %q", size, len(p), p)
+		}
+		frame := phx.AppendPush(nil, "1", 7, "realtime:x", "broadcast", phx.AppendBroadcastPayload(nil, "m", p, nil))
+		s, ok := ParseRegionSample(frame)
+		if !ok || s.T != 1_700_000_000_123_456_789 || s.Seq != 42 || s.Pub != 3 || string(s.Origin) != "sin" {
+			t.Fatalf("parsed %+v %v from %s", s, ok, frame)
+		}
+	}
+	if _, err := AppendRegionPayload(nil, 10, 1, 1, 0, "iad"); err == nil {
+		t.Error("tiny payload accepted")
+	}
+	for _, bad := range []string{`{"t":1,"s":2}`, `{"t":1,"s":2,"p":3,"o":"iad`, `nothing`} {
+		if _, ok := ParseRegionSample([]byte(bad)); ok {
+			t.Errorf("parsed %s", bad)
+		}
 	}
 }

@@ -1,13 +1,15 @@
-package bench
+package measure
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 )
 
-// Linux /proc readers for the server's memory and CPU.
+// Linux /proc readers: memory and CPU of meshbench, the server and the host.
 
 // clockTicks is USER_HZ, 100 on every mainstream Linux build.
 const clockTicks = 100
@@ -103,4 +105,102 @@ func parseHostBusy(stat []byte) (float64, error) {
 		busy += n
 	}
 	return float64(busy) / clockTicks, nil
+}
+
+// ReadTreeCPUSeconds returns the CPU seconds of process pid and its live
+// children (Postgres's backends and walsenders are children of the
+// postmaster). Children that exited are not counted.
+func ReadTreeCPUSeconds(pid int) (float64, error) {
+	total, err := ReadCPUSeconds(pid)
+	if err != nil {
+		return 0, err
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil || child == pid {
+			continue
+		}
+		b, err := os.ReadFile(procPath(child, "stat"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if ppid, err := parseStatPPID(b); err != nil || ppid != pid {
+			continue
+		}
+		if v, err := parseStatCPU(b); err == nil {
+			total += v
+		}
+	}
+	return total, nil
+}
+
+// parseStatPPID extracts field 4 (ppid) of /proc/<pid>/stat.
+func parseStatPPID(stat []byte) (int, error) {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("bench: malformed /proc stat")
+	}
+	f := bytes.Fields(stat[i+1:])
+	if len(f) < 2 {
+		return 0, errors.New("bench: short /proc stat")
+	}
+	return strconv.Atoi(string(f[1]))
+}
+
+// ReadLoad1 reads the 1-minute load average.
+func ReadLoad1() (float64, error) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, err
+	}
+	var l float64
+	_, err = fmt.Sscanf(string(b), "%f", &l)
+	return l, err
+}
+
+// CPU is the CPU time consumed up to At, in seconds: by meshbench itself,
+// by the whole host (busy: not idle or iowait) and by one other process;
+// -1 where unknown.
+type CPU struct {
+	At               time.Time
+	Self, Host, Proc float64
+}
+
+// ReadCPU reads meshbench's and the host's CPU time, and process pid's (0:
+// none), with its live children when tree is set.
+func ReadCPU(pid int, tree bool) CPU {
+	c := CPU{At: time.Now(), Self: -1, Host: -1, Proc: -1}
+	if v, err := ReadCPUSeconds(0); err == nil {
+		c.Self = v
+	}
+	if v, err := ReadHostBusySeconds(); err == nil {
+		c.Host = v
+	}
+	read := ReadCPUSeconds
+	if tree {
+		read = ReadTreeCPUSeconds
+	}
+	if pid > 0 {
+		if v, err := read(pid); err == nil {
+			c.Proc = v
+		}
+	}
+	return c
+}
+
+// Cores returns the cores (CPU seconds per wall second) each used from a
+// to c, -1 where unknown.
+func (c CPU) Cores(a CPU) (self, host, proc float64) {
+	wall := c.At.Sub(a.At).Seconds()
+	rate := func(x, y float64) float64 {
+		if x < 0 || y < 0 || wall <= 0 {
+			return -1
+		}
+		return (y - x) / wall
+	}
+	return rate(a.Self, c.Self), rate(a.Host, c.Host), rate(a.Proc, c.Proc)
 }

@@ -1,4 +1,7 @@
-package bench
+// Package measure is what meshbench measures with: the payload that
+// carries its send time and sequence, a lock-free latency histogram, and
+// CPU and memory read from /proc.
+package measure
 
 import (
 	"math"
@@ -80,17 +83,17 @@ func (h *Histogram) Record(v int64) {
 	h.counts[bucketOf(v)].Add(1)
 	h.total.Add(1)
 	h.sum.Add(uint64(v))
-	for {
-		m := h.max.Load()
-		if v <= m || h.max.CompareAndSwap(m, v) {
-			break
-		}
+	storeMax(&h.max, v)
+	storeMin(&h.min, v)
+}
+
+func storeMax(a *atomic.Int64, v int64) {
+	for m := a.Load(); v > m && !a.CompareAndSwap(m, v); m = a.Load() {
 	}
-	for {
-		m := h.min.Load()
-		if v >= m || h.min.CompareAndSwap(m, v) {
-			break
-		}
+}
+
+func storeMin(a *atomic.Int64, v int64) {
+	for m := a.Load(); v < m && !a.CompareAndSwap(m, v); m = a.Load() {
 	}
 }
 
@@ -159,18 +162,8 @@ func (h *Histogram) Merge(o *Histogram) {
 	}
 	h.total.Add(o.total.Load())
 	h.sum.Add(o.sum.Load())
-	for v := o.max.Load(); ; {
-		m := h.max.Load()
-		if v <= m || h.max.CompareAndSwap(m, v) {
-			break
-		}
-	}
-	for v := o.min.Load(); ; {
-		m := h.min.Load()
-		if v >= m || h.min.CompareAndSwap(m, v) {
-			break
-		}
-	}
+	storeMax(&h.max, o.max.Load())
+	storeMin(&h.min, o.min.Load())
 }
 
 // Durations is a convenience summary of a nanosecond histogram.
@@ -190,4 +183,60 @@ func (h *Histogram) Summary() Durations {
 		Mean:  time.Duration(h.Mean()),
 		Count: h.Count(),
 	}
+}
+
+// Quantiles is a summary of a nanosecond histogram in milliseconds.
+type Quantiles struct {
+	P50   float64 `json:"p50"`
+	P90   float64 `json:"p90"`
+	P99   float64 `json:"p99"`
+	Max   float64 `json:"max"`
+	Count uint64  `json:"count"`
+}
+
+// Quantiles reads the summary of a nanosecond histogram in milliseconds.
+func (h *Histogram) Quantiles() Quantiles {
+	s := h.Summary()
+	return Quantiles{P50: MS(s.P50), P90: MS(s.P90), P99: MS(s.P99), Max: MS(s.Max), Count: s.Count}
+}
+
+// MS is d in milliseconds, the unit of the figures meshbench reports.
+func MS(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// CDFPoint is one point of a latency distribution: the fraction of values
+// at or below MS milliseconds.
+type CDFPoint struct {
+	MS float64 `json:"ms"`
+	F  float64 `json:"f"`
+}
+
+// CDF returns about n points of h's cumulative distribution (n ≥ 2), at
+// evenly spaced fractions, from its non-empty buckets' upper edges, plus
+// the minimum and the maximum. Empty histograms have none.
+func (h *Histogram) CDF(n int) []CDFPoint {
+	total := h.Count()
+	if total == 0 {
+		return nil
+	}
+	n = max(n, 2)
+	out := []CDFPoint{{MS: MS(time.Duration(h.Min())), F: 0}}
+	step := float64(total) / float64(n)
+	next := step
+	var seen uint64
+	for i := range h.counts {
+		c := h.counts[i].Load()
+		if c == 0 {
+			continue
+		}
+		seen += c
+		if float64(seen) >= next || seen == total {
+			_, hi := bucketRange(i)
+			v := min(hi, h.Max())
+			out = append(out, CDFPoint{MS: MS(time.Duration(v)), F: float64(seen) / float64(total)})
+			for next <= float64(seen) {
+				next += step
+			}
+		}
+	}
+	return out
 }
