@@ -37,7 +37,9 @@ type CloseError struct {
 	Reason string
 }
 
-func (e *CloseError) Error() string { return fmt.Sprintf("%v (code %d %q)", ErrClosed, e.Code, e.Reason) }
+func (e *CloseError) Error() string {
+	return fmt.Sprintf("%v (code %d %q)", ErrClosed, e.Code, e.Reason)
+}
 
 // Unwrap makes errors.Is(err, ErrClosed) true.
 func (e *CloseError) Unwrap() error { return ErrClosed }

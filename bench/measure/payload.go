@@ -158,6 +158,7 @@ func ParseRegionSample(b []byte) (Sample, bool) {
 	}
 	return Sample{T: t, Seq: seq, Pub: int(p), Origin: b[:j]}, true
 }
+
 // uintAfter parses the unsigned decimal that follows the first occurrence of
 // key in b (allowing spaces after the colon).
 func uintAfter(b, key []byte) (uint64, bool) {
