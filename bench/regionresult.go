@@ -2,10 +2,7 @@ package bench
 
 import (
 	"fmt"
-	"io"
-	"sort"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/meshcast/meshcast/bench/measure"
 )
@@ -148,71 +145,27 @@ func (r *RegionResult) String() string {
 	return b.String()
 }
 
-// WriteText writes the run as tables: the latency matrix, then what the
-// servers said.
-func (r *RegionResult) WriteText(w io.Writer) error {
-	fmt.Fprintf(w, "== %s\n", r.String())
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	if len(r.Pairs) > 0 {
-		fmt.Fprintln(tw, "from → to\tone-way\tmin\tp50\tp90\tp99\tmax\tp99−one-way\tdelivered\tlost\t")
-		for _, p := range r.Pairs {
-			ow, over := "-", "-"
-			if p.OneWayMS >= 0 {
-				ow, over = fmt.Sprintf("%.1f", p.OneWayMS), fmt.Sprintf("%+.1f", p.P99-p.OneWayMS)
-			}
-			fmt.Fprintf(tw, "%s → %s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%d\t%d\t\n", p.From, p.To, ow, p.Min, p.P50, p.P90, p.P99, p.Max, over, p.Count, p.Lost)
+// WorstOverOneWay is the largest p99 − emulated one-way delay over the
+// cross-region pairs (false when nothing was emulated or measured).
+func (r *RegionResult) WorstOverOneWay() (float64, bool) {
+	worst, ok := 0.0, false
+	for _, p := range r.Pairs {
+		if p.From == p.To || p.OneWayMS < 0 || p.Count == 0 {
+			continue
+		}
+		if d := p.P99 - p.OneWayMS; !ok || d > worst {
+			worst, ok = d, true
 		}
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	r.writeExtras(w)
-	return r.Server.writeText(w)
+	return worst, ok
 }
 
-func (s *ServerFigures) writeText(w io.Writer) error {
-	if len(s.Nodes) == 0 {
-		return nil
+// OtherCPU is the cores used by neither the nodes nor meshbench during the
+// run (host − servers − meshbench): other work on a shared machine. Runs
+// with a large value were disturbed.
+func (r *RegionResult) OtherCPU() float64 {
+	if r.HostCPU < 0 || r.ClientCPU < 0 {
+		return -1
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "node\tregion\tCPU\tRSS MiB\tdata B sent\tWAN data B\tcontrol B\tmesh drops\tclient drops\twire WAN B (wanemu)\tgossip WAN B\t")
-	for _, n := range s.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t\n", n.Node, n.Region, n.CPU, n.RSSMiB,
-			n.DataBytes, n.WANDataBytes, n.ControlBytes, n.MeshDrops, n.QueueDrops+n.SlowCloses, n.WireWANBytes, n.GossipWANBytes)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	_, err := fmt.Fprintf(w, "per message: mesh %.1f B / %.2f frames, WAN %.1f B / %.2f frames (data lane); WAN on the wire %.1f B (QUIC, all lanes); server CPU %.2f cores, %.2f µs per delivery\n",
-		s.MeshBytesPerMsg, s.MeshFramesPerMsg, s.WANBytesPerMsg, s.WANFramesPerMsg, s.WireWANBytesPerMsg, s.CPU, s.CPUPerDeliveryUs)
-	return err
-}
-
-// writeExtras writes the presence and connect figures.
-func (r *RegionResult) writeExtras(w io.Writer) {
-	if pf := r.Presence; pf != nil {
-		fmt.Fprintf(w, "presence: %d joins, %d watchers: every watcher saw a join after p50 %.1f, p99 %.1f, max %.1f ms; %d joins incomplete\n",
-			pf.Joins, pf.Watchers, pf.AllSeen.P50, pf.AllSeen.P99, pf.AllSeen.Max, pf.Incomplete)
-	}
-	if cf := r.Connect; cf != nil {
-		regs := make([]string, 0, len(r.ConnectMS))
-		for k := range r.ConnectMS {
-			regs = append(regs, k)
-		}
-		sort.Strings(regs)
-		for _, k := range regs {
-			q := r.ConnectMS[k]
-			fmt.Fprintf(w, "connect %s: %d handshakes p50 %.1f p99 %.1f max %.1f ms\n", k, q.Count, q.P50, q.P99, q.Max)
-		}
-		fmt.Fprintf(w, "ramp %.1fs (%.0f/s), held %d after %.0fs idle; client %.1f KiB/conn (%.0f MiB, %d goroutines)\n",
-			cf.RampSeconds, cf.ConnectsPerSec, cf.HeldAfterIdle, cf.IdleSeconds, cf.ClientRSSPerConn, cf.ClientRSSMiB, r.Goroutines)
-		nodes := make([]string, 0, len(cf.NodeRSSPerConnKB))
-		for k := range cf.NodeRSSPerConnKB {
-			nodes = append(nodes, k)
-		}
-		sort.Strings(nodes)
-		for _, k := range nodes {
-			fmt.Fprintf(w, "node %s: %.1f KiB RSS per connection\n", k, cf.NodeRSSPerConnKB[k])
-		}
-	}
+	return r.HostCPU - r.Server.CPU - r.ClientCPU
 }

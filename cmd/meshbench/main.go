@@ -23,18 +23,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
-	"fmt"
 	"io"
 	"log"
 	"os"
-	"os/signal"
 	"runtime/pprof"
 	"syscall"
 
 	"github.com/meshcast/meshcast/bench"
+	"github.com/meshcast/meshcast/bench/report"
 )
 
 func main() {
@@ -86,73 +86,53 @@ func main() {
 	flag.StringVar(&table, "table", "", "print a side-by-side table of the -json results in this file (one per line) and exit")
 	flag.Parse()
 	if table != "" {
-		if err := printTable(table); err != nil {
-			log.Fatal(err)
-		}
-		return
+		os.Exit(printTable(table, report.WriteTable))
 	}
 	cfg.Mode = bench.Mode(mode)
 	if !quiet {
 		cfg.Logf = log.Printf
 	}
-
 	checkFileLimit(cfg.Subs)
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, cfg.Budget())
-	defer cancel()
-
 	if cpuProfile != "" {
 		f, err := os.Create(cpuProfile)
 		if err != nil {
 			log.Fatal(err)
 		}
+		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
 			log.Fatal(err)
 		}
-		defer f.Close()
 	}
-	res, err := bench.Run(ctx, cfg)
-	if cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
-	if res != nil {
-		if jsonOut {
-			enc := json.NewEncoder(os.Stdout)
-			if err := enc.Encode(res); err != nil {
-				log.Fatal(err)
-			}
-			fmt.Fprintln(os.Stderr, res)
-		} else {
-			fmt.Println(res)
-		}
-	}
-	if err != nil {
-		log.Print(err)
-		os.Exit(1)
+	code := runScenario(cfg.Budget(), jsonOut, func(ctx context.Context) (*bench.Result, error) { return bench.Run(ctx, cfg) })
+	pprof.StopCPUProfile()
+	if code != 0 {
+		os.Exit(code)
 	}
 }
 
-// printTable reads JSON results, one per line, and prints them side by side.
-func printTable(path string) error {
-	f, err := os.Open(path)
+// printTable reads results, one JSON object per line, and prints them with
+// write. It returns the exit code.
+func printTable[R any](path string, write func(io.Writer, []R) error) int {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		log.Print(err)
+		return 1
 	}
-	defer f.Close()
-	var results []bench.Result
-	dec := json.NewDecoder(f)
-	for {
-		var r bench.Result
-		if err := dec.Decode(&r); err == io.EOF {
-			break
-		} else if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+	var results []R
+	dec := json.NewDecoder(bytes.NewReader(b))
+	for dec.More() {
+		var r R
+		if err := dec.Decode(&r); err != nil {
+			log.Printf("%s: %v", path, err)
+			return 1
 		}
 		results = append(results, r)
 	}
-	return bench.WriteTable(os.Stdout, results)
+	if err := write(os.Stdout, results); err != nil {
+		log.Print(err)
+		return 1
+	}
+	return 0
 }
 
 // checkFileLimit warns when the process cannot hold subs sockets. Go raises

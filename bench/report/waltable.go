@@ -1,13 +1,15 @@
-package bench
+package report
 
 import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+
+	"github.com/meshcast/meshcast/bench"
 )
 
 // WriteWALTable prints WAL results one per row, in order.
-func WriteWALTable(w io.Writer, results []WALResult) error {
+func WriteWALTable(w io.Writer, results []bench.WALResult) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "run\tshape\tsubs\trate\trows/tx\trows/s\tdeliv/s\tp50 ms\tp95 ms\tp99 ms\tmax ms\tack p95\tack p99\tlost\tslot lag KiB start→end (max)\tgrowth B/s\tnodes\tpg\tmeshbench\thost\tnode µs/deliv\tnode µs/row\tpg µs/row\tmesh B/row\t")
 	for _, r := range results {

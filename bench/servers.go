@@ -2,12 +2,11 @@ package bench
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
-	"time"
+
+	"github.com/meshcast/meshcast/bench/cluster"
 )
 
 // ServerFigures is what the nodes' /metrics said about a run: deltas from
@@ -53,7 +52,7 @@ type NodeFigures struct {
 // failed).
 type siteScrape struct {
 	urls    []string
-	metrics []Metrics
+	metrics []cluster.Metrics
 	regions map[string]string // node ID → region, from every node's info
 }
 
@@ -64,77 +63,35 @@ func scrapeSites(ctx context.Context, sites []Site, header string) siteScrape {
 	var regions []string
 	for _, site := range sites {
 		for _, u := range site.URLs {
-			s.urls = append(s.urls, metricsURLOf(u))
+			s.urls = append(s.urls, cluster.MetricsURL(u))
 			regions = append(regions, site.Region)
 		}
 	}
-	s.metrics = make([]Metrics, len(s.urls))
+	s.metrics = make([]cluster.Metrics, len(s.urls))
 	var wg sync.WaitGroup
 	for i, u := range s.urls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if m, err := scrapeRegion(ctx, u, header, regions[i]); err == nil {
+		wg.Go(func() {
+			if m, err := cluster.Scrape(ctx, u, regionHeader(header, regions[i])); err == nil {
 				s.metrics[i] = m
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	s.regions = map[string]string{}
 	for _, m := range s.metrics {
-		if id, reg := m.nodeInfo(); id != "" {
+		if id, reg := m.NodeInfo(); id != "" {
 			s.regions[id] = reg
 		}
 	}
 	return s
 }
 
-// scrapeRegion reads a /metrics page, with header: region when header is
-// set (fly.io's proxy then answers from a machine of that region).
-func scrapeRegion(ctx context.Context, url, header, region string) (Metrics, error) {
-	if header == "" {
-		return ScrapeMetrics(ctx, url)
+// regionHeader is the header carrying region (nil without a header name).
+func regionHeader(name, region string) http.Header {
+	if name == "" {
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set(header, region)
-	resp, err := metricsClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("bench: %s: %s", url, resp.Status)
-	}
-	return parseMetrics(io.LimitReader(resp.Body, 16<<20))
-}
-
-// nodeInfo is the node's ID and region from meshcast_mesh_node_info.
-func (m Metrics) nodeInfo() (id, region string) {
-	for k := range m {
-		if strings.HasPrefix(k, "meshcast_mesh_node_info{") {
-			return labelValue(k, "node"), labelValue(k, "region")
-		}
-	}
-	return "", ""
-}
-
-// labelValue extracts label name's value from a sample key.
-func labelValue(key, name string) string {
-	i := strings.Index(key, name+`="`)
-	if i < 0 {
-		return ""
-	}
-	rest := key[i+len(name)+2:]
-	j := strings.IndexByte(rest, '"')
-	if j < 0 {
-		return ""
-	}
-	return rest[:j]
+	return http.Header{name: {region}}
 }
 
 // serverFigures subtracts two scrapes. msgs is the number of publications,
@@ -147,7 +104,7 @@ func serverFigures(before, after siteScrape, msgs uint64, deliveries uint64, wal
 		if m0 == nil || m1 == nil {
 			continue
 		}
-		id, reg := m1.nodeInfo()
+		id, reg := m1.NodeInfo()
 		n := NodeFigures{URL: after.urls[i], Node: id, Region: reg, PeerLaneBytes: map[string]map[string]float64{}}
 		d := func(key string) float64 { return m1[key] - m0[key] }
 		for k, v := range m1 {
@@ -155,7 +112,7 @@ func serverFigures(before, after siteScrape, msgs uint64, deliveries uint64, wal
 			delta := v - m0[k]
 			switch name {
 			case "meshcast_mesh_bytes_sent_total":
-				peer, lane := labelValue(k, "peer"), labelValue(k, "lane")
+				peer, lane := cluster.LabelValue(k, "peer"), cluster.LabelValue(k, "lane")
 				if n.PeerLaneBytes[peer] == nil {
 					n.PeerLaneBytes[peer] = map[string]float64{}
 				}
@@ -170,17 +127,17 @@ func serverFigures(before, after siteScrape, msgs uint64, deliveries uint64, wal
 					n.ControlBytes += delta
 				}
 			case "meshcast_mesh_frames_sent_total":
-				if labelValue(k, "lane") == "data" {
+				if cluster.LabelValue(k, "lane") == "data" {
 					n.DataFrames += delta
-					if p := labelValue(k, "peer"); after.regions[p] != "" && after.regions[p] != reg {
+					if p := cluster.LabelValue(k, "peer"); after.regions[p] != "" && after.regions[p] != reg {
 						n.WANDataFrames += delta
 					}
 				}
 			case "meshcast_mesh_drops_total":
 				n.MeshDrops += delta
 			case "meshcast_wanemu_bytes_total":
-				if labelValue(k, "to") != reg {
-					if labelValue(k, "kind") == "mesh" {
+				if cluster.LabelValue(k, "to") != reg {
+					if cluster.LabelValue(k, "kind") == "mesh" {
 						n.WireWANBytes += delta
 					} else {
 						n.GossipWANBytes += delta

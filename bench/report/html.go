@@ -1,4 +1,4 @@
-package bench
+package report
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"math"
 	"sort"
 	"strings"
+
+	"github.com/meshcast/meshcast/bench"
 )
 
 // WriteHTML writes the report as one self-contained HTML page: no script,
@@ -81,7 +83,7 @@ func sortedKeys[V any](m map[string]V) []string {
 // heatmap draws p99 by pair: rows are publisher regions, columns
 // subscriber regions; the colour is p99 − emulated one-way delay (green
 // within 10 ms, red from 40 ms), or p99 itself without emulation.
-func heatmap(run *RegionResult) string {
+func heatmap(run *bench.RegionResult) string {
 	regs := run.Regions
 	const cell, left, top = 92, 70, 56
 	wd, ht := left+cell*len(regs)+10, top+cell*len(regs)+30
@@ -130,7 +132,7 @@ var pairColours = []string{"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd"
 
 // cdfChart draws every pair's latency CDF on a log time axis, with the
 // emulated one-way delays as dashed lines.
-func cdfChart(run *RegionResult) string {
+func cdfChart(run *bench.RegionResult) string {
 	const wd, ht, left, right, top, bottom = 620, 360, 50, 150, 24, 40
 	lo, hi := math.Inf(1), 0.0
 	for _, p := range run.Pairs {
@@ -205,15 +207,15 @@ func trimFloat(v float64) string {
 }
 
 // bytesChart draws mesh, WAN and wire WAN bytes per message by run.
-func bytesChart(runs []*RegionResult) string {
+func bytesChart(runs []*bench.RegionResult) string {
 	const wd, ht, left, top, bottom = 520, 300, 56, 30, 50
 	series := []struct {
 		name, col string
-		v         func(*RegionResult) float64
+		v         func(*bench.RegionResult) float64
 	}{
-		{"mesh data B/msg", "#1f77b4", func(r *RegionResult) float64 { return r.Server.MeshBytesPerMsg }},
-		{"WAN data B/msg", "#d62728", func(r *RegionResult) float64 { return r.Server.WANBytesPerMsg }},
-		{"WAN on the wire B/msg", "#ff9896", func(r *RegionResult) float64 { return r.Server.WireWANBytesPerMsg }},
+		{"mesh data B/msg", "#1f77b4", func(r *bench.RegionResult) float64 { return r.Server.MeshBytesPerMsg }},
+		{"WAN data B/msg", "#d62728", func(r *bench.RegionResult) float64 { return r.Server.WANBytesPerMsg }},
+		{"WAN on the wire B/msg", "#ff9896", func(r *bench.RegionResult) float64 { return r.Server.WireWANBytesPerMsg }},
 	}
 	top0 := 0.0
 	for _, r := range runs {
@@ -256,7 +258,7 @@ func bytesChart(runs []*RegionResult) string {
 	return b.String()
 }
 
-func comparisonTable(runs []*RegionResult) string {
+func comparisonTable(runs []*bench.RegionResult) string {
 	var b strings.Builder
 	b.WriteString("<table><tr><th>run</th><th>mesh B/msg</th><th>mesh frames/msg</th><th>WAN B/msg</th><th>WAN frames/msg</th><th>wire WAN B/msg</th><th>worst cross-region p99 − one-way</th><th>server CPU</th><th>other processes (cores)</th><th>lost</th></tr>")
 	for _, r := range runs {
@@ -276,7 +278,7 @@ func comparisonTable(runs []*RegionResult) string {
 	return b.String()
 }
 
-func pairTable(run *RegionResult) string {
+func pairTable(run *bench.RegionResult) string {
 	if len(run.Pairs) == 0 {
 		return ""
 	}
@@ -294,16 +296,16 @@ func pairTable(run *RegionResult) string {
 	return b.String()
 }
 
-func extrasHTML(run *RegionResult) string {
+func extrasHTML(run *bench.RegionResult) string {
 	var b strings.Builder
-	run.writeExtras(&b)
+	writeExtras(&b, run)
 	if b.Len() == 0 {
 		return ""
 	}
 	return "<pre class=mono>" + esc(b.String()) + "</pre>"
 }
 
-func nodeTable(run *RegionResult) string {
+func nodeTable(run *bench.RegionResult) string {
 	if len(run.Server.Nodes) == 0 {
 		return ""
 	}

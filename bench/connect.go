@@ -1,34 +1,35 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"runtime"
-	"time"
-
-	"github.com/meshcast/meshcast/bench/measure"
+	"sync"
 
 	"github.com/gobwas/ws"
+
+	"github.com/meshcast/meshcast/bench/client"
+	"github.com/meshcast/meshcast/bench/cluster"
+	"github.com/meshcast/meshcast/bench/measure"
+	"github.com/meshcast/meshcast/wire/phx"
 )
 
-// idleSub is a connection of the connect scenario: it only counts what
-// arrives (heartbeat replies).
-type idleSub struct{ r *regionRun }
+// The connect scenario: connections ramped up at a rate and held idle; what
+// they cost the nodes and meshbench.
 
-func (s *idleSub) onMessage(shard int, op ws.OpCode, b []byte, _ int64) {
-	if op != ws.OpText || !containsAll(b, phxReplyEvent) {
-		s.r.shards[shard].unexpectedFrame(b)
-	}
+// idleSubs is the one handler of every connection of the connect scenario:
+// only heartbeat replies are expected, so it keeps no state per connection.
+type idleSubs struct {
+	mu sync.Mutex
+	t  tally
 }
 
-func containsAll(b []byte, parts ...[]byte) bool {
-	for _, p := range parts {
-		if !bytes.Contains(b, p) {
-			return false
-		}
+func (h *idleSubs) OnMessage(op ws.OpCode, b []byte, _ int64) {
+	if f, err := phx.ScanV2(b); op != ws.OpText || err != nil || string(f.Event) != "phx_reply" {
+		h.mu.Lock()
+		h.t.odd(b)
+		h.mu.Unlock()
 	}
-	return true
 }
 
 // runConnect ramps the connections up, holds them idle and reads what they
@@ -39,10 +40,10 @@ func (r *regionRun) runConnect(ctx context.Context, res *RegionResult) error {
 	rss0 := nodeRSS(ctx, cfg.Sites, cfg.RegionHeader)
 	runtime.GC()
 	client0, _ := measure.ReadRSSKiB(0)
-	cpu0 := readClientCPU()
+	cpu0 := measure.ReadCPU(0, false)
 	before := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
-	ps := r.placements()
-	r.connectSubs(ctx, res, ps, func(int) string { return regionJoinBroadcast }, func(int) msgHandler { return &idleSub{r: r} })
+	idle := &idleSubs{}
+	r.connectSubs(ctx, res, r.placements(), func(int) client.Join { return client.Join{} }, func(int) client.Handler { return idle })
 	if res.Connected == 0 {
 		return fmt.Errorf("bench: no connection: %s", res.FirstConnectError)
 	}
@@ -50,16 +51,13 @@ func (r *regionRun) runConnect(ctx context.Context, res *RegionResult) error {
 	if res.ConnectSeconds > 0 {
 		cf.ConnectsPerSec = float64(res.Connected) / res.ConnectSeconds
 	}
-	cfg.Logf("holding %d connections for %s", res.Connected, cfg.Idle)
-	select {
-	case <-time.After(cfg.Idle):
-	case <-ctx.Done():
-	}
+	r.logf("holding %d connections for %s", res.Connected, cfg.Idle)
+	sleepCtx(ctx, cfg.Idle)
 	rss1 := nodeRSS(ctx, cfg.Sites, cfg.RegionHeader)
 	after := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
 	for i, kib := range rss1 {
 		if m := after.metrics[i]; m != nil && m["meshcast_connections"] > 0 && rss0[i] > 0 && kib > 0 {
-			id, region := m.nodeInfo()
+			id, region := m.NodeInfo()
 			cf.NodeRSSPerConnKB[region+" "+id] = float64(kib-rss0[i]) / m["meshcast_connections"]
 		}
 	}
@@ -68,40 +66,16 @@ func (r *regionRun) runConnect(ctx context.Context, res *RegionResult) error {
 		cf.ClientRSSPerConn = float64(client1-client0) / float64(res.Connected)
 	}
 	res.Goroutines = runtime.NumGoroutine()
-	cf.HeldAfterIdle = res.Connected - r.failedSoFar()
-	cpu1 := readClientCPU()
-	res.ClientCPU, res.HostCPU = cpu1.rate(cpu0)
-	res.Server = serverFigures(before, after, 0, 0, time.Since(cpu0.at).Seconds())
-	r.group.stopping.Store(true)
-	r.group.wg.Wait()
-	res.Disconnects, _ = r.group.errs()
-	if _, err := r.group.errs(); err != nil {
-		res.FirstDisconnect = err.Error()
-	}
-	for _, st := range r.shards {
-		res.Unexpected += st.unexpected
-		if res.FirstUnexpected == "" {
-			res.FirstUnexpected = st.firstUnexp
-		}
-	}
+	failed, _ := r.poll.Errs()
+	cf.HeldAfterIdle = res.Connected - failed
+	cpu1 := measure.ReadCPU(0, false)
+	res.ClientCPU, res.HostCPU, _ = cpu1.Cores(cpu0)
+	res.Server = serverFigures(before, after, 0, 0, cpu1.At.Sub(cpu0.At).Seconds())
+	r.poll.Close()
+	r.disconnects(res)
+	res.Unexpected, res.FirstUnexpected = idle.t.unexpected, idle.t.firstUnexp
 	res.Connect = cf
 	return nil
-}
-
-// failedSoFar counts connections that closed early (racy read while the
-// pollers run: a report figure).
-func (r *regionRun) failedSoFar() int {
-	n := 0
-	for _, p := range r.group.ps {
-		p.mu.Lock()
-		for _, c := range p.conns {
-			if !c.open {
-				n++
-			}
-		}
-		p.mu.Unlock()
-	}
-	return n
 }
 
 // nodeRSS reads every node's resident memory in KiB (0: unknown), in the
@@ -114,7 +88,7 @@ func nodeRSS(ctx context.Context, sites []Site, header string) []int64 {
 			var kib int64
 			if i < len(s.PIDs) && s.PIDs[i] > 0 {
 				kib, _ = measure.ReadRSSKiB(s.PIDs[i])
-			} else if m, err := scrapeRegion(ctx, metricsURLOf(u), header, s.Region); err == nil {
+			} else if m, err := cluster.Scrape(ctx, cluster.MetricsURL(u), regionHeader(header, s.Region)); err == nil {
 				kib = int64(m["process_resident_memory_bytes"] / 1024)
 			}
 			out = append(out, kib)
