@@ -177,7 +177,7 @@ type fanout struct {
 	cfg    Config
 	target target
 	hists  [histShards]*measure.Histogram
-	subs   []*fanSub     // all, created up front; c is set once joined
+	subs   []*fanSub                     // all, created up front; c is set once joined
 	wt     map[string]*client.WTEndpoint // WebTransport endpoints by WebSocket URL
 	holder *client.Readers
 }
