@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"runtime"
@@ -125,12 +124,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	orDefault(&cfg.Channel, "bench:room")
 	orDefault(&cfg.HandshakeTimeout, 10*time.Second)
 	orDefault(&cfg.ReadBuffer, 2048)
-	var errs []error
-	check := func(ok bool, msg string, args ...any) {
-		if !ok {
-			errs = append(errs, fmt.Errorf(msg, args...))
-		}
-	}
+	var errs checks
+	check := errs.ok
 	check(cfg.Target == TargetMeshcast || cfg.Target == TargetCentrifugo, "unknown target %q (want %s or %s)", cfg.Target, TargetMeshcast, TargetCentrifugo)
 	check(cfg.Target == TargetMeshcast || !cfg.Binary && !cfg.Unreliable && cfg.Transport == TransportWebSocket,
 		"-binary, -unreliable and -transport webtransport apply to the meshcast target only")
@@ -148,10 +143,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	check(cfg.PayloadSize >= measure.MinPayloadSize, "payload must be at least %d bytes", measure.MinPayloadSize)
 	check(len(cfg.Topic) <= 255 && plainJSONString(cfg.Topic) && plainJSONString(cfg.Channel),
 		"topic and channel must be plain strings (no quotes, backslashes, control bytes; topic <= 255 bytes)")
-	if err := errors.Join(errs...); err != nil {
-		return cfg, fmt.Errorf("bench: invalid config: %w", err)
-	}
-	return cfg, nil
+	return cfg, errs.err("config")
 }
 
 // Budget returns an upper bound on how long Run takes with this config,

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -123,12 +122,8 @@ func (c RegionConfig) withDefaults() (RegionConfig, error) {
 	orDefault(&c.Seed, 1)
 	orDefault(&c.HandshakeTimeout, 10*time.Second)
 	orDefault(&c.Pollers, runtime.GOMAXPROCS(0))
-	var errs []error
-	check := func(ok bool, msg string, args ...any) {
-		if !ok {
-			errs = append(errs, fmt.Errorf(msg, args...))
-		}
-	}
+	var errs checks
+	check := errs.ok
 	check(slices.Contains([]Scenario{ScenarioFanout, ScenarioRooms, ScenarioPresence, ScenarioConnect}, c.Scenario),
 		"unknown scenario %q (fanout, rooms, presence, connect; wal is meshbench wal)", c.Scenario)
 	check(len(c.Sites) > 0, "no regions")
@@ -154,10 +149,7 @@ func (c RegionConfig) withDefaults() (RegionConfig, error) {
 	}
 	check(c.Drain >= 0 && c.Drain <= time.Minute, "drain must be within [0, 1m]")
 	check(c.ConnectRate > 0 && c.ConnectRate <= maxConnectRate, "connect rate must be within (0, %d]", maxConnectRate)
-	if err := errors.Join(errs...); err != nil {
-		return c, fmt.Errorf("bench: invalid region config: %w", err)
-	}
-	return c, nil
+	return c, errs.err("region config")
 }
 
 // conns is the number of subscriber connections the scenario opens.

@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"strconv"
 	"sync"
@@ -326,6 +328,24 @@ func rateString(r float64) string {
 		return "max"
 	}
 	return strconv.FormatFloat(r, 'f', 0, 64) + "/s"
+}
+
+// checks collects what is wrong with a config.
+type checks []error
+
+// ok adds the error msg when cond does not hold.
+func (c *checks) ok(cond bool, msg string, args ...any) {
+	if !cond {
+		*c = append(*c, fmt.Errorf(msg, args...))
+	}
+}
+
+// err is every error, prefixed with what was checked.
+func (c checks) err(what string) error {
+	if err := errors.Join(c...); err != nil {
+		return fmt.Errorf("bench: invalid %s: %w", what, err)
+	}
+	return nil
 }
 
 // orDefault sets *v to def when it is zero.

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -107,12 +106,8 @@ func (cfg WALConfig) withDefaults() (WALConfig, error) {
 	orDefault(&cfg.Drain, 10*time.Second)
 	orDefault(&cfg.ConnectRate, 1000)
 	orDefault(&cfg.HandshakeTimeout, 15*time.Second)
-	var errs []error
-	check := func(ok bool, msg string, args ...any) {
-		if !ok {
-			errs = append(errs, fmt.Errorf(msg, args...))
-		}
-	}
+	var errs checks
+	check := errs.ok
 	check(cfg.Shape == ShapeFanout || cfg.Shape == ShapeFiltered || cfg.Shape == ShapeRLS, "unknown shape %q (fanout, filtered or rls)", cfg.Shape)
 	check(cfg.Shape != ShapeRLS || cfg.JWTSecret != "", "the rls shape needs a JWT secret (the nodes' --jwt-secret)")
 	check(cfg.URL == "" || cfg.DatabaseURL != "", "with node URLs, the database URL is needed too")
@@ -134,10 +129,7 @@ func (cfg WALConfig) withDefaults() (WALConfig, error) {
 	check(cfg.Drain >= 0 && cfg.Drain <= time.Minute, "drain must be within [0, 1m]")
 	check(cfg.ConnectRate > 0 && cfg.ConnectRate <= maxConnectRate, "connect rate must be within (0, %d]", maxConnectRate)
 	check(plainJSONString(cfg.Slot), "bad slot name")
-	if err := errors.Join(errs...); err != nil {
-		return cfg, fmt.Errorf("bench: invalid wal config: %w", err)
-	}
-	return cfg, nil
+	return cfg, errs.err("wal config")
 }
 
 // Budget bounds how long RunWAL takes with this config, for a context

@@ -2,7 +2,6 @@ package measure
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -48,17 +47,10 @@ func ReadCPUSeconds(pid int) (float64, error) {
 	return parseStatCPU(b)
 }
 
-// parseStatCPU extracts utime+stime from /proc/<pid>/stat. The command name
-// (field 2) may contain spaces and parentheses, so fields are counted from the
-// last ')'.
+// parseStatCPU extracts utime+stime from /proc/<pid>/stat.
 func parseStatCPU(stat []byte) (float64, error) {
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("bench: malformed /proc stat")
-	}
-	f := bytes.Fields(stat[i+1:])
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	if len(f) < 13 {
+	f := statFields(stat)
+	if len(f) < 13 { // utime and stime are fields 14 and 15
 		return 0, fmt.Errorf("bench: short /proc stat")
 	}
 	ut, err1 := strconv.ParseUint(string(f[11]), 10, 64)
@@ -67,6 +59,13 @@ func parseStatCPU(stat []byte) (float64, error) {
 		return 0, fmt.Errorf("bench: bad cpu fields in /proc stat")
 	}
 	return float64(ut+st) / clockTicks, nil
+}
+
+// statFields are the fields of /proc/<pid>/stat from field 3 (state) on.
+// The command name (field 2) may contain spaces and parentheses, so they
+// are counted from the last ')'.
+func statFields(stat []byte) [][]byte {
+	return bytes.Fields(stat[bytes.LastIndexByte(stat, ')')+1:])
 }
 
 func procPath(pid int, file string) string {
@@ -128,7 +127,7 @@ func ReadTreeCPUSeconds(pid int) (float64, error) {
 		if err != nil {
 			continue // gone meanwhile
 		}
-		if ppid, err := parseStatPPID(b); err != nil || ppid != pid {
+		if f := statFields(b); len(f) < 2 || string(f[1]) != strconv.Itoa(pid) { // field 4: ppid
 			continue
 		}
 		if v, err := parseStatCPU(b); err == nil {
@@ -136,19 +135,6 @@ func ReadTreeCPUSeconds(pid int) (float64, error) {
 		}
 	}
 	return total, nil
-}
-
-// parseStatPPID extracts field 4 (ppid) of /proc/<pid>/stat.
-func parseStatPPID(stat []byte) (int, error) {
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, errors.New("bench: malformed /proc stat")
-	}
-	f := bytes.Fields(stat[i+1:])
-	if len(f) < 2 {
-		return 0, errors.New("bench: short /proc stat")
-	}
-	return strconv.Atoi(string(f[1]))
 }
 
 // ReadLoad1 reads the 1-minute load average.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"flag"
-	"log"
 	"strings"
 
 	"github.com/meshcast/meshcast/bench"
@@ -17,7 +16,6 @@ func walMain(args []string) int {
 	fs := flag.NewFlagSet("meshbench wal", flag.ExitOnError)
 	var cfg bench.WALConfig
 	var shape, regions, nodeFlags string
-	var jsonOut, quiet bool
 	var table string
 	fs.StringVar(&shape, "shape", string(bench.ShapeFanout), "fanout (every subscriber gets every row), filtered (id=eq.<k>, one key per subscriber) or rls (distinct users, each sees 1/teams of the rows)")
 	fs.StringVar(&cfg.URL, "url", "", "the nodes' WebSocket URLs, comma-separated (subscribers round-robin); empty: start Postgres and a cluster")
@@ -53,8 +51,7 @@ func walMain(args []string) int {
 	fs.BoolVar(&cfg.Postgres.Fsync, "pg-fsync", false, "without -url: keep Postgres's fsync (commits wait for the disk)")
 	fs.StringVar(&cfg.Label, "label", "", "names the run in its result")
 	fs.StringVar(&table, "table", "", "print the -json results in this file (one per line) as a table and exit")
-	fs.BoolVar(&jsonOut, "json", false, "print one JSON object on stdout (the summary goes to stderr)")
-	fs.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
+	out := outputFlags(fs)
 	fs.Parse(args)
 	if table != "" {
 		return printTable(table, report.WriteWALTable)
@@ -62,9 +59,7 @@ func walMain(args []string) int {
 	cfg.Shape = bench.Shape(shape)
 	cl.Regions = cluster.Cycle(strings.Split(regions, ","), nodes)
 	cl.Flags = strings.Fields(nodeFlags)
-	if !quiet {
-		cfg.Logf = log.Printf
-	}
+	cfg.Logf = out.logf()
 	checkFileLimit(cfg.Subs)
-	return runScenario(cfg.Budget(), jsonOut, func(ctx context.Context) (*bench.WALResult, error) { return bench.RunWAL(ctx, cfg) })
+	return runScenario(out, cfg.Budget(), func(ctx context.Context) (*bench.WALResult, error) { return bench.RunWAL(ctx, cfg) })
 }
