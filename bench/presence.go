@@ -140,20 +140,9 @@ func (r *regionRun) runPresence(ctx context.Context, res *RegionResult) error {
 			pub.measured++
 			measuredJoins = append(measuredJoins, presenceKey{pub.region, pub.sent})
 		}
+		p.owe(uint64(res.Connected)) // every watcher sees every join
 	}
-	publishEnd := r.now()
-	// Every watcher gets every join: subChannel counts them for collect.
-	var want uint64
-	for _, pub := range r.pubs {
-		want += pub.sent * uint64(res.Connected)
-	}
-	res.Drained = r.drain(ctx, want, cfg.Drain, time.Second)
-	drainEnd := r.now()
-	after := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
-	res.ClientCPU, res.HostCPU, _ = measure.ReadCPU(0, false).Cores(cpu0)
-	res.PublisherLagMaxMS, res.PublisherLate = measure.MS(p.lagMax), p.late
-	r.collect(res, p.warmEnd, publishEnd)
-	res.Server = serverFigures(before, after, res.Published, res.Delivered, time.Duration(drainEnd-p.warmEnd).Seconds())
+	r.finish(ctx, res, p, before, cpu0)
 	pf := &PresenceFigures{Joins: uint64(len(measuredJoins)), Watchers: res.Connected}
 	h := measure.NewHistogram()
 	pt := r.presence

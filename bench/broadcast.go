@@ -101,13 +101,20 @@ func (r *regionRun) runBroadcast(ctx context.Context, res *RegionResult) error {
 		}
 		p.owe(subsOf(pub.channel))
 	}
+	r.finish(ctx, res, p, before, cpu0)
+	return nil
+}
+
+// finish drains what p's publications owe and fills res from the
+// subscribers, the publishers and the nodes' /metrics (before: when
+// publishing started).
+func (r *regionRun) finish(ctx context.Context, res *RegionResult, p *pacer, before siteScrape, cpu0 measure.CPU) {
 	publishEnd := r.now()
-	res.Drained = r.drain(ctx, p.owed.Load(), cfg.Drain, time.Second)
+	res.Drained = r.drain(ctx, p.owed.Load(), r.cfg.Drain, time.Second)
 	drainEnd := r.now()
-	after := scrapeSites(ctx, cfg.Sites, cfg.RegionHeader)
+	after := scrapeSites(ctx, r.cfg.Sites, r.cfg.RegionHeader)
 	res.ClientCPU, res.HostCPU, _ = measure.ReadCPU(0, false).Cores(cpu0)
 	res.PublisherLagMaxMS, res.PublisherLate, res.WindowStalls = measure.MS(p.lagMax), p.late, p.stalls
 	r.collect(res, p.warmEnd, publishEnd)
 	res.Server = serverFigures(before, after, res.Published, res.Delivered, time.Duration(drainEnd-p.warmEnd).Seconds())
-	return nil
 }
