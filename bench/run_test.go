@@ -15,6 +15,7 @@ import (
 	"github.com/gobwas/ws/wsutil"
 	"go.uber.org/goleak"
 
+	"github.com/meshcast/meshcast/bench/measure"
 	"github.com/meshcast/meshcast/wire/phx"
 )
 
@@ -308,5 +309,21 @@ func TestScan(t *testing.T) {
 	cent.scan(1, []byte(`{"id":6,"error":{"code":103,"message":"permission denied"}}`), &rec)
 	if len(rec.replies) != 1 || len(rec.samples) != 2 || len(rec.unexpected) != 1 {
 		t.Fatalf("centrifugo scan: %+v", rec)
+	}
+}
+
+// BenchmarkSubscriberHandle is what a fan-out subscriber does with each
+// broadcast it reads (client.BenchmarkWSReadFrame is the read itself): find
+// the event, the payload's stamp and sequence, count and record it.
+func BenchmarkSubscriberHandle(b *testing.B) {
+	payload := []byte(`{"t":1764000000123456789,"s":12345,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+	msg := []byte(`[null,null,"realtime:bench","broadcast",{"type":"broadcast","event":"m","payload":` + string(payload) + `}]`)
+	cfg, _ := Config{}.withDefaults()
+	f := &fanout{run: newRun(nil), cfg: cfg, target: newTarget(&cfg)}
+	f.measureStart.Store(0)
+	s := &fanSub{f: f, hist: measure.NewHistogram(), next: 1}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.OnMessage(ws.OpText, msg, f.now())
 	}
 }

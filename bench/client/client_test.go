@@ -186,3 +186,35 @@ func TestJoinPayload(t *testing.T) {
 		t.Fatalf("broadcast %s", f)
 	}
 }
+
+// loopReader serves the same bytes over and over, as a socket full of
+// broadcasts would.
+type loopReader struct {
+	b   []byte
+	off int
+}
+
+func (l *loopReader) Read(p []byte) (int, error) {
+	n := copy(p, l.b[l.off:])
+	l.off = (l.off + n) % len(l.b)
+	return n, nil
+}
+
+// BenchmarkWSReadFrame is a subscriber's read path: 100-byte broadcasts
+// parsed in place from a 2 KiB read buffer.
+func BenchmarkWSReadFrame(b *testing.B) {
+	payload := []byte(`{"t":1764000000123456789,"s":12345,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+	msg, _ := Broadcast(nil, nil, 7, "realtime:bench", "m", payload)
+	var stream []byte
+	for range 64 {
+		stream = append(stream, frameOf(true, ws.OpText, msg)...)
+	}
+	c := &WS{rd: &loopReader{b: stream}, buf: make([]byte, 2048)}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		if _, _, err := c.ReadFrame(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -128,11 +128,11 @@ func ScanV2(frame []byte) (RawFrame, error) {
 		}
 		b = b[1:]
 	}
-	b = bytes.TrimRight(skipSpace(b), " \t\r\n")
+	b = trimSpaceRight(skipSpace(b))
 	if len(b) < 2 || b[len(b)-1] != ']' {
 		return f, fmt.Errorf("%w: unterminated array", ErrMalformed)
 	}
-	f.Payload = bytes.TrimRight(b[:len(b)-1], " \t\r\n")
+	f.Payload = trimSpaceRight(b[:len(b)-1])
 	if len(f.Payload) == 0 {
 		return f, fmt.Errorf("%w: no payload", ErrMalformed)
 	}
@@ -159,11 +159,20 @@ func scanString(b []byte) (s, rest []byte, err error) {
 }
 
 func skipSpace(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t' || b[0] == '\r' || b[0] == '\n') {
+	for len(b) > 0 && isSpace(b[0]) {
 		b = b[1:]
 	}
 	return b
 }
+
+func trimSpaceRight(b []byte) []byte {
+	for len(b) > 0 && isSpace(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
 
 // Reply is the payload of a phx_reply: {"status":…,"response":…}.
 type Reply struct {
