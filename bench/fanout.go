@@ -174,8 +174,8 @@ type fanout struct {
 	holder *client.Readers
 }
 
-// fanSub is one subscriber (a *fanPub the publisher's connection: what it
-// reads is unexpected, acks aside).
+// fanSub is one subscriber, or with id -1 the publisher's connection,
+// where whatever is not a reply is unexpected.
 type fanSub struct {
 	f     *fanout
 	id    int

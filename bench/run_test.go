@@ -207,7 +207,7 @@ func TestRunAgainstFakes(t *testing.T) {
 			if tc.mode == ModeLatency {
 				want := tc.rate * 0.3
 				if got := float64(res.PublishedMeasured); got < want*0.8 || got > want*1.2 {
-					t.Fatalf("published %v in 300ms at %v/s", got, tc.rate)
+					t.Fatalf("published %v in 300ms at %v/s: %s lag %v late %v", got, tc.rate, res, res.PublisherLagMax, res.PublisherLate)
 				}
 			}
 			if res.ServerCPU < 0 || res.ClientCPU < 0 {
