@@ -107,7 +107,9 @@ const (
 // cfg is invalid.
 func (cfg Config) withDefaults() (Config, error) {
 	orDefault(&cfg.Target, TargetMeshcast)
-	orDefault(&cfg.URL, map[string]string{TargetCentrifugo: DefaultCentrifugoURL}[cfg.Target])
+	if cfg.Target == TargetCentrifugo {
+		orDefault(&cfg.URL, DefaultCentrifugoURL)
+	}
 	orDefault(&cfg.URL, DefaultMeshcastURL)
 	pub, _, _ := strings.Cut(cfg.URL, ",")
 	orDefault(&cfg.PubURL, pub)

@@ -107,9 +107,11 @@ func (c RegionConfig) withDefaults() (RegionConfig, error) {
 	orDefault(&c.Subs, map[Scenario]int{ScenarioFanout: 300, ScenarioPresence: 60, ScenarioConnect: 1000}[c.Scenario])
 	orDefault(&c.Channels, 20)
 	orDefault(&c.SubsPerChannel, 10)
-	if len(c.PubRegions) == 0 && len(c.Sites) > 0 {
-		for _, s := range c.Sites[:map[bool]int{true: 1, false: len(c.Sites)}[c.Scenario == ScenarioFanout]] {
-			c.PubRegions = append(c.PubRegions, s.Region)
+	if len(c.PubRegions) == 0 {
+		for i, s := range c.Sites {
+			if i == 0 || c.Scenario != ScenarioFanout {
+				c.PubRegions = append(c.PubRegions, s.Region)
+			}
 		}
 	}
 	orDefault(&c.Window, 32)

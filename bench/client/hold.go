@@ -33,16 +33,16 @@ const hbRefs = 1 << 40
 
 // failures counts connections that failed while held.
 type failures struct {
-	n     atomic.Int64
 	mu    sync.Mutex
+	n     int
 	first error
 }
 
 func (f *failures) add(err error) {
-	if f.n.Add(1) == 1 {
-		f.mu.Lock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n++; f.n == 1 {
 		f.first = err
-		f.mu.Unlock()
 	}
 }
 
@@ -50,7 +50,7 @@ func (f *failures) add(err error) {
 func (f *failures) Errs() (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return int(f.n.Load()), f.first
+	return f.n, f.first
 }
 
 // Readers holds connections with a goroutine each, for any Conn (a
