@@ -327,3 +327,37 @@ func BenchmarkSubscriberHandle(b *testing.B) {
 		s.OnMessage(ws.OpText, msg, f.now())
 	}
 }
+
+// TestPacerSchedule: the rate schedule restarts only for the first
+// publication of the measured window, and only when it is late; a stall
+// after that is caught up.
+func TestPacerSchedule(t *testing.T) {
+	newPacer := func(warmup int64) *pacer {
+		return &pacer{interval: 10, start: 0, warmEnd: warmup, end: 1000}
+	}
+	p := newPacer(100)
+	for _, c := range []struct{ i, now, want int64 }{
+		{9, 85, 90},    // warmup, on time
+		{10, 92, 100},  // the first measured one, on time: no restart
+		{11, 150, 110}, // stalled after: caught up, not skipped
+		{12, 151, 120},
+	} {
+		if got := p.schedule(uint64(c.i), c.now); got != c.want {
+			t.Errorf("on time: publication %d at %d due %d, want %d", c.i, c.now, got, c.want)
+		}
+	}
+	p = newPacer(100)
+	for _, c := range []struct{ i, now, want int64 }{
+		{5, 130, 130}, // fell behind in the warmup: the schedule restarts now
+		{6, 131, 140},
+		{7, 300, 150}, // late again: caught up
+	} {
+		if got := p.schedule(uint64(c.i), c.now); got != c.want {
+			t.Errorf("late: publication %d at %d due %d, want %d", c.i, c.now, got, c.want)
+		}
+	}
+	p = newPacer(0) // no warmup: nothing restarts
+	if got := p.schedule(3, 100); got != 30 {
+		t.Errorf("without warmup: due %d, want 30", got)
+	}
+}
