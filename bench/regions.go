@@ -202,7 +202,7 @@ type regionRun struct {
 	subChannel  [][]int // [channel][region] subscribers joined
 	mu          sync.Mutex
 	pubs        []*regionPub
-	pubHolder   *client.Readers
+	pubHolder   *client.Readers      // from connectPubs on
 	connectHist []*measure.Histogram // [region] dial + join of subscribers
 	presence    *presenceTrack       // presence scenario only
 }
@@ -226,8 +226,11 @@ func RunRegions(ctx context.Context, cfg RegionConfig) (*RegionResult, error) {
 		return nil, err
 	}
 	defer r.poll.Close()
-	r.pubHolder = client.NewReaders(r.now, client.PhoenixHeartbeat, heartbeatEvery)
-	defer r.pubHolder.Close()
+	defer func() {
+		if r.pubHolder != nil {
+			r.pubHolder.Close()
+		}
+	}()
 	for i := range r.hists {
 		for range r.n * r.n {
 			r.hists[i] = append(r.hists[i], measure.NewHistogram())
@@ -339,6 +342,7 @@ type regionPub struct {
 // connectPubs opens one publisher per (channel, publisher region).
 func (r *regionRun) connectPubs(ctx context.Context, channels int, join func(reg int) client.Join) error {
 	rng := rand.New(rand.NewPCG(r.cfg.Seed, 0x9b))
+	r.pubHolder = client.NewReaders(r.now, client.PhoenixHeartbeat, heartbeatEvery)
 	for ch := range channels {
 		for k, name := range r.cfg.PubRegions {
 			reg := slices.IndexFunc(r.cfg.Sites, func(s Site) bool { return s.Region == name })
