@@ -361,3 +361,17 @@ func TestPacerSchedule(t *testing.T) {
 		t.Errorf("without warmup: due %d, want 30", got)
 	}
 }
+
+// BenchmarkWALHandle is what a postgres_changes subscriber does with each
+// change it reads.
+func BenchmarkWALHandle(b *testing.B) {
+	frame := []byte(`[null,null,"realtime:meshbench-wal-0","postgres_changes",{"ids":[12],"data":{"columns":[{"name":"id","type":"int8"},{"name":"writer","type":"int4"},{"name":"seq","type":"int8"},{"name":"team","type":"int4"},{"name":"sent_ns","type":"int8"},{"name":"pad","type":"text"}],"commit_timestamp":"2026-01-01T00:00:00.000Z","errors":null,"record":{"id":7,"writer":1,"seq":41,"team":0,"sent_ns":1767225600123456789,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"schema":"public","table":"meshbench_wal_fanout","type":"INSERT"}}]`)
+	r := &walRun{run: newRun(nil)}
+	r.measureStart.Store(0)
+	s := &walSub{r: r, hist: measure.NewHistogram(), ack: measure.NewHistogram(), lastSeq: make([]int64, 4)}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.lastSeq[1] = 0
+		s.OnMessage(ws.OpText, frame, r.now())
+	}
+}
