@@ -129,6 +129,7 @@ soak: build deps-pg
 FUZZ_TARGETS := \
 	./wire/phx:FuzzDecodeText ./wire/phx:FuzzDecodeBinary ./wire/phx:FuzzAppendString \
 	./wire/phx:FuzzDecodeJoin ./wire/phx:FuzzDecodePush ./wire/phx:FuzzAppendPresenceMeta \
+	./wire/phx:FuzzScanV2 ./wire/phx:FuzzDecodeUserBroadcast \
 	./wire/meshproto:FuzzDecode ./wire/meshproto:FuzzReadFrame \
 	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister ./wal:FuzzJSONB \
 	./edge:FuzzWTFrameReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
