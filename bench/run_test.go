@@ -205,8 +205,13 @@ func TestRunAgainstFakes(t *testing.T) {
 				t.Fatalf("latency/throughput figures: %+v", res)
 			}
 			if tc.mode == ModeLatency {
+				// The pacer never runs ahead of its schedule; it may fall
+				// behind only on a host too busy to run it (a lag it
+				// reports), so too few is a failure only when it says it
+				// was on time.
 				want := tc.rate * 0.3
-				if got := float64(res.PublishedMeasured); got < want*0.8 || got > want*1.2 {
+				got := float64(res.PublishedMeasured)
+				if got > want*1.2 || (got < want*0.8 && res.PublisherLagMax < 50) {
 					t.Fatalf("published %v in 300ms at %v/s: %s lag %v late %v", got, tc.rate, res, res.PublisherLagMax, res.PublisherLate)
 				}
 			}
