@@ -313,10 +313,14 @@ func (c *Checker) run(batch []*call) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var refused *refusedError
+	if err != nil && !errors.As(err, &refused) {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	for i, k := range batch {
 		if err != nil {
 			c.m.errors.Inc()
-			c.finishLocked(k, 0, fmt.Errorf("%w: %w", ErrUnavailable, err))
+			c.finishLocked(k, 0, err)
 			continue
 		}
 		if res[i].err != nil {

@@ -308,3 +308,29 @@ func TestErrors(t *testing.T) {
 		t.Errorf("a closed checker: %v", err)
 	}
 }
+
+// BenchmarkCheck: read checks of distinct users against the membership
+// policy, 64 at a time.
+func BenchmarkCheck(b *testing.B) {
+	pg := setup(b)
+	pg.Exec(`INSERT INTO members SELECT ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid, 'room', '{broadcast}', '{}'
+		FROM generate_series(1, 2000) i`)
+	c, set := newChecker(b, Config{URL: pg.URL()})
+	b.ReportAllocs()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for i := range b.N {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if got, err := c.Check(context.Background(), request(false, Broadcast, "room", user(i%2000+1))); err != nil || got != Broadcast {
+				b.Errorf("check: %v %v", got, err)
+			}
+		}()
+	}
+	wg.Wait()
+	b.ReportMetric(float64(counter(set, "meshcast_channel_auth_db_queries_total"))/float64(counter(set, "meshcast_channel_auth_db_round_trips_total")), "checks/round-trip")
+}

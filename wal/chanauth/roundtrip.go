@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -47,6 +48,29 @@ const (
 		VALUES ($1::text, $2::text, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC')`
 )
 
+// statements are prepared once on each connection: parsing and planning
+// cost more than running them (a cached plan of the select is replanned
+// when a policy changes or another role runs it).
+var statements = [...]string{sqlBegin, sqlSave, sqlRestore, sqlRollback, sqlSettings, sqlProbes, sqlVisible, sqlWrite}
+
+// statementName is the name a statement is prepared under.
+func statementName(sql string) string {
+	for i, s := range statements {
+		if s == sql {
+			return "meshcast_chanauth_" + strconv.Itoa(i)
+		}
+	}
+	panic("chanauth: statement not prepared: " + sql)
+}
+
+// refusedError is a statement the database refused to prepare (no
+// realtime.messages, no privilege on it): every check's error, as
+// Supabase's policy errors are, rather than an unavailable database.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
 // answer is a check's result.
 type answer struct {
 	allowed Ext
@@ -68,6 +92,16 @@ func (c *Checker) roundTrip(ctx context.Context, batch []*call) ([]answer, error
 	pc, err := c.pool.Acquire(ctx)
 	if err != nil {
 		return nil, err
+	}
+	for _, sql := range statements {
+		if _, err := pc.Conn().Prepare(ctx, statementName(sql), sql); err != nil {
+			pc.Release()
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) {
+				return nil, &refusedError{err}
+			}
+			return nil, err
+		}
 	}
 	conn := pc.Conn().PgConn()
 	var res []answer
@@ -100,7 +134,7 @@ func send(p *pgconn.Pipeline, sql string, args ...string) {
 	for _, a := range args {
 		params = append(params, []byte(a))
 	}
-	p.SendQueryParams(sql, params, nil, nil, nil)
+	p.SendQueryPrepared(statementName(sql), params, nil, nil)
 }
 
 // sendBatch queues the units of batch and returns them in order.
