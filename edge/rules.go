@@ -49,31 +49,41 @@ type refusal struct {
 	cause   error
 }
 
-// grants are what a channel's identity may do, as its policy answered:
-// asked extensions are decided — for the channel's life, or until a new
-// access_token — and the allowed ones are allowed. A public channel, and
-// every channel of a node without a JWT secret, may do everything.
+// grants are what a channel's identity may do. The zero value, a
+// public channel's (or any channel's on a node without a JWT secret), may
+// do everything and asks nothing. A checked one has what its policy
+// answered: asked extensions are decided — for the channel's life, or
+// until a new access_token — and the allowed ones are allowed.
 type grants struct {
+	checked           bool
 	readAsked, read   Extensions
 	writeAsked, write Extensions
 }
 
-var allowAll = grants{allExtensions, allExtensions, allExtensions, allExtensions}
+var (
+	allowAll = grants{}
+	unasked  = grants{checked: true} // a private channel before its policy answered
+)
 
-func (g grants) canRead(x Extensions) bool  { return g.read.Has(x) }
-func (g grants) canWrite(x Extensions) bool { return g.write.Has(x) }
+func (g grants) canRead(x Extensions) bool  { return !g.checked || g.read.Has(x) }
+func (g grants) canWrite(x Extensions) bool { return !g.checked || g.write.Has(x) }
 
 // writesToAsk is what must be asked before x is written: nothing once
 // decided; else both extensions, which Supabase decides together.
 func (g grants) writesToAsk(x Extensions) Extensions {
-	if g.writeAsked.Has(x) {
+	if !g.checked || g.writeAsked.Has(x) {
 		return 0
 	}
 	return allExtensions
 }
 
 // readsToAsk is what must be asked before x is read: nothing once decided.
-func (g grants) readsToAsk(x Extensions) Extensions { return x &^ g.readAsked }
+func (g grants) readsToAsk(x Extensions) Extensions {
+	if !g.checked {
+		return 0
+	}
+	return x &^ g.readAsked
+}
 
 // withWrites records the answer to a write check of asked. An error
 // decides nothing (the next push asks again, as Supabase does).
@@ -157,7 +167,7 @@ func planJoin(topic, name string, p *phx.JoinPayload, token string, cl *claims, 
 		if p.Config.Presence.Enabled {
 			plan.reads |= ExtPresence
 		}
-		plan.grants = grants{}
+		plan.grants = unasked
 	}
 	return plan, nil
 }
@@ -175,9 +185,9 @@ func decideJoinRead(plan *joinPlan, allowed Extensions, err error) (grants, *ref
 			r.text = "Unauthorized: " + unauthorizedText(plan.name)
 		}
 		r.action, r.metric = replyError, "join_refused"
-		return grants{}, r
+		return unasked, r
 	}
-	g := grants{}.withReads(plan.reads, allowed, nil)
+	g := unasked.withReads(plan.reads, allowed, nil)
 	if g.read == 0 {
 		return g, joinRefusal("Unauthorized: " + unauthorizedText(plan.name))
 	}
@@ -234,7 +244,7 @@ func decideRefreshRead(name string, prev grants, asked, allowed Extensions, err 
 		r.action, r.metric = closeChannel, "token_refresh"
 		return prev, r
 	}
-	g := grants{}.withReads(asked, allowed, nil)
+	g := unasked.withReads(asked, allowed, nil)
 	if prev.read&asked&^g.read != 0 || g.read == 0 {
 		return prev, &refusal{action: closeChannel, metric: "read_revoked",
 			text: "You no longer have permission to read from this Channel topic: " + name}

@@ -78,10 +78,10 @@ func TestPlanJoin(t *testing.T) {
 	}{
 		{"public", `{}`, user, nil, false, nil, false, 0, allowAll},
 		{"public, open", `{}`, openClaims, nil, true, nil, false, 0, allowAll},
-		{"a bad token", `{"private":true}`, nil, expired, false, joinRefusal("InvalidJWTToken: Token has expired 5 seconds ago"), false, 0, grants{}},
+		{"a bad token", `{"private":true}`, nil, expired, false, joinRefusal("InvalidJWTToken: Token has expired 5 seconds ago"), false, 0, unasked},
 		{"private, open: nothing is asked", `{"private":true}`, openClaims, nil, true, nil, true, 0, allowAll},
-		{"private: broadcast is asked", `{"private":true}`, user, nil, false, nil, true, ExtBroadcast, grants{}},
-		{"private with presence: both", `{"private":true,"presence":{"enabled":true}}`, user, nil, false, nil, true, ExtBroadcast | ExtPresence, grants{}},
+		{"private: broadcast is asked", `{"private":true}`, user, nil, false, nil, true, ExtBroadcast, unasked},
+		{"private with presence: both", `{"private":true,"presence":{"enabled":true}}`, user, nil, false, nil, true, ExtBroadcast | ExtPresence, unasked},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, r := decodeJoin([]byte(`{"config":` + tc.config + `}`))
@@ -156,7 +156,7 @@ func TestChannelRoom(t *testing.T) {
 func TestDecideRefreshRead(t *testing.T) {
 	both := ExtBroadcast | ExtPresence
 	revoked := &refusal{action: closeChannel, metric: "read_revoked", text: "You no longer have permission to read from this Channel topic: room"}
-	joined := grants{readAsked: both, read: both, writeAsked: both, write: ExtBroadcast}
+	joined := grants{checked: true, readAsked: both, read: both, writeAsked: both, write: ExtBroadcast}
 	for _, tc := range []struct {
 		name     string
 		prev     grants
@@ -169,9 +169,9 @@ func TestDecideRefreshRead(t *testing.T) {
 		{"still allowed: the writes are asked again", joined, true, both, nil, nil, both},
 		{"broadcast revoked, presence kept", joined, true, ExtPresence, nil, revoked, 0},
 		{"everything revoked", joined, true, 0, nil, revoked, 0},
-		{"a read that was denied stays denied", grants{readAsked: both, read: ExtBroadcast}, true, ExtBroadcast, nil, nil, ExtBroadcast},
-		{"a read that was denied is allowed now", grants{readAsked: both, read: ExtBroadcast}, true, both, nil, nil, both},
-		{"presence turned on since the join is asked too", grants{readAsked: ExtBroadcast, read: ExtBroadcast}, true, both, nil, nil, both},
+		{"a read that was denied stays denied", grants{checked: true, readAsked: both, read: ExtBroadcast}, true, ExtBroadcast, nil, nil, ExtBroadcast},
+		{"a read that was denied is allowed now", grants{checked: true, readAsked: both, read: ExtBroadcast}, true, both, nil, nil, both},
+		{"presence turned on since the join is asked too", grants{checked: true, readAsked: ExtBroadcast, read: ExtBroadcast}, true, both, nil, nil, both},
 		{"a policy error closes, logged", joined, true, 0, errPolicySQL,
 			&refusal{action: closeChannel, metric: "token_refresh", text: "You do not have permissions to read from this Channel topic: room", logCode: "RlsPolicyError"}, 0},
 		{"an unreachable database closes", joined, true, 0, ErrPolicyUnavailable,
@@ -188,7 +188,7 @@ func TestDecideRefreshRead(t *testing.T) {
 			}
 		})
 	}
-	if got := refreshReads(grants{readAsked: ExtBroadcast}, false); got != ExtBroadcast {
+	if got := refreshReads(grants{checked: true, readAsked: ExtBroadcast}, false); got != ExtBroadcast {
 		t.Errorf("refreshReads without presence = %v", got)
 	}
 }
@@ -198,7 +198,7 @@ func TestDecideRefreshRead(t *testing.T) {
 // denied tracks answered with an error.
 func TestWriteRules(t *testing.T) {
 	both := ExtBroadcast | ExtPresence
-	g := grants{readAsked: ExtBroadcast, read: ExtBroadcast}
+	g := grants{checked: true, readAsked: ExtBroadcast, read: ExtBroadcast}
 	if ask := g.writesToAsk(ExtBroadcast); ask != both {
 		t.Fatalf("first send asks %v, want both", ask)
 	}
