@@ -113,12 +113,11 @@ func identity(cl *claims, headers []byte) *Identity {
 func headersJSON(h http.Header, prefix string) []byte {
 	var m map[string]string
 	for k, vs := range h {
-		k = strings.ToLower(k)
-		if len(vs) > 0 && strings.HasPrefix(k, prefix) {
+		if len(vs) > 0 && len(k) >= len(prefix) && strings.EqualFold(k[:len(prefix)], prefix) {
 			if m == nil {
 				m = make(map[string]string)
 			}
-			m[k] = vs[len(vs)-1]
+			m[strings.ToLower(k)] = vs[len(vs)-1]
 		}
 	}
 	if m == nil {

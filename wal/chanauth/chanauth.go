@@ -156,6 +156,7 @@ func New(cfg Config) (*Checker, error) {
 	pc.MaxConnIdleTime = time.Minute
 	// realtime.messages is partitioned by UTC day, filled by now().
 	pc.ConnConfig.RuntimeParams["timezone"] = "UTC"
+	pc.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
 	pc.ConnConfig.RuntimeParams["application_name"] = "meshcast-chanauth"
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
