@@ -105,6 +105,12 @@ type Config struct {
 	// before the oldest is dropped (0: 16).
 	DatagramQueue int
 
+	// ChannelPolicy decides private channels on a node with a JWTSecret:
+	// which roles may read and write which topics (see ChannelPolicy). If
+	// nil, the claims rule: any verified role except anon may read and
+	// write every private channel. A node without a JWTSecret never asks.
+	ChannelPolicy ChannelPolicy
+
 	// DemoTable, if set, serves the demo page's live table panel at
 	// /demo/todos and below (make run-pg's node only: it writes to a
 	// database without auth). Without it the panel only shows changes.

@@ -36,6 +36,9 @@ type conn struct {
 	// apikeyClaims are the claims of the socket's apikey (nil when open).
 	apikey       string
 	apikeyClaims *claims
+	// headers are the x- headers of the upgrade request as a JSON object
+	// (request.headers of policy checks); nil when there are none.
+	headers []byte
 
 	q          *outq.Queue
 	writerDone chan struct{}   // closed when the writer has shut the transport

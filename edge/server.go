@@ -65,6 +65,16 @@ type Server struct {
 	pool       *writePool
 	rest       *restLimiter // nil: REST messages are not rate limited
 
+	// policy decides private channels (the claims rule without
+	// Config.ChannelPolicy); policyBlocks: it may block, so callers let
+	// their locks go while it answers.
+	policy       ChannelPolicy
+	policyBlocks bool
+	// life ends when Shutdown's deadline passes: policy checks still
+	// waiting give up.
+	life    context.Context
+	endLife context.CancelFunc
+
 	changes    ChangeStream    // nil without a database
 	validator  ChangeValidator // nil: bindings are checked by the owner only
 	changeSubs *changeSubs
@@ -125,6 +135,11 @@ func New(cfg Config) (*Server, error) {
 		pool:       newWritePool(),
 		rest:       newRESTLimiter(cfg.RESTEventsPerSecond, cfg.MaxBatchMessages),
 	}
+	s.policy, s.policyBlocks = cfg.ChannelPolicy, cfg.ChannelPolicy != nil
+	if s.policy == nil {
+		s.policy = claimsRule{}
+	}
+	s.life, s.endLife = context.WithCancel(context.Background())
 	s.metrics = newServerMetrics(s)
 	s.mux = s.routes()
 	s.handler = s.withAltSvc(s.mux)
@@ -202,7 +217,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		s.stoppingOnce.Do(func() { close(s.stopping) })
+		s.stoppingOnce.Do(func() { close(s.stopping); s.endLife() })
 		s.mu.Lock()
 		for c := range s.live {
 			c.tr.kill()

@@ -61,6 +61,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	c := newConn(s, t, wsFormat(vsn), nc.RemoteAddr().String())
 	c.raw = t.raw
 	c.apikey, c.apikeyClaims = apikey, cl
+	c.headers = headersJSON(r.Header, "x-")
 	if !s.track(c) {
 		nc.Close()
 		s.release()

@@ -105,6 +105,7 @@ type options struct {
 	databaseRegion string
 	demoTodos      bool
 	schema         schemaFlags // the realtime schema (rtschema.go)
+	policy         policyFlags // private channels' policy checks (chanpolicy.go)
 
 	// benchmarks
 	emulateWAN string
@@ -204,6 +205,7 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
 	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply the SQL of meshcast "+schemaSQLCommand+" instead; see README)")
 	o.schema.register(fs)
+	o.policy.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	for name, v := range flyDefaults(os.Getenv) {
 		if f := fs.Lookup(name); f != nil {
@@ -252,6 +254,9 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 		return nil, errors.New("--demo-todos is for make run-pg's open demo node: it needs --database-url and no --jwt-secret")
 	}
 	if err := o.schema.check(); err != nil {
+		return nil, err
+	}
+	if err := o.policy.check(); err != nil {
 		return nil, err
 	}
 	if o.clustered() && o.clusterSecret == "" {
@@ -312,9 +317,20 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.clustered() {
 		o.edge.NodeID = mesh.NewID(name)
 	}
+	policy, err := newChannelPolicy(o, log)
+	if err != nil {
+		return err
+	}
+	if policy != nil {
+		defer policy.close() // after the server's shutdown
+		o.edge.ChannelPolicy = policy
+	}
 	srv, err := edge.New(o.edge)
 	if err != nil {
 		return err
+	}
+	if policy != nil {
+		srv.AddMetrics(policy.set)
 	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
