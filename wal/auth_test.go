@@ -191,7 +191,8 @@ func TestAuthorizeRLS(t *testing.T) {
 	want := []string{
 		"INSERT notes 1->0", // alice's row, alice only
 		"INSERT notes 2->10",
-		// Row 3 is checked as it is now: deleted, so seen by no one (as in Supabase).
+		// Row 3 is checked as it was committed: alice's, though deleted since.
+		"INSERT notes 3->0",
 		"INSERT open 1->1", "INSERT open 1->11", // no RLS: both
 		"UPDATE notes 2->10",
 		"DELETE notes 3->0", "DELETE notes 3->10", // deletes are not checked...
