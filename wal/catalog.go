@@ -286,7 +286,9 @@ func (a *Authorizer) awaitPending(ctx context.Context) error {
 	wait := time.Millisecond
 	for {
 		var text string
-		err := a.pool.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&text)
+		err := a.retrying(ctx, func() error {
+			return a.pool.QueryRow(ctx, "SELECT pg_current_snapshot()::text").Scan(&text)
+		})
 		if err != nil {
 			return fmt.Errorf("wal: catalog change: %w", err)
 		}

@@ -117,8 +117,10 @@ func (a *Authorizer) authorizePrivileges(ctx context.Context, changes []*Change,
 			key := accessKey{s.Role, name}
 			got, ok := known[key]
 			if !ok {
-				var err error
-				got.info, got.acc, err = a.cachedAccess(ctx, s.Role, name)
+				err := a.retrying(ctx, func() (err error) {
+					got.info, got.acc, err = a.cachedAccess(ctx, s.Role, name)
+					return err
+				})
 				if err != nil {
 					errs = append(errs, fmt.Errorf("wal: privileges of role %s on %s.%s: %w", strconv.Quote(s.Role), c.Schema, c.Table, err))
 				}
@@ -351,6 +353,27 @@ func (a *Authorizer) visible(ctx context.Context, v viewer, changes []*Change, i
 // rlsAttempts bounds how often an RLS check is sent when the connection
 // fails: about 1.5 s of retries, longer than a Postgres restart takes.
 const rlsAttempts = 6
+
+// retrying runs f, and again on fresh connections while it fails to reach
+// the database (a restarted Postgres breaks the pool's connections), as
+// visible does: rlsAttempts times at most.
+func (a *Authorizer) retrying(ctx context.Context, f func() error) error {
+	for conns := 1; ; conns++ {
+		err := f()
+		var pgErr *pgconn.PgError
+		var ours *pgError
+		if err == nil || errors.As(err, &pgErr) || errors.As(err, &ours) || errors.Is(err, errTableChanged) ||
+			ctx.Err() != nil || conns == rlsAttempts {
+			return err
+		}
+		a.pool.Reset()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(conns) * 100 * time.Millisecond):
+		}
+	}
+}
 
 // visibleOnce sends the check in one round trip (BEGIN READ ONLY, the
 // role and claims, query, ROLLBACK) and returns the statuses it found and
