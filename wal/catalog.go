@@ -220,14 +220,15 @@ func (a *Authorizer) fingerprint(ctx context.Context, conn *pgx.Conn) (string, e
 	if err := conn.QueryRow(ctx, globalFingerprint).Scan(&global, &trigger); err != nil {
 		return "", fmt.Errorf("catalog fingerprint: %w", err)
 	}
-	a.setTriggered(trigger)
 	if trigger {
+		a.setTriggered(trigger)
 		return global, nil
 	}
 	var local string
 	if err := conn.QueryRow(ctx, localFingerprint).Scan(&local); err != nil {
 		return "", fmt.Errorf("catalog fingerprint: %w", err)
 	}
+	a.setTriggered(trigger)
 	return global + local, nil
 }
 
