@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -105,20 +106,26 @@ func (a *Authorizer) loadPolicy(ctx context.Context, info *tableInfo) (*rlsPolic
 	return buildPolicy(info, force, owner, rows), nil
 }
 
-// buildPolicy writes the query of rlsPolicy.
+// buildPolicy writes the query of rlsPolicy. Whether a policy applies to
+// the role, and whether the role bypasses RLS, are uncorrelated scalar
+// subqueries: Postgres evaluates them once per query (InitPlans), not per
+// row.
 func buildPolicy(info *tableInfo, force bool, owner uint32, rows []policyRow) *rlsPolicy {
 	p := &rlsPolicy{}
-	// The row takes the table's name, as the deparsed expressions may
-	// qualify its columns with it; the input's alias must differ from it.
-	row := pgx.Identifier{info.name.table}.Sanitize()
-	in := "meshcast_m"
-	for in == info.name.table {
-		in += "_"
-	}
 	var all []string
 	for _, c := range info.columns {
 		all = append(all, c.Name)
 	}
+	// The row takes the table's name, as the deparsed expressions may
+	// qualify its columns with it. The input's alias and columns must
+	// differ from it and from the table's columns, which the expressions
+	// name unqualified.
+	row := pgx.Identifier{info.name.table}.Sanitize()
+	pre := "meshcast_"
+	for slices.ContainsFunc(append(all, info.name.table), func(n string) bool { return strings.HasPrefix(n, pre) }) {
+		pre += "_"
+	}
+	in, val, ord := pre+"in", pre+"v", pre+"o"
 	need := map[string]bool{}
 	var present, roundTrip, permissive, restrictive []string
 	for _, r := range rows {
@@ -132,17 +139,17 @@ func buildPolicy(info *tableInfo, force bool, owner uint32, rows []policyRow) *r
 			for _, oid := range r.roles {
 				or = append(or, fmt.Sprintf("pg_catalog.pg_has_role(CURRENT_USER, %d::pg_catalog.oid, 'USAGE')", oid))
 			}
-			applies = "(" + strings.Join(or, " OR ") + ")"
+			applies = "(SELECT " + strings.Join(or, " OR ") + ")"
 		}
 		if len(cols) > 0 {
 			var keys, same []string
 			for _, c := range cols {
 				need[c] = true
 				keys = append(keys, quoteLiteral(c))
-				same = append(same, fmt.Sprintf("pg_catalog.to_jsonb(%s.%s) IS NOT DISTINCT FROM NULLIF(%s.v -> %s, 'null'::jsonb)",
-					row, pgx.Identifier{c}.Sanitize(), in, quoteLiteral(c)))
+				same = append(same, fmt.Sprintf("pg_catalog.to_jsonb(%s.%s) IS NOT DISTINCT FROM NULLIF(%s.%s -> %s, 'null'::jsonb)",
+					row, pgx.Identifier{c}.Sanitize(), in, val, quoteLiteral(c)))
 			}
-			present = append(present, fmt.Sprintf("(NOT %s OR %s.v ?& ARRAY[%s])", applies, in, strings.Join(keys, ", ")))
+			present = append(present, fmt.Sprintf("(NOT %s OR %s.%s ?& ARRAY[%s])", applies, in, val, strings.Join(keys, ", ")))
 			roundTrip = append(roundTrip, fmt.Sprintf("(NOT %s OR (%s))", applies, strings.Join(same, " AND ")))
 		}
 		if r.permissive {
@@ -158,7 +165,7 @@ func buildPolicy(info *tableInfo, force bool, owner uint32, rows []policyRow) *r
 	}
 	bypass := "(SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)"
 	if !force {
-		bypass = fmt.Sprintf("(%s OR pg_catalog.pg_has_role(CURRENT_USER, %d::pg_catalog.oid, 'USAGE'))", bypass, owner)
+		bypass = fmt.Sprintf("(SELECT %s OR pg_catalog.pg_has_role(CURRENT_USER, %d::pg_catalog.oid, 'USAGE'))", bypass, owner)
 	}
 	and := func(conds []string, empty string) string {
 		if len(conds) == 0 {
@@ -175,10 +182,10 @@ func buildPolicy(info *tableInfo, force bool, owner uint32, rows []policyRow) *r
 		" WHEN (" + and(roundTrip, "true") + ") IS NOT TRUE THEN " + strconv.Itoa(rlsRoundTrip) +
 		" WHEN (" + perm + ") AND (" + and(restrictive, "true") + ") THEN " + strconv.Itoa(rlsVisible) +
 		" ELSE " + strconv.Itoa(rlsHidden) + " END"
-	p.head = ", e.o, e.s, NULL FROM (SELECT " + in + ".o, (SELECT " + status + " FROM pg_catalog.jsonb_populate_record(NULL::" +
-		pgx.Identifier{info.name.schema, info.name.table}.Sanitize() + ", " + in + ".v) AS " + row + ") AS s " +
-		"FROM pg_catalog.jsonb_array_elements("
-	p.tail = "::jsonb) WITH ORDINALITY AS " + in + "(v, o)) e WHERE e.s <> " + strconv.Itoa(rlsHidden)
+	p.head = ", e.o, e.s, NULL FROM (SELECT " + in + "." + ord + " AS o, " + status + " AS s FROM pg_catalog.jsonb_array_elements("
+	p.tail = "::jsonb) WITH ORDINALITY AS " + in + "(" + val + ", " + ord + ") CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::" +
+		pgx.Identifier{info.name.schema, info.name.table}.Sanitize() + ", " + in + "." + val + ") AS " + row + " OFFSET 0) e WHERE e.s <> " +
+		strconv.Itoa(rlsHidden)
 	return p
 }
 
