@@ -130,7 +130,9 @@ func (a *Authorizer) authorizePrivileges(ctx context.Context, changes []*Change,
 				continue
 			}
 			if !got.acc.allows(s) {
-				a.m.revoked.Inc()
+				if !wildcard(s) {
+					a.m.revoked.Inc() // a wildcard binding never had the table
+				}
 				continue
 			}
 			kept = append(kept, s)
@@ -262,44 +264,7 @@ func rowError(err error) bool {
 // visible checks items for v in one round trip (retried while the
 // snapshot lags or the connection breaks): the status of each row.
 func (a *Authorizer) visible(ctx context.Context, v viewer, changes []*Change, items []rlsItem) (map[rlsCheck]int, error) {
-	// One SELECT per table of the batch, in a UNION ALL, each over a jsonb
-	// array of the rows' values; rows[t][o-1] is what ordinal o of the
-	// t-th SELECT is.
-	var order []*tableInfo
-	byTable := map[*tableInfo]int{}
-	var rows [][]rlsCheck
-	var values [][]byte
-	for _, it := range items {
-		t, ok := byTable[it.info]
-		if !ok {
-			t = len(order)
-			byTable[it.info] = t
-			order = append(order, it.info)
-			rows = append(rows, nil)
-			values = append(values, []byte{'['})
-		}
-		c := changes[it.i]
-		add := func(row []json.RawMessage, old bool) {
-			if len(rows[t]) > 0 {
-				values[t] = append(values[t], ',')
-			}
-			values[t] = it.info.policy.rlsValues(values[t], c.Columns, row)
-			rows[t] = append(rows[t], rlsCheck{it.i, old})
-		}
-		add(c.Record, false)
-		if fullOld(c) {
-			add(c.OldRecord, true)
-		}
-	}
-	var parts []string
-	var args []any
-	for t, info := range order {
-		args = append(args, string(append(values[t], ']')))
-		parts = append(parts, info.policy.query(t, "$"+strconv.Itoa(len(args))))
-	}
-	// The statement's snapshot comes along, to tell whether it saw the
-	// batch's transactions at all.
-	query := "SELECT -1, 0::bigint, 0, pg_current_snapshot()::text UNION ALL " + strings.Join(parts, " UNION ALL ")
+	query, args, rows := rlsQuery(changes, items)
 	var xids []uint32
 	for _, it := range items {
 		if x := changes[it.i].xid; x != 0 && !slices.Contains(xids, x) {
@@ -348,6 +313,47 @@ func (a *Authorizer) visible(ctx context.Context, v viewer, changes []*Change, i
 			wait *= 2
 		}
 	}
+}
+
+// rlsQuery writes the check of items: one SELECT per table, in a UNION
+// ALL, each over a jsonb array of the rows' values (the new row, and the
+// old one of an update that has it whole); rows[t][o-1] is what ordinal o
+// of the t-th SELECT is. The statement's snapshot comes along, to tell
+// whether it saw the batch's transactions at all.
+func rlsQuery(changes []*Change, items []rlsItem) (string, []any, [][]rlsCheck) {
+	var order []*tableInfo
+	byTable := map[*tableInfo]int{}
+	var rows [][]rlsCheck
+	var values [][]byte
+	for _, it := range items {
+		t, ok := byTable[it.info]
+		if !ok {
+			t = len(order)
+			byTable[it.info] = t
+			order = append(order, it.info)
+			rows = append(rows, nil)
+			values = append(values, []byte{'['})
+		}
+		c := changes[it.i]
+		add := func(row []json.RawMessage, old bool) {
+			if len(rows[t]) > 0 {
+				values[t] = append(values[t], ',')
+			}
+			values[t] = it.info.policy.rlsValues(values[t], c.Columns, row)
+			rows[t] = append(rows[t], rlsCheck{it.i, old})
+		}
+		add(c.Record, false)
+		if fullOld(c) {
+			add(c.OldRecord, true)
+		}
+	}
+	parts := []string{"SELECT -1, 0::bigint, 0, pg_current_snapshot()::text"}
+	var args []any
+	for t, info := range order {
+		args = append(args, string(append(values[t], ']')))
+		parts = append(parts, info.policy.query(t, "$"+strconv.Itoa(len(args))))
+	}
+	return strings.Join(parts, " UNION ALL "), args, rows
 }
 
 // rlsAttempts bounds how often an RLS check is sent when the connection
