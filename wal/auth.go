@@ -294,8 +294,10 @@ func (a *Authorizer) Check(ctx context.Context, b Binding, role, claims string) 
 		if err := a.checkTable(ctx, info, acc, sub, filters, b.Select, normalize); err != nil {
 			return nil, exception(params, err)
 		}
-		if sub.Table != "*" && !acc.all() {
-			// Send only what role may read.
+		if sub.Table != "*" && (!acc.all() || b.Select != nil) {
+			// Send only what role may read, and what select names: in
+			// the table's order, each once, so that the same columns
+			// asked for in another order share a shape.
 			for i, c := range info.columns {
 				if acc.readable[i] && (b.Select == nil || slices.Contains(b.Select, c.Name) || c.Key) {
 					sub.Columns = append(sub.Columns, c.Name)
@@ -411,8 +413,9 @@ func exception(params string, err error) error {
 	case errors.As(err, &pgErr):
 		code, msg = pgErr.Code, pgErr.Message
 	}
+	// Postgres's messages may quote the value a client sent.
 	return refusal(fmt.Sprintf("Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [%s]. Exception: ERROR %s (%s) %s",
-		params, code, sqlstateName(code), msg))
+		params, code, sqlstateName(code), clipText(msg, 2*quoteBytes)))
 }
 
 // refusal is an error whose text is Supabase's, to send the client as is.
@@ -463,7 +466,11 @@ func sqlstateName(code string) string {
 // event: *, schema: public, table: todos, filters: [{"id", "eq", "1", false}], select: nil.
 func bindingParams(sub *Subscription, filters []Filter, sel []string) string {
 	var f []string
-	for _, x := range filters {
+	for i, x := range filters {
+		if i == quoteItems {
+			f = append(f, "...")
+			break
+		}
 		f = append(f, fmt.Sprintf("{%s, %s, %s, %t}", inspectString(x.Column), inspectString(x.Op.String()), inspectString(x.Value), x.Negate))
 	}
 	s := "nil"
@@ -541,7 +548,7 @@ func (a *Authorizer) loadTable(ctx context.Context, name tableName, tc *typeCach
 		return nil, err
 	}
 	if len(info.columns) == 0 {
-		return nil, &pgError{"42P01", fmt.Sprintf("relation \"%s.%s\" does not exist", name.schema, name.table)}
+		return nil, &pgError{"42P01", fmt.Sprintf("relation \"%s.%s\" does not exist", quote(name.schema), quote(name.table))}
 	}
 	types, err := tc.resolve(ctx, a.pool, oids)
 	if err != nil {
@@ -630,14 +637,14 @@ func (a *Authorizer) loadAccess(ctx context.Context, role string, info *tableInf
 		return nil, err
 	}
 	if !exists {
-		return nil, &pgError{"42704", fmt.Sprintf("role %q does not exist", role)}
+		return nil, &pgError{"42704", fmt.Sprintf("role \"%s\" does not exist", quote(role))}
 	}
 	if len(names) != len(info.columns) {
-		return nil, fmt.Errorf("table %s.%s %w", info.name.schema, info.name.table, errTableChanged)
+		return nil, fmt.Errorf("table %s.%s %w", quote(info.name.schema), quote(info.name.table), errTableChanged)
 	}
 	for i, n := range names {
 		if n != info.columns[i].Name {
-			return nil, fmt.Errorf("table %s.%s %w", info.name.schema, info.name.table, errTableChanged)
+			return nil, fmt.Errorf("table %s.%s %w", quote(info.name.schema), quote(info.name.table), errTableChanged)
 		}
 	}
 	copy(acc.readable, readable)
@@ -694,7 +701,7 @@ func (a *Authorizer) checkTable(ctx context.Context, info *tableInfo, acc *table
 	for i, f := range filters {
 		ci := col(f.Column)
 		if ci < 0 {
-			return raise("invalid column for filter %s", f.Column)
+			return raise("invalid column for filter %s", quote(f.Column))
 		}
 		c, regtype := info.columns[ci], info.regtypes[ci]
 		switch f.Op {
@@ -751,7 +758,7 @@ func (a *Authorizer) checkTable(ctx context.Context, info *tableInfo, acc *table
 	}
 	for _, s := range sel {
 		if col(s) < 0 {
-			return raise("invalid column for select %s", s)
+			return raise("invalid column for select %s", quote(s))
 		}
 	}
 	readable := false
