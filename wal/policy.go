@@ -99,18 +99,31 @@ func (a *Authorizer) loadPolicy(ctx context.Context, info *tableInfo) (*rlsPolic
 		}
 		return r.Err()
 	})
+	// The column types, qualified, for casting the values a policy reads.
+	var types []string
+	b.Queue(`SELECT array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`, info.oid).QueryRow(func(r pgx.Row) error {
+		return r.Scan(&types)
+	})
 	b.Queue("ROLLBACK")
 	if err := a.pool.SendBatch(ctx, b).Close(); err != nil {
 		return nil, err
 	}
-	return buildPolicy(info, force, owner, rows), nil
+	if len(types) != len(info.columns) {
+		types = nil // changed meanwhile: the row is made whole
+	}
+	return buildPolicy(info, force, owner, rows, types), nil
 }
 
 // buildPolicy writes the query of rlsPolicy. Whether a policy applies to
 // the role, and whether the role bypasses RLS, are uncorrelated scalar
 // subqueries: Postgres evaluates them once per query (InitPlans), not per
-// row.
-func buildPolicy(info *tableInfo, force bool, owner uint32, rows []policyRow) *rlsPolicy {
+// row. The row is made of the columns the policies read, each value cast
+// from its JSON text to the column's type (types, qualified), which costs
+// half of jsonb_populate_record; that makes the whole row instead when a
+// policy reads it whole, or a column whose JSON is not its text (json,
+// jsonb, arrays, composites), or types is nil.
+func buildPolicy(info *tableInfo, force bool, owner uint32, rows []policyRow, types []string) *rlsPolicy {
 	p := &rlsPolicy{}
 	var all []string
 	for _, c := range info.columns {
@@ -182,11 +195,43 @@ func buildPolicy(info *tableInfo, force bool, owner uint32, rows []policyRow) *r
 		" WHEN (" + and(roundTrip, "true") + ") IS NOT TRUE THEN " + strconv.Itoa(rlsRoundTrip) +
 		" WHEN (" + perm + ") AND (" + and(restrictive, "true") + ") THEN " + strconv.Itoa(rlsVisible) +
 		" ELSE " + strconv.Itoa(rlsHidden) + " END"
+	from := "pg_catalog.jsonb_populate_record(NULL::" + pgx.Identifier{info.name.schema, info.name.table}.Sanitize() + ", " + in + "." + val + ")"
+	if cast := castRow(info, rows, types, in+"."+val); cast != "" {
+		from = cast
+	}
 	p.head = ", e.o, e.s, NULL FROM (SELECT " + in + "." + ord + " AS o, " + status + " AS s FROM pg_catalog.jsonb_array_elements("
-	p.tail = "::jsonb) WITH ORDINALITY AS " + in + "(" + val + ", " + ord + ") CROSS JOIN LATERAL pg_catalog.jsonb_populate_record(NULL::" +
-		pgx.Identifier{info.name.schema, info.name.table}.Sanitize() + ", " + in + "." + val + ") AS " + row + " OFFSET 0) e WHERE e.s <> " +
-		strconv.Itoa(rlsHidden)
+	p.tail = "::jsonb) WITH ORDINALITY AS " + in + "(" + val + ", " + ord + ") CROSS JOIN LATERAL " + from + " AS " + row +
+		" OFFSET 0) e WHERE e.s <> " + strconv.Itoa(rlsHidden)
 	return p
+}
+
+// castRow is the row of the columns rows read, cast from the JSON object
+// v, as a subquery; "" when it must be made whole (see buildPolicy).
+func castRow(info *tableInfo, rows []policyRow, types []string, v string) string {
+	if types == nil {
+		return ""
+	}
+	var cols []string
+	for _, r := range rows {
+		if r.wholeRow {
+			return ""
+		}
+		for _, name := range r.cols {
+			i := slices.IndexFunc(info.columns, func(c Column) bool { return c.Name == name })
+			if i < 0 {
+				return ""
+			}
+			switch info.columns[i].class {
+			case classJSON, classJSONB, classArray, classComposite:
+				return ""
+			}
+			col := fmt.Sprintf("(%s ->> %s)::%s AS %s", v, quoteLiteral(name), types[i], pgx.Identifier{name}.Sanitize())
+			if !slices.Contains(cols, col) {
+				cols = append(cols, col)
+			}
+		}
+	}
+	return "(SELECT " + strings.Join(cols, ", ") + ")"
 }
 
 // quoteLiteral quotes s as an SQL string literal.

@@ -48,28 +48,26 @@ func (a *Authorizer) Authorize(ctx context.Context, changes []*Change, hits [][]
 		}
 		return err
 	}
-	need, errs := a.authorizePrivileges(ctx, changes, hits)
+	b := &authBatch{changes: changes, subs: map[*Subscription]*subState{}, viewers: map[viewer]*viewerCheck{}}
+	errs := a.authorizePrivileges(ctx, b, hits)
 	// The queries run side by side, as many as the pool has connections.
-	results := map[viewer]map[rlsCheck]int{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, a.pool.Config().MaxConns)
-	for v, items := range need {
+	for _, vc := range b.checks {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
 			budget := rlsSplitBudget
-			res, err := a.decide(ctx, v, changes, items, &budget)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
+			if err := a.decide(ctx, vc, changes, vc.items, &budget); err != nil {
+				mu.Lock()
 				errs = append(errs, err)
+				mu.Unlock()
 			}
-			results[v] = res
 		})
 	}
 	wg.Wait()
-	a.applyRLS(changes, hits, need, results)
+	a.applyRLS(b, hits)
 	return errors.Join(errs...)
 }
 
@@ -89,6 +87,39 @@ type rlsCheck struct {
 	old bool
 }
 
+// authBatch is what Authorize learns of a batch: per subscription, whether
+// its role may read what it gets (computed once per subscription and
+// table, not per hit), and per viewer the RLS checks to make.
+type authBatch struct {
+	changes []*Change
+	subs    map[*Subscription]*subState
+	viewers map[viewer]*viewerCheck
+	checks  []*viewerCheck
+}
+
+type subState struct {
+	table tableName
+	info  *tableInfo
+	ok    bool         // its role may read what it sends and filters on
+	vc    *viewerCheck // its viewer's RLS checks, if the batch needs any
+}
+
+// viewerCheck is the RLS check of one viewer: the changes to check and
+// then, by change index, the status of each one's new and old row
+// (rlsUnchecked for the changes it does not concern).
+type viewerCheck struct {
+	v        viewer
+	items    []rlsItem
+	new, old []int8
+}
+
+// Statuses of a viewerCheck beside the query's: not concerned, and a
+// check whose query failed.
+const (
+	rlsUnchecked = -2
+	rlsFailed    = -1
+)
+
 // rlsSplitBudget bounds the queries a viewer's check of a batch may take
 // when Postgres rejects it (a value that does not cast, a policy that
 // raises): the batch is halved until the failing changes are found, and
@@ -96,17 +127,16 @@ type rlsCheck struct {
 const rlsSplitBudget = 16
 
 // authorizePrivileges drops the hits whose role may no longer read what
-// they send, reduces RLS deletes to their key, and returns the RLS checks
+// they send, reduces RLS deletes to their key, and lists the RLS checks
 // each viewer needs.
-func (a *Authorizer) authorizePrivileges(ctx context.Context, changes []*Change, hits [][]*Subscription) (map[viewer][]rlsItem, []error) {
+func (a *Authorizer) authorizePrivileges(ctx context.Context, b *authBatch, hits [][]*Subscription) []error {
 	type access struct {
 		info *tableInfo
 		acc  *tableAccess
 	}
 	known := map[accessKey]access{}
-	need := map[viewer][]rlsItem{}
 	var errs []error
-	for i, c := range changes {
+	for i, c := range b.changes {
 		if len(hits[i]) == 0 {
 			continue
 		}
@@ -114,34 +144,37 @@ func (a *Authorizer) authorizePrivileges(ctx context.Context, changes []*Change,
 		rls := false
 		kept := hits[i][:0]
 		for _, s := range hits[i] {
-			key := accessKey{s.Role, name}
-			got, ok := known[key]
-			if !ok {
-				err := a.retrying(ctx, func() (err error) {
-					got.info, got.acc, err = a.cachedAccess(ctx, s.Role, name)
-					return err
-				})
-				if err != nil {
-					errs = append(errs, fmt.Errorf("wal: privileges of role %s on %s.%s: %w", strconv.Quote(s.Role), c.Schema, c.Table, err))
+			st := b.subs[s]
+			if st == nil || st.table != name {
+				key := accessKey{s.Role, name}
+				got, ok := known[key]
+				if !ok {
+					err := a.retrying(ctx, func() (err error) {
+						got.info, got.acc, err = a.cachedAccess(ctx, s.Role, name)
+						return err
+					})
+					if err != nil {
+						errs = append(errs, fmt.Errorf("wal: privileges of role %s on %s.%s: %w", strconv.Quote(s.Role), c.Schema, c.Table, err))
+					}
+					known[key] = got
 				}
-				known[key] = got
+				next := &subState{table: name, info: got.info, ok: got.acc != nil && got.acc.allows(s)}
+				if st != nil {
+					next.vc = st.vc
+				}
+				st = next
+				b.subs[s] = st
 			}
-			if got.acc == nil {
-				continue
-			}
-			if !got.acc.allows(s) {
-				if !wildcard(s) {
+			if !st.ok {
+				if !wildcard(s) && st.info != nil {
 					a.m.revoked.Inc() // a wildcard binding never had the table
 				}
 				continue
 			}
 			kept = append(kept, s)
-			rls = rls || got.info.rls
-			if got.info.rls && (c.Kind == Insert || c.Kind == Update) {
-				v := viewer{s.Role, s.Claims}
-				if l := need[v]; len(l) == 0 || l[len(l)-1].i != i {
-					need[v] = append(need[v], rlsItem{i, got.info})
-				}
+			rls = rls || st.info.rls
+			if st.info.rls && (c.Kind == Insert || c.Kind == Update) {
+				b.need(st, s, i)
 			}
 		}
 		hits[i] = kept
@@ -149,7 +182,32 @@ func (a *Authorizer) authorizePrivileges(ctx context.Context, changes []*Change,
 			c.OldRecord = keyOnly(c)
 		}
 	}
-	return need, errs
+	return errs
+}
+
+// need adds change i to the checks of s's viewer.
+func (b *authBatch) need(st *subState, s *Subscription, i int) {
+	vc := st.vc
+	if vc == nil {
+		v := viewer{s.Role, s.Claims}
+		if vc = b.viewers[v]; vc == nil {
+			vc = &viewerCheck{v: v, new: make([]int8, len(b.changes))}
+			for j := range vc.new {
+				vc.new[j] = rlsUnchecked
+			}
+			b.viewers[v] = vc
+			b.checks = append(b.checks, vc)
+		}
+		st.vc = vc
+	}
+	if vc.new[i] != rlsUnchecked {
+		return
+	}
+	vc.new[i] = rlsHidden
+	vc.items = append(vc.items, rlsItem{i, st.info})
+	if fullOld(b.changes[i]) && vc.old == nil {
+		vc.old = make([]int8, len(b.changes))
+	}
 }
 
 // keyOnly is c's OldRecord reduced to the primary key.
@@ -180,13 +238,10 @@ func fullOld(c *Change) bool {
 // applyRLS keeps the RLS hits whose viewer may see the new row, counts
 // the undecided ones, and reduces to the key the old row of an update
 // that one of its receivers may not see.
-func (a *Authorizer) applyRLS(changes []*Change, hits [][]*Subscription, need map[viewer][]rlsItem, results map[viewer]map[rlsCheck]int) {
-	checked := map[viewer]map[int]bool{}
-	for v, items := range need {
-		checked[v] = map[int]bool{}
-		for _, it := range items {
-			checked[v][it.i] = true
-			switch results[v][rlsCheck{it.i, false}] {
+func (a *Authorizer) applyRLS(b *authBatch, hits [][]*Subscription) {
+	for _, vc := range b.checks {
+		for _, it := range vc.items {
+			switch vc.new[it.i] {
 			case rlsMissing:
 				a.m.missingColumn.Inc()
 			case rlsRoundTrip:
@@ -196,20 +251,20 @@ func (a *Authorizer) applyRLS(changes []*Change, hits [][]*Subscription, need ma
 			}
 		}
 	}
-	for i, c := range changes {
+	for i, c := range b.changes {
 		kept := hits[i][:0]
 		reduce := false
 		for _, s := range hits[i] {
-			v := viewer{s.Role, s.Claims}
-			if !checked[v][i] {
+			vc := b.subs[s].vc
+			if vc == nil || vc.new[i] == rlsUnchecked {
 				kept = append(kept, s) // no RLS on its table, or a delete
 				continue
 			}
-			if results[v][rlsCheck{i, false}] != rlsVisible {
+			if vc.new[i] != rlsVisible {
 				continue
 			}
 			kept = append(kept, s)
-			if fullOld(c) && results[v][rlsCheck{i, true}] != rlsVisible {
+			if vc.old != nil && fullOld(c) && vc.old[i] != rlsVisible {
 				reduce = true
 			}
 		}
@@ -220,31 +275,25 @@ func (a *Authorizer) applyRLS(changes []*Change, hits [][]*Subscription, need ma
 	}
 }
 
-// rlsFailed marks a check whose query failed (not a status of the query).
-const rlsFailed = -1
-
-// decide runs the RLS check of items for v: their statuses by row. When
+// decide runs the RLS check of items for vc, setting their statuses. When
 // Postgres rejects the query, the items are halved (within budget) so that
 // only the changes it cannot take are hidden.
-func (a *Authorizer) decide(ctx context.Context, v viewer, changes []*Change, items []rlsItem, budget *int) (map[rlsCheck]int, error) {
-	res, err := a.visible(ctx, v, changes, items)
+func (a *Authorizer) decide(ctx context.Context, vc *viewerCheck, changes []*Change, items []rlsItem, budget *int) error {
+	err := a.visible(ctx, vc, changes, items)
 	if err == nil || len(items) == 1 || *budget < 2 || !rowError(err) || ctx.Err() != nil {
 		if err != nil {
-			res = map[rlsCheck]int{}
 			for _, it := range items {
-				res[rlsCheck{it.i, false}] = rlsFailed
+				vc.new[it.i] = rlsFailed
+				if vc.old != nil {
+					vc.old[it.i] = rlsFailed
+				}
 			}
 		}
-		return res, err
+		return err
 	}
 	*budget -= 2
 	half := len(items) / 2
-	res, err1 := a.decide(ctx, v, changes, items[:half], budget)
-	more, err2 := a.decide(ctx, v, changes, items[half:], budget)
-	for k, st := range more {
-		res[k] = st
-	}
-	return res, errors.Join(err1, err2)
+	return errors.Join(a.decide(ctx, vc, changes, items[:half], budget), a.decide(ctx, vc, changes, items[half:], budget))
 }
 
 // rowError reports whether err is one a row's values may cause: a value
@@ -263,7 +312,7 @@ func rowError(err error) bool {
 
 // visible checks items for v in one round trip (retried while the
 // snapshot lags or the connection breaks): the status of each row.
-func (a *Authorizer) visible(ctx context.Context, v viewer, changes []*Change, items []rlsItem) (map[rlsCheck]int, error) {
+func (a *Authorizer) visible(ctx context.Context, vc *viewerCheck, changes []*Change, items []rlsItem) error {
 	query, args, rows := rlsQuery(changes, items)
 	var xids []uint32
 	for _, it := range items {
@@ -281,16 +330,16 @@ func (a *Authorizer) visible(ctx context.Context, v viewer, changes []*Change, i
 	//   - a connection error (Postgres restarted, the pool's connections
 	//     are broken) is retried on fresh connections.
 	// An error Postgres reports (a policy that raises) is not retried.
-	fail := func(err error) (map[rlsCheck]int, error) {
-		return nil, fmt.Errorf("wal: RLS check for role %s: %w", strconv.Quote(v.role), err)
+	fail := func(err error) error {
+		return fmt.Errorf("wal: RLS check for role %s: %w", strconv.Quote(vc.v.role), err)
 	}
 	conns, wait := 0, time.Millisecond
 	for {
-		res, snap, err := a.visibleOnce(ctx, v, query, args, rows)
+		snap, err := a.visibleOnce(ctx, vc, query, args, rows)
 		var pgErr *pgconn.PgError
 		switch {
 		case err == nil && snap.sees(xids):
-			return res, nil
+			return nil
 		case err == nil:
 			if wait > time.Second {
 				return fail(errors.New("the batch's transactions are still not visible"))
@@ -382,23 +431,30 @@ func (a *Authorizer) retrying(ctx context.Context, f func() error) error {
 }
 
 // visibleOnce sends the check in one round trip (BEGIN READ ONLY, the
-// role and claims, query, ROLLBACK) and returns the statuses it found and
-// the snapshot it saw them with.
-func (a *Authorizer) visibleOnce(ctx context.Context, v viewer, query string, args []any, rows [][]rlsCheck) (map[rlsCheck]int, snapshot, error) {
+// role and claims, query, ROLLBACK), sets the statuses it found in vc and
+// returns the snapshot it saw them with.
+func (a *Authorizer) visibleOnce(ctx context.Context, vc *viewerCheck, query string, args []any, rows [][]rlsCheck) (snapshot, error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN READ ONLY")
-	b.Queue("SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)", v.role, v.claims)
+	b.Queue("SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)", vc.v.role, vc.v.claims)
 	q := b.Queue(query, args...)
-	res := make(map[rlsCheck]int, len(rows))
+	set := func(k rlsCheck, st int8) {
+		if k.old {
+			vc.old[k.i] = st
+		} else {
+			vc.new[k.i] = st
+		}
+	}
 	for _, r := range rows {
 		for _, k := range r {
-			res[k] = rlsHidden
+			set(k, rlsHidden)
 		}
 	}
 	var snap snapshot
 	q.Query(func(r pgx.Rows) error {
 		for r.Next() {
-			var t, o, st int
+			var t, o int
+			var st int8
 			var text *string
 			if err := r.Scan(&t, &o, &st, &text); err != nil {
 				return err
@@ -410,7 +466,7 @@ func (a *Authorizer) visibleOnce(ctx context.Context, v viewer, query string, ar
 					return err
 				}
 			case t >= 0 && t < len(rows) && o >= 1 && o <= len(rows[t]):
-				res[rows[t][o-1]] = st
+				set(rows[t][o-1], st)
 			}
 		}
 		return r.Err()
@@ -418,9 +474,9 @@ func (a *Authorizer) visibleOnce(ctx context.Context, v viewer, query string, ar
 	b.Queue("ROLLBACK")
 	a.queries.Add(1)
 	if err := a.pool.SendBatch(ctx, b).Close(); err != nil {
-		return nil, snapshot{}, err
+		return snapshot{}, err
 	}
-	return res, snap, nil
+	return snap, nil
 }
 
 // snapshot is a pg_snapshot: transactions below xmin have ended, those
