@@ -43,7 +43,14 @@ import (
 // pool; Authorize returns when all are done.
 func (a *Authorizer) Authorize(ctx context.Context, changes []*Change, hits [][]*Subscription) error {
 	if err := a.awaitPending(ctx); err != nil {
+		// No cache may be trusted: nothing is shown (counted per change
+		// and claims set, as the checks that fail are).
 		for i := range hits {
+			seen := map[viewer]bool{}
+			for _, s := range hits[i] {
+				seen[viewer{s.Role, s.Claims}] = true
+			}
+			a.m.failed.Add(len(seen))
 			hits[i] = hits[i][:0]
 		}
 		return err
