@@ -8,26 +8,35 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run run-pg cluster bench-compare bench-transports soak test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz chaos clean
+.PHONY: all build run run-pg cluster bench-compare bench-transports soak test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz chaos clean clientjs-pack
 
 all: build
 
+# What meshcast --version and /version report: git describe of this
+# checkout (its tag, else its commit, -dirty with changes), unless given.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+
 build:
-	$(GO) build -o $(BIN)/meshcast ./cmd/meshcast
+	$(GO) build -ldflags "$(if $(VERSION),-X main.version=$(VERSION))" -o $(BIN)/meshcast ./cmd/meshcast
 	$(GO) build -o $(BIN)/meshbench ./cmd/meshbench
 
 # A single node with embedded defaults: demo page at http://localhost:4000.
+# ARGS go to the node, as MESHCAST_<FLAG> variables do:
+# make run ARGS="--listen 127.0.0.1:4100", make run MESHCAST_LISTEN=127.0.0.1:4100.
 run: build
-	./$(BIN)/meshcast
+	./$(BIN)/meshcast $(ARGS)
 
 # A node streaming the changes of a throwaway local Postgres (a todos table
 # in the supabase_realtime publication); the demo page shows it live.
+# LISTEN (127.0.0.1:4000) and PGPORT (54329) move it: make run-pg LISTEN=127.0.0.1:4100 PGPORT=54330.
 run-pg: build deps-pg
-	./deploy/local/run-pg.sh
+	./deploy/local/run-pg.sh $(ARGS)
 
-# Three local nodes n1/n2/n3 (iad/fra/sin) on :4000-:4002, gossip 7946/7956/7966; Ctrl-C stops them.
+# Three local nodes n1/n2/n3 (iad/fra/sin) on 127.0.0.1:4000-4002, gossip 7946/7956/7966; Ctrl-C stops them.
+# CLUSTER_PORT, CLUSTER_GOSSIP_PORT, CLUSTER_NAMES, CLUSTER_REGIONS change them (deploy/local/cluster.sh):
+# make cluster CLUSTER_PORT=5000 CLUSTER_GOSSIP_PORT=8946 CLUSTER_NAMES="a b" CLUSTER_REGIONS="iad fra".
 cluster: build
-	./deploy/local/cluster.sh
+	./deploy/local/cluster.sh $(ARGS)
 
 test: build deps-pg test-go test-fuzz test-js test-browser
 
@@ -57,6 +66,12 @@ deps-js:
 		echo "installing npm packages in $(NPM_DIR)"; \
 		cd $(NPM_DIR) && npm ci --no-audit --no-fund; \
 	fi
+
+# clientjs as an npm package: bin/meshcast-client-<version>.tgz, which an
+# app installs with npm install /path/to/bin/meshcast-client-<version>.tgz.
+clientjs-pack:
+	@mkdir -p $(BIN)
+	cd $(NPM_DIR) && npm pack --pack-destination $(CURDIR)/$(BIN)
 
 deps-browser:
 	@if ! command -v $(CHROMIUM_BIN) >/dev/null 2>&1; then \

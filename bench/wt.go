@@ -85,14 +85,19 @@ func discoverWT(ctx context.Context, wsURL string) (*wtTarget, error) {
 		return nil, fmt.Errorf("bench: GET %s: %d %s", u, resp.StatusCode, body)
 	}
 	var ans struct {
-		URL    string `json:"url"`
-		Hashes []struct {
+		Enabled *bool  `json:"enabled"`
+		Message string `json:"message"`
+		URL     string `json:"url"`
+		Hashes  []struct {
 			Algorithm string `json:"algorithm"`
 			Value     string `json:"value"`
 		} `json:"hashes"`
 	}
 	if err := json.Unmarshal(body, &ans); err != nil {
 		return nil, fmt.Errorf("bench: GET %s: %w", u, err)
+	}
+	if ans.Enabled != nil && !*ans.Enabled {
+		return nil, fmt.Errorf("bench: GET %s: the node has no WebTransport: %s", u, ans.Message)
 	}
 	t := &wtTarget{url: ans.URL}
 	if query != "" {

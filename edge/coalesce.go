@@ -35,7 +35,8 @@ func (k *coalescer) now() int64 { return int64(time.Since(k.epoch)) }
 // recent reports whether a write at t was less than every ago.
 func (k *coalescer) recent(t int64) bool { return k.every > 0 && t > 0 && k.now()-t < int64(k.every) }
 
-// add schedules c's writer for the next tick. Called with c.qmu held.
+// add schedules c's writer for the next tick. Called (as the queue's Hold
+// hook) with c's queue locked.
 func (k *coalescer) add(c *conn) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()

@@ -12,6 +12,9 @@ import (
 type Config struct {
 	// NodeID names this node in presence entries and logs.
 	NodeID string
+	// Version is the node's release, answered at GET /version (if empty,
+	// "unknown").
+	Version string
 	// JWTSecret enables auth: apikeys and access tokens must be HS256/384/512
 	// JWTs signed with it carrying role and exp. Empty runs the node open.
 	JWTSecret []byte
@@ -79,11 +82,11 @@ type Config struct {
 
 	// WebTransport (ServeWebTransport).
 
-	// AllowedOrigins are the origins whose pages may open WebTransport
-	// sessions: "https://app.example.com" (scheme, host and port as the
-	// Origin header has them), "https://*.example.com" (any subdomain) or
-	// "*". Empty allows every origin (development). Requests without an
-	// Origin (not from a browser) are allowed.
+	// AllowedOrigins are the origins whose pages may connect, over
+	// WebSocket or WebTransport: "https://app.example.com" (scheme, host
+	// and port as the Origin header has them), "https://*.example.com"
+	// (any subdomain) or "*". If empty, every origin may. Requests without
+	// an Origin (not from a browser) are allowed.
 	AllowedOrigins []string
 	// WebTransportCert is the listener's certificate (--tls-cert). nil:
 	// the node generates self-signed ECDSA P-256 certificates valid for
@@ -151,6 +154,10 @@ func DefaultConfig() Config {
 func (c *Config) byteBurst() int {
 	return max(int(c.BytesPerSecond), c.MaxFrameBytes, c.MaxPayloadBytes, 1)
 }
+
+// EffectiveQueueBytes is the outbound queue bound a connection gets (0:
+// none): QueueBytes, raised as queueLimit says. --help states it.
+func (c *Config) EffectiveQueueBytes() int { return c.queueLimit() }
 
 // queueLimit is the effective outbound queue bound (0 = none): QueueBytes,
 // raised to one publisher's burst plus one largest frame when the byte

@@ -172,7 +172,9 @@ func (c *conn) writeLoop() {
 		if err != nil || b.Close != nil {
 			clear(batch)
 			if err != nil {
-				c.srv.metrics.errorReason("write")
+				if reason := c.tr.writeError(err); reason != "" {
+					c.srv.metrics.errorReason(reason)
+				}
 			}
 			c.finish()
 			return

@@ -219,6 +219,8 @@ func (r *recordingTransport) writeFrames(fs [][]byte) error {
 }
 func (r *recordingTransport) shut() {}
 func (r *recordingTransport) kill() {}
+
+func (r *recordingTransport) writeError(error) string { return "write" }
 func (r *recordingTransport) sendDatagram(d []byte) error {
 	if r.block != nil {
 		<-r.block

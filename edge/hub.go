@@ -19,7 +19,15 @@ type topicKey struct {
 
 // hub holds the topics that have local subscribers.
 //
-// Lock order: hub.mu, then topic.mu, then conn.qmu. Fan-out holds only a
+// Lock order: conn.mu (held while a client's frame is handled), then
+// hub.mu, then topic.mu, then what is taken under a topic lock: each
+// receiver's queue lock (outq) in turn and the coalescer's under it, and
+// changeSubs.mu (a join attaching its bindings; conn.mu is held over
+// changeSubs.mu alone too). The mesh's locks come after all of them:
+// Subscribe and Unsubscribe are called under hub.mu, SendPresence under
+// topic.mu and Publish under conn.mu, and the mesh calls the edge with
+// none of its own held. No wait on the mesh or on Postgres happens with
+// conn.mu held (a join lets it go). A broadcast's fan-out holds only a
 // topic's read lock and each receiver's queue lock in turn, never across
 // I/O.
 type hub struct {

@@ -35,6 +35,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,7 @@ import (
 
 	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/mesh/lograte"
+	"github.com/meshcast/meshcast/wire/phx"
 )
 
 // Server is one edge node's client-facing server.
@@ -278,6 +280,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /realtime/v1/websocket", s.serveWebSocket)
 	mux.HandleFunc("GET /socket/websocket", s.serveWebSocket)
 	mux.HandleFunc("GET /healthz", s.serveHealth)
+	mux.HandleFunc("GET /version", s.serveVersion)
 	mux.HandleFunc("GET "+certHashPath, s.serveCertHash)
 	mux.HandleFunc("GET "+clientJSPath, serveClientJS)
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
@@ -313,4 +316,17 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Write([]byte("ok\n"))
+}
+
+// serveVersion answers GET /version: {"version":"…","go":"go1.…"}.
+func (s *Server) serveVersion(w http.ResponseWriter, r *http.Request) {
+	v := s.cfg.Version
+	if v == "" {
+		v = "unknown"
+	}
+	b := append(phx.AppendString([]byte(`{"version":`), v), `,"go":`...)
+	b = append(phx.AppendString(b, runtime.Version()), '}')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(b)
 }

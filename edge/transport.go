@@ -30,6 +30,10 @@ type transport interface {
 	// kill cuts the transport at once, from any goroutine (Shutdown past
 	// its deadline). A writeFrames or shut blocked in it returns.
 	kill()
+	// writeError is the errors_total reason of a failed write, "" when
+	// the write failed because the client had ended the connection
+	// normally: that is no error.
+	writeError(err error) string
 }
 
 // transportKind is the transport label of the metrics.
@@ -133,15 +137,17 @@ func closeFrame(f frameFormat, code ws.StatusCode, reason string) []byte {
 
 // cutReason cuts a close reason to maxCloseReason bytes, at a rune
 // boundary.
-func cutReason(reason string) string {
-	if len(reason) <= maxCloseReason {
-		return reason
+func cutReason(reason string) string { return cutString(reason, maxCloseReason) }
+
+// cutString cuts s to at most n bytes, at a rune boundary.
+func cutString(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	cut := maxCloseReason
-	for cut > 0 && !utf8.RuneStart(reason[cut]) {
-		cut--
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
-	return reason[:cut]
+	return s[:n]
 }
 
 // slowConsumerCloses are the close frames of a connection whose queue

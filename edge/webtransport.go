@@ -297,9 +297,7 @@ func (w *wtServer) serveSession(rw http.ResponseWriter, r *http.Request) {
 		writeJSONError(rw, http.StatusForbidden, "WebTransport speaks vsn 2.0.0 only")
 		return
 	}
-	if origin := r.Header.Get("Origin"); !s.originAllowed(origin) {
-		s.metrics.errorReason("origin")
-		writeJSONError(rw, http.StatusForbidden, "Origin not allowed: "+origin)
+	if !s.checkOrigin(rw, r) {
 		return
 	}
 	apikey, cl, ok := s.admitClient(rw, r)
@@ -487,6 +485,32 @@ func (t *wtTransport) writeFrames(batch [][]byte) error {
 	return nil
 }
 
+// writeError classifies a failed write to a session. A client that ends
+// its session or its QUIC connection (a browser tab closing, clientjs's
+// disconnect() right after its close frame, which the server's echo then
+// finds gone) is no error: the stream fails with the peer's session or
+// connection close, or with the http3.Error (H3_DATAGRAM_ERROR) that
+// webtransport-go makes of its CONNECT stream ending. A connection gone
+// silent is an idle timeout, as on a WebSocket. Anything else (a write
+// timeout, a local reset) is a write error.
+func (t *wtTransport) writeError(err error) string {
+	var (
+		se   *webtransport.SessionError
+		ste  *webtransport.StreamError
+		ae   *quic.ApplicationError
+		h3e  *http3.Error
+		idle *quic.IdleTimeoutError
+	)
+	switch {
+	case errors.As(err, &se) && se.Remote, errors.As(err, &ste) && ste.Remote,
+		errors.As(err, &ae) && ae.Remote, errors.As(err, &h3e) && h3e.ErrorCode == http3.ErrCodeDatagramError:
+		return ""
+	case errors.As(err, &idle):
+		return "idle_timeout"
+	}
+	return "write"
+}
+
 // sendDatagram sends one datagram.
 func (t *wtTransport) sendDatagram(d []byte) error { return t.sess.SendDatagram(d) }
 
@@ -522,34 +546,6 @@ func (t *wtTransport) kill() {
 		t.str.CancelRead(webtransport.StreamErrorCode(ws.StatusGoingAway))
 		t.str.CancelWrite(webtransport.StreamErrorCode(ws.StatusGoingAway))
 	})
-}
-
-// originAllowed applies Config.AllowedOrigins.
-func (s *Server) originAllowed(origin string) bool {
-	if origin == "" || len(s.cfg.AllowedOrigins) == 0 {
-		return true
-	}
-	for _, o := range s.cfg.AllowedOrigins {
-		if originMatches(o, origin) {
-			return true
-		}
-	}
-	return false
-}
-
-// originMatches matches an Origin header against one allowed entry:
-// "*", an exact origin, or "scheme://*.domain" for any subdomain.
-func originMatches(pattern, origin string) bool {
-	pattern, origin = strings.ToLower(strings.TrimSuffix(pattern, "/")), strings.ToLower(origin)
-	if pattern == "*" || pattern == origin {
-		return true
-	}
-	scheme, rest, ok := strings.Cut(pattern, "://*.")
-	if !ok {
-		return false
-	}
-	oscheme, ohost, ok := strings.Cut(origin, "://")
-	return ok && oscheme == scheme && strings.HasSuffix(ohost, "."+rest)
 }
 
 // url is the session URL clients are told to dial (README, "WebTransport":
@@ -595,19 +591,21 @@ func (w *wtServer) altSvc() string {
 }
 
 // serveCertHash answers GET /realtime/v1/webtransport/cert-hash: where to
-// connect and the SHA-256 of the certificates to pin, or 404 when this
-// node has no WebTransport.
+// connect and the SHA-256 of the certificates to pin. A node without
+// WebTransport says so in a 200 too ({"enabled":false,…}): every page on
+// such a node asks, and a 404 would be an error in its browser console.
 func (s *Server) serveCertHash(rw http.ResponseWriter, r *http.Request) {
 	h := rw.Header()
 	h.Set("Access-Control-Allow-Origin", "*")
 	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Type", "application/json")
 	w := s.webTransport()
 	if w == nil {
-		writeJSONError(rw, http.StatusNotFound, "WebTransport is off on this node")
+		rw.Write([]byte(`{"enabled":false,"message":"WebTransport is off on this node"}`))
 		return
 	}
 	hashes, notAfter := w.certs.published()
-	b := []byte(`{"url":`)
+	b := []byte(`{"enabled":true,"url":`)
 	b = phx.AppendString(b, w.url(r))
 	b = append(b, `,"hashes":[`...)
 	for i, sum := range hashes {
@@ -621,7 +619,6 @@ func (s *Server) serveCertHash(rw http.ResponseWriter, r *http.Request) {
 	b = append(b, `],"not_after":`...)
 	b = phx.AppendString(b, notAfter.UTC().Format(time.RFC3339))
 	b = append(b, '}')
-	h.Set("Content-Type", "application/json")
 	rw.Write(b)
 }
 

@@ -280,11 +280,12 @@ func TestWebTransportTimeouts(t *testing.T) {
 
 // TestWebTransportCertHash: the discovery endpoint names the session URL
 // and the hash of the certificate the listener presents; CORS is open and
-// nothing is cached. A node without WebTransport answers 404.
+// nothing is cached. A node without WebTransport says so, in a 200 (a
+// 404 would be an error in the console of every page on it).
 func TestWebTransportCertHash(t *testing.T) {
 	ts := startWTServer(t, nil)
 	ch, r := ts.certHash(t)
-	if r.status != 200 {
+	if r.status != 200 || !strings.HasPrefix(r.body, `{"enabled":true,`) {
 		t.Fatalf("cert-hash: %d %s", r.status, r.body)
 	}
 	if want := "https://" + ts.udp + WebTransportPath; ch.URL != want {
@@ -308,7 +309,7 @@ func TestWebTransportCertHash(t *testing.T) {
 
 	off := startServer(t, nil)
 	r, err = off.do("GET", certHashPath, "", "")
-	if err != nil || r.status != 404 || !jsonEq([]byte(r.body), `{"error":"WebTransport is off on this node"}`) || r.header.Get("Access-Control-Allow-Origin") != "*" {
+	if err != nil || r.status != 200 || !jsonEq([]byte(r.body), `{"enabled":false,"message":"WebTransport is off on this node"}`) || r.header.Get("Access-Control-Allow-Origin") != "*" {
 		t.Errorf("without WebTransport: %d %s %v", r.status, r.body, err)
 	}
 	if r.header.Get("Alt-Svc") != "" {

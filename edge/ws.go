@@ -24,13 +24,17 @@ import (
 const readBufferSize = 1024
 
 // serveWebSocket upgrades a request on /realtime/v1/websocket or
-// /socket/websocket, after checking vsn, auth and the connection limit, so
-// that refusals are HTTP answers with a {"error":…} body, as Supabase sends.
+// /socket/websocket, after checking vsn, the page's origin, auth and the
+// connection limit, so that refusals are HTTP answers with a {"error":…}
+// body, as Supabase sends.
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	vsn, err := phx.ParseVersion(r.URL.Query().Get("vsn"))
 	if err != nil {
 		s.metrics.errorReason("bad_vsn")
 		w.WriteHeader(http.StatusForbidden)
+		return
+	}
+	if !s.checkOrigin(w, r) {
 		return
 	}
 	apikey, cl, ok := s.admitClient(w, r)
@@ -132,6 +136,10 @@ func (t *wsTransport) writeFrames(batch [][]byte) error {
 	t.bufs = nil
 	return err
 }
+
+// writeError counts every failed write: a WebSocket client that leaves
+// normally sends a close frame, which is answered before the socket closes.
+func (t *wsTransport) writeError(error) string { return "write" }
 
 // shut closes the socket, which ends the reader's read.
 func (t *wsTransport) shut() { t.nc.Close() }

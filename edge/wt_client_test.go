@@ -120,6 +120,7 @@ func (ts *wtTestServer) pinnedTLS(seen *[32]byte) *tls.Config {
 type wtClient struct {
 	t    *testing.T
 	tr   *webtransport.Transport
+	qc   *quic.Conn // the session's QUIC connection
 	sess *webtransport.Session
 	str  *webtransport.Stream
 	br   *bufio.Reader
@@ -196,7 +197,7 @@ func (ts *wtTestServer) dialSession(t *testing.T, path, query string, hdr http.H
 		}
 		return nil, err
 	}
-	c.sess = sess
+	c.sess, c.qc = sess, qc
 	context.AfterFunc(sess.Context(), func() { qc.CloseWithError(0, "") })
 	t.Cleanup(func() {
 		sess.CloseWithError(0, "")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshcast/meshcast/mesh/presence"
+	"github.com/meshcast/meshcast/mesh/route"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
 
@@ -134,7 +135,7 @@ func BenchmarkRoute(b *testing.B) {
 			for i := 0; i < peers; i++ {
 				id := fmt.Sprintf("p%d", i)
 				n.peers[id] = newPeer(n, Member{ID: id, Region: "r"})
-				n.table.Add(id, "bench")
+				n.core.Step(route.InterestAdd{From: id, Topics: []string{"bench"}})
 			}
 			msg := &meshproto.Broadcast{Topic: "bench", Event: "m", Payload: make([]byte, 100), Enc: 1}
 			b.ReportAllocs()

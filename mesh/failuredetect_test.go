@@ -235,9 +235,14 @@ func (t *cutTransport) DialAddressTimeout(addr memberlist.Address, d time.Durati
 
 func (t *cutTransport) StreamCh() <-chan net.Conn { return t.streams }
 
+// Shutdown stops the inner transport before the relay of its streams:
+// the inner one waits for its listener, which may be handing over a
+// stream just accepted, and memberlist reads streams until the transport
+// has shut down.
 func (t *cutTransport) Shutdown() error {
+	err := t.NodeAwareTransport.Shutdown()
 	close(t.done)
-	return t.NodeAwareTransport.Shutdown()
+	return err
 }
 
 // TestPartitionOfTwoSidesHeals cuts a 4-node cluster into two halves for

@@ -24,14 +24,14 @@ type gossipEvents struct {
 	refutedDead    *metrics.Counter
 }
 
-func newGossipEvents(ms *metrics.Set, log, limited *slog.Logger) *gossipEvents {
+func newGossipEvents(set *metrics.Set, log, limited *slog.Logger) *gossipEvents {
 	return &gossipEvents{
 		log:            log.With("component", "memberlist"),
 		limited:        limited.With("component", "memberlist"),
-		suspicions:     ms.NewCounter("meshcast_gossip_suspicions_total"),
-		declaredDead:   ms.NewCounter("meshcast_gossip_declared_dead_total"),
-		refutedSuspect: ms.NewCounter(`meshcast_gossip_refuted_total{accusation="suspect"}`),
-		refutedDead:    ms.NewCounter(`meshcast_gossip_refuted_total{accusation="dead"}`),
+		suspicions:     set.NewCounter("meshcast_gossip_suspicions_total"),
+		declaredDead:   set.NewCounter("meshcast_gossip_declared_dead_total"),
+		refutedSuspect: set.NewCounter(`meshcast_gossip_refuted_total{accusation="suspect"}`),
+		refutedDead:    set.NewCounter(`meshcast_gossip_refuted_total{accusation="dead"}`),
 	}
 }
 

@@ -54,7 +54,7 @@ type lane struct {
 	queue    [][]byte
 	bytes    int
 	signaled bool
-	resync   bool // control only: the peer needs a resync (new session, or frames were lost)
+	resync   bool // control and changes lanes: the peer needs a resync (new session, or frames were lost)
 	wake     chan struct{}
 
 	sentFrames, sentBytes, drops *metrics.Counter
@@ -65,10 +65,12 @@ func newLane(id byte, limit int) *lane {
 }
 
 // push queues a frame. Over the limit a data frame is dropped (counted);
-// a control frame empties the queue and marks the lane for a resync by
-// snapshot, which supersedes what was lost. The resync is written by the
-// lane's writer itself, around the queue, so that however large it is it
-// cannot overflow the queue again: every resync completes.
+// on the control and changes lanes, which must lose nothing, the queue is
+// emptied (its frames counted as drops) and the lane marked for a resync,
+// which supersedes what was lost: snapshots on the control lane, what the
+// OnResync hooks send again on both. The resync is written by the lane's
+// writer itself, around the queue, so that however large it is it cannot
+// overflow the queue again: every resync completes.
 func (l *lane) push(f []byte) bool {
 	l.mu.Lock()
 	if l.bytes+len(f) > l.limit && l.bytes > 0 {
@@ -120,8 +122,9 @@ func (l *lane) take(spare [][]byte) (batch [][]byte, resync bool) {
 	return batch, resync
 }
 
-// reset drops what is queued (the connection is gone; control state is
-// resent by snapshot on reconnect) and reports how many frames it dropped.
+// reset drops what is queued (the connection is gone; the control and
+// changes lanes resync on reconnect) and reports how many frames it
+// dropped.
 func (l *lane) reset() int {
 	l.mu.Lock()
 	n := len(l.queue)

@@ -16,9 +16,9 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/quic-go/quic-go"
 
-	"github.com/meshcast/meshcast/mesh/interest"
 	"github.com/meshcast/meshcast/mesh/lograte"
 	"github.com/meshcast/meshcast/mesh/presence"
+	"github.com/meshcast/meshcast/mesh/route"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
 
@@ -74,24 +74,24 @@ type Node struct {
 	resyncs  map[Lane][]func(peer string, emit func([]byte) error) error
 	watchers []func(self Member, members []Member)
 
+	// in feeds the driver goroutine, the only one that changes core
+	// (driver.go).
+	in *inbox
+
+	// Lock order: mu, then a lane's mu (frames are queued under mu);
+	// in.mu is taken alone. The edge calls Subscribe and Unsubscribe
+	// under its hub lock (they take in.mu), Publish and SendPresence under
+	// a topic lock (mu's read lock, then lanes'); the mesh never calls the
+	// Handler with a lock held.
 	mu      sync.RWMutex
 	closed  bool
 	peers   map[string]*peer
 	inbound map[string][]*quic.Conn
 	dead    map[string]bool // IDs declared dead: frames from them are dropped
-	table   interest.Table  // remote nodes' interests
-	local   map[string]*localTopic
-	waits   map[string]*snapshotWait
-}
-
-// localTopic is a topic with local subscribers. linger is set while the
-// last subscriber has gone and the InterestRemove is being debounced.
-type localTopic struct{ linger *time.Timer }
-
-// snapshotWait tracks the presence snapshots a first local join waits for.
-type snapshotWait struct {
-	pending map[string]bool
-	done    chan struct{}
+	// core holds the local topics, the remote nodes' interests and the
+	// snapshot waits; the driver changes it under mu, others read it under
+	// mu's read lock.
+	core *route.Core
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -113,7 +113,7 @@ func New(cfg Config, h Handler) (*Node, error) {
 			meshAddr = cfg.PacketConn.LocalAddr().String()
 		}
 	}
-	ms := metrics.NewSet()
+	set := metrics.NewSet()
 	n := &Node{
 		cfg:          cfg,
 		log:          cfg.Logger.With("node", id),
@@ -123,22 +123,22 @@ func New(cfg Config, h Handler) (*Node, error) {
 		resyncs:      make(map[Lane][]func(string, func([]byte) error) error),
 		incarnation:  inc,
 		meshKey:      deriveKey(cfg.ClusterSecret, "mesh"),
-		metrics:      ms,
-		authFailures: ms.NewCounter("meshcast_mesh_auth_failures_total"),
-		badFrames:    ms.NewCounter("meshcast_mesh_bad_frames_total"),
-		connects:     ms.NewCounter("meshcast_mesh_connects_total"),
-		published:    ms.NewCounter("meshcast_mesh_broadcasts_published_total"),
-		failed:       ms.NewCounter("meshcast_mesh_members_failed_total"),
-		departed:     ms.NewCounter("meshcast_mesh_members_left_total"),
-		returned:     ms.NewCounter("meshcast_mesh_members_returned_total"),
+		metrics:      set,
+		authFailures: set.NewCounter("meshcast_mesh_auth_failures_total"),
+		badFrames:    set.NewCounter("meshcast_mesh_bad_frames_total"),
+		connects:     set.NewCounter("meshcast_mesh_connects_total"),
+		published:    set.NewCounter("meshcast_mesh_broadcasts_published_total"),
+		failed:       set.NewCounter("meshcast_mesh_members_failed_total"),
+		departed:     set.NewCounter("meshcast_mesh_members_left_total"),
+		returned:     set.NewCounter("meshcast_mesh_members_returned_total"),
 		peers:        make(map[string]*peer),
 		inbound:      make(map[string][]*quic.Conn),
 		dead:         make(map[string]bool),
-		local:        make(map[string]*localTopic),
-		waits:        make(map[string]*snapshotWait),
+		in:           newInbox(),
+		core:         route.New(route.Config{Linger: cfg.InterestLinger, SnapshotWait: cfg.SnapshotWait}),
 	}
-	n.gossipEv = newGossipEvents(ms, n.log, n.logLimited)
-	ms.NewGauge("meshcast_gossip_health_score", func() float64 {
+	n.gossipEv = newGossipEvents(set, n.log, n.logLimited)
+	set.NewGauge("meshcast_gossip_health_score", func() float64 {
 		n.mu.RLock()
 		m := n.ms
 		n.mu.RUnlock()
@@ -149,13 +149,13 @@ func New(cfg Config, h Handler) (*Node, error) {
 	})
 	// Who this node is, so that a scraper can tell which peers of
 	// meshcast_mesh_*{peer} are in another region (cross-region bytes).
-	ms.NewGauge(fmt.Sprintf(`meshcast_mesh_node_info{node=%q,region=%q}`, id, cfg.Region), func() float64 { return 1 })
-	ms.NewGauge("meshcast_mesh_members", func() float64 {
+	set.NewGauge(fmt.Sprintf(`meshcast_mesh_node_info{node=%q,region=%q}`, id, cfg.Region), func() float64 { return 1 })
+	set.NewGauge("meshcast_mesh_members", func() float64 {
 		n.mu.RLock()
 		defer n.mu.RUnlock()
 		return float64(len(n.peers) + 1)
 	})
-	ms.NewGauge("meshcast_mesh_peers_connected", func() float64 {
+	set.NewGauge("meshcast_mesh_peers_connected", func() float64 {
 		n.mu.RLock()
 		defer n.mu.RUnlock()
 		c := 0
@@ -228,9 +228,10 @@ func (n *Node) Start() error {
 		return err
 	}
 	n.notifyWatchers()
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go func() { defer n.wg.Done(); n.acceptLoop() }()
 	go func() { defer n.wg.Done(); n.joinLoop() }()
+	go func() { defer n.wg.Done(); n.drive() }()
 	n.log.Info("mesh started", "gossip", n.cfg.GossipAddr, "mesh", n.self.MeshAddr, "region", n.self.Region, "strategy", n.cfg.Strategy.String())
 	return nil
 }
@@ -352,7 +353,7 @@ func (n *Node) GossipAddr() string { return n.ms.ml.LocalNode().Address() }
 func (n *Node) InterestedNodes(topic string) []string {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	return append([]string(nil), n.table.Nodes(topic)...)
+	return append([]string(nil), n.core.Nodes(topic)...)
 }
 
 // WritePrometheus writes the mesh metrics.
@@ -377,12 +378,8 @@ func (n *Node) Close() {
 		return
 	}
 	n.closed = true
-	for _, lt := range n.local {
-		if lt.linger != nil {
-			lt.linger.Stop()
-		}
-	}
 	n.mu.Unlock()
+	n.in.close() // joins still waiting are let go
 	if n.cancel == nil {
 		return // never started: nothing runs, nothing is bound
 	}

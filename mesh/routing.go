@@ -6,6 +6,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/meshcast/meshcast/mesh/presence"
+	"github.com/meshcast/meshcast/mesh/route"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
 
@@ -35,7 +36,7 @@ func (n *Node) Publish(b *meshproto.Broadcast) int {
 	case RegionRelay:
 		return n.publishRelayed(b)
 	}
-	targets := n.table.Nodes(b.Topic)
+	targets := n.core.Nodes(b.Topic)
 	if len(targets) == 0 {
 		return 0
 	}
@@ -54,7 +55,7 @@ func (n *Node) Publish(b *meshproto.Broadcast) int {
 // rest of that region's interested nodes to forward to. Called with n.mu
 // read-locked.
 func (n *Node) publishRelayed(b *meshproto.Broadcast) int {
-	targets := n.table.Nodes(b.Topic)
+	targets := n.core.Nodes(b.Topic)
 	if len(targets) == 0 {
 		return 0
 	}
@@ -115,86 +116,21 @@ func (n *Node) relay(b *meshproto.Broadcast) {
 
 // Subscribe records that topic has local subscribers (the edge calls it
 // when the first one joins). On a real 0→1 change every peer is told, and
-// the returned channel closes once every connected peer has answered with
-// its presence snapshot, or after Config.SnapshotWait.
+// the returned channel closes once every peer connected now has answered
+// with its presence snapshot (or died), or after Config.SnapshotWait (see
+// mesh/route); it closes too when the node stops.
 func (n *Node) Subscribe(topic string) <-chan struct{} {
-	n.mu.Lock()
-	if n.closed {
-		n.mu.Unlock()
+	done := make(chan struct{})
+	if !n.in.post(input{ev: route.Subscribe{Topic: topic}, ready: done}) {
 		return closedChan
 	}
-	if lt := n.local[topic]; lt != nil {
-		if lt.linger != nil {
-			lt.linger.Stop()
-			lt.linger = nil
-		}
-		n.mu.Unlock()
-		return closedChan
-	}
-	n.local[topic] = &localTopic{}
-	// Every connected peer answers an InterestAdd with its presence
-	// snapshot of the topic (empty when it has none) after recording the
-	// interest. Waiting for all of them means that once the first client
-	// is told it joined, a message published on any connected node reaches
-	// it, and the presence_state it gets is complete.
-	w := &snapshotWait{pending: make(map[string]bool), done: make(chan struct{})}
-	for id, p := range n.peers {
-		if p.connected.Load() {
-			w.pending[id] = true
-		}
-	}
-	frame := meshproto.Append(nil, &meshproto.InterestAdd{Topics: []string{topic}})
-	for _, p := range n.peers {
-		p.send(laneControl, frame)
-	}
-	if len(w.pending) == 0 {
-		close(w.done)
-	} else {
-		n.waits[topic] = w
-		time.AfterFunc(n.cfg.SnapshotWait, func() { n.snapshotArrived(topic, "", w) })
-	}
-	n.mu.Unlock()
-	return w.done
-}
-
-// snapshotArrived marks one source of a wait as done (from "" = time out).
-func (n *Node) snapshotArrived(topic, from string, only *snapshotWait) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	w := n.waits[topic]
-	if w == nil || (only != nil && w != only) {
-		return
-	}
-	if from != "" {
-		delete(w.pending, from)
-	}
-	if from == "" || len(w.pending) == 0 {
-		delete(n.waits, topic)
-		close(w.done)
-	}
+	return done
 }
 
 // Unsubscribe records that topic's last local subscriber has gone. Peers
 // are told after Config.InterestLinger, unless a subscriber returns first.
 func (n *Node) Unsubscribe(topic string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	lt := n.local[topic]
-	if lt == nil || lt.linger != nil || n.closed {
-		return
-	}
-	lt.linger = time.AfterFunc(n.cfg.InterestLinger, func() {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		if n.local[topic] != lt || lt.linger == nil || n.closed {
-			return
-		}
-		delete(n.local, topic)
-		frame := meshproto.Append(nil, &meshproto.InterestRemove{Topics: []string{topic}})
-		for _, p := range n.peers {
-			p.send(laneControl, frame)
-		}
-	})
+	n.in.post(input{ev: route.Unsubscribe{Topic: topic}})
 }
 
 // SendPresence sends this node's presence delta for topic to the nodes
@@ -203,7 +139,7 @@ func (n *Node) Unsubscribe(topic string) {
 func (n *Node) SendPresence(topic string, d presence.Delta) {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	targets := n.table.Nodes(topic)
+	targets := n.core.Nodes(topic)
 	if len(targets) == 0 {
 		return
 	}
@@ -225,25 +161,17 @@ func (n *Node) sendTo(id string, f meshproto.Frame) {
 	}
 }
 
-// resyncFrames emits what a (re)connected peer, or one whose control
-// frames were lost, needs: this node's interests, and its presence of
-// every topic the peer listens to, all as snapshots in parts. The lane's
-// writer calls it and writes the frames itself.
+// resyncFrames emits what a (re)connected peer, or one whose frames on
+// lane were lost, needs: on the control lane, this node's interests and
+// its presence of every topic the peer listens to (Core.Resync), all as
+// snapshots in parts; on every lane, what the OnResync hooks add. The
+// lane's writer calls it and writes the frames itself.
 func (n *Node) resyncFrames(p *peer, lane byte, emit func([]byte) error) error {
 	if lane != laneControl {
 		return n.resyncHooks(p, lane, emit)
 	}
 	n.mu.RLock()
-	mine := make([]string, 0, len(n.local))
-	for t := range n.local {
-		mine = append(mine, t)
-	}
-	var theirs []string
-	for _, t := range n.table.Topics(p.m.ID) {
-		if n.local[t] != nil {
-			theirs = append(theirs, t)
-		}
-	}
+	mine, theirs := n.core.Resync(p.m.ID)
 	n.mu.RUnlock()
 	if err := interestFrames(mine, emit); err != nil {
 		return err
@@ -286,42 +214,18 @@ func (n *Node) dispatch(from string, f meshproto.Frame) {
 		}
 		n.h.Deliver(f)
 	case *meshproto.InterestAdd:
-		n.mu.Lock()
-		for _, t := range f.Topics {
-			n.table.Add(from, t)
-		}
-		n.mu.Unlock()
-		// Always answer, even with an empty snapshot: the new listener
-		// counts answers before its first client gets presence_state.
-		for _, t := range f.Topics {
-			n.sendPresenceSnapshot(from, t)
-		}
+		n.stepAndWait(route.InterestAdd{From: from, Topics: f.Topics})
 	case *meshproto.InterestRemove:
-		n.mu.Lock()
-		for _, t := range f.Topics {
-			n.table.Remove(from, t)
-		}
-		n.mu.Unlock()
+		n.stepAndWait(route.InterestRemove{From: from, Topics: f.Topics})
 	case *meshproto.InterestSnapshot:
-		n.mu.Lock()
-		n.table.Replace(from, f.Topics)
-		var shared []string
-		for _, t := range f.Topics {
-			if n.local[t] != nil {
-				shared = append(shared, t)
-			}
-		}
-		n.mu.Unlock()
-		for _, t := range shared {
-			n.sendPresenceSnapshot(from, t)
-		}
+		n.stepAndWait(route.InterestSnapshot{From: from, Topics: f.Topics})
 	case *meshproto.PresenceDelta:
 		if !n.h.ApplyPresence(f.Topic, deltaOf(f)) {
 			n.sendTo(from, &meshproto.PresenceSyncRequest{Topic: f.Topic, Owner: f.Owner})
 		}
 	case *meshproto.PresenceSnapshot:
 		n.h.ApplyPresenceSnapshot(f.Topic, snapshotOf(f))
-		n.snapshotArrived(f.Topic, from, nil)
+		n.in.post(input{ev: route.SnapshotArrived{From: from, Topic: f.Topic}})
 	case *meshproto.PresenceSyncRequest:
 		n.sendPresenceSnapshot(from, f.Topic)
 	case *meshproto.Ping:
@@ -386,6 +290,9 @@ func (n *Node) memberUp(m Member) {
 		// presence was removed everywhere for nothing.
 		n.returned.Inc()
 		n.log.Warn("cluster member declared dead is alive again", "member", m.ID)
+		// Posted under n.mu, as memberDown posts NodeDown: the core hears
+		// deaths and returns in the order n.dead records them.
+		n.in.post(input{ev: route.NodeUp{ID: m.ID}})
 	}
 	delete(n.dead, m.ID)
 	if p := n.peers[m.ID]; p != nil {
@@ -407,7 +314,9 @@ func (n *Node) memberUp(m Member) {
 }
 
 // memberDown removes a member that left or was declared dead: its
-// connection closes, its interests go, and the edge drops what it owned.
+// connection closes, its interests go, and then the edge drops what it
+// owned (on the driver, once the core has forgotten the member, so that
+// when its presence leaves reach clients no route to it remains).
 func (n *Node) memberDown(id string, left bool) {
 	n.mu.Lock()
 	p := n.peers[id]
@@ -422,16 +331,7 @@ func (n *Node) memberDown(id string, left bool) {
 	} else {
 		n.failed.Inc()
 	}
-	n.table.RemoveNode(id)
-	for topic, w := range n.waits {
-		if w.pending[id] {
-			delete(w.pending, id)
-			if len(w.pending) == 0 {
-				delete(n.waits, topic)
-				close(w.done)
-			}
-		}
-	}
+	n.in.post(input{ev: route.NodeDown{ID: id}, then: func() { n.h.NodeDown(id) }})
 	conns := n.inbound[id]
 	delete(n.inbound, id)
 	n.mu.Unlock()
@@ -447,7 +347,6 @@ func (n *Node) memberDown(id string, left bool) {
 		c.CloseWithError(errCodeGone, "member left the cluster")
 	}
 	n.log.Info("cluster member down", "member", id, "graceful", left)
-	n.h.NodeDown(id)
 	n.notifyWatchers()
 }
 

@@ -396,9 +396,19 @@ export class MeshcastChannel {
     if (this.state === CHANNEL_STATES.errored) this._rejoin()
   }
 
-  /** Called by the client on disconnect(): report, then stop every timer (connect() rejoins later). */
+  /**
+   * Called by the client on disconnect(): the app ended the connection, which
+   * is no error, so a joined or joining channel reports CLOSED (realtime-js
+   * 2.119 reports CHANNEL_ERROR "socket closed: 1000" here); then every timer
+   * stops. The channel stays on the client: connect() rejoins it.
+   */
   _onDisconnect(reason) {
-    this._onError(reason)
+    if (this.state !== CHANNEL_STATES.errored && this.state !== CHANNEL_STATES.leaving && this.state !== CHANNEL_STATES.closed) {
+      this.client.log('channel', `disconnected ${this.topic}`, reason)
+      if (this.state === CHANNEL_STATES.joining) this.joinPush.reset()
+      this.state = CHANNEL_STATES.errored // connect() rejoins errored channels
+      if (this.joinedOnce) this._report(SUBSCRIBE_STATES.CLOSED)
+    }
     this.rejoinTimer.reset()
     this.joinPush.cancelTimeout()
     this._failPushes('disconnected')

@@ -65,7 +65,7 @@ export class MeshcastClient {
     if (options.logLevel) params.log_level = options.logLevel
     this.params = params
     this.apiKey = params.apikey
-    this.version = `meshcast-clientjs/${VERSION}`
+    this.version = `meshcast-client/${VERSION}`
     const { socketURL, httpBase } = endpointURLs(endpoint)
     this.endPoint = socketURL
     this.httpBase = httpBase
@@ -326,11 +326,12 @@ export class MeshcastClient {
 
   /**
    * Closes the connection and stops every timer: pushes still waiting resolve
-   * 'error', channels report CHANNEL_ERROR and stay on the client (connect()
-   * rejoins them). Resolves once the transport is closed.
+   * 'error', joined channels report CLOSED (an intentional close is no
+   * error; realtime-js 2.119 reports CHANNEL_ERROR here) and stay on the
+   * client (connect() rejoins them). Resolves once the transport is closed.
    * @returns {Promise<'ok'>}
    */
-  async disconnect(code = 1000, reason = 'client disconnect') {
+  async disconnect(code = 1000, reason = '') {
     this.manualClose = true
     const clock = ++this.connectClock
     this.reconnectTimer.reset()

@@ -1,4 +1,4 @@
-// Type declarations of meshcast-clientjs (hand-written; checked by `npm run typecheck`
+// Type declarations of meshcast-client (hand-written; checked by `npm run typecheck`
 // against test/types/usage.ts).
 
 export type TransportName = 'webtransport' | 'websocket'

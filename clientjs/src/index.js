@@ -1,4 +1,4 @@
-// meshcast-clientjs: a client for meshcast (and any Phoenix Channels v2 /
+// meshcast-client: a client for meshcast (and any Phoenix Channels v2 /
 // Supabase Realtime server): WebTransport first, WebSocket fallback,
 // datagrams for unreliable broadcasts. API close to @supabase/realtime-js.
 export { MeshcastClient, DEFAULTS, VERSION, endpointURLs } from './client.js'

@@ -24,8 +24,8 @@ function base64Bytes(b64) {
 
 /**
  * Asks the node for its WebTransport endpoint:
- * `GET <base>/webtransport/cert-hash` answers 200 `{url, hashes: [{algorithm, value: base64}], not_after}`
- * or a non-200 (e.g. 404 `{"error": "WebTransport is off on this node"}`).
+ * `GET <base>/webtransport/cert-hash` answers 200 `{enabled: true, url, hashes: [{algorithm, value: base64}], not_after}`,
+ * or 200 `{enabled: false, message}` on a node without WebTransport (older nodes: 404).
  * @param {string} certHashURL
  * @param {{fetch: typeof fetch, signal?: AbortSignal}} opts
  * @returns {Promise<{url: string, serverCertificateHashes: {algorithm: string, value: Uint8Array}[], notAfter?: string}>}
@@ -54,6 +54,9 @@ export async function discoverWebTransport(certHashURL, { fetch, signal }) {
     body = JSON.parse(text)
   } catch (err) {
     throw new WebTransportUnavailable(`GET ${certHashURL}: answer is not JSON`, { remember: true, cause: err })
+  }
+  if (body?.enabled === false) {
+    throw new WebTransportUnavailable(`node offers no WebTransport (GET ${certHashURL}: ${String(body.message ?? 'off').slice(0, 200)})`, { remember: true })
   }
   if (typeof body?.url !== 'string' || !/^https:\/\//i.test(body.url)) {
     throw new WebTransportUnavailable(`GET ${certHashURL}: answer has no https "url"`, { remember: true })

@@ -337,9 +337,9 @@ describe('client options', () => {
 })
 
 describe('package', () => {
-  it('imports as meshcast-clientjs, and index.d.ts declares exactly the runtime exports', async () => {
+  it('imports as meshcast-client, and index.d.ts declares exactly the runtime exports', async () => {
     const { readFile } = await import('node:fs/promises')
-    const mod = await import('meshcast-clientjs')
+    const mod = await import('meshcast-client')
     assert.equal(mod.MeshcastClient, MeshcastClient)
     assert.equal(mod.default, MeshcastClient)
     const dts = await readFile(new URL('../src/index.d.ts', import.meta.url), 'utf8')

@@ -136,7 +136,7 @@ describe('WebTransport (bridged)', () => {
     await joined(c.channel(uniqueName('bye')))
     await c.disconnect()
     const close = WT.sessions[0].toServer.find((f) => f.opcode === OP_CLOSE)
-    assert.deepEqual(decodeClose(close.body), { code: 1000, reason: 'client disconnect' })
+    assert.deepEqual(decodeClose(close.body), { code: 1000, reason: '' })
     assert.equal(c.transport, null)
   })
 })
@@ -188,12 +188,18 @@ describe('fallback rules', () => {
     assert.match(c.webtransportDisabled, /Opening handshake failed/)
   })
 
-  it('a node without WebTransport (404) means WebSocket for this client; a failed discovery request is not remembered', async () => {
+  it('a node without WebTransport means WebSocket for this client (an old node\'s 404 too); a failed discovery request is not remembered', async () => {
     const created = []
-    const off = clients.make({ WebTransport: stalled(created) }) // the real node: 404
+    const off = clients.make({ WebTransport: stalled(created) }) // the real node: 200 {"enabled":false,…}
     await joined(off.channel(uniqueName('off')))
     assert.equal(off.transport, 'websocket')
-    assert.match(off.webtransportDisabled, /404/)
+    assert.match(off.webtransportDisabled, /^node offers no WebTransport \(GET .*\/webtransport\/cert-hash: WebTransport is off on this node\)$/)
+    assert.equal(created.length, 0)
+
+    const old = clients.make({ WebTransport: stalled(created), fetch: discoveryFetch({ error: 'WebTransport is off on this node' }, 404) })
+    await joined(old.channel(uniqueName('old')))
+    assert.equal(old.transport, 'websocket')
+    assert.match(old.webtransportDisabled, /: 404 WebTransport is off on this node\)$/)
     assert.equal(created.length, 0)
 
     const down = clients.make({ WebTransport: stalled(created), fetch: discoveryFetch(new TypeError('fetch failed')) })

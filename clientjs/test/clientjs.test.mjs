@@ -377,6 +377,40 @@ describe('errors reach the caller', () => {
 })
 
 describe('disconnect', () => {
+  // realtime-js is the oracle: whatever it reports to the subscribe
+  // callback when the app ends the connection or the channels, clientjs
+  // reports the same, statuses and messages.
+  it('reports CLOSED, not an error, to the subscribe callback on disconnect()', async () => {
+    // realtime-js 2.119.1 reports CHANNEL_ERROR "socket closed: 1000" here;
+    // an app that ends its own connection is told the channel closed.
+    const c = clients.make()
+    const ch = c.channel(uniqueName('end-disconnect'))
+    const rec = record(ch)
+    await waitFor(() => rec.has('SUBSCRIBED'), 5000, () => `SUBSCRIBED (${rec})`)
+    await c.disconnect()
+    await waitFor(() => rec.statuses.length >= 2, 5000, () => `a status after disconnect() (${rec})`)
+    assert.deepEqual(rec.statuses, ['SUBSCRIBED', 'CLOSED'])
+    await c.connect()
+    await waitFor(() => rec.statuses.length >= 3, 5000, () => `rejoined after connect() (${rec})`)
+    assert.equal(rec.statuses[2], 'SUBSCRIBED')
+  })
+
+  for (const end of ['removeAllChannels', 'unsubscribe']) {
+    it(`reports to the subscribe callback what realtime-js reports on ${end}()`, async () => {
+      const run = async (client) => {
+        const ch = client.channel(uniqueName(`end-${end}`))
+        const rec = record(ch)
+        await waitFor(() => rec.has('SUBSCRIBED'), 5000, () => `SUBSCRIBED (${rec})`)
+        await (end === 'unsubscribe' ? ch.unsubscribe() : client[end]())
+        await waitFor(() => rec.statuses.length >= 2, 5000, () => `a status after ${end}() (${rec})`)
+        return rec.statuses.map((s, i) => [s, rec.errors[i]?.message ?? null])
+      }
+      const want = await run(realtime.make())
+      const got = await run(clients.make())
+      assert.deepEqual(got, want)
+    })
+  }
+
   for (const mode of ['joined', 'stalled-webtransport']) {
   it(`leaves no timers or sockets: a Node process exits by itself right after disconnect() (${mode})`, async () => {
     const child = spawn(process.execPath, [path.join(here, 'fixtures/disconnect-exits.mjs'), `${server.httpURL}/realtime/v1`, mode], { stdio: ['ignore', 'pipe', 'pipe'] })

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,8 +58,9 @@ func startNode(t *testing.T) string {
 	url := "ws://" + ln.Addr().String() + "/realtime/v1/websocket?apikey=bench&vsn=2.0.0"
 	for range 100 {
 		if r, err := http.Get("http://" + ln.Addr().String() + "/realtime/v1/webtransport/cert-hash"); err == nil {
+			b, _ := io.ReadAll(r.Body)
 			r.Body.Close()
-			if r.StatusCode == 200 {
+			if r.StatusCode == 200 && strings.Contains(string(b), `"enabled":true`) {
 				return url
 			}
 		}

@@ -35,18 +35,41 @@ func main() {
 	if sub := subcommand(os.Args[1:]); sub != nil {
 		err = sub(os.Args[2:], os.Stdout, os.Stderr)
 	} else {
-		err = run(os.Args[1:], os.Stderr)
+		err = run(os.Args[1:], os.Stdout, os.Stderr)
 	}
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "meshcast:", err)
+		if errors.As(err, new(flagError)) {
+			fmt.Fprintln(os.Stderr, "meshcast --help lists the flags")
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
 
+// flagError is a command line or MESHCAST_* value the flags do not take.
+type flagError struct{ error }
+
+func (e flagError) Unwrap() error { return e.error }
+
+// The --listen defaults: in open mode (no --jwt-secret) the node serves
+// this machine only, unless --listen (or MESHCAST_LISTEN) asks for more.
+const (
+	defaultListen = ":4000"
+	openListen    = "127.0.0.1:4000"
+)
+
 type options struct {
+	// version: --version, print it and exit.
+	version bool
+	// loopbackOnly: open mode moved the default --listen to loopback.
+	loopbackOnly bool
+	// flags are the flags parsed (help reads their defaults).
+	flags *flag.FlagSet
+
 	listen    string
 	wtListen  string
 	origins   string
@@ -92,7 +115,9 @@ type options struct {
 // clustered reports whether the flags ask for a cluster node.
 func (o *options) clustered() bool { return o.gossipAddr != "" || o.join != "" }
 
-func parseFlags(args []string, stderr io.Writer) (*options, error) {
+// parseFlags reads the flags from args and the environment. --help is
+// written to help, and returns flag.ErrHelp.
+func parseFlags(args []string, help io.Writer) (*options, error) {
 	o := &options{edge: edge.DefaultConfig()}
 	host, _ := os.Hostname()
 	if id := os.Getenv("FLY_MACHINE_ID"); id != "" {
@@ -106,17 +131,24 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		region = "local"
 	}
 	fs := flag.NewFlagSet("meshcast", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	// Errors are returned, and help printed below: a mistyped flag gets
+	// one line, not the whole help.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	o.flags = fs
 	c := &o.edge
-	fs.StringVar(&o.listen, "listen", ":4000", "HTTP/WebSocket listen address `host:port`")
-	fs.StringVar(&o.wtListen, "webtransport-listen", "", "WebTransport (HTTP/3, UDP) listen address `host:port`, or off (default: the --listen address, over UDP)")
-	fs.StringVar(&c.WebTransportAdvertise, "webtransport-advertise", "", "WebTransport address clients dial, `host:port` or an https URL, published at /realtime/v1/webtransport/cert-hash (default: derived from the listener; see README)")
-	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated origins whose pages may open WebTransport sessions (https://app.example.com, https://*.example.com, *); empty allows any (development)")
+	// A usage string says what 0 or empty means, but not the default:
+	// the help adds it (help.go).
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.StringVar(&o.listen, "listen", defaultListen, "HTTP/WebSocket listen address `host:port`")
+	fs.StringVar(&o.wtListen, "webtransport-listen", "", "WebTransport (HTTP/3, UDP) listen address `host:port`, or off")
+	fs.StringVar(&c.WebTransportAdvertise, "webtransport-advertise", "", "WebTransport address clients dial, `host:port` or an https URL, published at /realtime/v1/webtransport/cert-hash")
+	fs.StringVar(&o.origins, "allowed-origins", "", "comma-separated origins whose pages may connect, over WebSocket or WebTransport (https://app.example.com, https://*.example.com, *); requests without Origin (not browsers) always may; empty allows any")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain `file` for WebTransport (with --tls-key); without, the node generates and rotates self-signed certificates and publishes their hashes")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM private key `file` of --tls-cert")
 	fs.IntVar(&c.DatagramQueue, "datagram-queue", 16, "datagrams waiting per WebTransport session before the oldest is dropped (latest wins); smaller keeps them fresher under overload")
 	fs.DurationVar(&c.WebTransportCertValidity, "webtransport-cert-validity", edge.DefaultCertValidity, "validity of a generated WebTransport certificate, under 336h (Chromium's limit for pinned certificates); rotated after half of it")
-	fs.StringVar(&c.NodeID, "name", host, "node name (appears in logs and presence entries)")
+	fs.StringVar(&c.NodeID, "name", host, "node name (appears in logs and presence entries); $FLY_MACHINE_ID on fly.io, else the host name")
 	fs.StringVar(&o.jwtSecret, "jwt-secret", "", "HS256/384/512 secret that apikeys and access tokens must be signed with; empty runs the node open (dev only)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
@@ -147,11 +179,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this `host:port` (off when empty; keep it private)")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for clients to leave")
 
-	fs.StringVar(&o.region, "region", region, "region of this node (default $FLY_REGION, else local)")
+	fs.StringVar(&o.region, "region", region, "region of this node; $FLY_REGION on fly.io")
 	fs.StringVar(&o.gossipAddr, "gossip-addr", "", "cluster: memberlist gossip address `host:port` (TCP+UDP); setting it (or --join) makes this node a cluster member")
-	fs.StringVar(&o.gossipAdv, "gossip-advertise", "", "cluster: gossip address other nodes reach (default: --gossip-addr)")
-	fs.StringVar(&o.meshAddr, "mesh-addr", "", "cluster: QUIC mesh address `host:port` (UDP; default: gossip port + 1 on the gossip host)")
-	fs.StringVar(&o.meshAdv, "mesh-advertise", "", "cluster: mesh address other nodes reach (default: --mesh-addr)")
+	fs.StringVar(&o.gossipAdv, "gossip-advertise", "", "cluster: gossip address other nodes reach")
+	fs.StringVar(&o.meshAddr, "mesh-addr", "", "cluster: QUIC mesh address `host:port` (UDP)")
+	fs.StringVar(&o.meshAdv, "mesh-advertise", "", "cluster: mesh address other nodes reach")
 	fs.StringVar(&o.join, "join", "", "cluster: comma-separated seeds `host:port,...`; a DNS name means every A/AAAA record of it (e.g. myapp.internal:7946 on fly.io)")
 	fs.StringVar(&o.clusterSecret, "cluster-secret", "", "cluster: shared secret; encrypts gossip and authenticates mesh peers (required in a cluster)")
 	fs.StringVar(&o.strategy, "mesh-strategy", "interested", "cluster: broadcast routing: interested (once per node with subscribers), all (every node), relay (once per remote region)")
@@ -164,7 +196,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.publication, "publication", wal.DefaultPublication, "Postgres changes: publication whose tables are streamed (created FOR ALL TABLES when missing)")
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
-	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list (default: any region)")
+	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list")
 	fs.DurationVar(&o.catalogPoll, "catalog-poll", time.Second, "Postgres changes: how often each node polls the catalog for what no event trigger reports (role membership, BYPASSRLS), and for every grant, policy, publication and column change when the database user cannot create the event trigger (not a superuser; see README)")
 	fs.IntVar(&c.MaxBindingsPerJoin, "max-bindings-per-join", c.MaxBindingsPerJoin, "Postgres changes: max postgres_changes bindings in one channel join (0 = off)")
 	fs.IntVar(&c.MaxBindingsPerConn, "max-bindings-per-conn", c.MaxBindingsPerConn, "Postgres changes: max postgres_changes bindings of one connection's channels together (0 = off)")
@@ -172,36 +204,35 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&c.MaxPatternBytes, "max-pattern-bytes", c.MaxPatternBytes, "Postgres changes: max bytes of a like, ilike, match or imatch filter value (0 = off)")
 	fs.IntVar(&c.MaxRegexInsts, "max-regex-insts", c.MaxRegexInsts, "Postgres changes: max RE2 instructions a match or imatch pattern compiles to, x{n} counting n times (0 = off)")
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
-	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply `meshcast "+schemaSQLCommand+"` instead; see README)")
+	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply the SQL of meshcast "+schemaSQLCommand+" instead; see README)")
 	o.schema.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: meshcast [flags]\n\nRuns a meshcast edge node. Every flag may also be given as an environment\nvariable MESHCAST_<FLAG> (e.g. MESHCAST_LISTEN, MESHCAST_JWT_SECRET);\nthe command line wins.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
 	for name, v := range flyDefaults(os.Getenv) {
 		if f := fs.Lookup(name); f != nil {
 			f.Value.Set(v)
 			f.DefValue = v
 		}
 	}
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := "MESHCAST_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(name); ok && envErr == nil {
-			if err := f.Value.Set(v); err != nil {
-				envErr = fmt.Errorf("%s=%q: %w", name, v, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return nil, envErr
+	fromEnv, err := applyEnv(fs, os.LookupEnv)
+	if err != nil {
+		return nil, flagError{err}
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		printUsage(help, fs, o.helpDefaults())
 		return nil, err
+	} else if err != nil {
+		return nil, flagError{explainParseError(fs, err)}
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+		return nil, flagError{fmt.Errorf("unexpected arguments: %v", fs.Args())}
+	}
+	if o.version {
+		return o, nil
+	}
+	listenGiven := fromEnv["listen"]
+	fs.Visit(func(f *flag.Flag) { listenGiven = listenGiven || f.Name == "listen" })
+	if o.jwtSecret == "" && !listenGiven {
+		o.listen, o.loopbackOnly = openListen, true
 	}
 	c.JWTSecret = []byte(o.jwtSecret)
 	for _, s := range strings.Split(o.origins, ",") {
@@ -249,10 +280,17 @@ func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", o.logFormat)
 }
 
-func run(args []string, stderr io.Writer) error {
-	o, err := parseFlags(args, stderr)
+func run(args []string, stdout, stderr io.Writer) error {
+	o, err := parseFlags(args, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
 	if err != nil {
 		return err
+	}
+	if o.version {
+		fmt.Fprintln(stdout, versionLine())
+		return nil
 	}
 	log, err := newLogger(o, stderr)
 	if err != nil {
@@ -262,6 +300,7 @@ func run(args []string, stderr io.Writer) error {
 		log.Info("memory limit from FLY_VM_MEMORY_MB", "bytes", limit)
 	}
 	o.edge.Logger = log
+	o.edge.Version = buildVersion()
 	if o.demoTodos {
 		demo, err := newDemoTable(o.databaseURL, log)
 		if err != nil {
@@ -323,11 +362,7 @@ func run(args []string, stderr io.Writer) error {
 	if changes != nil {
 		changes.start()
 	}
-	if srv.Open() {
-		log.Warn("running open: no --jwt-secret, so every apikey and token is accepted and private channels are not protected; set --jwt-secret in production")
-	}
-	log.Info("meshcast serving", "addr", ln.Addr().String(), "node", o.edge.NodeID,
-		"demo", "http://"+ln.Addr().String()+"/")
+	logServing(log, o, srv.Open(), ln.Addr().String())
 
 	if o.pprofAddr != "" {
 		pln, err := net.Listen("tcp", o.pprofAddr)
@@ -382,6 +417,18 @@ func run(args []string, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// logServing says the node is up, and what an open node lets anyone do
+// and whom it serves.
+func logServing(log *slog.Logger, o *options, open bool, addr string) {
+	if open {
+		log.Warn("running open: no --jwt-secret, so every apikey and token is accepted and private channels are not protected; set --jwt-secret in production")
+	}
+	if o.loopbackOnly {
+		log.Warn("open mode serves this machine only: listening on loopback; set --jwt-secret, or an explicit --listen such as " + defaultListen + " to serve other hosts open")
+	}
+	log.Info("meshcast serving", "version", o.edge.Version, "addr", addr, "node", o.edge.NodeID, "demo", "http://"+addr+"/")
 }
 
 // startNode joins the cluster with the cluster flags.

@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Runs a local 3-node meshcast cluster on loopback until Ctrl-C:
+# Runs a local meshcast cluster on loopback until Ctrl-C. By default three
+# nodes:
 #
 #   node  region  clients          gossip (TCP+UDP)  mesh (QUIC, UDP)
 #   n1    iad     127.0.0.1:4000   127.0.0.1:7946    127.0.0.1:7947
 #   n2    fra     127.0.0.1:4001   127.0.0.1:7956    127.0.0.1:7957
 #   n3    sin     127.0.0.1:4002   127.0.0.1:7966    127.0.0.1:7967
 #
-# It builds nothing: `make cluster` runs `make build` first. The binary is
-# $MESHCAST_BIN, else bin/meshcast of this repository. The cluster secret is
-# $MESHCAST_CLUSTER_SECRET, else "local-dev-secret". Extra arguments go to
-# every node, e.g. `deploy/local/cluster.sh --mesh-strategy relay`.
+# Environment (make cluster VAR=value passes them):
+#   CLUSTER_NAMES        node names, one node each     "n1 n2 n3"
+#   CLUSTER_REGIONS      their regions (repeated if fewer) "iad fra sin"
+#   CLUSTER_PORT         client port of the first node; node i gets +i   4000
+#   CLUSTER_GOSSIP_PORT  gossip port of the first node; node i gets +10i,
+#                        its mesh the gossip port + 1                     7946
+#   MESHCAST_CLUSTER_SECRET  the cluster secret          local-dev-secret
+#   MESHCAST_BIN         the binary                      bin/meshcast
+#
+# It builds nothing: `make cluster` runs `make build` first. Extra arguments
+# go to every node, e.g. `deploy/local/cluster.sh --mesh-strategy relay`
+# (make cluster ARGS="--mesh-strategy relay").
 # The nodes run without --jwt-secret (open, dev only), which is why they
 # listen on 127.0.0.1 only.
 set -euo pipefail
@@ -23,10 +32,27 @@ if [[ ! -x $bin ]]; then
 	exit 1
 fi
 
-names=(n1 n2 n3)
-regions=(iad fra sin)
-client_ports=(4000 4001 4002)
-gossip_ports=(7946 7956 7966)
+read -r -a names <<<"${CLUSTER_NAMES:-n1 n2 n3}"
+read -r -a region_list <<<"${CLUSTER_REGIONS:-iad fra sin}"
+client_port=${CLUSTER_PORT:-4000}
+gossip_port=${CLUSTER_GOSSIP_PORT:-7946}
+for v in CLUSTER_PORT:$client_port CLUSTER_GOSSIP_PORT:$gossip_port; do
+	if [[ ! ${v#*:} =~ ^[0-9]+$ ]]; then
+		echo "cluster.sh: ${v%%:*} must be a port number, not \"${v#*:}\"" >&2
+		exit 2
+	fi
+done
+count=${#names[@]}
+if ((count == 0 || ${#region_list[@]} == 0)); then
+	echo "cluster.sh: CLUSTER_NAMES and CLUSTER_REGIONS must name at least one node and region" >&2
+	exit 2
+fi
+regions=() client_ports=() gossip_ports=()
+for ((i = 0; i < count; i++)); do
+	regions+=("${region_list[i % ${#region_list[@]}]}")
+	client_ports+=($((client_port + i)))
+	gossip_ports+=($((gossip_port + 10 * i)))
+done
 
 logs=$(mktemp -d "${TMPDIR:-/tmp}/meshcast-cluster.XXXXXX")
 pids=()
@@ -71,7 +97,7 @@ trap 'interrupted=1; exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
-for i in 0 1 2; do
+for ((i = 0; i < count; i++)); do
 	args=(
 		--listen "127.0.0.1:${client_ports[i]}"
 		--name "${names[i]}"
@@ -86,14 +112,14 @@ for i in 0 1 2; do
 	pids+=($!)
 done
 
-# Wait until every node answers /healthz and sees the other two.
+# Wait until every node answers /metrics and sees all the others.
 ready() {
 	local port=$1 body
 	body=$(curl -fsS --max-time 1 "http://127.0.0.1:$port/metrics" 2>/dev/null) || return 1
-	grep -qx 'meshcast_mesh_members 3' <<<"$body" && grep -qx 'meshcast_mesh_peers_connected 2' <<<"$body"
+	grep -qx "meshcast_mesh_members $count" <<<"$body" && grep -qx "meshcast_mesh_peers_connected $((count - 1))" <<<"$body"
 }
 deadline=$((SECONDS + 20))
-for i in 0 1 2; do
+for ((i = 0; i < count; i++)); do
 	until ready "${client_ports[i]}"; do
 		if ! kill -0 "${pids[i]}" 2>/dev/null; then
 			echo "cluster.sh: ${names[i]} exited; its log ($logs/${names[i]}.log):" >&2
@@ -109,19 +135,19 @@ for i in 0 1 2; do
 done
 
 echo "meshcast cluster up (logs in $logs):"
-for i in 0 1 2; do
+for ((i = 0; i < count; i++)); do
 	port=${client_ports[i]}
 	printf '  %s (%s)  demo http://127.0.0.1:%s/  realtime ws://127.0.0.1:%s/realtime/v1  metrics http://127.0.0.1:%s/metrics  log %s\n' \
 		"${names[i]}" "${regions[i]}" "$port" "$port" "$port" "$logs/${names[i]}.log"
 done
-echo "Ctrl-C stops all three."
+echo "Ctrl-C stops them all."
 
 # Run until Ctrl-C, or until a node dies (then stop the others).
 set +e
 wait -n "${pids[@]}"
 status=$?
 set -e
-for i in 0 1 2; do
+for ((i = 0; i < count; i++)); do
 	if ! kill -0 "${pids[i]}" 2>/dev/null; then
 		echo "cluster.sh: ${names[i]} exited (status $status); last lines of its log:" >&2
 		tail -n 20 "$logs/${names[i]}.log" >&2

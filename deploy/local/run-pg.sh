@@ -5,12 +5,19 @@
 # (--demo-todos: the page inserts, updates and deletes todos rows through the
 # node; only this throwaway setup turns it on). Ctrl-C stops both and removes
 # the database. Extra arguments go to meshcast.
+#
+# Environment (make run-pg VAR=value passes them):
+#   LISTEN     the node's --listen address    127.0.0.1:4000 (this machine only:
+#              the node is open and its table panel writes without auth)
+#   PGPORT     Postgres's port (127.0.0.1)    54329
+#   PG_BINDIR  Postgres's server binaries     /usr/lib/postgresql/15/bin
+#   BIN        the meshcast binary            ./bin/meshcast
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-./bin/meshcast}
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 PGPORT=${PGPORT:-54329}
-LISTEN=${LISTEN:-:4000}
+LISTEN=${LISTEN:-127.0.0.1:4000}
 
 dir=$(mktemp -d /tmp/meshcast-pg.XXXXXX)
 as_pg=()

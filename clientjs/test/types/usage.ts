@@ -8,7 +8,7 @@ import MeshcastDefault, {
   type PostgresChangesPayload,
   type SubscribeStatus,
   type TransportName,
-} from 'meshcast-clientjs'
+} from 'meshcast-client'
 
 const client: MeshcastClient = new MeshcastDefault('https://example.test/realtime/v1', {
   apikey: 'key',
