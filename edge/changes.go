@@ -30,10 +30,13 @@ type ChangeStream interface {
 // may read what it asks for. Check returns the subscription to register,
 // or an error whose text is what Supabase tells the client. ForgetRole
 // drops what was learnt of a role's privileges, so that the next Check of
-// it sees them as they are now.
+// it sees them as they are now. Recheck sets Err on the subscriptions
+// whose role may no longer read what they bound (after a REVOKE, or their
+// table left the publication), with the text Check would give.
 type ChangeValidator interface {
 	Check(ctx context.Context, b wal.Binding, role, claims string) (*wal.Subscription, error)
 	ForgetRole(role string)
+	Recheck(ctx context.Context, rs []wal.Recheck)
 }
 
 // binding is one postgres_changes binding of a channel, as the client sent
@@ -54,6 +57,7 @@ type binding struct {
 // to its channels.
 type sharedSub struct {
 	key      string
+	raw      json.RawMessage // the binding it was made of, for RecheckChanges
 	sub      *wal.Subscription
 	refs     int
 	channels map[*channel]struct{}
@@ -236,7 +240,7 @@ func (s *Server) shareBindings(bindings []binding) error {
 		sh := cs.byKey[key]
 		if sh == nil {
 			b.sub.ID = s.changes.NewID()
-			sh = &sharedSub{key: key, sub: b.sub, channels: map[*channel]struct{}{}, done: make(chan struct{})}
+			sh = &sharedSub{key: key, raw: b.raw, sub: b.sub, channels: map[*channel]struct{}{}, done: make(chan struct{})}
 			cs.byKey[key], cs.byID[b.sub.ID] = sh, sh
 			cs.peak = max(cs.peak, len(cs.byID))
 			fresh = append(fresh, b.sub)
@@ -564,4 +568,56 @@ func (c *conn) rekeyChanges(ch *channel, cl *claims) bool {
 		c.send(ch.joinRef, "", ch.key.name, "system", systemPayload("postgres_changes", "ok", "Subscribed to PostgreSQL", ch.name))
 	}
 	return true
+}
+
+// RecheckChanges checks this node's postgres_changes subscriptions again
+// against the database as it is now, and closes, with a system error
+// carrying the join-time text, the channels whose role lost access to a
+// table they bound (a REVOKE, the table left the publication), as a token
+// refresh that loses access does. The database's owner has already stopped
+// sending them what was committed after the change (wal.Authorizer's
+// Authorize, in WAL order); this tells the client why, and a join again is
+// checked anew. The validator's catalog watch calls it after a change.
+func (s *Server) RecheckChanges(ctx context.Context) {
+	if s.validator == nil {
+		return
+	}
+	cs := s.changeSubs
+	cs.mu.Lock()
+	var shs []*sharedSub
+	var rs []wal.Recheck
+	for _, sh := range cs.byID {
+		b, err := parseBinding(sh.raw)
+		if err != nil {
+			continue
+		}
+		shs = append(shs, sh)
+		rs = append(rs, wal.Recheck{Binding: b, Sub: sh.sub})
+	}
+	cs.mu.Unlock()
+	s.validator.Recheck(ctx, rs)
+	type closing struct {
+		ch  *channel
+		sh  *sharedSub
+		msg string
+	}
+	var closes []closing
+	cs.mu.Lock()
+	for i, r := range rs {
+		if r.Err != nil {
+			for ch := range shs[i].channels {
+				closes = append(closes, closing{ch, shs[i], r.Err.Error()})
+			}
+		}
+	}
+	cs.mu.Unlock()
+	for _, x := range closes {
+		c := x.ch.conn
+		c.mu.Lock()
+		if !c.gone && c.channels[x.ch.key.name] == x.ch && slices.ContainsFunc(x.ch.bindings, func(b binding) bool { return b.shared == x.sh }) {
+			s.metrics.errorReason("access_revoked")
+			c.closeChannel(x.ch, x.msg)
+		}
+		c.mu.Unlock()
+	}
 }

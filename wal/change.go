@@ -77,6 +77,12 @@ type Transaction struct {
 	LSN        LSN
 	CommitTime time.Time // UTC, microseconds
 	Changes    []*Change
+
+	// xid is the transaction's ID on the node that read it; catalog is
+	// set when it changed privileges, policies, the publication or tables
+	// (a meshcast.catalog message of the event trigger, see catalog.go).
+	xid     uint32
+	catalog bool
 }
 
 // Change is one row inserted, updated or deleted, or one table truncated.

@@ -345,13 +345,37 @@ func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
 // transactions routes txs, in commit order, as Transaction does one: the
 // row-level security checks of all of them run together, one query per
 // distinct claims set for the whole batch (see txBatcher).
+//
+// A transaction that changed the catalog (a GRANT, a policy, …) splits the
+// batch: the transactions before it are authorized as the caches were,
+// then CatalogChanged refreshes them, then it and the rest are authorized
+// on the catalog as of its commit.
 func (o *ownerState) transactions(ctx context.Context, txs []*Transaction) {
+	s := o.s
+	for i := 0; s.cfg.CatalogChanged != nil && i < len(txs); i++ {
+		if !txs[i].catalog {
+			continue
+		}
+		if i > 0 && !o.transactionsBatch(ctx, txs[:i]) {
+			return
+		}
+		if err := s.cfg.CatalogChanged(ctx, txs[i]); err != nil && ctx.Err() == nil {
+			s.log.Warn("could not refresh the authorization caches after a catalog change; changes are hidden until it succeeds", "lsn", txs[i].LSN, "err", err)
+		}
+		txs, i = txs[i:], 0
+	}
+	o.transactionsBatch(ctx, txs)
+}
+
+// transactionsBatch routes txs with one Authorize call; false when
+// ownership was lost or the reader stops.
+func (o *ownerState) transactionsBatch(ctx context.Context, txs []*Transaction) bool {
 	s := o.s
 	s.mu.Lock()
 	gen := o.gen
 	s.mu.Unlock()
 	if ctx.Err() != nil {
-		return // a reader stopping, or restarting to read again
+		return false // a reader stopping, or restarting to read again
 	}
 	var all []*Change
 	for _, tx := range txs {
@@ -371,10 +395,11 @@ func (o *ownerState) transactions(ctx context.Context, txs []*Transaction) {
 	for _, tx := range txs {
 		n := len(tx.Changes)
 		if !o.route(ctx, gen, tx, matched[:n]) {
-			return
+			return false
 		}
 		matched = matched[n:]
 	}
+	return true
 }
 
 // route sends tx's changes with their matched subscriptions to the nodes

@@ -261,9 +261,17 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	start := LSN(s.r.acked.Load())
-	err := pglogrepl.StartReplication(ctx, s.repl, s.r.slot(), pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + quotePublication(s.r.publication()) + "'"},
-	})
+	args := []string{"proto_version '1'", "publication_names '" + quotePublication(s.r.publication()) + "'"}
+	// Logical decoding messages (Postgres 14+) carry the catalog changes
+	// of meshcast's event trigger in commit order (catalog.go).
+	var version int
+	if err := s.query.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return err
+	}
+	if version >= 140000 {
+		args = append(args, "messages 'true'")
+	}
+	err := pglogrepl.StartReplication(ctx, s.repl, s.r.slot(), pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{PluginArgs: args})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "55006" && s.r.TakeOver {
 		// Only a consumer silent for TakeOverSilence: its last report, or
@@ -485,6 +493,8 @@ func (s *session) message(ctx context.Context, b []byte) error {
 		return s.asm.row(m)
 	case msgTruncate:
 		return s.asm.truncate(m)
+	case msgMessage:
+		s.asm.message(m)
 	case msgCommit:
 		tx, err := s.asm.commit(m)
 		if err != nil {

@@ -104,6 +104,13 @@ type ServiceConfig struct {
 	// previous batch was being checked, so that a reader that falls behind
 	// pays one query per claims set for many transactions.
 	Authorize func(ctx context.Context, changes []*Change, hits [][]*Subscription) error
+	// CatalogChanged, if set, is called by the owner for a transaction
+	// that changed privileges, policies, the publication or tables
+	// (meshcast's event trigger marks it), after the transactions before
+	// it were authorized and before its own changes and later ones are:
+	// Authorizer.CatalogChanged is one. An error is logged; Authorize then
+	// fails closed.
+	CatalogChanged func(ctx context.Context, tx *Transaction) error
 	// RegisterTimeout bounds how long Subscribe waits for the owner's
 	// acknowledgement (default 5s).
 	RegisterTimeout time.Duration

@@ -83,6 +83,15 @@ func (a *assembler) truncate(m msgTruncate) error {
 	return nil
 }
 
+// message notes a logical decoding message: a transactional one of
+// meshcast's event trigger marks its transaction as a catalog change.
+// Others (and one outside a transaction) are not the reader's business.
+func (a *assembler) message(m msgMessage) {
+	if a.tx != nil && m.transactional && m.prefix == catalogPrefix {
+		a.tx.catalog = true
+	}
+}
+
 func (a *assembler) add(c *Change) {
 	c.Seq = uint32(len(a.tx.Changes))
 	c.CommitTime = a.tx.CommitTime
@@ -98,6 +107,7 @@ func (a *assembler) commit(m msgCommit) (*Transaction, error) {
 	}
 	a.tx = nil
 	tx.LSN = m.end
+	tx.xid = a.xid
 	tx.CommitTime = m.time.UTC()
 	for _, c := range tx.Changes {
 		c.LSN, c.CommitTime = tx.LSN, tx.CommitTime
