@@ -76,7 +76,12 @@ type Transaction struct {
 	// it, and a reader started afresh resumes after the last LSN acked.
 	LSN        LSN
 	CommitTime time.Time // UTC, microseconds
-	Changes    []*Change
+	// Changes are the changes held in memory. Those of a transaction
+	// larger than the reader's memory budget continue in a temporary
+	// file: Range reads them all, Len counts them (see spill.go).
+	Changes []*Change
+
+	hold *txHold // what it holds until Release; nil: nothing
 }
 
 // Change is one row inserted, updated or deleted, or one table truncated.
