@@ -23,7 +23,9 @@ import (
 // closes), a writer goroutine of its own, which may block and exits when
 // the queue is empty: an idle connection holds no writer goroutine. A full
 // queue closes the connection (slow consumer) instead of blocking the
-// sender, so one slow client never slows the others.
+// sender, so one slow client never slows the others; Postgres changes
+// alone wait for room instead (see DeliverChange), bounded by the stall
+// time.
 type conn struct {
 	srv    *Server
 	tr     transport
@@ -70,9 +72,9 @@ func newConn(s *Server, tr transport, ff frameFormat, remote string) *conn {
 		writerDone: make(chan struct{}),
 		channels:   make(map[string]*channel),
 	}
-	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff], DatagramLimit: s.cfg.DatagramQueue}
+	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff], DatagramLimit: s.cfg.DatagramQueue,
+		ChangeLimit: s.cfg.changeQueueLimit(), Stall: int64(s.cfg.changeStall()), Clock: s.coalesce.now}
 	if k := s.coalesce; k.every > 0 {
-		opts.Clock = k.now
 		opts.Hold = func(last int64) bool { return k.recent(last) && k.add(c) }
 	}
 	c.q = outq.New(opts)
