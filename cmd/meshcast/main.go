@@ -73,6 +73,8 @@ type options struct {
 	publication    string
 	slot           string
 	maxSlotLag     int64
+	txMemory       int64
+	spillDir       string
 	databaseRegion string
 	demoTodos      bool
 
@@ -156,6 +158,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.publication, "publication", wal.DefaultPublication, "Postgres changes: publication whose tables are streamed (created FOR ALL TABLES when missing)")
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
+	fs.Int64Var(&o.txMemory, "wal-tx-memory", wal.DefaultTxMemory, "Postgres changes: bytes of decoded changes the reading node holds in memory for transactions not yet routed; a transaction's changes past it wait in a temporary file in --wal-spill-dir, and the reader pauses while half of it is taken; -1: no bound")
+	fs.StringVar(&o.spillDir, "wal-spill-dir", "", "Postgres changes: directory of the temporary files of transactions larger than --wal-tx-memory (unlinked at once, gone with the process; default $TMPDIR or /tmp)")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list (default: any region)")
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
