@@ -373,14 +373,14 @@ func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
 			case outq.Queued, outq.Start:
 				n++
 			case outq.Full:
-				waits = append(waits, changeWait{ch.conn, frames[ff]})
+				waits = append(waits, changeWait{ch, frames[ff]})
 			}
 		}
 	}
 	// The others have the change already; each full connection gets it
 	// before the next change, so its order holds.
 	for _, w := range waits {
-		if w.c.awaitChange(w.frame) {
+		if w.ch.conn.awaitChange(w.ch, w.frame) {
 			n++
 		}
 	}
@@ -443,10 +443,27 @@ func (s *Server) changeGroups(ids []uint64) []*changeGroup {
 	return order
 }
 
-// changeWait is a change frame a connection had no room for yet.
+// changeWait is a change frame a channel's connection had no room for
+// yet.
 type changeWait struct {
-	c     *conn
+	ch    *channel
 	frame []byte
+}
+
+// receivesChanges reports whether ch still gets changes: it may have left
+// while its delivery waited.
+func (s *Server) receivesChanges(ch *channel) bool {
+	cs := s.changeSubs
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, b := range ch.bindings {
+		if b.shared != nil {
+			if _, ok := b.shared.channels[ch]; ok {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // pushChange queues a change frame without waiting: Full when the
@@ -463,11 +480,11 @@ func (c *conn) pushChange(f []byte) outq.Result {
 }
 
 // awaitChange waits until the connection's queue has room for the change
-// frame f and queues it. It gives up when the connection closes, the
-// server stops, or the connection's writer took nothing for the stall
-// time (the connection is then closed as a slow consumer), and reports
-// whether f was queued.
-func (c *conn) awaitChange(f []byte) bool {
+// frame f of channel ch and queues it. It gives up when the connection
+// closes, ch leaves, the server stops, or the connection's writer took
+// nothing for the stall time (the connection is then closed as a slow
+// consumer), and reports whether f was queued.
+func (c *conn) awaitChange(ch *channel, f []byte) bool {
 	m := c.srv.metrics
 	m.changeWaits.Inc()
 	start := time.Now()
@@ -487,6 +504,9 @@ func (c *conn) awaitChange(f []byte) bool {
 		}
 		if stall != nil {
 			stall.Stop()
+		}
+		if !c.srv.receivesChanges(ch) {
+			return false
 		}
 		switch c.pushChange(f) {
 		case outq.Queued, outq.Start:
