@@ -104,10 +104,11 @@ type Reader struct {
 	// disk only while their transaction is held, and none outlives the
 	// process.
 	SpillDir string
-	// Keep, if set, is asked for every change as it is read, on the
-	// reader's goroutine: a change it refuses is dropped there and then,
-	// neither held nor handed over (the Service keeps only those some
-	// subscription matches). Seq still counts every change.
+	// Keep, if set, is asked for every row change (insert, update,
+	// delete) as it is read, on the reader's goroutine: a change it
+	// refuses is dropped there and then, neither held nor handed over (the
+	// Service keeps only those some subscription matches). Other kinds are
+	// always kept. Seq still counts every change.
 	Keep func(*Change) bool
 	// OnStreaming, if set, is called each time the reader starts
 	// streaming (the slot exists: every transaction committed from now on

@@ -99,16 +99,17 @@ func (a *assembler) truncate(m msgTruncate) error {
 	return nil
 }
 
-// add takes the next change of the transaction: dropped if keep refuses
-// it, else held in memory while the budget allows and in the spill file
-// from then on.
+// add takes the next change of the transaction: a row change keep
+// refuses is dropped; the others (any other kind too: a truncate, a marker
+// in the stream) are held in memory while the budget allows and in the
+// spill file from then on, in order.
 func (a *assembler) add(c *Change) error {
 	c.Seq = a.seq
 	a.seq++
 	c.CommitTime = a.tx.CommitTime
 	c.xid = a.xid
 	h := a.tx.hold
-	if a.keep != nil && !a.keep(c) {
+	if a.keep != nil && c.Kind >= Insert && c.Kind <= Delete && !a.keep(c) {
 		h.skipped++
 		return nil
 	}
