@@ -121,7 +121,8 @@ func TestLargeTransactionsBoundedMemory(t *testing.T) {
 	pg.Exec(`CREATE TABLE big (id int PRIMARY KEY, n int, note text); CREATE TABLE quiet (id int PRIMARY KEY, note text);
 		CREATE PUBLICATION supabase_realtime FOR ALL TABLES`)
 	const budget = 8 << 20
-	n := spawnSolo(t, "--database-url", pg.URL(), "--wal-tx-memory", strconv.Itoa(budget))
+	// The test's clients send no heartbeats; a large run takes minutes.
+	n := spawnSolo(t, "--database-url", pg.URL(), "--wal-tx-memory", strconv.Itoa(budget), "--idle-timeout", "0")
 	// Something subscribed, to another table: the reader must be running.
 	warm := connect(t, n, "warm")
 	warm.subscribeWith("realtime:warm", `{"event":"INSERT","schema":"public","table":"quiet"}`)
