@@ -206,6 +206,7 @@ func TestLargeTransactionsBoundedMemory(t *testing.T) {
 		everyRows.waitRows(t, 0, rows+1, rows+all, 10*time.Minute)
 	})
 	m := mustScrape(t, n)
+	t.Logf("spilled %v changes (%.1f MiB)", m["meshcast_wal_spilled_changes_total"], m["meshcast_wal_spilled_bytes_total"]/(1<<20))
 	if m["meshcast_wal_spilled_changes_total"] == 0 {
 		t.Errorf("nothing spilled: %d changes of ~250 bytes held within %d MiB?", all, budget>>20)
 	}
@@ -264,6 +265,8 @@ func TestChangesBurstPacedToSubscribers(t *testing.T) {
 		t.Errorf("the stuck subscriber held the others' rows for %v; the bound is --write-timeout (%v) after its last progress", gap, writeTimeout)
 	}
 	m := mustScrape(t, n)
+	t.Logf("deliveries that waited: %v, for %.1f s in all; reader paused %.1f s", m["meshcast_changes_waits_total"],
+		m["meshcast_changes_wait_seconds_total"], m["meshcast_wal_reader_paused_seconds_total"])
 	if m["meshcast_changes_waits_total"] == 0 {
 		t.Error("no delivery waited for a subscriber: the burst did not exercise flow control")
 	}
