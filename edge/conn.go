@@ -168,8 +168,7 @@ func (c *conn) writeLoop() {
 			err = c.sendDatagrams(b.Datagrams)
 		}
 		if len(batch) > 0 && err == nil {
-			err = c.tr.writeFrames(batch)
-			c.srv.metrics.wrote(c.tm, b.Bytes)
+			err = c.writePieces(batch)
 		}
 		if err != nil || b.Close != nil {
 			clear(batch)
@@ -188,6 +187,31 @@ func (c *conn) writeLoop() {
 			return
 		}
 	}
+}
+
+// writePiece is about how much the blocking writer writes at once.
+const writePiece = 64 << 10
+
+// writePieces writes batch in pieces of about writePiece bytes (a larger
+// frame alone), so that both the write timeout and the queue's stall
+// clock measure the client's progress, not the time a whole batch takes:
+// a client that reads slowly but steadily is never cut off in the middle
+// of a large batch; one that takes nothing for --write-timeout is.
+func (c *conn) writePieces(batch [][]byte) error {
+	for len(batch) > 0 {
+		n, size := 0, 0
+		for n < len(batch) && (n == 0 || size+len(batch[n]) <= writePiece) {
+			size += len(batch[n])
+			n++
+		}
+		if err := c.tr.writeFrames(batch[:n]); err != nil {
+			return err
+		}
+		c.srv.metrics.wrote(c.tm, size)
+		c.q.Progress()
+		batch = batch[n:]
+	}
+	return nil
 }
 
 // finish shuts the transport once; no writer runs after it.

@@ -16,7 +16,7 @@ let clients
 before(async () => {
   pg = await startPostgres()
   await pg.sql('CREATE TABLE burst (id int PRIMARY KEY, body text); CREATE PUBLICATION supabase_realtime FOR ALL TABLES;')
-  server = await startServer({ args: ['--database-url', pg.url, '--write-timeout', '2s'] })
+  server = await startServer({ args: ['--database-url', pg.url, '--write-timeout', '5s'] })
   clients = new Clients(server)
 })
 after(async () => {

@@ -22,8 +22,9 @@
 // overflow the queue. While ChangeLimit bytes of them wait, PushChange
 // queues nothing and reports Full; the sender waits on Room, which opens
 // when the writer takes the queue, and pushes again. Only a queue whose
-// writer made no progress (took nothing) for Stall is given up on: that
-// PushChange closes it as a slow consumer (Stalled). Change bytes do not
+// writer made no progress (took nothing, and reported no Progress) for
+// Stall is given up on: that PushChange closes it as a slow consumer
+// (Stalled). Change bytes do not
 // count against Limit, so a subscriber busy with changes still has the
 // whole Limit for broadcasts; the queue holds at most Limit + ChangeLimit
 // (plus one frame).
@@ -272,6 +273,19 @@ func (q *Queue) Room(n int) (room <-chan struct{}, stallIn int64) {
 		stallIn = max(q.progress+q.stall-q.now(), 1)
 	}
 	return q.room, stallIn
+}
+
+// Progress records that the writer got something written: a writer that
+// writes a large batch in pieces to a slow client is not stalled while the
+// pieces go out.
+func (q *Queue) Progress() {
+	if q.clock == nil {
+		return
+	}
+	now := q.clock()
+	q.mu.Lock()
+	q.progress = now
+	q.mu.Unlock()
 }
 
 // openRoomLocked wakes the senders waiting on Room.

@@ -551,3 +551,26 @@ func TestCloseOpensRoom(t *testing.T) {
 		}
 	}
 }
+
+// A writer that reports Progress is not stalled while a large batch goes
+// out in pieces.
+func TestProgressDefersTheStall(t *testing.T) {
+	clk := &fakeClock{}
+	q := New(Options{ChangeLimit: 4, Stall: 100, Clock: clk.now})
+	q.PushChange(frame("aaaa"))
+	q.Take()
+	q.PushChange(frame("bbbb"))
+	clk.t = 90
+	q.Progress()
+	clk.t = 150
+	if r, _ := q.PushChange(frame("c")); r != Full {
+		t.Fatalf("%v at 150 after progress at 90, want Full", r)
+	}
+	if _, stallIn := q.Room(1); stallIn != 40 {
+		t.Fatalf("stallIn %d, want 40", stallIn)
+	}
+	clk.t = 190
+	if r, _ := q.PushChange(frame("c")); r != Stalled {
+		t.Fatalf("%v at 190, want Stalled", r)
+	}
+}
