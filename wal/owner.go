@@ -114,14 +114,36 @@ func (s *Service) stopOwningLocked() {
 }
 
 // membersChangedLocked drops members that left from what the owner waits
-// for.
-func (o *ownerState) membersChangedLocked(s *Service, live map[string]bool) []out {
+// for, and takes in the members it sees for the first time. Such a member
+// may hold subscriptions an earlier owner acknowledged (this node saw it
+// late: it had just restarted, say), and the owner may have read past
+// changes they match already: it asks the member for its subscriptions
+// and, until they arrive, holds it absent, confirming nothing; when they
+// do, the reader reads the unconfirmed tail again for it (backLocked), as
+// for a member back from a partition.
+func (o *ownerState) membersChangedLocked(s *Service, before []Member, live map[string]bool) []out {
 	for id := range o.expect {
 		if !live[id] {
 			delete(o.expect, id)
 		}
 	}
-	return nil
+	known := map[string]bool{}
+	for _, m := range before {
+		known[m.ID] = true
+	}
+	var outs []out
+	for _, m := range s.members {
+		if known[m.ID] || m.ID == s.cfg.Self || m.DB != s.cfg.DB || o.expect[m.ID] {
+			continue
+		}
+		if _, absent := s.absent[m.ID]; !absent {
+			s.absent[m.ID] = absence{name: m.Name, since: time.Now()}
+			s.log.Info("a member appeared after this node began owning the database; confirming nothing until it registers",
+				"member", m.ID, "for_at_most", s.cfg.AbsentWait)
+		}
+		outs = append(outs, out{to: m.ID, lane: mesh.LaneControl, frame: &meshproto.SubSync{DB: s.cfg.DB}})
+	}
+	return outs
 }
 
 func (s *Service) addRegLocked(node string, sub *Subscription) {
@@ -174,7 +196,7 @@ func (s *Service) onRegister(from string, f *meshproto.SubRegister) []out {
 	var ids []uint64
 	var refused []uint64
 	if f.Replace {
-		defer s.backLocked(from) // once its subscriptions are in the matcher
+		defer s.backLocked(from, len(f.Subs) > 0) // once its subscriptions are in the matcher
 	}
 	for i := range f.Subs {
 		sub, err := subOf(from, &f.Subs[i])
@@ -579,8 +601,8 @@ func (s *Service) holdingLocked() bool {
 // backLocked ends the absence of a member that registered again with this
 // owner: the reader starts over from the last confirmed position, so that
 // the member gets every change it missed; the other nodes drop the ones
-// they had.
-func (s *Service) backLocked(node string) {
+// they had. A member without subscriptions missed nothing.
+func (s *Service) backLocked(node string, subscribed bool) {
 	if _, ok := s.absent[node]; !ok {
 		return
 	}
@@ -588,6 +610,9 @@ func (s *Service) backLocked(node string) {
 	o := s.own
 	if o == nil || o.cancel == nil {
 		return // the reader has not started: it starts from the confirmed position
+	}
+	if !subscribed {
+		return // no subscriber of it can have missed anything
 	}
 	s.log.Info("a member that was cut off is back; reading the changes it missed again", "member", node)
 	o.restartLocked()

@@ -326,7 +326,8 @@ func (s *Service) setMembers(ms []Member) {
 			}
 		}
 	}
-	s.noteAbsentLocked(s.members, ms)
+	before := s.members
+	s.noteAbsentLocked(before, ms)
 	s.members = ms
 	if len(ms) > 1 {
 		s.settled = true
@@ -365,7 +366,7 @@ func (s *Service) setMembers(ms []Member) {
 			outs = append(outs, s.replaceLocked(owner)...)
 		}
 	} else if s.own != nil {
-		outs = append(outs, s.own.membersChangedLocked(s, live)...)
+		outs = append(outs, s.own.membersChangedLocked(s, before, live)...)
 	}
 	s.mu.Unlock()
 	s.flush(outs)
