@@ -178,3 +178,26 @@ func (c *Config) queueLimit() int {
 	}
 	return max(c.QueueBytes, c.byteBurst()+c.MaxFrameBytes+maxFrameHeader)
 }
+
+// changeQueueLimit is how many bytes of Postgres changes a connection's
+// queue holds before their delivery waits (flow control): a quarter of
+// QueueBytes, 1 MiB when QueueBytes is 0. Changes do not count against
+// the queue's slow-consumer bound.
+func (c *Config) changeQueueLimit() int {
+	if c.QueueBytes <= 0 {
+		return 1 << 20
+	}
+	return max(c.QueueBytes/4, 1)
+}
+
+// changeStall is how long a connection whose queue is full of changes may
+// take nothing from it before it is closed as a slow consumer:
+// WriteTimeout, which a stuck write also takes to fail, or 10s when that
+// is 0, so that a client that stops reading never holds the changes of
+// every other subscriber for longer.
+func (c *Config) changeStall() time.Duration {
+	if c.WriteTimeout > 0 {
+		return c.WriteTimeout
+	}
+	return 10 * time.Second
+}

@@ -35,9 +35,22 @@
 // its values, as Supabase measures its wal2json text) is sent with its
 // values over 64 bytes left out and errors ["Error 413: Payload Too
 // Large"]; an unchanged TOAST value is taken from the old row when
-// REPLICA IDENTITY FULL sent one, else left out of record. A transaction is
-// held in memory whole until its commit (no streaming of large
-// transactions).
+// REPLICA IDENTITY FULL sent one, else left out of record.
+//
+// # Memory and flow control
+//
+// Postgres sends a transaction once it has committed, whole (pgoutput
+// without streaming). The reader drops the changes Reader.Keep refuses
+// (the Service's: those no subscription matches) as it reads them, holds
+// the rest within Reader.TxMemory, shared with the transactions handed
+// over and not released, and writes what does not fit to an unlinked
+// temporary file; Transaction.Range reads a transaction back in chunks.
+// The Handler releases each transaction once done with it; the reader
+// starts no new transaction while too much is unreleased, and keeps
+// reporting its position meanwhile (see spill.go). The Service's owner
+// routes in chunks and stops when a node's window of unacknowledged
+// changes is full; a node acknowledges a change once Deliver returned,
+// and Deliver may wait for a subscriber: so subscribers pace the reader.
 //
 // # At least once
 //

@@ -73,6 +73,8 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 			Publication: o.publication,
 			Slot:        o.slot,
 			MaxSlotLag:  o.maxSlotLag,
+			TxMemory:    o.txMemory,
+			SpillDir:    o.spillDir,
 			Logger:      log,
 			Metrics:     set,
 		},
