@@ -179,20 +179,27 @@ func inc(c *metrics.Counter) {
 	}
 }
 
-// prefixOf is the unit one address counts in: an IPv4 address, or an
-// IPv6 /64 (what one subscriber is usually given).
+// prefixOf is the unit one address counts in.
 func prefixOf(a net.Addr) netip.Prefix {
 	var ip netip.Addr
 	switch a := a.(type) {
 	case *net.UDPAddr:
-		ip = a.AddrPort().Addr().Unmap()
+		ip = a.AddrPort().Addr()
 	case *net.TCPAddr:
-		ip = a.AddrPort().Addr().Unmap()
+		ip = a.AddrPort().Addr()
 	default:
 		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-			ip = ap.Addr().Unmap()
+			ip = ap.Addr()
 		}
 	}
+	return AddrKey(ip)
+}
+
+// AddrKey is the unit a client address counts in: an IPv4 address alone,
+// an IPv6 one by its /64 (what one subscriber is usually given). Listeners
+// that bound admitted connections per address use it too.
+func AddrKey(ip netip.Addr) netip.Prefix {
+	ip = ip.Unmap()
 	bits := 32
 	if ip.Is6() {
 		bits = 64
@@ -200,7 +207,3 @@ func prefixOf(a net.Addr) netip.Prefix {
 	p, _ := ip.Prefix(bits)
 	return p
 }
-
-// PrefixOf exposes the unit addresses are counted in, for listeners that
-// apply the same per-address share to admitted connections.
-func PrefixOf(a net.Addr) netip.Prefix { return prefixOf(a) }

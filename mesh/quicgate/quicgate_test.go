@@ -116,20 +116,21 @@ func halfOpen(t *testing.T, s *server) {
 	t.Cleanup(func() { cancel(); mute.Close(); tr.Close() })
 }
 
-// muteConn lets a client's first datagram out and nothing else, either
-// way.
+// muteConn lets a client's first flight out (its ClientHello, which
+// with a post-quantum key share takes two datagrams) and nothing else,
+// either way.
 type muteConn struct {
 	net.PacketConn
 	mu     sync.Mutex
-	sent   bool
+	sent   int
 	closed chan struct{}
 	once   sync.Once
 }
 
 func (m *muteConn) WriteTo(p []byte, a net.Addr) (int, error) {
 	m.mu.Lock()
-	first := !m.sent
-	m.sent = true
+	m.sent++
+	first := m.sent <= 2
 	m.mu.Unlock()
 	if first {
 		return m.PacketConn.WriteTo(p, a)
