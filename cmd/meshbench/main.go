@@ -17,6 +17,7 @@
 //	meshbench detect -nodes 5 -kills 20   # kill -9 → presence leave latency; -load 3m: false positives
 //	meshbench slow -server-pid $PID   # 1000 subscribers' latency with and without one slow reader
 //	meshbench soak -duration 10m   # make soak: mixed load on 3 nodes + Postgres, RSS and goroutines flat
+//	meshbench junk -rates 25000,50000,100000   # junk datagrams on a gossip port vs the failure detector
 //	meshbench regions -node iad=wss://…,fra=wss://… -scenario fanout   # latency by region of running nodes
 //
 // See bench/README.md.
@@ -54,6 +55,8 @@ func main() {
 			os.Exit(slowMain(os.Args[2:]))
 		case "soak":
 			os.Exit(soakMain(os.Args[2:]))
+		case "junk":
+			os.Exit(junkMain(os.Args[2:]))
 		}
 	}
 	var cfg bench.Config
