@@ -381,7 +381,7 @@ func (t *Transport) check(c net.Conn) {
 // readFirst reads and checks the first message; reason is empty when it
 // passed. The buffer grows with the bytes that arrive, never to a length
 // only claimed.
-func (t *Transport) readFirst(c net.Conn) (msg []byte, reason string, err error) {
+func (t *Transport) readFirst(c io.Reader) (msg []byte, reason string, err error) {
 	var hdr [streamHeader]byte
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
 		return nil, readReason(err), err
