@@ -35,7 +35,7 @@ func junkMain(args []string) int {
 	bin := fs.String("meshcast-bin", "bin/meshcast", "the meshcast binary")
 	nodes := fs.Int("nodes", 3, "meshcast processes (2-9); the last one is flooded")
 	base := fs.Int("base-port", 5900, "node i serves on base+i, gossips on base+100+10i (mesh +1)")
-	rates := fs.String("rates", "25000,50000,100000,200000", "junk datagrams per second, one step each")
+	rates := fs.String("rates", "0,25000,50000,100000,200000", "junk datagrams per second, one step each (0: none, the control step: what the host's load alone does)")
 	step := fs.Duration("step", 30*time.Second, "flood time per rate")
 	settle := fs.Duration("settle", 5*time.Second, "pause after each step before the counters are read (a suspicion in flight gets decided)")
 	senders := fs.Int("senders", 2, "sending goroutines (sendmmsg batches of 64)")
@@ -53,7 +53,7 @@ func junkMain(args []string) int {
 	fmt.Printf("%-10s %-10s %-12s %-10s %-12s %-12s %-10s %-8s\n", "rate", "sent/s", "dropped/s", "victim CPU", "kernel drops", "suspicions", "refuted", "deaths")
 	for _, f := range strings.Split(*rates, ",") {
 		rate, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || rate <= 0 {
+		if err != nil || rate < 0 {
 			log.Printf("bad rate %q", f)
 			return 2
 		}
@@ -188,6 +188,13 @@ func scrapeMetrics(addr string) (map[string]float64, error) {
 // flood sends 1200-byte junk datagrams to target at about rate per second
 // for d, in sendmmsg batches; it returns how many it sent.
 func flood(ctx context.Context, target string, rate int, d time.Duration, senders int) int64 {
+	if rate == 0 {
+		select {
+		case <-ctx.Done():
+		case <-time.After(d):
+		}
+		return 0
+	}
 	to, err := net.ResolveUDPAddr("udp", target)
 	if err != nil {
 		log.Print(err)
