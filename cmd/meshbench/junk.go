@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 )
 
 // junkMain is `meshbench junk`: what rate of junk datagrams on one node's
@@ -40,6 +41,7 @@ func junkMain(args []string) int {
 	settle := fs.Duration("settle", 5*time.Second, "pause after each step before the counters are read (a suspicion in flight gets decided)")
 	senders := fs.Int("senders", 2, "sending goroutines (sendmmsg batches of 64)")
 	nodeFlags := fs.String("node-flags", "", "more meshcast flags for every node (space-separated)")
+	pin := fs.Bool("pin", false, "as in issue 21: the flooded node alone on the last CPU, the other nodes and the senders on the others")
 	fs.Parse(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -50,6 +52,12 @@ func junkMain(args []string) int {
 	}
 	defer c.stop()
 	victim := c.nodes[len(c.nodes)-1]
+	if *pin {
+		if err := c.pin(); err != nil {
+			log.Printf("pinning: %v", err)
+			return 1
+		}
+	}
 	fmt.Printf("%-10s %-10s %-12s %-10s %-12s %-12s %-10s %-8s\n", "rate", "sent/s", "dropped/s", "victim CPU", "kernel drops", "suspicions", "refuted", "deaths")
 	for _, f := range strings.Split(*rates, ",") {
 		rate, err := strconv.Atoi(strings.TrimSpace(f))
@@ -134,6 +142,55 @@ func (c *junkCluster) formed() bool {
 		}
 	}
 	return true
+}
+
+// pin puts the last node alone on the last CPU and every other node and
+// this process (the senders) on the other CPUs.
+func (c *junkCluster) pin() error {
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		return err
+	}
+	last := -1
+	for i := range 1024 {
+		if all.IsSet(i) {
+			last = i
+		}
+	}
+	if all.Count() < 2 {
+		return fmt.Errorf("%d CPU: nothing to pin apart", all.Count())
+	}
+	alone, rest := unix.CPUSet{}, all
+	alone.Set(last)
+	rest.Clear(last)
+	victim := c.nodes[len(c.nodes)-1].cmd.Process.Pid
+	if err := setAffinity(victim, &alone); err != nil {
+		return err
+	}
+	if err := setAffinity(os.Getpid(), &rest); err != nil {
+		return err
+	}
+	for _, nd := range c.nodes[:len(c.nodes)-1] {
+		if err := setAffinity(nd.cmd.Process.Pid, &rest); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setAffinity pins every thread of process pid.
+func setAffinity(pid int, set *unix.CPUSet) error {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err
+	}
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		if err := unix.SchedSetaffinity(tid, set); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *junkCluster) stop() {
