@@ -57,11 +57,3 @@ func (o *opener) sealed(msg, ad []byte) bool {
 	_, err := o.gcm.Open(o.scratch[:0], msg[versionSize:versionSize+nonceSize], ct, ad)
 	return err == nil
 }
-
-// release drops a scratch buffer grown for a large stream message, so an
-// idle opener holds little.
-func (o *opener) release(keep int) {
-	if cap(o.scratch) > keep {
-		o.scratch = nil
-	}
-}
