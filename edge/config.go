@@ -16,13 +16,7 @@ type Config struct {
 	// JWTs signed with it carrying role and exp. Empty runs the node open.
 	JWTSecret []byte
 
-	MaxConnections int // per node
-	// AddressShare is the share of MaxConnections (and of MaxHandshakes)
-	// one client address may hold, an IPv4 address or an IPv6 /64: past
-	// it the address's new connections are refused, so that one address
-	// cannot take every place. 0 (or 1 and more) bounds nothing. Behind a
-	// proxy that ends client connections, every client has its address.
-	AddressShare       float64
+	MaxConnections     int     // per node
 	MaxFrameBytes      int     // one WebSocket message
 	MaxPayloadBytes    int     // one broadcast payload
 	MaxTopicBytes      int     // a topic's length, "realtime:" included
@@ -38,6 +32,12 @@ type Config struct {
 	// client address publish per second; the burst is one second of it,
 	// but at least one whole batch. Over it a request is refused (429).
 	RESTEventsPerSecond float64
+	// AddressShare is the share of MaxConnections (and of MaxHandshakes)
+	// one client address may hold, an IPv4 address or an IPv6 /64: past
+	// it the address's new connections are refused, so that one address
+	// cannot take every place. 0 (or 1 and more) bounds nothing. Behind a
+	// proxy that ends client connections, every client has its address.
+	AddressShare float64
 	// QueueBytes bounds a connection's outbound queue; a client further
 	// behind is closed as a slow consumer. The bound is never below one
 	// publisher's burst (BytesPerSecond's burst plus one largest frame), so
@@ -105,12 +105,12 @@ type Config struct {
 	// clients must first validate their address (QUIC Retry), past it
 	// they are refused. 0: unbounded.
 	MaxHandshakes int
-	// WebTransportReceiveWindow bounds what a WebTransport client may have
+	// WebTransportWindow bounds what a WebTransport client may have
 	// sent that the node has not read yet, per connection and per stream
 	// (QUIC flow control). Streams start at 64 KiB and grow towards it only
 	// as the node reads them, so a stream it never reads holds 64 KiB at
 	// most. 0: quic-go's maxima (15 MiB per connection, 6 MiB per stream).
-	WebTransportReceiveWindow int
+	WebTransportWindow int
 
 	// DemoTable, if set, serves the demo page's live table panel at
 	// /demo/todos and below (make run-pg's node only: it writes to a
@@ -124,33 +124,33 @@ type Config struct {
 // 5000 events/s and 20k connections from one address.
 func DefaultConfig() Config {
 	return Config{
-		NodeID:                    "meshcast",
-		MaxConnections:            100_000,
-		AddressShare:              0.25,
-		MaxHandshakes:             2000,
-		WebTransportReceiveWindow: 1 << 20,
-		MaxFrameBytes:             5 << 20,
-		MaxPayloadBytes:           3_000_000,
-		MaxTopicBytes:             255,
-		MaxChannelsPerConn:        100,
-		JoinsPerSecond:            100,
-		EventsPerSecond:           10_000,
-		BytesPerSecond:            5 << 20,
-		MaxBatchMessages:          1000,
-		RESTEventsPerSecond:       10_000,
-		QueueBytes:                4 << 20,
-		MaxPresenceBytes:          64 << 10,
-		MaxPresenceBytesPerConn:   1 << 20,
-		MaxPresenceKeys:           1000,
-		PresenceEventsPerSecond:   100,
-		IdleTimeout:               60 * time.Second,
-		WriteTimeout:              10 * time.Second,
-		MessageTimeout:            30 * time.Second,
-		HTTPReadHeaderTimeout:     5 * time.Second,
-		HTTPReadTimeout:           30 * time.Second,
-		HTTPWriteTimeout:          30 * time.Second,
-		HTTPIdleTimeout:           30 * time.Second,
-		JWTLeeway:                 10 * time.Second,
+		NodeID:                  "meshcast",
+		MaxConnections:          100_000,
+		AddressShare:            0.25,
+		MaxHandshakes:           2000,
+		WebTransportWindow:      1 << 20,
+		MaxFrameBytes:           5 << 20,
+		MaxPayloadBytes:         3_000_000,
+		MaxTopicBytes:           255,
+		MaxChannelsPerConn:      100,
+		JoinsPerSecond:          100,
+		EventsPerSecond:         10_000,
+		BytesPerSecond:          5 << 20,
+		MaxBatchMessages:        1000,
+		RESTEventsPerSecond:     10_000,
+		QueueBytes:              4 << 20,
+		MaxPresenceBytes:        64 << 10,
+		MaxPresenceBytesPerConn: 1 << 20,
+		MaxPresenceKeys:         1000,
+		PresenceEventsPerSecond: 100,
+		IdleTimeout:             60 * time.Second,
+		WriteTimeout:            10 * time.Second,
+		MessageTimeout:          30 * time.Second,
+		HTTPReadHeaderTimeout:   5 * time.Second,
+		HTTPReadTimeout:         30 * time.Second,
+		HTTPWriteTimeout:        30 * time.Second,
+		HTTPIdleTimeout:         30 * time.Second,
+		JWTLeeway:               10 * time.Second,
 	}
 }
 

@@ -207,7 +207,7 @@ func wtQUICConfig(cfg *Config) *quic.Config {
 		MaxIncomingStreams:    2,
 		MaxIncomingUniStreams: 3,
 	}
-	if win := cfg.WebTransportReceiveWindow; win > 0 {
+	if win := cfg.WebTransportWindow; win > 0 {
 		// A stream the node does not read holds its initial window at
 		// most; windows grow only as the node reads.
 		qconf.InitialStreamReceiveWindow = uint64(min(wtInitialStreamWindow, win))

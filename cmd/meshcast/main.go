@@ -122,7 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "max client connections on this node (0 = off)")
 	fs.Float64Var(&c.AddressShare, "address-share", c.AddressShare, "share of --max-connections (and of --webtransport-max-handshakes) one client address, IPv4 or IPv6 /64, may hold; past it its new connections are refused (0 or 1 = no per-address bound)")
 	fs.IntVar(&c.MaxHandshakes, "webtransport-max-handshakes", c.MaxHandshakes, "QUIC handshakes in progress on the WebTransport port; past half of it clients must validate their address (QUIC Retry), past it they are refused; a connection counts against --max-connections once its handshake completes (0 = off)")
-	fs.IntVar(&c.WebTransportReceiveWindow, "webtransport-receive-window", c.WebTransportReceiveWindow, "most bytes a WebTransport client may have sent that the node has not read, per connection and per stream; streams start at 64 KiB and grow only as the node reads (0 = quic-go's 15 MiB / 6 MiB)")
+	fs.IntVar(&c.WebTransportWindow, "webtransport-receive-window", c.WebTransportWindow, "most bytes a WebTransport client may have sent that the node has not read, per connection and per stream; streams start at 64 KiB and grow only as the node reads (0 = quic-go's 15 MiB / 6 MiB)")
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "max bytes of one WebSocket message or REST body (0 = off)")
 	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", c.MaxPayloadBytes, "max bytes of one broadcast payload (0 = off)")
 	fs.IntVar(&c.MaxTopicBytes, "max-topic-bytes", c.MaxTopicBytes, "max bytes of a topic, \"realtime:\" included; realtime-js's binary frames carry at most 255 (0 = off)")
