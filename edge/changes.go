@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,6 +66,7 @@ type changeSubs struct {
 	mu    sync.Mutex
 	byKey map[string]*sharedSub
 	byID  map[uint64]*sharedSub
+	peak  int // the most subscriptions since the maps were made
 }
 
 func newChangeSubs() *changeSubs {
@@ -152,12 +155,13 @@ func subKey(sub *wal.Subscription) string {
 	return b.String()
 }
 
-// joinChanges sets up a joining channel's bindings. It returns the
-// bindings and the system message that follows the join reply
-// ("Subscribed to PostgreSQL", or the error). It waits (bounded) for the
-// owner to hold the subscriptions, so that a change committed after the
-// join reply reaches the client; the caller must not hold c.mu.
-func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims) ([]binding, []byte) {
+// joinChanges sets up a joining channel's bindings; the connection holds
+// held subscribed bindings in its other channels. It returns the bindings
+// and the system message that follows the join reply ("Subscribed to
+// PostgreSQL", or the error). It waits (bounded) for the owner to hold the
+// subscriptions, so that a change committed after the join reply reaches
+// the client; the caller must not hold c.mu.
+func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims, held int) ([]binding, []byte) {
 	bindings := make([]binding, len(raws))
 	var role, claims string
 	if cl != nil && !s.auth.open() {
@@ -167,13 +171,19 @@ func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims) ([
 		bindings[i].raw = raw
 	}
 	var problem error
-	if s.changes == nil {
+	switch max, perConn := s.cfg.MaxBindingsPerJoin, s.cfg.MaxBindingsPerConn; {
+	case s.changes == nil:
 		//lint:ignore ST1005 the client is sent Supabase's text
 		problem = errors.New("Unable to subscribe to changes with given parameters: this node has no database (start it with --database-url)")
-	} else {
+	case max > 0 && len(raws) > max:
+		problem = fmt.Errorf("PostgresChangesLimitReached: Too many postgres_changes bindings in one join (%d, at most %d)", len(raws), max)
+	case perConn > 0 && held+len(raws) > perConn:
+		problem = fmt.Errorf("PostgresChangesLimitReached: Too many postgres_changes bindings on this connection (%d with this join, at most %d)", held+len(raws), perConn)
+	default:
 		problem = s.checkBindings(bindings, role, claims)
 	}
 	if problem != nil {
+		s.metrics.errorReason("changes_refused")
 		return bindings, systemPayload("postgres_changes", "error", problem.Error(), ch.name)
 	}
 	if err := s.shareBindings(bindings); err != nil {
@@ -186,9 +196,13 @@ func (s *Server) joinChanges(ch *channel, raws []json.RawMessage, cl *claims) ([
 // checkBindings makes the subscriptions of bindings for role and claims,
 // checked by the validator if there is one; on error none is set.
 func (s *Server) checkBindings(bindings []binding, role, claims string) error {
+	limits := wal.Limits{FilterBytes: s.cfg.MaxFilterBytes, PatternBytes: s.cfg.MaxPatternBytes, RegexInsts: s.cfg.MaxRegexInsts}
 	for i := range bindings {
 		b, err := parseBinding(bindings[i].raw)
 		var sub *wal.Subscription
+		if err == nil {
+			err = limits.Check(b)
+		}
 		if err == nil {
 			if s.validator != nil {
 				sub, err = s.validator.Check(context.Background(), b, role, claims)
@@ -224,6 +238,7 @@ func (s *Server) shareBindings(bindings []binding) error {
 			b.sub.ID = s.changes.NewID()
 			sh = &sharedSub{key: key, sub: b.sub, channels: map[*channel]struct{}{}, done: make(chan struct{})}
 			cs.byKey[key], cs.byID[b.sub.ID] = sh, sh
+			cs.peak = max(cs.peak, len(cs.byID))
 			fresh = append(fresh, b.sub)
 			mine = append(mine, sh)
 		}
@@ -272,6 +287,15 @@ func (cs *changeSubs) releaseLocked(ch *channel, bindings []binding) []uint64 {
 			gone = append(gone, sh.sub.ID)
 		}
 	}
+	if cs.peak >= 64 && len(cs.byID) < cs.peak/4 {
+		// Go's maps keep what they grew to (maps.Clone too): copy them
+		// into small ones.
+		byKey, byID := make(map[string]*sharedSub, len(cs.byKey)), make(map[uint64]*sharedSub, len(cs.byID))
+		for k, sh := range cs.byKey {
+			byKey[k], byID[sh.sub.ID] = sh, sh
+		}
+		cs.byKey, cs.byID, cs.peak = byKey, byID, len(byID)
+	}
 	return gone
 }
 
@@ -287,6 +311,20 @@ func (s *Server) attachChanges(ch *channel) {
 			b.shared.channels[ch] = struct{}{}
 		}
 	}
+}
+
+// heldBindings is the number of subscribed bindings of c's channels, for
+// MaxBindingsPerConn. Called with c.mu held.
+func (c *conn) heldBindings() int {
+	n := 0
+	for _, ch := range c.channels {
+		for _, b := range ch.bindings {
+			if b.sub != nil {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // leaveChanges drops a leaving channel from its subscriptions, and the
@@ -334,10 +372,13 @@ func appendWithID(dst []byte, obj json.RawMessage, id uint64) []byte {
 
 // DeliverChange hands a change from the database's owner to this node's
 // channels whose subscriptions are ids, as Supabase's postgres_changes
-// message: {"ids":[…],"data":{…}}. The data object is encoded once per
-// column set, and one frame is built per group of channels that get the
-// same ids on the same topic, so the common case — many subscribers of
-// one binding — is one frame shared by all of them.
+// message: {"ids":[…],"data":{…}}. Each binding gets its own columns (its
+// select, and what its role may read): a channel whose matching bindings
+// differ in columns gets one message per column set, each with the ids of
+// its bindings. The data object is encoded once per column set, and one
+// frame is built per group of channels that get the same ids and columns
+// on the same topic, so the common case — many subscribers of one binding
+// — is one frame shared by all of them.
 func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
 	cs := s.changeSubs
 	type group struct {
@@ -360,37 +401,40 @@ func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
 		}
 	}
 	for ch, chIDs := range perChannel {
-		// The channel's matching bindings, in its binding order.
-		var mine []uint64
-		var cols []string
+		// The channel's matching bindings, in its binding order, grouped
+		// by the columns they get: one message per shape, each with the
+		// ids of its bindings.
+		var shapes []shape
 		for _, b := range ch.bindings {
-			if b.shared == nil {
+			if b.shared == nil || !slices.Contains(chIDs, b.shared.sub.ID) {
 				continue
 			}
-			for _, id := range chIDs {
-				if b.shared.sub.ID == id {
-					mine = append(mine, b.id)
-					if cols == nil {
-						cols = b.shared.sub.Columns
-					}
-				}
+			cols := b.shared.sub.Columns
+			k := shapeKey(cols)
+			i := slices.IndexFunc(shapes, func(s shape) bool { return s.key == k })
+			if i < 0 {
+				i = len(shapes)
+				shapes = append(shapes, shape{key: k, cols: cols})
 			}
+			shapes[i].ids = append(shapes[i].ids, b.id)
 		}
-		key := ch.key.name + "\x00" + strings.Join(cols, ",") + "\x00" + idList(mine)
-		g := groups[key]
-		if g == nil {
-			g = &group{topic: ch.key.name, ids: mine, cols: cols}
-			groups[key] = g
-			order = append(order, key)
+		for _, sh := range shapes {
+			key := ch.key.name + "\x00" + sh.key + "\x00" + idList(sh.ids)
+			g := groups[key]
+			if g == nil {
+				g = &group{topic: ch.key.name, ids: sh.ids, cols: sh.cols}
+				groups[key] = g
+				order = append(order, key)
+			}
+			g.chans = append(g.chans, ch)
 		}
-		g.chans = append(g.chans, ch)
 	}
 	cs.mu.Unlock()
 
-	datas := map[string][]byte{}
+	datas := map[string][]byte{} // by shape: each encoded once
 	for _, key := range order {
 		g := groups[key]
-		ck := strings.Join(g.cols, ",")
+		ck := shapeKey(g.cols)
 		data := datas[ck]
 		if data == nil {
 			data = c.AppendData(nil, g.cols)
@@ -413,6 +457,22 @@ func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
 		s.metrics.messagesOut.Add(n)
 		s.metrics.changesOut.Add(n)
 	}
+}
+
+// shape is the columns some of a channel's bindings get, and their ids.
+type shape struct {
+	key  string
+	cols []string
+	ids  []uint64
+}
+
+// shapeKey identifies a column set; nil (every column) is not the empty
+// list.
+func shapeKey(cols []string) string {
+	if cols == nil {
+		return "*"
+	}
+	return "=" + strings.Join(cols, ",")
 }
 
 func idList(ids []uint64) string {

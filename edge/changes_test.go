@@ -17,9 +17,14 @@ import (
 
 // startChangesServer is a single node streaming pg's changes, with auth
 // when secret is set.
-func startChangesServer(t *testing.T, pg *pgtest.Server, slot string, secret []byte) *testServer {
+func startChangesServer(t *testing.T, pg *pgtest.Server, slot string, secret []byte, tweaks ...func(*Config)) *testServer {
 	t.Helper()
-	ts := startServer(t, func(c *Config) { c.JWTSecret = secret })
+	ts := startServer(t, func(c *Config) {
+		c.JWTSecret = secret
+		for _, tw := range tweaks {
+			tw(c)
+		}
+	})
 	auth, err := wal.NewAuthorizer(context.Background(), pg.URL(), "")
 	if err != nil {
 		t.Fatal(err)

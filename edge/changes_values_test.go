@@ -77,6 +77,18 @@ func TestChangesValuesAreToJSONB(t *testing.T) {
 			if (record == nil) != (d.Record == nil) || record != nil && !pgtest.SameJSON(d.Record, record) {
 				t.Errorf("%s %s: record\n got %s\nwant %s", table, what, d.Record, record)
 			}
+			if record != nil {
+				// Each value byte for byte as to_jsonb prints it (json's
+				// duplicate keys and spacing included).
+				var g, w map[string]json.RawMessage
+				json.Unmarshal(d.Record, &g)
+				json.Unmarshal(record, &w)
+				for k, wv := range w {
+					if string(g[k]) != string(wv) {
+						t.Errorf("%s %s: %s is %s, to_jsonb %s", table, what, k, g[k], wv)
+					}
+				}
+			}
 			if (old == nil) != (d.OldRecord == nil) || old != nil && !pgtest.SameJSON(d.OldRecord, old) {
 				t.Errorf("%s %s: old_record\n got %s\nwant %s", table, what, d.OldRecord, old)
 			}

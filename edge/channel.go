@@ -177,6 +177,7 @@ func (c *conn) join(m *phx.Message) bool {
 	t, ready := s.hub.acquire(ch.key)
 	var changesMsg []byte // the system message about the bindings
 	reply := joinOK
+	held := c.heldBindings()
 	if ready != nil || len(p.Config.PostgresChanges) > 0 {
 		// A new topic in a cluster: the presence of the other nodes
 		// arrives before the first presence_state (bounded by the mesh,
@@ -186,7 +187,7 @@ func (c *conn) join(m *phx.Message) bool {
 		// reader handles the connection's frames, so nothing else joins.
 		c.mu.Unlock()
 		if len(p.Config.PostgresChanges) > 0 {
-			ch.bindings, changesMsg = s.joinChanges(ch, p.Config.PostgresChanges, cl)
+			ch.bindings, changesMsg = s.joinChanges(ch, p.Config.PostgresChanges, cl, held)
 			reply = joinReplyChanges(ch.bindings)
 		}
 		if ready != nil {

@@ -45,6 +45,14 @@ type Config struct {
 	// never closed.
 	QueueBytes int
 
+	// Postgres changes: what one connection's postgres_changes bindings
+	// may ask of the change path (see wal.Limits).
+	MaxBindingsPerJoin int // bindings in one join
+	MaxBindingsPerConn int // subscribed bindings of a connection's channels together
+	MaxFilterBytes     int // one binding's filter, and its select's column names together
+	MaxPatternBytes    int // the value of a like, ilike, match or imatch filter
+	MaxRegexInsts      int // the RE2 program of a match or imatch pattern
+
 	// Presence limits.
 	MaxPresenceBytes        int     // one track payload
 	MaxPresenceBytesPerConn int     // a connection's tracked payloads, over all its channels
@@ -139,6 +147,11 @@ func DefaultConfig() Config {
 		MaxBatchMessages:        1000,
 		RESTEventsPerSecond:     10_000,
 		QueueBytes:              4 << 20,
+		MaxBindingsPerJoin:      100,
+		MaxBindingsPerConn:      500,
+		MaxFilterBytes:          4096,
+		MaxPatternBytes:         256,
+		MaxRegexInsts:           64,
 		MaxPresenceBytes:        64 << 10,
 		MaxPresenceBytesPerConn: 1 << 20,
 		MaxPresenceKeys:         1000,

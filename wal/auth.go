@@ -159,8 +159,10 @@ func (a *Authorizer) Check(ctx context.Context, b Binding, role, claims string) 
 		if err := a.checkTable(ctx, info, acc, sub, filters, b.Select, normalize); err != nil {
 			return nil, exception(params, err)
 		}
-		if sub.Table != "*" && !acc.all() {
-			// Send only what role may read.
+		if sub.Table != "*" && (!acc.all() || b.Select != nil) {
+			// Send only what role may read, and what select names: in
+			// the table's order, each once, so that the same columns
+			// asked for in another order share a shape.
 			for i, c := range info.columns {
 				if acc.readable[i] && (b.Select == nil || slices.Contains(b.Select, c.Name) || c.Key) {
 					sub.Columns = append(sub.Columns, c.Name)
@@ -215,8 +217,9 @@ func exception(params string, err error) error {
 	case errors.As(err, &pgErr):
 		code, msg = pgErr.Code, pgErr.Message
 	}
+	// Postgres's messages may quote the value a client sent.
 	return refusal(fmt.Sprintf("Unable to subscribe to changes with given parameters. An exception happened so please check your connect parameters: [%s]. Exception: ERROR %s (%s) %s",
-		params, code, sqlstateName(code), msg))
+		params, code, sqlstateName(code), clipText(msg, 2*quoteBytes)))
 }
 
 // refusal is an error whose text is Supabase's, to send the client as is.
@@ -267,7 +270,11 @@ func sqlstateName(code string) string {
 // event: *, schema: public, table: todos, filters: [{"id", "eq", "1", false}], select: nil.
 func bindingParams(sub *Subscription, filters []Filter, sel []string) string {
 	var f []string
-	for _, x := range filters {
+	for i, x := range filters {
+		if i == quoteItems {
+			f = append(f, "...")
+			break
+		}
 		f = append(f, fmt.Sprintf("{%s, %s, %s, %t}", inspectString(x.Column), inspectString(x.Op.String()), inspectString(x.Value), x.Negate))
 	}
 	s := "nil"
@@ -345,7 +352,7 @@ func (a *Authorizer) table(ctx context.Context, name tableName) (*tableInfo, err
 		return nil, err
 	}
 	if len(info.columns) == 0 {
-		return nil, &pgError{"42P01", fmt.Sprintf("relation \"%s.%s\" does not exist", name.schema, name.table)}
+		return nil, &pgError{"42P01", fmt.Sprintf("relation \"%s.%s\" does not exist", quote(name.schema), quote(name.table))}
 	}
 	types, err := a.types.resolve(ctx, a.pool, oids)
 	if err != nil {
@@ -390,7 +397,7 @@ func (a *Authorizer) roleAccess(ctx context.Context, role string, info *tableInf
 		return nil, err
 	}
 	if !acc.roleExists {
-		return nil, &pgError{"42704", fmt.Sprintf("role %q does not exist", role)}
+		return nil, &pgError{"42704", fmt.Sprintf("role \"%s\" does not exist", quote(role))}
 	}
 	if len(acc.readable) != len(info.columns) {
 		return nil, fmt.Errorf("table %s.%s changed while being checked", info.name.schema, info.name.table)
@@ -416,7 +423,7 @@ func (a *Authorizer) checkTable(ctx context.Context, info *tableInfo, acc *table
 	for i, f := range filters {
 		ci := col(f.Column)
 		if ci < 0 {
-			return raise("invalid column for filter %s", f.Column)
+			return raise("invalid column for filter %s", quote(f.Column))
 		}
 		c, regtype := info.columns[ci], info.regtypes[ci]
 		switch f.Op {
@@ -473,7 +480,7 @@ func (a *Authorizer) checkTable(ctx context.Context, info *tableInfo, acc *table
 	}
 	for _, s := range sel {
 		if col(s) < 0 {
-			return raise("invalid column for select %s", s)
+			return raise("invalid column for select %s", quote(s))
 		}
 	}
 	readable := false

@@ -123,8 +123,9 @@ func TestAuthorizerCheck(t *testing.T) {
 	if want := []string{"id", "title", "done", "due", "m", "n"}; !slices.Equal(sub.Columns, want) {
 		t.Errorf("columns %v, want %v", sub.Columns, want)
 	}
-	sub, err = a.Check(ctx, Binding{Table: "todos", Select: []string{"title"}}, "postgres", "{}")
-	if err != nil || !slices.Equal(sub.Columns, []string{"title"}) {
+	// select's columns in the table's order, each once, with the key.
+	sub, err = a.Check(ctx, Binding{Table: "todos", Select: []string{"title", "id", "title"}}, "postgres", "{}")
+	if err != nil || !slices.Equal(sub.Columns, []string{"id", "title"}) {
 		t.Errorf("select: %v %v", sub, err)
 	}
 	if sub, err = a.Check(ctx, Binding{Schema: "public"}, reader, "{}"); err != nil || sub.Table != "*" || sub.Columns != nil {

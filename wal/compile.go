@@ -3,10 +3,11 @@ package wal
 import (
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
+	"regexp/syntax"
 	"strings"
-	"unicode/utf8"
 )
 
 // cfilter is a Filter compiled against a table's columns.
@@ -20,7 +21,7 @@ type cfilter struct {
 	setNull bool     // OpIn: the list has a NULL
 	keys    []string // OpEq, OpIn: the equality index keys
 	is      string   // OpIs: null, true, false, unknown
-	like    []likeToken
+	like    *likePattern
 	re      *regexp.Regexp
 }
 
@@ -45,7 +46,7 @@ func compileFilter(f Filter, columns []Column) (cfilter, error) {
 		}
 	}
 	if col < 0 {
-		return cfilter{}, fmt.Errorf("invalid column for filter %s", f.Column)
+		return cfilter{}, fmt.Errorf("invalid column for filter %s", quote(f.Column))
 	}
 	c := columns[col].class
 	cf := cfilter{col: col, class: c, op: f.Op, negate: f.Negate}
@@ -66,15 +67,9 @@ func compileFilter(f Filter, columns []Column) (cfilter, error) {
 		if c != classText && c != classBpchar {
 			return cf, fmt.Errorf("operator %s requires a text-compatible column type, got %s", f.Op, typ)
 		}
-		pat := f.Value
-		if f.Op == OpILike {
-			pat = strings.ToLower(pat)
-		}
 		var err error
-		if cf.like, err = compileLike(pat); err != nil {
-			return cf, err
-		}
-		return cf, nil
+		cf.like, err = compileLike(f.Value, f.Op == OpILike)
+		return cf, err
 	case OpMatch, OpIMatch:
 		if c != classText && c != classBpchar {
 			return cf, fmt.Errorf("operator %s requires a text-compatible column type, got %s", f.Op, typ)
@@ -87,6 +82,10 @@ func compileFilter(f Filter, columns []Column) (cfilter, error) {
 		}
 		re, err := regexp.Compile(flags + f.Value)
 		if err != nil {
+			var se *syntax.Error
+			if errors.As(err, &se) {
+				err = errors.New(string(se.Code)) // its Expr may be the whole pattern
+			}
 			return cf, fmt.Errorf("invalid regular expression for %s filter: %v", f.Op, err)
 		}
 		cf.re = re
@@ -105,7 +104,7 @@ func compileFilter(f Filter, columns []Column) (cfilter, error) {
 		for _, e := range elems {
 			d, err := parseDatum(c, e)
 			if err != nil {
-				return cf, fmt.Errorf("invalid input for type %s: %q", typ, e)
+				return cf, fmt.Errorf("invalid input for type %s: \"%s\"", typ, quote(e))
 			}
 			cf.set = append(cf.set, d)
 			cf.keys = append(cf.keys, d.key(c))
@@ -118,7 +117,7 @@ func compileFilter(f Filter, columns []Column) (cfilter, error) {
 		}
 		d, err := parseDatum(c, f.Value)
 		if err != nil {
-			return cf, fmt.Errorf("invalid input for type %s: %q", typ, f.Value)
+			return cf, fmt.Errorf("invalid input for type %s: \"%s\"", typ, quote(f.Value))
 		}
 		cf.val = d
 		if f.Op == OpEq {
@@ -180,16 +179,8 @@ func (f *cfilter) eval(v json.RawMessage, d *datum, ok bool) int8 {
 	var r bool
 	switch f.op {
 	case OpLike, OpILike, OpMatch, OpIMatch:
-		var scratch [64]byte
-		text, _ := jsonText(v, scratch[:0])
-		switch f.op {
-		case OpLike:
-			r = likeMatch(f.like, text)
-		case OpILike:
-			r = likeMatch(f.like, []byte(strings.ToLower(string(text))))
-		default:
-			r = f.re.Match(text)
-		}
+		text, _ := jsonText(v, nil)
+		r = f.matchText(text)
 	case OpIn:
 		if !ok {
 			return resFalse
@@ -224,6 +215,15 @@ func (f *cfilter) eval(v json.RawMessage, d *datum, ok bool) int8 {
 		}
 	}
 	return boolRes(r != f.negate)
+}
+
+// matchText applies a like, ilike, match or imatch filter, not negated,
+// to a value's text.
+func (f *cfilter) matchText(text []byte) bool {
+	if f.like != nil {
+		return f.like.match(text)
+	}
+	return f.re.Match(text)
 }
 
 // needsDatum says whether eval compares a parsed value.
@@ -293,7 +293,7 @@ func uuidText(b string) string {
 // in operator's value is: {a,"b,c",NULL}. Unquoted elements are trimmed and
 // NULL (any case) is a null.
 func parseArrayLiteral(s string) (elems []string, nulls int, err error) {
-	bad := fmt.Errorf("malformed array literal: %q", s)
+	bad := errMalformedArray{s}
 	s = strings.TrimSpace(s)
 	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' {
 		return nil, 0, bad
@@ -372,82 +372,12 @@ func parseArrayLiteral(s string) (elems []string, nulls int, err error) {
 	}
 }
 
+type errMalformedArray struct{ literal string }
+
+func (e errMalformedArray) Error() string {
+	return "malformed array literal: \"" + quote(e.literal) + "\""
+}
+
 func isSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
-}
-
-// likeToken is one element of a LIKE pattern: a literal rune, _ (any one
-// character) or % (any run).
-type likeToken struct {
-	r    rune
-	kind byte // 'l'iteral, '_', '%'
-}
-
-// compileLike tokenizes an SQL LIKE pattern with Postgres's default escape,
-// the backslash.
-func compileLike(p string) ([]likeToken, error) {
-	var toks []likeToken
-	for i := 0; i < len(p); {
-		r, size := utf8.DecodeRuneInString(p[i:])
-		i += size
-		switch r {
-		case '%':
-			if len(toks) > 0 && toks[len(toks)-1].kind == '%' {
-				continue
-			}
-			toks = append(toks, likeToken{kind: '%'})
-		case '_':
-			toks = append(toks, likeToken{kind: '_'})
-		case '\\':
-			if i >= len(p) {
-				return nil, fmt.Errorf("LIKE pattern must not end with escape character")
-			}
-			r, size = utf8.DecodeRuneInString(p[i:])
-			i += size
-			toks = append(toks, likeToken{kind: 'l', r: r})
-		default:
-			toks = append(toks, likeToken{kind: 'l', r: r})
-		}
-	}
-	return toks, nil
-}
-
-// likeMatch matches s against a LIKE pattern, by characters: the classic
-// wildcard walk, backtracking to the last %.
-func likeMatch(p []likeToken, s []byte) bool {
-	pi, si := 0, 0
-	starP, starS := -1, 0
-	for si < len(s) {
-		r, size := utf8.DecodeRune(s[si:])
-		if pi < len(p) {
-			switch t := p[pi]; t.kind {
-			case '%':
-				starP, starS = pi, si
-				pi++
-				continue
-			case '_':
-				pi++
-				si += size
-				continue
-			default:
-				if t.r == r {
-					pi++
-					si += size
-					continue
-				}
-			}
-		}
-		if starP < 0 {
-			return false
-		}
-		// Let the last % take one more character.
-		pi = starP + 1
-		_, size = utf8.DecodeRune(s[starS:])
-		starS += size
-		si = starS
-	}
-	for pi < len(p) && p[pi].kind == '%' {
-		pi++
-	}
-	return pi == len(p)
 }

@@ -18,8 +18,9 @@
 //
 // # Values
 //
-// A value is the JSON to_jsonb gives for it (numbers; "NaN" and the
-// infinities as strings; json and jsonb embedded; arrays and composites as
+// A value is the JSON to_jsonb gives for it (numbers, floats written out
+// as numeric writes them; "NaN" and the infinities as strings; jsonb
+// embedded, json turned into jsonb's form; arrays and composites as
 // JSON; timestamps as "2024-05-01T10:00:00.123456" and
 // "…+00:00"; bytea as "\\x0102"; everything else as its text). The reader's
 // sessions set TimeZone=UTC, DateStyle=ISO, IntervalStyle=postgres,
@@ -72,7 +73,11 @@
 //
 // Matching costs one hash lookup per indexed column plus the matches, for
 // subscriptions with a non-negated eq or in filter; subscriptions without
-// one are evaluated one by one, per table and event.
+// one are evaluated one by one, per table and event. Each filter is linear
+// in the value it tests: like and ilike match bit-parallel in one pass
+// (no backtracking), match and imatch with RE2, whose cost per byte grows
+// with the program; Limits bounds patterns and programs at join. A
+// subscription removed gives its memory back at once (see Matcher).
 //
 // # Authorization cost
 //

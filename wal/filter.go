@@ -59,14 +59,20 @@ func (e *FilterError) Error() string { return "Error parsing `filter` params: " 
 // ParseFilter parses a binding's filter, e.g. "id=eq.5", "name=not.in.(a,\"b,c\")"
 // or "id=gt.0,id=lt.100", exactly as Supabase's parse_subscription_params
 // does: commas outside double quotes and parentheses separate filters (AND);
-// a value may be double-quoted, with \ escaping the next byte; an empty or
-// blank filter is no filter. Errors are *FilterError. ParseFilter checks the
+// a value may be double-quoted, with \ escaping the next byte; an empty
+// filter is no filter. Unlike Supabase, a filter of only (Unicode)
+// whitespace is refused rather than taken as none. Errors are *FilterError,
+// quoting at most a short prefix of s. ParseFilter checks the
 // grammar only: whether the column exists and the value casts to its type is
 // for the Validator (or the Matcher) to say.
 func ParseFilter(s string) ([]Filter, error) {
-	s = strings.TrimSpace(s)
 	if s == "" {
 		return nil, nil
+	}
+	if s = strings.TrimSpace(s); s == "" {
+		// Supabase takes a blank filter as no filter; a filter that is
+		// only whitespace is more likely a bug than a wish for every row.
+		return nil, &FilterError{"filter must not be blank (send no filter to receive every row)"}
 	}
 	var filters []Filter
 	for _, seg := range splitTopLevel(s) {
@@ -171,14 +177,29 @@ func unquote(v string) string {
 	return v // no closing quote
 }
 
+// Error texts quote what a client sent only in part, so that an error is
+// never much larger than a short prefix of its input, as Elixir's inspect
+// limits what it prints (its printable_limit and limit, 4096 and 50 by
+// default; ours are smaller).
+const (
+	quoteBytes  = 100 // a quoted string: its first bytes, cut at a character
+	quoteBinary = 20  // a string printed as <<bytes>>: its first bytes
+	quoteItems  = 10  // a quoted list: its first items
+)
+
 // inspectList formats strings as Elixir's inspect formats a list of
-// binaries, for Supabase's error texts: ["foo", "hey"].
+// binaries, for Supabase's error texts: ["foo", "hey"]; after quoteItems
+// items, "...".
 func inspectList(items ...string) string {
 	var b strings.Builder
 	b.WriteByte('[')
 	for i, s := range items {
 		if i > 0 {
 			b.WriteString(", ")
+		}
+		if i == quoteItems {
+			b.WriteString("...")
+			break
 		}
 		b.WriteString(inspectString(s))
 	}
@@ -187,14 +208,20 @@ func inspectList(items ...string) string {
 }
 
 // inspectString is Elixir's inspect of a binary: a quoted, escaped string
-// when printable, else <<1, 2, 3>>.
+// when printable, else <<1, 2, 3>>; a longer one is cut as Elixir cuts
+// one past its limits: "abc" <> ... and <<1, 2, ...>>.
 func inspectString(s string) string {
-	if !elixirPrintable(s) {
+	head := clipBytes(s, quoteBytes)
+	if !elixirPrintable(head) {
 		var b strings.Builder
 		b.WriteString("<<")
 		for i := 0; i < len(s); i++ {
 			if i > 0 {
 				b.WriteString(", ")
+			}
+			if i == quoteBinary {
+				b.WriteString("...")
+				break
 			}
 			b.WriteString(strconv.Itoa(int(s[i])))
 		}
@@ -203,8 +230,8 @@ func inspectString(s string) string {
 	}
 	var b strings.Builder
 	b.WriteByte('"')
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
+	for i := 0; i < len(head); i++ {
+		switch c := head[i]; c {
 		case '"':
 			b.WriteString(`\"`)
 		case '\\':
@@ -226,7 +253,7 @@ func inspectString(s string) string {
 		case '\a':
 			b.WriteString(`\a`)
 		case '#':
-			if i+1 < len(s) && s[i+1] == '{' {
+			if i+1 < len(head) && head[i+1] == '{' {
 				b.WriteString(`\#`)
 			} else {
 				b.WriteByte(c)
@@ -236,7 +263,37 @@ func inspectString(s string) string {
 		}
 	}
 	b.WriteByte('"')
+	if len(head) < len(s) {
+		b.WriteString(" <> ...")
+	}
 	return b.String()
+}
+
+// clipBytes is s's first n bytes or fewer, cut before a character that
+// would not fit whole.
+func clipBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// quote is how error texts quote a client's string when not in Elixir's
+// form: at most quoteBytes of it, valid UTF-8 (bad bytes become U+FFFD),
+// with "..." after a string cut short.
+func quote(s string) string { return clipText(s, quoteBytes) }
+
+// clipText is quote with a bound of n bytes.
+func clipText(s string, n int) string {
+	head := clipBytes(s, n)
+	q := strings.ToValidUTF8(head, "\uFFFD")
+	if len(head) < len(s) {
+		q += "..."
+	}
+	return q
 }
 
 // elixirPrintable is String.printable?/1.

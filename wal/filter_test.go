@@ -2,7 +2,9 @@ package wal
 
 import (
 	"reflect"
+	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestParseFilter(t *testing.T) {
@@ -17,7 +19,10 @@ func TestParseFilter(t *testing.T) {
 		{in: "subject=not.like.hey%", want: []Filter{{"subject", OpLike, "hey%", true}}},
 		{in: "id=gt.0,id=lt.100", want: []Filter{{"id", OpGt, "0", false}, {"id", OpLt, "100", false}}},
 		{in: "", want: nil},
-		{in: "   ", want: nil},
+		// Supabase takes a blank filter as none; a filter of only
+		// whitespace, Unicode's included, is refused.
+		{in: "   ", err: "Error parsing `filter` params: filter must not be blank (send no filter to receive every row)"},
+		{in: "\u00a0\u2003\t", err: "Error parsing `filter` params: filter must not be blank (send no filter to receive every row)"},
 		{in: "subject=foo.hey", err: "Error parsing `filter` params: [\"foo\", \"hey\"]"},
 		{in: "undefined", err: "Error parsing `filter` params: [\"undefined\"]"},
 		// Quoting: commas inside quotes and parentheses do not split.
@@ -90,4 +95,32 @@ func FuzzParseFilter(f *testing.F) {
 			}
 		}
 	})
+}
+
+// An error quotes at most a short prefix of what the client sent, cut at
+// a character, as Elixir's inspect cuts long terms: a 4.4 MB filter of
+// U+0080 without "=" once came back as a 22 MB error.
+func TestFilterErrorsQuoteAPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+	}{
+		{strings.Repeat("\u0080", 2_200_000), "Error parsing `filter` params: [<<194, 128, 194, 128, 194, 128, 194, 128, 194, 128, 194, 128, 194, 128, 194, 128, 194, 128, 194, 128, ...>>]"},
+		{strings.Repeat("é", 1000), "Error parsing `filter` params: [\"" + strings.Repeat("é", 50) + "\" <> ...]"},
+		{"a=" + strings.Repeat("x", 99) + "😀.1", "Error parsing `filter` params: [\"" + strings.Repeat("x", 99) + "\" <> ..., \"1\"]"},
+		{"a=b\x01" + strings.Repeat("y", 200) + ".1", "Error parsing `filter` params: [<<98, 1, 121, 121, 121, 121, 121, 121, 121, 121, 121, 121, 121, 121, 121, 121, 121, 121, 121, 121, ...>>, \"1\"]"},
+	} {
+		_, err := ParseFilter(tc.in)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("ParseFilter(%.40q…) error\n got %.300v\nwant %s", tc.in, err, tc.want)
+		}
+		if err != nil && (len(err.Error()) > 200 || !utf8.ValidString(err.Error())) {
+			t.Errorf("error of %d bytes", len(err.Error()))
+		}
+	}
+	if got := inspectList("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"); got != `["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", ...]` {
+		t.Errorf("inspectList = %s", got)
+	}
+	if got := quote("ab\xffc" + strings.Repeat("é", 60)); got != "ab\uFFFDc"+strings.Repeat("é", 48)+"..." {
+		t.Errorf("quote = %q", got)
+	}
 }

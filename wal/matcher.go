@@ -3,6 +3,7 @@ package wal
 import (
 	"cmp"
 	"encoding/json"
+	"maps"
 	"slices"
 	"sync"
 )
@@ -38,25 +39,29 @@ type Subscription struct {
 // A Matcher is safe for concurrent use; Match holds its lock.
 type Matcher struct {
 	mu      sync.Mutex
-	subs    map[uint64]*Subscription
-	byTable map[tableName]map[uint64]*Subscription
-	wild    map[uint64]*Subscription // Schema "*" or Table "" or "*"
+	subs    shrinkMap[uint64, *Subscription]
+	byTable map[tableName]*shrinkMap[uint64, *Subscription]
+	wild    shrinkMap[uint64, *Subscription] // Schema "*" or Table "" or "*"
 	index   map[tableName]*tableIndex
 
 	// Scratch of Match.
 	datums  []datum
-	parsed  []int8 // 0 not yet, 1 ok, -1 failed
+	parsed  []int8   // 0 not yet, 1 ok, -1 failed
+	texts   [][]byte // a column's text, once a pattern needed it
 	scratch []byte
 }
 
 type tableName struct{ schema, table string }
 
 // tableIndex is a table's subscriptions compiled against its columns.
+// Removing one marks it dead; once the dead outnumber the living, the
+// index is laid out again from the living, so that what subscriptions
+// leave behind is freed as they go, not at the table's next change.
 type tableIndex struct {
 	columns []Column
 	eq      []map[string]*[3][]*compiled // by column, then value key, then kind
 	scan    [3][]*compiled               // subscriptions without an equality filter
-	entries map[uint64]*compiled
+	entries shrinkMap[uint64, *compiled]
 	dead    int // removed entries still in eq or scan
 }
 
@@ -70,9 +75,7 @@ type compiled struct {
 // NewMatcher returns an empty Matcher.
 func NewMatcher() *Matcher {
 	return &Matcher{
-		subs:    map[uint64]*Subscription{},
-		byTable: map[tableName]map[uint64]*Subscription{},
-		wild:    map[uint64]*Subscription{},
+		byTable: map[tableName]*shrinkMap[uint64, *Subscription]{},
 		index:   map[tableName]*tableIndex{},
 	}
 }
@@ -83,9 +86,9 @@ func (m *Matcher) Add(s *Subscription) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.remove(s.ID)
-	m.subs[s.ID] = s
+	m.subs.put(s.ID, s)
 	if wildcard(s) {
-		m.wild[s.ID] = s
+		m.wild.put(s.ID, s)
 		for name, idx := range m.index {
 			if covers(s, name) {
 				idx.add(s)
@@ -95,9 +98,9 @@ func (m *Matcher) Add(s *Subscription) {
 	}
 	name := tableName{s.Schema, s.Table}
 	if m.byTable[name] == nil {
-		m.byTable[name] = map[uint64]*Subscription{}
+		m.byTable[name] = &shrinkMap[uint64, *Subscription]{}
 	}
-	m.byTable[name][s.ID] = s
+	m.byTable[name].put(s.ID, s)
 	if idx := m.index[name]; idx != nil {
 		idx.add(s)
 	}
@@ -118,27 +121,36 @@ func (m *Matcher) Remove(id uint64) {
 }
 
 func (m *Matcher) remove(id uint64) {
-	s := m.subs[id]
+	s := m.subs.m[id]
 	if s == nil {
 		return
 	}
-	delete(m.subs, id)
+	m.subs.del(id)
 	if wildcard(s) {
-		delete(m.wild, id)
+		m.wild.del(id)
 		for name, idx := range m.index {
 			if covers(s, name) {
-				idx.remove(id)
+				m.removeFrom(name, idx, id)
 			}
 		}
 		return
 	}
 	name := tableName{s.Schema, s.Table}
-	delete(m.byTable[name], id)
-	if len(m.byTable[name]) == 0 {
-		delete(m.byTable, name)
+	if t := m.byTable[name]; t != nil {
+		if t.del(id); len(t.m) == 0 {
+			delete(m.byTable, name)
+		}
 	}
 	if idx := m.index[name]; idx != nil {
-		idx.remove(id)
+		m.removeFrom(name, idx, id)
+	}
+}
+
+// removeFrom removes id from a table's index, and the index once empty.
+func (m *Matcher) removeFrom(name tableName, idx *tableIndex, id uint64) {
+	idx.remove(id)
+	if len(idx.entries.m) == 0 {
+		delete(m.index, name)
 	}
 }
 
@@ -146,7 +158,7 @@ func (m *Matcher) remove(id uint64) {
 func (m *Matcher) Len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return len(m.subs)
+	return len(m.subs.m)
 }
 
 // Match appends to dst the subscriptions c reaches, sorted by Node and then
@@ -169,8 +181,8 @@ func (m *Matcher) Match(c *Change, dst []*Subscription) []*Subscription {
 	defer m.mu.Unlock()
 	name := tableName{c.Schema, c.Table}
 	idx := m.index[name]
-	if idx == nil || !sameColumns(idx.columns, c.Columns) || idx.dead > len(idx.entries) {
-		if len(m.byTable[name]) == 0 && len(m.wild) == 0 {
+	if idx == nil || !sameColumns(idx.columns, c.Columns) {
+		if m.byTable[name] == nil && len(m.wild.m) == 0 {
 			delete(m.index, name)
 			return dst
 		}
@@ -181,6 +193,8 @@ func (m *Matcher) Match(c *Change, dst []*Subscription) []*Subscription {
 	m.datums = slices.Grow(m.datums[:0], n)[:n]
 	m.parsed = slices.Grow(m.parsed[:0], n)[:n]
 	clear(m.parsed)
+	m.texts = slices.Grow(m.texts[:0], n)[:n]
+	defer clear(m.texts) // may be copies of large values
 
 	start := len(dst)
 	sources := 0
@@ -233,6 +247,22 @@ func (m *Matcher) matches(e *compiled, row []json.RawMessage, cols []Column) boo
 			continue
 		}
 		f := &e.filters[i]
+		if f.op == OpLike || f.op == OpILike || f.op == OpMatch || f.op == OpIMatch {
+			v := row[f.col]
+			if v == nil || string(v) == "null" {
+				return false // not true, negated or not
+			}
+			if m.texts[f.col] == nil {
+				m.texts[f.col], _ = jsonText(v, nil)
+				if m.texts[f.col] == nil {
+					m.texts[f.col] = []byte{}
+				}
+			}
+			if f.matchText(m.texts[f.col]) == f.negate {
+				return false
+			}
+			continue
+		}
 		var ok bool
 		if f.needsDatum() && row[f.col] != nil {
 			switch m.parsed[f.col] {
@@ -270,12 +300,13 @@ func sameColumns(a, b []Column) bool {
 // build compiles the subscriptions of a table, and the wildcards that cover
 // it, against columns.
 func (m *Matcher) build(name tableName, columns []Column) *tableIndex {
-	idx := &tableIndex{columns: columns, eq: make([]map[string]*[3][]*compiled, len(columns)),
-		entries: map[uint64]*compiled{}}
-	for _, s := range m.byTable[name] {
-		idx.add(s)
+	idx := &tableIndex{columns: columns, eq: make([]map[string]*[3][]*compiled, len(columns))}
+	if t := m.byTable[name]; t != nil {
+		for _, s := range t.m {
+			idx.add(s)
+		}
 	}
-	for _, s := range m.wild {
+	for _, s := range m.wild.m {
 		if covers(s, name) {
 			idx.add(s)
 		}
@@ -293,13 +324,19 @@ func (idx *tableIndex) add(s *Subscription) {
 		}
 		e.filters = append(e.filters, cf)
 	}
-	idx.entries[s.ID] = e
+	idx.entries.put(s.ID, e)
 	for i, f := range e.filters {
 		if len(f.keys) > 0 && !f.negate {
 			e.indexed = i
 			break
 		}
 	}
+	idx.place(e)
+}
+
+// place files e in the equality index or the scan lists.
+func (idx *tableIndex) place(e *compiled) {
+	s := e.sub
 	for kind := range 3 {
 		if s.Event != 0 && int(s.Event)-1 != kind {
 			continue
@@ -323,13 +360,56 @@ func (idx *tableIndex) add(s *Subscription) {
 	}
 }
 
-// remove marks id's entry dead; Match rebuilds the index once the dead
-// outnumber the living.
+// remove marks id's entry dead, and lays the index out again once the
+// dead outnumber the living (so that removals cost O(1) amortized).
 func (idx *tableIndex) remove(id uint64) {
-	if e := idx.entries[id]; e != nil {
-		e.dead = true
-		delete(idx.entries, id)
-		idx.dead++
+	e := idx.entries.m[id]
+	if e == nil {
+		return
+	}
+	e.dead = true
+	idx.entries.del(id)
+	if idx.dead++; idx.dead > len(idx.entries.m) {
+		idx.compact()
+	}
+}
+
+// compact lays the index out again from its living entries, already
+// compiled, in fresh maps and slices.
+func (idx *tableIndex) compact() {
+	clear(idx.eq)
+	idx.scan = [3][]*compiled{}
+	idx.dead = 0
+	live := slices.SortedFunc(maps.Values(idx.entries.m), func(a, b *compiled) int { return cmp.Compare(a.sub.ID, b.sub.ID) })
+	for _, e := range live {
+		idx.place(e)
+	}
+}
+
+// shrinkMap is a map that gives its memory back: Go's maps keep what they
+// grew to when entries go, so one that has fallen to a quarter of its
+// largest size since it was made is copied into a new one.
+type shrinkMap[K comparable, V any] struct {
+	m    map[K]V
+	peak int
+}
+
+func (s *shrinkMap[K, V]) put(k K, v V) {
+	if s.m == nil {
+		s.m = map[K]V{}
+	}
+	s.m[k] = v
+	s.peak = max(s.peak, len(s.m))
+}
+
+func (s *shrinkMap[K, V]) del(k K) {
+	delete(s.m, k)
+	if s.peak >= 64 && len(s.m) < s.peak/4 {
+		fresh := make(map[K]V, len(s.m))
+		for k, v := range s.m {
+			fresh[k] = v
+		}
+		s.m, s.peak = fresh, len(fresh)
 	}
 }
 

@@ -3,7 +3,9 @@ package wal
 import (
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -221,5 +223,49 @@ func TestMatcherManyRemovals(t *testing.T) {
 	got := m.Match(todoChange(Insert, map[string]string{"id": "1"}), nil)
 	if len(got) != 50 {
 		t.Fatalf("%d matches, want 50", len(got))
+	}
+}
+
+func heapBytes() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+// Subscriptions that go give their memory back at once: not at the
+// table's next change (the index kept dead entries until then), and not
+// never (Go's maps keep what they grew to).
+func TestMatcherGivesMemoryBack(t *testing.T) {
+	m := NewMatcher()
+	change := todoChange(Insert, map[string]string{"id": "1", "title": `"x"`})
+	m.Add(&Subscription{ID: 1, Node: "n", Schema: "public", Table: "todos"})
+	m.Match(change, nil)
+	base := heapBytes()
+	const n = 20_000
+	for i := range uint64(n) {
+		f := fmt.Sprintf("title=like.%%%s%d%%", strings.Repeat("a", 200), i)
+		if i%2 == 0 {
+			f = fmt.Sprintf("id=eq.%d", i)
+		}
+		m.Add(&Subscription{ID: 100 + i, Node: "n", Schema: "public", Table: "todos", Filters: mustFilter(t, f)})
+	}
+	m.Add(&Subscription{ID: 2, Node: "n", Schema: "*", Table: "*"})
+	m.Match(change, nil) // compiles them all
+	grown := heapBytes() - base
+	for i := range uint64(n) {
+		m.Remove(100 + i)
+	}
+	m.Remove(2)
+	left := heapBytes() - base
+	t.Logf("%d subscriptions: heap +%d KiB; after they went: %+d KiB", n, grown>>10, left>>10)
+	if grown < 10<<20 {
+		t.Fatalf("the subscriptions took only %d KiB: the test proves nothing", grown>>10)
+	}
+	if left > grown/20 {
+		t.Errorf("%d KiB of %d KiB still held after every subscription went", left>>10, grown>>10)
+	}
+	if got := ids(m.Match(change, nil)); !slices.Equal(got, []uint64{1}) {
+		t.Errorf("matches %v, want [1]", got)
 	}
 }

@@ -33,11 +33,18 @@ func appendValue(dst []byte, t *typeInfo, text []byte) ([]byte, error) {
 		}
 		return append(dst, text...), nil
 	case classFloat, classFloat4, classNumeric:
-		// to_jsonb quotes what is not a JSON number: NaN and the infinities.
-		if isJSONNumber(text) {
-			return append(dst, text...), nil
+		// to_jsonb quotes what is not a JSON number: NaN and the
+		// infinities. It makes a float a numeric from its text: 1e+308 is
+		// written out in digits (numeric_out's text already is).
+		if !isJSONNumber(text) {
+			return appendJSONString(dst, text), nil
 		}
-		return appendJSONString(dst, text), nil
+		if t.class != classNumeric && bytes.ContainsAny(text, "eE-") {
+			if out, err := appendNumeric(dst, text); err == nil {
+				return out, nil
+			}
+		}
+		return append(dst, text...), nil
 	case classBool:
 		switch string(text) {
 		case "t":
@@ -53,7 +60,10 @@ func appendValue(dst []byte, t *typeInfo, text []byte) ([]byte, error) {
 		if !json.Valid(text) || !utf8.Valid(text) {
 			return dst, fmt.Errorf("%w: %s is not valid JSON", errValue, t.name)
 		}
-		return append(dst, bytes.TrimSpace(text)...), nil
+		if t.class == classJSON {
+			return appendJSONB(dst, text), nil // what to_jsonb makes of it
+		}
+		return append(dst, bytes.TrimSpace(text)...), nil // jsonb_out's already
 	case classTimestamp, classTimestampTZ, classDate:
 		return appendTimestamp(dst, t.class, text), nil
 	case classArray:

@@ -71,6 +71,10 @@ func TestValuesMatchToJSONB(t *testing.T) {
 		pg.Exec("INSERT INTO oracle (" + cols + ") VALUES " + row)
 	}
 	pg.Exec("INSERT INTO oracle DEFAULT VALUES") // all NULL
+	// json as written: duplicate keys, whitespace, nesting, escapes.
+	for _, j := range jsonCases {
+		pg.Exec("INSERT INTO oracle (j, dj) VALUES ('" + strings.ReplaceAll(j, "'", "''") + "', '" + strings.ReplaceAll(j, "'", "''") + "')")
+	}
 
 	conn := connect(t, pg.URL())
 	txs := slotTransactions(t, conn, "oracle", "p")
@@ -91,8 +95,8 @@ func TestValuesMatchToJSONB(t *testing.T) {
 	if rows.Err() != nil {
 		t.Fatal(rows.Err())
 	}
-	if len(txs) != len(oracleRows)+1 {
-		t.Fatalf("%d transactions, want %d", len(txs), len(oracleRows)+1)
+	if len(txs) != len(oracleRows)+1+len(jsonCases) {
+		t.Fatalf("%d transactions, want %d", len(txs), len(oracleRows)+1+len(jsonCases))
 	}
 	for _, tx := range txs {
 		c := tx.Changes[0]
@@ -102,6 +106,15 @@ func TestValuesMatchToJSONB(t *testing.T) {
 		if !pgtest.SameJSON(got, []byte(want[id])) {
 			t.Errorf("row %d:\n got %s\nwant %s", id, got, want[id])
 			diffColumns(t, got, []byte(want[id]))
+		}
+		// Byte for byte, as to_jsonb prints each value.
+		var g, w map[string]json.RawMessage
+		json.Unmarshal(got, &g)
+		json.Unmarshal([]byte(want[id]), &w)
+		for k, wv := range w {
+			if string(g[k]) != string(wv) {
+				t.Errorf("row %d column %s: got %s, want %s", id, k, g[k], wv)
+			}
 		}
 	}
 	// columns carry the typnames.

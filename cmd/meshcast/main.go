@@ -32,7 +32,13 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stderr); err != nil {
+	var err error
+	if sub := subcommand(os.Args[1:]); sub != nil {
+		err = sub(os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		err = run(os.Args[1:], os.Stderr)
+	}
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -82,6 +88,7 @@ type options struct {
 	maxSlotLag     int64
 	databaseRegion string
 	demoTodos      bool
+	schema         schemaFlags // the realtime schema (rtschema.go)
 
 	// benchmarks
 	emulateWAN string
@@ -171,7 +178,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list (default: any region)")
+	fs.IntVar(&c.MaxBindingsPerJoin, "max-bindings-per-join", c.MaxBindingsPerJoin, "Postgres changes: max postgres_changes bindings in one channel join (0 = off)")
+	fs.IntVar(&c.MaxBindingsPerConn, "max-bindings-per-conn", c.MaxBindingsPerConn, "Postgres changes: max postgres_changes bindings of one connection's channels together (0 = off)")
+	fs.IntVar(&c.MaxFilterBytes, "max-filter-bytes", c.MaxFilterBytes, "Postgres changes: max bytes of one binding's filter, and of its select's column names together (0 = off)")
+	fs.IntVar(&c.MaxPatternBytes, "max-pattern-bytes", c.MaxPatternBytes, "Postgres changes: max bytes of a like, ilike, match or imatch filter value (0 = off)")
+	fs.IntVar(&c.MaxRegexInsts, "max-regex-insts", c.MaxRegexInsts, "Postgres changes: max RE2 instructions a match or imatch pattern compiles to, x{n} counting n times (0 = off)")
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
+	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply `meshcast "+schemaSQLCommand+"` instead; see README)")
+	o.schema.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: meshcast [flags]\n\nRuns a meshcast edge node. Every flag may also be given as an environment\nvariable MESHCAST_<FLAG> (e.g. MESHCAST_LISTEN, MESHCAST_JWT_SECRET);\nthe command line wins.\n\nFlags:\n")
@@ -219,6 +233,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.demoTodos && (o.databaseURL == "" || o.jwtSecret != "") {
 		return nil, errors.New("--demo-todos is for make run-pg's open demo node: it needs --database-url and no --jwt-secret")
+	}
+	if err := o.schema.check(); err != nil {
+		return nil, err
 	}
 	if o.clustered() && o.clusterSecret == "" {
 		return nil, errors.New("--cluster-secret is required for a cluster node")
@@ -279,6 +296,13 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	defer ln.Close()
+	if o.databaseURL != "" {
+		schema, err := newSchemaKeeper(o, srv, log)
+		if err != nil {
+			return err
+		}
+		defer schema.close()
+	}
 	var changes *changeStream
 	if o.databaseURL != "" {
 		if changes, err = newChangeStream(o, srv, log); err != nil {
