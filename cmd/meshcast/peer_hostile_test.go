@@ -272,7 +272,7 @@ func claimStream(t *testing.T, target string, claim, send int) {
 // probes over the same port, declares nobody dead.
 func TestPeerWithoutTheSecretGossipJunk(t *testing.T) {
 	v := startVictim(t)
-	rate, dur := 20_000, 4*time.Second
+	rate, dur := 10_000, 3*time.Second // gentle on the packages testing beside it
 	if fullSize() {
 		rate, dur = 100_000, 20*time.Second
 	}
@@ -317,7 +317,7 @@ func floodUDP(t *testing.T, target string, rate int, dur time.Duration) int {
 // failure.
 func TestPeerWithoutTheSecretMeshConnections(t *testing.T) {
 	v := startVictim(t)
-	conns := 300
+	conns := 150
 	if fullSize() {
 		conns = 3000
 	}
