@@ -154,6 +154,13 @@ func (r *Reader) Ack(lsn LSN) {
 	}
 }
 
+// clone returns a Reader with r's configuration and none of its state.
+func (r *Reader) clone() *Reader {
+	return &Reader{URL: r.URL, Handler: r.Handler, Publication: r.Publication, Slot: r.Slot, MaxSlotLag: r.MaxSlotLag,
+		StatusInterval: r.StatusInterval, MaxBackoff: r.MaxBackoff, TakeOver: r.TakeOver, TakeOverSilence: r.TakeOverSilence,
+		TxMemory: r.TxMemory, SpillDir: r.SpillDir, Keep: r.Keep, OnStreaming: r.OnStreaming, Logger: r.Logger, Metrics: r.Metrics}
+}
+
 // Run streams until ctx is cancelled, then confirms what was acked and
 // returns nil, with all its goroutines stopped. Connection failures,
 // Postgres restarts and a slot held by another consumer are logged and

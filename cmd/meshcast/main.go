@@ -521,7 +521,7 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 		return nil, err
 	}
 	if changes != nil {
-		changes.svc.Attach(node)
+		changes.attach(node)
 	}
 	if err := node.Start(); err != nil {
 		return nil, err

@@ -125,7 +125,7 @@ type Core struct {
 	// Registrations, kept on every node: a node keeps what was registered
 	// with it, whether or not it owns the database yet.
 	regs   map[string]*shrink.Map[uint64, struct{}] // by registering node
-	parts  map[string]*meshproto.SubRegister         // Replace sets arriving in parts
+	parts  map[string]*meshproto.SubRegister        // Replace sets arriving in parts
 	absent map[string]absence
 
 	own    *owning // non-nil while this node owns the database
