@@ -137,7 +137,9 @@ func (nopHandler) NodeDown(string)                                 {}
 // cmd/meshcast does.
 type testMeshBus struct{ n *mesh.Node }
 
-func (b testMeshBus) Send(to string, l Lane, frame []byte) bool { return b.n.Send(to, mesh.Lane(l), frame) }
+func (b testMeshBus) Send(to string, l Lane, frame []byte) bool {
+	return b.n.Send(to, mesh.Lane(l), frame)
+}
 
 func attachTestMesh(n *mesh.Node, s *Service) {
 	n.SetDatabase("db", s.CanRead())

@@ -8,7 +8,9 @@ import (
 // meshBus is the wal Service's Bus over the mesh.
 type meshBus struct{ n *mesh.Node }
 
-func (b meshBus) Send(to string, l wal.Lane, frame []byte) bool { return b.n.Send(to, mesh.Lane(l), frame) }
+func (b meshBus) Send(to string, l wal.Lane, frame []byte) bool {
+	return b.n.Send(to, mesh.Lane(l), frame)
+}
 
 // attachWAL connects the other side of the seam, before the node's Start:
 // the node advertises the database (and whether this node can read it),
