@@ -126,6 +126,12 @@ type ServiceConfig struct {
 	// incarnation of the member (the same name) ends the wait at once: the
 	// old one is gone for good.
 	AbsentWait time.Duration
+	// RegexValueBytes bounds the bytes of a value a match or imatch
+	// filter scans on the owner's routing path: a longer value does not
+	// match such a filter, negated or not (its binding does not see the
+	// change), counted in meshcast_wal_regex_skipped_total. If zero,
+	// DefaultRegexValueBytes; if negative, no bound.
+	RegexValueBytes int
 	// Logger receives the service's logs; if nil, slog.Default().
 	Logger *slog.Logger
 	// Metrics receives the service's metrics; if nil, a set of its own.
@@ -138,6 +144,11 @@ type ServiceConfig struct {
 // missed.
 var ErrNotConfirmed = errors.New("the database's change stream did not confirm the subscription in time")
 
+// DefaultRegexValueBytes is ServiceConfig.RegexValueBytes's default: a
+// match or imatch pattern within edge's default bound (64 instructions)
+// costs at most some 20 ms on a value this long.
+const DefaultRegexValueBytes = 8 << 10
+
 // ackDelay is how long acknowledgements are gathered before they go out;
 // it delays confirming to Postgres, not delivery.
 const ackDelay = 2 * time.Millisecond
@@ -148,6 +159,9 @@ func NewService(cfg ServiceConfig) *Service {
 	cfg.TakeoverWait = orDuration(cfg.TakeoverWait, 2*time.Second)
 	cfg.SettleWait = orDuration(cfg.SettleWait, 3*time.Second)
 	cfg.AbsentWait = orDuration(cfg.AbsentWait, time.Minute)
+	if cfg.RegexValueBytes == 0 {
+		cfg.RegexValueBytes = DefaultRegexValueBytes
+	}
 	if cfg.Window == 0 {
 		cfg.Window = 4 << 20
 	}
@@ -161,7 +175,7 @@ func NewService(cfg ServiceConfig) *Service {
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "wal", "db", cfg.DB),
 		bus:     cfg.Bus,
-		matcher: NewMatcher(),
+		matcher: NewMatcherBounded(cfg.RegexValueBytes, cfg.Metrics.NewCounter("meshcast_wal_regex_skipped_total")),
 		mail:    newMailbox(),
 		out:     deliveryQueue{wake: make(chan struct{}, 1)},
 		stop:    make(chan struct{}),

@@ -81,9 +81,10 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 			Logger:      log,
 			Metrics:     set,
 		},
-		Deliver: srv.DeliverChange,
-		Logger:  log,
-		Metrics: set,
+		Deliver:         srv.DeliverChange,
+		RegexValueBytes: o.regexBytes,
+		Logger:          log,
+		Metrics:         set,
 	}
 	if !srv.Open() {
 		cfg.Authorize = auth.Authorize
