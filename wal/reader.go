@@ -126,6 +126,10 @@ type Reader struct {
 	// meshcast_wal_reader_paused_seconds_total.
 	Metrics *metrics.Set
 
+	// onForced, if set, is told of a confirmation past MaxSlotLag (the
+	// Service's own reader tells its owner core).
+	onForced func(LSN)
+
 	acked  atomic.Uint64
 	budget *txBudget
 	m      *readerMetrics
@@ -620,6 +624,9 @@ func (s *session) status(final bool) error {
 		s.r.m.forced.Inc()
 		s.r.Ack(s.delivered)
 		pos = s.delivered
+		if s.r.onForced != nil {
+			s.r.onForced(pos)
+		}
 	}
 	s.confirmed = pos
 	s.r.m.txMemory.Set(float64(s.r.budget.held.Load()))

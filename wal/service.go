@@ -183,6 +183,7 @@ func NewService(cfg ServiceConfig) *Service {
 	if cfg.Reader != nil {
 		s.reader = cfg.Reader.clone()
 		s.reader.Keep = s.keep
+		s.reader.onForced = func(lsn LSN) { s.mail.push(owner.Forced{LSN: uint64(lsn)}) }
 	}
 	s.deliveries = cfg.Metrics.NewCounter("meshcast_wal_deliveries_total")
 	s.dupes = cfg.Metrics.NewCounter("meshcast_wal_duplicates_dropped_total")
