@@ -146,7 +146,8 @@ var ErrNotConfirmed = errors.New("the database's change stream did not confirm t
 
 // DefaultRegexValueBytes is ServiceConfig.RegexValueBytes's default: a
 // match or imatch pattern within edge's default bound (64 instructions)
-// costs at most some 20 ms on a value this long.
+// costs at most some 20 ms on a value this long (a 24-instruction one took
+// 8 ms on the 2-core development box, and 0.3 s on 100 KB).
 const DefaultRegexValueBytes = 8 << 10
 
 // ackDelay is how long acknowledgements are gathered before they go out;
