@@ -162,7 +162,9 @@ func (d *driver) do(effects []owner.Effect) {
 				delete(d.waiters, e.Call)
 			}
 		case owner.Dropped:
-			s.log.Warn("the owner dropped subscriptions", "ids", len(e.IDs), "err", e.Err)
+			// A refusal no Subscribe waits for (a set sent again to a new
+			// owner): the channels keep their bindings, which get nothing.
+			s.log.Warn("the owner refused subscriptions of this node's channels; they get no changes", "subscriptions", len(e.IDs), "err", e.Err)
 		case owner.Log:
 			s.log.Log(context.Background(), e.Level, e.Msg, e.Args...)
 		}
