@@ -126,6 +126,10 @@ type Reader struct {
 	// meshcast_wal_reader_paused_seconds_total.
 	Metrics *metrics.Set
 
+	// onForced, if set, is told of a confirmation past MaxSlotLag (the
+	// Service's own reader tells its owner core).
+	onForced func(LSN)
+
 	acked  atomic.Uint64
 	budget *txBudget
 	m      *readerMetrics
@@ -152,6 +156,13 @@ func (r *Reader) Ack(lsn LSN) {
 			return
 		}
 	}
+}
+
+// clone returns a Reader with r's configuration and none of its state.
+func (r *Reader) clone() *Reader {
+	return &Reader{URL: r.URL, Handler: r.Handler, Publication: r.Publication, Slot: r.Slot, MaxSlotLag: r.MaxSlotLag,
+		StatusInterval: r.StatusInterval, MaxBackoff: r.MaxBackoff, TakeOver: r.TakeOver, TakeOverSilence: r.TakeOverSilence,
+		TxMemory: r.TxMemory, SpillDir: r.SpillDir, Keep: r.Keep, OnStreaming: r.OnStreaming, Logger: r.Logger, Metrics: r.Metrics}
 }
 
 // Run streams until ctx is cancelled, then confirms what was acked and
@@ -613,6 +624,9 @@ func (s *session) status(final bool) error {
 		s.r.m.forced.Inc()
 		s.r.Ack(s.delivered)
 		pos = s.delivered
+		if s.r.onForced != nil {
+			s.r.onForced(pos)
+		}
 	}
 	s.confirmed = pos
 	s.r.m.txMemory.Set(float64(s.r.budget.held.Load()))

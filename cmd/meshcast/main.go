@@ -111,6 +111,7 @@ type options struct {
 	maxSlotLag     int64
 	txMemory       int64
 	spillDir       string
+	regexBytes     int
 	databaseRegion string
 	catalogPoll    time.Duration
 	demoTodos      bool
@@ -214,6 +215,7 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
 	fs.Int64Var(&o.txMemory, "wal-tx-memory", wal.DefaultTxMemory, "Postgres changes: bytes of decoded changes the reading node holds in memory for transactions not yet routed; a transaction's changes past it wait in a temporary file in --wal-spill-dir, and the reader pauses while half of it is taken; -1: no bound")
+	fs.IntVar(&o.regexBytes, "max-regex-value-bytes", wal.DefaultRegexValueBytes, "Postgres changes: bytes of a value a match or imatch filter scans; a longer value does not match it (meshcast_wal_regex_skipped_total); -1: no bound")
 	fs.StringVar(&o.spillDir, "wal-spill-dir", "", "Postgres changes: directory of the temporary files of transactions larger than --wal-tx-memory (unlinked at once, gone with the process; default $TMPDIR or /tmp)")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list")
 	fs.DurationVar(&o.catalogPoll, "catalog-poll", time.Second, "Postgres changes: how often each node polls the catalog for what no event trigger reports (role membership, BYPASSRLS), and for every grant, policy, publication and column change when the database user cannot create the event trigger (not a superuser; see README)")
@@ -521,7 +523,7 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 		return nil, err
 	}
 	if changes != nil {
-		changes.svc.Attach(node)
+		changes.attach(node)
 	}
 	if err := node.Start(); err != nil {
 		return nil, err
