@@ -76,6 +76,7 @@ type Server struct {
 	endLife context.CancelFunc
 
 	changes    ChangeStream    // nil without a database
+	replay     ReplaySource    // nil without a database: replay is refused
 	validator  ChangeValidator // nil: bindings are checked by the owner only
 	changeSubs *changeSubs
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshcast/meshcast/edge"
 	"github.com/meshcast/meshcast/wal"
+	"github.com/meshcast/meshcast/wal/dbcast"
 )
 
 // changeStream wires the Postgres changes of --database-url: the wal
@@ -23,6 +24,7 @@ type changeStream struct {
 	auth   *wal.Authorizer
 	db     string
 	log    *slog.Logger
+	bc     *dbBroadcasts // broadcasts from the database (dbcast.go)
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -71,6 +73,7 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 		Reader: &wal.Reader{
 			URL:         o.databaseURL,
 			Publication: o.publication,
+			Broadcasts:  dbcast.Publication,
 			Slot:        o.slot,
 			MaxSlotLag:  o.maxSlotLag,
 			TxMemory:    o.txMemory,
@@ -88,7 +91,12 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	} else {
 		log.Warn("postgres_changes run open: without --jwt-secret every subscriber gets every change of the tables it subscribes to (no privileges, no row-level security)")
 	}
-	c := &changeStream{svc: wal.NewService(cfg), auth: auth, db: key, log: log}
+	bc, err := newDBBroadcasts(o, srv, &cfg, set, log)
+	if err != nil {
+		auth.Close()
+		return nil, err
+	}
+	c := &changeStream{svc: wal.NewService(cfg), auth: auth, db: key, log: log, bc: bc}
 	srv.SetChanges(c.svc, auth)
 	srv.AddMetrics(set)
 	log.Info("postgres changes", "database", key, "publication", o.publication, "slot", o.slot)
@@ -108,6 +116,8 @@ func (c *changeStream) start() {
 	c.cancel = cancel
 	c.wg.Add(1)
 	go func() { defer c.wg.Done(); c.svc.Run(ctx) }()
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.bc.subscribe(ctx, c.svc, c.log) }()
 }
 
 // handOver gives the reader to another node before this one leaves.
@@ -120,4 +130,5 @@ func (c *changeStream) close() {
 	c.wg.Wait()
 	c.svc.Close()
 	c.auth.Close()
+	c.bc.close()
 }

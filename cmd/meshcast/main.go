@@ -116,6 +116,7 @@ type options struct {
 	demoTodos      bool
 	schema         schemaFlags // the realtime schema (rtschema.go)
 	policy         policyFlags // private channels' policy checks (chanpolicy.go)
+	dbcast         dbcastFlags // broadcasts from the database (dbcast.go)
 
 	// benchmarks
 	emulateWAN string
@@ -226,6 +227,7 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply the SQL of meshcast "+schemaSQLCommand+" instead; see README)")
 	o.schema.register(fs)
 	o.policy.register(fs)
+	o.dbcast.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	for name, v := range flyDefaults(os.Getenv) {
 		if f := fs.Lookup(name); f != nil {
@@ -274,6 +276,9 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 		return nil, errors.New("--demo-todos is for make run-pg's open demo node: it needs --database-url and no --jwt-secret")
 	}
 	if err := o.schema.check(); err != nil {
+		return nil, err
+	}
+	if err := o.dbcast.check(); err != nil {
 		return nil, err
 	}
 	if err := o.policy.check(); err != nil {
