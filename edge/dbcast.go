@@ -122,6 +122,10 @@ func decideReplay(raw json.RawMessage, private bool) (*replayParams, *refusal) {
 
 // integer decodes a JSON integer (not 1.5, not "1").
 func integer(raw json.RawMessage) (int64, bool) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '-' && (raw[0] < '0' || raw[0] > '9') {
+		return 0, false // json.Number would take "1"
+	}
 	var n json.Number
 	d := json.NewDecoder(bytes.NewReader(raw))
 	d.UseNumber()
