@@ -8,6 +8,7 @@ import { after, afterEach, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { Clients, nowSeconds, signJWT, startServer, subscribed, waitFor } from './helpers.mjs'
 import { startPostgres } from './postgres.mjs'
+import { MeshcastClients, RecordingWebSocket, joined } from './clientjs-helpers.mjs'
 
 const JWT_SECRET = 'interop-dbcast-secret-with-at-least-32-characters'
 
@@ -220,6 +221,35 @@ describe('replay', () => {
     assert.deepEqual(limited.got[10].meta, { id: limited.got[10].payload.id })
     await new Promise((r) => setTimeout(r, 200))
     assert.equal(limited.got.length, 11)
+  })
+
+  it('clientjs takes the same config, and a rejoin does not deliver a replayed message twice', async () => {
+    const name = room()
+    const sub = await member(name)
+    const watcher = listen(name, { sub, isPrivate: true })
+    await subscribed(watcher.channel)
+    const t0 = Date.now() - 1000
+    await sendAll(name, watcher, 0, 3)
+    const mc = new MeshcastClients(server)
+    try {
+      const c = mc.make({ apikey: token(sub), WebSocket: RecordingWebSocket })
+      assert.throws(() => c.channel(name, { config: { broadcast: { replay: { since: t0 } } } }), /replay on public channel/)
+      const ch = c.channel(name, { config: { private: true, broadcast: { replay: { since: t0, limit: 2 } } } })
+      const got = []
+      ch.on('broadcast', { event: '*' }, (m) => got.push(m))
+      await joined(ch)
+      await waitFor(() => got.length === 2, 5000, () => `clientjs got ${got.length}`)
+      assert.deepEqual(got.map((m) => [m.payload.i, m.meta.replayed]), [[1, true], [2, true]])
+      // The socket drops; the client rejoins, and the server replays the same two.
+      const joins = () => RecordingWebSocket.all.flatMap((w) => w.sent).filter((f) => Array.isArray(f) && f[3] === 'phx_join' && f[2] === `realtime:${name}`).length
+      RecordingWebSocket.all.at(-1).terminate()
+      await waitFor(() => joins() === 2 && ch.state === 'joined', 10000, 'the rejoin')
+      await sendAll(name, watcher, 3, 1)
+      await waitFor(() => got.length === 3, 5000, () => `clientjs got ${got.length}`)
+      assert.deepEqual(got.map((m) => m.payload.i), [1, 2, 3])
+    } finally {
+      await mc.closeAll()
+    }
   })
 
   it('refuses replay on public channels and bad params with Supabase\'s texts, and replays nothing a policy hides', async () => {
