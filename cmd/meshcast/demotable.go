@@ -49,9 +49,9 @@ func newDemoTable(dbURL, secret string, log *slog.Logger) (*demoTable, error) {
 		return nil, err
 	}
 	d := &demoTable{pool: pool, mux: http.NewServeMux()}
+	d.mux.HandleFunc("GET "+demoTablePath+"/token", d.token) // 204 without a secret
 	if secret != "" {
 		d.secret = []byte(secret)
-		d.mux.HandleFunc("GET "+demoTablePath+"/token", d.token)
 		d.mux.HandleFunc("POST "+demoTablePath+"/members", d.membership)
 		log.Warn("demo private room on: /demo/todos/token signs a token for any name, /demo/todos/members makes anyone a member (make run-pg only)")
 	}

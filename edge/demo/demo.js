@@ -29,7 +29,7 @@ nameInput.value =
 async function tokenFor(user) {
   try {
     const res = await fetch(`/demo/todos/token?user=${encodeURIComponent(user)}`)
-    if (res.ok) return (await res.json()).token
+    if (res.status === 200) return (await res.json()).token
   } catch {}
   return null
 }
