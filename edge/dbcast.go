@@ -144,9 +144,9 @@ type capture struct {
 	msgs []dbcast.Message
 }
 
-// maxCaptured bounds what one capture holds; a topic busier than that
-// during one replay query loses its oldest captured broadcasts for that
-// channel (counted as dropped replays).
+// maxCaptured bounds what one capture holds: a topic busier than that
+// during one replay query delivers the joining channel only the first
+// maxCaptured of what arrived meanwhile.
 const maxCaptured = 4096
 
 func (c *capture) add(m *dbcast.Message) {

@@ -44,11 +44,7 @@ func newDBBroadcasts(o *options, srv *edge.Server, cfg *wal.ServiceConfig, set *
 	d := dbcast.NewDeliverer(dbcast.Config{Fanout: srv, MaxPayloadBytes: o.edge.MaxPayloadBytes, Dedupe: o.dbcast.dedupe,
 		Logger: log, Metrics: set})
 	cfg.Deliver = d.Wrap(cfg.Deliver)
-	var inner dbcast.AuthorizeFunc
-	if cfg.Authorize != nil {
-		inner = cfg.Authorize
-	}
-	cfg.Authorize = dbcast.Authorize(inner)
+	cfg.Authorize = dbcast.Authorize(cfg.Authorize) // nil inside on a node without a JWT secret
 	r, err := dbcast.NewReplayer(o.databaseURL, o.dbcast.replayConns, set)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package dbcast
 
 import (
+	"errors"
 	"log/slog"
 	"sync"
 
@@ -111,7 +112,7 @@ func (d *Deliverer) Wrap(next func(c *wal.Change, ids []uint64)) func(c *wal.Cha
 // the limits.
 func (d *Deliverer) deliver(c *wal.Change) {
 	m, err := Decode(c)
-	if err == ErrNotBroadcast {
+	if errors.Is(err, ErrNotBroadcast) {
 		return // a presence row: nothing to broadcast
 	}
 	if err != nil {
