@@ -14,6 +14,7 @@ import (
 	"github.com/meshcast/meshcast/edge"
 	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/wal"
+	"github.com/meshcast/meshcast/wal/dbcast"
 )
 
 // changeStream wires the Postgres changes of --database-url: the wal
@@ -26,6 +27,7 @@ type changeStream struct {
 	auth   *wal.Authorizer
 	db     string
 	log    *slog.Logger
+	bc     *dbBroadcasts // broadcasts from the database (dbcast.go)
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -74,6 +76,7 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 		Reader: &wal.Reader{
 			URL:         o.databaseURL,
 			Publication: o.publication,
+			Broadcasts:  dbcast.Publication,
 			Slot:        o.slot,
 			MaxSlotLag:  o.maxSlotLag,
 			TxMemory:    o.txMemory,
@@ -92,7 +95,12 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	} else {
 		log.Warn("postgres_changes run open: without --jwt-secret every subscriber gets every change of the tables it subscribes to (no privileges, no row-level security)")
 	}
-	c := &changeStream{cfg: cfg, srv: srv, auth: auth, db: key, log: log}
+	bc, err := newDBBroadcasts(o, srv, &cfg, set, log)
+	if err != nil {
+		auth.Close()
+		return nil, err
+	}
+	c := &changeStream{cfg: cfg, srv: srv, auth: auth, db: key, log: log, bc: bc}
 	srv.AddMetrics(set)
 	log.Info("postgres changes", "database", key, "publication", o.publication, "slot", o.slot)
 	return c, nil
@@ -130,6 +138,8 @@ func (c *changeStream) start() {
 	c.cancel = cancel
 	c.wg.Add(1)
 	go func() { defer c.wg.Done(); c.svc.Run(ctx) }()
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.bc.subscribe(ctx, c.svc, c.log) }()
 }
 
 // handOver gives the reader to another node before this one leaves.
@@ -148,4 +158,5 @@ func (c *changeStream) close() {
 		c.svc.Close()
 	}
 	c.auth.Close()
+	c.bc.close()
 }

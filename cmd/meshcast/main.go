@@ -117,6 +117,7 @@ type options struct {
 	demoTodos      bool
 	schema         schemaFlags // the realtime schema (rtschema.go)
 	policy         policyFlags // private channels' policy checks (chanpolicy.go)
+	dbcast         dbcastFlags // broadcasts from the database (dbcast.go)
 
 	// benchmarks
 	emulateWAN string
@@ -224,10 +225,11 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.IntVar(&c.MaxFilterBytes, "max-filter-bytes", c.MaxFilterBytes, "Postgres changes: max bytes of one binding's filter, and of its select's column names together (0 = off)")
 	fs.IntVar(&c.MaxPatternBytes, "max-pattern-bytes", c.MaxPatternBytes, "Postgres changes: max bytes of a like, ilike, match or imatch filter value (0 = off)")
 	fs.IntVar(&c.MaxRegexInsts, "max-regex-insts", c.MaxRegexInsts, "Postgres changes: max RE2 instructions a match or imatch pattern compiles to, x{n} counting n times (0 = off)")
-	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
+	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel; with --jwt-secret also /demo/todos/token (a token for any name) and /demo/todos/members (room membership) for its private room")
 	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply the SQL of meshcast "+schemaSQLCommand+" instead; see README)")
 	o.schema.register(fs)
 	o.policy.register(fs)
+	o.dbcast.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	for name, v := range flyDefaults(os.Getenv) {
 		if f := fs.Lookup(name); f != nil {
@@ -272,10 +274,13 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 		}
 		c.WebTransportCert = &cert
 	}
-	if o.demoTodos && (o.databaseURL == "" || o.jwtSecret != "") {
-		return nil, errors.New("--demo-todos is for make run-pg's open demo node: it needs --database-url and no --jwt-secret")
+	if o.demoTodos && o.databaseURL == "" {
+		return nil, errors.New("--demo-todos is for make run-pg's demo node: it needs --database-url")
 	}
 	if err := o.schema.check(); err != nil {
+		return nil, err
+	}
+	if err := o.dbcast.check(); err != nil {
 		return nil, err
 	}
 	if err := o.policy.check(); err != nil {
@@ -327,7 +332,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	o.edge.Logger = log
 	o.edge.Version = buildVersion()
 	if o.demoTodos {
-		demo, err := newDemoTable(o.databaseURL, log)
+		demo, err := newDemoTable(o.databaseURL, o.jwtSecret, log)
 		if err != nil {
 			return fmt.Errorf("--demo-todos: %w", err)
 		}
