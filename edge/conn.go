@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/gobwas/ws"
 	"golang.org/x/time/rate"
@@ -47,6 +48,7 @@ type conn struct {
 	writer     func()          // c.writeLoop, bound once so starting a writer allocates nothing
 	raw        syscall.RawConn // non-blocking writes from the write pool; nil when the transport has none
 	dg         datagramSender  // the transport's datagrams (WebTransport); nil when it has none
+	linger     *writerLinger   // a writer waiting for more (WebTransport); nil: writers exit when idle
 
 	// Inbound state, guarded by mu: the reader goroutine and token timers
 	// both change channels.
@@ -134,6 +136,9 @@ func (c *conn) flushScheduled() {
 // the write pool, or on a goroutine of its own when the pool is full or
 // the connection is not a socket.
 func (c *conn) startWriter() {
+	if c.linger != nil && c.linger.handOff() {
+		return
+	}
 	if !c.srv.pool.submit(c) {
 		go c.writer()
 	}
@@ -160,6 +165,7 @@ func (c *conn) startClose(code ws.StatusCode, reason string, drop bool) {
 // again. After the close frame, or a failed write, it shuts the transport
 // (which stops the reader too) and no writer starts again.
 func (c *conn) writeLoop() {
+	var lingerTimer *time.Timer
 	for {
 		b := c.q.Take()
 		batch := b.Frames
@@ -188,7 +194,16 @@ func (c *conn) writeLoop() {
 			// away: yield once before giving the goroutine up.
 			runtime.Gosched()
 		}
-		if !c.q.Release(b.Frames) {
+		if c.q.Release(b.Frames) {
+			continue
+		}
+		if c.linger == nil {
+			return
+		}
+		if lingerTimer == nil {
+			lingerTimer = time.NewTimer(time.Hour)
+		}
+		if !c.linger.linger(lingerTimer, c.writerDone) {
 			return
 		}
 	}
