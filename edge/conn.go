@@ -79,7 +79,7 @@ func newConn(s *Server, tr transport, ff frameFormat, remote string) *conn {
 	}
 	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff], DatagramLimit: s.cfg.DatagramQueue,
 		ChangeLimit: s.cfg.changeQueueLimit(), Stall: int64(s.cfg.changeStall()), Clock: s.coalesce.now}
-	if k := s.coalesce; k.every > 0 {
+	if k := s.coalescerFor(tr.kind()); k.every > 0 {
 		opts.Hold = func(last int64) bool { return k.recent(last) && k.add(c) }
 	}
 	c.q = outq.New(opts)

@@ -71,6 +71,9 @@ type wtServer struct {
 
 	// extra resets the streams sessions open beyond their one.
 	extra *streamRefuser
+	// coalesce spaces the writes of busy sessions (nil: the server's
+	// coalescer applies).
+	coalesce *coalescer
 
 	// ctx is cancelled when Shutdown begins: sessions still waiting for
 	// their stream are closed.
@@ -138,6 +141,10 @@ func (s *Server) newWTServer(pc net.PacketConn) (*wtServer, error) {
 	}
 	w := &wtServer{srv: s, certs: certs, addr: addr, stop: make(chan struct{})}
 	w.extra = newStreamRefuser(func() { s.metrics.errorReason("extra_stream") })
+	if every := s.cfg.WebTransportCoalesce; every > 0 {
+		w.coalesce = newCoalescer(every)
+		w.coalesce.epoch = s.coalesce.epoch // one clock for the queues' last writes
+	}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	qconf := wtQUICConfig(&s.cfg)
 	tlsConf := http3.ConfigureTLSConfig(&tls.Config{
@@ -317,6 +324,10 @@ func (w *wtServer) close() {
 		w.wts.Close() // closes the connections while the socket still sends
 		w.ln.Close()
 		w.loops.Wait()
+		if w.coalesce != nil {
+			// Sessions still scheduled are written by their own close.
+			w.coalesce.close()
+		}
 		w.qtr.Close()
 		w.qtr.Conn.Close()
 	})
@@ -693,6 +704,14 @@ func (s *Server) serveCertHash(rw http.ResponseWriter, r *http.Request) {
 	b = phx.AppendString(b, notAfter.UTC().Format(time.RFC3339))
 	b = append(b, '}')
 	rw.Write(b)
+}
+
+// coalescerFor is the coalescer of a new connection of kind k.
+func (s *Server) coalescerFor(k transportKind) *coalescer {
+	if w := s.webTransport(); k == kindWebTransport && w != nil && w.coalesce != nil {
+		return w.coalesce
+	}
+	return s.coalesce
 }
 
 // webTransport returns the WebTransport listener, nil when there is none.
