@@ -32,10 +32,12 @@ type writerLinger struct {
 	// wake is ever pending: the role it carries is released (and handed
 	// out again) only by the writer that receives it.
 	wake chan struct{}
+	// wait is how long a writer waits (wtLinger).
+	wait time.Duration
 }
 
 func newWriterLinger() *writerLinger {
-	return &writerLinger{wake: make(chan struct{}, 1)}
+	return &writerLinger{wake: make(chan struct{}, 1), wait: wtLinger}
 }
 
 // handOff gives the writer role the caller holds to a waiting writer; false
@@ -53,12 +55,12 @@ func (l *writerLinger) handOff() bool {
 	}
 }
 
-// linger waits up to wtLinger for the writer role, after the writer gave it
+// linger waits up to l.wait for the writer role, after the writer gave it
 // up. It reports whether the role came (the caller writes on) or the wait
 // ended (the caller exits). done ends the wait early: the conn is closed.
 func (l *writerLinger) linger(t *time.Timer, done <-chan struct{}) bool {
 	l.idle.Add(1)
-	t.Reset(wtLinger)
+	t.Reset(l.wait)
 	select {
 	case <-l.wake:
 		t.Stop()
