@@ -17,9 +17,10 @@ import (
 // writer goroutine, with its grown stack, and an idle session none.
 
 // wtLinger is how long a WebTransport writer waits for more frames before
-// it exits. Frames that come faster than this (above 50 a second) find
-// the writer of the previous ones.
-const wtLinger = 20 * time.Millisecond
+// it exits. Frames that come faster than this (above 10 a second) find
+// the writer of the previous ones; a session that received nothing for
+// this long holds no writer.
+const wtLinger = 100 * time.Millisecond
 
 // writerLinger hands the writer role of a conn to a writer goroutine that
 // is waiting for it, if there is one. Writers wait in linger; starters
