@@ -22,7 +22,8 @@ import (
 // non-blocking writev, when the transport has a file descriptor for it (a
 // WebSocket); otherwise, or when the socket is full (or the connection
 // closes), a writer goroutine of its own, which may block and exits when
-// the queue is empty: an idle connection holds no writer goroutine. A full
+// the queue is empty (a WebTransport session's after a moment without
+// frames, see wtwrite.go): an idle connection holds no writer goroutine. A full
 // queue closes the connection (slow consumer) instead of blocking the
 // sender, so one slow client never slows the others; Postgres changes
 // alone wait for room instead (see DeliverChange), bounded by the stall
@@ -133,8 +134,9 @@ func (c *conn) flushScheduled() {
 }
 
 // startWriter runs the writer role the caller was handed by the queue: on
-// the write pool, or on a goroutine of its own when the pool is full or
-// the connection is not a socket.
+// a writer still waiting for more (WebTransport), the write pool, or a
+// goroutine of its own when the pool is full or the connection is not a
+// socket.
 func (c *conn) startWriter() {
 	if c.linger != nil && c.linger.handOff() {
 		return
