@@ -133,7 +133,7 @@ FUZZ_TARGETS := \
 	./wire/meshproto:FuzzDecode ./wire/meshproto:FuzzReadFrame \
 	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister ./wal:FuzzJSONB \
 	./edge:FuzzWTFrameReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
-	./edge:FuzzPresenceTrack ./edge:FuzzRESTBroadcast \
+	./edge:FuzzPresenceTrack ./edge:FuzzRESTBroadcast ./edge/history:FuzzParseVector ./edge/history:FuzzMetaPos \
 	./mesh:FuzzAssembler ./mesh:FuzzDecodeMeta ./mesh:FuzzHello \
 	./mesh/gossipnet:FuzzFirstMessage ./mesh/gossipnet:FuzzPacket
 FUZZTIME ?= 30s

@@ -67,7 +67,7 @@ func (c *Core[V]) Plan(topic string, recover map[uint64]uint64, fetched map[uint
 			ids = append(ids, id)
 		}
 	}
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	sortUint64(ids)
 	var send []*entry[V]
 	var early, late []V
 	for _, id := range ids {
@@ -178,3 +178,5 @@ func (p *Plan[V]) setFloor(id, off uint64) {
 	}
 	p.Floors[id] = off
 }
+
+func sortUint64(s []uint64) { sort.Slice(s, func(i, j int) bool { return s[i] < s[j] }) }

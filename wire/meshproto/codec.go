@@ -133,6 +133,18 @@ func Decode(b []byte, maxFrame int) (f Frame, n int, err error) {
 		x := new(SubSync)
 		x.decode(&r)
 		f = x
+	case TypeStreamHeads:
+		x := new(StreamHeads)
+		x.decode(&r)
+		f = x
+	case TypeHistoryRequest:
+		x := new(HistoryRequest)
+		x.decode(&r)
+		f = x
+	case TypeHistoryReply:
+		x := new(HistoryReply)
+		x.decode(&r)
+		f = x
 	default:
 		return nil, n, fmt.Errorf("%w: %d", ErrUnknownType, uint8(t))
 	}
