@@ -74,6 +74,10 @@ func (c *conn) broadcast(ch *channel, m *phx.Message, size int) {
 // to each other node that has subscribers.
 func (s *Server) publish(k topicKey, t *topic, out *outMsg, skip *channel) {
 	s.metrics.broadcasts.Inc()
+	if s.rec != nil && !out.unreliable {
+		s.originate(k, t, out, skip)
+		return
+	}
 	if t != nil {
 		s.metrics.fannedOut(t.fanout(out, skip))
 	}

@@ -73,9 +73,9 @@ type Node struct {
 	// Set before Start (ext.go).
 	handlers map[meshproto.Type]func(from string, f meshproto.Frame)
 	resyncs  map[Lane][]func(peer string, emit func([]byte) error) error
+	watchers []func(self Member, members []Member)
 	// topicHooks add frames before each presence snapshot (OnTopicSnapshot).
 	topicHooks []func(peer, topic string, emit func([]byte) error) error
-	watchers []func(self Member, members []Member)
 
 	// in feeds the driver goroutine, the only one that changes core
 	// (driver.go).

@@ -122,6 +122,14 @@ func (t *topicState[V]) stream(id uint64) *stream[V] {
 	return s
 }
 
+// Next is the offset Originate gives topic's next message.
+func (c *Core[V]) Next(topic string) uint64 {
+	if t := c.topics[topic]; t != nil && t.streams[c.self] != nil {
+		return t.streams[c.self].head + 1
+	}
+	return 1
+}
+
 // Originate assigns the next offset of this node's own stream of topic to a
 // message of size bytes and keeps it; it returns the offset. Offsets of one
 // topic are never reused while the Core lives.

@@ -199,7 +199,7 @@ func TestPlanWithFetched(t *testing.T) {
 	}
 	// The peer's run covers both holes; 7 arrived live meanwhile.
 	c.Append("a", other, 7, 1, "o7")
-	got := map[uint64]Fetched[string]{other: {First: 3, Msgs: []string{"o3", "o4", "o5", "o6", "o7", "o8"}}}
+	got := map[uint64][]Fetched[string]{other: {{First: 3, Msgs: []string{"o3", "o4"}}, {First: 6, Msgs: []string{"o6", "o7", "o8"}}}}
 	p = c.Plan("a", map[uint64]uint64{other: 2}, got, true)
 	if p.Failed != "" || !reflect.DeepEqual(p.Send, []string{"o3", "o4", "o5", "o6", "o7", "o8"}) {
 		t.Fatalf("Send = %v (failed %q)", p.Send, p.Failed)

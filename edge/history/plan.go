@@ -31,10 +31,11 @@ type Plan[V any] struct {
 // of the peers that report holding it.
 type Fetch struct {
 	Stream, After, Upto uint64
-	Peers              []string
+	Peers               []string
 }
 
-// Fetched is a run of a stream fetched from a peer: offsets First, First+1, …
+// Fetched is a run of a stream fetched from a peer: offsets First, First+1,
+// … (Plan takes a stream's runs in ascending order).
 type Fetched[V any] struct {
 	First uint64
 	Msgs  []V
@@ -46,7 +47,7 @@ type Fetched[V any] struct {
 // began after the client's last join and is sent from offset 1. fetched
 // holds what peers sent of the ranges an earlier Plan asked for; with final
 // set, a range still missing fails the recovery instead of asking again.
-func (c *Core[V]) Plan(topic string, recover map[uint64]uint64, fetched map[uint64]Fetched[V], final bool) Plan[V] {
+func (c *Core[V]) Plan(topic string, recover map[uint64]uint64, fetched map[uint64][]Fetched[V], final bool) Plan[V] {
 	p := Plan[V]{Positions: make(map[uint64]uint64)}
 	t := c.topics[topic]
 	var ids []uint64
@@ -130,16 +131,19 @@ func (c *Core[V]) Plan(topic string, recover map[uint64]uint64, fetched map[uint
 	return p
 }
 
-// takeFetched appends the fetched messages of offsets from..upto that f
-// holds contiguously from from, and reports how many.
-func takeFetched[V any](f Fetched[V], from, upto uint64, out *[]V) uint64 {
-	if f.First == 0 || from < f.First {
-		return 0
-	}
+// takeFetched appends the fetched messages of offsets from..upto that the
+// runs hold contiguously from from, and reports how many.
+func takeFetched[V any](runs []Fetched[V], from, upto uint64, out *[]V) uint64 {
 	var n uint64
-	for o := from; o <= upto && o-f.First < uint64(len(f.Msgs)); o++ {
-		*out = append(*out, f.Msgs[o-f.First])
-		n++
+	for _, f := range runs {
+		o := from + n
+		if f.First == 0 || o < f.First || o-f.First >= uint64(len(f.Msgs)) {
+			continue
+		}
+		for ; o <= upto && o-f.First < uint64(len(f.Msgs)); o++ {
+			*out = append(*out, f.Msgs[o-f.First])
+			n++
+		}
 	}
 	return n
 }

@@ -42,6 +42,14 @@ type JoinConfig struct {
 	} `json:"presence"`
 	PostgresChanges []json.RawMessage `json:"postgres_changes"`
 	Private         Flag              `json:"private"`
+	// Recover (meshcast, issue 18) carries the positions the channel
+	// last saw, asking for what it missed since: broadcast is a vector
+	// {epoch: offset}, postgres_changes a change position. The edge
+	// decodes them.
+	Recover struct {
+		Broadcast       json.RawMessage `json:"broadcast"`
+		PostgresChanges json.RawMessage `json:"postgres_changes"`
+	} `json:"recover"`
 }
 
 // PresenceKey returns the configured presence key as a string ("" when
