@@ -162,3 +162,22 @@ func (f *HistoryReply) decode(r *reader) {
 		f.Msgs = nil
 	}
 }
+
+// decodeHistory is decodeBody for the frames of this file.
+func decodeHistory(t Type, r *reader) Frame {
+	switch t {
+	case TypeStreamHeads:
+		x := new(StreamHeads)
+		x.decode(r)
+		return x
+	case TypeHistoryRequest:
+		x := new(HistoryRequest)
+		x.decode(r)
+		return x
+	case TypeHistoryReply:
+		x := new(HistoryReply)
+		x.decode(r)
+		return x
+	}
+	return nil
+}
