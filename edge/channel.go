@@ -197,7 +197,11 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 		ch.presenceKey = newUUID()
 	}
 	if c.srv.rec != nil {
-		ch.recover, ch.recoverErr = history.ParseVector(cfg.Recover.Broadcast)
+		vec := cfg.Recover.Broadcast
+		if len(vec) == 0 {
+			vec = cfg.Broadcast.Recover // realtime-js passes only broadcast's object through
+		}
+		ch.recover, ch.recoverErr = history.ParseVector(vec)
 	}
 	return ch
 }

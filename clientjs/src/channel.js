@@ -80,6 +80,7 @@ export class MeshcastChannel {
     this.positions = null
     /** The last join's answer to recovery: true, false (the server said it could not), or undefined (not asked). */
     this.recovered = undefined
+    this._unseenOwn = 0
     this.timeoutMs = client.timeoutMs
     this.joinPush = new Push(this, 'phx_join', () => this._joinPayload(), this.timeoutMs)
     this.rejoinTimer = new RetryTimer(
@@ -249,15 +250,30 @@ export class MeshcastChannel {
     this.positions = held
   }
 
-  /** Raises the vector by a broadcast's meta.pos; false when the channel already had it (a duplicate). */
+  /**
+   * Raises the vector by a broadcast's meta.pos. False when the message is not
+   * to be delivered: the channel already had it (a duplicate), it is (re)joining
+   * with positions (what it missed follows the join reply), or it skips offsets
+   * of a stream it holds (a gap on the way: the channel rejoins, and the server
+   * sends what is missing or says it cannot).
+   */
   _notePosition(payload) {
     const pos = payload?.meta?.pos
     if (typeof pos !== 'string' || this.positions === null) return true
+    if (this.state !== CHANNEL_STATES.joined) return false
     const i = pos.indexOf(':')
     const epoch = pos.slice(0, i)
     const offset = Number(pos.slice(i + 1))
     if (i !== 16 || !Number.isSafeInteger(offset)) return true
-    if (offset <= (this.positions[epoch] ?? 0) && epoch in this.positions) return false
+    const held = this.positions[epoch]
+    if (held !== undefined && offset <= held) return false
+    if (held !== undefined && offset > held + 1 && offset - held - 1 <= this._unseenOwn) {
+      this._unseenOwn -= offset - held - 1 // this channel's own sends (self: false)
+    } else if (held !== undefined && offset > held + 1) {
+      this.client.log('channel', `${this.topic}: offsets ${held + 1}..${offset - 1} of stream ${epoch} did not arrive; rejoining to recover them`)
+      this._rejoin()
+      return false
+    }
     this.positions[epoch] = offset
     return true
   }
@@ -310,6 +326,8 @@ export class MeshcastChannel {
     if (!this.joinedOnce && args.type === 'broadcast') return this._restBroadcast(args, opts)
     const timeout = opts.timeout ?? this.timeoutMs
     const noReply = args.type === 'broadcast' && !this.params.config.broadcast?.ack
+    // Without self, this channel's own broadcasts take offsets it never sees: not a gap.
+    if (args.type === 'broadcast' && this.params.config.broadcast?.self !== true) this._unseenOwn++
     return new Promise((resolve) => {
       const push = this._pushEvent(args.type, args, timeout, { expectReply: !noReply })
       if (noReply) {

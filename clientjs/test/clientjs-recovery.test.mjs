@@ -5,7 +5,7 @@
 // when a single node restarted.
 import { after, afterEach, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
-import { scrapeMetrics, startCluster, startServer, waitFor } from './helpers.mjs'
+import { Clients, scrapeMetrics, startCluster, startServer, waitFor } from './helpers.mjs'
 import { MeshcastClients, collect, joined, record, uniqueName } from './clientjs-helpers.mjs'
 import { startProxy } from './proxy.mjs'
 
@@ -156,5 +156,44 @@ describe('recovery', () => {
     assert.equal(await p2.send({ type: 'broadcast', event: 'seq', payload: { n: 1 } }), 'ok')
     await waitFor(() => got.length === 2, 5000, 'live after the failure')
     assert.deepEqual(got.map((m) => m.payload.n), [0, 1])
+  })
+})
+
+describe('recovery with realtime-js by hand', () => {
+  it('config.broadcast.recover, kept from meta.pos, recovers what a cut connection missed', async () => {
+    const server = await startServer()
+    cleanup.push(() => server.stop())
+    const proxy = await startProxy(server.port)
+    cleanup.push(() => proxy.close())
+    const rt = new Clients({ realtimeURL: `ws://127.0.0.1:${proxy.port}/realtime/v1` })
+    cleanup.push(() => rt.closeAll())
+    const pubs = new MeshcastClients(server)
+    cleanup.push(() => pubs.closeAll())
+    const name = uniqueName('byhand')
+    const pub = pubs.make().channel(name, { config: { broadcast: { ack: true } } })
+    await joined(pub)
+
+    // The README's recipe: the vector lives in the broadcast config object,
+    // which realtime-js sends as it is on every (re)join.
+    const vector = {}
+    const sub = rt.make().channel(name, { config: { broadcast: { recover: vector } } })
+    const got = []
+    sub.on('broadcast', { event: 'seq' }, (m) => {
+      const [epoch, offset] = m.meta.pos.split(':')
+      vector[epoch] = Math.max(vector[epoch] ?? 0, Number(offset))
+      got.push(m.payload.n)
+    })
+    const statuses = []
+    sub.subscribe((s) => statuses.push(s))
+    await waitFor(() => statuses.includes('SUBSCRIBED'), 5000, 'realtime-js joined')
+    for (let n = 0; n < 3; n++) assert.equal(await pub.send({ type: 'broadcast', event: 'seq', payload: { n } }), 'ok')
+    await waitFor(() => got.length === 3, 5000, 'first three')
+    proxy.cut(1500)
+    for (let n = 3; n < 8; n++) assert.equal(await pub.send({ type: 'broadcast', event: 'seq', payload: { n } }), 'ok')
+    await waitFor(() => statuses.filter((s) => s === 'SUBSCRIBED').length >= 2, 10000, () => `realtime-js rejoined: ${statuses}`)
+    assert.equal(await pub.send({ type: 'broadcast', event: 'seq', payload: { n: 8 } }), 'ok')
+    await waitFor(() => got.length >= 9, 5000, () => `nine messages, have ${got}`)
+    await delay(200)
+    assert.deepEqual(got, [0, 1, 2, 3, 4, 5, 6, 7, 8])
   })
 })

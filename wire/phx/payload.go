@@ -35,6 +35,10 @@ type JoinConfig struct {
 		// datagrams on WebTransport: the client may send broadcasts as
 		// datagrams and receives others' datagrams as datagrams.
 		Unreliable Flag `json:"unreliable"`
+		// Recover (meshcast) is Recover.Broadcast where realtime-js can
+		// put it: it sends broadcast's object as the app gave it, and drops
+		// config keys it does not know.
+		Recover json.RawMessage `json:"recover"`
 	} `json:"broadcast"`
 	Presence struct {
 		Key     json.RawMessage `json:"key"`
