@@ -176,6 +176,15 @@ func (s *Server) fetchMissing(mt string, vec map[uint64]uint64) map[uint64][]his
 				continue
 			}
 			r.m.fetchOK.Inc()
+			sizes := make([]int, len(msgs))
+			for i, m := range msgs {
+				sizes[i] = keptSize(m)
+			}
+			r.mu.Lock()
+			// Kept where it extends this node's run: the next client
+			// recovering the same range here needs no fetch.
+			r.core.Fill(mt, f.Stream, f.After+1, msgs, sizes)
+			r.mu.Unlock()
 			if got == nil {
 				got = make(map[uint64][]history.Fetched[*outMsg])
 			}

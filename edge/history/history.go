@@ -194,12 +194,49 @@ func (c *Core[V]) evictOldest() bool {
 		c.queue[0] = nil
 		c.queue = c.queue[1:]
 		if !e.dead {
-			// Per stream, arrival order is offset order: e is its front.
-			c.drop(e.st, 1)
+			// e is its stream's oldest arrival; offsets Filled in front
+			// of it arrived later but are older: they go with it.
+			low := e.st.head - uint64(len(e.st.msgs)) + 1
+			c.drop(e.st, int(e.offset-low)+1)
 			return true
 		}
 	}
 	return false
+}
+
+// Fill keeps a run fetched from a peer (offsets first, first+1, …, each
+// of the given size) where it extends the front of this node's run of the
+// stream, so that the next join needing it finds it here. A run that does
+// not reach this node's, or a stream this node holds nothing of, is not
+// kept: only what cannot arrive live any more (it is older than what has)
+// is added.
+func (c *Core[V]) Fill(topic string, stream, first uint64, vs []V, sizes []int) {
+	t := c.topics[topic]
+	if t == nil || t.streams[stream] == nil || len(vs) != len(sizes) {
+		return
+	}
+	s := t.streams[stream]
+	if len(s.msgs) == 0 {
+		return
+	}
+	low := s.head - uint64(len(s.msgs)) + 1
+	if first >= low || first+uint64(len(vs)) < low {
+		return
+	}
+	n := int(low - first)
+	front := s.msgs[0]
+	add := make([]*entry[V], n, n+len(s.msgs))
+	for i := 0; i < n; i++ {
+		// The front's arrival number: Plan orders by it, and stably, so
+		// these stay ahead of the front.
+		e := &entry[V]{topic: t, st: s, offset: first + uint64(i), size: sizes[i] + EntryOverhead, at: c.now, seq: front.seq, value: vs[i]}
+		add[i] = e
+		c.queue = append(c.queue, e)
+		c.bytes += e.size
+	}
+	s.msgs = append(add, s.msgs...)
+	for c.cfg.MaxBytes > 0 && c.bytes > c.cfg.MaxBytes && c.evictOldest() {
+	}
 }
 
 // Peer records what peer holds of topic (its report replaces the last

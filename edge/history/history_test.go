@@ -299,3 +299,39 @@ func TestDuplicateIgnored(t *testing.T) {
 		t.Fatalf("Send = %v", p.Send)
 	}
 }
+
+func TestFillExtendsTheFront(t *testing.T) {
+	c := newCore(time.Hour, 0)
+	c.Append("a", other, 4, 1, "o4")
+	c.Originate("a", 1, "s1")
+	c.Append("a", other, 5, 1, "o5")
+	c.Fill("a", other, 1, []string{"o1", "o2", "o3", "o4"}, []int{1, 1, 1, 1})
+	p := c.Plan("a", map[uint64]uint64{other: 0, self: 0}, nil, true)
+	if p.Failed != "" || !reflect.DeepEqual(p.Send, []string{"o1", "o2", "o3", "o4", "s1", "o5"}) {
+		t.Fatalf("Send = %v (failed %q)", p.Send, p.Failed)
+	}
+	// A run that does not reach this node's is not kept.
+	c.Fill("a", third, 1, []string{"x"}, []int{1})
+	c.Fill("a", other, 9, []string{"x"}, []int{1})
+	if got := c.Ranges("a"); got[1] != (Range{Stream: other, Low: 1, Head: 5}) {
+		t.Fatalf("Ranges = %v", got)
+	}
+}
+
+func TestEvictionDropsFilledFrontWithTheOldestArrival(t *testing.T) {
+	per := 1 + EntryOverhead
+	c := newCore(time.Hour, 4*per)
+	c.Append("a", other, 3, 1, "o3")
+	c.Fill("a", other, 1, []string{"o1", "o2"}, []int{1, 1})
+	c.Originate("a", 1, "s1")
+	// Over the budget: the oldest arrival is o3, which takes o1 and o2
+	// (older offsets) with it, so the run stays contiguous.
+	c.Originate("a", 1, "s2")
+	if c.Bytes() != 2*per {
+		t.Fatalf("bytes %d, want %d", c.Bytes(), 2*per)
+	}
+	c.Tick(t0.Add(2 * time.Hour))
+	if c.Bytes() != 0 || c.Messages() != 0 || len(c.queue) != 0 {
+		t.Fatalf("after the window: %d bytes, %d messages, %d queued", c.Bytes(), c.Messages(), len(c.queue))
+	}
+}
