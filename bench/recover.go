@@ -37,16 +37,20 @@ type RecoverResult struct {
 	Subs, Missed       int
 	Recovered, Failed  int     // join replies with recovered true / false
 	Complete           int     // subscribers that got every missed message, in order
+	Errors             int     // subscribers that failed to reconnect, join or read
+	FirstError         string  `json:",omitempty"`
 	AllLiveSeconds     float64 // reconnect start to the last subscriber complete
-	PerClient          measure.Durations
+	PerClient          measure.Durations // reconnect start to all missed messages read
+	JoinReply          measure.Durations // reconnect start to the join reply
 	ServerCPUCores     float64 // the node at URL, over AllLiveSeconds (-1: unknown)
 	ServerRSSAfterKiB  int64
 	ServerRSSBeforeKiB int64
 }
 
 func (r *RecoverResult) String() string {
-	return fmt.Sprintf("recover subs=%d missed=%d: recovered=%d failed=%d complete=%d all live after %.2fs (per client p50 %.0fms p99 %.0fms max %.0fms) server_cpu=%.2f cores rss %d→%d KiB",
-		r.Subs, r.Missed, r.Recovered, r.Failed, r.Complete, r.AllLiveSeconds, measure.MS(r.PerClient.P50), measure.MS(r.PerClient.P99), measure.MS(r.PerClient.Max),
+	return fmt.Sprintf("recover subs=%d missed=%d: recovered=%d failed=%d complete=%d errors=%d %q all live after %.2fs (per client p50 %.0fms p99 %.0fms max %.0fms; join reply p50 %.0fms p99 %.0fms) server_cpu=%.2f cores rss %d→%d KiB",
+		r.Subs, r.Missed, r.Recovered, r.Failed, r.Complete, r.Errors, r.FirstError, r.AllLiveSeconds, measure.MS(r.PerClient.P50), measure.MS(r.PerClient.P99), measure.MS(r.PerClient.Max),
+		measure.MS(r.JoinReply.P50), measure.MS(r.JoinReply.P99),
 		r.ServerCPUCores, r.ServerRSSBeforeKiB, r.ServerRSSAfterKiB)
 }
 
@@ -110,7 +114,7 @@ func measureRecovery(ctx context.Context, cfg RecoverConfig, subs []*recoverSub)
 	cpu0, cpuErr := measure.ReadCPUSeconds(cfg.ServerPID)
 	res.ServerRSSBeforeKiB, _ = measure.ReadRSSKiB(cfg.ServerPID)
 	start := time.Now()
-	hist := measure.NewHistogram()
+	hist, joinHist := measure.NewHistogram(), measure.NewHistogram()
 	var mu sync.Mutex
 	g := newGroup(ctx, 256)
 	gctx := g.ctx
@@ -119,12 +123,18 @@ func measureRecovery(ctx context.Context, cfg RecoverConfig, subs []*recoverSub)
 			vec, _ := json.Marshal(s.vector)
 			c, err := client.DialWS(gctx, cfg.URL, client.Options{})
 			if err != nil {
-				return err
+				mu.Lock()
+				defer mu.Unlock()
+				if res.Errors++; res.FirstError == "" {
+					res.FirstError = "dial: " + err.Error()
+				}
+				return nil
 			}
 			s.c = c
 			var recovered bool
 			err = recoverJoin(c, cfg.Topic, `{"broadcast":{"self":false},"recover":{"broadcast":`+string(vec)+`}}`, &recovered)
 			if err == nil {
+				joinHist.Record(int64(time.Since(start)))
 				err = readSeq(gctx, []*recoverSub{s}, 1, cfg.Missed, nil)
 			}
 			mu.Lock()
@@ -137,6 +147,8 @@ func measureRecovery(ctx context.Context, cfg RecoverConfig, subs []*recoverSub)
 			if err == nil {
 				res.Complete++
 				hist.Record(int64(time.Since(start)))
+			} else if res.Errors++; res.FirstError == "" {
+				res.FirstError = err.Error()
 			}
 			return nil
 		})
@@ -147,7 +159,7 @@ func measureRecovery(ctx context.Context, cfg RecoverConfig, subs []*recoverSub)
 		res.ServerCPUCores = (cpu1 - cpu0) / res.AllLiveSeconds
 	}
 	res.ServerRSSAfterKiB, _ = measure.ReadRSSKiB(cfg.ServerPID)
-	res.PerClient = hist.Summary()
+	res.PerClient, res.JoinReply = hist.Summary(), joinHist.Summary()
 	for _, s := range subs {
 		if s.c != nil {
 			s.c.Close()

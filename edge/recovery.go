@@ -39,6 +39,9 @@ type recovery struct {
 	fetchMu sync.Mutex
 	nextID  uint64
 	pending map[uint64]chan *meshproto.HistoryReply
+	// flights are the fetches under way, shared by the joins that need
+	// the same range (clients of one channel moving nodes together).
+	flights map[fetchKey]*flight
 
 	m recoveryMetrics
 }
@@ -60,7 +63,8 @@ func newRecovery(cfg Config, set *metrics.Set) *recovery {
 	if cfg.RecoveryWindow <= 0 {
 		return nil
 	}
-	r := &recovery{epoch: rand.Uint64(), seed: maphash.MakeSeed(), pending: make(map[uint64]chan *meshproto.HistoryReply)}
+	r := &recovery{epoch: rand.Uint64(), seed: maphash.MakeSeed(), pending: make(map[uint64]chan *meshproto.HistoryReply),
+		flights: make(map[fetchKey]*flight)}
 	r.core = history.New[*outMsg](history.Config{Window: cfg.RecoveryWindow, MaxBytes: cfg.RecoveryBytes}, r.epoch)
 	r.core.Tick(time.Now())
 	r.m = recoveryMetrics{
@@ -195,9 +199,44 @@ func (s *Server) fetchMissing(mt string, vec map[uint64]uint64) map[uint64][]his
 	return got
 }
 
-// fetchRange asks peer for offsets after+1..upto of a stream, in as many
-// requests as the replies' size takes.
+type fetchKey struct {
+	peer, topic         string
+	stream, after, upto uint64
+}
+
+// flight is one fetch; msgs and ok are set before done closes.
+type flight struct {
+	done chan struct{}
+	msgs []*outMsg
+	ok   bool
+}
+
+// fetchRange asks peer for offsets after+1..upto of a stream; a join that
+// needs a range being fetched already waits for that fetch.
 func (s *Server) fetchRange(peer, mt string, stream, after, upto uint64) ([]*outMsg, bool) {
+	r := s.rec
+	k := fetchKey{peer, mt, stream, after, upto}
+	r.fetchMu.Lock()
+	f := r.flights[k]
+	if f == nil {
+		f = &flight{done: make(chan struct{})}
+		r.flights[k] = f
+		r.fetchMu.Unlock()
+		f.msgs, f.ok = s.fetchFrom(peer, mt, stream, after, upto)
+		r.fetchMu.Lock()
+		delete(r.flights, k)
+		r.fetchMu.Unlock()
+		close(f.done)
+		return f.msgs, f.ok
+	}
+	r.fetchMu.Unlock()
+	<-f.done // bounded: fetchFrom's requests time out
+	return f.msgs, f.ok
+}
+
+// fetchFrom asks peer for offsets after+1..upto of a stream, in as many
+// requests as the replies' size takes.
+func (s *Server) fetchFrom(peer, mt string, stream, after, upto uint64) ([]*outMsg, bool) {
 	r := s.rec
 	k := parseMeshTopic(mt)
 	var out []*outMsg
