@@ -69,10 +69,8 @@ func (c *Core[V]) Plan(topic string, recover map[uint64]uint64, fetched map[uint
 		}
 	}
 	sortUint64(ids)
-	var send []*entry[V]
-	var early, late []V
+	var b planBuf[V]
 	for _, id := range ids {
-		from := recover[id]
 		var s *stream[V]
 		if t != nil {
 			s = t.streams[id]
@@ -81,54 +79,65 @@ func (c *Core[V]) Plan(topic string, recover map[uint64]uint64, fetched map[uint
 			p.fail(fmt.Sprintf("no live node holds stream %016x", id))
 			continue
 		}
-		upto := p.Positions[id]
-		if from >= upto {
-			if from > upto {
-				// The client saw more than any live node knows of: a
-				// stream of a node that died before anyone else saw them.
-				p.Positions[id] = from
-				p.setFloor(id, from)
-			}
-			continue
-		}
-		low := s.head - uint64(len(s.msgs)) + 1
-		if len(s.msgs) == 0 {
-			low = s.head + 1
-		}
-		got := fetched[id]
-		// Offsets from+1..upto come from what was fetched (from+1 up to
-		// the local run) then from the local run (up to its head) then,
-		// past the head, from what was fetched again.
-		next := from + 1
-		if next < low {
-			n := takeFetched(got, next, low-1, &early)
-			next += n
-		}
-		if next < low {
-			c.missing(&p, t, id, next-1, min(low-1, upto), final)
-			next = low
-		}
-		for o := next; o <= min(s.head, upto); o++ {
-			send = append(send, s.msgs[o-low])
-		}
-		next = max(next, s.head+1)
-		if next <= upto {
-			n := takeFetched(got, next, upto, &late)
-			if next+n <= upto {
-				c.missing(&p, t, id, next+n-1, upto, final)
-			}
-		}
+		c.planStream(&p, &b, t, id, recover[id], fetched[id], final)
 	}
 	if p.Failed != "" || len(p.Fetch) > 0 {
 		return p
 	}
-	sort.SliceStable(send, func(i, j int) bool { return send[i].seq < send[j].seq })
-	p.Send = early
-	for _, e := range send {
+	sort.SliceStable(b.send, func(i, j int) bool { return b.send[i].seq < b.send[j].seq })
+	p.Send = b.early
+	for _, e := range b.send {
 		p.Send = append(p.Send, e.value)
 	}
-	p.Send = append(p.Send, late...)
+	p.Send = append(p.Send, b.late...)
 	return p
+}
+
+// planBuf gathers a plan's messages: fetched ones older than this node's
+// runs, this node's, fetched ones past its heads.
+type planBuf[V any] struct {
+	early, late []V
+	send        []*entry[V]
+}
+
+// planStream plans stream id of t from offset from (the client's last).
+func (c *Core[V]) planStream(p *Plan[V], b *planBuf[V], t *topicState[V], id, from uint64, got []Fetched[V], final bool) {
+	s := t.streams[id]
+	upto := p.Positions[id]
+	if from >= upto {
+		if from > upto {
+			// The client saw more than any live node knows of: a stream
+			// of a node that died before anyone else saw them.
+			p.Positions[id] = from
+			p.setFloor(id, from)
+		}
+		return
+	}
+	low := s.head - uint64(len(s.msgs)) + 1
+	if len(s.msgs) == 0 {
+		low = s.head + 1
+	}
+	// Offsets from+1..upto come from what was fetched (from+1 up to the
+	// local run) then from the local run (up to its head) then, past the
+	// head, from what was fetched again.
+	next := from + 1
+	if next < low {
+		next += takeFetched(got, next, low-1, &b.early)
+	}
+	if next < low {
+		c.missing(p, t, id, next-1, min(low-1, upto), final)
+		next = low
+	}
+	for o := next; o <= min(s.head, upto); o++ {
+		b.send = append(b.send, s.msgs[o-low])
+	}
+	next = max(next, s.head+1)
+	if next <= upto {
+		n := takeFetched(got, next, upto, &b.late)
+		if next+n <= upto {
+			c.missing(p, t, id, next+n-1, upto, final)
+		}
+	}
 }
 
 // takeFetched appends the fetched messages of offsets from..upto that the
