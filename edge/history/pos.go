@@ -42,6 +42,11 @@ func AppendPos(dst []byte, stream, offset uint64) []byte {
 	return strconv.AppendUint(dst, offset, 10)
 }
 
+// HasPos reports whether meta starts with a pos member: a message that
+// already has its position (another stream's, such as the database's
+// "db:<LSN>:<seq>") is not numbered again.
+func HasPos(meta []byte) bool { return bytes.HasPrefix(meta, []byte(posPrefix)) }
+
 // MetaPos finds the position AppendMeta wrote at the front of meta.
 func MetaPos(meta []byte) (stream, offset uint64, ok bool) {
 	rest, found := bytes.CutPrefix(meta, []byte(posPrefix))
