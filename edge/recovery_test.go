@@ -210,3 +210,36 @@ func TestClusterRecoveryFetchesFromPeer(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterRecoveryAfterOriginCrash: the publisher's node crashes; a
+// subscriber that was away while it published recovers on its own node
+// from the replica another subscriber's node kept.
+func TestClusterRecoveryAfterOriginCrash(t *testing.T) {
+	nodes := startClusterWith(t, []string{"r", "r", "r"}, withRecovery, func(c *mesh.Config) { c.InterestLinger = 50 * time.Millisecond })
+	pub := nodes[0].connect(t)
+	pub.write(joinFrame("1", "realtime:r", `{"broadcast":{"ack":true}}`))
+	pub.next()
+	keeper := nodes[1].connect(t) // node 1 keeps a replica of node 0's stream
+	recJoin(t, keeper, "1", "realtime:r", "")
+	sub := nodes[2].connect(t)
+	recJoin(t, sub, "1", "realtime:r", "")
+	publishN(t, pub, "realtime:r", 1, 2)
+	readSeq(t, keeper, 1, 2)
+	last := readSeq(t, sub, 1, 2)
+	sub.nc.Close()
+	if !waitFor(5*time.Second, func() bool { return len(nodes[0].node.InterestedNodes("realtime:r")) == 1 }) {
+		t.Fatal("node 2 kept its interest")
+	}
+	publishN(t, pub, "realtime:r", 3, 3)
+	readSeq(t, keeper, 3, 3)
+	nodes[0].node.Close() // the origin crashes: mesh and gossip silent
+	if !waitFor(15*time.Second, func() bool { return len(nodes[2].node.Members()) == 2 }) {
+		t.Fatal("node 0 was not declared dead")
+	}
+	sub = nodes[2].connect(t)
+	resp := recJoin(t, sub, "1", "realtime:r", vecOf(last))
+	if jsonField(resp, "recovered") != "true" {
+		t.Fatalf("rejoin: %s, want recovered from node 1's replica", resp)
+	}
+	readSeq(t, sub, 3, 3)
+}
