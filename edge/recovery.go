@@ -366,7 +366,7 @@ func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]histor
 	if ch.recoverErr != nil {
 		reason = ch.recoverErr.Error()
 	}
-	out = appendJoinPositions(reply, p.Positions, asked, reason == "")
+	out = appendJoinPositions(reply, joinPositions{broadcast: p.Positions, asked: asked, ok: reason == ""})
 	switch {
 	case !asked:
 		r.m.notAsked.Inc()
@@ -385,17 +385,32 @@ func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]histor
 	return out, resend, ""
 }
 
-// appendJoinPositions adds to a join reply (a JSON object) its positions
-// and, when recovery was asked for, "recovered".
-func appendJoinPositions(reply []byte, broadcast map[uint64]uint64, asked, ok bool) []byte {
-	out := make([]byte, 0, len(reply)+64+28*len(broadcast))
+// joinPositions is what a join reply says about recovery: the seam of
+// each extension and, when the join asked for recovery of any, whether
+// every missed message of all of them follows.
+type joinPositions struct {
+	broadcast map[uint64]uint64
+	// changes is the postgres_changes seam (a change position), "" when
+	// there is none to give (issue 18 §4 fills it in).
+	changes   string
+	asked, ok bool
+}
+
+// appendJoinPositions adds to a join reply (a JSON object) its
+// "positions" and, when recovery was asked for, "recovered".
+func appendJoinPositions(reply []byte, jp joinPositions) []byte {
+	out := make([]byte, 0, len(reply)+64+28*len(jp.broadcast)+len(jp.changes))
 	out = append(out, reply[:len(reply)-1]...)
 	out = append(out, `,"positions":{"broadcast":`...)
-	out = history.AppendVector(out, broadcast)
+	out = history.AppendVector(out, jp.broadcast)
+	if jp.changes != "" {
+		out = append(out, `,"postgres_changes":`...)
+		out = phx.AppendString(out, jp.changes)
+	}
 	out = append(out, '}')
-	if asked {
+	if jp.asked {
 		out = append(out, `,"recovered":`...)
-		out = strconv.AppendBool(out, ok)
+		out = strconv.AppendBool(out, jp.ok)
 	}
 	return append(out, '}')
 }

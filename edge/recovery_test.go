@@ -243,3 +243,21 @@ func TestClusterRecoveryAfterOriginCrash(t *testing.T) {
 	}
 	readSeq(t, sub, 3, 3)
 }
+
+func TestAppendJoinPositions(t *testing.T) {
+	cases := []struct {
+		jp   joinPositions
+		want string
+	}{
+		{joinPositions{}, `{"postgres_changes":[],"positions":{"broadcast":{}}}`},
+		{joinPositions{broadcast: map[uint64]uint64{0xab: 3}, asked: true, ok: true},
+			`{"postgres_changes":[],"positions":{"broadcast":{"00000000000000ab":3}},"recovered":true}`},
+		{joinPositions{changes: "0/16B3748:3", asked: true},
+			`{"postgres_changes":[],"positions":{"broadcast":{},"postgres_changes":"0/16B3748:3"},"recovered":false}`},
+	}
+	for _, c := range cases {
+		if got := string(appendJoinPositions(joinOK, c.jp)); got != c.want {
+			t.Errorf("got %s, want %s", got, c.want)
+		}
+	}
+}
