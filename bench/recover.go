@@ -35,14 +35,14 @@ type RecoverConfig struct {
 // RecoverResult is what meshbench recover reports.
 type RecoverResult struct {
 	Subs, Missed       int
-	Recovered, Failed  int     // join replies with recovered true / false
-	Complete           int     // subscribers that got every missed message, in order
-	Errors             int     // subscribers that failed to reconnect, join or read
-	FirstError         string  `json:",omitempty"`
-	AllLiveSeconds     float64 // reconnect start to the last subscriber complete
+	Recovered, Failed  int               // join replies with recovered true / false
+	Complete           int               // subscribers that got every missed message, in order
+	Errors             int               // subscribers that failed to reconnect, join or read
+	FirstError         string            `json:",omitempty"`
+	AllLiveSeconds     float64           // reconnect start to the last subscriber complete
 	PerClient          measure.Durations // reconnect start to all missed messages read
 	JoinReply          measure.Durations // reconnect start to the join reply
-	ServerCPUCores     float64 // the node at URL, over AllLiveSeconds (-1: unknown)
+	ServerCPUCores     float64           // the node at URL, over AllLiveSeconds (-1: unknown)
 	ServerRSSAfterKiB  int64
 	ServerRSSBeforeKiB int64
 }
