@@ -73,7 +73,7 @@ func RunRecover(ctx context.Context, cfg RecoverConfig) (*RecoverResult, error) 
 		logf = func(string, ...any) {}
 	}
 	subs := make([]*recoverSub, cfg.Subs)
-	if err := recoverJoinAll(ctx, cfg.FirstURL, cfg.Topic, subs, true); err != nil {
+	if err := recoverJoinAll(ctx, cfg.FirstURL, cfg.Topic, subs); err != nil {
 		return nil, err
 	}
 	pub, err := client.DialWS(ctx, cfg.PubURL, client.Options{})
@@ -88,7 +88,7 @@ func RunRecover(ctx context.Context, cfg RecoverConfig) (*RecoverResult, error) 
 	if err := publishAcked(pub, cfg.Topic, 0, 1); err != nil {
 		return nil, err
 	}
-	if err := readSeq(ctx, subs, 0, 1, nil); err != nil {
+	if err := readSeq(ctx, subs, 0, 1); err != nil {
 		return nil, err
 	}
 	logf("recover: %d subscribers live on %s", cfg.Subs, cfg.FirstURL)
@@ -135,7 +135,7 @@ func measureRecovery(ctx context.Context, cfg RecoverConfig, subs []*recoverSub)
 			err = recoverJoin(c, cfg.Topic, `{"broadcast":{"self":false},"recover":{"broadcast":`+string(vec)+`}}`, &recovered)
 			if err == nil {
 				joinHist.Record(int64(time.Since(start)))
-				err = readSeq(gctx, []*recoverSub{s}, 1, cfg.Missed, nil)
+				err = readSeq(gctx, []*recoverSub{s}, 1, cfg.Missed)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -169,7 +169,7 @@ func measureRecovery(ctx context.Context, cfg RecoverConfig, subs []*recoverSub)
 }
 
 // recoverJoinAll dials and joins every subscriber (no recovery asked).
-func recoverJoinAll(ctx context.Context, url, topic string, subs []*recoverSub, _ bool) error {
+func recoverJoinAll(ctx context.Context, url, topic string, subs []*recoverSub) error {
 	g := newGroup(ctx, 64)
 	gctx := g.ctx
 	for i := range subs {
@@ -241,7 +241,7 @@ func publishAcked(c client.Conn, topic string, first, n int) error {
 
 // readSeq reads, on each subscriber, broadcasts n = first..first+count-1
 // in order, and keeps their positions.
-func readSeq(ctx context.Context, subs []*recoverSub, first, count int, _ func()) error {
+func readSeq(ctx context.Context, subs []*recoverSub, first, count int) error {
 	for _, s := range subs {
 		s.c.SetDeadline(time.Now().Add(60 * time.Second))
 		for want := first; want < first+count; {
