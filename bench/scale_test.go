@@ -48,4 +48,3 @@ func TestScaleSmoke(t *testing.T) {
 		t.Fatalf("nothing measured: %+v", res)
 	}
 }
-
