@@ -10,9 +10,9 @@
 #   bench/scale.sh 100k         # 100 000 connections over NODES_100K nodes
 #
 # Environment [defaults]: MESHCAST_BIN [bin/meshcast] MESHBENCH_BIN [bin/meshbench]
-#   CHANNELS [100] HOLD [60s] DURATION [30s] CONNECT_RATE [2000]
+#   CHANNELS [100] HOLD [60s] DURATION [30s] CONNECT_RATE [1000]
 #   LIMIT_CONNS [59400: 3 × 19 800, the most 3 nodes hold under a 20 000-descriptor limit]
-#   NODES_100K [6] EXTRA [] (more meshbench scale flags)
+#   NODES_100K [6] NODE_FLAGS [] (more meshcast flags) EXTRA [] (more meshbench scale flags)
 #   QUIET_WAIT [60]: before each run, wait up to this many seconds for a quiet host
 #   OUT [a new /tmp/meshbench-scale.XXXXXX]: per-run JSON and summaries, node logs
 # Every run is bounded by its budget and `timeout`; meshbench stops the nodes
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mb=${MESHBENCH_BIN:-bin/meshbench}
 bin=${MESHCAST_BIN:-bin/meshcast}
-CHANNELS=${CHANNELS:-100} HOLD=${HOLD:-60s} DURATION=${DURATION:-30s} CONNECT_RATE=${CONNECT_RATE:-2000}
+CHANNELS=${CHANNELS:-100} HOLD=${HOLD:-60s} DURATION=${DURATION:-30s} CONNECT_RATE=${CONNECT_RATE:-1000}
 LIMIT_CONNS=${LIMIT_CONNS:-59400} NODES_100K=${NODES_100K:-6} EXTRA=${EXTRA:-}
 QUIET_WAIT=${QUIET_WAIT:-60}
 OUT=${OUT:-$(mktemp -d /tmp/meshbench-scale.XXXXXX)}
@@ -40,7 +40,7 @@ run() {
 	echo "== $name: meshbench scale $* (load avg $(cut -d' ' -f1-3 /proc/loadavg))" >&2
 	# shellcheck disable=SC2086
 	if timeout 1800 "$mb" scale -json -meshcast-bin "$bin" -channels "$CHANNELS" -hold "$HOLD" -duration "$DURATION" \
-		-connect-rate "$CONNECT_RATE" -logs "$OUT/logs-$name" "$@" $EXTRA >"$OUT/$name.json" 2>"$OUT/$name.err"; then
+		-connect-rate "$CONNECT_RATE" -logs "$OUT/logs-$name" -node-flags "${NODE_FLAGS:-}" "$@" $EXTRA >"$OUT/$name.json" 2>"$OUT/$name.err"; then
 		:
 	else
 		echo "scale.sh: $name failed" >&2

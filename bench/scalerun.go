@@ -27,6 +27,7 @@ type ScaleNode struct {
 	CPU         float64 `json:"cpu_cores"`    // while publishing
 	Goroutines  float64 `json:"goroutines"`
 	Drops       float64 `json:"client_drops"` // queue drops + slow-consumer closes while publishing
+	MeshDrops   float64 `json:"mesh_drops"`   // while publishing
 }
 
 // ScaleResult is what RunScale measured; latencies in milliseconds.
@@ -69,6 +70,11 @@ type ScaleResult struct {
 	WorkerKiBConn float64 `json:"worker_kib_per_conn"`
 	Load1Before   float64 `json:"load1_before"`
 	Load1After    float64 `json:"load1_after"`
+	// Detector is the failure detector's counters over the whole run,
+	// all nodes: nothing is killed, so every death is false (a starved
+	// node missed its probes) and costs the broadcasts sent to it
+	// meanwhile.
+	Detector DetectorCounts `json:"detector"`
 }
 
 // publish sends Rate broadcasts per second to every channel, in turn, for
@@ -124,6 +130,10 @@ func (s *scaleRun) publish(ctx context.Context) error {
 		if m0, m1 := before.metrics[i], after.metrics[i]; m0 != nil && m1 != nil {
 			n.Drops = m1["meshcast_queue_drops_total"] - m0["meshcast_queue_drops_total"] +
 				m1["meshcast_slow_consumer_closes_total"] - m0["meshcast_slow_consumer_closes_total"]
+			n.MeshDrops = m1.Sum("meshcast_mesh_drops_total") - m0.Sum("meshcast_mesh_drops_total")
+		}
+		if m1 := after.metrics[i]; m1 != nil {
+			res.Detector.add(m1)
 		}
 		if kib, err := measure.ReadRSSKiB(s.cl.Nodes[i].PID()); err == nil {
 			n.RSSEndMiB = float64(kib) / 1024
@@ -297,8 +307,8 @@ func (r *ScaleResult) String() string {
 	fmt.Fprintf(&b, "scale: %d nodes, %d/%d connections (%d workers, %d failed, ramp %.1fs, dial+join p50/p99 %.1f/%.1f ms), %d channels, held %s\n",
 		c.Nodes, r.Connected, c.Conns, c.Workers, r.ConnectErrors, r.ConnectSeconds, r.ConnectMS.P50, r.ConnectMS.P99, c.Channels, c.Hold)
 	for _, n := range r.Held {
-		fmt.Fprintf(&b, "  %s: %.0f connections, RSS %.1f → %.1f MiB = %.2f KiB/connection (%.1f MiB after publishing), %.0f goroutines, CPU %.2f cores publishing, %.0f client drops\n",
-			n.Name, n.Connections, n.RSSIdleMiB, n.RSSHeldMiB, n.KiBPerConn, n.RSSEndMiB, n.Goroutines, n.CPU, n.Drops)
+		fmt.Fprintf(&b, "  %s: %.0f connections, RSS %.1f → %.1f MiB = %.2f KiB/connection (%.1f MiB after publishing), %.0f goroutines, CPU %.2f cores publishing, %.0f client drops, %.0f mesh drops\n",
+			n.Name, n.Connections, n.RSSIdleMiB, n.RSSHeldMiB, n.KiBPerConn, n.RSSEndMiB, n.Goroutines, n.CPU, n.Drops, n.MeshDrops)
 	}
 	fmt.Fprintf(&b, "  publishing %.0f/s (%g per channel per second): %.0f deliveries/s, received %d of %d (lost %d), p50/p90/p99/p99.9/max %.1f/%.1f/%.1f/%.1f/%.1f ms\n",
 		r.PublishPerSec, c.Rate, r.DeliveriesPerSec, r.Received, r.Expected, r.Lost, r.P50, r.P90, r.P99, r.P999, r.Max)
@@ -307,6 +317,9 @@ func (r *ScaleResult) String() string {
 	fmt.Fprintf(&b, "  gaps %d, out of order %d, disconnects %d %s, unexpected %d %.120s, publish errors %d %s, publisher late %d (max %.1f ms)",
 		r.Gaps, r.OutOfOrder, r.Disconnects, r.FirstDisconnect, r.Unexpected, r.FirstUnexpected, r.PublishErrors, r.FirstPublishErr,
 		r.PublisherLate, r.PublisherLagMaxMS)
+	d := r.Detector
+	fmt.Fprintf(&b, "\n  failure detector (nothing killed): %.0f suspicions, %.0f declared dead, %.0f members failed, %.0f returned",
+		d.Suspicions, d.DeclaredDead, d.Failed, d.Returned)
 	if r.FirstConnectError != "" {
 		fmt.Fprintf(&b, "\n  first connect error: %s", r.FirstConnectError)
 	}
