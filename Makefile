@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 CHROMIUM_BIN ?= /usr/bin/chromium
 export CHROMIUM_BIN
 
-.PHONY: all build run run-pg cluster bench-compare bench-transports soak test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz chaos clean clientjs-pack
+.PHONY: all build run run-pg cluster bench-compare bench-transports bench-scale soak test test-go test-js test-browser deps-js deps-browser deps-pg bench lint fuzz chaos clean clientjs-pack
 
 all: build
 
@@ -106,6 +106,11 @@ bench-compare: build
 # WebSocket vs WebTransport (and datagrams) on one node, as in README's Performance section.
 bench-transports: build
 	ROUNDS=3 ./bench/transports.sh
+
+# Connections held by a local cluster from several meshbench processes, then a
+# broadcast per second to every channel (README, Performance: 100 000 connections).
+bench-scale: build
+	./bench/scale.sh
 
 # The chaos test for minutes (a 25 s run of it is part of test-go): kill -9,
 # partitions in network namespaces (root), Postgres restarts, under

@@ -19,6 +19,9 @@
 //	detect.go     RunDetect: kill -9 → presence leave; false deaths under load
 //	slow.go       RunSlow: one slow subscriber's effect on the others
 //	soak.go       RunSoak: a cluster under mixed load, growth bounded
+//	scale.go      RunScale: connections beyond one process's file limit,
+//	              held by worker processes (scaleworker.go), then a
+//	              broadcast per second to every channel (scalerun.go)
 //
 // The parts they share are packages of their own: client (connections,
 // holders that read thousands of them, Phoenix frames from wire/phx),

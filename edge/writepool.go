@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -133,7 +134,7 @@ func (c *conn) writeNonBlocking(batch [][]byte) (int, error) {
 		called = true
 		for len(batch) > 0 {
 			chunk := batch[:min(len(batch), 1024)] // IOV_MAX
-			n, err := unix.Writev(int(fd), chunk)
+			n, err := writev(int(fd), chunk)
 			if n > 0 {
 				total += n
 			}
@@ -160,4 +161,44 @@ func (c *conn) writeNonBlocking(batch [][]byte) (int, error) {
 		return total, nil
 	}
 	return total, werr
+}
+
+// iovecs are writev's scratch arrays. x/sys's Writev builds its iovecs on
+// the stack up to 8 frames and allocates beyond, once per write; a
+// connection that fell behind by more than 8 frames then cost an
+// allocation and its GC work per write (the latency run of bench/compare.sh
+// under load, --pprof-addr: 7 % of the node's CPU in that growslice;
+// BenchmarkWritev).
+var iovecs = sync.Pool{New: func() any { return new([]unix.Iovec) }}
+
+// writev writes frames to fd with one system call, without allocating: a
+// single frame with write(2), several with writev(2) from a pooled iovec
+// array.
+func writev(fd int, frames [][]byte) (int, error) {
+	if len(frames) == 1 {
+		return unix.Write(fd, frames[0])
+	}
+	p := iovecs.Get().(*[]unix.Iovec)
+	iov := (*p)[:0]
+	for _, f := range frames {
+		if len(f) > 0 {
+			v := unix.Iovec{Base: &f[0]}
+			v.SetLen(len(f))
+			iov = append(iov, v)
+		}
+	}
+	n := 0
+	var err error
+	if len(iov) > 0 {
+		r, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		if e != 0 {
+			err = e
+		} else {
+			n = int(r)
+		}
+	}
+	clear(iov) // the pool must not keep frames alive
+	*p = iov[:0]
+	iovecs.Put(p)
+	return n, err
 }

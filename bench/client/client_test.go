@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,4 +220,55 @@ func BenchmarkWSReadFrame(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// deadlineConn is a Conn that records its write deadlines and blocks its
+// reads until closed.
+type deadlineConn struct {
+	mu        sync.Mutex
+	deadlines []time.Time
+	closed    chan struct{}
+}
+
+func (c *deadlineConn) WriteFrame(ws.OpCode, []byte) error { return nil }
+func (c *deadlineConn) ReadFrame() (ws.OpCode, []byte, error) {
+	<-c.closed
+	return 0, nil, io.EOF
+}
+func (c *deadlineConn) SetDeadline(time.Time) error { return nil }
+func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadlines = append(c.deadlines, t)
+	return nil
+}
+func (c *deadlineConn) Close() error           { return nil }
+func (c *deadlineConn) CloseGracefully() error { close(c.closed); return nil }
+
+// TestReadersHeartbeatClearsDeadline: a heartbeat's write deadline must
+// not stay on the connection, where a publisher's later write would time
+// out (meshbench scale's publishers did, 5 s after their first heartbeat).
+func TestReadersHeartbeatClearsDeadline(t *testing.T) {
+	c := &deadlineConn{closed: make(chan struct{})}
+	var now atomic.Int64
+	r := NewReaders(now.Load, PhoenixHeartbeat, time.Nanosecond)
+	r.Hold(c, &recorder{})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		d := slices.Clone(c.deadlines)
+		c.mu.Unlock()
+		if len(d) >= 2 {
+			if d[0].IsZero() || !d[1].IsZero() {
+				t.Fatalf("write deadlines %v: the heartbeat's, then none", d)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no heartbeat within 10 s")
+		}
+		now.Add(int64(time.Second))
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.Close()
 }

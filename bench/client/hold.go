@@ -132,6 +132,9 @@ func (r *Readers) heartbeats() {
 			buf = r.hb(buf[:0], uint64(h.ref))
 			_ = h.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			_ = h.c.WriteFrame(ws.OpText, buf) // a dead connection fails its read soon after
+			// The deadline must not outlive the heartbeat: a publisher
+			// writing on the same connection 5 s later would time out.
+			_ = h.c.SetWriteDeadline(time.Time{})
 		}
 	}
 }

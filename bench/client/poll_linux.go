@@ -271,3 +271,9 @@ func (p *poller) fail(c *pollConn, err error) {
 	unix.Close(c.fd)
 	c.partial = nil
 }
+
+// bindAddressNoPort defers a bound socket's port choice to connect, so
+// that a source address shares its ports among destinations.
+func bindAddressNoPort(fd uintptr) error {
+	return unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+}

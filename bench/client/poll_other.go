@@ -15,3 +15,5 @@ var errNoPoller = errors.New("client: the poller needs Linux (epoll)")
 func NewPoller(int, func() int64, Heartbeat, time.Duration) (*Poller, error) { return nil, errNoPoller }
 func (g *Poller) Hold(Conn, Handler) error                                   { return errNoPoller }
 func (g *Poller) Close()                                                     {}
+
+func bindAddressNoPort(uintptr) error { return nil }

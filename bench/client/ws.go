@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -22,6 +23,10 @@ type Options struct {
 	// RcvBuf, if set, is the socket's SO_RCVBUF, set before it connects (a
 	// slow reader's small window).
 	RcvBuf int
+	// LocalAddr, if set, is the source IP the socket binds (127.0.0.2, …:
+	// each loopback source address has its own 28 k ephemeral ports per
+	// destination). The port is picked at connect (IP_BIND_ADDRESS_NO_PORT).
+	LocalAddr string
 	// Reader, if set, is what frames are read through (a throttle around
 	// the connection).
 	Reader func(net.Conn) io.Reader
@@ -54,14 +59,26 @@ func DialWS(ctx context.Context, url string, o Options) (*WS, error) {
 	if o.Header != nil {
 		d.Header = ws.HandshakeHeaderHTTP(o.Header)
 	}
-	if o.RcvBuf > 0 {
+	if o.RcvBuf > 0 || o.LocalAddr != "" {
 		nd := net.Dialer{Timeout: o.Timeout, Control: func(_, _ string, rc syscall.RawConn) error {
 			var serr error
 			err := rc.Control(func(fd uintptr) {
-				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, o.RcvBuf)
+				if o.RcvBuf > 0 {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, o.RcvBuf)
+				}
+				if o.LocalAddr != "" && serr == nil {
+					serr = bindAddressNoPort(fd)
+				}
 			})
 			return errors.Join(err, serr)
 		}}
+		if o.LocalAddr != "" {
+			ip := net.ParseIP(o.LocalAddr)
+			if ip == nil {
+				return nil, fmt.Errorf("client: local address %q is not an IP", o.LocalAddr)
+			}
+			nd.LocalAddr = &net.TCPAddr{IP: ip}
+		}
 		d.NetDial = nd.DialContext
 	}
 	nc, br, _, err := d.Dial(ctx, url)

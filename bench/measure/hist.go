@@ -4,6 +4,7 @@
 package measure
 
 import (
+	"fmt"
 	"math"
 	"math/bits"
 	"sync/atomic"
@@ -239,4 +240,46 @@ func (h *Histogram) CDF(n int) []CDFPoint {
 		}
 	}
 	return out
+}
+
+// Sparse is a histogram as JSON carries it between processes (meshbench
+// scale's workers): the non-empty buckets only.
+type Sparse struct {
+	Buckets [][2]uint64 `json:"buckets"` // bucket index, count
+	Sum     uint64      `json:"sum"`
+	Min     int64       `json:"min"`
+	Max     int64       `json:"max"`
+}
+
+// Sparse returns h's counts; read it once the writers stopped.
+func (h *Histogram) Sparse() Sparse {
+	s := Sparse{Sum: h.sum.Load(), Min: h.Min(), Max: h.Max()}
+	for i := range h.counts {
+		if c := h.counts[i].Load(); c != 0 {
+			s.Buckets = append(s.Buckets, [2]uint64{uint64(i), c})
+		}
+	}
+	return s
+}
+
+// AddSparse adds the counts of s (from Sparse) to h.
+func (h *Histogram) AddSparse(s Sparse) error {
+	var n uint64
+	for _, b := range s.Buckets {
+		if b[0] >= numBuckets {
+			return fmt.Errorf("bench: histogram bucket %d out of range", b[0])
+		}
+		n += b[1]
+	}
+	if n == 0 {
+		return nil
+	}
+	for _, b := range s.Buckets {
+		h.counts[b[0]].Add(b[1])
+	}
+	h.total.Add(n)
+	h.sum.Add(s.Sum)
+	storeMax(&h.max, s.Max)
+	storeMin(&h.min, s.Min)
+	return nil
 }

@@ -164,3 +164,19 @@ func TestParseProc(t *testing.T) {
 		t.Fatalf("own RSS: %v", err)
 	}
 }
+
+func TestHistogramSparseRoundTrip(t *testing.T) {
+	a, b := NewHistogram(), NewHistogram()
+	for v := int64(1); v < 1e9; v = v*3 + 7 {
+		a.Record(v)
+	}
+	if err := b.AddSparse(a.Sparse()); err != nil {
+		t.Fatal(err)
+	}
+	if a.Count() != b.Count() || a.Max() != b.Max() || a.Min() != b.Min() || a.Quantile(0.99) != b.Quantile(0.99) || a.Mean() != b.Mean() {
+		t.Fatalf("round trip: %+v vs %+v", a.Summary(), b.Summary())
+	}
+	if err := b.AddSparse(Sparse{Buckets: [][2]uint64{{numBuckets, 1}}}); err == nil {
+		t.Fatal("a bucket out of range was accepted")
+	}
+}

@@ -19,6 +19,7 @@
 //	meshbench soak -duration 10m   # make soak: mixed load on 3 nodes + Postgres, RSS and goroutines flat
 //	meshbench junk -rates 25000,50000,100000   # junk datagrams on a gossip port vs the failure detector
 //	meshbench regions -node iad=wss://…,fra=wss://… -scenario fanout   # latency by region of running nodes
+//	meshbench scale -nodes 6 -conns 100000 -channels 100   # connections held by a cluster, then a broadcast/s to every channel
 //	meshbench cluster -nodes 3 -base-port 4100   # nodes for bench/cluster.sh: prints their URLs, SIGTERM stops them
 //
 // See bench/README.md.
@@ -46,7 +47,8 @@ func main() {
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("meshbench: ")
 	commands := map[string]func([]string) int{"wal": walMain, "local": localMain, "regions": regionsMain, "detect": detectMain,
-		"slow": slowMain, "soak": soakMain, "cluster": clusterMain, "junk": junkMain, "recover": recoverMain}
+		"slow": slowMain, "soak": soakMain, "cluster": clusterMain, "junk": junkMain, "recover": recoverMain,
+		"scale": scaleMain, "scale-worker": scaleWorkerMain}
 	if len(os.Args) > 1 && commands[os.Args[1]] != nil {
 		os.Exit(commands[os.Args[1]](os.Args[2:]))
 	}
