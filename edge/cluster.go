@@ -4,14 +4,96 @@ import (
 	"unicode/utf8"
 
 	"github.com/meshcast/meshcast/mesh/presence"
-	"github.com/meshcast/meshcast/wire/meshproto"
 	"github.com/meshcast/meshcast/wire/phx"
 )
 
-// The Server is the mesh's Handler: what other nodes send ends up here.
+// Cluster is what a Server needs of the other nodes of its cluster: the
+// seam between the edge and whatever carries messages between nodes. The
+// QUIC mesh (mesh.Node, through cmd/meshcast's adapter) is one;
+// MemoryCluster, which joins Servers of one process, is another.
+//
+// Topics are the server's cluster names (a private channel's is prefixed,
+// so that it never mixes with the public channel of the same name). The
+// server calls Publish under a connection's lock, SendPresence under a
+// topic's lock, Subscribe and Unsubscribe under its topic table's lock: a
+// Cluster must not block in them, and must not call the ClusterHandler
+// from inside them.
+type Cluster interface {
+	// ID is this node's ID in the cluster; the node's presence entries
+	// carry it, so it must equal Config.NodeID.
+	ID() string
+	// Register sets what the cluster calls with what other nodes send.
+	// NewServer calls it once, before the server publishes anything; the
+	// cluster calls h from its own goroutines, never from inside one of
+	// the methods above.
+	Register(h ClusterHandler)
+	// Publish sends a broadcast to the other nodes that have subscribers
+	// of its topic. Delivery is at most once, in order per topic.
+	Publish(b *Broadcast)
+	// Subscribe records that topic has local subscribers (its first
+	// joined). The channel closes once the other nodes' presence of topic
+	// has reached the handler (ApplyPresenceSnapshot), or the cluster
+	// gave up waiting for it; a join waits for it so that its first
+	// presence_state is the cluster's.
+	Subscribe(topic string) <-chan struct{}
+	// Unsubscribe records that topic's last local subscriber has gone.
+	Unsubscribe(topic string)
+	// SendPresence sends this node's presence delta of topic to the nodes
+	// that subscribe to it, in the order of the calls.
+	SendPresence(topic string, d presence.Delta)
+}
+
+// ClusterHandler is the server's side of its Cluster: what the cluster
+// calls with what other nodes send. NewServer registers the server's; the
+// calls may come from any goroutine, but the cluster holds none of the
+// server's locks while it makes them.
+type ClusterHandler interface {
+	// Deliver fans a broadcast from another node out to local
+	// subscribers.
+	Deliver(b *Broadcast)
+	// ApplyPresence applies another node's presence delta of topic. false
+	// reports a gap in the owner's sequence: nothing was applied, and the
+	// cluster should fetch the owner's snapshot (OwnPresence there) and
+	// apply it with ApplyPresenceSnapshot.
+	ApplyPresence(topic string, d presence.Delta) bool
+	// ApplyPresenceSnapshot replaces everything held of the snapshot's
+	// owner in topic.
+	ApplyPresenceSnapshot(topic string, s presence.Snapshot)
+	// OwnPresence returns this node's own presence entries of topic, for
+	// a node that needs all of them.
+	OwnPresence(topic string) presence.Snapshot
+	// NodeDown drops what a dead or departed node owned; local clients
+	// get its presence leaves.
+	NodeDown(id string)
+}
+
+// Broadcast is a client's broadcast as it travels between nodes: what
+// another node needs to fan it out as this one did.
+type Broadcast struct {
+	Topic   string // the topic's cluster name
+	Event   string // the user's event
+	Payload []byte // the user's payload: JSON, or raw bytes (Enc)
+	Meta    []byte // the broadcast's meta object (realtime-js's binary frames), or nil
+	Enc     byte   // the payload's encoding (phx.EncJSON or phx.EncBytes)
+	// Binary: subscribers that speak the binary serializer get a binary
+	// frame, as they would from the publishing node.
+	Binary bool
+	// Unreliable marks a latest-wins broadcast (a client's datagram):
+	// receivers deliver it as a datagram where they can.
+	Unreliable bool
+	// Origin is the node that published it, set by the Cluster when it
+	// delivers (for logs).
+	Origin string
+}
+
+// peerSide is the ClusterHandler NewServer registers: the server as the
+// other nodes see it. A type of its own, so that these calls are not part
+// of Server's API.
+type peerSide struct{ s *Server }
 
 // Deliver fans a broadcast from another node out to local subscribers.
-func (s *Server) Deliver(b *meshproto.Broadcast) {
+func (p peerSide) Deliver(b *Broadcast) {
+	s := p.s
 	if !utf8.ValidString(b.Topic) || !utf8.ValidString(b.Event) || !utf8.Valid(b.Meta) ||
 		(b.Enc == phx.EncJSON && !utf8.Valid(b.Payload)) {
 		// Peers check what their clients send; a broadcast that still is
@@ -31,7 +113,8 @@ func (s *Server) Deliver(b *meshproto.Broadcast) {
 
 // ApplyPresence applies another node's presence delta. A topic without
 // local subscribers is not kept, so its deltas are ignored.
-func (s *Server) ApplyPresence(topic string, d presence.Delta) bool {
+func (p peerSide) ApplyPresence(topic string, d presence.Delta) bool {
+	s := p.s
 	valid := s.validPresence(d.Owner, d.Leaves)
 	for _, j := range d.Joins {
 		valid = valid && utf8.ValidString(j.PrevRef) && s.validPresence(d.Owner, []presence.Entry{j.Entry})
@@ -53,7 +136,8 @@ func (s *Server) ApplyPresence(topic string, d presence.Delta) bool {
 }
 
 // ApplyPresenceSnapshot replaces another node's entries of a topic.
-func (s *Server) ApplyPresenceSnapshot(topic string, snap presence.Snapshot) {
+func (p peerSide) ApplyPresenceSnapshot(topic string, snap presence.Snapshot) {
+	s := p.s
 	if !s.validPresence(snap.Owner, snap.Entries) {
 		return
 	}
@@ -69,10 +153,10 @@ func (s *Server) ApplyPresenceSnapshot(topic string, snap presence.Snapshot) {
 }
 
 // OwnPresence returns this node's own entries of a topic.
-func (s *Server) OwnPresence(topic string) presence.Snapshot {
-	t := s.hub.lookup(parseMeshTopic(topic))
+func (p peerSide) OwnPresence(topic string) presence.Snapshot {
+	t := p.s.hub.lookup(parseMeshTopic(topic))
 	if t == nil {
-		return presence.Snapshot{Owner: s.cfg.NodeID}
+		return presence.Snapshot{Owner: p.s.cfg.NodeID}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -81,13 +165,14 @@ func (s *Server) OwnPresence(topic string) presence.Snapshot {
 
 // NodeDown removes a dead or departed node's presence everywhere; local
 // clients get the leaves.
-func (s *Server) NodeDown(id string) {
-	s.hub.mu.RLock()
-	topics := make([]*topic, 0, len(s.hub.topics))
-	for _, t := range s.hub.topics {
+func (p peerSide) NodeDown(id string) {
+	h := p.s.hub
+	h.mu.RLock()
+	topics := make([]*topic, 0, len(h.topics))
+	for _, t := range h.topics {
 		topics = append(topics, t)
 	}
-	s.hub.mu.RUnlock()
+	h.mu.RUnlock()
 	for _, t := range topics {
 		t.mu.Lock()
 		if diff := t.presence.Forget(id); !diff.Empty() {

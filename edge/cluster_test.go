@@ -94,10 +94,6 @@ func startCluster(t *testing.T, regions []string, tweak func(*mesh.Config)) []*c
 		cfg := DefaultConfig()
 		cfg.Logger = slog.New(slog.DiscardHandler)
 		cfg.NodeID = mesh.NewID(fmt.Sprintf("n%d", i))
-		s, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
 		udp, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -121,11 +117,8 @@ func startCluster(t *testing.T, regions []string, tweak func(*mesh.Config)) []*c
 		if tweak != nil {
 			tweak(&mc)
 		}
-		node, err := mesh.New(mc, s)
+		s, node, err := newMeshServer(cfg, mc)
 		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.SetCluster(node); err != nil {
 			t.Fatal(err)
 		}
 		if err := node.Start(); err != nil {

@@ -318,7 +318,6 @@ func run(args []string, stdout, stderr io.Writer) error {
 		defer demo.close()
 		o.edge.DemoTable = demo
 	}
-	var node *mesh.Node
 	name := o.edge.NodeID
 	if o.clustered() {
 		o.edge.NodeID = mesh.NewID(name)
@@ -331,18 +330,22 @@ func run(args []string, stdout, stderr io.Writer) error {
 		defer policy.close() // after the server's shutdown
 		o.edge.ChannelPolicy = policy
 	}
-	srv, err := edge.New(o.edge)
-	if err != nil {
-		return err
-	}
-	if policy != nil {
-		srv.AddMetrics(policy.set)
-	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
+	var cluster *meshCluster // nil on a single node
+	if o.clustered() {
+		defer func() { o.wan.close() }() // after the node's Close
+		if cluster, err = newCluster(o, name, ln.Addr().String(), log); err != nil {
+			return err
+		}
+	}
+	srv, err := newServer(o, cluster, policy)
+	if err != nil {
+		return err
+	}
 	if o.databaseURL != "" {
 		schema, err := newSchemaKeeper(o, srv, log)
 		if err != nil {
@@ -372,9 +375,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		defer udp.Close()
 	}
-	defer o.wan.close() // after node.Close
-	if o.clustered() {
-		if node, err = startNode(o, name, srv, ln.Addr().String(), log, changes); err != nil {
+	var node *mesh.Node
+	if cluster != nil {
+		node = cluster.node
+		if changes != nil {
+			changes.svc.Attach(node)
+		}
+		if err := node.Start(); err != nil {
 			return err
 		}
 		defer node.Close()
@@ -451,8 +458,33 @@ func logServing(log *slog.Logger, o *options, open bool, addr string) {
 	log.Info("meshcast serving", "version", o.edge.Version, "addr", addr, "node", o.edge.NodeID, "demo", "http://"+addr+"/")
 }
 
-// startNode joins the cluster with the cluster flags.
-func startNode(o *options, name string, srv *edge.Server, clientAddr string, log *slog.Logger, changes *changeStream) (*mesh.Node, error) {
+// newServer makes the edge server of the flags, with what the node has
+// made before it: the cluster (nil on a single node) and the private
+// channels' policy (nil without one).
+func newServer(o *options, cluster *meshCluster, policy *dbPolicy) (*edge.Server, error) {
+	var deps edge.Deps
+	if cluster != nil {
+		deps.Cluster = cluster
+	}
+	srv, err := edge.NewServer(o.edge, deps)
+	if err != nil {
+		return nil, err
+	}
+	if policy != nil {
+		srv.AddMetrics(policy.set)
+	}
+	if cluster != nil {
+		srv.AddMetrics(cluster.node)
+	}
+	if o.wan != nil {
+		srv.AddMetrics(o.wan.e.Metrics())
+	}
+	return srv, nil
+}
+
+// newCluster makes this node's member of the cluster of the cluster
+// flags; it joins when its node starts.
+func newCluster(o *options, name, clientAddr string, log *slog.Logger) (*meshCluster, error) {
 	strategy, err := mesh.ParseStrategy(o.strategy)
 	if err != nil {
 		return nil, err
@@ -478,6 +510,12 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 			seeds = append(seeds, s)
 		}
 	}
+	var db string // the database whose changes this node takes part in
+	if o.databaseURL != "" {
+		if db, err = databaseKey(o.databaseURL); err != nil {
+			return nil, err
+		}
+	}
 	mcfg := mesh.Config{
 		Name:            name,
 		ID:              o.edge.NodeID,
@@ -491,24 +529,11 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 		ClusterSecret:   []byte(o.clusterSecret),
 		Strategy:        strategy,
 		Gossip:          mesh.GossipConfig{Profile: o.gossipProfile, ProbeInterval: o.probeInterval, ProbeTimeout: o.probeTimeout, SuspicionMult: o.suspicionMult},
-		Database:        changes.database(),
+		Database:        db,
 		Logger:          log,
 	}
-	if o.wan, err = emulateWAN(o, &mcfg, srv, log); err != nil {
+	if o.wan, err = emulateWAN(o, &mcfg, log); err != nil {
 		return nil, err
 	}
-	node, err := mesh.New(mcfg, srv)
-	if err != nil {
-		return nil, err
-	}
-	if err := srv.SetCluster(node); err != nil {
-		return nil, err
-	}
-	if changes != nil {
-		changes.svc.Attach(node)
-	}
-	if err := node.Start(); err != nil {
-		return nil, err
-	}
-	return node, nil
+	return newMeshCluster(mcfg)
 }
