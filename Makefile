@@ -134,7 +134,8 @@ FUZZ_TARGETS := \
 	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister ./wal:FuzzJSONB \
 	./edge:FuzzWTFrameReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
 	./edge:FuzzPresenceTrack ./edge:FuzzRESTBroadcast \
-	./mesh:FuzzAssembler ./mesh:FuzzDecodeMeta ./mesh:FuzzHello
+	./mesh:FuzzAssembler ./mesh:FuzzDecodeMeta ./mesh:FuzzHello \
+	./mesh/gossipnet:FuzzFirstMessage ./mesh/gossipnet:FuzzPacket
 FUZZTIME ?= 30s
 FUZZTIME_SHORT ?= 2s
 .PHONY: fuzz-check test-fuzz fuzz-corpus

@@ -81,6 +81,8 @@ type Server struct {
 	extraMetrics []MetricsWriter // written at /metrics after the server's own
 
 	conns atomic.Int64 // admitted connections, for the limit and metrics
+	// perAddr bounds the admitted connections of one client address.
+	perAddr *addrCounts
 	// liveByKind counts tracked connections by transport (metrics).
 	liveByKind [numKinds]atomic.Int64
 	channels   atomic.Int64
@@ -160,6 +162,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		pool:       newWritePool(),
 		rest:       newRESTLimiter(cfg.RESTEventsPerSecond, cfg.MaxBatchMessages),
 		cluster:    deps.Cluster,
+		perAddr:    newAddrCounts(cfg.MaxConnections, cfg.AddressShare),
 	}
 	s.hub.cluster = deps.Cluster
 	s.policy, s.policyBlocks = cfg.ChannelPolicy, cfg.ChannelPolicy != nil
@@ -271,16 +274,27 @@ func (c *conn) goAway() {
 	c.closeAfterFlush(ws.StatusGoingAway, "server shutting down")
 }
 
-func (s *Server) admit() bool {
+// admit counts a connection from remote (host:port) against
+// MaxConnections and its address's share of it; on a refusal it counts
+// nothing and says which limit refused.
+func (s *Server) admit(remote string) (ok bool, reason string) {
 	n := s.conns.Add(1)
 	if max := s.cfg.MaxConnections; max > 0 && n > int64(max) {
 		s.conns.Add(-1)
-		return false
+		return false, "too_many_connections"
 	}
-	return true
+	if !s.perAddr.take(remote) {
+		s.conns.Add(-1)
+		return false, "too_many_from_address"
+	}
+	return true, ""
 }
 
-func (s *Server) release() { s.conns.Add(-1) }
+// release returns what admit counted for remote.
+func (s *Server) release(remote string) {
+	s.perAddr.give(remote)
+	s.conns.Add(-1)
+}
 
 // track registers a live connection; false once shutdown has begun.
 func (s *Server) track(c *conn) bool {
@@ -306,7 +320,7 @@ func (s *Server) untrack(c *conn) {
 	s.mu.Unlock()
 	if ok {
 		s.liveByKind[c.kind].Add(-1)
-		s.release()
+		s.release(c.remote)
 	}
 }
 

@@ -17,6 +17,7 @@
 //	meshbench detect -nodes 5 -kills 20   # kill -9 → presence leave latency; -load 3m: false positives
 //	meshbench slow -server-pid $PID   # 1000 subscribers' latency with and without one slow reader
 //	meshbench soak -duration 10m   # make soak: mixed load on 3 nodes + Postgres, RSS and goroutines flat
+//	meshbench junk -rates 25000,50000,100000   # junk datagrams on a gossip port vs the failure detector
 //	meshbench regions -node iad=wss://…,fra=wss://… -scenario fanout   # latency by region of running nodes
 //	meshbench cluster -nodes 3 -base-port 4100   # nodes for bench/cluster.sh: prints their URLs, SIGTERM stops them
 //
@@ -45,7 +46,7 @@ func main() {
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("meshbench: ")
 	commands := map[string]func([]string) int{"wal": walMain, "local": localMain, "regions": regionsMain, "detect": detectMain,
-		"slow": slowMain, "soak": soakMain, "cluster": clusterMain}
+		"slow": slowMain, "soak": soakMain, "cluster": clusterMain, "junk": junkMain}
 	if len(os.Args) > 1 && commands[os.Args[1]] != nil {
 		os.Exit(commands[os.Args[1]](os.Args[2:]))
 	}

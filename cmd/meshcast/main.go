@@ -27,6 +27,7 @@ import (
 
 	"github.com/meshcast/meshcast/edge"
 	"github.com/meshcast/meshcast/mesh"
+	"github.com/meshcast/meshcast/mesh/gossipnet"
 	"github.com/meshcast/meshcast/wal"
 )
 
@@ -96,6 +97,12 @@ type options struct {
 	probeInterval time.Duration
 	probeTimeout  time.Duration
 	suspicionMult int
+	// What a peer without the cluster secret may cost (mesh/gossipnet,
+	// mesh/quicgate).
+	gossipPending       int
+	gossipStreamBytes   int
+	gossipStreamTimeout time.Duration
+	meshHandshakes      int
 
 	// Postgres changes
 	databaseURL    string
@@ -156,6 +163,9 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "max client connections on this node (0 = off)")
+	fs.Float64Var(&c.AddressShare, "address-share", c.AddressShare, "share of --max-connections (and of --webtransport-max-handshakes) one client address, IPv4 or IPv6 /64, may hold; past it its new connections are refused (0 or 1 = no per-address bound)")
+	fs.IntVar(&c.MaxHandshakes, "webtransport-max-handshakes", c.MaxHandshakes, "QUIC handshakes in progress on the WebTransport port; past half of it clients must validate their address (QUIC Retry), past it they are refused; a connection counts against --max-connections once its handshake completes (0 = off)")
+	fs.IntVar(&c.WebTransportWindow, "webtransport-receive-window", c.WebTransportWindow, "most bytes a WebTransport client may have sent that the node has not read, per connection and per stream; streams start at 64 KiB and grow only as the node reads (0 = quic-go's 15 MiB / 6 MiB)")
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "max bytes of one WebSocket message or REST body (0 = off)")
 	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", c.MaxPayloadBytes, "max bytes of one broadcast payload (0 = off)")
 	fs.IntVar(&c.MaxTopicBytes, "max-topic-bytes", c.MaxTopicBytes, "max bytes of a topic, \"realtime:\" included; realtime-js's binary frames carry at most 255 (0 = off)")
@@ -195,6 +205,10 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.DurationVar(&o.probeInterval, "gossip-probe-interval", 0, "cluster: failure-detector probe interval (0: 125ms with --gossip-profile lan, 5s with wan)")
 	fs.DurationVar(&o.probeTimeout, "gossip-probe-timeout", 0, "cluster: how long a direct probe waits before other nodes are asked to probe too; must exceed the round trip to every member (0: half the probe interval with lan, 3s with wan)")
 	fs.IntVar(&o.suspicionMult, "gossip-suspicion-mult", 0, "cluster: probe intervals a suspected node has to refute before it is declared dead (0: with lan enough for 1.375s, at least 3: 11 at 125ms; 6 with wan); with the lan defaults a crashed node's presence leaves reach the other nodes' clients within 2s")
+	fs.IntVar(&o.gossipPending, "gossip-max-pending-streams", gossipnet.DefaultMaxPendingStreams, "cluster: inbound gossip streams checked at once before they prove the cluster key; past it the oldest of the address with the most is dropped")
+	fs.IntVar(&o.gossipStreamBytes, "gossip-max-stream-bytes", gossipnet.DefaultMaxStreamBytes, "cluster: largest first message an inbound gossip stream may announce (memberlist push/pull state, ~300 bytes per member)")
+	fs.DurationVar(&o.gossipStreamTimeout, "gossip-stream-timeout", gossipnet.DefaultStreamTimeout, "cluster: time an inbound gossip stream has to deliver its first message, sealed with the cluster key")
+	fs.IntVar(&o.meshHandshakes, "mesh-max-handshakes", mesh.DefaultMaxHandshakes, "cluster: inbound mesh connections whose peer has not authenticated yet; past half of it new ones must validate their address (QUIC Retry), past it they are refused")
 	fs.StringVar(&o.databaseURL, "database-url", "", "Postgres changes: `postgres://user:pass@host:port/db` to stream changes from (logical replication; see README); empty: no postgres_changes")
 	fs.StringVar(&o.publication, "publication", wal.DefaultPublication, "Postgres changes: publication whose tables are streamed (created FOR ALL TABLES when missing)")
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
@@ -529,9 +543,11 @@ func newCluster(o *options, name, clientAddr string, log *slog.Logger) (*meshClu
 		ClusterSecret:   []byte(o.clusterSecret),
 		Strategy:        strategy,
 		Gossip:          mesh.GossipConfig{Profile: o.gossipProfile, ProbeInterval: o.probeInterval, ProbeTimeout: o.probeTimeout, SuspicionMult: o.suspicionMult},
+		MaxHandshakes:   o.meshHandshakes,
 		Database:        db,
 		Logger:          log,
 	}
+	mcfg.Gossip.MaxPendingStreams, mcfg.Gossip.MaxStreamBytes, mcfg.Gossip.StreamTimeout = o.gossipPending, o.gossipStreamBytes, o.gossipStreamTimeout
 	if o.wan, err = emulateWAN(o, &mcfg, log); err != nil {
 		return nil, err
 	}
