@@ -57,7 +57,7 @@ func BenchmarkFanout(b *testing.B) {
 	for _, n := range []int{1, 100, 10_000} {
 		b.Run(fmt.Sprintf("subs=%d", n), func(b *testing.B) {
 			cfg := DefaultConfig()
-			cfg.QueueBytes = 0 // the sinks never fall behind for long; do not let scheduling close them
+			cfg.QueueBytes = -1 // the sinks never fall behind for long; do not let scheduling close them
 			s, err := New(cfg)
 			if err != nil {
 				b.Fatal(err)

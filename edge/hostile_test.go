@@ -271,7 +271,7 @@ func TestPresenceLimits(t *testing.T) {
 		}
 	})
 	t.Run("bytes per connection", func(t *testing.T) {
-		ts := startServer(t, func(c *Config) { c.MaxPresenceBytes, c.MaxPresenceBytesPerConn = 0, 2500 })
+		ts := startServer(t, func(c *Config) { c.MaxPresenceBytes, c.MaxPresenceBytesPerConn = -1, 2500 })
 		c := ts.connect(t)
 		blob := `{"blob":"` + strings.Repeat("x", 1000) + `"}`
 		for i := range 3 {

@@ -140,6 +140,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("edge: NodeID is required")
 	}
+	cfg = cfg.withDefaults()
 	if deps.Cluster != nil && deps.Cluster.ID() != cfg.NodeID {
 		// The node's presence entries carry its cluster ID.
 		return nil, errors.New("edge: the cluster's node ID differs from Config.NodeID")
@@ -181,7 +182,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		IdleTimeout:       cfg.HTTPIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(lograte.New(log.Handler(), 10*time.Second, 5), slog.LevelDebug),
 	}
-	if s.http.IdleTimeout == 0 && s.http.ReadTimeout == 0 {
+	if s.http.IdleTimeout <= 0 && s.http.ReadTimeout <= 0 {
 		// net/http falls back to ReadTimeout for idle connections; with
 		// both off, keep-alive connections would be held forever.
 		s.http.IdleTimeout = 2 * time.Minute

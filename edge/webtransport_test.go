@@ -119,7 +119,7 @@ func TestWebTransportRefusals(t *testing.T) {
 	ts := startWTServer(t, func(c *Config) {
 		c.JWTSecret = secret
 		c.MaxConnections = 2
-		c.AddressShare = 0 // every client is 127.0.0.1
+		c.AddressShare = -1 // every client is 127.0.0.1
 		c.AllowedOrigins = []string{"https://app.example.com", "https://*.example.org"}
 	})
 	good := mintWith(t, secret, jwt.MapClaims{"role": "anon", "exp": time.Now().Add(time.Hour).Unix()})
@@ -449,7 +449,7 @@ func TestWebTransportLimits(t *testing.T) {
 	// A reader that never reads, and a publisher with 3 MB for it: the
 	// stream window fills, the queue overflows, the session goes.
 	ts = startWTServer(t, func(c *Config) {
-		c.BytesPerSecond = 0
+		c.BytesPerSecond = -1
 		c.QueueBytes = 256 << 10
 		c.WriteTimeout = 500 * time.Millisecond
 	})

@@ -46,7 +46,7 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	set := metrics.NewSet()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ac := wal.AuthorizerConfig{URL: o.databaseURL, Publication: o.publication, CatalogPoll: o.catalogPoll, Logger: log, Metrics: set}
+	ac := wal.AuthorizerConfig{URL: o.databaseURL, Publication: o.reader.Publication, CatalogPoll: o.catalogPoll, Logger: log, Metrics: set}
 	if !srv.Open() {
 		// A REVOKE closes the channels it cuts off, with the reason.
 		ac.OnCatalogChange = srv.RecheckChanges
@@ -64,20 +64,12 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 			regions = append(regions, r)
 		}
 	}
+	o.reader.URL, o.reader.Logger, o.reader.Metrics = o.databaseURL, log, set
 	cfg := wal.ServiceConfig{
 		DB:      key,
 		Self:    o.edge.NodeID,
 		Regions: regions,
-		Reader: &wal.Reader{
-			URL:         o.databaseURL,
-			Publication: o.publication,
-			Slot:        o.slot,
-			MaxSlotLag:  o.maxSlotLag,
-			TxMemory:    o.txMemory,
-			SpillDir:    o.spillDir,
-			Logger:      log,
-			Metrics:     set,
-		},
+		Reader:  o.reader,
 		Deliver: srv.DeliverChange,
 		Logger:  log,
 		Metrics: set,
@@ -91,7 +83,7 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	c := &changeStream{svc: wal.NewService(cfg), auth: auth, db: key, log: log}
 	srv.SetChanges(c.svc, auth)
 	srv.AddMetrics(set)
-	log.Info("postgres changes", "database", key, "publication", o.publication, "slot", o.slot)
+	log.Info("postgres changes", "database", key, "publication", o.reader.Publication, "slot", o.reader.Slot)
 	return c, nil
 }
 
