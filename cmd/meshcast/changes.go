@@ -87,14 +87,6 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	return c, nil
 }
 
-// database is the key mesh members advertise (empty without a database).
-func (c *changeStream) database() string {
-	if c == nil {
-		return ""
-	}
-	return c.db
-}
-
 func (c *changeStream) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
