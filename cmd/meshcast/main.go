@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/meshcast/meshcast/edge"
+	"github.com/meshcast/meshcast/internal/flagx"
 	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/mesh/gossipnet"
 	"github.com/meshcast/meshcast/wal"
@@ -91,11 +92,13 @@ type options struct {
 	databaseURL string
 	// reader is the WAL reader's flags; newChangeStream completes it.
 	reader         *wal.Reader
+	regexBytes     int
 	databaseRegion string
 	catalogPoll    time.Duration
 	demoTodos      bool
 	schema         schemaFlags // the realtime schema (rtschema.go)
 	policy         policyFlags // private channels' policy checks (chanpolicy.go)
+	dbcast         dbcastFlags // broadcasts from the database (dbcast.go)
 
 	// benchmarks
 	emulateWAN string
@@ -154,7 +157,8 @@ func newOptions() *options {
 			MaxStreamBytes: gossipnet.DefaultMaxStreamBytes, StreamTimeout: gossipnet.DefaultStreamTimeout},
 		MaxHandshakes: mesh.DefaultMaxHandshakes,
 	}, reader: &wal.Reader{Publication: wal.DefaultPublication, Slot: wal.DefaultSlot,
-		MaxSlotLag: wal.DefaultMaxSlotLag, TxMemory: wal.DefaultTxMemory}}
+		MaxSlotLag: wal.DefaultMaxSlotLag, TxMemory: wal.DefaultTxMemory},
+		regexBytes: wal.DefaultRegexValueBytes}
 	host, _ := os.Hostname()
 	if id := os.Getenv("FLY_MACHINE_ID"); id != "" {
 		host = id
@@ -192,12 +196,14 @@ func (o *options) register(fs *flag.FlagSet) {
 	o.mesh.RegisterFlags(fs)
 	fs.StringVar(&o.databaseURL, "database-url", "", "Postgres changes: `postgres://user:pass@host:port/db` to stream changes from (logical replication; see README); empty: no postgres_changes")
 	o.reader.RegisterFlags(fs)
+	flagx.Limit(fs, &o.regexBytes, "max-regex-value-bytes", "Postgres changes: bytes of a value a match or imatch filter scans; a longer value does not match it (meshcast_wal_regex_skipped_total) (0 = off)")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list")
 	fs.DurationVar(&o.catalogPoll, "catalog-poll", time.Second, "Postgres changes: how often each node polls the catalog for what no event trigger reports (role membership, BYPASSRLS), and for every grant, policy, publication and column change when the database user cannot create the event trigger (not a superuser; see README)")
-	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
+	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel; with --jwt-secret also /demo/todos/token (a token for any name) and /demo/todos/members (room membership) for its private room")
 	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply the SQL of meshcast "+schemaSQLCommand+" instead; see README)")
 	o.schema.register(fs)
 	o.policy.register(fs)
+	o.dbcast.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 }
 
@@ -225,13 +231,16 @@ func (o *options) complete(listenGiven bool) error {
 		}
 		c.WebTransportCert = &cert
 	}
-	if o.demoTodos && (o.databaseURL == "" || o.jwtSecret != "") {
-		return errors.New("--demo-todos is for make run-pg's open demo node: it needs --database-url and no --jwt-secret")
+	if o.demoTodos && o.databaseURL == "" {
+		return errors.New("--demo-todos is for make run-pg's demo node: it needs --database-url")
 	}
 	if err := o.schema.check(); err != nil {
 		return err
 	}
 	if err := o.policy.check(); err != nil {
+		return err
+	}
+	if err := o.dbcast.check(); err != nil {
 		return err
 	}
 	if o.clustered() && len(o.mesh.ClusterSecret) == 0 {
@@ -287,7 +296,7 @@ func runNode(o *options, log *slog.Logger) error {
 	o.edge.Logger = log
 	o.edge.Version = buildVersion()
 	if o.demoTodos {
-		demo, err := newDemoTable(o.databaseURL, log)
+		demo, err := newDemoTable(o.databaseURL, o.jwtSecret, log)
 		if err != nil {
 			return fmt.Errorf("--demo-todos: %w", err)
 		}
@@ -338,7 +347,7 @@ func runNode(o *options, log *slog.Logger) error {
 	if cluster != nil {
 		node = cluster.node
 		if changes != nil {
-			changes.svc.Attach(node)
+			changes.attach(node)
 		}
 		if err := node.Start(); err != nil {
 			return err
