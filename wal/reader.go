@@ -170,7 +170,7 @@ func (r *Reader) Ack(lsn LSN) {
 
 // clone returns a Reader with r's configuration and none of its state.
 func (r *Reader) clone() *Reader {
-	return &Reader{URL: r.URL, Handler: r.Handler, Publication: r.Publication, Slot: r.Slot, MaxSlotLag: r.MaxSlotLag,
+	return &Reader{URL: r.URL, Handler: r.Handler, Publication: r.Publication, Broadcasts: r.Broadcasts, Slot: r.Slot, MaxSlotLag: r.MaxSlotLag,
 		StatusInterval: r.StatusInterval, MaxBackoff: r.MaxBackoff, TakeOver: r.TakeOver, TakeOverSilence: r.TakeOverSilence,
 		TxMemory: r.TxMemory, SpillDir: r.SpillDir, Keep: r.Keep, OnStreaming: r.OnStreaming, Logger: r.Logger, Metrics: r.Metrics}
 }
