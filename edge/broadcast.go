@@ -4,7 +4,6 @@ import (
 	"time"
 
 	"github.com/meshcast/meshcast/edge/history"
-	"github.com/meshcast/meshcast/wire/meshproto"
 	"github.com/meshcast/meshcast/wire/phx"
 )
 
@@ -83,7 +82,7 @@ func (s *Server) publish(k topicKey, t *topic, out *outMsg, skip *channel) {
 		s.metrics.fannedOut(t.fanout(out, skip))
 	}
 	if s.cluster != nil {
-		s.cluster.Publish(&meshproto.Broadcast{
+		s.cluster.Publish(&Broadcast{
 			Topic:      k.meshTopic(),
 			Event:      out.event,
 			Payload:    out.data,

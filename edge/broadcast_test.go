@@ -240,7 +240,7 @@ func TestBroadcastPayloadTooLarge(t *testing.T) {
 // A subscriber that stops reading is cut off once its queue is full; the
 // others keep receiving everything, in order.
 func TestSlowConsumerClosed(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.QueueBytes, c.BytesPerSecond = 64<<10, 0 })
+	ts := startServer(t, func(c *Config) { c.QueueBytes, c.BytesPerSecond = 64<<10, -1 })
 	pub, fast, slow := ts.connect(t), ts.connect(t), ts.connect(t)
 	for _, r := range joinAll("realtime:flood", `{}`, pub, fast, slow) {
 		if jsonField(r.Payload, "status") != `"ok"` {

@@ -28,7 +28,7 @@ func TestChangesFiltersAgreeWithPostgres(t *testing.T) {
 	pg.Exec(filtertest.Schema("d") + `CREATE TABLE marker (id int PRIMARY KEY);
 		CREATE PUBLICATION supabase_realtime FOR TABLE d, marker;`)
 	ts, _ := startChangesPair(t, pg, pairConfig{slot: "edge_filters", tweak: func(c *Config) {
-		c.MaxChannelsPerConn, c.JoinsPerSecond = 0, 0
+		c.MaxChannelsPerConn, c.JoinsPerSecond = -1, -1
 	}})
 	r := rand.New(rand.NewPCG(7, 8))
 	const nRows, nSubs = 100, 160

@@ -113,7 +113,7 @@ func TestChangesBindingLimits(t *testing.T) {
 func TestChangesErrorsQuoteAPrefix(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec(`CREATE TABLE notes (id int PRIMARY KEY, title text); CREATE PUBLICATION supabase_realtime FOR ALL TABLES`)
-	ts := startChangesServer(t, pg, "edge_errors", nil, func(c *Config) { c.MaxFilterBytes = 0 })
+	ts := startChangesServer(t, pg, "edge_errors", nil, func(c *Config) { c.MaxFilterBytes = -1 })
 	c := ts.connect(t)
 	huge := strings.Repeat("\u0080", 550_000)
 	c.write(joinFrame("1", "realtime:huge", `{"postgres_changes":`+bindingsJSON(huge)+`}`))
@@ -190,7 +190,7 @@ func TestChangesMemoryReturnedAfterLeave(t *testing.T) {
 	pg := pgtest.Shared(t)
 	pg.Exec(`CREATE TABLE notes (id int PRIMARY KEY, title text); CREATE PUBLICATION supabase_realtime FOR ALL TABLES`)
 	ts := startChangesServer(t, pg, "edge_memory", nil, func(c *Config) {
-		c.MaxBindingsPerJoin, c.MaxBindingsPerConn, c.MaxChannelsPerConn, c.JoinsPerSecond = 0, 0, 0, 0
+		c.MaxBindingsPerJoin, c.MaxBindingsPerConn, c.MaxChannelsPerConn, c.JoinsPerSecond = -1, -1, -1, -1
 	})
 	watcher := ts.connect(t)
 	joinWithBindings(t, watcher, "1", "realtime:watch", bindingsJSON("id=eq.1"))

@@ -46,7 +46,26 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, pc pairConfig) (client, o
 		if !reads && pc.tweak != nil {
 			pc.tweak(&cfg)
 		}
-		s, err := New(cfg)
+		udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fc := &filterConn{PacketConn: udp, blocked: map[string]bool{}}
+		mc := mesh.Config{
+			Name: fmt.Sprintf("pg%d", i), ID: cfg.NodeID, Region: "iad", GossipAddr: "127.0.0.1:0", PacketConn: fc,
+			ClusterSecret: []byte("test-secret"), Gossip: mesh.GossipConfig{ProbeInterval: 200 * time.Millisecond},
+			PeerTimeout: time.Second, Logger: cfg.Logger,
+		}
+		if reads {
+			mc.Database = "db"
+			ownerMesh = udp.LocalAddr().String()
+		} else {
+			mc.Join = []string{seed}
+			if pc.meshDelay > 0 {
+				fc.delayTo(ownerMesh, pc.meshDelay)
+			}
+		}
+		s, node, err := newMeshServer(cfg, mc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -62,39 +81,15 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, pc pairConfig) (client, o
 		}
 		sc := wal.ServiceConfig{DB: "db", Self: cfg.NodeID, Deliver: s.DeliverChange, SettleWait: 200 * time.Millisecond,
 			TakeoverWait: time.Second, Logger: cfg.Logger, Metrics: set}
-		udp, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		fc := &filterConn{PacketConn: udp, blocked: map[string]bool{}}
-		mc := mesh.Config{
-			Name: fmt.Sprintf("pg%d", i), ID: cfg.NodeID, Region: "iad", GossipAddr: "127.0.0.1:0", PacketConn: fc,
-			ClusterSecret: []byte("test-secret"), Gossip: mesh.GossipConfig{ProbeInterval: 200 * time.Millisecond},
-			PeerTimeout: time.Second, Logger: cfg.Logger,
-		}
 		if reads {
 			sc.Reader = &wal.Reader{URL: pg.URL(), Slot: pc.slot, StatusInterval: 50 * time.Millisecond, Logger: cfg.Logger, Metrics: set}
 			if pc.secret != nil {
 				sc.Authorize, sc.CatalogChanged = auth.Authorize, auth.CatalogChanged
 			}
-			mc.Database = "db"
-			ownerMesh = udp.LocalAddr().String()
-		} else {
-			mc.Join = []string{seed}
-			if pc.meshDelay > 0 {
-				fc.delayTo(ownerMesh, pc.meshDelay)
-			}
-		}
-		node, err := mesh.New(mc, s)
-		if err != nil {
-			t.Fatal(err)
 		}
 		sc.Bus = walMeshBus{node}
 		svc := wal.NewService(sc)
 		s.SetChanges(svc, auth)
-		if err := s.SetCluster(node); err != nil {
-			t.Fatal(err)
-		}
 		attachWALMesh(node, svc)
 		if err := node.Start(); err != nil {
 			t.Fatal(err)

@@ -132,7 +132,7 @@ func TestLeave(t *testing.T) {
 // on the left socket. The race this catches is narrow, so it runs many
 // rounds.
 func TestNoDeliveryAfterLeave(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.JoinsPerSecond = 0 })
+	ts := startServer(t, func(c *Config) { c.JoinsPerSecond = -1 })
 	c := ts.connect(t)
 	pub := ts.connect(t)
 	pub.write(joinFrame("1", "realtime:room1", `{"broadcast":{"ack":true}}`))

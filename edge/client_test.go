@@ -19,6 +19,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/meshcast/meshcast/internal/testkit"
 )
 
 // This file holds the test fixtures: a server on a real loopback socket and
@@ -50,7 +52,7 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 	if os.Getenv("MESHCAST_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	cfg.RecoveryWindow = 0 // exact frames; recovery's tests turn it on
+	cfg.RecoveryWindow = -1 // exact frames; recovery's tests turn it on
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -137,12 +139,7 @@ func (ts *testServer) metric(name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, line := range strings.Split(r.body, "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return v, nil
-		}
-	}
-	return "", nil
+	return testkit.Metric(r.body, name), nil
 }
 
 // upgradeRefused is a WebSocket upgrade the server answered with a plain
@@ -438,27 +435,16 @@ func jsonField(raw []byte, path string) string {
 	return string(b)
 }
 
-// joinFrame is a v2 phx_join with join_ref = ref, as realtime-js sends it.
-func joinFrame(joinRef, topic, config string) string {
-	return fmt.Sprintf(`[%q,%q,%q,"phx_join",{"config":%s}]`, joinRef, joinRef, topic, config)
-}
+// The frames realtime-js sends (internal/testkit): a v2 phx_join with
+// join_ref = ref, a v2 text broadcast push, a binary broadcast push
+// (kind 3), a heartbeat.
+var (
+	joinFrame      = testkit.JoinFrame
+	broadcastFrame = testkit.BroadcastFrame
+	kind3          = testkit.Kind3
+)
 
-// broadcastFrame is a v2 text broadcast push.
-func broadcastFrame(joinRef, ref, topic, event, payload string) string {
-	return fmt.Sprintf(`[%q,%q,%q,"broadcast",{"type":"broadcast","event":%q,"payload":%s}]`, joinRef, ref, topic, event, payload)
-}
-
-// kind3 builds a client binary broadcast push.
-func kind3(joinRef, refOf, topic, event string, enc byte, payload []byte) []byte {
-	b := []byte{3, byte(len(joinRef)), byte(len(refOf)), byte(len(topic)), byte(len(event)), 0, enc}
-	b = append(b, joinRef...)
-	b = append(b, refOf...)
-	b = append(b, topic...)
-	b = append(b, event...)
-	return append(b, payload...)
-}
-
-const heartbeatFrame = `[null,"hb","phoenix","heartbeat",{}]`
+const heartbeatFrame = testkit.HeartbeatFrame
 
 // isHeartbeatReply reports whether f answers the heartbeat above. The
 // server answers a socket's frames in order, so a heartbeat is a barrier:
@@ -469,15 +455,4 @@ func isHeartbeatReply(f wsFrame) bool {
 }
 
 // waitFor polls cond until it is true or d passes.
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+var waitFor = testkit.WaitFor

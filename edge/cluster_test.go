@@ -88,7 +88,7 @@ func (cn *clusterNode) meshAddr() string { return cn.udp.LocalAddr().String() }
 // t.Cleanup.
 func startCluster(t *testing.T, regions []string, tweak func(*mesh.Config)) []*clusterNode {
 	t.Helper()
-	return startClusterWith(t, regions, func(c *Config) { c.RecoveryWindow = 0 }, tweak)
+	return startClusterWith(t, regions, func(c *Config) { c.RecoveryWindow = -1 }, tweak)
 }
 
 // startClusterWith is startCluster with each node's Config changed by
@@ -101,13 +101,6 @@ func startClusterWith(t *testing.T, regions []string, edgeTweak func(*Config), t
 		cfg := DefaultConfig()
 		cfg.Logger = slog.New(slog.DiscardHandler)
 		cfg.NodeID = mesh.NewID(fmt.Sprintf("n%d", i))
-		if edgeTweak != nil {
-			edgeTweak(&cfg)
-		}
-		s, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
 		udp, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -131,11 +124,11 @@ func startClusterWith(t *testing.T, regions []string, edgeTweak func(*Config), t
 		if tweak != nil {
 			tweak(&mc)
 		}
-		node, err := mesh.New(mc, s)
-		if err != nil {
-			t.Fatal(err)
+		if edgeTweak != nil {
+			edgeTweak(&cfg)
 		}
-		if err := s.SetCluster(node); err != nil {
+		s, node, err := newMeshServer(cfg, mc)
+		if err != nil {
 			t.Fatal(err)
 		}
 		if err := node.Start(); err != nil {

@@ -57,7 +57,7 @@ func BenchmarkFanout(b *testing.B) {
 	for _, n := range []int{1, 100, 10_000} {
 		b.Run(fmt.Sprintf("subs=%d", n), func(b *testing.B) {
 			cfg := DefaultConfig()
-			cfg.QueueBytes = 0 // the sinks never fall behind for long; do not let scheduling close them
+			cfg.QueueBytes = -1 // the sinks never fall behind for long; do not let scheduling close them
 			s, err := New(cfg)
 			if err != nil {
 				b.Fatal(err)
@@ -88,7 +88,7 @@ func BenchmarkPublishRecovery(b *testing.B) {
 	for _, c := range []struct {
 		n      int
 		window time.Duration
-	}{{0, 0}, {0, 5 * time.Minute}, {1000, 0}, {1000, 5 * time.Minute}} {
+	}{{0, -1}, {0, 5 * time.Minute}, {1000, -1}, {1000, 5 * time.Minute}} {
 		n := c.n
 		window := c.window
 		name := fmt.Sprintf("subs=%d/recovery=off", n)
@@ -97,7 +97,7 @@ func BenchmarkPublishRecovery(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			cfg := DefaultConfig()
-			cfg.QueueBytes = 0
+			cfg.QueueBytes = -1
 			cfg.RecoveryWindow = window
 			s, err := New(cfg)
 			if err != nil {

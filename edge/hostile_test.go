@@ -17,7 +17,6 @@ import (
 
 	"github.com/gobwas/ws"
 
-	"github.com/meshcast/meshcast/wire/meshproto"
 	"github.com/meshcast/meshcast/wire/phx"
 )
 
@@ -141,9 +140,11 @@ func TestInvalidUTF8NeverRelayed(t *testing.T) {
 		}
 	}
 
-	// From the mesh (a peer's frame, as mesh.Node hands it to the edge).
-	ts.Deliver(&meshproto.Broadcast{Topic: topic, Event: "bad", Payload: []byte(`{"s":"` + invalidUTF8 + `"}`), Enc: phx.EncJSON})
-	ts.Deliver(&meshproto.Broadcast{Topic: topic, Event: "bad\xff", Payload: []byte(`{}`), Enc: phx.EncJSON})
+	// From the cluster (a peer's broadcast, as the Cluster hands it to the
+	// server).
+	peer := peerSide{ts.Server}
+	peer.Deliver(&Broadcast{Topic: topic, Event: "bad", Payload: []byte(`{"s":"` + invalidUTF8 + `"}`), Enc: phx.EncJSON})
+	peer.Deliver(&Broadcast{Topic: topic, Event: "bad\xff", Payload: []byte(`{}`), Enc: phx.EncJSON})
 
 	// A good broadcast after all that still reaches both subscribers.
 	good := ts.connect(t)
@@ -270,7 +271,7 @@ func TestPresenceLimits(t *testing.T) {
 		}
 	})
 	t.Run("bytes per connection", func(t *testing.T) {
-		ts := startServer(t, func(c *Config) { c.MaxPresenceBytes, c.MaxPresenceBytesPerConn = 0, 2500 })
+		ts := startServer(t, func(c *Config) { c.MaxPresenceBytes, c.MaxPresenceBytesPerConn = -1, 2500 })
 		c := ts.connect(t)
 		blob := `{"blob":"` + strings.Repeat("x", 1000) + `"}`
 		for i := range 3 {

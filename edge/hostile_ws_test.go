@@ -35,7 +35,7 @@ func hostileConfig(c *Config) {
 	// The floods and the bystanders all come from 127.0.0.1: the node-wide
 	// limit is under test here, the per-address share in
 	// TestOneAddressGetsItsShare.
-	c.AddressShare = 0
+	c.AddressShare = -1
 }
 
 // rawTCP dials the node's HTTP port; the connection is closed at the end

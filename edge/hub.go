@@ -6,7 +6,6 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/mesh/presence"
 )
 
@@ -23,16 +22,17 @@ type topicKey struct {
 // hub.mu, then topic.mu, then what is taken under a topic lock: each
 // receiver's queue lock (outq) in turn and the coalescer's under it, and
 // changeSubs.mu (a join attaching its bindings; conn.mu is held over
-// changeSubs.mu alone too). The mesh's locks come after all of them:
+// changeSubs.mu alone too). The Cluster's locks come after all of them:
 // Subscribe and Unsubscribe are called under hub.mu, SendPresence under
-// topic.mu and Publish under conn.mu, and the mesh calls the edge with
-// none of its own held. No wait on the mesh or on Postgres happens with
+// topic.mu and Publish under conn.mu, and the cluster calls the edge
+// (ClusterHandler) with none of its own held. No wait on the cluster or
+// on Postgres happens with
 // conn.mu held (a join lets it go). A broadcast's fan-out holds only a
 // topic's read lock and each receiver's queue lock in turn, never across
 // I/O.
 type hub struct {
-	self    string     // node ID, the owner of local presence entries
-	cluster *mesh.Node // nil on a single node
+	self    string  // node ID, the owner of local presence entries
+	cluster Cluster // nil on a single node
 	// presenceRate is each topic's presence events/s limit (0 = none).
 	presenceRate float64
 

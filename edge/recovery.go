@@ -11,7 +11,6 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/meshcast/meshcast/edge/history"
-	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/wire/meshproto"
 	"github.com/meshcast/meshcast/wire/phx"
 )
@@ -123,7 +122,7 @@ func (s *Server) originate(k topicKey, t *topic, out *outMsg, skip *channel) {
 		t.mu.RUnlock()
 	}
 	if s.cluster != nil {
-		s.cluster.Publish(&meshproto.Broadcast{Topic: mt, Event: out.event, Payload: out.data, Meta: out.meta, Enc: out.enc, Binary: out.binary})
+		s.cluster.Publish(&Broadcast{Topic: mt, Event: out.event, Payload: out.data, Meta: out.meta, Enc: out.enc, Binary: out.binary})
 	}
 }
 
@@ -259,7 +258,7 @@ func (s *Server) fetchFrom(peer, mt string, stream, after, upto uint64) ([]*outM
 
 // request sends a HistoryRequest and waits for its reply (nil on timeout,
 // an unknown peer, or shutdown).
-func (r *recovery) request(n *mesh.Node, peer string, req *meshproto.HistoryRequest, stop <-chan struct{}) *meshproto.HistoryReply {
+func (r *recovery) request(c Cluster, peer string, req *meshproto.HistoryRequest, stop <-chan struct{}) *meshproto.HistoryReply {
 	ch := make(chan *meshproto.HistoryReply, 1)
 	r.fetchMu.Lock()
 	r.nextID++
@@ -271,7 +270,7 @@ func (r *recovery) request(n *mesh.Node, peer string, req *meshproto.HistoryRequ
 		delete(r.pending, req.ID)
 		r.fetchMu.Unlock()
 	}()
-	if !n.Send(peer, mesh.LaneControl, meshproto.Append(nil, req)) {
+	if !c.Send(peer, req) {
 		return nil
 	}
 	timer := time.NewTimer(fetchTimeout)
@@ -285,59 +284,56 @@ func (r *recovery) request(n *mesh.Node, peer string, req *meshproto.HistoryRequ
 	return nil
 }
 
-// attach registers recovery's frames and hooks with the cluster node.
-func (s *Server) attachRecovery(n *mesh.Node) {
-	r := s.rec
-	n.OnTopicSnapshot(func(_, topic string, emit func([]byte) error) error {
-		r.mu.Lock()
-		ranges := r.core.Ranges(topic)
-		r.mu.Unlock()
-		f := &meshproto.StreamHeads{Topic: topic, Ranges: make([]meshproto.StreamRange, len(ranges))}
-		for i, x := range ranges {
-			f.Ranges[i] = meshproto.StreamRange{Stream: x.Stream, Low: x.Low, Head: x.Head}
-		}
-		return emit(meshproto.Append(nil, f))
-	})
-	n.Handle(meshproto.TypeStreamHeads, func(from string, f meshproto.Frame) {
-		h := f.(*meshproto.StreamHeads)
-		ranges := make([]history.Range, len(h.Ranges))
-		for i, x := range h.Ranges {
+// topicFrames are the stream heads of topic this node holds, for a node
+// that subscribes to it (sent ahead of the presence snapshot).
+func (r *recovery) topicFrames(topic string) []meshproto.Frame {
+	r.mu.Lock()
+	ranges := r.core.Ranges(topic)
+	r.mu.Unlock()
+	f := &meshproto.StreamHeads{Topic: topic, Ranges: make([]meshproto.StreamRange, len(ranges))}
+	for i, x := range ranges {
+		f.Ranges[i] = meshproto.StreamRange{Stream: x.Stream, Low: x.Low, Head: x.Head}
+	}
+	return []meshproto.Frame{f}
+}
+
+// receive handles recovery's frames from other nodes.
+func (r *recovery) receive(c Cluster, from string, f meshproto.Frame) {
+	switch f := f.(type) {
+	case *meshproto.StreamHeads:
+		ranges := make([]history.Range, len(f.Ranges))
+		for i, x := range f.Ranges {
 			ranges[i] = history.Range{Stream: x.Stream, Low: x.Low, Head: x.Head}
 		}
 		r.mu.Lock()
-		r.core.Peer(from, h.Topic, ranges)
+		r.core.Peer(from, f.Topic, ranges)
 		r.mu.Unlock()
-	})
-	n.Handle(meshproto.TypeHistoryRequest, func(from string, f meshproto.Frame) {
-		req := f.(*meshproto.HistoryRequest)
+	case *meshproto.HistoryRequest:
 		r.mu.Lock()
-		kept, _, held := r.core.Read(req.Topic, req.Stream, req.After, req.Upto, fetchReplyBytes)
-		rep := &meshproto.HistoryReply{ID: req.ID, Held: held, Msgs: make([]meshproto.HistoryMsg, len(kept))}
+		kept, _, held := r.core.Read(f.Topic, f.Stream, f.After, f.Upto, fetchReplyBytes)
+		rep := &meshproto.HistoryReply{ID: f.ID, Held: held, Msgs: make([]meshproto.HistoryMsg, len(kept))}
 		for i, m := range kept {
 			rep.Msgs[i] = meshproto.HistoryMsg{Event: m.event, Payload: m.data, Meta: m.meta, Enc: m.enc, Binary: m.binary}
 		}
-		frame := meshproto.Append(nil, rep)
 		r.mu.Unlock()
-		n.Send(from, mesh.LaneControl, frame)
-	})
-	n.Handle(meshproto.TypeHistoryReply, func(_ string, f meshproto.Frame) {
-		rep := f.(*meshproto.HistoryReply)
+		c.Send(from, rep)
+	case *meshproto.HistoryReply:
 		r.fetchMu.Lock()
-		ch := r.pending[rep.ID]
+		ch := r.pending[f.ID]
 		r.fetchMu.Unlock()
 		if ch == nil {
 			return
 		}
-		for i := range rep.Msgs { // they alias the lane's read buffer
-			m := &rep.Msgs[i]
+		for i := range f.Msgs { // they may alias the cluster's read buffer
+			m := &f.Msgs[i]
 			m.Payload = append([]byte(nil), m.Payload...)
 			m.Meta = append([]byte(nil), m.Meta...)
 		}
 		select {
-		case ch <- rep:
+		case ch <- f:
 		default:
 		}
-	})
+	}
 }
 
 // peerDown forgets what a dead node reported holding.

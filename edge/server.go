@@ -32,6 +32,7 @@ package edge
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -40,10 +41,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/VictoriaMetrics/metrics"
 	"github.com/gobwas/ws"
 
-	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/mesh/lograte"
 	"github.com/meshcast/meshcast/wire/phx"
 )
@@ -60,11 +59,11 @@ type Server struct {
 	metrics    *serverMetrics
 	mux        *http.ServeMux
 	http       *http.Server
-	cluster    *mesh.Node // nil on a single node
+	cluster    Cluster // nil on a single node
 	coalesce   *coalescer
 	pool       *writePool
 	rest       *restLimiter // nil: REST messages are not rate limited
-	rec        *recovery    // nil: recovery is off (RecoveryWindow 0)
+	rec        *recovery    // nil: recovery is off (RecoveryWindow negative)
 
 	// policy decides private channels (the claims rule without
 	// Config.ChannelPolicy); policyBlocks: it may block, so callers let
@@ -81,7 +80,7 @@ type Server struct {
 	validator  ChangeValidator // nil: bindings are checked by the owner only
 	changeSubs *changeSubs
 
-	extraMetrics []*metrics.Set // written at /metrics after the server's own
+	extraMetrics []MetricsWriter // written at /metrics after the server's own
 
 	conns atomic.Int64 // admitted connections, for the limit and metrics
 	// perAddr bounds the admitted connections of one client address.
@@ -116,10 +115,37 @@ type Server struct {
 	wg   sync.WaitGroup // connection goroutines
 }
 
-// New returns a Server for cfg.
-func New(cfg Config) (*Server, error) {
+// Deps are what a Server uses of the rest of the node. Each is an
+// interface the edge declares (the consumer's seam); cmd/meshcast adapts
+// the mesh and the wal packages to them. The zero value is a single node
+// without a cluster.
+type Deps struct {
+	// Cluster connects the server to the other nodes of its cluster; nil
+	// on a single node. Its ID must be Config.NodeID. NewServer registers
+	// the server's ClusterHandler with it.
+	Cluster Cluster
+}
+
+// MetricsWriter is a source of metrics a Server writes at /metrics after
+// its own, in the Prometheus text format (*metrics.Set is one).
+type MetricsWriter interface {
+	WritePrometheus(w io.Writer)
+}
+
+// New returns a single node's Server for cfg: NewServer(cfg, Deps{}).
+func New(cfg Config) (*Server, error) { return NewServer(cfg, Deps{}) }
+
+// NewServer returns a Server for cfg that uses deps. It registers the
+// server with deps.Cluster, which may call it as soon as NewServer
+// returns.
+func NewServer(cfg Config, deps Deps) (*Server, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("edge: NodeID is required")
+	}
+	cfg = cfg.withDefaults()
+	if deps.Cluster != nil && deps.Cluster.ID() != cfg.NodeID {
+		// The node's presence entries carry its cluster ID.
+		return nil, errors.New("edge: the cluster's node ID differs from Config.NodeID")
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -138,8 +164,10 @@ func New(cfg Config) (*Server, error) {
 		coalesce:   newCoalescer(cfg.WriteCoalesce),
 		pool:       newWritePool(),
 		rest:       newRESTLimiter(cfg.RESTEventsPerSecond, cfg.MaxBatchMessages),
+		cluster:    deps.Cluster,
 		perAddr:    newAddrCounts(cfg.MaxConnections, cfg.AddressShare),
 	}
+	s.hub.cluster = deps.Cluster
 	s.policy, s.policyBlocks = cfg.ChannelPolicy, cfg.ChannelPolicy != nil
 	if s.policy == nil {
 		s.policy = claimsRule{}
@@ -157,30 +185,20 @@ func New(cfg Config) (*Server, error) {
 		IdleTimeout:       cfg.HTTPIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(lograte.New(log.Handler(), 10*time.Second, 5), slog.LevelDebug),
 	}
-	if s.http.IdleTimeout == 0 && s.http.ReadTimeout == 0 {
+	if s.http.IdleTimeout <= 0 && s.http.ReadTimeout <= 0 {
 		// net/http falls back to ReadTimeout for idle connections; with
 		// both off, keep-alive connections would be held forever.
 		s.http.IdleTimeout = 2 * time.Minute
 	}
+	if deps.Cluster != nil {
+		deps.Cluster.Register(peerSide{s})
+	}
 	return s, nil
 }
 
-// SetCluster connects the server to its cluster node before Serve. The
-// node's ID must be the server's NodeID (it owns this node's presence).
-func (s *Server) SetCluster(n *mesh.Node) error {
-	if n.ID() != s.cfg.NodeID {
-		return errors.New("edge: cluster node ID differs from Config.NodeID")
-	}
-	s.cluster = n
-	s.hub.cluster = n
-	if s.rec != nil {
-		s.attachRecovery(n)
-	}
-	return nil
-}
-
-// AddMetrics adds a set of metrics to /metrics (before Serve).
-func (s *Server) AddMetrics(set *metrics.Set) { s.extraMetrics = append(s.extraMetrics, set) }
+// AddMetrics adds a source of metrics to /metrics (before Serve): the
+// mesh's, the wal's, a policy's.
+func (s *Server) AddMetrics(m MetricsWriter) { s.extraMetrics = append(s.extraMetrics, m) }
 
 // Open reports whether the server runs without auth.
 func (s *Server) Open() bool { return s.auth.open() }
@@ -321,9 +339,6 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		s.metrics.write(w)
-		if s.cluster != nil {
-			s.cluster.WritePrometheus(w)
-		}
 		for _, set := range s.extraMetrics {
 			set.WritePrometheus(w)
 		}

@@ -369,10 +369,10 @@ func maskedHeader(length uint64) []byte {
 	return h
 }
 
-// With the frame limit off (MaxFrameBytes 0, "--max-frame-bytes 0"), a
+// With the frame limit off (MaxFrameBytes -1, "--max-frame-bytes 0"), a
 // header claiming 2^62 bytes must not take the server down.
 func TestHugeDeclaredLengthWithoutLimit(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.MaxFrameBytes = 0 })
+	ts := startServer(t, func(c *Config) { c.MaxFrameBytes = -1 })
 	c := ts.connect(t)
 	c.nc.SetWriteDeadline(time.Now().Add(testWait))
 	if _, err := c.nc.Write(maskedHeader(1 << 62)); err != nil {

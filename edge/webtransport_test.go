@@ -119,7 +119,7 @@ func TestWebTransportRefusals(t *testing.T) {
 	ts := startWTServer(t, func(c *Config) {
 		c.JWTSecret = secret
 		c.MaxConnections = 2
-		c.AddressShare = 0 // every client is 127.0.0.1
+		c.AddressShare = -1 // every client is 127.0.0.1
 		c.AllowedOrigins = []string{"https://app.example.com", "https://*.example.org"}
 	})
 	good := mintWith(t, secret, jwt.MapClaims{"role": "anon", "exp": time.Now().Add(time.Hour).Unix()})
@@ -453,7 +453,7 @@ func TestWebTransportLimits(t *testing.T) {
 	// first, short enough that the blocked writer lets the session end
 	// within testWait.
 	ts = startWTServer(t, func(c *Config) {
-		c.BytesPerSecond = 0
+		c.BytesPerSecond = -1
 		c.QueueBytes = 256 << 10
 		c.WriteTimeout = 2 * time.Second
 	})

@@ -14,7 +14,7 @@ import (
 // middle of a frame and a blocking writer finishes the rest. When the
 // subscriber reads at last, every frame must be there, whole and in order.
 func TestFullSocketKeepsFramesWhole(t *testing.T) {
-	ts := startServer(t, func(c *Config) { c.QueueBytes, c.BytesPerSecond = 256<<20, 0 })
+	ts := startServer(t, func(c *Config) { c.QueueBytes, c.BytesPerSecond = 256<<20, -1 })
 	pub, sub := ts.connect(t), ts.connect(t)
 	for _, r := range joinAll("realtime:full", `{}`, pub, sub) {
 		if jsonField(r.Payload, "status") != `"ok"` {

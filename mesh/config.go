@@ -57,7 +57,7 @@ func (s Strategy) String() string {
 }
 
 // GossipConfig tunes memberlist's failure detection. Zero values take the
-// profile's settings.
+// profile's settings (the rule of Config).
 //
 // A crashed node is probed by every other node in turn; a probe that gets
 // no answer, direct or through another node, within ProbeInterval makes
@@ -72,23 +72,23 @@ func (s Strategy) String() string {
 // 2-core host, and still show a kill -9 to the other nodes' clients within
 // 2 s in clusters of 3 and 5 (see README, Running a cluster).
 type GossipConfig struct {
-	// Profile is "lan" (default) or "wan" (memberlist's WAN timings: 5 s
+	// Profile is "lan" (if empty) or "wan" (memberlist's WAN timings: 5 s
 	// probes, 3 s probe timeout, suspicion multiplier 6, for clusters
 	// whose round trips exceed the lan probe timeout).
 	Profile string
 	// ProbeInterval is the time between two probes of this node and the
-	// time a probe may take; default 125 ms (lan), 5 s (wan).
+	// time a probe may take; if zero, 125 ms (lan), 5 s (wan).
 	ProbeInterval time.Duration
 	// ProbeTimeout is how long a direct probe waits for its answer before
 	// asking other nodes to probe too; it must exceed the round trip to
-	// every member. Default half of ProbeInterval (lan), 3 s (wan).
+	// every member. If zero, half of ProbeInterval (lan), 3 s (wan).
 	ProbeTimeout time.Duration
 	// SuspicionMult is how many probe intervals a suspect has to refute
-	// before it is declared dead; default (lan) enough intervals for
+	// before it is declared dead; if zero, (lan) enough intervals for
 	// DefaultSuspicionWindow, at least 3 (11 at 125 ms); 6 (wan).
 	SuspicionMult int
 	// DeadGossipTime is how long memberlist keeps gossiping to a member it
-	// declared dead (which heals a short partition by itself); default
+	// declared dead (which heals a short partition by itself); if zero,
 	// memberlist's 30 s. Past it, the join loop's retries of dead members'
 	// addresses merge the sides (see Node.rejoinFailed).
 	DeadGossipTime time.Duration
@@ -117,37 +117,44 @@ const (
 const DefaultMaxHandshakes = 64
 
 // Config configures a Node.
+//
+// Zero values follow one rule, the same in edge and wal (and quic-go's): a
+// field's zero value means its default, stated on the field ("if zero,
+// …"). The mesh's bounds cannot be turned off: they protect the node from
+// its peers.
 type Config struct {
-	Name   string // human name; the node ID adds an incarnation to it
-	ID     string // optional: the node ID (NewID(Name) when empty)
-	Region string
+	Name   string // human name; the node ID adds an incarnation to it. Required.
+	ID     string // the node ID; if empty, NewID(Name)
+	Region string // if empty, "local"
 
-	GossipAddr      string // memberlist bind, TCP+UDP host:port
-	GossipAdvertise string // optional address others reach the gossip on
-	MeshAddr        string // QUIC bind, UDP host:port
-	MeshAdvertise   string // optional address others reach the mesh on
-	ClientAddr      string // advertised HTTP/WebSocket address
+	GossipAddr      string // memberlist bind, TCP+UDP host:port. Required.
+	GossipAdvertise string // address others reach the gossip on; if empty, GossipAddr's
+	MeshAddr        string // QUIC bind, UDP host:port. Required unless PacketConn is set.
+	MeshAdvertise   string // address others reach the mesh on; if empty, MeshAddr's
+	ClientAddr      string // advertised HTTP/WebSocket address; may be empty
 	// Database names the database whose changes this node takes part in
 	// (advertised as Member.DB, with Member.Reader set: it can read the
 	// WAL); empty for none. SetDatabase sets both before Start.
 	Database string
 
-	Join []string // seeds: host:port, or DNS names (every A/AAAA record)
-	// Resolver looks the seeds' names up (default net.DefaultResolver).
+	// Join are the seeds: host:port, or DNS names (every A/AAAA record).
+	// If empty, the node waits for others to join it.
+	Join []string
+	// Resolver looks the seeds' names up; if nil, net.DefaultResolver.
 	Resolver      *net.Resolver
-	ClusterSecret []byte // required: encrypts gossip, authenticates peers
-	Strategy      Strategy
-	Gossip        GossipConfig
+	ClusterSecret []byte       // encrypts gossip, authenticates peers. Required.
+	Strategy      Strategy     // if zero, Interested
+	Gossip        GossipConfig // if zero, the lan profile
 
-	QueueBytes    int // per peer and lane; default 8 MiB
-	MaxFrameBytes int // largest mesh frame accepted and sent; default 16 MiB
+	QueueBytes    int // per peer and lane; if zero, 8 MiB
+	MaxFrameBytes int // largest mesh frame accepted and sent; if zero, 16 MiB
 	// MaxSnapshotBytes bounds the unfinished snapshots (sent in parts)
-	// held from one peer at once; default 1 GiB.
+	// held from one peer at once; if zero, 1 GiB.
 	MaxSnapshotBytes int
-	InterestLinger   time.Duration // debounce before InterestRemove; default 2s
-	SnapshotWait     time.Duration // how long a first join waits for presence snapshots; default 2s
-	PingInterval     time.Duration // RTT probes on the control lane; default 2s
-	PeerTimeout      time.Duration // a silent mesh connection is dropped and redialed; default 5s
+	InterestLinger   time.Duration // debounce before InterestRemove; if zero, 2s
+	SnapshotWait     time.Duration // how long a first join waits for presence snapshots; if zero, 2s
+	PingInterval     time.Duration // RTT probes on the control lane; if zero, 2s
+	PeerTimeout      time.Duration // a silent mesh connection is dropped and redialed; if zero, 5s
 	// MaxHandshakes bounds the inbound mesh connections whose peer has not
 	// authenticated yet (TLS, then Hellos); past half of it new ones must
 	// validate their address (QUIC Retry), past it they are refused. If
@@ -162,7 +169,7 @@ type Config struct {
 	// meshbench local (mesh/wanemu) delays gossip across regions with it.
 	WrapGossip func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 
-	Logger *slog.Logger
+	Logger *slog.Logger // if nil, slog.Default()
 }
 
 func (c *Config) setDefaults() error {

@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/meshcast/meshcast/internal/testkit"
 	"github.com/meshcast/meshcast/mesh/presence"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
@@ -77,26 +78,13 @@ func startNode(t *testing.T, name, secret string, join []string, h Handler, twea
 	return n
 }
 
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return true
-}
+var waitFor = testkit.WaitFor
 
+// metric is the value of a series of n's metrics, or "".
 func metric(n *Node, name string) string {
 	var b strings.Builder
 	n.WritePrometheus(&b)
-	for _, line := range strings.Split(b.String(), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return v
-		}
-	}
-	return ""
+	return testkit.Metric(b.String(), name)
 }
 
 func TestNodesConnectAndDeliver(t *testing.T) {

@@ -1,6 +1,6 @@
 // Package wal turns a Postgres database's committed changes into Supabase
 // postgres_changes records and finds the subscriptions each one reaches.
-// It is the core of meshcast's Postgres changes (design §4): the mesh and
+// It is the core of meshcast's Postgres changes (README, Postgres changes): the mesh and
 // the edge drive it, it holds no client connections and imports neither.
 //
 // # Parts

@@ -55,7 +55,7 @@ type Reader struct {
 	URL string
 	// Handler receives the transactions. Required.
 	Handler Handler
-	// Publication names the publication to stream (default
+	// Publication names the publication to stream (if empty,
 	// "supabase_realtime"). If it does not exist, the reader creates it
 	// FOR ALL TABLES and logs that it did.
 	Publication string
@@ -65,12 +65,12 @@ type Reader struct {
 	// realtime.messages WITH (publish_via_partition_root, publish =
 	// 'insert')), and streams without it, with a warning, when it cannot.
 	Broadcasts string
-	// Slot names the replication slot (default "meshcast"): permanent,
+	// Slot names the replication slot (if empty, "meshcast"): permanent,
 	// created if missing, and resumed from its confirmed position.
 	Slot string
 	// MaxSlotLag bounds, in bytes, how far the slot's confirmed position
 	// may trail the server's WAL end because the Handler has not acked
-	// what it was given (default 1 GiB; negative: no bound). Past it the
+	// what it was given (if zero, 1 GiB; if negative, no bound). Past it the
 	// reader confirms every transaction it has delivered, acked or not,
 	// and logs an error: those changes will not be delivered again. It
 	// cannot bound the lag while no reader runs; for that, set Postgres's
@@ -78,9 +78,9 @@ type Reader struct {
 	// invalidated (logging the loss).
 	MaxSlotLag int64
 	// StatusInterval is how often the reader reports its position to
-	// Postgres (default 1s). It also reports when Postgres asks.
+	// Postgres (if zero, 1s). It also reports when Postgres asks.
 	StatusInterval time.Duration
-	// MaxBackoff caps the wait between attempts after a failure (default
+	// MaxBackoff caps the wait between attempts after a failure (if zero,
 	// 5s; the first wait is 100ms, then doubling).
 	MaxBackoff time.Duration
 	// TakeOver makes the reader terminate another consumer holding the
@@ -95,17 +95,17 @@ type Reader struct {
 	TakeOver bool
 	// TakeOverSilence is how long the other consumer must have sent no
 	// position report (pg_stat_replication.reply_time) before TakeOver
-	// terminates it (default 5s).
+	// terminates it (if zero, 5s).
 	TakeOverSilence time.Duration
 	// TxMemory bounds, in bytes, the decoded changes the reader holds in
 	// memory: of the transaction it is reading and of those handed to the
-	// Handler and not released (default 64 MiB; negative: no bound). A
+	// Handler and not released (if zero, 64 MiB; if negative, no bound). A
 	// transaction's changes past it go to a temporary file in SpillDir,
 	// which Transaction.Range reads back; and the reader starts no new
 	// transaction while the unreleased ones hold half of it, reporting
 	// its position meanwhile so that Postgres keeps the connection.
 	TxMemory int64
-	// SpillDir is where the changes past TxMemory wait (default
+	// SpillDir is where the changes past TxMemory wait (if empty,
 	// os.TempDir()). Its files are unlinked as they are made: they take
 	// disk only while their transaction is held, and none outlives the
 	// process.

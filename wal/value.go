@@ -160,6 +160,12 @@ func appendTimestamp(dst []byte, c class, text []byte) []byte {
 // (escape_json): the short escapes, \u00XX for other control bytes, and
 // everything else as is. Invalid UTF-8 becomes U+FFFD so the output stays
 // valid JSON.
+//
+// wire/phx.AppendString escapes differently on purpose: it follows
+// encoding/json (\b and \f as \u00XX, U+2028 and U+2029 escaped for
+// JavaScript), for the frames meshcast composes itself, while a record's
+// values must read byte for byte as Postgres's to_jsonb writes them (the
+// tests compare with it), so this one follows escape_json.
 func appendJSONString(dst, s []byte) []byte {
 	dst = append(dst, '"')
 	dst = appendEscaped(dst, s)

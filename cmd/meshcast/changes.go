@@ -51,7 +51,7 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	set := metrics.NewSet()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ac := wal.AuthorizerConfig{URL: o.databaseURL, Publication: o.publication, CatalogPoll: o.catalogPoll, Logger: log, Metrics: set}
+	ac := wal.AuthorizerConfig{URL: o.databaseURL, Publication: o.reader.Publication, CatalogPoll: o.catalogPoll, Logger: log, Metrics: set}
 	if !srv.Open() {
 		// A REVOKE closes the channels it cuts off, with the reason.
 		ac.OnCatalogChange = srv.RecheckChanges
@@ -69,21 +69,12 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 			regions = append(regions, r)
 		}
 	}
+	o.reader.URL, o.reader.Broadcasts, o.reader.Logger, o.reader.Metrics = o.databaseURL, dbcast.Publication, log, set
 	cfg := wal.ServiceConfig{
-		DB:      key,
-		Self:    o.edge.NodeID,
-		Regions: regions,
-		Reader: &wal.Reader{
-			URL:         o.databaseURL,
-			Publication: o.publication,
-			Broadcasts:  dbcast.Publication,
-			Slot:        o.slot,
-			MaxSlotLag:  o.maxSlotLag,
-			TxMemory:    o.txMemory,
-			SpillDir:    o.spillDir,
-			Logger:      log,
-			Metrics:     set,
-		},
+		DB:              key,
+		Self:            o.edge.NodeID,
+		Regions:         regions,
+		Reader:          o.reader,
 		Deliver:         srv.DeliverChange,
 		RegexValueBytes: o.regexBytes,
 		Logger:          log,
@@ -102,16 +93,8 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	}
 	c := &changeStream{cfg: cfg, srv: srv, auth: auth, db: key, log: log, bc: bc}
 	srv.AddMetrics(set)
-	log.Info("postgres changes", "database", key, "publication", o.publication, "slot", o.slot)
+	log.Info("postgres changes", "database", key, "publication", o.reader.Publication, "slot", o.reader.Slot)
 	return c, nil
-}
-
-// database is the key mesh members advertise (empty without a database).
-func (c *changeStream) database() string {
-	if c == nil {
-		return ""
-	}
-	return c.db
 }
 
 // build makes the Service, on bus (nil: a node alone), and connects the

@@ -16,6 +16,8 @@ import (
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+
+	"github.com/meshcast/meshcast/internal/testkit"
 )
 
 // A small Phoenix v2 WebSocket client for the cluster tests: it moves
@@ -256,8 +258,9 @@ func joinConfig(presenceKey string, presenceEnabled, ack bool) string {
 		ack, presenceKey, presenceEnabled)
 }
 
+// joinFrame and broadcastFrame are internal/testkit's, topic first.
 func joinFrame(topic, joinRef, config string) string {
-	return fmt.Sprintf(`[%q,%q,%q,"phx_join",{"config":%s}]`, joinRef, joinRef, topic, config)
+	return testkit.JoinFrame(joinRef, topic, config)
 }
 
 // join joins topic and waits for the ok reply (presence_state, if any,
@@ -282,7 +285,7 @@ func (c *wsClient) track(topic, joinRef, ref, meta string) {
 }
 
 func broadcastFrame(topic, joinRef, ref, event, payload string) string {
-	return fmt.Sprintf(`[%q,%q,%q,"broadcast",{"type":"broadcast","event":%q,"payload":%s}]`, joinRef, ref, topic, event, payload)
+	return testkit.BroadcastFrame(joinRef, ref, topic, event, payload)
 }
 
 // isBroadcast reports whether f is a broadcast of event on topic and

@@ -7,7 +7,8 @@ import (
 )
 
 // fly.io: a machine learns its identity and network from the environment
-// (see ../shared/fly.md §3–4). When FLY_APP_NAME is set, the defaults of
+// (FLY_APP_NAME, FLY_MACHINE_ID, FLY_REGION, FLY_PRIVATE_IP; see README,
+// "Deploy to fly.io in several regions"). When FLY_APP_NAME is set, the defaults of
 // the flags below come from it, so that fly.toml needs no per-machine
 // values; a flag or MESHCAST_* variable still wins.
 //

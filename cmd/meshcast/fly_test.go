@@ -36,8 +36,8 @@ func TestFlyEnvironmentDefaults(t *testing.T) {
 		"join":             "meshcast-test.internal:7946",
 	}
 	got := map[string]string{
-		"name": o.edge.NodeID, "region": o.region, "gossip-addr": o.gossipAddr, "gossip-advertise": o.gossipAdv,
-		"mesh-addr": o.meshAddr, "mesh-advertise": o.meshAdv, "join": o.join,
+		"name": o.edge.NodeID, "region": o.mesh.Region, "gossip-addr": o.mesh.GossipAddr, "gossip-advertise": o.mesh.GossipAdvertise,
+		"mesh-addr": o.mesh.MeshAddr, "mesh-advertise": o.mesh.MeshAdvertise, "join": strings.Join(o.mesh.Join, ","),
 	}
 	for k, v := range want {
 		if got[k] != v {
@@ -49,8 +49,8 @@ func TestFlyEnvironmentDefaults(t *testing.T) {
 	}
 	// A flag still wins.
 	o, err = parseFlags([]string{"--join", "other:1"}, io.Discard)
-	if err != nil || o.join != "other:1" {
-		t.Errorf("--join given: %q %v", o.join, err)
+	if err != nil || strings.Join(o.mesh.Join, ",") != "other:1" {
+		t.Errorf("--join given: %q %v", o.mesh.Join, err)
 	}
 	if limit := flyMemoryLimit(func(k string) string { return map[string]string{"FLY_VM_MEMORY_MB": "1024"}[k] }); limit != 1024<<20*9/10 {
 		t.Errorf("memory limit %d", limit)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding"
 	"errors"
 	"flag"
 	"fmt"
@@ -63,6 +64,9 @@ func printUsage(w io.Writer, fs *flag.FlagSet, defaults map[string]string) {
 	fmt.Fprint(w, usageHeader)
 	fs.VisitAll(func(f *flag.Flag) {
 		arg, usage := flag.UnquoteUsage(f)
+		if arg == "value" {
+			arg = argName(f) // a flag.Value of a package (internal/flagx)
+		}
 		fmt.Fprintf(w, "  --%s", f.Name)
 		if arg != "" {
 			fmt.Fprintf(w, " %s", arg)
@@ -73,6 +77,22 @@ func printUsage(w io.Writer, fs *flag.FlagSet, defaults map[string]string) {
 		}
 		fmt.Fprintln(w)
 	})
+}
+
+// argName names a flag's argument by its value's type, as
+// flag.UnquoteUsage does for the flag package's own values.
+func argName(f *flag.Flag) string {
+	switch flagValue(f).(type) {
+	case int, int64:
+		return "int"
+	case float64:
+		return "float"
+	case time.Duration:
+		return "duration"
+	case string, encoding.TextUnmarshaler:
+		return "string"
+	}
+	return "value"
 }
 
 // defaultText is a flag's default as help shows it: from defaults, else
@@ -88,6 +108,8 @@ func defaultText(f *flag.Flag, defaults map[string]string) string {
 			return ""
 		}
 		return strconv.Quote(v)
+	case encoding.TextUnmarshaler: // flag.TextVar
+		return strconv.Quote(f.Value.String())
 	case bool:
 		if !v {
 			return ""
@@ -114,7 +136,7 @@ func defaultText(f *flag.Flag, defaults map[string]string) string {
 
 // isByteFlag reports whether a flag's value is a number of bytes.
 func isByteFlag(name string) bool {
-	return strings.Contains(name, "bytes") || name == "max-slot-lag"
+	return strings.Contains(name, "bytes") || name == "max-slot-lag" || name == "wal-tx-memory"
 }
 
 // bytesText is n, and n in KiB, MiB or GiB when that is at least 1 KiB:

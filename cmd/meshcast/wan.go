@@ -7,7 +7,6 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
-	"github.com/meshcast/meshcast/edge"
 	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/mesh/wanemu"
 )
@@ -19,7 +18,7 @@ import (
 // regions. `meshbench local` writes the file (every node's gossip and mesh
 // address → region, and the RTT matrix) and starts the nodes with it.
 // Client connections are never delayed. The counters appear on /metrics as
-// meshcast_wanemu_*.
+// meshcast_wanemu_* (newServer adds them).
 
 // wanEmulation is what --emulate-wan set up, closed after the mesh node.
 type wanEmulation struct {
@@ -29,7 +28,7 @@ type wanEmulation struct {
 
 // emulateWAN wraps cfg's mesh socket and gossip transport when
 // --emulate-wan is set; it returns nil otherwise.
-func emulateWAN(o *options, cfg *mesh.Config, srv *edge.Server, log *slog.Logger) (*wanEmulation, error) {
+func emulateWAN(o *options, cfg *mesh.Config, log *slog.Logger) (*wanEmulation, error) {
 	if o.emulateWAN == "" {
 		return nil, nil
 	}
@@ -48,7 +47,6 @@ func emulateWAN(o *options, cfg *mesh.Config, srv *edge.Server, log *slog.Logger
 	}
 	cfg.PacketConn = e.PacketConn(udp)
 	cfg.WrapGossip = func(t memberlist.NodeAwareTransport) memberlist.NodeAwareTransport { return e.Transport(t) }
-	srv.AddMetrics(e.Metrics())
 	log.Warn("emulating a WAN between regions (benchmark only): mesh and gossip traffic to other regions is delayed",
 		"region", cfg.Region, "rtt_ms", wc.RTT, "jitter_ms", wc.JitterMS, "loss", wc.Loss, "addresses", len(wc.Nodes))
 	return &wanEmulation{e: e, pc: udp}, nil

@@ -1,6 +1,6 @@
 package meshproto
 
-// Frames of Postgres changes (design §4): a node registers its channels'
+// Frames of Postgres changes (see package wal): a node registers its channels'
 // postgres_changes subscriptions with the node that owns the database's
 // WAL reader (control lane), and the owner sends every change record once
 // to each node with matching subscriptions, tagged with their IDs (changes

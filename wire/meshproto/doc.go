@@ -1,5 +1,5 @@
 // Package meshproto is the binary protocol between meshcast nodes: the frames
-// one node sends another over a mesh lane (design §5). It exists apart from
+// one node sends another over a mesh lane (see mesh's lanes). It exists apart from
 // mesh so that the format is a pure codec, without I/O or goroutines, that can
 // be fuzzed on its own and read by tools such as the benchmark.
 //

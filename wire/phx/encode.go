@@ -131,7 +131,12 @@ func appendRef(dst []byte, ref string) []byte {
 
 const hexDigits = "0123456789abcdef"
 
-// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD.
+// AppendString appends s as a JSON string, escaped as encoding/json does
+// (the short escapes \n \r \t \" \\, \u00XX for other control bytes,
+// U+2028 and U+2029 escaped). Invalid UTF-8 becomes U+FFFD. wal has an
+// escaper of its own (appendJSONString) that follows Postgres's
+// escape_json instead, so that a change's values read as to_jsonb writes
+// them; the two differ only in \b, \f, U+2028 and U+2029.
 func AppendString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
