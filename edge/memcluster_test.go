@@ -27,6 +27,7 @@ func startMemCluster(t *testing.T, ids ...string) (*MemoryCluster, []*testServer
 		cfg := DefaultConfig()
 		cfg.Logger = slog.New(slog.DiscardHandler)
 		cfg.NodeID = id
+		cfg.RecoveryWindow = -1 // exact frames, as startCluster's
 		s, err := NewServer(cfg, Deps{Cluster: mc.Node(id)})
 		if err != nil {
 			t.Fatal(err)
