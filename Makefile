@@ -131,7 +131,7 @@ FUZZ_TARGETS := \
 	./wire/phx:FuzzDecodeJoin ./wire/phx:FuzzDecodePush ./wire/phx:FuzzAppendPresenceMeta \
 	./wire/meshproto:FuzzDecode ./wire/meshproto:FuzzReadFrame \
 	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister ./wal:FuzzJSONB \
-	./edge:FuzzWTFrameReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
+	./edge:FuzzWTFrameReader ./edge:FuzzWSReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
 	./edge:FuzzPresenceTrack ./edge:FuzzRESTBroadcast \
 	./mesh:FuzzAssembler ./mesh:FuzzDecodeMeta ./mesh:FuzzHello
 FUZZTIME ?= 30s

@@ -185,7 +185,7 @@ func (c *conn) join(m *phx.Message) bool {
 		// database's owner holds them. c.mu is let go meanwhile, so that
 		// Shutdown and token timers are not held up by the wait; only this
 		// reader handles the connection's frames, so nothing else joins.
-		c.mu.Unlock()
+		c.unlockToWait()
 		if len(p.Config.PostgresChanges) > 0 {
 			ch.bindings, changesMsg = s.joinChanges(ch, p.Config.PostgresChanges, cl, held)
 			reply = joinReplyChanges(ch.bindings)

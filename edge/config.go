@@ -80,6 +80,12 @@ type Config struct {
 	// at once.
 	WriteCoalesce time.Duration
 
+	// ReadWorkers is how many goroutines read the WebSockets the poller
+	// reports readable (Linux). If zero, one per CPU (GOMAXPROCS), at
+	// least 2. Negative: no poller, a reader goroutine per WebSocket (as on
+	// systems without one).
+	ReadWorkers int
+
 	// WebTransport (ServeWebTransport).
 
 	// AllowedOrigins are the origins whose pages may connect, over

@@ -100,6 +100,12 @@ type Server struct {
 	live map[*conn]struct{}
 	shut bool
 	wg   sync.WaitGroup // connection goroutines
+
+	// readers read the WebSockets the poller reports readable (made for
+	// the first one; see wsReaders).
+	readers     *readPool
+	readersMu   sync.Mutex
+	readersDone bool
 }
 
 // New returns a Server for cfg.
@@ -223,6 +229,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.coalesce.close()
 	s.pool.close()
+	s.closeReaders()
 	return err
 }
 

@@ -175,6 +175,7 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.DurationVar(&c.HTTPIdleTimeout, "http-idle-timeout", c.HTTPIdleTimeout, "close keep-alive HTTP connections idle this long")
 	fs.DurationVar(&c.JWTLeeway, "jwt-leeway", c.JWTLeeway, "clock skew allowed for a JWT's nbf and iat (tokens not valid yet, or issued in the future, are refused beyond it)")
 	fs.DurationVar(&c.WriteCoalesce, "write-coalesce", c.WriteCoalesce, "shortest time between two writes to one client: frames for a client written to less than this ago wait at most this long and share one write (0 = write every frame at once)")
+	fs.IntVar(&c.ReadWorkers, "read-workers", c.ReadWorkers, "goroutines that read the WebSockets the poller reports readable (Linux's epoll; an idle WebSocket then holds no goroutine): 0 = one per CPU, at least 2; -1 = no poller, a reader goroutine per WebSocket")
 	fs.StringVar(&o.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this `host:port` (off when empty; keep it private)")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for clients to leave")
 
