@@ -135,6 +135,10 @@ func (w *worker) loop() {
 	p.mu.Unlock()
 }
 
+// progress tells the watchdog that w's task, which goes on, has just
+// checked that no other task waits.
+func (w *worker) progress() { w.since.Store(w.pool.now()) }
+
 // wait tells the pool that w's task is about to wait for something other
 // than its own work: another worker takes w's place. nil does nothing
 // (a connection with a goroutine of its own).
@@ -163,7 +167,7 @@ func (p *workers) handOff(w *worker, reason string) {
 // while other tasks wait.
 func (p *workers) watch() {
 	defer p.wg.Done()
-	tick := time.NewTicker(stallAfter / 2)
+	tick := time.NewTicker(stallAfter)
 	defer tick.Stop()
 	var stuck []*worker
 	for {

@@ -38,10 +38,10 @@ type readPool struct {
 	nextKey uint64
 
 	dispatched chan struct{} // closed when dispatch returns
-}
 
-// readBuffers are the buffers a worker borrows for one read.
-var readBuffers = sync.Pool{New: func() any { b := make([]byte, pollReadSize); return &b }}
+	// bufs are the buffers a worker borrows for one turn's reads.
+	bufs sync.Pool
+}
 
 const (
 	// pollReadSize is the buffer of one read from a readable socket.
@@ -65,6 +65,7 @@ func newReadPool(size int, log *slog.Logger, counted func(string)) (*readPool, e
 		readers:    make(map[uint64]*wsPollReader),
 		dispatched: make(chan struct{}),
 	}
+	p.bufs.New = func() any { b := make([]byte, pollReadSize); return &b }
 	go p.dispatch()
 	return p, nil
 }
@@ -204,6 +205,7 @@ func (r *wsPollReader) run(w *worker) {
 			// The socket holds more: read on, unless other connections
 			// wait, then after them (without a trip through the poller).
 			if !r.pool.work.waiting() {
+				w.progress()
 				continue
 			}
 			r.armTimer()
@@ -244,8 +246,8 @@ func (r *wsPollReader) read() (ok, more bool) {
 			return false, false
 		}
 	}
-	bp := readBuffers.Get().(*[]byte)
-	defer readBuffers.Put(bp)
+	bp := r.pool.bufs.Get().(*[]byte)
+	defer r.pool.bufs.Put(bp)
 	buf := *bp
 	for range readsPerTurn {
 		n, err := r.t.readNow(buf)
