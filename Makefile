@@ -129,11 +129,13 @@ soak: build deps-pg
 FUZZ_TARGETS := \
 	./wire/phx:FuzzDecodeText ./wire/phx:FuzzDecodeBinary ./wire/phx:FuzzAppendString \
 	./wire/phx:FuzzDecodeJoin ./wire/phx:FuzzDecodePush ./wire/phx:FuzzAppendPresenceMeta \
+	./wire/phx:FuzzScanV2 ./wire/phx:FuzzDecodeUserBroadcast \
 	./wire/meshproto:FuzzDecode ./wire/meshproto:FuzzReadFrame \
 	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister ./wal:FuzzJSONB \
 	./edge:FuzzWTFrameReader ./edge:FuzzWSReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
 	./edge:FuzzPresenceTrack ./edge:FuzzRESTBroadcast \
-	./mesh:FuzzAssembler ./mesh:FuzzDecodeMeta ./mesh:FuzzHello
+	./mesh:FuzzAssembler ./mesh:FuzzDecodeMeta ./mesh:FuzzHello \
+	./mesh/gossipnet:FuzzFirstMessage ./mesh/gossipnet:FuzzPacket
 FUZZTIME ?= 30s
 FUZZTIME_SHORT ?= 2s
 .PHONY: fuzz-check test-fuzz fuzz-corpus

@@ -6,13 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/meshcast/meshcast/bench/client"
+	"github.com/meshcast/meshcast/bench/cluster"
+	"github.com/meshcast/meshcast/bench/measure"
+	"github.com/meshcast/meshcast/wire/phx"
 
 	"github.com/gobwas/ws"
 )
@@ -54,33 +57,17 @@ type DetectConfig struct {
 }
 
 func (c DetectConfig) withDefaults() (DetectConfig, error) {
-	if c.MeshcastBin == "" {
-		c.MeshcastBin = "bin/meshcast"
+	orDefault(&c.MeshcastBin, "bin/meshcast")
+	orDefault(&c.Nodes, 3)
+	if c.Load == 0 {
+		orDefault(&c.Kills, 20)
 	}
-	if c.Nodes == 0 {
-		c.Nodes = 3
-	}
-	if c.Kills == 0 && c.Load == 0 {
-		c.Kills = 20
-	}
-	if c.BasePort == 0 {
-		c.BasePort = 4900
-	}
-	if c.Settle == 0 {
-		c.Settle = time.Second
-	}
-	if c.Timeout == 0 {
-		c.Timeout = 30 * time.Second
-	}
-	if c.LoadSubs == 0 {
-		c.LoadSubs = 1000
-	}
-	if c.GOGC == 0 {
-		c.GOGC = 25
-	}
-	if c.Seed == 0 {
-		c.Seed = 1
-	}
+	orDefault(&c.BasePort, 4900)
+	orDefault(&c.Settle, time.Second)
+	orDefault(&c.Timeout, 30*time.Second)
+	orDefault(&c.LoadSubs, 1000)
+	orDefault(&c.GOGC, 25)
+	orDefault(&c.Seed, 1)
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
 	}
@@ -91,8 +78,6 @@ func (c DetectConfig) withDefaults() (DetectConfig, error) {
 		return c, errors.New("bench: kills must be within [0, 1000]")
 	case c.Load < 0 || c.Load > time.Hour:
 		return c, errors.New("bench: load must be within [0, 1h]")
-	case c.BasePort < 1024 || c.BasePort+100+10*c.Nodes+1 > 65535:
-		return c, errors.New("bench: base port out of range")
 	}
 	return c, nil
 }
@@ -103,7 +88,7 @@ func (c DetectConfig) Budget() time.Duration {
 	if err != nil {
 		return time.Minute
 	}
-	perKill := c.Timeout + 2*clusterStartTimeout + 2*c.Settle
+	perKill := c.Timeout + 2*cluster.StartTimeout + 2*c.Settle
 	return time.Minute + time.Duration(c.Kills)*perKill + c.Load + 2*time.Minute
 }
 
@@ -119,7 +104,7 @@ type DetectorCounts struct {
 	MaxHealthScore float64 `json:"max_health_score"` // highest meshcast_gossip_health_score seen
 }
 
-func (d *DetectorCounts) add(m Metrics) {
+func (d *DetectorCounts) add(m cluster.Metrics) {
 	d.Suspicions += m["meshcast_gossip_suspicions_total"]
 	d.DeclaredDead += m["meshcast_gossip_declared_dead_total"]
 	d.RefutedSuspect += m[`meshcast_gossip_refuted_total{accusation="suspect"}`]
@@ -183,23 +168,15 @@ func joinMS(v []float64) string {
 
 // detectRun is one RunDetect.
 type detectRun struct {
-	cfg   DetectConfig
-	nodes []*Node
-	conns []*detectClient
-	env   []string
+	cfg     DetectConfig
+	cl      *cluster.Cluster
+	clients *client.Readers
+	conns   []client.Conn // per node, its client
 
 	mu        sync.Mutex
 	lastLeave []map[string]time.Time // per watcher (node index): key → last leave seen
 	lastJoin  []map[string]time.Time
 	leaves    int // leaves seen in all
-}
-
-// detectClient is one node's client: it tracks key n<i> and records the
-// presence joins and leaves it sees.
-type detectClient struct {
-	c    *wsConn
-	done chan struct{}
-	stop chan struct{}
 }
 
 const detectTopic = "realtime:detect"
@@ -210,35 +187,22 @@ func RunDetect(ctx context.Context, cfg DetectConfig) (*DetectResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.LogDir == "" {
-		if cfg.LogDir, err = os.MkdirTemp("", "meshbench-detect"); err != nil {
-			return nil, err
-		}
-	} else if err := os.MkdirAll(cfg.LogDir, 0o755); err != nil {
-		return nil, err
-	}
-	r := &detectRun{cfg: cfg, nodes: make([]*Node, cfg.Nodes), conns: make([]*detectClient, cfg.Nodes)}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MESHCAST_") && !strings.HasPrefix(kv, "GOGC=") {
-			r.env = append(r.env, kv)
-		}
-	}
-	if cfg.Load > 0 && cfg.GOGC > 0 {
-		r.env = append(r.env, "GOGC="+strconv.Itoa(cfg.GOGC))
-	}
+	r := &detectRun{cfg: cfg, conns: make([]client.Conn, cfg.Nodes)}
 	for range cfg.Nodes {
 		r.lastLeave = append(r.lastLeave, map[string]time.Time{})
 		r.lastJoin = append(r.lastJoin, map[string]time.Time{})
 	}
-	defer r.stop()
-	for i := range cfg.Nodes {
-		if err := r.startNode(i); err != nil {
-			return nil, err
-		}
+	cc := cluster.Config{Bin: cfg.MeshcastBin, Regions: cluster.Cycle([]string{"local"}, cfg.Nodes), BasePort: cfg.BasePort, JoinAll: true,
+		LogDir: cfg.LogDir, Flags: append([]string{"--webtransport-listen", "off", "--log-level", "info", "--events-per-sec", "0", "--bytes-per-sec", "0"}, cfg.Flags...)}
+	if cfg.Load > 0 && cfg.GOGC > 0 {
+		cc.Env = []string{"GOGC=" + strconv.Itoa(cfg.GOGC)}
 	}
-	if err := r.waitMeshed(ctx); err != nil {
+	if r.cl, err = cluster.Start(ctx, cc); err != nil {
 		return nil, err
 	}
+	defer r.cl.Stop()
+	r.clients = client.NewReaders(time.Now().UnixNano, client.PhoenixHeartbeat, heartbeatEvery)
+	defer r.clients.Close()
 	for i := range cfg.Nodes {
 		if err := r.connect(ctx, i); err != nil {
 			return nil, err
@@ -250,172 +214,76 @@ func RunDetect(ctx context.Context, cfg DetectConfig) (*DetectResult, error) {
 		}
 	}
 	res := &DetectResult{Nodes: cfg.Nodes, Flags: cfg.Flags}
-	cfg.Logf("detect: %d nodes up (logs in %s)", cfg.Nodes, cfg.LogDir)
+	cfg.Logf("detect: %d nodes up (logs in %s)", cfg.Nodes, r.cl.LogDir)
 	if cfg.Load > 0 {
 		err = r.runLoad(ctx, res)
 	} else {
 		err = r.runKills(ctx, res)
 	}
-	for _, n := range r.nodes {
-		if n == nil {
-			continue
-		}
-		if m, serr := ScrapeMetrics(ctx, n.MetricsURL()); serr == nil {
+	for _, n := range r.cl.Nodes {
+		if m, serr := cluster.Scrape(ctx, n.MetricsURL(), nil); serr == nil {
 			res.Detector.add(m)
 		}
 	}
 	return res, err
 }
 
-func (r *detectRun) gossipAddr(i int) string {
-	return "127.0.0.1:" + strconv.Itoa(r.cfg.BasePort+100+10*(i+1))
-}
-
-func (r *detectRun) startNode(i int) error {
-	n := &Node{Name: "n" + strconv.Itoa(i+1), HTTPAddr: "127.0.0.1:" + strconv.Itoa(r.cfg.BasePort+i+1), done: make(chan struct{})}
-	var seeds []string
-	for j := range r.cfg.Nodes {
-		if j != i {
-			seeds = append(seeds, r.gossipAddr(j))
-		}
-	}
-	args := []string{"--listen", n.HTTPAddr, "--name", n.Name, "--region", "local",
-		"--gossip-addr", r.gossipAddr(i), "--join", strings.Join(seeds, ","), "--cluster-secret", "meshbench",
-		"--webtransport-listen", "off", "--log-level", "info", "--events-per-sec", "0", "--bytes-per-sec", "0"}
-	args = append(args, r.cfg.Flags...)
-	logf, err := os.OpenFile(filepath.Join(r.cfg.LogDir, n.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	if err := n.startWith(r.cfg.MeshcastBin, args, logf, r.env); err != nil {
-		return err
-	}
-	r.nodes[i] = n
-	return nil
-}
-
-// waitMeshed waits until every node has every other as a connected peer
-// and as a member.
-func (r *detectRun) waitMeshed(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, clusterStartTimeout)
-	defer cancel()
-	want := float64(r.cfg.Nodes - 1)
-	for {
-		ready := 0
-		for _, n := range r.nodes {
-			select {
-			case <-n.done:
-				return fmt.Errorf("bench: node %s exited (log in %s)", n.Name, r.cfg.LogDir)
-			default:
-			}
-			if m, err := ScrapeMetrics(ctx, n.MetricsURL()); err == nil && m["meshcast_mesh_peers_connected"] == want && m["meshcast_mesh_members"] == want+1 {
-				ready++
-			}
-		}
-		if ready == len(r.nodes) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("bench: cluster not meshed: %d/%d nodes ready (logs in %s)", ready, len(r.nodes), r.cfg.LogDir)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
 // connect opens node i's client: join with presence key n<i+1>, track.
 func (r *detectRun) connect(ctx context.Context, i int) error {
-	url := "ws://" + r.nodes[i].HTTPAddr + "/realtime/v1/websocket?apikey=meshbench&vsn=2.0.0"
-	c, err := dialWS(ctx, url, 10*time.Second, 4096)
-	if err != nil {
-		return fmt.Errorf("bench: client of %s: %w", r.nodes[i].Name, err)
+	key := r.cl.Nodes[i].Name
+	c, err := client.DialWS(ctx, r.cl.Nodes[i].URL("meshbench"), client.Options{})
+	if err == nil {
+		if err = client.JoinChannel(c, detectTopic, client.Join{Presence: key}, 10*time.Second, nil); err != nil {
+			c.Close()
+		}
 	}
-	key := r.nodes[i].Name
-	if err := joinTopic(c, detectTopic, fmt.Sprintf(regionJoinPresence, key), 10*time.Second); err != nil {
-		c.Close()
+	if err != nil {
 		return fmt.Errorf("bench: client of %s: %w", key, err)
 	}
-	dc := &detectClient{c: c, done: make(chan struct{}), stop: make(chan struct{})}
-	r.conns[i] = dc
-	go func() { defer close(dc.done); r.read(i, c) }()
-	go dc.heartbeats()
-	track := `["1","2","` + detectTopic + `","presence",{"type":"presence","event":"track","payload":{"node":"` + key + `"}}]`
-	if err := c.WriteFrame(ws.OpText, []byte(track)); err != nil {
+	r.conns[i] = c
+	r.clients.Hold(c, &watcher{r: r, i: i})
+	if err := c.WriteFrame(ws.OpText, client.Track(nil, 2, detectTopic, []byte(`{"node":"`+key+`"}`))); err != nil {
 		return fmt.Errorf("bench: track on %s: %w", key, err)
 	}
 	return nil
 }
 
-func (dc *detectClient) heartbeats() {
-	t := time.NewTicker(20 * time.Second)
-	defer t.Stop()
-	for ref := uint64(100); ; ref++ {
-		select {
-		case <-dc.stop:
-			return
-		case <-dc.done:
-			return
-		case <-t.C:
-			if dc.c.WriteFrame(ws.OpText, AppendPhxHeartbeat(nil, ref)) != nil {
-				return
-			}
-		}
+// watcher is node i's client: it records the presence joins and leaves it
+// sees.
+type watcher struct {
+	r *detectRun
+	i int
+}
+
+func (w *watcher) OnMessage(op ws.OpCode, b []byte, _ int64) {
+	now := time.Now()
+	f, err := phx.ScanV2(b)
+	if op != ws.OpText || err != nil {
+		return
 	}
-}
-
-func (dc *detectClient) close() {
-	close(dc.stop)
-	dc.c.Close()
-	<-dc.done
-}
-
-// read records watcher i's presence joins and leaves until its socket
-// ends.
-func (r *detectRun) read(i int, c *wsConn) {
-	for {
-		op, b, err := c.ReadFrame()
-		if err != nil {
-			return
-		}
-		now := time.Now()
-		if op != ws.OpText {
-			continue
-		}
-		var frame [5]json.RawMessage
-		if json.Unmarshal(b, &frame) != nil {
-			continue
-		}
-		var event string
-		_ = json.Unmarshal(frame[3], &event)
-		switch event {
-		case "presence_state":
-			var state map[string]json.RawMessage
-			if json.Unmarshal(frame[4], &state) != nil {
-				continue
-			}
-			r.mu.Lock()
-			for k := range state {
-				r.lastJoin[i][k] = now
-			}
-			r.mu.Unlock()
-		case "presence_diff":
-			var diff struct {
-				Joins  map[string]json.RawMessage `json:"joins"`
-				Leaves map[string]json.RawMessage `json:"leaves"`
-			}
-			if json.Unmarshal(frame[4], &diff) != nil {
-				continue
-			}
-			r.mu.Lock()
-			for k := range diff.Joins {
-				r.lastJoin[i][k] = now
-			}
-			for k := range diff.Leaves {
-				r.lastLeave[i][k] = now
-				r.leaves++
-			}
-			r.mu.Unlock()
-		}
+	var keys struct {
+		Joins  map[string]json.RawMessage `json:"joins"`
+		Leaves map[string]json.RawMessage `json:"leaves"`
+	}
+	switch string(f.Event) {
+	case "presence_state":
+		err = json.Unmarshal(f.Payload, &keys.Joins)
+	case "presence_diff":
+		err = json.Unmarshal(f.Payload, &keys)
+	default:
+		return
+	}
+	if err != nil {
+		return
+	}
+	w.r.mu.Lock()
+	defer w.r.mu.Unlock()
+	for k := range keys.Joins {
+		w.r.lastJoin[w.i][k] = now
+	}
+	for k := range keys.Leaves {
+		w.r.lastLeave[w.i][k] = now
+		w.r.leaves++
 	}
 }
 
@@ -424,21 +292,19 @@ func (r *detectRun) read(i int, c *wsConn) {
 // other key.
 func (r *detectRun) waitSeen(ctx context.Context, victim int, since time.Time) error {
 	deadline := time.Now().Add(r.cfg.Timeout)
-	key := r.nodes[victim].Name
+	key := r.cl.Nodes[victim].Name
 	for {
 		r.mu.Lock()
 		ok := true
 		for w := range r.cfg.Nodes {
-			if !r.lastJoin[w][key].After(since) || !r.lastJoin[victim][r.nodes[w].Name].After(since) {
-				ok = false
-			}
+			ok = ok && r.lastJoin[w][key].After(since) && r.lastJoin[victim][r.cl.Nodes[w].Name].After(since)
 		}
 		r.mu.Unlock()
 		if ok {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("bench: %s's presence not seen everywhere within %s (logs in %s)", key, r.cfg.Timeout, r.cfg.LogDir)
+			return fmt.Errorf("bench: %s's presence not seen everywhere within %s (logs in %s)", key, r.cfg.Timeout, r.cl.LogDir)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -453,31 +319,27 @@ func (r *detectRun) runKills(ctx context.Context, res *DetectResult) error {
 		}
 		time.Sleep(r.cfg.Settle + time.Duration(rng.Int64N(int64(r.cfg.Settle))))
 		v := k % r.cfg.Nodes
-		victim := r.nodes[v]
-		if m, err := ScrapeMetrics(ctx, victim.MetricsURL()); err == nil {
+		victim := r.cl.Nodes[v]
+		if m, err := cluster.Scrape(ctx, victim.MetricsURL(), nil); err == nil {
 			res.Detector.add(m) // its life's counts, before they are gone
 		}
 		killed := time.Now()
-		if err := victim.cmd.Process.Kill(); err != nil {
+		if err := victim.Kill(); err != nil {
 			return fmt.Errorf("bench: kill %s: %w", victim.Name, err)
 		}
-		<-victim.done
-		r.conns[v].close()
+		r.conns[v].Close()
 		first, last, ok := r.waitLeave(ctx, v, killed)
 		res.Kills++
 		if !ok {
 			res.Missed++
 			r.cfg.Logf("kill %d of %s: leave not seen everywhere within %s", k+1, victim.Name, r.cfg.Timeout)
 		} else {
-			res.FirstMS = append(res.FirstMS, ms(first))
-			res.LastMS = append(res.LastMS, ms(last))
-			r.cfg.Logf("kill %d of %s: leave seen after %.0f ms (first client %.0f ms)", k+1, victim.Name, ms(last), ms(first))
+			res.FirstMS = append(res.FirstMS, measure.MS(first))
+			res.LastMS = append(res.LastMS, measure.MS(last))
+			r.cfg.Logf("kill %d of %s: leave seen after %.0f ms (first client %.0f ms)", k+1, victim.Name, measure.MS(last), measure.MS(first))
 		}
 		restarted := time.Now()
-		if err := r.startNode(v); err != nil {
-			return err
-		}
-		if err := r.waitMeshed(ctx); err != nil {
+		if err := r.cl.Restart(ctx, v); err != nil {
 			return err
 		}
 		if err := r.connect(ctx, v); err != nil {
@@ -488,24 +350,17 @@ func (r *detectRun) runKills(ctx context.Context, res *DetectResult) error {
 		}
 	}
 	if len(res.LastMS) > 0 {
-		s := append([]float64(nil), res.LastMS...)
-		sort.Float64s(s)
+		s := slices.Sorted(slices.Values(res.LastMS))
 		res.Min, res.Max = s[0], s[len(s)-1]
-		res.P50, res.P95 = nearestRank(s, 0.50), nearestRank(s, 0.95)
+		res.P50, res.P95 = measure.NearestRank(s, 0.50), measure.NearestRank(s, 0.95)
 	}
 	return nil
-}
-
-// nearestRank is the q-quantile of sorted s by the nearest-rank method.
-func nearestRank(s []float64, q float64) float64 {
-	i := int(float64(len(s))*q+0.999999) - 1
-	return s[min(max(i, 0), len(s)-1)]
 }
 
 // waitLeave waits until every other node's client has seen victim's key
 // leave after killed; it returns the first and the last one's delay.
 func (r *detectRun) waitLeave(ctx context.Context, victim int, killed time.Time) (first, last time.Duration, ok bool) {
-	key := r.nodes[victim].Name
+	key := r.cl.Nodes[victim].Name
 	deadline := killed.Add(r.cfg.Timeout)
 	for {
 		r.mu.Lock()
@@ -535,16 +390,11 @@ func (r *detectRun) waitLeave(ctx context.Context, victim int, killed time.Time)
 
 // runLoad is the false-positive run.
 func (r *detectRun) runLoad(ctx context.Context, res *DetectResult) error {
-	var urls []string
-	for _, n := range r.nodes {
-		urls = append(urls, "ws://"+n.HTTPAddr+"/realtime/v1/websocket?apikey=meshbench&vsn=2.0.0")
-	}
-	lc := Config{URL: strings.Join(urls, ","), Mode: ModeThroughput, Subs: r.cfg.LoadSubs, Duration: r.cfg.Load,
+	lc := Config{URL: strings.Join(r.cl.URLs("meshbench"), ","), Mode: ModeThroughput, Subs: r.cfg.LoadSubs, Duration: r.cfg.Load,
 		Topic: "realtime:load", Drain: 2 * time.Second}
 	r.mu.Lock()
 	leaves0 := r.leaves
 	r.mu.Unlock()
-	var health DetectorCounts
 	done := make(chan struct{})
 	var loadRes *Result
 	var loadErr error
@@ -554,8 +404,7 @@ func (r *detectRun) runLoad(ctx context.Context, res *DetectResult) error {
 		defer cancel()
 		loadRes, loadErr = Run(lctx, lc)
 	}()
-	began := time.Now()
-	cpu0, _ := ReadHostBusySeconds()
+	cpu0 := measure.ReadCPU(0, false)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for loop := true; loop; {
@@ -563,26 +412,22 @@ func (r *detectRun) runLoad(ctx context.Context, res *DetectResult) error {
 		case <-done:
 			loop = false
 		case <-tick.C:
-			for _, n := range r.nodes {
-				if m, err := ScrapeMetrics(ctx, n.MetricsURL()); err == nil {
-					health.MaxHealthScore = max(health.MaxHealthScore, m["meshcast_gossip_health_score"])
+			for _, n := range r.cl.Nodes {
+				if m, err := cluster.Scrape(ctx, n.MetricsURL(), nil); err == nil {
+					res.Detector.MaxHealthScore = max(res.Detector.MaxHealthScore, m["meshcast_gossip_health_score"])
 				}
 			}
-			for _, dc := range r.conns {
-				if dc != nil {
-					dc.c.WriteFrame(ws.OpText, AppendPhxHeartbeat(nil, 1))
-				}
+			for _, c := range r.conns { // a client that cannot write has a dead node
+				c.WriteFrame(ws.OpText, client.PhoenixHeartbeat(nil, 1))
 			}
 		}
 	}
-	cpu1, _ := ReadHostBusySeconds()
-	wall := time.Since(began).Seconds()
-	res.LoadSeconds, res.GOGC = wall, r.cfg.GOGC
-	res.LoadHostCPU = (cpu1 - cpu0) / wall
+	cpu1 := measure.ReadCPU(0, false)
+	_, res.LoadHostCPU, _ = cpu1.Cores(cpu0)
+	res.LoadSeconds, res.GOGC = cpu1.At.Sub(cpu0.At).Seconds(), r.cfg.GOGC
 	if loadRes != nil {
 		res.LoadDeliveriesSec = loadRes.DeliveriesPerSec
 	}
-	res.Detector.MaxHealthScore = health.MaxHealthScore
 	r.mu.Lock()
 	res.FalseLeaves = r.leaves - leaves0
 	r.mu.Unlock()
@@ -590,27 +435,4 @@ func (r *detectRun) runLoad(ctx context.Context, res *DetectResult) error {
 		return fmt.Errorf("bench: load: %w", loadErr)
 	}
 	return nil
-}
-
-func (r *detectRun) stop() {
-	for _, dc := range r.conns {
-		if dc != nil {
-			select {
-			case <-dc.done:
-			default:
-				dc.close()
-			}
-		}
-	}
-	var live []*Node
-	for _, n := range r.nodes {
-		if n != nil {
-			select {
-			case <-n.done:
-			default:
-				live = append(live, n)
-			}
-		}
-	}
-	(&Cluster{Nodes: live}).Stop()
 }

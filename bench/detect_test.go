@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/meshcast/meshcast/bench/cluster"
 )
 
 // TestScenarioSmoke runs meshbench detect, slow and soak for a few
@@ -77,7 +79,7 @@ func slowSmoke(t *testing.T, bin string) {
 	defer cancel()
 	url := "ws://" + addr + "/realtime/v1/websocket?apikey=x&vsn=2.0.0"
 	for ctx.Err() == nil {
-		if _, err := ScrapeMetrics(ctx, metricsURLOf(url)); err == nil {
+		if _, err := cluster.Scrape(ctx, cluster.MetricsURL(url), nil); err == nil {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)

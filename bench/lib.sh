@@ -3,7 +3,8 @@
 #   QUIET_WAIT         seconds wait_quiet waits at most for a quiet host
 #   QUIET_CORES_TICKS  what counts as quiet: fewer busy ticks (1/100 s of one
 #                      core) over one second of the whole machine
-# and start the server under test in the background with SERVER_PID=$!.
+# and start the server under test in the background with SERVER_PID=$!, or
+# a cluster with start_cluster.
 
 SERVER_PID=
 
@@ -40,4 +41,34 @@ wait_quiet() {
 			return 0
 		fi
 	done
+}
+
+# start_cluster N ARGS...: `$mb cluster -nodes N ARGS...` in the background
+# (stop_cluster stops it and so its nodes); waits up to 60 s until the N
+# nodes are meshed and their WebSocket URLs are in url[1]..url[N]. Its
+# output goes to $logs.
+start_cluster() {
+	local n=$1
+	shift
+	"$mb" cluster -nodes "$n" -logs "$logs" "$@" >"$logs/urls" 2>>"$logs/cluster.log" &
+	CLUSTER_PID=$!
+	for _ in $(seq 600); do
+		if (($(wc -l <"$logs/urls") >= n)); then
+			mapfile -t url < <(echo && cat "$logs/urls")
+			return 0
+		fi
+		kill -0 "$CLUSTER_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "${0##*/}: the cluster did not start: $(tail -3 "$logs/cluster.log")" >&2
+	return 1
+}
+
+# stop_cluster: TERM what start_cluster started (it stops its nodes, KILL
+# after 10 s) and reap it.
+stop_cluster() {
+	[[ -n ${CLUSTER_PID:-} ]] || return 0
+	kill -TERM "$CLUSTER_PID" 2>/dev/null || true
+	wait "$CLUSTER_PID" 2>/dev/null || true
+	CLUSTER_PID=
 }

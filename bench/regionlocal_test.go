@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/meshcast/meshcast/bench/cluster"
 )
 
 // TestLocalRegions starts 6 real meshcast processes, 3 regions × 2, on an
@@ -99,7 +101,7 @@ func TestLocalRegions(t *testing.T) {
 	s := scrapeSites(ctx, c.Sites, "")
 	crossProbes := 0
 	for i, m := range s.metrics {
-		id, region := m.nodeInfo()
+		id, region := m.NodeInfo()
 		for k, v := range m {
 			if strings.Contains(k, "unknown_total") {
 				t.Errorf("node %d sent %s = %v outside the emulator's table", i, k, v)
@@ -107,12 +109,12 @@ func TestLocalRegions(t *testing.T) {
 			if !strings.HasPrefix(k, "meshcast_gossip_rtt_seconds{") {
 				continue
 			}
-			peerRegion := s.regions[labelValue(k, "peer")]
+			peerRegion := s.regions[cluster.LabelValue(k, "peer")]
 			rtt := 2 * c.OneWay(region, peerRegion).Seconds()
 			if peerRegion != region {
 				crossProbes++
 				if v < rtt {
-					t.Errorf("%s (%s) → %s (%s): gossip probe rtt %.1f ms under the emulated %.0f ms", id, region, labelValue(k, "peer"), peerRegion, v*1e3, rtt*1e3)
+					t.Errorf("%s (%s) → %s (%s): gossip probe rtt %.1f ms under the emulated %.0f ms", id, region, cluster.LabelValue(k, "peer"), peerRegion, v*1e3, rtt*1e3)
 				}
 			} else if v > 0.05 {
 				t.Errorf("%s: gossip rtt inside %s %.1f ms", id, region, v*1e3)

@@ -2,10 +2,9 @@ package bench
 
 import (
 	"fmt"
-	"io"
-	"sort"
 	"strings"
-	"text/tabwriter"
+
+	"github.com/meshcast/meshcast/bench/measure"
 )
 
 // RegionResult is the outcome of one region scenario run. Times are in
@@ -25,12 +24,12 @@ type RegionResult struct {
 	DurationS      float64  `json:"duration_s"`
 	Seed           uint64   `json:"seed"`
 
-	Connected         int                  `json:"connected"`
-	ConnectErrors     int                  `json:"connect_errors"`
-	FirstConnectError string               `json:"first_connect_error,omitempty"`
-	ConnectSeconds    float64              `json:"connect_s"`
-	ConnectMS         map[string]Quantiles `json:"connect_ms"`    // dial + join, by region
-	ClientRTTMS       map[string]float64   `json:"client_rtt_ms"` // heartbeat round trip to a node of the region
+	Connected         int                          `json:"connected"`
+	ConnectErrors     int                          `json:"connect_errors"`
+	FirstConnectError string                       `json:"first_connect_error,omitempty"`
+	ConnectSeconds    float64                      `json:"connect_s"`
+	ConnectMS         map[string]measure.Quantiles `json:"connect_ms"`    // dial + join, by region
+	ClientRTTMS       map[string]float64           `json:"client_rtt_ms"` // heartbeat round trip to a node of the region
 
 	Publishers        int     `json:"publishers"`
 	Published         uint64  `json:"published"`
@@ -63,43 +62,34 @@ type RegionResult struct {
 	Goroutines int     `json:"client_goroutines"`
 }
 
-// Quantiles of a duration distribution, in ms.
-type Quantiles struct {
-	P50   float64 `json:"p50"`
-	P90   float64 `json:"p90"`
-	P99   float64 `json:"p99"`
-	Max   float64 `json:"max"`
-	Count uint64  `json:"count"`
-}
-
 // PairStats is the latency from publishers of one region to subscribers
 // of another (or the same).
 type PairStats struct {
-	From             string     `json:"from"`
-	To               string     `json:"to"`
-	OneWayMS         float64    `json:"one_way_ms"` // emulated one-way delay, -1 when not emulated
-	Count            uint64     `json:"count"`      // measured deliveries
-	ExpectedMeasured uint64     `json:"expected_measured"`
-	Expected         uint64     `json:"expected"` // all publications (warmup too) × subscribers
-	Received         uint64     `json:"received"`
-	Lost             int64      `json:"lost"`
-	Min              float64    `json:"min"`
-	P50              float64    `json:"p50"`
-	P90              float64    `json:"p90"`
-	P99              float64    `json:"p99"`
-	Max              float64    `json:"max"`
-	Mean             float64    `json:"mean"`
-	CDF              []CDFPoint `json:"cdf"`
+	From             string             `json:"from"`
+	To               string             `json:"to"`
+	OneWayMS         float64            `json:"one_way_ms"` // emulated one-way delay, -1 when not emulated
+	Count            uint64             `json:"count"`      // measured deliveries
+	ExpectedMeasured uint64             `json:"expected_measured"`
+	Expected         uint64             `json:"expected"` // all publications (warmup too) × subscribers
+	Received         uint64             `json:"received"`
+	Lost             int64              `json:"lost"`
+	Min              float64            `json:"min"`
+	P50              float64            `json:"p50"`
+	P90              float64            `json:"p90"`
+	P99              float64            `json:"p99"`
+	Max              float64            `json:"max"`
+	Mean             float64            `json:"mean"`
+	CDF              []measure.CDFPoint `json:"cdf"`
 }
 
 // PresenceFigures: joins tracked and how long until every watcher saw one.
 type PresenceFigures struct {
-	Joins       uint64    `json:"joins"`         // tracks sent while measuring
-	Watchers    int       `json:"watchers"`      // connected watchers
-	AllSeen     Quantiles `json:"all_seen_ms"`   // track → the last watcher's presence_diff, per join
-	Incomplete  uint64    `json:"incomplete"`    // measured joins some watcher never saw
-	StateFrames uint64    `json:"state_frames"`  // presence_state frames (one per watcher join)
-	Leaves      uint64    `json:"leave_entries"` // leave entries seen (the previous meta of a re-track)
+	Joins       uint64            `json:"joins"`         // tracks sent while measuring
+	Watchers    int               `json:"watchers"`      // connected watchers
+	AllSeen     measure.Quantiles `json:"all_seen_ms"`   // track → the last watcher's presence_diff, per join
+	Incomplete  uint64            `json:"incomplete"`    // measured joins some watcher never saw
+	StateFrames uint64            `json:"state_frames"`  // presence_state frames (one per watcher join)
+	Leaves      uint64            `json:"leave_entries"` // leave entries seen (the previous meta of a re-track)
 }
 
 // ConnectFigures: the ramp and what idle connections cost.
@@ -115,7 +105,7 @@ type ConnectFigures struct {
 
 func newRegionResult(cfg *RegionConfig) *RegionResult {
 	res := &RegionResult{Scenario: cfg.Scenario, Label: cfg.Label, Subs: cfg.conns(), Rate: cfg.Rate, Payload: cfg.PayloadSize,
-		DurationS: cfg.Duration.Seconds(), Seed: cfg.Seed, ConnectMS: map[string]Quantiles{}, ClientRTTMS: map[string]float64{},
+		DurationS: cfg.Duration.Seconds(), Seed: cfg.Seed, ConnectMS: map[string]measure.Quantiles{}, ClientRTTMS: map[string]float64{},
 		ClientCPU: -1, HostCPU: -1, PubRegions: cfg.PubRegions}
 	for _, s := range cfg.Sites {
 		res.Regions = append(res.Regions, s.Region)
@@ -155,71 +145,27 @@ func (r *RegionResult) String() string {
 	return b.String()
 }
 
-// WriteText writes the run as tables: the latency matrix, then what the
-// servers said.
-func (r *RegionResult) WriteText(w io.Writer) error {
-	fmt.Fprintf(w, "== %s\n", r.String())
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	if len(r.Pairs) > 0 {
-		fmt.Fprintln(tw, "from → to\tone-way\tmin\tp50\tp90\tp99\tmax\tp99−one-way\tdelivered\tlost\t")
-		for _, p := range r.Pairs {
-			ow, over := "-", "-"
-			if p.OneWayMS >= 0 {
-				ow, over = fmt.Sprintf("%.1f", p.OneWayMS), fmt.Sprintf("%+.1f", p.P99-p.OneWayMS)
-			}
-			fmt.Fprintf(tw, "%s → %s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%d\t%d\t\n", p.From, p.To, ow, p.Min, p.P50, p.P90, p.P99, p.Max, over, p.Count, p.Lost)
+// WorstOverOneWay is the largest p99 − emulated one-way delay over the
+// cross-region pairs (false when nothing was emulated or measured).
+func (r *RegionResult) WorstOverOneWay() (float64, bool) {
+	worst, ok := 0.0, false
+	for _, p := range r.Pairs {
+		if p.From == p.To || p.OneWayMS < 0 || p.Count == 0 {
+			continue
+		}
+		if d := p.P99 - p.OneWayMS; !ok || d > worst {
+			worst, ok = d, true
 		}
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	r.writeExtras(w)
-	return r.Server.writeText(w)
+	return worst, ok
 }
 
-func (s *ServerFigures) writeText(w io.Writer) error {
-	if len(s.Nodes) == 0 {
-		return nil
+// OtherCPU is the cores used by neither the nodes nor meshbench during the
+// run (host − servers − meshbench): other work on a shared machine. Runs
+// with a large value were disturbed.
+func (r *RegionResult) OtherCPU() float64 {
+	if r.HostCPU < 0 || r.ClientCPU < 0 {
+		return -1
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "node\tregion\tCPU\tRSS MiB\tdata B sent\tWAN data B\tcontrol B\tmesh drops\tclient drops\twire WAN B (wanemu)\tgossip WAN B\t")
-	for _, n := range s.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t\n", n.Node, n.Region, n.CPU, n.RSSMiB,
-			n.DataBytes, n.WANDataBytes, n.ControlBytes, n.MeshDrops, n.QueueDrops+n.SlowCloses, n.WireWANBytes, n.GossipWANBytes)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	_, err := fmt.Fprintf(w, "per message: mesh %.1f B / %.2f frames, WAN %.1f B / %.2f frames (data lane); WAN on the wire %.1f B (QUIC, all lanes); server CPU %.2f cores, %.2f µs per delivery\n",
-		s.MeshBytesPerMsg, s.MeshFramesPerMsg, s.WANBytesPerMsg, s.WANFramesPerMsg, s.WireWANBytesPerMsg, s.CPU, s.CPUPerDeliveryUs)
-	return err
-}
-
-// writeExtras writes the presence and connect figures.
-func (r *RegionResult) writeExtras(w io.Writer) {
-	if pf := r.Presence; pf != nil {
-		fmt.Fprintf(w, "presence: %d joins, %d watchers: every watcher saw a join after p50 %.1f, p99 %.1f, max %.1f ms; %d joins incomplete\n",
-			pf.Joins, pf.Watchers, pf.AllSeen.P50, pf.AllSeen.P99, pf.AllSeen.Max, pf.Incomplete)
-	}
-	if cf := r.Connect; cf != nil {
-		regs := make([]string, 0, len(r.ConnectMS))
-		for k := range r.ConnectMS {
-			regs = append(regs, k)
-		}
-		sort.Strings(regs)
-		for _, k := range regs {
-			q := r.ConnectMS[k]
-			fmt.Fprintf(w, "connect %s: %d handshakes p50 %.1f p99 %.1f max %.1f ms\n", k, q.Count, q.P50, q.P99, q.Max)
-		}
-		fmt.Fprintf(w, "ramp %.1fs (%.0f/s), held %d after %.0fs idle; client %.1f KiB/conn (%.0f MiB, %d goroutines)\n",
-			cf.RampSeconds, cf.ConnectsPerSec, cf.HeldAfterIdle, cf.IdleSeconds, cf.ClientRSSPerConn, cf.ClientRSSMiB, r.Goroutines)
-		nodes := make([]string, 0, len(cf.NodeRSSPerConnKB))
-		for k := range cf.NodeRSSPerConnKB {
-			nodes = append(nodes, k)
-		}
-		sort.Strings(nodes)
-		for _, k := range nodes {
-			fmt.Fprintf(w, "node %s: %.1f KiB RSS per connection\n", k, cf.NodeRSSPerConnKB[k])
-		}
-	}
+	return r.HostCPU - r.Server.CPU - r.ClientCPU
 }

@@ -3,7 +3,6 @@ package bench
 import (
 	"fmt"
 	"strings"
-	"time"
 )
 
 // Result is what a run measured. Latencies are in milliseconds; a value of -1
@@ -76,6 +75,12 @@ type Result struct {
 	ClientAllocsPerDelivery float64 `json:"client_allocs_per_delivery"`
 }
 
+func newResult(cfg *Config) *Result {
+	return &Result{Target: cfg.Target, Transport: cfg.Transport, Unreliable: cfg.Unreliable, Mode: string(cfg.Mode), URL: cfg.URL,
+		Binary: cfg.Binary, Payload: cfg.PayloadSize, Subs: cfg.Subs, ServerCPU: -1, ServerCPUPerDeliveryUs: -1, ClientCPU: -1, HostCPU: -1,
+		ServerDatagramsSent: -1, ServerDatagramsDropped: -1}
+}
+
 // Column names the result's server and transport, as the table's column.
 func (r *Result) Column() string {
 	c := r.Target
@@ -87,8 +92,6 @@ func (r *Result) Column() string {
 	}
 	return c
 }
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // String is a one-line human summary.
 func (r *Result) String() string {

@@ -2,24 +2,36 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
-	"strings"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
+// The runner every scenario runs on: one clock for the stamps publishers
+// put in payloads and subscribers read them against, the deliveries so
+// far, when measuring starts, and the phases of a run: connect at a rate,
+// publish on a schedule or within a window of outstanding deliveries,
+// drain. A scenario (fanout.go, regions.go, wal.go) says what a
+// connection joins, what a subscriber counts and what is published.
+
 const (
-	histShards = 8
-	recvShards = 16
+	histShards = 8  // latency histograms the subscribers of a run spread over
+	recvShards = 16 // delivery counters likewise
 	// maxHandshakes bounds connections being opened at once.
 	maxHandshakes = 512
-	// maxWTHandshakes bounds WebTransport handshakes at once: quic-go's
-	// server queues at most 32 connections waiting for Accept and refuses
-	// the next ones (CONNECTION_REFUSED), which a CPU-starved node on a
-	// shared machine hits under a burst of 512.
-	maxWTHandshakes = 16
+	// maxPublications caps one run's publications whatever the clock does.
+	maxPublications = 1 << 32
+	// heartbeatEvery is the Phoenix client heartbeat period (realtime-js's).
+	heartbeatEvery = 25 * time.Second
+	// windowStallAfter is how long a full window waits for deliveries to
+	// progress before the missing ones are written off as lost.
+	windowStallAfter = 2 * time.Second
+	maxDuration      = time.Hour
+	maxConnectRate   = 20000
 )
 
 type paddedCounter struct {
@@ -27,36 +39,37 @@ type paddedCounter struct {
 	_ [56]byte
 }
 
-// runner holds the state of one Run.
-type runner struct {
-	cfg   Config
-	proto protocol
-
+// run is the state a scenario's phases share.
+type run struct {
+	logf     func(format string, args ...any)
 	base     time.Time
 	baseUnix int64
-
-	measureStart atomic.Int64 // runner clock; MaxInt64 until measuring starts
-	stopping     atomic.Bool
-
-	hists []*Histogram
-	recv  []paddedCounter
-
-	subs      []*subscriber // all created up front; s.c is set once subscribed
-	connected []*subscriber
-
-	wtTargets map[string]*wtTarget // WebTransport endpoints by WebSocket URL, discovered up front
-
-	pub *pubReader
-
-	readers      sync.WaitGroup
-	shutdownOnce sync.Once
+	// measureStart is the runner clock from which stamps are measured:
+	// set when publishing starts, read by every subscriber.
+	measureStart atomic.Int64
+	recv         [recvShards]paddedCounter
 }
 
-// now is the runner clock: unix nanoseconds that advance with the monotonic
-// clock, so a wall-clock step during a run cannot distort latencies.
-func (r *runner) now() int64 { return r.baseUnix + int64(time.Since(r.base)) }
+func newRun(logf func(string, ...any)) *run {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	r := &run{logf: logf, base: time.Now()}
+	r.baseUnix = r.base.UnixNano()
+	r.measureStart.Store(math.MaxInt64)
+	return r
+}
 
-func (r *runner) received() uint64 {
+// now is the runner clock: unix nanoseconds that advance with the
+// monotonic clock, so a wall-clock step during a run cannot distort
+// latencies.
+func (r *run) now() int64 { return r.baseUnix + int64(time.Since(r.base)) }
+
+// deliver counts one delivery to subscriber i.
+func (r *run) deliver(i int) { r.recv[i%recvShards].Add(1) }
+
+// received is every delivery so far.
+func (r *run) received() uint64 {
 	var n uint64
 	for i := range r.recv {
 		n += r.recv[i].Load()
@@ -64,86 +77,29 @@ func (r *runner) received() uint64 {
 	return n
 }
 
-// Run executes one benchmark described by cfg against a running server. It
-// returns when the run is over (bounded by cfg's durations and timeouts, see
-// Config.Budget) or ctx is done. The error is non-nil only if nothing could be
-// measured (bad config, no subscriber connected, publisher failed);
-// partial failures are reported in the Result.
-func Run(ctx context.Context, cfg Config) (*Result, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	proto, err := newProtocol(&cfg)
-	if err != nil {
-		return nil, err
-	}
-	r := &runner{cfg: cfg, proto: proto, base: time.Now()}
-	r.baseUnix = r.base.UnixNano()
-	r.measureStart.Store(math.MaxInt64)
-	r.hists = make([]*Histogram, histShards)
-	for i := range r.hists {
-		r.hists[i] = NewHistogram()
-	}
-	r.recv = make([]paddedCounter, recvShards)
-	r.subs = make([]*subscriber, cfg.Subs)
-	for i := range r.subs {
-		r.subs[i] = &subscriber{r: r, id: i, hist: r.hists[i%histShards], recv: &r.recv[i%recvShards].Uint64, next: 1}
-	}
+// measured reports whether a payload stamped t counts.
+func (r *run) measured(t int64) bool { return t >= r.measureStart.Load() }
 
-	res := &Result{
-		Target: cfg.Target, Transport: cfg.Transport, Unreliable: cfg.Unreliable, Mode: string(cfg.Mode), URL: cfg.URL, Binary: cfg.Binary,
-		Payload: cfg.PayloadSize, Subs: cfg.Subs, ServerCPU: -1, ServerCPUPerDeliveryUs: -1, ClientCPU: -1, HostCPU: -1,
-		ServerDatagramsSent: -1, ServerDatagramsDropped: -1,
-	}
-	defer r.shutdown()
-
-	if cfg.Transport == TransportWebTransport {
-		if err := r.discover(ctx); err != nil {
-			return nil, err
-		}
-	}
-	stopHB := make(chan struct{})
-	hbDone := make(chan struct{})
-	go r.heartbeats(stopHB, hbDone)
-	defer func() { close(stopHB); <-hbDone }()
-
-	if cfg.Mode == ModeIdle {
-		return r.runIdle(ctx, res)
-	}
-	return r.runTraffic(ctx, res)
+// connectStats is how opening a run's connections went.
+type connectStats struct {
+	ok, errs int
+	first    string
+	seconds  float64
 }
 
-// connectAll opens cfg.Subs subscribers at cfg.ConnectRate and waits until
-// each one is subscribed or failed.
-func (r *runner) connectAll(ctx context.Context, res *Result) error {
-	cfg := &r.cfg
+// connect calls open for 0..n-1 at rate per second, at most inFlight at a
+// time (each open bounds itself), and returns once every open it started
+// returned; ctx ends the starting.
+func (r *run) connect(ctx context.Context, n int, rate float64, inFlight int, open func(ctx context.Context, i int) error) connectStats {
 	start := time.Now()
-	interval := time.Duration(float64(time.Second) / cfg.ConnectRate)
-	results := make(chan error, cfg.Subs)
-	inFlight := maxHandshakes
-	if cfg.Transport == TransportWebTransport {
-		inFlight = maxWTHandshakes
-	}
+	interval := time.Duration(float64(time.Second) / rate)
 	sem := make(chan struct{}, inFlight)
-
-	launched := 0
-	var okCount, errCount int
-	lastLog := start
-	collect := func(err error) {
-		if err == nil {
-			okCount++
-			return
-		}
-		errCount++
-		if res.FirstConnectError == "" {
-			res.FirstConnectError = err.Error()
-		}
-	}
-	for i := range cfg.Subs {
-		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
-			time.Sleep(d)
-		}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var st connectStats
+	launched, lastLog := 0, start
+	for i := range n {
+		sleepCtx(ctx, time.Until(start.Add(time.Duration(i)*interval)))
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -151,258 +107,249 @@ func (r *runner) connectAll(ctx context.Context, res *Result) error {
 		if ctx.Err() != nil {
 			break
 		}
-		s := r.subs[i]
 		launched++
-		go func() {
-			err := r.open(ctx, s)
+		wg.Go(func() {
+			err := open(ctx, i)
 			<-sem
-			results <- err
-		}()
-		for drained := false; !drained; {
-			select {
-			case err := <-results:
-				collect(err)
-			default:
-				drained = true
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				st.ok++
+			} else if st.errs++; st.first == "" {
+				st.first = err.Error()
 			}
-		}
+		})
 		if time.Since(lastLog) >= time.Second {
 			lastLog = time.Now()
-			cfg.Logf("connecting: %d/%d subscribed, %d failed", okCount, cfg.Subs, errCount)
+			mu.Lock()
+			r.logf("connecting: %d/%d subscribed, %d failed", st.ok, n, st.errs)
+			mu.Unlock()
 		}
 	}
-	for okCount+errCount < launched {
-		collect(<-results) // each open is bounded by HandshakeTimeout
+	wg.Wait()
+	st.errs += n - launched
+	st.seconds = time.Since(start).Seconds()
+	r.logf("connected %d/%d subscribers in %.1fs (%d failed)", st.ok, n, st.seconds, st.errs)
+	return st
+}
+
+// pacer decides when publication i of a run (from 0) goes out; the WAL's
+// writers share one. On a fixed-rate schedule a late send is counted, and
+// the schedule restarts when measuring starts, so that a publisher that
+// fell behind during the warmup does not catch up inside the measured
+// window. With a window, a publication waits while that many deliveries
+// are outstanding (owed and not received); after windowStallAfter without
+// progress the missing ones are written off and a stall counted.
+type pacer struct {
+	r                   *run
+	interval            int64  // ns between publications; 0: no schedule
+	window              uint64 // outstanding deliveries; 0: no window
+	poll                time.Duration
+	start, warmEnd, end int64 // runner clock
+	owed, writtenOff    atomic.Uint64
+
+	mu         sync.Mutex
+	schedStart int64
+	schedFrom  uint64
+	restarted  bool
+	late       uint64
+	lagMax     time.Duration
+	stalls     int
+}
+
+// pace starts measuring (after the warmup from lead on) and returns the
+// pacer of the publications. poll is how often a full window is looked at.
+func (r *run) pace(rate float64, window uint64, lead, warmup, duration, poll time.Duration) *pacer {
+	p := &pacer{r: r, window: window, poll: poll, start: r.now() + int64(lead)}
+	if rate > 0 {
+		p.interval = int64(float64(time.Second) / rate)
 	}
-	res.ConnectSeconds = time.Since(start).Seconds()
-	res.ConnectErrors = errCount + cfg.Subs - launched
-	for _, s := range r.subs {
-		if s != nil && s.c != nil {
-			r.connected = append(r.connected, s)
+	p.warmEnd = p.start + int64(warmup)
+	p.end = p.warmEnd + int64(duration)
+	p.schedStart = p.start
+	r.measureStart.Store(p.warmEnd)
+	return p
+}
+
+// wait blocks until publication i may go; ok is false once the run is
+// over (its end, ctx).
+func (p *pacer) wait(ctx context.Context, i uint64) (now int64, ok bool) {
+	now = p.r.now()
+	if p.interval > 0 {
+		sched := p.schedule(i, now)
+		if sched >= p.end {
+			return now, false
+		}
+		if sched > now {
+			sleepCtx(ctx, time.Duration(sched-now))
+			now = p.r.now()
+		} else if lag := time.Duration(now - sched); lag > time.Millisecond {
+			p.mu.Lock()
+			p.late++
+			p.lagMax = max(p.lagMax, lag)
+			p.mu.Unlock()
 		}
 	}
-	res.Connected = len(r.connected)
-	if kib, err := ReadRSSKiB(0); err == nil {
-		res.ClientRSSKiB = kib
+	if p.window > 0 {
+		now = p.waitWindow(ctx, now)
 	}
-	cfg.Logf("connected %d/%d subscribers in %.1fs (%d failed)", res.Connected, cfg.Subs, res.ConnectSeconds, res.ConnectErrors)
-	if res.Connected == 0 {
-		return fmt.Errorf("bench: no subscriber connected: %s", res.FirstConnectError)
-	}
-	return ctx.Err()
+	return now, now < p.end && ctx.Err() == nil
 }
 
-// open dials and subscribes s, then starts its reader.
-func (r *runner) open(ctx context.Context, s *subscriber) error {
-	hctx, cancel := context.WithTimeout(ctx, r.cfg.HandshakeTimeout)
-	defer cancel()
-	c, err := r.dial(hctx, r.cfg.subURL(s.id), r.cfg.Unreliable)
-	if err != nil {
-		return fmt.Errorf("dial: %w", err)
-	}
-	if err := r.proto.handshake(c, false, r.cfg.HandshakeTimeout); err != nil {
-		c.Close()
-		return err
-	}
-	s.c = c
-	if every := r.proto.heartbeatEvery(); every > 0 {
-		s.nextHB.Store(r.now() + int64(every))
-	}
-	r.readers.Add(1)
-	go func() {
-		defer r.readers.Done()
-		s.readLoop()
-	}()
-	return nil
-}
-
-// discover finds the WebTransport endpoint behind every URL of the run.
-func (r *runner) discover(ctx context.Context) error {
-	r.wtTargets = map[string]*wtTarget{}
-	urls := append(strings.Split(r.cfg.URL, ","), r.cfg.PubURL)
-	for _, u := range urls {
-		u = strings.TrimSpace(u)
-		if r.wtTargets[u] != nil {
-			continue
+// schedule is when publication i is due.
+func (p *pacer) schedule(i uint64, now int64) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sched := p.schedStart + int64(i-min(i, p.schedFrom))*p.interval
+	// The first publication due in the measured window, or sent in it,
+	// restarts the schedule if it is late.
+	if !p.restarted && max(now, sched) >= p.warmEnd && p.warmEnd > p.start {
+		p.restarted = true
+		if sched < now {
+			p.schedStart, p.schedFrom, sched = now, i, now
 		}
-		t, err := discoverWT(ctx, u)
-		if err != nil {
-			return err
-		}
-		r.wtTargets[u] = t
 	}
-	return nil
+	return sched
 }
 
-// dial opens a connection of the run's transport to the node of url (a
-// WebSocket URL; WebTransport sessions go where its node's cert-hash says).
-// datagrams: a WebTransport subscriber that reads datagrams too.
-func (r *runner) dial(ctx context.Context, url string, datagrams bool) (clientConn, error) {
-	if r.cfg.Transport == TransportWebTransport {
-		return dialWT(ctx, r.wtTargets[strings.TrimSpace(url)], r.cfg.HandshakeTimeout, r.cfg.ReadBuffer, datagrams)
-	}
-	return dialWS(ctx, url, r.cfg.HandshakeTimeout, r.cfg.ReadBuffer)
-}
+// owe adds n deliveries owed by what was published.
+func (p *pacer) owe(n uint64) { p.owed.Add(n) }
 
-// heartbeats sends every subscriber's heartbeat when due, until stop closes.
-func (r *runner) heartbeats(stop <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
-	every := r.proto.heartbeatEvery()
-	if every == 0 {
-		<-stop
-		return
-	}
-	t := time.NewTicker(250 * time.Millisecond)
-	defer t.Stop()
-	var buf []byte
+func (p *pacer) waitWindow(ctx context.Context, now int64) int64 {
+	last, since := p.r.received()+p.writtenOff.Load(), now
 	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
+		got, owed := p.r.received()+p.writtenOff.Load(), p.owed.Load()
+		if owed < got+p.window || now >= p.end || ctx.Err() != nil {
+			return now
 		}
-		now := r.now()
-		for _, s := range r.subs {
-			if r.stopping.Load() {
-				return
-			}
-			buf = s.heartbeat(now, every, buf)
+		if got != last {
+			last, since = got, now
+		} else if now-since > int64(windowStallAfter) {
+			p.writtenOff.Add(owed - got)
+			p.mu.Lock()
+			p.stalls++
+			p.mu.Unlock()
+			return now
 		}
+		time.Sleep(p.poll)
+		now = p.r.now()
 	}
 }
 
-// shutdown closes every connection and waits for the readers. It must not
-// run while connectAll is still opening connections.
-func (r *runner) shutdown() {
-	r.shutdownOnce.Do(func() {
-		r.stopping.Store(true)
-		for _, s := range r.connected {
-			_ = s.c.CloseGracefully()
+// drain waits until want deliveries arrived, none arrived for idle, or
+// maxWait passed, and reports whether all did.
+func (r *run) drain(ctx context.Context, want uint64, maxWait, idle time.Duration) bool {
+	deadline := time.Now().Add(maxWait)
+	last, since := r.received(), time.Now()
+	for {
+		got := r.received()
+		if got >= want {
+			return true
 		}
-		if r.pub != nil {
-			_ = r.pub.c.CloseGracefully()
+		if got != last {
+			last, since = got, time.Now()
+		} else if time.Since(since) > idle {
+			r.logf("drain: no progress for %s, %d of %d deliveries missing", idle, want-got, want)
+			return false
 		}
-		r.readers.Wait()
-	})
-}
-
-// runIdle connects, lets the server settle and reads its RSS.
-func (r *runner) runIdle(ctx context.Context, res *Result) (*Result, error) {
-	cfg := &r.cfg
-	if cfg.ServerPID > 0 {
-		before, err := ReadRSSKiB(cfg.ServerPID)
-		if err != nil {
-			return nil, fmt.Errorf("bench: read server RSS: %w", err)
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
 		}
-		res.RSSBeforeKiB = before
-	}
-	cpu0, t0 := r.cpu(), time.Now()
-	if err := r.connectAll(ctx, res); err != nil {
-		return res, err
-	}
-	if cfg.ServerPID > 0 {
-		after, err := r.settledRSS(ctx)
-		if err != nil {
-			return res, err
-		}
-		res.RSSAfterKiB = after
-		res.RSSPerConnKiB = float64(after-res.RSSBeforeKiB) / float64(res.Connected)
-	}
-	setCPU(res, cpu0, r.cpu(), time.Since(t0).Seconds())
-	if cfg.Hold > 0 {
-		cfg.Logf("holding %d connections for %s", res.Connected, cfg.Hold)
-		select {
-		case <-time.After(cfg.Hold):
-		case <-ctx.Done():
-		}
-	}
-	r.shutdown()
-	r.collectErrors(res)
-	return res, nil
-}
-
-// settledRSS waits (at least 1s, at most cfg.Settle) until two readings 500ms
-// apart differ by less than 1 %, and returns the last reading.
-func (r *runner) settledRSS(ctx context.Context) (int64, error) {
-	deadline := time.Now().Add(r.cfg.Settle)
-	prev := int64(-1)
-	for first := true; ; first = false {
-		wait := 500 * time.Millisecond
-		if first {
-			wait = time.Second
-		}
-		if rem := time.Until(deadline); rem < wait {
-			wait = max(rem, 0)
-		}
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-		cur, err := ReadRSSKiB(r.cfg.ServerPID)
-		if err != nil {
-			return 0, fmt.Errorf("bench: read server RSS: %w", err)
-		}
-		if prev >= 0 && math.Abs(float64(cur-prev)) < 0.01*float64(cur) {
-			return cur, nil
-		}
-		if !time.Now().Before(deadline) {
-			r.cfg.Logf("server RSS did not settle within %s; using last reading", r.cfg.Settle)
-			return cur, nil
-		}
-		prev = cur
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 
-// cpuSample is CPU seconds consumed so far; -1 when unknown.
-type cpuSample struct{ server, client, host float64 }
-
-// cpu reads server, client and whole-host CPU seconds.
-func (r *runner) cpu() cpuSample {
-	s := cpuSample{-1, -1, -1}
-	if r.cfg.ServerPID > 0 {
-		if v, err := ReadCPUSeconds(r.cfg.ServerPID); err == nil {
-			s.server = v
-		}
-	}
-	if v, err := ReadCPUSeconds(0); err == nil {
-		s.client = v
-	}
-	if v, err := ReadHostBusySeconds(); err == nil {
-		s.host = v
-	}
-	return s
+// tally is what every subscriber counts; the goroutine that reads it owns
+// it until its holder is closed.
+type tally struct {
+	measured   uint64 // deliveries stamped after measuring started
+	lastRecv   int64  // runner clock of the last of them
+	gaps, ooo  uint64 // sequence numbers skipped; repeated or older ones
+	unexpected uint64
+	firstUnexp string
 }
 
-// setCPU fills res's CPU fields from two samples wall seconds apart.
-func setCPU(res *Result, a, b cpuSample, wall float64) {
-	if wall <= 0 {
-		return
+// odd counts a frame the subscriber did not expect.
+func (t *tally) odd(frame []byte) {
+	t.unexpected++
+	if t.firstUnexp == "" {
+		t.firstUnexp = string(frame[:min(len(frame), 300)])
 	}
-	rate := func(x, y float64) float64 {
-		if x < 0 || y < 0 {
-			return -1
-		}
-		return (y - x) / wall
-	}
-	res.ServerCPU = rate(a.server, b.server)
-	res.ClientCPU = rate(a.client, b.client)
-	res.HostCPU = rate(a.host, b.host)
 }
 
-// collectErrors sums what went wrong on the subscribers. Call it only after
-// shutdown: it reads reader-owned fields.
-func (r *runner) collectErrors(res *Result) {
-	for _, s := range r.connected {
-		if s.readErr != nil {
-			res.Disconnects++
-			if res.FirstDisconnect == "" {
-				res.FirstDisconnect = s.readErr.Error()
-			}
+// seq checks sequence number s of a publisher whose next is expected.
+func (t *tally) seq(next *uint64, s uint64) {
+	switch {
+	case s == *next:
+		*next++
+	case s > *next:
+		t.gaps += s - *next
+		*next = s + 1
+	default:
+		t.ooo++
+	}
+}
+
+// add sums o into t.
+func (t *tally) add(o *tally) {
+	t.measured += o.measured
+	t.lastRecv = max(t.lastRecv, o.lastRecv)
+	t.gaps += o.gaps
+	t.ooo += o.ooo
+	t.unexpected += o.unexpected
+	if t.firstUnexp == "" {
+		t.firstUnexp = o.firstUnexp
+	}
+}
+
+// sleepCtx sleeps d or until ctx ends (noticed within 50 ms), without
+// allocating: the publishers sleep before every publication.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	for end := time.Now().Add(d); d > 0 && ctx.Err() == nil; d = time.Until(end) {
+		time.Sleep(min(d, 50*time.Millisecond))
+	}
+}
+
+// plainJSONString reports whether s can be written between JSON quotes as is.
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' {
+			return false
 		}
-		res.Unexpected += s.unexpectedN
-		if res.FirstUnexpected == "" {
-			res.FirstUnexpected = s.firstUnexp
-		}
+	}
+	return true
+}
+
+// rateString is a rate for the progress lines.
+func rateString(r float64) string {
+	if r <= 0 {
+		return "max"
+	}
+	return strconv.FormatFloat(r, 'f', 0, 64) + "/s"
+}
+
+// checks collects what is wrong with a config.
+type checks []error
+
+// ok adds the error msg when cond does not hold.
+func (c *checks) ok(cond bool, msg string, args ...any) {
+	if !cond {
+		*c = append(*c, fmt.Errorf(msg, args...))
+	}
+}
+
+// err is every error, prefixed with what was checked.
+func (c checks) err(what string) error {
+	if err := errors.Join(c...); err != nil {
+		return fmt.Errorf("bench: invalid %s: %w", what, err)
+	}
+	return nil
+}
+
+// orDefault sets *v to def when it is zero.
+func orDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
 	}
 }

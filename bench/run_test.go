@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +14,9 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 	"go.uber.org/goleak"
+
+	"github.com/meshcast/meshcast/bench/measure"
+	"github.com/meshcast/meshcast/wire/phx"
 )
 
 // fakeServer is a tiny in-process broadcast server speaking just enough of
@@ -99,13 +101,15 @@ func (f *fakeServer) fanout(from *fakeConn, op ws.OpCode, p []byte) {
 
 func (f *fakeServer) phoenix(c *fakeConn, op ws.OpCode, msg []byte) {
 	if op == ws.OpBinary { // kind 3 → kind 4
-		jl, rl, tl, el, ml := int(msg[1]), int(msg[2]), int(msg[3]), int(msg[4]), int(msg[5])
-		rest := msg[7+jl+rl:]
-		out := append([]byte{KindUserBroadcast, byte(tl), byte(el), byte(ml), msg[6]}, rest...)
-		f.fanout(c, ws.OpBinary, out)
+		m, err := phx.DecodeBinary(msg)
+		if err != nil {
+			f.t.Errorf("fake phoenix: %v", err)
+			return
+		}
+		f.fanout(c, ws.OpBinary, phx.AppendUserBroadcast(nil, m.Topic, m.UserEvent, m.Meta, m.Enc, m.Payload))
 		return
 	}
-	r, err := parsePhxFrame(msg)
+	r, err := phx.DecodeText(phx.V2, msg)
 	if err != nil {
 		f.t.Errorf("fake phoenix: %v", err)
 		return
@@ -115,9 +119,9 @@ func (f *fakeServer) phoenix(c *fakeConn, op ws.OpCode, msg []byte) {
 		f.mu.Lock()
 		f.subs[c] = true
 		f.mu.Unlock()
-		c.write(ws.OpText, fmt.Appendf(nil, `["1",%q,%q,"phx_reply",{"status":"ok","response":{"postgres_changes":[]}}]`, *r.Ref, r.Topic))
+		c.write(ws.OpText, fmt.Appendf(nil, `["1",%q,%q,"phx_reply",{"status":"ok","response":{"postgres_changes":[]}}]`, r.Ref, r.Topic))
 	case "heartbeat":
-		c.write(ws.OpText, fmt.Appendf(nil, `[null,%q,"phoenix","phx_reply",{"status":"ok","response":{}}]`, *r.Ref))
+		c.write(ws.OpText, fmt.Appendf(nil, `[null,%q,"phoenix","phx_reply",{"status":"ok","response":{}}]`, r.Ref))
 	case "broadcast":
 		i := bytes.Index(msg, []byte(`"realtime:`))
 		f.fanout(c, ws.OpText, append([]byte(`[null,null,`), msg[i:]...))
@@ -201,9 +205,14 @@ func TestRunAgainstFakes(t *testing.T) {
 				t.Fatalf("latency/throughput figures: %+v", res)
 			}
 			if tc.mode == ModeLatency {
+				// The pacer never runs ahead of its schedule; it may fall
+				// behind only on a host too busy to run it (a lag it
+				// reports), so too few is a failure only when it says it
+				// was on time.
 				want := tc.rate * 0.3
-				if got := float64(res.PublishedMeasured); got < want*0.8 || got > want*1.2 {
-					t.Fatalf("published %v in 300ms at %v/s", got, tc.rate)
+				got := float64(res.PublishedMeasured)
+				if got > want*1.2 || (got < want*0.8 && res.PublisherLagMax < 50) {
+					t.Fatalf("published %v in 300ms at %v/s: %s lag %v late %v", got, tc.rate, res, res.PublisherLagMax, res.PublisherLate)
 				}
 			}
 			if res.ServerCPU < 0 || res.ClientCPU < 0 {
@@ -216,10 +225,6 @@ func TestRunAgainstFakes(t *testing.T) {
 				if pongs < res.Connected {
 					t.Fatalf("server got %d pongs, want >= %d", pongs, res.Connected)
 				}
-			}
-			var out strings.Builder
-			if err := WriteTable(&out, []Result{*res, *res}); err != nil || !strings.Contains(out.String(), "deliveries/s") {
-				t.Fatalf("table: %v\n%s", err, out.String())
 			}
 		})
 	}
@@ -268,5 +273,110 @@ func TestConfigValidation(t *testing.T) {
 		if _, err := Run(context.Background(), cfg); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+func TestCentrifugoFrames(t *testing.T) {
+	c := &centrifugo{channel: "bench:room"}
+	if s, op := c.appendPublish(nil, 2, []byte(`{"t":1}`)); string(s) != `{"id":3,"publish":{"channel":"bench:room","data":{"t":1}}}` || op != ws.OpText {
+		t.Fatal(string(s))
+	}
+	var lines []string
+	forEachLine([]byte("{}\n{\"push\":{}}\n\n  {\"id\":3}  \n"), func(l []byte) { lines = append(lines, string(l)) })
+	if len(lines) != 3 || lines[0] != "{}" || lines[2] != `{"id":3}` {
+		t.Fatalf("lines %q", lines)
+	}
+}
+
+// recorder is a visitor that remembers what scan found.
+type recorder struct{ samples, unexpected, replies []string }
+
+func (r *recorder) sample(b []byte)    { r.samples = append(r.samples, string(b)) }
+func (r *recorder) odd(frame []byte)   { r.unexpected = append(r.unexpected, string(frame)) }
+func (r *recorder) reply(frame []byte) { r.replies = append(r.replies, string(frame)) }
+
+func TestScan(t *testing.T) {
+	phoenix := &phoenix{topic: "realtime:bench", event: "m"}
+	var rec recorder
+	phoenix.scan(1, []byte(`[null,null,"realtime:bench","broadcast",{"type":"broadcast","event":"m","payload":{"t":1,"s":1}}]`), &rec)
+	phoenix.scan(1, []byte(`[null,"2","phoenix","phx_reply",{"status":"ok","response":{}}]`), &rec)
+	phoenix.scan(1, []byte(`["1","1","realtime:bench","phx_close",{}]`), &rec)
+	phoenix.scan(2, append([]byte{4, 14, 1, 0, 1}, `realtime:benchm{"t":1,"s":2}`...), &rec)
+	if len(rec.samples) != 2 || rec.samples[1] != `{"t":1,"s":2}` || len(rec.unexpected) != 1 {
+		t.Fatalf("phoenix scan: %+v", rec)
+	}
+
+	cent := &centrifugo{channel: "bench:room"}
+	rec = recorder{}
+	cent.scan(1, []byte("{}"), &rec)
+	cent.scan(1, []byte(`{"push":{"channel":"bench:room","pub":{"data":{"t":1,"s":1}}}}`+"\n"+`{"push":{"channel":"bench:room","pub":{"data":{"t":2,"s":2}}}}`), &rec)
+	cent.scan(1, []byte(`{"id":5,"publish":{}}`), &rec)
+	cent.scan(1, []byte(`{"id":6,"error":{"code":103,"message":"permission denied"}}`), &rec)
+	if len(rec.replies) != 1 || len(rec.samples) != 2 || len(rec.unexpected) != 1 {
+		t.Fatalf("centrifugo scan: %+v", rec)
+	}
+}
+
+// BenchmarkSubscriberHandle is what a fan-out subscriber does with each
+// broadcast it reads (client.BenchmarkWSReadFrame is the read itself): find
+// the event, the payload's stamp and sequence, count and record it.
+func BenchmarkSubscriberHandle(b *testing.B) {
+	payload := []byte(`{"t":1764000000123456789,"s":12345,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+	msg := []byte(`[null,null,"realtime:bench","broadcast",{"type":"broadcast","event":"m","payload":` + string(payload) + `}]`)
+	cfg, _ := Config{}.withDefaults()
+	f := &fanout{run: newRun(nil), cfg: cfg, target: newTarget(&cfg)}
+	f.measureStart.Store(0)
+	s := &fanSub{f: f, hist: measure.NewHistogram(), next: 1}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.OnMessage(ws.OpText, msg, f.now())
+	}
+}
+
+// TestPacerSchedule: the rate schedule restarts only for the first
+// publication of the measured window, and only when it is late; a stall
+// after that is caught up.
+func TestPacerSchedule(t *testing.T) {
+	newPacer := func(warmup int64) *pacer {
+		return &pacer{interval: 10, start: 0, warmEnd: warmup, end: 1000}
+	}
+	p := newPacer(100)
+	for _, c := range []struct{ i, now, want int64 }{
+		{9, 85, 90},    // warmup, on time
+		{10, 92, 100},  // the first measured one, on time: no restart
+		{11, 150, 110}, // stalled after: caught up, not skipped
+		{12, 151, 120},
+	} {
+		if got := p.schedule(uint64(c.i), c.now); got != c.want {
+			t.Errorf("on time: publication %d at %d due %d, want %d", c.i, c.now, got, c.want)
+		}
+	}
+	p = newPacer(100)
+	for _, c := range []struct{ i, now, want int64 }{
+		{5, 130, 130}, // fell behind in the warmup: the schedule restarts now
+		{6, 131, 140},
+		{7, 300, 150}, // late again: caught up
+	} {
+		if got := p.schedule(uint64(c.i), c.now); got != c.want {
+			t.Errorf("late: publication %d at %d due %d, want %d", c.i, c.now, got, c.want)
+		}
+	}
+	p = newPacer(0) // no warmup: nothing restarts
+	if got := p.schedule(3, 100); got != 30 {
+		t.Errorf("without warmup: due %d, want 30", got)
+	}
+}
+
+// BenchmarkWALHandle is what a postgres_changes subscriber does with each
+// change it reads.
+func BenchmarkWALHandle(b *testing.B) {
+	frame := []byte(`[null,null,"realtime:meshbench-wal-0","postgres_changes",{"ids":[12],"data":{"columns":[{"name":"id","type":"int8"},{"name":"writer","type":"int4"},{"name":"seq","type":"int8"},{"name":"team","type":"int4"},{"name":"sent_ns","type":"int8"},{"name":"pad","type":"text"}],"commit_timestamp":"2026-01-01T00:00:00.000Z","errors":null,"record":{"id":7,"writer":1,"seq":41,"team":0,"sent_ns":1767225600123456789,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"schema":"public","table":"meshbench_wal_fanout","type":"INSERT"}}]`)
+	r := &walRun{run: newRun(nil)}
+	r.measureStart.Store(0)
+	s := &walSub{r: r, hist: measure.NewHistogram(), ack: measure.NewHistogram(), lastSeq: make([]int64, 4)}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.lastSeq[1] = 0
+		s.OnMessage(ws.OpText, frame, r.now())
 	}
 }

@@ -1,19 +1,18 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"io"
 	"net"
-	"sort"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/gobwas/ws"
+	"github.com/meshcast/meshcast/bench/client"
+	"github.com/meshcast/meshcast/bench/cluster"
+	"github.com/meshcast/meshcast/bench/measure"
 )
 
 // The slow-consumer scenario (meshbench slow): latency-mode rounds against
@@ -40,30 +39,14 @@ type SlowConfig struct {
 }
 
 func (c SlowConfig) withDefaults() SlowConfig {
-	if c.URL == "" {
-		c.URL = DefaultMeshcastURL
-	}
-	if c.Subs == 0 {
-		c.Subs = 1000
-	}
-	if c.Rate == 0 {
-		c.Rate = 100
-	}
-	if c.PayloadSize == 0 {
-		c.PayloadSize = 1000
-	}
-	if c.Duration == 0 {
-		c.Duration = 40 * time.Second
-	}
-	if c.Rounds == 0 {
-		c.Rounds = 2
-	}
-	if c.SlowBytesPerSec == 0 {
-		c.SlowBytesPerSec = 1024
-	}
-	if c.SlowRcvBuf == 0 {
-		c.SlowRcvBuf = 4096
-	}
+	orDefault(&c.URL, DefaultMeshcastURL)
+	orDefault(&c.Subs, 1000)
+	orDefault(&c.Rate, 100)
+	orDefault(&c.PayloadSize, 1000)
+	orDefault(&c.Duration, 40*time.Second)
+	orDefault(&c.Rounds, 2)
+	orDefault(&c.SlowBytesPerSec, 1024)
+	orDefault(&c.SlowRcvBuf, 4096)
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
 	}
@@ -174,7 +157,7 @@ func RunSlow(ctx context.Context, cfg SlowConfig) (*SlowResult, error) {
 			s.Lost += r.Lost
 			s.Disconnects += r.Disconnects
 		}
-		s.P50, s.P99, s.CPUPerDeliveryUs, s.DeliveriesPerSec = medianOf(p50), medianOf(p99), medianOf(cpu), medianOf(dps)
+		s.P50, s.P99, s.CPUPerDeliveryUs, s.DeliveriesPerSec = measure.Median(p50), measure.Median(p99), measure.Median(cpu), measure.Median(dps)
 		return s
 	}
 	res.A, res.B = side(false), side(true)
@@ -189,73 +172,28 @@ func RunSlow(ctx context.Context, cfg SlowConfig) (*SlowResult, error) {
 	return res, nil
 }
 
-func medianOf(v []float64) float64 {
-	if len(v) == 0 {
-		return -1
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 func runSlowRound(ctx context.Context, cfg SlowConfig, rd *SlowRound) error {
 	rc := cfg.round()
-	rctx, cancel := context.WithTimeout(ctx, rc.Budget())
+	ctx, cancel := context.WithTimeout(ctx, rc.Budget())
 	defer cancel()
 	var slow *slowSub
 	if rd.WithSlow {
 		var err error
-		if slow, err = dialSlow(rctx, cfg, rc.Topic); err != nil {
+		if slow, err = dialSlow(ctx, cfg, rc.Topic); err != nil {
 			return err
 		}
-	}
-	metricsURL := metricsURLOf(cfg.URL)
-	// The node closes a slow subscriber when its queue overflows
-	// (meshcast_slow_consumer_closes_total, close 1008) or when one write
-	// to it blocks past --write-timeout (errors_total{reason="write"}, the
-	// socket closed without a close frame), whichever comes first.
-	const slowCloses, writeErrors = "meshcast_slow_consumer_closes_total", `meshcast_errors_total{reason="write"}`
-	var closes0, writes0 float64
-	if m, err := ScrapeMetrics(rctx, metricsURL); err == nil {
-		closes0, writes0 = m[slowCloses], m[writeErrors]
-	}
-	// Watch for the node closing the slow one while the round runs.
-	type closure struct {
-		at  time.Time
-		why string
+		defer slow.c.Close()
 	}
 	closedAt := make(chan closure, 1)
-	watchDone := make(chan struct{})
 	stopWatch := make(chan struct{})
+	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		if slow == nil {
-			return
-		}
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopWatch:
-				return
-			case <-t.C:
-				m, err := ScrapeMetrics(rctx, metricsURL)
-				switch {
-				case err != nil:
-				case m[slowCloses] > closes0:
-					closedAt <- closure{time.Now(), "queue full (meshcast_slow_consumer_closes_total)"}
-					return
-				case m[writeErrors] > writes0:
-					closedAt <- closure{time.Now(), "write timeout (meshcast_errors_total{reason=\"write\"})"}
-					return
-				}
-			}
+		if slow != nil {
+			watchClose(ctx, cluster.MetricsURL(cfg.URL), closedAt, stopWatch)
 		}
 	}()
-	res, err := Run(rctx, rc)
+	res, err := Run(ctx, rc)
 	close(stopWatch)
 	<-watchDone
 	if err != nil {
@@ -282,38 +220,65 @@ func runSlowRound(ctx context.Context, cfg SlowConfig, rd *SlowRound) error {
 	}
 	slow.c.Close()
 	<-slow.done
-	if errors.Is(slow.err, ErrClosed) {
-		rd.SlowCloseCode, rd.SlowCloseReason = slow.c.closeCode, slow.c.closeReason
+	var ce *client.CloseError
+	if errors.As(slow.err, &ce) {
+		rd.SlowCloseCode, rd.SlowCloseReason = ce.Code, ce.Reason
 	} else if rd.SlowClosedAfter >= 0 && slow.err != nil {
 		rd.SlowEnd = slow.err.Error()
 	}
 	return nil
 }
 
+// closure is when and why the node closed the slow subscriber.
+type closure struct {
+	at  time.Time
+	why string
+}
+
+// watchClose polls the node's /metrics every 100 ms until the node closed
+// a slow subscriber — when its queue overflows
+// (meshcast_slow_consumer_closes_total, close 1008) or when one write to
+// it blocks past --write-timeout (errors_total{reason="write"}, the socket
+// closed without a close frame), whichever comes first — or stop closes.
+func watchClose(ctx context.Context, metricsURL string, closed chan<- closure, stop <-chan struct{}) {
+	const slowCloses, writeErrors = "meshcast_slow_consumer_closes_total", `meshcast_errors_total{reason="write"}`
+	var closes0, writes0 float64
+	if m, err := cluster.Scrape(ctx, metricsURL, nil); err == nil {
+		closes0, writes0 = m[slowCloses], m[writeErrors]
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		m, err := cluster.Scrape(ctx, metricsURL, nil)
+		switch {
+		case err != nil:
+		case m[slowCloses] > closes0:
+			closed <- closure{time.Now(), "queue full (meshcast_slow_consumer_closes_total)"}
+			return
+		case m[writeErrors] > writes0:
+			closed <- closure{time.Now(), "write timeout (meshcast_errors_total{reason=\"write\"})"}
+			return
+		}
+	}
+}
+
 // slowSub is the subscriber that reads slowly.
 type slowSub struct {
-	c      *wsConn
+	c      *client.WS
 	r      *throttled
 	joined time.Time
 	done   chan struct{} // the reader ended, with err
 	err    error
 }
 
-// read reads frames (as slowly as the throttle lets it) until the socket
-// ends.
-func (s *slowSub) read() {
-	defer close(s.done)
-	for {
-		if _, _, err := s.c.ReadFrame(); err != nil {
-			s.err = err
-			return
-		}
-	}
-}
-
 // throttled reads at most perSec bytes per second until fast is set.
 type throttled struct {
-	nc     net.Conn
+	nc     io.Reader
 	perSec int
 	fast   atomic.Bool
 	n      atomic.Int64
@@ -321,46 +286,36 @@ type throttled struct {
 
 func (t *throttled) Read(p []byte) (int, error) {
 	if !t.fast.Load() {
-		chunk := max(t.perSec/10, 1)
 		time.Sleep(100 * time.Millisecond)
-		p = p[:min(len(p), chunk)]
+		p = p[:min(len(p), max(t.perSec/10, 1))]
 	}
 	n, err := t.nc.Read(p)
 	t.n.Add(int64(n))
 	return n, err
 }
 
+// dialSlow connects the slow subscriber (a small receive buffer), joins at
+// full speed and then reads slowly until the socket ends.
 func dialSlow(ctx context.Context, cfg SlowConfig, topic string) (*slowSub, error) {
-	nd := net.Dialer{Timeout: 10 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, cfg.SlowRcvBuf)
-		})
-		return errors.Join(err, serr)
-	}}
-	var raw net.Conn
-	d := ws.Dialer{Timeout: 10 * time.Second, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := nd.DialContext(ctx, network, addr)
-		raw = c
-		return c, err
-	}}
-	nc, br, _, err := d.Dial(ctx, cfg.URL)
-	if err != nil {
-		return nil, fmt.Errorf("bench: slow subscriber: %w", err)
-	}
-	if br != nil {
-		ws.PutReader(br) // nothing past the handshake yet: the server waits for the join
-	}
-	t := &throttled{nc: raw, perSec: cfg.SlowBytesPerSec}
+	t := &throttled{perSec: cfg.SlowBytesPerSec}
 	t.fast.Store(true) // the join at full speed
-	seed := uint64(time.Now().UnixNano())
-	c := &wsConn{nc: nc, br: bufio.NewReaderSize(t, 512), rbuf: make([]byte, 0, 512), wbuf: make([]byte, 0, 256), rng: rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)}
-	if err := joinTopic(c, topic, phxJoinConfig, 10*time.Second); err != nil {
-		c.Close()
+	c, err := client.DialWS(ctx, cfg.URL, client.Options{ReadBuffer: 512, RcvBuf: cfg.SlowRcvBuf,
+		Reader: func(nc net.Conn) io.Reader { t.nc = nc; return t }})
+	if err == nil {
+		if err = client.JoinChannel(c, topic, client.Join{}, 10*time.Second, nil); err != nil {
+			c.Close()
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("bench: slow subscriber: %w", err)
 	}
 	t.fast.Store(false)
 	s := &slowSub{c: c, r: t, joined: time.Now(), done: make(chan struct{})}
-	go s.read()
+	go func() {
+		defer close(s.done)
+		for s.err == nil {
+			_, _, s.err = c.ReadFrame()
+		}
+	}()
 	return s, nil
 }

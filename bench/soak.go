@@ -11,6 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/client"
+	"github.com/meshcast/meshcast/bench/cluster"
+	"github.com/meshcast/meshcast/bench/measure"
+
 	"github.com/gobwas/ws"
 	"github.com/jackc/pgx/v5"
 )
@@ -28,7 +32,7 @@ import (
 type SoakConfig struct {
 	MeshcastBin string        // default bin/meshcast
 	Nodes       int           // default 3
-	BasePort    int           // default 5400 (see ClusterConfig)
+	BasePort    int           // default 5400 (see cluster.Config)
 	Duration    time.Duration // default 10m
 	Sample      time.Duration // default 5s
 	Subs        int           // broadcast subscribers over the nodes; default 300
@@ -41,36 +45,16 @@ type SoakConfig struct {
 }
 
 func (c SoakConfig) withDefaults() SoakConfig {
-	if c.MeshcastBin == "" {
-		c.MeshcastBin = "bin/meshcast"
-	}
-	if c.Nodes == 0 {
-		c.Nodes = 3
-	}
-	if c.BasePort == 0 {
-		c.BasePort = 5400
-	}
-	if c.Duration == 0 {
-		c.Duration = 10 * time.Minute
-	}
-	if c.Sample == 0 {
-		c.Sample = 5 * time.Second
-	}
-	if c.Subs == 0 {
-		c.Subs = 300
-	}
-	if c.Rate == 0 {
-		c.Rate = 100
-	}
-	if c.WALSubs == 0 {
-		c.WALSubs = 30
-	}
-	if c.WALRate == 0 {
-		c.WALRate = 20
-	}
-	if c.Churners == 0 {
-		c.Churners = 12
-	}
+	orDefault(&c.MeshcastBin, "bin/meshcast")
+	orDefault(&c.Nodes, 3)
+	orDefault(&c.BasePort, 5400)
+	orDefault(&c.Duration, 10*time.Minute)
+	orDefault(&c.Sample, 5*time.Second)
+	orDefault(&c.Subs, 300)
+	orDefault(&c.Rate, 100)
+	orDefault(&c.WALSubs, 30)
+	orDefault(&c.WALRate, 20)
+	orDefault(&c.Churners, 12)
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
 	}
@@ -175,67 +159,82 @@ var ErrSoakGrowth = errors.New("bench: soak: growth beyond the bounds")
 // RunSoak runs the soak.
 func RunSoak(ctx context.Context, cfg SoakConfig) (*SoakResult, error) {
 	cfg = cfg.withDefaults()
-	cc := ClusterConfig{MeshcastBin: cfg.MeshcastBin, Nodes: cfg.Nodes, BasePort: cfg.BasePort, LogDir: cfg.LogDir}
 	wc, err := WALConfig{Subs: cfg.WALSubs, Rate: cfg.WALRate, Duration: cfg.Duration, Warmup: time.Second, ConnectRate: 200}.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	cl, err := StartCluster(ctx, cc, nil, func(ctx context.Context, url string) error {
+	cc := cluster.Config{Bin: cfg.MeshcastBin, Regions: cluster.Cycle([]string{"iad", "fra", "sin"}, cfg.Nodes), BasePort: cfg.BasePort, LogDir: cfg.LogDir}
+	cl, pg, err := startWithPostgres(ctx, cc, cluster.PostgresConfig{}, func(ctx context.Context, url string) error {
 		return withConn(ctx, url, func(conn *pgx.Conn) error { return setupSchema(ctx, conn, &wc) })
 	})
 	if err != nil {
 		return nil, err
 	}
+	defer pg.Stop()
 	defer cl.Stop()
 	cfg.Logf("soak: cluster up (logs in %s)", cl.LogDir)
 	res := &SoakResult{Config: cfg}
 	for _, n := range cl.Nodes {
 		res.Nodes = append(res.Nodes, &SoakNode{Name: n.Name})
 	}
-	idle := func(after bool) {
-		for i, n := range cl.Nodes {
-			m, err := ScrapeMetrics(ctx, n.MetricsURL())
-			if err != nil {
-				continue
-			}
-			g, rss := m["go_goroutines"], m["process_resident_memory_bytes"]/(1<<20)
-			if after {
-				res.Nodes[i].IdleGoroutinesAfter, res.Nodes[i].IdleRSSAfter = g, rss
-			} else {
-				res.Nodes[i].IdleGoroutinesBefore, res.Nodes[i].IdleRSSBefore = g, rss
-			}
+	scrape := func(i int) cluster.Metrics {
+		m, _ := cluster.Scrape(ctx, cl.Nodes[i].MetricsURL(), nil)
+		return m
+	}
+	for i, n := range res.Nodes {
+		m := scrape(i)
+		n.IdleGoroutinesBefore, n.IdleRSSBefore = m["go_goroutines"], m["process_resident_memory_bytes"]/(1<<20)
+	}
+	wc.URL, wc.DatabaseURL, wc.SkipSetup, wc.PostgresPID = strings.Join(cl.URLs("meshbench"), ","), pg.URL(), true, pg.PID()
+	loadErr := soakLoad(ctx, cfg, wc, res, scrape)
+	// Idle again: every client gone (the nodes notice closed sockets at
+	// once), then the goroutines that wind down with them.
+	for settle := time.Now().Add(30 * time.Second); time.Now().Before(settle); time.Sleep(200 * time.Millisecond) {
+		conns := 0.0
+		for i := range cl.Nodes {
+			conns += scrape(i)["meshcast_connections"]
+		}
+		if conns == 0 {
+			break
 		}
 	}
-	idle(false)
+	time.Sleep(3 * time.Second) // interest lingers (2 s), then its timers and goroutines are gone
+	for i, n := range res.Nodes {
+		m := scrape(i)
+		n.IdleGoroutinesAfter, n.IdleRSSAfter = m["go_goroutines"], m["process_resident_memory_bytes"]/(1<<20)
+		res.Detector.add(m)
+		if n.judge(); len(n.Failures) > 0 {
+			res.Failed = true
+		}
+	}
+	if loadErr != nil {
+		return res, loadErr
+	}
+	if res.Failed {
+		return res, ErrSoakGrowth
+	}
+	return res, nil
+}
 
-	urls := cl.WSURLs("meshbench")
-	lctx, cancel := context.WithTimeout(ctx, cfg.Duration+4*time.Minute)
+// soakLoad runs the broadcast, the changes (wc) and the churners for
+// cfg.Duration and samples the nodes meanwhile.
+func soakLoad(ctx context.Context, cfg SoakConfig, wc WALConfig, res *SoakResult, scrape func(i int) cluster.Metrics) error {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Duration+4*time.Minute)
 	defer cancel()
 	began := time.Now()
 	deadline := began.Add(cfg.Duration)
 	var wg sync.WaitGroup
 	var bErr, wErr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		res.Broadcast, bErr = Run(lctx, Config{URL: strings.Join(urls, ","), Mode: ModeLatency, Subs: cfg.Subs, Rate: cfg.Rate,
+	wg.Go(func() {
+		res.Broadcast, bErr = Run(ctx, Config{URL: wc.URL, Mode: ModeLatency, Subs: cfg.Subs, Rate: cfg.Rate,
 			Duration: cfg.Duration, Topic: "realtime:soak", ConnectRate: 500})
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		w := wc
-		w.URL, w.DatabaseURL, w.SkipSetup, w.PostgresPID = strings.Join(urls, ","), cl.PG.URL(), true, cl.PG.PID()
-		res.WAL, wErr = RunWAL(lctx, w)
-	}()
+	})
+	wg.Go(func() { res.WAL, wErr = RunWAL(ctx, wc) })
 	var cycles, churnErrs atomic.Uint64
 	var firstErr atomic.Value
+	urls := wc.urls()
 	for i := range cfg.Churners {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			churn(lctx, urls[i%len(urls)], i, deadline, &cycles, &churnErrs, &firstErr)
-		}()
+		wg.Go(func() { churn(ctx, urls[i%len(urls)], i, deadline, &cycles, &churnErrs, &firstErr) })
 	}
 	loadDone := make(chan struct{})
 	go func() { wg.Wait(); close(loadDone) }()
@@ -246,13 +245,13 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (*SoakResult, error) {
 		case <-loadDone:
 			loop = false
 		case <-tick.C:
-			at := time.Since(began).Seconds()
 			if time.Now().After(deadline) {
 				continue // the load is winding down: not a steady-state sample
 			}
-			for i, n := range cl.Nodes {
-				if m, err := ScrapeMetrics(ctx, n.MetricsURL()); err == nil {
-					res.Nodes[i].Samples = append(res.Nodes[i].Samples, SoakSample{At: at, Goroutines: m["go_goroutines"],
+			at := time.Since(began).Seconds()
+			for i, n := range res.Nodes {
+				if m := scrape(i); m != nil {
+					n.Samples = append(n.Samples, SoakSample{At: at, Goroutines: m["go_goroutines"],
 						RSSMiB: m["process_resident_memory_bytes"] / (1 << 20), Connections: m["meshcast_connections"]})
 				}
 			}
@@ -263,41 +262,7 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (*SoakResult, error) {
 	if e, ok := firstErr.Load().(string); ok {
 		res.FirstChurnEr = e
 	}
-	// Idle again: every client gone (the nodes notice closed sockets at
-	// once), then the goroutines that wind down with them.
-	settle := time.Now().Add(30 * time.Second)
-	for time.Now().Before(settle) {
-		conns := 0.0
-		for _, n := range cl.Nodes {
-			if m, err := ScrapeMetrics(ctx, n.MetricsURL()); err == nil {
-				conns += m["meshcast_connections"]
-			}
-		}
-		if conns == 0 {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	time.Sleep(3 * time.Second) // interest lingers (2 s), then its timers and goroutines are gone
-	idle(true)
-	for _, n := range cl.Nodes {
-		if m, err := ScrapeMetrics(ctx, n.MetricsURL()); err == nil {
-			res.Detector.add(m)
-		}
-	}
-	for _, n := range res.Nodes {
-		n.judge()
-		if len(n.Failures) > 0 {
-			res.Failed = true
-		}
-	}
-	if err := errors.Join(bErr, wErr); err != nil {
-		return res, err
-	}
-	if res.Failed {
-		return res, ErrSoakGrowth
-	}
-	return res, nil
+	return errors.Join(bErr, wErr)
 }
 
 // judge computes a node's figures and checks the bounds.
@@ -317,13 +282,14 @@ func (n *SoakNode) judge() {
 	}
 	gor := func(x SoakSample) float64 { return x.Goroutines }
 	rss := func(x SoakSample) float64 { return x.RSSMiB }
-	n.GoroutinesEarly, n.GoroutinesLate = medianOf(col(s[q:2*q], gor)), medianOf(col(s[len(s)-q:], gor))
-	n.RSSEarly, n.RSSLate = medianOf(col(s[q:2*q], rss)), medianOf(col(s[len(s)-q:], rss))
+	n.GoroutinesEarly, n.GoroutinesLate = measure.Median(col(s[q:2*q], gor)), measure.Median(col(s[len(s)-q:], gor))
+	n.RSSEarly, n.RSSLate = measure.Median(col(s[q:2*q], rss)), measure.Median(col(s[len(s)-q:], rss))
 	for _, x := range s {
 		n.GoroutinesMax, n.RSSMax = max(n.GoroutinesMax, x.Goroutines), max(n.RSSMax, x.RSSMiB)
 	}
-	n.GoroutinesPer10Min = 600 * lsqSlope(s[q:], gor)
-	n.RSSMiBPer10Min = 600 * lsqSlope(s[q:], rss)
+	at := col(s[q:], func(x SoakSample) float64 { return x.At })
+	n.GoroutinesPer10Min = 600 * measure.Slope(at, col(s[q:], gor))
+	n.RSSMiBPer10Min = 600 * measure.Slope(at, col(s[q:], rss))
 	if lim := n.GoroutinesEarly*(1+soakGoroutineGrowth) + 30; n.GoroutinesLate > lim {
 		n.Failures = append(n.Failures, fmt.Sprintf("goroutines grew under load: %.0f → %.0f (bound %.0f)", n.GoroutinesEarly, n.GoroutinesLate, lim))
 	}
@@ -335,49 +301,26 @@ func (n *SoakNode) judge() {
 	}
 }
 
-// lsqSlope is the least-squares slope of f over the samples, per second.
-func lsqSlope(s []SoakSample, f func(SoakSample) float64) float64 {
-	var sx, sy, sxx, sxy float64
-	for _, x := range s {
-		sx += x.At
-		sy += f(x)
-		sxx += x.At * x.At
-		sxy += x.At * f(x)
-	}
-	k := float64(len(s))
-	d := k*sxx - sx*sx
-	if d == 0 {
-		return 0
-	}
-	return (k*sxy - sx*sy) / d
-}
-
 // churn connects, joins a presence channel, tracks, holds for a while and
 // leaves — gracefully or by dropping the socket — until deadline.
 func churn(ctx context.Context, url string, id int, deadline time.Time, cycles, errs *atomic.Uint64, first *atomic.Value) {
 	rng := rand.New(rand.NewPCG(uint64(id), 77))
-	fail := func(err error) {
-		errs.Add(1)
-		first.CompareAndSwap(nil, err.Error())
-		time.Sleep(time.Second)
-	}
 	for n := 0; time.Now().Before(deadline) && ctx.Err() == nil; n++ {
-		c, err := dialWS(ctx, url, 10*time.Second, 4096)
-		if err != nil {
-			fail(err)
-			continue
-		}
 		topic := "realtime:soak-room-" + strconv.Itoa(rng.IntN(4))
 		key := fmt.Sprintf("c%d-%d", id, n)
-		if err := joinTopic(c, topic, fmt.Sprintf(regionJoinPresence, key), 10*time.Second); err != nil {
-			c.Close()
-			fail(err)
-			continue
+		c, err := client.DialWS(ctx, url, client.Options{})
+		if err == nil {
+			if err = client.JoinChannel(c, topic, client.Join{Presence: key}, 10*time.Second, nil); err == nil {
+				err = c.WriteFrame(ws.OpText, client.Track(nil, 2, topic, []byte(`{"k":"`+key+`"}`)))
+			}
+			if err != nil {
+				c.Close()
+			}
 		}
-		track := `["1","2","` + topic + `","presence",{"type":"presence","event":"track","payload":{"k":"` + key + `"}}]`
-		if err := c.WriteFrame(ws.OpText, []byte(track)); err != nil {
-			c.Close()
-			fail(err)
+		if err != nil {
+			errs.Add(1)
+			first.CompareAndSwap(nil, err.Error())
+			time.Sleep(time.Second)
 			continue
 		}
 		// Read (and discard) what arrives while holding, so that the
@@ -385,17 +328,11 @@ func churn(ctx context.Context, url string, id int, deadline time.Time, cycles, 
 		readDone := make(chan struct{})
 		go func() {
 			defer close(readDone)
-			for {
-				if _, _, err := c.ReadFrame(); err != nil {
-					return
-				}
+			for err == nil {
+				_, _, err = c.ReadFrame()
 			}
 		}()
-		hold := time.Duration(500+rng.IntN(1500)) * time.Millisecond
-		select {
-		case <-time.After(hold):
-		case <-ctx.Done():
-		}
+		sleepCtx(ctx, time.Duration(500+rng.IntN(1500))*time.Millisecond)
 		if n%2 == 0 {
 			c.CloseGracefully()
 		} else {

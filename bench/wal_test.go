@@ -13,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshcast/meshcast/bench/client"
+	"github.com/meshcast/meshcast/bench/cluster"
 	"github.com/meshcast/meshcast/wal/pgtest"
+	"github.com/meshcast/meshcast/wire/phx"
 )
 
 func TestParseWALChange(t *testing.T) {
@@ -44,7 +47,7 @@ func TestWALJoinFrame(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := appendWALJoin(nil, "realtime:meshbench-wal-0", binding(&cfg, 5), "tok")
+	b := phx.AppendPush(nil, client.JoinRef, 1, "realtime:meshbench-wal-0", "phx_join", client.Join{Changes: []string{binding(&cfg, 5)}, Token: "tok"}.Payload())
 	var frame []json.RawMessage
 	if err := json.Unmarshal(b, &frame); err != nil || len(frame) != 5 {
 		t.Fatalf("%s: %v", b, err)
@@ -76,20 +79,6 @@ func mapsEqual(a, b map[string]string) bool {
 	return true
 }
 
-func TestParseMetrics(t *testing.T) {
-	m, err := parseMetrics(strings.NewReader("# HELP x\nprocess_cpu_seconds_total 1.5\n" +
-		`meshcast_mesh_bytes_sent_total{peer="a",lane="changes"} 10` + "\n" +
-		`meshcast_mesh_bytes_sent_total{peer="b",lane="changes"} 5` + "\n" +
-		`meshcast_mesh_bytes_sent_total{peer="b",lane="data"} 7` + "\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.Sum("process_cpu_seconds_total") != 1.5 || m.Sum("meshcast_mesh_bytes_sent_total", `lane="changes"`) != 15 ||
-		m.Sum("meshcast_mesh_bytes_sent_total") != 22 {
-		t.Errorf("%v", m)
-	}
-}
-
 // TestWALSmoke runs each shape of meshbench wal for about a second against
 // three real meshcast processes and a real Postgres, and checks that every
 // row reached every subscriber it should and no other.
@@ -100,13 +89,13 @@ func TestWALSmoke(t *testing.T) {
 	bin := buildMeshcast(t)
 	pg := pgtest.Start(t)
 	const secret = "smoke-secret"
-	cl, err := StartNodes(context.Background(), ClusterConfig{MeshcastBin: bin, BasePort: freeBasePort(t, 3), LogDir: t.TempDir()},
-		pg.URL(), []string{"--jwt-secret", secret})
+	cl, err := cluster.Start(context.Background(), cluster.Config{Bin: bin, BasePort: freeBasePort(t, 3), LogDir: t.TempDir(),
+		DatabaseURL: pg.URL(), Flags: []string{"--jwt-secret", secret}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Stop()
-	urls := strings.Join(cl.WSURLs("x"), ",")
+	urls := strings.Join(cl.URLs("x"), ",")
 	for _, shape := range []Shape{ShapeFanout, ShapeFiltered, ShapeRLS} {
 		t.Run(string(shape), func(t *testing.T) {
 			cfg := WALConfig{Shape: shape, URL: urls, DatabaseURL: pg.URL(), JWTSecret: secret,
@@ -152,7 +141,7 @@ func buildMeshcast(t *testing.T) string {
 	return bin
 }
 
-// freeBasePort finds a ClusterConfig.BasePort whose ports for n nodes were
+// freeBasePort finds a cluster.Config.BasePort whose ports for n nodes were
 // free a moment ago (HTTP and pprof TCP, gossip TCP and UDP, mesh UDP).
 func freeBasePort(t *testing.T, n int) int {
 	t.Helper()

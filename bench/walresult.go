@@ -111,19 +111,24 @@ type WALNodeResult struct {
 	WALChanges       float64 `json:"wal_changes"`
 }
 
-// setSnapshots fills the fields that come from the two snapshots, secs
-// apart, with deliveries received in between.
-func (res *WALResult) setSnapshots(urls []string, a, b walSnapshot, secs float64, deliveries uint64) {
+func newWALResult(cfg *WALConfig) *WALResult {
+	return &WALResult{Label: cfg.Label, Shape: string(cfg.Shape), Subs: cfg.Subs, Topics: cfg.Topics, Writers: cfg.Writers,
+		RowsPerTx: cfg.RowsPerTx, Window: cfg.Window, RateTarget: cfg.Rate, Pad: cfg.Pad,
+		ServerCPU: -1, PostgresCPU: -1, ClientCPU: -1, HostCPU: -1}
+}
+
+// setSnapshots fills the fields that come from the two snapshots, with
+// deliveries received in between.
+func (res *WALResult) setSnapshots(urls []string, a, b walSnapshot, deliveries uint64) {
 	res.DeliveriesWindow = deliveries
+	secs := b.cpu.At.Sub(a.cpu.At).Seconds()
 	rate := func(x, y float64) float64 {
-		if x < 0 || y < 0 || secs <= 0 {
+		if secs <= 0 {
 			return -1
 		}
 		return (y - x) / secs
 	}
-	res.PostgresCPU = rate(a.postgres, b.postgres)
-	res.ClientCPU = rate(a.client, b.client)
-	res.HostCPU = rate(a.host, b.host)
+	res.ClientCPU, res.HostCPU, res.PostgresCPU = b.cpu.Cores(a.cpu)
 	var cpu float64
 	known := len(a.nodes) > 0
 	for i := range a.nodes {

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -136,6 +137,24 @@ func signJWT(secret string, claims jwt.MapClaims, validFor time.Duration) (strin
 // its user id.
 func userToken(secret string, i int, validFor time.Duration) (string, error) {
 	return signJWT(secret, jwt.MapClaims{"role": "authenticated", "sub": userID(i), "aud": "authenticated"}, validFor)
+}
+
+// WithAPIKey returns the WebSocket URL u with its apikey replaced by an
+// anon JWT signed with secret (a node started with --jwt-secret refuses
+// any other), valid for validFor.
+func WithAPIKey(u, secret string, validFor time.Duration) (string, error) {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "", err
+	}
+	key, err := anonKey(secret, validFor)
+	if err != nil {
+		return "", err
+	}
+	q := p.Query()
+	q.Set("apikey", key)
+	p.RawQuery = q.Encode()
+	return p.String(), nil
 }
 
 // anonKey is an apikey for sockets: role anon.

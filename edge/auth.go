@@ -18,11 +18,6 @@ type claims struct {
 	Raw  []byte    // the whole claims object as JSON (request.jwt.claims)
 }
 
-// canPrivate is meshcast's rule for private channels (Supabase runs RLS on
-// realtime.messages instead): any verified role except anon may read and
-// write them.
-func (c *claims) canPrivate() bool { return c != nil && c.Role != "" && c.Role != "anon" }
-
 // authError is a refused token. Code is the Supabase join-reply prefix
 // ("InvalidJWTToken"), Msg the human text shared by all reply forms.
 type authError struct {

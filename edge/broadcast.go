@@ -26,8 +26,10 @@ func (c *conn) allowEvent(ch *channel, size int) bool {
 	return true
 }
 
-// broadcast handles a client broadcast, text or binary kind 3. Called with
-// c.mu held.
+// broadcast handles a client broadcast, text or binary kind 3. On a
+// private channel the first one asks the policy whether the channel may
+// write (a broadcast it may not is dropped without a reply). Called with
+// c.mu held (let go while a policy answers).
 func (c *conn) broadcast(ch *channel, m *phx.Message, size int) {
 	if !c.allowEvent(ch, size) {
 		return
@@ -45,6 +47,10 @@ func (c *conn) broadcast(ch *channel, m *phx.Message, size int) {
 			return
 		}
 		out.event, out.data, out.enc = b.Event, b.Payload, phx.EncJSON
+	}
+	if r := c.writeRefusal(ch, ExtBroadcast); r != nil {
+		c.carryOut(r, m, ch)
+		return
 	}
 	if max := c.srv.cfg.MaxPayloadBytes; max > 0 && len(out.data) > max {
 		c.srv.metrics.errorReason("payload_too_large")

@@ -10,7 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/meshcast/meshcast/edge/outq"
 	"github.com/meshcast/meshcast/wal"
 )
 
@@ -30,10 +32,13 @@ type ChangeStream interface {
 // may read what it asks for. Check returns the subscription to register,
 // or an error whose text is what Supabase tells the client. ForgetRole
 // drops what was learnt of a role's privileges, so that the next Check of
-// it sees them as they are now.
+// it sees them as they are now. Recheck sets Err on the subscriptions
+// whose role may no longer read what they bound (after a REVOKE, or their
+// table left the publication), with the text Check would give.
 type ChangeValidator interface {
 	Check(ctx context.Context, b wal.Binding, role, claims string) (*wal.Subscription, error)
 	ForgetRole(role string)
+	Recheck(ctx context.Context, rs []wal.Recheck)
 }
 
 // binding is one postgres_changes binding of a channel, as the client sent
@@ -54,6 +59,7 @@ type binding struct {
 // to its channels.
 type sharedSub struct {
 	key      string
+	raw      json.RawMessage // the binding it was made of, for RecheckChanges
 	sub      *wal.Subscription
 	refs     int
 	channels map[*channel]struct{}
@@ -236,7 +242,7 @@ func (s *Server) shareBindings(bindings []binding) error {
 		sh := cs.byKey[key]
 		if sh == nil {
 			b.sub.ID = s.changes.NewID()
-			sh = &sharedSub{key: key, sub: b.sub, channels: map[*channel]struct{}{}, done: make(chan struct{})}
+			sh = &sharedSub{key: key, raw: b.raw, sub: b.sub, channels: map[*channel]struct{}{}, done: make(chan struct{})}
 			cs.byKey[key], cs.byID[b.sub.ID] = sh, sh
 			cs.peak = max(cs.peak, len(cs.byID))
 			fresh = append(fresh, b.sub)
@@ -379,17 +385,70 @@ func appendWithID(dst []byte, obj json.RawMessage, id uint64) []byte {
 // frame is built per group of channels that get the same ids and columns
 // on the same topic, so the common case — many subscribers of one binding
 // — is one frame shared by all of them.
+//
+// Changes are paced, never dropped for a subscriber that reads: a
+// connection whose queue holds its share of changes makes DeliverChange
+// wait until its writer takes them (the wal Service then acknowledges
+// later, and the owner stops reading the slot). Only a connection whose
+// writer took nothing for the stall time (Config.WriteTimeout) stopped
+// reading: it is closed as a slow consumer. DeliverChange returns once
+// every connection has the change or is gone, so it blocks for at most
+// about that long.
 func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
-	cs := s.changeSubs
-	type group struct {
-		topic string
-		ids   []uint64
-		cols  []string
-		chans []*channel
+	datas := map[string][]byte{}
+	var waits []changeWait
+	n := 0
+	for _, g := range s.changeGroups(ids) {
+		ck := shapeKey(g.cols)
+		data := datas[ck]
+		if data == nil {
+			data = c.AppendData(nil, g.cols)
+			datas[ck] = data
+		}
+		payload := append([]byte(`{"ids":[`), idList(g.ids)...)
+		payload = append(payload, `],"data":`...)
+		payload = append(append(payload, data...), '}')
+		var frames [numFormats][]byte
+		for _, ch := range g.chans {
+			ff := ch.conn.format
+			if frames[ff] == nil {
+				frames[ff] = textFrame(ff, "", "", g.topic, "postgres_changes", payload)
+			}
+			switch ch.conn.pushChange(frames[ff]) {
+			case outq.Queued, outq.Start:
+				n++
+			case outq.Full:
+				waits = append(waits, changeWait{ch, frames[ff]})
+			}
+		}
 	}
-	groups := map[string]*group{}
-	var order []string
+	// The others have the change already; each full connection gets it
+	// before the next change, so its order holds.
+	for _, w := range waits {
+		if w.ch.conn.awaitChange(w.ch, w.frame) {
+			n++
+		}
+	}
+	s.metrics.messagesOut.Add(n)
+	s.metrics.changesOut.Add(n)
+}
+
+// changeGroup is the channels that get one change with the same ids on
+// the same topic, and the columns they see.
+type changeGroup struct {
+	topic string
+	ids   []uint64
+	cols  []string
+	chans []*channel
+}
+
+// changeGroups groups the channels whose subscriptions are ids.
+func (s *Server) changeGroups(ids []uint64) []*changeGroup {
+	cs := s.changeSubs
+	groups := map[string]*changeGroup{}
+	var order []*changeGroup
 	cs.mu.Lock()
+	defer cs.mu.Unlock()
 	perChannel := map[*channel][]uint64{}
 	for _, id := range ids {
 		sh := cs.byID[id]
@@ -422,41 +481,107 @@ func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
 			key := ch.key.name + "\x00" + sh.key + "\x00" + idList(sh.ids)
 			g := groups[key]
 			if g == nil {
-				g = &group{topic: ch.key.name, ids: sh.ids, cols: sh.cols}
+				g = &changeGroup{topic: ch.key.name, ids: sh.ids, cols: sh.cols}
 				groups[key] = g
-				order = append(order, key)
+				order = append(order, g)
 			}
 			g.chans = append(g.chans, ch)
 		}
 	}
-	cs.mu.Unlock()
+	return order
+}
 
-	datas := map[string][]byte{} // by shape: each encoded once
-	for _, key := range order {
-		g := groups[key]
-		ck := shapeKey(g.cols)
-		data := datas[ck]
-		if data == nil {
-			data = c.AppendData(nil, g.cols)
-			datas[ck] = data
-		}
-		payload := append([]byte(`{"ids":[`), idList(g.ids)...)
-		payload = append(payload, `],"data":`...)
-		payload = append(append(payload, data...), '}')
-		var frames [numFormats][]byte
-		n := 0
-		for _, ch := range g.chans {
-			ff := ch.conn.format
-			if frames[ff] == nil {
-				frames[ff] = textFrame(ff, "", "", g.topic, "postgres_changes", payload)
-			}
-			if ch.conn.enqueue(frames[ff]) {
-				n++
+// changeWait is a change frame a channel's connection had no room for
+// yet.
+type changeWait struct {
+	ch    *channel
+	frame []byte
+}
+
+// receivesChanges reports whether ch still gets changes: it may have left
+// while its delivery waited.
+func (s *Server) receivesChanges(ch *channel) bool {
+	cs := s.changeSubs
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, b := range ch.bindings {
+		if b.shared != nil {
+			if _, ok := b.shared.channels[ch]; ok {
+				return true
 			}
 		}
-		s.metrics.messagesOut.Add(n)
-		s.metrics.changesOut.Add(n)
 	}
+	return false
+}
+
+// pushChange queues a change frame without waiting: Full when the
+// connection's queue holds its share of changes (see awaitChange).
+func (c *conn) pushChange(f []byte) outq.Result {
+	r, start := c.q.PushChange(f)
+	if start {
+		c.startWriter()
+	}
+	if r == outq.Stalled {
+		c.stalled()
+	}
+	return r
+}
+
+// awaitChange waits until the connection's queue has room for the change
+// frame f of channel ch and queues it. It gives up when the connection
+// closes, ch leaves, the server stops, or the connection's writer took
+// nothing for the stall time (the connection is then closed as a slow
+// consumer), and reports whether f was queued.
+func (c *conn) awaitChange(ch *channel, f []byte) bool {
+	m := c.srv.metrics
+	m.changeWaits.Inc()
+	start := time.Now()
+	defer func() { m.changeWaitSeconds.Add(time.Since(start).Seconds()) }()
+	for {
+		room, stallIn := c.q.Room(len(f))
+		var stall *time.Timer
+		var stallC <-chan time.Time
+		if stallIn > 0 {
+			stall = time.NewTimer(time.Duration(stallIn))
+			stallC = stall.C
+		}
+		select {
+		case <-room:
+		case <-stallC:
+		case <-c.srv.stopping:
+		}
+		if stall != nil {
+			stall.Stop()
+		}
+		if !c.srv.receivesChanges(ch) {
+			return false
+		}
+		switch c.pushChange(f) {
+		case outq.Queued, outq.Start:
+			return true
+		case outq.Full:
+			select {
+			case <-c.srv.stopping:
+				return false
+			default:
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// stalled cuts a connection whose writer has been stuck in one write for
+// the stall time while changes waited: it stopped reading. Its queue is
+// closing already; the write in progress may otherwise block until the
+// write timeout, or forever without one.
+func (c *conn) stalled() {
+	m := c.srv.metrics
+	m.slowClose.Inc()
+	m.errorReason("slow_consumer")
+	c.srv.logLimited.Warn("closing a subscriber that stopped reading its changes", "remote", c.remote,
+		"stalled_for", c.srv.cfg.changeStall())
+	c.tr.kill()
 }
 
 // shape is the columns some of a channel's bindings get, and their ids.
@@ -564,4 +689,56 @@ func (c *conn) rekeyChanges(ch *channel, cl *claims) bool {
 		c.send(ch.joinRef, "", ch.key.name, "system", systemPayload("postgres_changes", "ok", "Subscribed to PostgreSQL", ch.name))
 	}
 	return true
+}
+
+// RecheckChanges checks this node's postgres_changes subscriptions again
+// against the database as it is now, and closes, with a system error
+// carrying the join-time text, the channels whose role lost access to a
+// table they bound (a REVOKE, the table left the publication), as a token
+// refresh that loses access does. The database's owner has already stopped
+// sending them what was committed after the change (wal.Authorizer's
+// Authorize, in WAL order); this tells the client why, and a join again is
+// checked anew. The validator's catalog watch calls it after a change.
+func (s *Server) RecheckChanges(ctx context.Context) {
+	if s.validator == nil {
+		return
+	}
+	cs := s.changeSubs
+	cs.mu.Lock()
+	var shs []*sharedSub
+	var rs []wal.Recheck
+	for _, sh := range cs.byID {
+		b, err := parseBinding(sh.raw)
+		if err != nil {
+			continue
+		}
+		shs = append(shs, sh)
+		rs = append(rs, wal.Recheck{Binding: b, Sub: sh.sub})
+	}
+	cs.mu.Unlock()
+	s.validator.Recheck(ctx, rs)
+	type closing struct {
+		ch  *channel
+		sh  *sharedSub
+		msg string
+	}
+	var closes []closing
+	cs.mu.Lock()
+	for i, r := range rs {
+		if r.Err != nil {
+			for ch := range shs[i].channels {
+				closes = append(closes, closing{ch, shs[i], r.Err.Error()})
+			}
+		}
+	}
+	cs.mu.Unlock()
+	for _, x := range closes {
+		c := x.ch.conn
+		c.mu.Lock()
+		if !c.gone && c.channels[x.ch.key.name] == x.ch && slices.ContainsFunc(x.ch.bindings, func(b binding) bool { return b.shared == x.sh }) {
+			s.metrics.errorReason("access_revoked")
+			c.closeChannel(x.ch, x.msg)
+		}
+		c.mu.Unlock()
+	}
 }

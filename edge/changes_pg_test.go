@@ -50,12 +50,16 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, pc pairConfig) (client, o
 		if err != nil {
 			t.Fatal(err)
 		}
-		auth, err := wal.NewAuthorizer(context.Background(), pg.URL(), "")
+		set := metrics.NewSet()
+		s.AddMetrics(set)
+		ac := wal.AuthorizerConfig{URL: pg.URL(), Logger: cfg.Logger, Metrics: set}
+		if pc.secret != nil {
+			ac.OnCatalogChange = s.RecheckChanges
+		}
+		auth, err := wal.StartAuthorizer(context.Background(), ac)
 		if err != nil {
 			t.Fatal(err)
 		}
-		set := metrics.NewSet()
-		s.AddMetrics(set)
 		sc := wal.ServiceConfig{DB: "db", Self: cfg.NodeID, Deliver: s.DeliverChange, SettleWait: 200 * time.Millisecond,
 			TakeoverWait: time.Second, Logger: cfg.Logger, Metrics: set}
 		udp, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -71,7 +75,7 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, pc pairConfig) (client, o
 		if reads {
 			sc.Reader = &wal.Reader{URL: pg.URL(), Slot: pc.slot, StatusInterval: 50 * time.Millisecond, Logger: cfg.Logger, Metrics: set}
 			if pc.secret != nil {
-				sc.Authorize = auth.Authorize
+				sc.Authorize, sc.CatalogChanged = auth.Authorize, auth.CatalogChanged
 			}
 			mc.Database = "db"
 			ownerMesh = udp.LocalAddr().String()

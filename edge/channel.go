@@ -1,8 +1,7 @@
 package edge
 
 import (
-	"fmt"
-	"strings"
+	"encoding/json"
 	"time"
 	"unicode/utf8"
 
@@ -32,6 +31,11 @@ type channel struct {
 	claims          *claims
 	bindings        []binding // postgres_changes; set before the channel is joined
 	expiry          *time.Timer
+
+	// grants are what claims may do on the channel (all, unless private
+	// on a node with a secret). Changed with c.mu and t.mu held, read
+	// under either: fan-out skips channels that may not read.
+	grants grants
 }
 
 var (
@@ -108,77 +112,95 @@ func (c *conn) handleFrame(binary bool, data []byte) bool {
 	return true
 }
 
-// join handles phx_join. Called with c.mu held.
+// join carries out a phx_join as the rules decide (rules.go): the
+// checks of the frame and its token, then, for a private channel, the
+// policy's read check, then the room for one more channel. Called with
+// c.mu held, which it lets go while the policy, the cluster and the
+// database are waited for; only this reader handles the connection's
+// frames, so nothing else joins meanwhile.
 func (c *conn) join(m *phx.Message) bool {
+	plan, r := c.planJoin(m)
+	if r == nil && plan.reads != 0 {
+		allowed, err := c.ask(false, plan.claims, plan.name, plan.reads)
+		plan.grants, r = decideJoinRead(&plan, allowed, err)
+	}
+	if r == nil {
+		if old := c.channels[m.Topic]; old != nil {
+			// A second join of a joined topic replaces the first.
+			c.removeChannel(old)
+			c.send(old.joinRef, old.joinRef, m.Topic, "phx_close", emptyObject)
+		}
+		r = channelRoom(len(c.channels), c.srv.cfg.MaxChannelsPerConn)
+	}
+	if r != nil {
+		return c.carryOut(r, m, nil)
+	}
+	c.enter(c.newChannel(&plan, m.JoinRef), m, plan.config.PostgresChanges)
+	return true
+}
+
+// planJoin gathers what the join rules decide on, in their order: the
+// topic, the connection's joins/s, the payload, the token.
+func (c *conn) planJoin(m *phx.Message) (joinPlan, *refusal) {
 	s := c.srv
-	refuse := func(reason string) {
-		s.metrics.errorReason("join_refused")
-		c.reply(m.JoinRef, m.Ref, m.Topic, "error", phx.ReasonPayload(reason))
-	}
-	name, ok := strings.CutPrefix(m.Topic, topicPrefix)
-	if !ok {
-		refuse("unmatched topic")
-		return true
-	}
-	if name == "" {
-		refuse("TopicNameRequired: You must provide a topic name")
-		return true
-	}
-	if max := s.cfg.MaxTopicBytes; max > 0 && len(m.Topic) > max {
-		refuse(fmt.Sprintf("TopicNameTooLong: The topic must be at most %d bytes", max))
-		return true
+	name, r := checkJoinTopic(m.Topic, s.cfg.MaxTopicBytes)
+	if r != nil {
+		return joinPlan{}, r
 	}
 	if c.joins != nil && !c.joins.Allow() {
-		refuse("ClientJoinRateLimitReached: Too many joins per second")
-		c.closeAfterFlush(ws.StatusPolicyViolation, "Too many joins per second")
-		return false
+		return joinPlan{}, refuseJoinRate
 	}
-	p, err := phx.DecodeJoin(m.Payload)
-	if err != nil {
-		refuse("Unknown Error on Channel: join payload must be a JSON object")
-		return true
+	p, r := decodeJoin(m.Payload)
+	if r != nil {
+		return joinPlan{}, r
 	}
-	cl, aerr := s.auth.verify(channelToken(p.Token(), c.apikey))
-	if aerr != nil {
-		refuse(aerr.joinReason())
-		return true
+	tok := channelToken(p.Token(), c.apikey)
+	var cl *claims
+	var aerr *authError
+	if ac := c.apikeyClaims; tok == c.apikey && ac != nil && s.auth.now().Before(ac.Exp) {
+		// The socket's own key, verified at connect and not expired yet:
+		// a join storm on one socket does not verify it each time.
+		cl = ac
+	} else {
+		cl, aerr = s.auth.verify(tok)
 	}
-	private := bool(p.Config.Private)
-	if private && !s.auth.open() && !cl.canPrivate() {
-		refuse("Unauthorized: You do not have permissions to read from this Channel topic: " + name)
-		return true
-	}
-	if old := c.channels[m.Topic]; old != nil {
-		// A second join of a joined topic replaces the first.
-		c.removeChannel(old)
-		c.send(old.joinRef, old.joinRef, m.Topic, "phx_close", emptyObject)
-	}
-	if max := s.cfg.MaxChannelsPerConn; max > 0 && len(c.channels) >= max {
-		refuse("ChannelRateLimitReached: Too many channels")
-		return true
-	}
+	return planJoin(m.Topic, name, &p, tok, cl, aerr, s.auth.open())
+}
 
+// newChannel makes the channel of a decided join.
+func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
+	cfg := &plan.config
 	ch := &channel{
 		conn:            c,
-		key:             topicKey{name: m.Topic, private: private},
-		name:            name,
-		joinRef:         m.JoinRef,
-		self:            bool(p.Config.Broadcast.Self),
-		ack:             bool(p.Config.Broadcast.Ack),
-		unreliable:      bool(p.Config.Broadcast.Unreliable),
-		presenceEnabled: bool(p.Config.Presence.Enabled),
-		presenceKey:     p.Config.PresenceKey(),
-		holder:          s.holders.Add(1),
-		claims:          cl,
+		key:             plan.key,
+		name:            plan.name,
+		joinRef:         joinRef,
+		self:            bool(cfg.Broadcast.Self),
+		ack:             bool(cfg.Broadcast.Ack),
+		unreliable:      bool(cfg.Broadcast.Unreliable),
+		presenceEnabled: bool(cfg.Presence.Enabled),
+		presenceKey:     cfg.PresenceKey(),
+		holder:          c.srv.holders.Add(1),
+		claims:          plan.claims,
+		grants:          plan.grants,
 	}
 	if ch.presenceKey == "" {
 		ch.presenceKey = newUUID()
 	}
+	return ch
+}
+
+// enter adds a decided channel to its topic and replies to its join m:
+// the reply, presence_state (when presence is on and may be read) and the
+// system message about its postgres_changes bindings go out in that
+// order, ordered with the topic's fan-out. Called with c.mu held.
+func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) {
+	s := c.srv
 	t, ready := s.hub.acquire(ch.key)
 	var changesMsg []byte // the system message about the bindings
 	reply := joinOK
 	held := c.heldBindings()
-	if ready != nil || len(p.Config.PostgresChanges) > 0 {
+	if ready != nil || len(changes) > 0 {
 		// A new topic in a cluster: the presence of the other nodes
 		// arrives before the first presence_state (bounded by the mesh,
 		// and by Shutdown's deadline). Bindings wait (bounded) until the
@@ -186,8 +208,8 @@ func (c *conn) join(m *phx.Message) bool {
 		// Shutdown and token timers are not held up by the wait; only this
 		// reader handles the connection's frames, so nothing else joins.
 		c.unlockToWait()
-		if len(p.Config.PostgresChanges) > 0 {
-			ch.bindings, changesMsg = s.joinChanges(ch, p.Config.PostgresChanges, cl, held)
+		if len(changes) > 0 {
+			ch.bindings, changesMsg = s.joinChanges(ch, changes, ch.claims, held)
 			reply = joinReplyChanges(ch.bindings)
 		}
 		if ready != nil {
@@ -203,7 +225,7 @@ func (c *conn) join(m *phx.Message) bool {
 	s.metrics.joins.Inc()
 	s.hub.join(ch, t, func(t *topic) {
 		c.reply(m.JoinRef, m.Ref, m.Topic, "ok", reply)
-		if ch.presenceEnabled {
+		if ch.presenceEnabled && ch.grants.canRead(ExtPresence) {
 			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence.Set))
 		}
 		s.attachChanges(ch)
@@ -212,7 +234,6 @@ func (c *conn) join(m *phx.Message) bool {
 		}
 	})
 	c.armExpiry(ch)
-	return true
 }
 
 // removeChannel leaves a channel: presence leaves go out, the topic forgets

@@ -407,7 +407,7 @@ func TestClusterBroadcastCrossesOncePerInterestedNode(t *testing.T) {
 		deathsBefore := deaths()
 		before := []int{0, sentTo(1), sentTo(2), sentTo(3)}
 		for i := 0; i < msgs; i++ {
-			pub.write(broadcastFrame("1", strconv.Itoa(ref), topic, "e", fmt.Sprintf(`{"i":%d}`, i)))
+			pub.write(broadcastFrame("1", strconv.Itoa(ref), topic, "e", fmt.Sprintf(`{"r":%d,"i":%d}`, round, i)))
 			ref++
 		}
 		// Every subscriber reads concurrently (a subscriber that is not read
@@ -418,22 +418,32 @@ func TestClusterBroadcastCrossesOncePerInterestedNode(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := 0; i < msgs; i++ {
+				for i := 0; i < msgs; {
 					data, op, err := c.read(20 * time.Second)
 					if err != nil {
-						errs <- fmt.Errorf("message %d: %v", i, err)
+						errs <- fmt.Errorf("round %d message %d: %v", round, i, err)
 						return
 					}
 					f, err := decodeFrame(data, op, false)
+					if err == nil && jsonField(f.Payload, "payload.r") != strconv.Itoa(round) {
+						continue // the rest of a round voided by a false death
+					}
 					if err != nil || jsonField(f.Payload, "payload.i") != strconv.Itoa(i) {
-						errs <- fmt.Errorf("message %d: %s (%v)", i, data, err)
+						errs <- fmt.Errorf("round %d message %d: %s (%v)", round, i, data, err)
 						return
 					}
+					i++
 				}
 			}()
 		}
 		wg.Wait()
 		close(errs)
+		if d := deaths(); d != deathsBefore && round < 3 {
+			// Broadcasts are at most once: a member declared dead misses
+			// some, and its counters restart.
+			t.Logf("round %d: members declared dead meanwhile (failed counts %s → %s, %d readers failed); measuring again", round, deathsBefore, d, len(errs))
+			continue
+		}
 		for err := range errs {
 			t.Fatal(err)
 		}

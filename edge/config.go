@@ -35,6 +35,12 @@ type Config struct {
 	// client address publish per second; the burst is one second of it,
 	// but at least one whole batch. Over it a request is refused (429).
 	RESTEventsPerSecond float64
+	// AddressShare is the share of MaxConnections (and of MaxHandshakes)
+	// one client address may hold, an IPv4 address or an IPv6 /64: past
+	// it the address's new connections are refused, so that one address
+	// cannot take every place. 0 (or 1 and more) bounds nothing. Behind a
+	// proxy that ends client connections, every client has its address.
+	AddressShare float64
 	// QueueBytes bounds a connection's outbound queue; a client further
 	// behind is closed as a slow consumer. The bound is never below one
 	// publisher's burst (BytesPerSecond's burst plus one largest frame), so
@@ -110,6 +116,24 @@ type Config struct {
 	// DatagramQueue is how many datagrams wait per WebTransport session
 	// before the oldest is dropped (0: 16).
 	DatagramQueue int
+	// MaxHandshakes bounds the QUIC connections of the WebTransport
+	// listener whose handshake has not completed (a connection counts
+	// against MaxConnections only once it has): past half of it new
+	// clients must first validate their address (QUIC Retry), past it
+	// they are refused. 0: unbounded.
+	MaxHandshakes int
+	// WebTransportWindow bounds what a WebTransport client may have
+	// sent that the node has not read yet, per connection and per stream
+	// (QUIC flow control). Streams start at 64 KiB and grow towards it only
+	// as the node reads them, so a stream it never reads holds 64 KiB at
+	// most. 0: quic-go's maxima (15 MiB per connection, 6 MiB per stream).
+	WebTransportWindow int
+
+	// ChannelPolicy decides private channels on a node with a JWTSecret:
+	// which roles may read and write which topics (see ChannelPolicy). If
+	// nil, the claims rule: any verified role except anon may read and
+	// write every private channel. A node without a JWTSecret never asks.
+	ChannelPolicy ChannelPolicy
 
 	// DemoTable, if set, serves the demo page's live table panel at
 	// /demo/todos and below (make run-pg's node only: it writes to a
@@ -125,6 +149,9 @@ func DefaultConfig() Config {
 	return Config{
 		NodeID:                  "meshcast",
 		MaxConnections:          100_000,
+		AddressShare:            0.25,
+		MaxHandshakes:           2000,
+		WebTransportWindow:      1 << 20,
 		MaxFrameBytes:           5 << 20,
 		MaxPayloadBytes:         3_000_000,
 		MaxTopicBytes:           255,
@@ -177,4 +204,27 @@ func (c *Config) queueLimit() int {
 		return c.QueueBytes
 	}
 	return max(c.QueueBytes, c.byteBurst()+c.MaxFrameBytes+maxFrameHeader)
+}
+
+// changeQueueLimit is how many bytes of Postgres changes a connection's
+// queue holds before their delivery waits (flow control): a quarter of
+// QueueBytes, 1 MiB when QueueBytes is 0. Changes do not count against
+// the queue's slow-consumer bound.
+func (c *Config) changeQueueLimit() int {
+	if c.QueueBytes <= 0 {
+		return 1 << 20
+	}
+	return max(c.QueueBytes/4, 1)
+}
+
+// changeStall is how long a connection whose queue is full of changes may
+// take nothing from it before it is closed as a slow consumer:
+// WriteTimeout, which a stuck write also takes to fail, or 10s when that
+// is 0, so that a client that stops reading never holds the changes of
+// every other subscriber for longer.
+func (c *Config) changeStall() time.Duration {
+	if c.WriteTimeout > 0 {
+		return c.WriteTimeout
+	}
+	return 10 * time.Second
 }

@@ -23,7 +23,9 @@ import (
 // closes), a writer goroutine of its own, which may block and exits when
 // the queue is empty: an idle connection holds no writer goroutine. A full
 // queue closes the connection (slow consumer) instead of blocking the
-// sender, so one slow client never slows the others.
+// sender, so one slow client never slows the others; Postgres changes
+// alone wait for room instead (see DeliverChange), bounded by the stall
+// time.
 type conn struct {
 	srv    *Server
 	tr     transport
@@ -36,6 +38,9 @@ type conn struct {
 	// apikeyClaims are the claims of the socket's apikey (nil when open).
 	apikey       string
 	apikeyClaims *claims
+	// headers are the x- headers of the upgrade request as a JSON object
+	// (request.headers of policy checks); nil when there are none.
+	headers []byte
 
 	q          *outq.Queue
 	writerDone chan struct{}   // closed when the writer has shut the transport
@@ -73,9 +78,9 @@ func newConn(s *Server, tr transport, ff frameFormat, remote string) *conn {
 		writerDone: make(chan struct{}),
 		channels:   make(map[string]*channel),
 	}
-	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff], DatagramLimit: s.cfg.DatagramQueue}
+	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff], DatagramLimit: s.cfg.DatagramQueue,
+		ChangeLimit: s.cfg.changeQueueLimit(), Stall: int64(s.cfg.changeStall()), Clock: s.coalesce.now}
 	if k := s.coalesce; k.every > 0 {
-		opts.Clock = k.now
 		opts.Hold = func(last int64) bool { return k.recent(last) && k.add(c) }
 	}
 	c.q = outq.New(opts)
@@ -169,8 +174,7 @@ func (c *conn) writeLoop() {
 			err = c.sendDatagrams(b.Datagrams)
 		}
 		if len(batch) > 0 && err == nil {
-			err = c.tr.writeFrames(batch)
-			c.srv.metrics.wrote(c.tm, b.Bytes)
+			err = c.writePieces(batch)
 		}
 		if err != nil || b.Close != nil {
 			clear(batch)
@@ -191,6 +195,31 @@ func (c *conn) writeLoop() {
 			return
 		}
 	}
+}
+
+// writePiece is about how much the blocking writer writes at once.
+const writePiece = 64 << 10
+
+// writePieces writes batch in pieces of about writePiece bytes (a larger
+// frame alone), so that both the write timeout and the queue's stall
+// clock measure the client's progress, not the time a whole batch takes:
+// a client that reads slowly but steadily is never cut off in the middle
+// of a large batch; one that takes nothing for --write-timeout is.
+func (c *conn) writePieces(batch [][]byte) error {
+	for len(batch) > 0 {
+		n, size := 0, 0
+		for n < len(batch) && (n == 0 || size+len(batch[n]) <= writePiece) {
+			size += len(batch[n])
+			n++
+		}
+		if err := c.tr.writeFrames(batch[:n]); err != nil {
+			return err
+		}
+		c.srv.metrics.wrote(c.tm, size)
+		c.q.Progress()
+		batch = batch[n:]
+	}
+	return nil
 }
 
 // finish shuts the transport once; no writer runs after it.

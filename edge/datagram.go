@@ -64,6 +64,9 @@ func decodeDatagram(d []byte) (phx.Message, error) {
 // the message is one and the subscriber can and asked to receive them,
 // else as the frame of its format. It reports whether a queue took it.
 func (ch *channel) deliver(m *outMsg) bool {
+	if !ch.grants.canRead(ExtBroadcast) {
+		return false // a private channel whose policy denies reading broadcasts
+	}
 	c := ch.conn
 	if m.unreliable && ch.unreliable && c.dg != nil {
 		if f := m.frame(formatWTv2); f != nil && f[4] == wtOpBinary {
@@ -152,6 +155,11 @@ func (c *conn) handleDatagram(d []byte) {
 	}
 	if !c.allowEvent(ch, len(msg.Payload)) {
 		m.datagramDropped("rate_limited")
+		return
+	}
+	if r := c.writeRefusal(ch, ExtBroadcast); r != nil {
+		m.datagramDropped("write_denied")
+		c.carryOut(r, &msg, ch) // dropped without a word, as a broadcast
 		return
 	}
 	out := &outMsg{topic: ch.key.name, event: msg.UserEvent, data: msg.Payload, enc: msg.Enc, binary: true, unreliable: true}

@@ -32,6 +32,10 @@ func hostileConfig(c *Config) {
 	c.MaxFrameBytes = 64 << 10
 	c.EventsPerSecond = 300 // the bystanders tick at 100/s
 	c.MaxConnections = 40
+	// The floods and the bystanders all come from 127.0.0.1: the node-wide
+	// limit is under test here, the per-address share in
+	// TestOneAddressGetsItsShare.
+	c.AddressShare = 0
 }
 
 // rawTCP dials the node's HTTP port; the connection is closed at the end

@@ -257,6 +257,7 @@ func TestHostileWebTransport(t *testing.T) {
 func TestWebTransportQUICConnectionLimit(t *testing.T) {
 	ts := startWTServer(t, func(c *Config) {
 		c.MaxConnections = 8
+		c.AddressShare = 0                    // every client is 127.0.0.1
 		c.HTTPReadHeaderTimeout = time.Minute // bare connections stay while the test dials
 	})
 	b := startBystanders(t, ts) // two sockets and one session

@@ -30,6 +30,10 @@ type serverMetrics struct {
 	queueDrops       *metrics.Counter
 	slowClose        *metrics.Counter
 	changesOut       *metrics.Counter
+	// changeWaits count the change deliveries that waited for a client's
+	// queue (flow control); changeWaitSeconds, for how long in all.
+	changeWaits       *metrics.Counter
+	changeWaitSeconds *metrics.FloatCounter
 
 	datagramsReceived *metrics.Counter
 	datagramsSent     *metrics.Counter
@@ -72,6 +76,8 @@ func newServerMetrics(s *Server) *serverMetrics {
 		datagramsSent:     set.NewCounter("meshcast_datagrams_sent_total"),
 		datagramsOnStream: set.NewCounter("meshcast_datagrams_on_stream_total"),
 	}
+	m.changeWaits = set.NewCounter("meshcast_changes_waits_total")
+	m.changeWaitSeconds = set.NewFloatCounter("meshcast_changes_wait_seconds_total")
 	set.NewGauge("meshcast_connections", func() float64 { return float64(s.conns.Load()) })
 	for k := range transportKind(numKinds) {
 		l := `{transport="` + k.String() + `"}`

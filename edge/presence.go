@@ -24,95 +24,120 @@ const (
 )
 
 // presence handles a presence push (track/untrack). Presence pushes are
-// always answered, because realtime-js's track() waits for the reply.
-// Called with c.mu held.
+// always answered, because realtime-js's track() waits for the reply. On a
+// private channel the first track asks the policy whether the channel may
+// write presence (and read it, if the join did not ask); a track it may
+// not is answered with an error. Called with c.mu held (let go while a
+// policy answers).
 func (c *conn) presence(ch *channel, m *phx.Message, size int) {
 	if !c.allowEvent(ch, size) {
 		return
 	}
-	reply := func(status string, resp []byte) { c.reply(ch.joinRef, m.Ref, m.Topic, status, resp) }
-	refuse := func(metric, message string) {
-		c.srv.metrics.errorReason(metric)
-		reply("error", phx.ReasonPayload(message))
-		c.closeChannel(ch, message)
-	}
 	p, err := phx.DecodePresence(m.Payload)
 	if err != nil {
-		reply("error", emptyObject)
+		c.presenceReply(ch, m, "error", emptyObject)
+		return
+	}
+	switch strings.ToLower(p.Event) {
+	case "":
+		c.presenceReply(ch, m, "ok", emptyObject)
+	case "track":
+		c.track(ch, m, p.Payload)
+	case "untrack":
+		c.untrack(ch, m)
+	default:
+		c.presenceReply(ch, m, "error", emptyObject)
+	}
+}
+
+func (c *conn) presenceReply(ch *channel, m *phx.Message, status string, resp []byte) {
+	c.reply(ch.joinRef, m.Ref, m.Topic, status, resp)
+}
+
+// presenceRefuse refuses a presence push and ends the channel.
+func (c *conn) presenceRefuse(ch *channel, m *phx.Message, metric, message string) {
+	c.srv.metrics.errorReason(metric)
+	c.presenceReply(ch, m, "error", phx.ReasonPayload(message))
+	c.closeChannel(ch, message)
+}
+
+// track handles a presence track of meta payload.
+func (c *conn) track(ch *channel, m *phx.Message, payload []byte) {
+	if r := c.writeRefusal(ch, ExtPresence); r != nil {
+		c.carryOut(r, m, ch)
+		return
+	}
+	if !phx.IsObject(payload) {
+		c.presenceReply(ch, m, "error", presenceTrackNotMap)
 		return
 	}
 	s := c.srv
 	cfg := &s.cfg
-	switch strings.ToLower(p.Event) {
-	case "":
-		reply("ok", emptyObject)
-	case "track":
-		if !phx.IsObject(p.Payload) {
-			reply("error", presenceTrackNotMap)
-			return
-		}
-		meta := compactJSON(p.Payload)
-		if max := cfg.MaxPresenceBytes; max > 0 && len(meta) > max {
-			refuse("payload_too_large", msgTrackTooLarge)
-			return
-		}
-		if max := cfg.MaxPresenceBytesPerConn; max > 0 && c.presenceBytes-ch.presenceBytes+len(meta) > max {
-			refuse("payload_too_large", msgConnPresenceFull)
-			return
-		}
-		t := ch.t
-		t.mu.Lock()
-		if _, tracked := t.presence.Get(cfg.NodeID, ch.holder); !tracked {
-			if max := cfg.MaxPresenceKeys; max > 0 && t.presence.Len() >= max {
-				t.mu.Unlock()
-				s.metrics.errorReason("presence_limit")
-				reply("error", phx.ReasonPayload(reasonPresenceKeys))
-				return
-			}
-		}
-		if !t.allowPresence() {
+	meta := compactJSON(payload)
+	if max := cfg.MaxPresenceBytes; max > 0 && len(meta) > max {
+		c.presenceRefuse(ch, m, "payload_too_large", msgTrackTooLarge)
+		return
+	}
+	if max := cfg.MaxPresenceBytesPerConn; max > 0 && c.presenceBytes-ch.presenceBytes+len(meta) > max {
+		c.presenceRefuse(ch, m, "payload_too_large", msgConnPresenceFull)
+		return
+	}
+	t := ch.t
+	t.mu.Lock()
+	if _, tracked := t.presence.Get(cfg.NodeID, ch.holder); !tracked {
+		if max := cfg.MaxPresenceKeys; max > 0 && t.presence.Len() >= max {
 			t.mu.Unlock()
-			refuse("rate_limited", msgPresenceRate)
+			s.metrics.errorReason("presence_limit")
+			c.presenceReply(ch, m, "error", phx.ReasonPayload(reasonPresenceKeys))
 			return
 		}
-		s.metrics.presenceEvents.Inc()
-		d := t.presence.Track(presence.Entry{
-			Owner:  cfg.NodeID,
-			Holder: ch.holder,
-			Key:    ch.presenceKey,
-			Ref:    s.newRef(),
-			Meta:   meta,
-		})
-		s.localPresence(t, d)
-		c.presenceBytes += len(meta) - ch.presenceBytes
-		ch.presenceBytes = len(meta)
-		reply("ok", emptyObject)
-		if !ch.presenceEnabled {
-			// A track turns presence on for this join (realtime-js joins
-			// with presence off when the app has no presence listener).
-			// It never got the join's presence_state, so it gets one now:
-			// without it, members tracked earlier stay invisible to it.
-			ch.presenceEnabled = true
+	}
+	if !t.allowPresence() {
+		t.mu.Unlock()
+		c.presenceRefuse(ch, m, "rate_limited", msgPresenceRate)
+		return
+	}
+	s.metrics.presenceEvents.Inc()
+	d := t.presence.Track(presence.Entry{
+		Owner:  cfg.NodeID,
+		Holder: ch.holder,
+		Key:    ch.presenceKey,
+		Ref:    s.newRef(),
+		Meta:   meta,
+	})
+	s.localPresence(t, d)
+	c.presenceBytes += len(meta) - ch.presenceBytes
+	ch.presenceBytes = len(meta)
+	c.presenceReply(ch, m, "ok", emptyObject)
+	if !ch.presenceEnabled {
+		// A track turns presence on for this join (realtime-js joins
+		// with presence off when the app has no presence listener).
+		// It never got the join's presence_state, so it gets one now:
+		// without it, members tracked earlier stay invisible to it.
+		ch.presenceEnabled = true
+		if ch.grants.canRead(ExtPresence) {
 			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence.Set))
 		}
-		t.mu.Unlock()
-	case "untrack":
-		t := ch.t
-		t.mu.Lock()
-		if !t.allowPresence() {
-			t.mu.Unlock()
-			refuse("rate_limited", msgPresenceRate)
-			return
-		}
-		s.metrics.presenceEvents.Inc()
-		s.localPresence(t, t.presence.Untrack(cfg.NodeID, ch.holder))
-		c.presenceBytes -= ch.presenceBytes
-		ch.presenceBytes = 0
-		t.mu.Unlock()
-		reply("ok", emptyObject)
-	default:
-		reply("error", emptyObject)
 	}
+	t.mu.Unlock()
+}
+
+// untrack handles a presence untrack.
+func (c *conn) untrack(ch *channel, m *phx.Message) {
+	s := c.srv
+	t := ch.t
+	t.mu.Lock()
+	if !t.allowPresence() {
+		t.mu.Unlock()
+		c.presenceRefuse(ch, m, "rate_limited", msgPresenceRate)
+		return
+	}
+	s.metrics.presenceEvents.Inc()
+	s.localPresence(t, t.presence.Untrack(s.cfg.NodeID, ch.holder))
+	c.presenceBytes -= ch.presenceBytes
+	ch.presenceBytes = 0
+	t.mu.Unlock()
+	c.presenceReply(ch, m, "ok", emptyObject)
 }
 
 // allowPresence applies the topic's presence events/s limit. Called with
@@ -138,12 +163,13 @@ func (s *Server) localPresence(t *topic, d presence.Diff) {
 }
 
 // fanoutPresenceDiff sends a presence_diff to every presence-enabled
-// channel of the topic, the tracker included. Called with t.mu held.
+// channel of the topic that may read presence, the tracker included.
+// Called with t.mu held.
 func (t *topic) fanoutPresenceDiff(d presence.Diff) {
 	payload := presenceDiff(d)
 	var frames [numFormats][]byte
 	for _, ch := range t.subs {
-		if !ch.presenceEnabled {
+		if !ch.presenceEnabled || !ch.grants.canRead(ExtPresence) {
 			continue
 		}
 		ff := ch.conn.format

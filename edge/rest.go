@@ -7,6 +7,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/meshcast/meshcast/wire/phx"
@@ -114,12 +115,16 @@ func (s *Server) serveBatchBroadcast(w http.ResponseWriter, r *http.Request) {
 		s.restRateLimited(w)
 		return
 	}
+	denied := s.restDenied(r, cl, req.Messages)
 	for _, m := range req.Messages {
+		if bool(m.Private) && denied[m.Topic] {
+			continue // dropped without a word, as Supabase drops them
+		}
 		var meta []byte
 		if len(m.ID) > 0 && string(m.ID) != "null" {
 			meta = append(append([]byte(`{"id":`), compactJSON(m.ID)...), '}')
 		}
-		s.restPublish(cl, m.Topic, bool(m.Private), &outMsg{event: m.Event, data: compactJSON(m.Payload), enc: phx.EncJSON, meta: meta})
+		s.restPublish(m.Topic, bool(m.Private), &outMsg{event: m.Event, data: compactJSON(m.Payload), enc: phx.EncJSON, meta: meta})
 	}
 	w.WriteHeader(http.StatusAccepted)
 }
@@ -167,15 +172,18 @@ func (s *Server) serveSingleBroadcast(w http.ResponseWriter, r *http.Request) {
 		body = compactJSON(body)
 	}
 	private := r.URL.Query().Get("private") == "true"
-	if private && !s.auth.open() && !cl.canPrivate() {
-		writeJSON(w, http.StatusForbidden, jsonMessage("Unauthorized"))
-		return
+	if private && !s.auth.open() {
+		allowed, err := s.check(r.Context(), true, identity(cl, headersJSON(r.Header, "")), topic, ExtBroadcast)
+		if rf := decideRESTWrite(allowed, err, true); rf != nil {
+			s.restRefused(w, r, topic, rf)
+			return
+		}
 	}
 	if !s.rest.allow(r.RemoteAddr, 1) {
 		s.restRateLimited(w)
 		return
 	}
-	s.restPublish(cl, topic, private, &outMsg{event: event, data: body, enc: enc, binary: true})
+	s.restPublish(topic, private, &outMsg{event: event, data: body, enc: enc, binary: true})
 	w.WriteHeader(http.StatusAccepted)
 }
 
@@ -202,14 +210,79 @@ func (s *Server) restTooLarge(w http.ResponseWriter, err error) {
 	writeJSON(w, http.StatusUnprocessableEntity, `{"errors":{"messages":["Payload size exceeds tenant limit"]}}`)
 }
 
-// restPublish delivers one REST message; unauthorized private messages are
-// dropped silently, as Supabase does.
-func (s *Server) restPublish(cl *claims, topic string, private bool, m *outMsg) {
-	if private && !s.auth.open() && !cl.canPrivate() {
-		return
-	}
+// restPublish delivers one REST message (private ones are authorized).
+func (s *Server) restPublish(topic string, private bool, m *outMsg) {
 	m.topic = topicPrefix + topic
 	s.metrics.restBroadcasts.Inc()
 	k := topicKey{name: m.topic, private: private}
 	s.publish(k, s.hub.lookup(k), m, nil)
+}
+
+// restDenied asks the policy, once per private topic of a batch and all
+// at once, whether the request's JWT may write broadcasts there, and
+// returns the topics it may not.
+func (s *Server) restDenied(r *http.Request, cl *claims, msgs []restMessage) map[string]bool {
+	if s.auth.open() {
+		return nil
+	}
+	var topics []string
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		if bool(m.Private) && !seen[m.Topic] {
+			seen[m.Topic] = true
+			topics = append(topics, m.Topic)
+		}
+	}
+	if len(topics) == 0 {
+		return nil
+	}
+	id := identity(cl, headersJSON(r.Header, ""))
+	refused := make([]*refusal, len(topics))
+	decide := func(i int) {
+		allowed, err := s.check(r.Context(), true, id, topics[i], ExtBroadcast)
+		refused[i] = decideRESTWrite(allowed, err, false)
+	}
+	if !s.policyBlocks {
+		for i := range topics {
+			decide(i)
+		}
+	} else {
+		// Asked together, so that a batching policy answers them in few
+		// round trips; at most restChecks at once.
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, restChecks)
+		for i := range topics {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() { defer wg.Done(); decide(i); <-sem }()
+		}
+		wg.Wait()
+	}
+	denied := map[string]bool{}
+	for i, rf := range refused {
+		if rf != nil {
+			denied[topics[i]] = true
+			s.restRefusalSeen(r, topics[i], rf)
+		}
+	}
+	return denied
+}
+
+// restChecks bounds the policy checks one REST batch has in flight.
+const restChecks = 64
+
+// restRefused answers a refused REST request.
+func (s *Server) restRefused(w http.ResponseWriter, r *http.Request, topic string, rf *refusal) {
+	s.restRefusalSeen(r, topic, rf)
+	writeJSON(w, rf.status, jsonMessage(rf.text))
+}
+
+// restRefusalSeen counts and logs a REST refusal.
+func (s *Server) restRefusalSeen(r *http.Request, topic string, rf *refusal) {
+	if rf.metric != "" {
+		s.metrics.errorReason(rf.metric)
+	}
+	if rf.logCode != "" {
+		s.logLimited.Warn("channel policy failed", "code", rf.logCode, "topic", topicPrefix+topic, "remote", r.RemoteAddr, "err", rf.cause)
+	}
 }

@@ -67,6 +67,16 @@ type Server struct {
 	pool       *writePool
 	rest       *restLimiter // nil: REST messages are not rate limited
 
+	// policy decides private channels (the claims rule without
+	// Config.ChannelPolicy); policyBlocks: it may block, so callers let
+	// their locks go while it answers.
+	policy       ChannelPolicy
+	policyBlocks bool
+	// life ends when Shutdown's deadline passes: policy checks still
+	// waiting give up.
+	life    context.Context
+	endLife context.CancelFunc
+
 	changes    ChangeStream    // nil without a database
 	validator  ChangeValidator // nil: bindings are checked by the owner only
 	changeSubs *changeSubs
@@ -74,6 +84,8 @@ type Server struct {
 	extraMetrics []*metrics.Set // written at /metrics after the server's own
 
 	conns atomic.Int64 // admitted connections, for the limit and metrics
+	// perAddr bounds the admitted connections of one client address.
+	perAddr *addrCounts
 	// liveByKind counts tracked connections by transport (metrics).
 	liveByKind [numKinds]atomic.Int64
 	channels   atomic.Int64
@@ -132,7 +144,13 @@ func New(cfg Config) (*Server, error) {
 		coalesce:   newCoalescer(cfg.WriteCoalesce),
 		pool:       newWritePool(),
 		rest:       newRESTLimiter(cfg.RESTEventsPerSecond, cfg.MaxBatchMessages),
+		perAddr:    newAddrCounts(cfg.MaxConnections, cfg.AddressShare),
 	}
+	s.policy, s.policyBlocks = cfg.ChannelPolicy, cfg.ChannelPolicy != nil
+	if s.policy == nil {
+		s.policy = claimsRule{}
+	}
+	s.life, s.endLife = context.WithCancel(context.Background())
 	s.metrics = newServerMetrics(s)
 	s.mux = s.routes()
 	s.handler = s.withAltSvc(s.mux)
@@ -210,7 +228,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		s.stoppingOnce.Do(func() { close(s.stopping) })
+		s.stoppingOnce.Do(func() { close(s.stopping); s.endLife() })
 		s.mu.Lock()
 		for c := range s.live {
 			c.tr.kill()
@@ -245,16 +263,27 @@ func (c *conn) goAway() {
 	c.closeAfterFlush(ws.StatusGoingAway, "server shutting down")
 }
 
-func (s *Server) admit() bool {
+// admit counts a connection from remote (host:port) against
+// MaxConnections and its address's share of it; on a refusal it counts
+// nothing and says which limit refused.
+func (s *Server) admit(remote string) (ok bool, reason string) {
 	n := s.conns.Add(1)
 	if max := s.cfg.MaxConnections; max > 0 && n > int64(max) {
 		s.conns.Add(-1)
-		return false
+		return false, "too_many_connections"
 	}
-	return true
+	if !s.perAddr.take(remote) {
+		s.conns.Add(-1)
+		return false, "too_many_from_address"
+	}
+	return true, ""
 }
 
-func (s *Server) release() { s.conns.Add(-1) }
+// release returns what admit counted for remote.
+func (s *Server) release(remote string) {
+	s.perAddr.give(remote)
+	s.conns.Add(-1)
+}
 
 // track registers a live connection; false once shutdown has begun.
 func (s *Server) track(c *conn) bool {
@@ -280,7 +309,7 @@ func (s *Server) untrack(c *conn) {
 	s.mu.Unlock()
 	if ok {
 		s.liveByKind[c.kind].Add(-1)
-		s.release()
+		s.release(c.remote)
 	}
 }
 

@@ -10,9 +10,10 @@ import (
 )
 
 // refreshToken handles the access_token event: no reply; a bad token
-// closes the channel with a system error, and new claims move its
-// postgres_changes bindings to subscriptions of those claims. Called with
-// c.mu held (which it may let go meanwhile).
+// closes the channel with a system error, a private channel's reads are
+// decided again for the new claims (a revoked read closes it), and new
+// claims move its postgres_changes bindings to subscriptions of those
+// claims. Called with c.mu held (which it may let go meanwhile).
 func (c *conn) refreshToken(ch *channel, m *phx.Message) {
 	var p phx.AccessTokenPayload
 	if json.Unmarshal(m.Payload, &p) != nil || p.AccessToken == nil {
@@ -31,9 +32,20 @@ func (c *conn) refreshToken(ch *channel, m *phx.Message) {
 		c.closeChannel(ch, aerr.Msg)
 		return
 	}
-	if ch.key.private && !cl.canPrivate() {
-		c.closeChannel(ch, "You no longer have permission to read from this Channel topic: "+ch.name)
-		return
+	if ch.key.private {
+		// The reads are asked again for the new claims; the writes at the
+		// next push.
+		asked := refreshReads(ch.grants, ch.presenceEnabled)
+		allowed, err := c.ask(false, cl, ch.name, asked)
+		if !c.joined(ch) {
+			return
+		}
+		g, r := decideRefreshRead(ch.name, ch.grants, asked, allowed, err)
+		if r != nil {
+			c.carryOut(r, m, ch)
+			return
+		}
+		c.setGrants(ch, g)
 	}
 	if !c.rekeyChanges(ch, cl) {
 		return

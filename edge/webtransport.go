@@ -20,6 +20,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 	"github.com/quic-go/webtransport-go"
 
+	"github.com/meshcast/meshcast/mesh/quicgate"
 	"github.com/meshcast/meshcast/wire/phx"
 )
 
@@ -46,6 +47,9 @@ const (
 	wtCloseWait = time.Second
 	// wtWriteChunk is the most a writer copies into one stream write.
 	wtWriteChunk = 64 << 10
+	// wtInitialStreamWindow is a client stream's first flow-control
+	// window: what a stream the node never reads can hold.
+	wtInitialStreamWindow = 64 << 10
 )
 
 // wtServer is a Server's WebTransport listener.
@@ -59,8 +63,11 @@ type wtServer struct {
 	addr  *net.UDPAddr // bound
 
 	// quicConns counts the QUIC connections being served, with a
-	// session or not, against MaxConnections.
-	quicConns atomic.Int64
+	// session or not, against MaxConnections, once their handshake is
+	// complete (before, the gate counts them); quicPerAddr bounds one
+	// address's share of them.
+	quicConns   atomic.Int64
+	quicPerAddr *addrCounts
 
 	// ctx is cancelled when Shutdown begins: sessions still waiting for
 	// their stream are closed.
@@ -124,15 +131,7 @@ func (s *Server) newWTServer(pc net.PacketConn) (*wtServer, error) {
 	}
 	w := &wtServer{srv: s, certs: certs, addr: addr, stop: make(chan struct{})}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
-	idle := 30 * time.Second
-	if t := s.cfg.IdleTimeout; t > idle {
-		idle = t
-	}
-	qconf := &quic.Config{
-		EnableDatagrams:                  true,
-		EnableStreamResetPartialDelivery: true,
-		MaxIdleTimeout:                   idle,
-	}
+	qconf := wtQUICConfig(&s.cfg)
 	tlsConf := http3.ConfigureTLSConfig(&tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: certs.getCertificate,
@@ -168,6 +167,17 @@ func (s *Server) newWTServer(pc net.PacketConn) (*wtServer, error) {
 		},
 	}
 	w.qtr = &quic.Transport{Conn: pc}
+	if s.cfg.MaxHandshakes > 0 {
+		// A connection is counted from its first packet until its
+		// handshake completes (acceptLoop admits it then).
+		quicgate.New(quicgate.Config{
+			Max:     s.cfg.MaxHandshakes,
+			PerAddr: newAddrCounts(s.cfg.MaxHandshakes, s.cfg.AddressShare).limit,
+			Metrics: s.metrics.set,
+			Name:    "meshcast_webtransport_handshakes",
+		}).Install(w.qtr)
+	}
+	w.quicPerAddr = newAddrCounts(s.cfg.MaxConnections, s.cfg.AddressShare)
 	ln, err := w.qtr.ListenEarly(tlsConf, qconf)
 	if err != nil {
 		w.qtr.Close()
@@ -175,6 +185,37 @@ func (s *Server) newWTServer(pc net.PacketConn) (*wtServer, error) {
 	}
 	w.ln = ln
 	return w, nil
+}
+
+// wtQUICConfig is the WebTransport listener's QUIC config.
+func wtQUICConfig(cfg *Config) *quic.Config {
+	idle := 30 * time.Second
+	if t := cfg.IdleTimeout; t > idle {
+		idle = t
+	}
+	qconf := &quic.Config{
+		EnableDatagrams:                  true,
+		EnableStreamResetPartialDelivery: true,
+		MaxIdleTimeout:                   idle,
+		// What a client may open at once, enforced by QUIC whether or
+		// not it sends WebTransport's flow-control settings (without
+		// them webtransport-go sets no limit per session): the request
+		// stream of its session (CONNECT) and the session's one stream,
+		// or plain HTTP/3 requests, and HTTP/3's own unidirectional
+		// streams (control, QPACK encoder and decoder). Streams past the
+		// session's one are reset (refuseExtraStreams).
+		MaxIncomingStreams:    2,
+		MaxIncomingUniStreams: 3,
+	}
+	if win := cfg.WebTransportWindow; win > 0 {
+		// A stream the node does not read holds its initial window at
+		// most; windows grow only as the node reads.
+		qconf.InitialStreamReceiveWindow = uint64(min(wtInitialStreamWindow, win))
+		qconf.InitialConnectionReceiveWindow = uint64(min(2*wtInitialStreamWindow, win))
+		qconf.MaxStreamReceiveWindow = uint64(win)
+		qconf.MaxConnectionReceiveWindow = uint64(win)
+	}
+	return qconf
 }
 
 // acceptLoop serves each QUIC connection on a goroutine of its own.
@@ -197,18 +238,13 @@ func (w *wtServer) acceptLoop() error {
 			qc.CloseWithError(0, "server shutting down")
 			return http.ErrServerClosed
 		}
-		// Every QUIC connection holds goroutines and memory before it
-		// opens a session: they count against the connection limit too.
-		max := w.srv.cfg.MaxConnections
-		over := w.quicConns.Add(1) > int64(max) && max > 0
 		go func() {
 			defer w.loops.Done()
-			defer w.quicConns.Add(-1)
 			// The listener accepts connections before their handshake
 			// ends. Serving starts after it: the quicWatch's header
-			// timeout runs from there (quic-go bounds the handshake
-			// itself), and a close sent before it ends would reach the
-			// client without its code and reason.
+			// timeout runs from there (the gate and quic-go bound the
+			// handshake itself), and a close sent before it ends would
+			// reach the client without its code and reason.
 			select {
 			case <-qc.HandshakeComplete():
 			case <-qc.Context().Done():
@@ -217,11 +253,17 @@ func (w *wtServer) acceptLoop() error {
 				qc.CloseWithError(0, "server shutting down")
 				return
 			}
-			if over {
-				w.srv.metrics.errorReason("too_many_connections")
-				qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), "Too many connected users")
+			quicgate.Admit(qc)
+			// Every QUIC connection holds goroutines and memory before it
+			// opens a session: once its handshake is complete it counts
+			// against the connection limit too.
+			remote := qc.RemoteAddr().String()
+			if reason := w.admitQUIC(remote); reason != "" {
+				w.srv.metrics.errorReason(reason)
+				qc.CloseWithError(quic.ApplicationErrorCode(http3.ErrCodeExcessiveLoad), tooManyMessage(reason))
 				return
 			}
+			defer w.releaseQUIC(remote)
 			if err := w.wts.ServeQUICConn(qc); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				w.srv.logLimited.Debug("webtransport connection", "remote", qc.RemoteAddr().String(), "err", err)
 			}
@@ -229,6 +271,26 @@ func (w *wtServer) acceptLoop() error {
 			qc.CloseWithError(0, "")
 		}()
 	}
+}
+
+// admitQUIC counts a QUIC connection whose handshake completed against
+// MaxConnections and its address's share; the refusal's reason, or "".
+func (w *wtServer) admitQUIC(remote string) string {
+	max := w.srv.cfg.MaxConnections
+	if n := w.quicConns.Add(1); max > 0 && n > int64(max) {
+		w.quicConns.Add(-1)
+		return "too_many_connections"
+	}
+	if !w.quicPerAddr.take(remote) {
+		w.quicConns.Add(-1)
+		return "too_many_from_address"
+	}
+	return ""
+}
+
+func (w *wtServer) releaseQUIC(remote string) {
+	w.quicPerAddr.give(remote)
+	w.quicConns.Add(-1)
 }
 
 // drain begins Shutdown: sessions that opened no stream yet are closed.
@@ -306,26 +368,26 @@ func (w *wtServer) serveSession(rw http.ResponseWriter, r *http.Request) {
 	}
 	sess, err := w.wts.Upgrade(rw, r)
 	if err != nil {
-		s.release()
+		s.release(r.RemoteAddr)
 		s.metrics.errorReason("upgrade")
 		s.logLimited.Debug("webtransport upgrade failed", "remote", r.RemoteAddr, "err", err)
 		writeJSONError(rw, http.StatusBadRequest, "WebTransport upgrade failed: "+err.Error())
 		return
 	}
 	if !w.hold() {
-		s.release()
+		s.release(r.RemoteAddr)
 		sess.CloseWithError(webtransport.SessionErrorCode(ws.StatusGoingAway), "server shutting down")
 		return
 	}
 	// The session outlives the handler.
 	q := watchOf(r.Context())
 	q.sessionOpened()
-	go w.runSession(sess, apikey, cl, q)
+	go w.runSession(sess, r.RemoteAddr, apikey, cl, q)
 }
 
 // runSession waits for the session's stream, then is the conn's reader
 // until the session ends.
-func (w *wtServer) runSession(sess *webtransport.Session, apikey string, cl *claims, q *quicWatch) {
+func (w *wtServer) runSession(sess *webtransport.Session, remote, apikey string, cl *claims, q *quicWatch) {
 	defer w.sessions.Done()
 	defer q.sessionClosed()
 	s := w.srv
@@ -333,7 +395,7 @@ func (w *wtServer) runSession(sess *webtransport.Session, apikey string, cl *cla
 	str, err := sess.AcceptStream(ctx)
 	cancel()
 	if err != nil {
-		s.release()
+		s.release(remote)
 		code, reason := ws.StatusPolicyViolation, "no stream opened within "+streamOpenTimeout.String()
 		if w.ctx.Err() != nil {
 			code, reason = ws.StatusGoingAway, "server shutting down"
@@ -348,22 +410,58 @@ func (w *wtServer) runSession(sess *webtransport.Session, apikey string, cl *cla
 	c.apikey, c.apikeyClaims = apikey, cl
 	c.dg = t
 	if !s.track(c) {
-		s.release()
+		s.release(remote)
 		t.closeWith(ws.StatusGoingAway, "server shutting down")
 		t.kill()
 		t.shut()
 		return
 	}
 	defer s.wg.Done()
-	datagrams := make(chan struct{})
+	datagrams, extra := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(datagrams)
 		c.readDatagrams(sess)
 	}()
+	go func() {
+		defer close(extra)
+		w.refuseExtraStreams(sess)
+	}()
 	c.readWebTransport(t)
 	// The writer closed the session before teardown returned, so the
-	// datagram reader is ending.
+	// datagram reader and the stream refuser are ending.
 	<-datagrams
+	<-extra
+}
+
+// refuseExtraStreams resets every stream a session opens after its first,
+// both ways, until the session ends: a session has one bidirectional
+// stream and no unidirectional ones, and a stream nobody reads would hold
+// its flow-control window of the client's bytes.
+func (w *wtServer) refuseExtraStreams(sess *webtransport.Session) {
+	const code = webtransport.StreamErrorCode(ws.StatusPolicyViolation)
+	ctx := sess.Context()
+	uni := make(chan struct{})
+	go func() {
+		defer close(uni)
+		for {
+			str, err := sess.AcceptUniStream(ctx)
+			if err != nil {
+				return
+			}
+			w.srv.metrics.errorReason("extra_stream")
+			str.CancelRead(code)
+		}
+	}()
+	for {
+		str, err := sess.AcceptStream(ctx)
+		if err != nil {
+			break
+		}
+		w.srv.metrics.errorReason("extra_stream")
+		str.CancelRead(code)
+		str.CancelWrite(code)
+	}
+	<-uni
 }
 
 // readWebTransport reads client frames from the stream until it ends or

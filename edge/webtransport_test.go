@@ -119,6 +119,7 @@ func TestWebTransportRefusals(t *testing.T) {
 	ts := startWTServer(t, func(c *Config) {
 		c.JWTSecret = secret
 		c.MaxConnections = 2
+		c.AddressShare = 0 // every client is 127.0.0.1
 		c.AllowedOrigins = []string{"https://app.example.com", "https://*.example.org"}
 	})
 	good := mintWith(t, secret, jwt.MapClaims{"role": "anon", "exp": time.Now().Add(time.Hour).Unix()})

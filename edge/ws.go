@@ -43,7 +43,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	nc, rw, _, err := ws.UpgradeHTTP(r, w)
 	if err != nil {
-		s.release()
+		s.release(r.RemoteAddr)
 		s.metrics.errorReason("upgrade")
 		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
@@ -61,9 +61,10 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	c := newConn(s, t, wsFormat(vsn), nc.RemoteAddr().String())
 	c.raw = t.raw
 	c.apikey, c.apikeyClaims = apikey, cl
+	c.headers = headersJSON(r.Header, "x-")
 	if !s.track(c) {
 		nc.Close()
-		s.release()
+		s.release(c.remote)
 		return
 	}
 	// Returning from the handler lets net/http's per-request buffers be
@@ -87,13 +88,13 @@ func (s *Server) admitClient(w http.ResponseWriter, r *http.Request) (apikey str
 		writeJSONError(w, http.StatusUnauthorized, aerr.Error())
 		return "", nil, false
 	}
-	if !s.admit() {
-		s.metrics.errorReason("too_many_connections")
-		writeJSONError(w, http.StatusTooManyRequests, "Too many connected users")
+	if ok, reason := s.admit(r.RemoteAddr); !ok {
+		s.metrics.errorReason(reason)
+		writeJSONError(w, http.StatusTooManyRequests, tooManyMessage(reason))
 		return "", nil, false
 	}
 	if s.draining.Load() {
-		s.release()
+		s.release(r.RemoteAddr)
 		writeJSONError(w, http.StatusServiceUnavailable, "Realtime is restarting, please standby")
 		return "", nil, false
 	}

@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,6 +126,9 @@ type wtClient struct {
 	str  *webtransport.Stream
 	br   *bufio.Reader
 	cert [32]byte // hash of the certificate the server presented
+	// close ends the session, its connection and its transports (also
+	// done in t.Cleanup).
+	close func()
 }
 
 // wtQUIC is the client's QUIC config: datagrams and partial-delivery
@@ -166,6 +170,11 @@ func (ts *wtTestServer) dialWTNoStream(t *testing.T) (*webtransport.Session, err
 
 // dialSession opens a session on path, without its stream.
 func (ts *wtTestServer) dialSession(t *testing.T, path, query string, hdr http.Header) (*wtClient, error) {
+	return ts.dialSessionFrom(t, "", path, query, hdr)
+}
+
+// dialSessionFrom is dialSession from the local IP from (any when empty).
+func (ts *wtTestServer) dialSessionFrom(t *testing.T, from, path, query string, hdr http.Header) (*wtClient, error) {
 	c := &wtClient{t: t}
 	c.tr = &webtransport.Transport{QUICConfig: wtQUIC()}
 	ctx, cancel := context.WithTimeout(context.Background(), testWait)
@@ -178,33 +187,69 @@ func (ts *wtTestServer) dialSession(t *testing.T, path, query string, hdr http.H
 	// can be read: dial the QUIC connection here and own it.
 	tlsConf := ts.pinnedTLS(&c.cert)
 	tlsConf.NextProtos = []string{http3.NextProtoH3}
-	qc, err := quic.DialAddrEarly(ctx, ts.udp, tlsConf, wtQUIC())
+	qc, closeTr, err := dialQUICFrom(ctx, from, ts.udp, tlsConf)
 	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*wtClient, error) {
+		qc.CloseWithError(0, "")
+		c.tr.Close()
+		closeTr()
 		return nil, err
 	}
 	cc, err := c.tr.NewClientConn(qc)
 	if err != nil {
-		qc.CloseWithError(0, "")
-		return nil, err
+		return fail(err)
 	}
 	rsp, sess, err := cc.Dial(ctx, u, hdr)
 	if err != nil {
-		defer qc.CloseWithError(0, "")
 		if rsp != nil {
 			b, _ := io.ReadAll(io.LimitReader(rsp.Body, 1<<16))
 			rsp.Body.Close()
-			return nil, &upgradeRefused{status: rsp.StatusCode, body: string(b)}
+			return fail(&upgradeRefused{status: rsp.StatusCode, body: string(b)})
 		}
-		return nil, err
+		return fail(err)
 	}
 	c.sess, c.qc = sess, qc
 	context.AfterFunc(sess.Context(), func() { qc.CloseWithError(0, "") })
-	t.Cleanup(func() {
-		sess.CloseWithError(0, "")
-		qc.CloseWithError(0, "")
-		c.tr.Close()
-	})
+	var once sync.Once
+	c.close = func() {
+		once.Do(func() {
+			sess.CloseWithError(0, "")
+			qc.CloseWithError(0, "")
+			c.tr.Close()
+			closeTr()
+		})
+	}
+	t.Cleanup(c.close)
 	return c, nil
+}
+
+// dialQUICFrom dials a WebTransport client's QUIC connection from the
+// local IP from, or from any address when from is empty.
+// closeTr closes the transport dialed on (a no-op for DialAddrEarly's,
+// which closes with its connection).
+func dialQUICFrom(ctx context.Context, from, to string, tlsConf *tls.Config) (qc *quic.Conn, closeTr func(), err error) {
+	if from == "" {
+		qc, err = quic.DialAddrEarly(ctx, to, tlsConf, wtQUIC())
+		return qc, func() {}, err
+	}
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(from, "0"))
+	if err != nil {
+		return nil, nil, err
+	}
+	tr := &quic.Transport{Conn: pc}
+	var once sync.Once
+	closeTr = func() { once.Do(func() { tr.Close(); pc.Close() }) }
+	addr, err := net.ResolveUDPAddr("udp", to)
+	if err == nil {
+		qc, err = tr.DialEarly(ctx, addr, tlsConf, wtQUIC())
+	}
+	if err != nil {
+		closeTr()
+		return nil, nil, err
+	}
+	return qc, closeTr, nil
 }
 
 // connectWT opens a v2 session and fails the test if it is refused.

@@ -92,6 +92,16 @@ type GossipConfig struct {
 	// memberlist's 30 s. Past it, the join loop's retries of dead members'
 	// addresses merge the sides (see Node.rejoinFailed).
 	DeadGossipTime time.Duration
+
+	// What an inbound gossip stream may cost before it proves it holds
+	// the key (mesh/gossipnet): MaxPendingStreams streams are checked at
+	// once (if zero, 32; past it the oldest of the address with the most
+	// is dropped), each must deliver a sealed first message of at most
+	// MaxStreamBytes (if zero, 1 MiB: push/pull state of ~3000 members)
+	// within StreamTimeout (if zero, 5 s).
+	MaxPendingStreams int
+	MaxStreamBytes    int
+	StreamTimeout     time.Duration
 }
 
 // Default lan failure detection (GossipConfig).
@@ -102,6 +112,9 @@ const (
 	// interval that reaches it (11 at 125 ms), and at least 3.
 	DefaultSuspicionWindow = 1375 * time.Millisecond
 )
+
+// DefaultMaxHandshakes is Config.MaxHandshakes's default.
+const DefaultMaxHandshakes = 64
 
 // Config configures a Node.
 type Config struct {
@@ -135,11 +148,16 @@ type Config struct {
 	SnapshotWait     time.Duration // how long a first join waits for presence snapshots; default 2s
 	PingInterval     time.Duration // RTT probes on the control lane; default 2s
 	PeerTimeout      time.Duration // a silent mesh connection is dropped and redialed; default 5s
+	// MaxHandshakes bounds the inbound mesh connections whose peer has not
+	// authenticated yet (TLS, then Hellos); past half of it new ones must
+	// validate their address (QUIC Retry), past it they are refused. If
+	// zero, 64.
+	MaxHandshakes int
 
 	// PacketConn, if set, carries the QUIC mesh instead of a socket bound
 	// to MeshAddr (tests wrap it to drop traffic, as a partition would).
 	PacketConn net.PacketConn
-	// WrapGossip, if set, wraps memberlist's network transport (bound to
+	// WrapGossip, if set, wraps the gossip transport (mesh/gossipnet, bound to
 	// GossipAddr) before memberlist uses it: the WAN emulation of
 	// meshbench local (mesh/wanemu) delays gossip across regions with it.
 	WrapGossip func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
@@ -188,6 +206,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.PeerTimeout == 0 {
 		c.PeerTimeout = 5 * time.Second
+	}
+	if c.MaxHandshakes == 0 {
+		c.MaxHandshakes = DefaultMaxHandshakes
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

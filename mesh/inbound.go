@@ -10,6 +10,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/meshcast/meshcast/mesh/quicgate"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
 
@@ -35,46 +36,18 @@ func (n *Node) acceptLoop() {
 }
 
 // serveInbound authenticates a peer's connection and reads its two lanes.
-// A peer that does not prove it holds the cluster secret is refused before
-// any frame of it is processed.
+// TLS has proven the peer holds the cluster's mesh key; its Hellos (one
+// per lane, within handshakeTimeout) bind the connection to a member. A
+// connection that fails here is closed before any frame of it is
+// processed, and counted as unauthenticated (the quicgate's OnAbandon).
 func (n *Node) serveInbound(conn *quic.Conn) {
-	ekm, err := exportKey(conn)
+	from, readers, counts, err := n.acceptHellos(conn)
 	if err != nil {
-		conn.CloseWithError(errCodeHandshake, "no keying material")
+		n.log.Debug("mesh peer failed its Hello", "remote", conn.RemoteAddr().String(), "err", err)
+		conn.CloseWithError(errCodeHandshake, "authentication failed")
 		return
 	}
-	ctx, cancel := context.WithTimeout(n.ctx, handshakeTimeout)
-	defer cancel()
-	var readers [numLanes]*bufio.Reader
-	var counts [numLanes]*countReader
-	var from string
-	for _, lane := range lanes {
-		s, err := conn.AcceptStream(ctx)
-		if err != nil {
-			conn.CloseWithError(errCodeHandshake, "no stream")
-			return
-		}
-		s.SetReadDeadline(time.Now().Add(handshakeTimeout))
-		counts[lane] = &countReader{r: s}
-		br := bufio.NewReaderSize(counts[lane], 64<<10)
-		f, _, err := meshproto.ReadFrame(br, 4096, nil)
-		h, ok := f.(*meshproto.Hello)
-		if err != nil || !ok || !n.validHello(h, roleDialer, lane, ekm) || (from != "" && h.NodeID != from) {
-			n.authFailures.Inc()
-			n.logLimited.Warn("mesh peer refused: authentication failed", "remote", conn.RemoteAddr().String(), "err", err)
-			conn.CloseWithError(errCodeHandshake, "authentication failed")
-			return
-		}
-		from = h.NodeID
-		if lane == laneControl {
-			if _, err := s.Write(meshproto.Append(nil, n.hello(roleAcceptor, laneControl, ekm))); err != nil {
-				conn.CloseWithError(errCodeHandshake, "hello reply failed")
-				return
-			}
-		}
-		s.SetReadDeadline(time.Time{})
-		readers[lane] = br
-	}
+	quicgate.Admit(conn)
 	if !n.addInbound(from, conn) {
 		conn.CloseWithError(errCodeGone, "node is not a live member")
 		return
@@ -95,6 +68,46 @@ func (n *Node) serveInbound(conn *quic.Conn) {
 		<-done
 	}
 }
+
+// acceptHellos reads the dialer's Hello on each lane, and answers the one
+// on the control lane. Until they are in, a lane is read through a small
+// buffer; its 64 KiB one comes with the peer's proof.
+func (n *Node) acceptHellos(conn *quic.Conn) (from string, readers [numLanes]*bufio.Reader, counts [numLanes]*countReader, err error) {
+	ekm, err := exportKey(conn)
+	if err != nil {
+		return "", readers, counts, fmt.Errorf("no keying material: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, handshakeTimeout)
+	defer cancel()
+	for _, lane := range lanes {
+		s, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return "", readers, counts, fmt.Errorf("no stream for lane %s: %w", laneName(lane), err)
+		}
+		s.SetReadDeadline(time.Now().Add(handshakeTimeout))
+		counts[lane] = &countReader{r: s}
+		small := bufio.NewReaderSize(counts[lane], helloBuffer)
+		f, _, err := meshproto.ReadFrame(small, 4096, nil)
+		h, ok := f.(*meshproto.Hello)
+		if err != nil || !ok || !n.validHello(h, roleDialer, lane, ekm) || (from != "" && h.NodeID != from) {
+			return "", readers, counts, fmt.Errorf("no valid Hello on lane %s (%v)", laneName(lane), err)
+		}
+		from = h.NodeID
+		if lane == laneControl {
+			if _, err := s.Write(meshproto.Append(nil, n.hello(roleAcceptor, laneControl, ekm))); err != nil {
+				return "", readers, counts, fmt.Errorf("hello reply: %w", err)
+			}
+		}
+		s.SetReadDeadline(time.Time{})
+		// Reads of a full buffer's size bypass small's buffer once it is
+		// drained.
+		readers[lane] = bufio.NewReaderSize(small, 64<<10)
+	}
+	return from, readers, counts, nil
+}
+
+// helloBuffer is a lane's read buffer until its Hello is verified.
+const helloBuffer = 512
 
 // readLane reads frames from one lane and dispatches them in order.
 func (n *Node) readLane(from string, lane byte, br *bufio.Reader, cr *countReader) error {

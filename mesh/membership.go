@@ -14,7 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/memberlist"
+
+	"github.com/meshcast/meshcast/mesh/gossipnet"
 )
 
 // Member is what a node tells the cluster about itself in its memberlist
@@ -200,19 +203,28 @@ func applyGossipTimings(mc *memberlist.Config, g GossipConfig) {
 	}
 }
 
-func startMembership(cfg *Config, self Member, events membershipEvents, gev *gossipEvents, log *slog.Logger) (*membership, error) {
+func startMembership(cfg *Config, self Member, events membershipEvents, gev *gossipEvents, log, limited *slog.Logger, ms *metrics.Set) (*membership, error) {
 	m := &membership{log: log, events: events, self: self, meta: encodeMeta(self), resolver: cfg.Resolver}
 	mc, err := gossipConfig(cfg, self, gev)
 	if err != nil {
 		return nil, err
 	}
+	// Our transport, not memberlist's: nothing reaches memberlist that is
+	// not sealed with the gossip key (see mesh/gossipnet).
+	nt, err := gossipnet.New(gossipnet.Config{
+		BindAddr:          net.JoinHostPort(mc.BindAddr, strconv.Itoa(mc.BindPort)),
+		Key:               mc.SecretKey,
+		MaxPendingStreams: cfg.Gossip.MaxPendingStreams,
+		MaxStreamBytes:    cfg.Gossip.MaxStreamBytes,
+		StreamTimeout:     cfg.Gossip.StreamTimeout,
+		Metrics:           ms,
+		Log:               limited,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mesh: start gossip on %s: %w", cfg.GossipAddr, err)
+	}
+	mc.Transport = nt
 	if cfg.WrapGossip != nil {
-		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
-			BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger,
-		})
-		if err != nil {
-			return nil, fmt.Errorf("mesh: start gossip on %s: %w", cfg.GossipAddr, err)
-		}
 		mc.Transport = cfg.WrapGossip(nt)
 	}
 	mc.Delegate = (*metaDelegate)(m)
@@ -220,6 +232,7 @@ func startMembership(cfg *Config, self Member, events membershipEvents, gev *gos
 	mc.Ping = pingDelegate{events}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		nt.Shutdown()
 		return nil, fmt.Errorf("mesh: start gossip on %s: %w", cfg.GossipAddr, err)
 	}
 	m.ml = ml

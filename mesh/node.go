@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshcast/meshcast/mesh/lograte"
 	"github.com/meshcast/meshcast/mesh/presence"
+	"github.com/meshcast/meshcast/mesh/quicgate"
 	"github.com/meshcast/meshcast/mesh/route"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
@@ -196,7 +197,9 @@ func (n *Node) Region() string { return n.self.Region }
 // background until a member answers) and starts serving peers.
 func (n *Node) Start() error {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	server, client, err := meshTLS()
+	server, client, err := meshTLS(n.cfg.ClusterSecret, func(remote net.Addr, err error) {
+		n.log.Debug("mesh TLS handshake refused", "remote", addrString(remote), "err", err)
+	})
 	if err != nil {
 		return err
 	}
@@ -213,12 +216,21 @@ func (n *Node) Start() error {
 		}
 	}
 	n.tr = &quic.Transport{Conn: pc}
+	// Every inbound connection counts until its peer has authenticated
+	// (TLS with the mesh key, then a valid Hello on each lane): bounded in
+	// number, and each that never does is an auth failure.
+	quicgate.New(quicgate.Config{
+		Max:       n.cfg.MaxHandshakes,
+		Metrics:   n.metrics,
+		Name:      "meshcast_mesh_handshakes",
+		OnAbandon: n.unauthenticated,
+	}).Install(n.tr)
 	n.ln, err = n.tr.Listen(server, n.quicConfig())
 	if err != nil {
 		n.closeTransport()
 		return fmt.Errorf("mesh: quic listen: %w", err)
 	}
-	ms, err := startMembership(&n.cfg, n.self, n, n.gossipEv, n.log)
+	ms, err := startMembership(&n.cfg, n.self, n, n.gossipEv, n.log, n.logLimited, n.metrics)
 	n.mu.Lock()
 	n.ms = ms
 	n.mu.Unlock()
@@ -234,6 +246,20 @@ func (n *Node) Start() error {
 	go func() { defer n.wg.Done(); n.drive() }()
 	n.log.Info("mesh started", "gossip", n.cfg.GossipAddr, "mesh", n.self.MeshAddr, "region", n.self.Region, "strategy", n.cfg.Strategy.String())
 	return nil
+}
+
+// unauthenticated counts and logs an inbound connection that ended before
+// its peer authenticated.
+func (n *Node) unauthenticated(remote net.Addr) {
+	n.authFailures.Inc()
+	n.logLimited.Warn("mesh peer refused: did not authenticate", "remote", addrString(remote))
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
 
 func advertiseAddr(a net.Addr) string {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -24,29 +27,51 @@ type Binding struct {
 	Select []string // columns to send (the primary key is added); nil is all
 }
 
-// Authorizer checks bindings when clients join and, on tables with row
-// level security, which subscribers may see a change. It queries the
-// database over a small pool of its own and caches what it learns of
-// tables and of each role's privileges until Invalidate.
+// Authorizer checks bindings when clients join and, on the owner, which
+// subscribers may see each change: privileges, and row level security
+// policies evaluated on the change's values. It queries the database over
+// a small pool of its own. What it caches of tables, their policies and
+// each role's privileges follows the database (catalog.go): emptied in WAL
+// order by CatalogChanged on the owner, and on every node when the event
+// trigger notifies or the catalog poll sees a change. Join checks read
+// privileges and the publication afresh.
 type Authorizer struct {
 	pool        *pgxpool.Pool
+	cfg         *pgxpool.Config
 	publication string
-	types       *typeCache
+	poll        time.Duration
+	onChange    func(context.Context)
+	log         *slog.Logger
+	m           *authMetrics
 
-	mu     sync.Mutex
-	pubs   map[tableName][]tableName // (schema, table pattern) -> publication tables
-	tables map[tableName]*tableInfo
-	access map[accessKey]*tableAccess
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	triggered, triggerKnown atomic.Bool // the event trigger reports catalog changes
+
+	mu sync.Mutex
+	// gen counts invalidations: a cache fill keeps its result only if no
+	// invalidation happened since it began (it may have read the catalog
+	// as it was before).
+	gen uint64
+	// pending are catalog changes read from the stream but maybe not yet
+	// visible to new snapshots: nothing is cached meanwhile.
+	pending []uint32
+	types   *typeCache
+	tables  map[tableName]*tableInfo
+	access  map[accessKey]*tableAccess
 
 	queries atomic.Int64 // RLS queries sent, for tests
 }
 
 type tableInfo struct {
 	name     tableName
+	oid      uint32
 	rls      bool
 	columns  []Column
-	sqlTypes []string // format_type with typmod, for casting key values
-	regtypes []string // atttypid::regtype, as Supabase's errors name types
+	sqlTypes []string   // format_type with typmod, for casting key values
+	regtypes []string   // atttypid::regtype, as Supabase's errors name types
+	policy   *rlsPolicy // how RLS decides, when rls
 }
 
 type accessKey struct {
@@ -55,17 +80,49 @@ type accessKey struct {
 }
 
 type tableAccess struct {
-	roleExists bool
-	readable   []bool // by column
+	info     *tableInfo // what readable is by column of
+	readable []bool     // by column
 }
 
 func (a *tableAccess) all() bool { return !slices.Contains(a.readable, false) }
 
-// NewAuthorizer connects to the database at url (a pool of at most four
-// connections) for bindings to publication (default supabase_realtime).
-// The URL's user must be able to SET ROLE to the roles of the JWTs.
+// AuthorizerConfig configures an Authorizer.
+type AuthorizerConfig struct {
+	// URL is the database URL. Required. Its user must be able to SET ROLE
+	// to the roles of the JWTs, and, to create the event trigger that
+	// orders catalog changes with the WAL, be a superuser.
+	URL string
+	// Publication names the publication bindings refer to (if empty,
+	// supabase_realtime).
+	Publication string
+	// CatalogPoll is how often the catalog's fingerprint is polled for
+	// what no event trigger reports (role membership, and everything when
+	// the event trigger cannot be created). If zero, one second.
+	CatalogPoll time.Duration
+	// OnCatalogChange, if set, is called after the caches were emptied
+	// for a catalog change this node noticed (a notification, the poll, a
+	// reconnection), from the Authorizer's goroutine, once per burst of
+	// changes; edge.Server.RecheckChanges is one.
+	OnCatalogChange func(ctx context.Context)
+	// Logger receives the logs (if nil, slog.Default()).
+	Logger *slog.Logger
+	// Metrics receives meshcast_wal_rls_unverified_total,
+	// meshcast_wal_revoked_hidden_total and
+	// meshcast_wal_catalog_changes_total (if nil, a set of its own).
+	Metrics *metrics.Set
+}
+
+// NewAuthorizer is StartAuthorizer with the defaults.
 func NewAuthorizer(ctx context.Context, url, publication string) (*Authorizer, error) {
-	cfg, err := pgxpool.ParseConfig(url)
+	return StartAuthorizer(ctx, AuthorizerConfig{URL: url, Publication: publication})
+}
+
+// StartAuthorizer connects to the database (a pool of at most four
+// connections), creates the event trigger if it can (logging the bound
+// that applies if not) and starts watching the catalog until Close. ctx
+// bounds the start only.
+func StartAuthorizer(ctx context.Context, c AuthorizerConfig) (*Authorizer, error) {
+	cfg, err := pgxpool.ParseConfig(c.URL)
 	if err != nil {
 		return nil, fmt.Errorf("wal: database URL: %w", err)
 	}
@@ -78,25 +135,91 @@ func NewAuthorizer(ctx context.Context, url, publication string) (*Authorizer, e
 	if err != nil {
 		return nil, fmt.Errorf("wal: %w", err)
 	}
-	return &Authorizer{pool: pool, publication: orDefault(publication, DefaultPublication), types: newTypeCache(),
-		pubs: map[tableName][]tableName{}, tables: map[tableName]*tableInfo{}, access: map[accessKey]*tableAccess{}}, nil
+	a := &Authorizer{pool: pool, cfg: cfg, publication: orDefault(c.Publication, DefaultPublication), poll: c.CatalogPoll,
+		onChange: c.OnCatalogChange, log: c.Logger, types: newTypeCache(),
+		tables: map[tableName]*tableInfo{}, access: map[accessKey]*tableAccess{}, done: make(chan struct{})}
+	if a.poll <= 0 {
+		a.poll = time.Second
+	}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	set := c.Metrics
+	if set == nil {
+		set = metrics.NewSet()
+	}
+	a.m = newAuthMetrics(set)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("wal: %w", err)
+	}
+	if _, err := installCatalogTrigger(ctx, conn.Conn()); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+			a.log.Warn("wal: could not create the catalog event trigger", "err", err)
+		}
+	}
+	conn.Release()
+	wctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	go func() {
+		defer close(a.done)
+		a.watchCatalog(wctx)
+	}()
+	return a, nil
 }
 
-// Close closes the pool.
-func (a *Authorizer) Close() { a.pool.Close() }
+// connConfig is a connection's configuration, as the pool's.
+func (a *Authorizer) connConfig(name string) *pgx.ConnConfig {
+	c := a.cfg.ConnConfig.Copy()
+	c.RuntimeParams["application_name"] = name
+	return c
+}
 
-// Invalidate forgets what was learnt of tables, the publication and
-// privileges (after a schema change, a GRANT, a token refresh).
-func (a *Authorizer) Invalidate() {
+// Close stops watching the catalog and closes the pool.
+func (a *Authorizer) Close() {
+	a.cancel()
+	<-a.done
+	a.pool.Close()
+}
+
+// Invalidate forgets what was learnt of tables, policies and privileges.
+func (a *Authorizer) Invalidate() { a.invalidate() }
+
+func (a *Authorizer) invalidate() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	clear(a.pubs)
+	a.gen++
+	a.clearLocked()
+}
+
+func (a *Authorizer) clearLocked() {
+	a.types = newTypeCache()
 	clear(a.tables)
 	clear(a.access)
 }
 
-// ForgetRole forgets what was learnt of role's privileges, so that the
-// next Check for it asks the database again (a token refresh).
+// generation is the cache generation a fill begins under, and the type
+// cache of it.
+func (a *Authorizer) generation() (uint64, *typeCache) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.gen, a.types
+}
+
+// keep runs store (which fills a cache) unless the caches were emptied
+// since gen or a catalog change awaits visibility. Called without a.mu.
+func (a *Authorizer) keep(gen uint64, store func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.gen == gen && len(a.pending) == 0 {
+		store()
+	}
+}
+
+// ForgetRole forgets what was learnt of role's privileges (a token
+// refresh). Join checks read privileges afresh anyway.
 func (a *Authorizer) ForgetRole(role string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -104,6 +227,22 @@ func (a *Authorizer) ForgetRole(role string) {
 		if k.role == role {
 			delete(a.access, k)
 		}
+	}
+}
+
+type authMetrics struct {
+	catalogChanges                   *metrics.Counter
+	missingColumn, roundTrip, failed *metrics.Counter
+	revoked                          *metrics.Counter
+}
+
+func newAuthMetrics(set *metrics.Set) *authMetrics {
+	return &authMetrics{
+		catalogChanges: set.GetOrCreateCounter("meshcast_wal_catalog_changes_total"),
+		missingColumn:  set.GetOrCreateCounter(`meshcast_wal_rls_unverified_total{reason="missing_column"}`),
+		roundTrip:      set.GetOrCreateCounter(`meshcast_wal_rls_unverified_total{reason="round_trip"}`),
+		failed:         set.GetOrCreateCounter(`meshcast_wal_rls_unverified_total{reason="error"}`),
+		revoked:        set.GetOrCreateCounter("meshcast_wal_revoked_hidden_total"),
 	}
 }
 
@@ -148,11 +287,7 @@ func (a *Authorizer) Check(ctx context.Context, b Binding, role, claims string) 
 	// may differ.
 	normalize := len(tables) == 1 && sub.Table != "*"
 	for _, name := range tables {
-		info, err := a.table(ctx, name)
-		if err != nil {
-			return nil, exception(params, err)
-		}
-		acc, err := a.roleAccess(ctx, role, info)
+		info, acc, err := a.freshAccess(ctx, role, name)
 		if err != nil {
 			return nil, exception(params, err)
 		}
@@ -174,6 +309,67 @@ func (a *Authorizer) Check(ctx context.Context, b Binding, role, claims string) 
 		sub.Columns = slices.Clone(b.Select)
 	}
 	return sub, nil
+}
+
+// Recheck is a subscription to check again (Authorizer.Recheck).
+type Recheck struct {
+	Binding Binding       // as the client sent it, for the error's text
+	Sub     *Subscription // what Check returned for it
+	Err     error         // set by Recheck: what the client is told, nil while allowed
+}
+
+// Recheck checks subscriptions that Check let in against the database as
+// it is now: each table is still in the publication, and the role may
+// still read what the subscription sends and filters on. It sets Err, with
+// the text Check gives, on those that lost it. A wildcard binding's tables
+// are checked per change (Authorize), not here. A failure to ask the
+// database leaves Err nil: the owner hides what it cannot check anyway.
+// Each (table, role) costs one query whatever the number of subscriptions.
+func (a *Authorizer) Recheck(ctx context.Context, rs []Recheck) {
+	type result struct {
+		acc *tableAccess
+		err error
+	}
+	inPub := map[tableName]*bool{}
+	access := map[accessKey]result{}
+	for i := range rs {
+		sub := rs[i].Sub
+		if wildcard(sub) {
+			continue
+		}
+		name := tableName{sub.Schema, sub.Table}
+		filters, err := ParseFilter(rs[i].Binding.Filter)
+		if err != nil {
+			filters = sub.Filters
+		}
+		params := bindingParams(sub, filters, rs[i].Binding.Select)
+		if inPub[name] == nil {
+			tables, err := a.publicationTables(ctx, name.schema, name.table)
+			if err != nil {
+				continue
+			}
+			in := len(tables) == 1
+			inPub[name] = &in
+		}
+		if !*inPub[name] {
+			rs[i].Err = refusal("Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: [" + params + "]")
+			continue
+		}
+		key := accessKey{sub.Role, name}
+		r, ok := access[key]
+		if !ok {
+			_, r.acc, r.err = a.freshAccess(ctx, sub.Role, name)
+			access[key] = r
+		}
+		var pgErr *pgError
+		switch {
+		case errors.As(r.err, &pgErr):
+			rs[i].Err = exception(params, r.err) // the table or the role is gone
+		case r.err != nil:
+		case !r.acc.allows(sub):
+			rs[i].Err = exception(params, &pgError{"42501", "permission denied for table " + name.table})
+		}
+	}
 }
 
 // inspectBinding formats b as Elixir inspects the binding's map, its
@@ -285,35 +481,23 @@ func bindingParams(sub *Subscription, filters []Filter, sel []string) string {
 		sub.Event, sub.Schema, sub.Table, strings.Join(f, ", "), s)
 }
 
+// publicationTables lists the publication's tables a binding's schema and
+// table (or *) name, as they are now.
 func (a *Authorizer) publicationTables(ctx context.Context, schema, table string) ([]tableName, error) {
-	key := tableName{schema, table}
-	a.mu.Lock()
-	tables, ok := a.pubs[key]
-	a.mu.Unlock()
-	if ok {
-		return tables, nil
-	}
 	rows, err := a.pool.Query(ctx, `SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables
 		WHERE pubname = $1 AND ($2 = '*' OR schemaname = $2) AND ($3 = '*' OR tablename = $3)
 		ORDER BY schemaname, tablename`, a.publication, schema, table)
 	if err != nil {
 		return nil, err
 	}
-	tables, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (tableName, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (tableName, error) {
 		var t tableName
 		err := r.Scan(&t.schema, &t.table)
 		return t, err
 	})
-	if err != nil {
-		return nil, err
-	}
-	a.mu.Lock()
-	a.pubs[key] = tables
-	a.mu.Unlock()
-	return tables, nil
 }
 
-// table loads what the Authorizer needs of a table.
+// table loads what the Authorizer needs of a table (cached).
 func (a *Authorizer) table(ctx context.Context, name tableName) (*tableInfo, error) {
 	a.mu.Lock()
 	info := a.tables[name]
@@ -321,8 +505,20 @@ func (a *Authorizer) table(ctx context.Context, name tableName) (*tableInfo, err
 	if info != nil {
 		return info, nil
 	}
+	gen, types := a.generation()
+	info, err := a.loadTable(ctx, name, types)
+	if err != nil {
+		return nil, err
+	}
+	a.keep(gen, func() { a.tables[name] = info })
+	return info, nil
+}
+
+// loadTable reads a table's columns, types, RLS flag and, with RLS, its
+// SELECT policies.
+func (a *Authorizer) loadTable(ctx context.Context, name tableName, tc *typeCache) (*tableInfo, error) {
 	rows, err := a.pool.Query(ctx, `
-		SELECT c.relrowsecurity, a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), a.atttypid::regtype::text,
+		SELECT c.oid, c.relrowsecurity, a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), a.atttypid::regtype::text,
 			coalesce(a.attnum = ANY(i.indkey), false)
 		FROM pg_catalog.pg_class c
 		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -333,13 +529,13 @@ func (a *Authorizer) table(ctx context.Context, name tableName) (*tableInfo, err
 	if err != nil {
 		return nil, err
 	}
-	info = &tableInfo{name: name}
+	info := &tableInfo{name: name}
 	var oids []uint32
 	for rows.Next() {
 		var col Column
 		var oid uint32
 		var sqlType, regtype string
-		if err := rows.Scan(&info.rls, &col.Name, &oid, &sqlType, &regtype, &col.Key); err != nil {
+		if err := rows.Scan(&info.oid, &info.rls, &col.Name, &oid, &sqlType, &regtype, &col.Key); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -354,58 +550,140 @@ func (a *Authorizer) table(ctx context.Context, name tableName) (*tableInfo, err
 	if len(info.columns) == 0 {
 		return nil, &pgError{"42P01", fmt.Sprintf("relation \"%s.%s\" does not exist", quote(name.schema), quote(name.table))}
 	}
-	types, err := a.types.resolve(ctx, a.pool, oids)
+	types, err := tc.resolve(ctx, a.pool, oids)
 	if err != nil {
 		return nil, err
 	}
 	for i, t := range types {
 		info.columns[i].Type, info.columns[i].class = t.name, t.class
 	}
-	a.mu.Lock()
-	a.tables[name] = info
-	a.mu.Unlock()
+	if info.rls {
+		if info.policy, err = a.loadPolicy(ctx, info); err != nil {
+			return nil, err
+		}
+	}
 	return info, nil
 }
 
-// roleAccess loads which columns of info role may read.
-func (a *Authorizer) roleAccess(ctx context.Context, role string, info *tableInfo) (*tableAccess, error) {
-	key := accessKey{role, info.name}
+// cachedAccess returns a table and which of its columns role may read,
+// from the caches (filled as needed): the owner's view, which
+// CatalogChanged keeps in WAL order.
+func (a *Authorizer) cachedAccess(ctx context.Context, role string, name tableName) (*tableInfo, *tableAccess, error) {
 	a.mu.Lock()
-	acc := a.access[key]
+	info, acc := a.tables[name], a.access[accessKey{role, name}]
 	a.mu.Unlock()
-	if acc != nil {
-		return acc, nil
+	if info != nil && acc != nil && acc.info == info {
+		return info, acc, nil
 	}
-	acc = &tableAccess{}
+	gen, _ := a.generation()
+	info, acc, err := a.freshAccess(ctx, role, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	a.keep(gen, func() {
+		if a.tables[name] == info {
+			a.access[accessKey{role, name}] = acc
+		}
+	})
+	return info, acc, nil
+}
+
+// freshAccess returns a table (cached) and which of its columns role may
+// read now. A table whose columns changed since it was cached is loaded
+// again.
+func (a *Authorizer) freshAccess(ctx context.Context, role string, name tableName) (*tableInfo, *tableAccess, error) {
+	for attempt := 0; ; attempt++ {
+		info, err := a.table(ctx, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		acc, err := a.loadAccess(ctx, role, info)
+		if err == nil || !errors.Is(err, errTableChanged) || attempt == 1 {
+			return info, acc, err
+		}
+		a.mu.Lock()
+		if a.tables[name] == info {
+			delete(a.tables, name)
+		}
+		a.mu.Unlock()
+	}
+}
+
+var errTableChanged = errors.New("changed while being checked")
+
+// loadAccess reads which columns of info role may read.
+func (a *Authorizer) loadAccess(ctx context.Context, role string, info *tableInfo) (*tableAccess, error) {
+	acc := &tableAccess{info: info, readable: make([]bool, len(info.columns))}
 	if role == "" {
 		// No role (a node running without JWT auth): everything is
 		// readable, as to the database's own user.
-		acc.roleExists = true
-		acc.readable = make([]bool, len(info.columns))
 		for i := range acc.readable {
 			acc.readable[i] = true
 		}
 		return acc, nil
 	}
+	var exists bool
+	var names []string
+	var readable []bool
 	err := a.pool.QueryRow(ctx, `
-		SELECT r IS NOT NULL, CASE WHEN r IS NULL THEN '{}' ELSE (
+		SELECT r IS NOT NULL, (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+			WHERE a.attrelid = $2::oid AND a.attnum > 0 AND NOT a.attisdropped),
+		CASE WHEN r IS NULL THEN '{}' ELSE (
 			SELECT array_agg(has_column_privilege($1, a.attrelid, a.attnum, 'SELECT') ORDER BY a.attnum)
 			FROM pg_catalog.pg_attribute a
-			WHERE a.attrelid = format('%I.%I', $2::text, $3::text)::regclass AND a.attnum > 0 AND NOT a.attisdropped) END
-		FROM to_regrole($1) r`, role, info.name.schema, info.name.table).Scan(&acc.roleExists, &acc.readable)
+			WHERE a.attrelid = $2::oid AND a.attnum > 0 AND NOT a.attisdropped) END
+		FROM to_regrole($1) r`, role, info.oid).Scan(&exists, &names, &readable)
 	if err != nil {
 		return nil, err
 	}
-	if !acc.roleExists {
+	if !exists {
 		return nil, &pgError{"42704", fmt.Sprintf("role \"%s\" does not exist", quote(role))}
 	}
-	if len(acc.readable) != len(info.columns) {
-		return nil, fmt.Errorf("table %s.%s changed while being checked", info.name.schema, info.name.table)
+	if len(names) != len(info.columns) {
+		return nil, fmt.Errorf("table %s.%s %w", quote(info.name.schema), quote(info.name.table), errTableChanged)
 	}
-	a.mu.Lock()
-	a.access[key] = acc
-	a.mu.Unlock()
+	for i, n := range names {
+		if n != info.columns[i].Name {
+			return nil, fmt.Errorf("table %s.%s %w", quote(info.name.schema), quote(info.name.table), errTableChanged)
+		}
+	}
+	copy(acc.readable, readable)
 	return acc, nil
+}
+
+// allows reports whether acc lets its role read everything sub sends and
+// filters on: the primary key, the filter's columns, and sub's columns
+// (every column when it names none, or binds every table). A column sub
+// names that the table no longer has is not sent, so it does not count.
+func (acc *tableAccess) allows(sub *Subscription) bool {
+	cols := acc.info.columns
+	ok := func(name string) bool {
+		for i, c := range cols {
+			if c.Name == name {
+				return acc.readable[i]
+			}
+		}
+		return true
+	}
+	for i, c := range cols {
+		if c.Key && !acc.readable[i] {
+			return false
+		}
+	}
+	for _, f := range sub.Filters {
+		if !ok(f.Column) {
+			return false
+		}
+	}
+	if sub.Columns == nil || wildcard(sub) {
+		return acc.all()
+	}
+	for _, name := range sub.Columns {
+		if !ok(name) {
+			return false
+		}
+	}
+	return true
 }
 
 // checkTable checks the filters and select of a binding against one table

@@ -76,7 +76,18 @@ type Transaction struct {
 	// it, and a reader started afresh resumes after the last LSN acked.
 	LSN        LSN
 	CommitTime time.Time // UTC, microseconds
-	Changes    []*Change
+	// Changes are the changes held in memory. Those of a transaction
+	// larger than the reader's memory budget continue in a temporary
+	// file: Range reads them all, Len counts them (see spill.go).
+	Changes []*Change
+
+	hold *txHold // what it holds until Release; nil: nothing
+
+	// xid is the transaction's ID on the node that read it; catalog is
+	// set when it changed privileges, policies, the publication or tables
+	// (a meshcast.catalog message of the event trigger, see catalog.go).
+	xid     uint32
+	catalog bool
 }
 
 // Change is one row inserted, updated or deleted, or one table truncated.

@@ -14,7 +14,12 @@
 //   - ParseFilter parses Supabase's filter grammar; Matcher finds the
 //     Subscriptions a change reaches, equality filters through a hash index.
 //   - Authorizer checks bindings at join, with Supabase's error texts, and
-//     filters a batch's matches by row level security.
+//     on the owner which subscribers may see each change: privileges, and
+//     row level security policies evaluated on the change's own values.
+//     It follows the catalog (catalog.go): an event trigger marks the
+//     transactions that change privileges, policies, the publication or
+//     columns in the replication stream, and the owner refreshes its caches
+//     there, in commit order.
 //
 // # Values
 //
@@ -30,9 +35,22 @@
 // its values, as Supabase measures its wal2json text) is sent with its
 // values over 64 bytes left out and errors ["Error 413: Payload Too
 // Large"]; an unchanged TOAST value is taken from the old row when
-// REPLICA IDENTITY FULL sent one, else left out of record. A transaction is
-// held in memory whole until its commit (no streaming of large
-// transactions).
+// REPLICA IDENTITY FULL sent one, else left out of record.
+//
+// # Memory and flow control
+//
+// Postgres sends a transaction once it has committed, whole (pgoutput
+// without streaming). The reader drops the changes Reader.Keep refuses
+// (the Service's: those no subscription matches) as it reads them, holds
+// the rest within Reader.TxMemory, shared with the transactions handed
+// over and not released, and writes what does not fit to an unlinked
+// temporary file; Transaction.Range reads a transaction back in chunks.
+// The Handler releases each transaction once done with it; the reader
+// starts no new transaction while too much is unreleased, and keeps
+// reporting its position meanwhile (see spill.go). The Service's owner
+// routes in chunks and stops when a node's window of unacknowledged
+// changes is full; a node acknowledges a change once Deliver returned,
+// and Deliver may wait for a subscriber: so subscribers pace the reader.
 //
 // # At least once
 //
@@ -81,20 +99,24 @@
 //
 // # Authorization cost
 //
-// Check costs a few catalog queries per binding the first time a role
-// meets a table (cached until Invalidate or ForgetRole) and one cast query
-// per filter.
-// Authorize costs nothing for tables without RLS (privileges were settled
-// at join) and, for tables with RLS, one round trip per distinct (role,
-// claims) among the batch's matches: a pipelined BEGIN READ ONLY;
-// set_config('role'…), set_config('request.jwt.claims'…); one SELECT
-// joining the batch's primary keys (jsonb_array_elements WITH ORDINALITY)
-// to each table, as the role sees it; ROLLBACK. Visibility is of the row as
-// it is when checked, as in Supabase. Postgres hands a commit to logical
-// decoding a moment before other sessions see it, so the SELECT also
-// returns its snapshot, and a check whose snapshot does not cover the
+// Check reads the publication and the role's column privileges afresh
+// (two catalog queries per binding; the table's columns and types are
+// cached) and sends one cast query per filter. Authorize checks every
+// hit's privileges from caches that CatalogChanged empties in WAL order
+// (a few catalog queries per table and role after each catalog change),
+// and costs nothing more for tables without RLS. For tables with RLS it
+// sends one round trip per distinct (role, claims) among the batch's
+// matches: a pipelined BEGIN READ ONLY; set_config('role'…),
+// set_config('request.jwt.claims'…); one SELECT that evaluates the tables'
+// SELECT policies on the batch's values (jsonb_populate_record of each
+// change, the old row too for an update with REPLICA IDENTITY FULL), as
+// the role; ROLLBACK. The decision is on the row as committed, whatever
+// happened to it since. Policies may read other tables (a team's members):
+// those are read as they are when checked. Postgres hands a commit to
+// logical decoding a moment before other sessions see it, so the SELECT
+// also returns its snapshot, and a check whose snapshot does not cover the
 // batch's transactions yet is sent again (1 ms later, doubling; rare, and
 // never more than a second); a broken connection (Postgres restarted) is
-// retried on fresh ones. Deletes on RLS tables are not checked and carry
-// only the primary key.
+// retried on fresh ones. What cannot be decided is hidden and counted.
+// Deletes on RLS tables are not checked and carry only the primary key.
 package wal

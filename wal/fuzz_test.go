@@ -18,6 +18,7 @@ func FuzzParseMessage(f *testing.F) {
 	f.Add([]byte{'B', 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3})
 	f.Add([]byte{'T', 0, 0, 0, 1, 0, 0, 0, 0x40, 0})
 	f.Add([]byte{'U', 0, 0, 0x40, 0, 'O', 0, 1, 'n', 'N', 0, 1, 'u'})
+	f.Add(catalogMessage(true, "GRANT"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		a := newAssembler()
 		m, err := parseMessage(rel)
@@ -40,6 +41,8 @@ func FuzzParseMessage(f *testing.F) {
 			err = a.row(m)
 		case msgTruncate:
 			err = a.truncate(m)
+		case msgMessage:
+			a.message(m)
 		}
 		if err != nil {
 			return
@@ -124,4 +127,17 @@ func tuple(kv ...any) []byte {
 func insertMessage(rel uint32, tuple []byte) []byte {
 	b := binary.BigEndian.AppendUint32([]byte{'I'}, rel)
 	return append(append(b, 'N'), tuple...)
+}
+
+// catalogMessage is a logical decoding message of the catalog event
+// trigger, as pgoutput sends it.
+func catalogMessage(transactional bool, tag string) []byte {
+	b := []byte{'M', 0}
+	if transactional {
+		b[1] = 1
+	}
+	b = append(b, 0, 0, 0, 0, 0, 0, 0x40, 0) // its LSN
+	b = append(b, catalogPrefix+"\x00"...)
+	b = append(b, 0, 0, 0, byte(len(tag)))
+	return append(b, tag...)
 }

@@ -41,7 +41,7 @@ func slotTransactions(t testing.TB, conn *pgx.Conn, slot, publication string) []
 	t.Helper()
 	ctx := context.Background()
 	rows, err := conn.Query(ctx, `SELECT data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL,
-		'proto_version', '1', 'publication_names', $2)`, slot, publication)
+		'proto_version', '1', 'publication_names', $2, 'messages', 'true')`, slot, publication)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,6 +71,8 @@ func slotTransactions(t testing.TB, conn *pgx.Conn, slot, publication string) []
 			err = a.row(m)
 		case msgTruncate:
 			err = a.truncate(m)
+		case msgMessage:
+			a.message(m)
 		case msgCommit:
 			var tx *Transaction
 			if tx, err = a.commit(m); err == nil {

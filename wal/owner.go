@@ -2,6 +2,7 @@ package wal
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/meshcast/meshcast/mesh"
@@ -113,14 +114,36 @@ func (s *Service) stopOwningLocked() {
 }
 
 // membersChangedLocked drops members that left from what the owner waits
-// for.
-func (o *ownerState) membersChangedLocked(s *Service, live map[string]bool) []out {
+// for, and takes in the members it sees for the first time. Such a member
+// may hold subscriptions an earlier owner acknowledged (this node saw it
+// late: it had just restarted, say), and the owner may have read past
+// changes they match already: it asks the member for its subscriptions
+// and, until they arrive, holds it absent, confirming nothing; when they
+// do, the reader reads the unconfirmed tail again for it (backLocked), as
+// for a member back from a partition.
+func (o *ownerState) membersChangedLocked(s *Service, before []Member, live map[string]bool) []out {
 	for id := range o.expect {
 		if !live[id] {
 			delete(o.expect, id)
 		}
 	}
-	return nil
+	known := map[string]bool{}
+	for _, m := range before {
+		known[m.ID] = true
+	}
+	var outs []out
+	for _, m := range s.members {
+		if known[m.ID] || m.ID == s.cfg.Self || m.DB != s.cfg.DB || o.expect[m.ID] {
+			continue
+		}
+		if _, absent := s.absent[m.ID]; !absent {
+			s.absent[m.ID] = absence{name: m.Name, since: time.Now()}
+			s.log.Info("a member appeared after this node began owning the database; confirming nothing until it registers",
+				"member", m.ID, "for_at_most", s.cfg.AbsentWait)
+		}
+		outs = append(outs, out{to: m.ID, lane: mesh.LaneControl, frame: &meshproto.SubSync{DB: s.cfg.DB}})
+	}
+	return outs
 }
 
 func (s *Service) addRegLocked(node string, sub *Subscription) {
@@ -173,7 +196,7 @@ func (s *Service) onRegister(from string, f *meshproto.SubRegister) []out {
 	var ids []uint64
 	var refused []uint64
 	if f.Replace {
-		defer s.backLocked(from) // once its subscriptions are in the matcher
+		defer s.backLocked(from, len(f.Subs) > 0) // once its subscriptions are in the matcher
 	}
 	for i := range f.Subs {
 		sub, err := subOf(from, &f.Subs[i])
@@ -334,115 +357,224 @@ func (s *Service) resyncChanges(peer string, emit func([]byte) error) error {
 	return nil
 }
 
-// Transaction implements Handler: the owner's reader hands it every
-// committed transaction. Each change goes once to each node with matching
-// subscriptions; the transaction is acknowledged to the reader once every
-// one of them has acknowledged it.
-func (o *ownerState) Transaction(ctx context.Context, tx *Transaction) {
-	o.transactions(ctx, []*Transaction{tx})
+// transactions routes txs, in commit order: each change goes once to each
+// node with matching subscriptions, and each transaction is acknowledged
+// to the reader once every one of them has acknowledged it.
+//
+// A transaction that changed the catalog (a GRANT, a policy, …) splits the
+// batch: the transactions before it are authorized as the caches were,
+// then CatalogChanged refreshes them, then it and the rest are authorized
+// on the catalog as of its commit.
+func (o *ownerState) transactions(ctx context.Context, txs []*Transaction) {
+	s := o.s
+	for i := 0; s.cfg.CatalogChanged != nil && i < len(txs); i++ {
+		if !txs[i].catalog {
+			continue
+		}
+		if i > 0 && !o.transactionsBatch(ctx, txs[:i]) {
+			return
+		}
+		if err := s.cfg.CatalogChanged(ctx, txs[i]); err != nil && ctx.Err() == nil {
+			s.log.Warn("could not refresh the authorization caches after a catalog change; changes are hidden until it succeeds", "lsn", txs[i].LSN, "err", err)
+		}
+		txs, i = txs[i:], 0
+	}
+	o.transactionsBatch(ctx, txs)
 }
 
-// transactions routes txs, in commit order, as Transaction does one: the
-// row-level security checks of all of them run together, one query per
-// distinct claims set for the whole batch (see txBatcher).
-func (o *ownerState) transactions(ctx context.Context, txs []*Transaction) {
+// transactionsBatch routes txs in chunks of at most maxBatchChanges
+// changes or maxChunkBytes (the changes of several small transactions, or
+// a part of a large one, read back from its file if it spilled): each
+// change goes once to each node with matching subscriptions, and each
+// transaction is queued for acknowledgement once its last change is sent.
+// The row-level security checks of a chunk run together, one query per
+// distinct claims set (see txBatcher). It reports false when ownership was
+// lost or the reader stops.
+func (o *ownerState) transactionsBatch(ctx context.Context, txs []*Transaction) bool {
 	s := o.s
 	s.mu.Lock()
 	gen := o.gen
 	s.mu.Unlock()
 	if ctx.Err() != nil {
-		return // a reader stopping, or restarting to read again
+		return false // a reader stopping, or restarting to read again
 	}
-	var all []*Change
+	r := &chunkRouter{o: o, ctx: ctx, gen: gen, pending: map[string]position{}}
 	for _, tx := range txs {
-		all = append(all, tx.Changes...)
+		if err := tx.Range(maxBatchChanges, maxChunkBytes, r.add); err != nil {
+			if !errors.Is(err, errStopRouting) {
+				s.log.Error("cannot read a large transaction back; the reader starts over", "lsn", tx.LSN, "err", err)
+				o.restartReader(gen)
+			}
+			return false
+		}
+		r.ends = append(r.ends, txEnd{at: len(r.changes), lsn: tx.LSN})
 	}
-	matched := make([][]*Subscription, len(all))
+	return r.flush()
+}
+
+// maxChunkBytes bounds (about: one change may be larger) the changes the
+// owner routes at once, in memory beside the reader's TxMemory.
+const maxChunkBytes = 4 << 20
+
+var errStopRouting = errors.New("ownership lost or reader stopping")
+
+// chunkRouter collects the changes of transactions into chunks and routes
+// each chunk once it is full.
+type chunkRouter struct {
+	o       *ownerState
+	ctx     context.Context
+	gen     int
+	changes []*Change
+	bytes   int64
+	ends    []txEnd             // transactions ending in changes, in order
+	pending map[string]position // of the transaction being routed: the last change sent to each node
+}
+
+// txEnd is a transaction whose last change is changes[at-1].
+type txEnd struct {
+	at  int
+	lsn LSN
+}
+
+// add takes the next changes (a chunk of Range, not kept) and routes what
+// was collected once it makes a chunk.
+func (r *chunkRouter) add(cs []*Change) error {
+	for _, c := range cs {
+		r.changes = append(r.changes, c)
+		r.bytes += c.memSize()
+		if (len(r.changes) >= maxBatchChanges || r.bytes >= maxChunkBytes) && !r.flush() {
+			return errStopRouting
+		}
+	}
+	return nil
+}
+
+// flush matches and checks the chunk's changes, sends them, and queues
+// the transactions that end in it; false when ownership was lost or the
+// reader stops.
+func (r *chunkRouter) flush() bool {
+	o, s := r.o, r.o.s
+	matched := make([][]*Subscription, len(r.changes))
 	any := false
-	for i, c := range all {
+	for i, c := range r.changes {
 		matched[i] = s.matcher.Match(c, nil)
 		any = any || len(matched[i]) > 0
 	}
 	if any && s.cfg.Authorize != nil {
-		if err := s.cfg.Authorize(ctx, all, matched); err != nil {
-			s.log.Warn("row-level security check failed; those subscribers miss these changes", "lsn", txs[len(txs)-1].LSN, "err", err)
+		if err := s.cfg.Authorize(r.ctx, r.changes, matched); err != nil {
+			s.log.Warn("row-level security check failed; those subscribers miss these changes", "lsn", r.changes[0].LSN, "err", err)
 		}
 	}
-	for _, tx := range txs {
-		n := len(tx.Changes)
-		if !o.route(ctx, gen, tx, matched[:n]) {
-			return
-		}
-		matched = matched[n:]
-	}
-}
-
-// route sends tx's changes with their matched subscriptions to the nodes
-// and queues the transaction for acknowledgement; false when ownership
-// was lost or the reader stops.
-func (o *ownerState) route(ctx context.Context, gen int, tx *Transaction, matched [][]*Subscription) bool {
-	s := o.s
-	pending := map[string]position{}
-	for i, c := range tx.Changes {
-		subs := matched[i]
-		if len(subs) == 0 {
-			continue
-		}
-		pos := position{uint64(tx.LSN), c.Seq}
-		var record []byte
-		for start := 0; start < len(subs); {
-			end := start + 1
-			for end < len(subs) && subs[end].Node == subs[start].Node {
-				end++
-			}
-			node := subs[start].Node
-			ids := make([]uint64, 0, end-start)
-			for _, sub := range subs[start:end] {
-				ids = append(ids, sub.ID)
-			}
-			start = end
-			if node == s.cfg.Self {
-				s.deliverLocal(pos, c, ids)
-				continue
-			}
-			if record == nil {
-				record = c.AppendBinary(nil)
-			}
-			frame := meshproto.Append(nil, &meshproto.Changes{DB: s.cfg.DB, LSN: pos.lsn, Seq: pos.seq, Record: record, IDs: ids})
-			if !o.room(ctx, node) {
-				return false // ownership lost, or stopping: the next reader sends it again
-			}
-			s.mu.Lock()
-			if s.own != o {
-				s.mu.Unlock()
+	e := 0
+	for i, c := range r.changes {
+		for ; e < len(r.ends) && r.ends[e].at == i; e++ {
+			if !r.commit(r.ends[e].lsn) {
 				return false
 			}
-			if _, live := s.regs[node]; !live {
-				s.mu.Unlock()
-				continue // the node went meanwhile
-			}
-			ob := o.outbox[node]
-			if ob == nil {
-				ob = &outbox{}
-				o.outbox[node] = ob
-			}
-			ob.frames = append(ob.frames, sentChange{pos, frame})
-			ob.bytes += len(frame)
-			pending[node] = pos
-			s.mu.Unlock()
-			if s.tr != nil {
-				s.tr.send(node, mesh.LaneChanges, frame)
-			}
+		}
+		if len(matched[i]) > 0 && !o.routeChange(r.ctx, r.gen, c, matched[i], r.pending) {
+			return false
 		}
 	}
+	for ; e < len(r.ends); e++ {
+		if !r.commit(r.ends[e].lsn) {
+			return false
+		}
+	}
+	clear(r.changes)
+	r.changes, r.ends, r.bytes = r.changes[:0], r.ends[:0], 0
+	return true
+}
+
+// commit queues a transaction whose changes were all sent for
+// acknowledgement.
+func (r *chunkRouter) commit(lsn LSN) bool {
+	o, s := r.o, r.o.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.own != o || o.gen != gen {
+	if s.own != o || o.gen != r.gen {
 		return false
 	}
-	o.txq = append(o.txq, &txState{lsn: tx.LSN, pending: pending})
+	o.txq = append(o.txq, &txState{lsn: lsn, pending: r.pending})
+	r.pending = map[string]position{}
 	o.advanceLocked()
 	return true
+}
+
+// routeChange sends a change with its matched subscriptions to their
+// nodes (one frame per node), recording in pending the last change sent
+// to each; false when ownership was lost or the reader stops.
+func (o *ownerState) routeChange(ctx context.Context, gen int, c *Change, subs []*Subscription, pending map[string]position) bool {
+	s := o.s
+	pos := position{uint64(c.LSN), c.Seq}
+	var record []byte
+	for start := 0; start < len(subs); {
+		end := start + 1
+		for end < len(subs) && subs[end].Node == subs[start].Node {
+			end++
+		}
+		node := subs[start].Node
+		ids := make([]uint64, 0, end-start)
+		for _, sub := range subs[start:end] {
+			ids = append(ids, sub.ID)
+		}
+		start = end
+		if node == s.cfg.Self {
+			s.deliverLocal(pos, c, ids) // may wait for a subscriber: flow control
+			continue
+		}
+		if record == nil {
+			record = c.AppendBinary(nil)
+		}
+		frame := meshproto.Append(nil, &meshproto.Changes{DB: s.cfg.DB, LSN: pos.lsn, Seq: pos.seq, Record: record, IDs: ids})
+		if !o.send(ctx, node, pos, frame, pending) {
+			return false
+		}
+	}
+	return true
+}
+
+// send queues a Changes frame for node once its window has room; false
+// when ownership was lost or the reader stops (the next reader sends it
+// again).
+func (o *ownerState) send(ctx context.Context, node string, pos position, frame []byte, pending map[string]position) bool {
+	s := o.s
+	if !o.room(ctx, node) {
+		return false
+	}
+	s.mu.Lock()
+	if s.own != o {
+		s.mu.Unlock()
+		return false
+	}
+	if _, live := s.regs[node]; !live {
+		s.mu.Unlock()
+		return true // the node went meanwhile
+	}
+	ob := o.outbox[node]
+	if ob == nil {
+		ob = &outbox{}
+		o.outbox[node] = ob
+	}
+	ob.frames = append(ob.frames, sentChange{pos, frame})
+	ob.bytes += len(frame)
+	pending[node] = pos
+	s.mu.Unlock()
+	if s.tr != nil {
+		s.tr.send(node, mesh.LaneChanges, frame)
+	}
+	return true
+}
+
+// restartReader makes the reader start over from the last confirmed
+// position, dropping what it delivered since.
+func (o *ownerState) restartReader(gen int) {
+	s := o.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.own == o && o.gen == gen && o.cancel != nil {
+		o.restartLocked()
+	}
 }
 
 // noteAbsentLocked updates the absent members from a change of the
@@ -495,8 +627,8 @@ func (s *Service) holdingLocked() bool {
 // backLocked ends the absence of a member that registered again with this
 // owner: the reader starts over from the last confirmed position, so that
 // the member gets every change it missed; the other nodes drop the ones
-// they had.
-func (s *Service) backLocked(node string) {
+// they had. A member without subscriptions missed nothing.
+func (s *Service) backLocked(node string, subscribed bool) {
 	if _, ok := s.absent[node]; !ok {
 		return
 	}
@@ -505,7 +637,16 @@ func (s *Service) backLocked(node string) {
 	if o == nil || o.cancel == nil {
 		return // the reader has not started: it starts from the confirmed position
 	}
+	if !subscribed {
+		return // no subscriber of it can have missed anything
+	}
 	s.log.Info("a member that was cut off is back; reading the changes it missed again", "member", node)
+	o.restartLocked()
+}
+
+// restartLocked makes the reader start over from the last confirmed
+// position: what it delivered since is routed no further, nor confirmed.
+func (o *ownerState) restartLocked() {
 	o.gen++
 	o.txq = nil
 	o.heldAck = 0
@@ -547,10 +688,11 @@ func (s *Service) deliverLocal(pos position, c *Change, ids []uint64) {
 // txBatcher hands the owner's transactions to it from a goroutine of its
 // own, so that the reader keeps reading while the owner checks row-level
 // security: what arrives meanwhile waits in q and is taken as one batch
-// (at most maxBatchTx transactions, maxBatchChanges changes), whose RLS
-// checks cost one query per claims set in all. A reader that keeps up
+// (at most maxBatchTx transactions, about maxBatchChanges changes), whose
+// RLS checks cost one query per claims set in all. A reader that keeps up
 // sees batches of one; one that falls behind pays less per change the
-// further behind it is.
+// further behind it is. A transaction is released once routed: the reader
+// paces itself to that (flow control, see txBudget).
 type txBatcher struct {
 	o *ownerState
 	q chan *Transaction
@@ -562,20 +704,23 @@ const (
 )
 
 func newTxBatcher(o *ownerState) *txBatcher {
-	return &txBatcher{o: o, q: make(chan *Transaction, maxBatchTx)}
+	// The reader hands over at most maxOpenTx unreleased transactions, so
+	// Transaction never waits.
+	return &txBatcher{o: o, q: make(chan *Transaction, maxOpenTx)}
 }
 
-// Transaction implements Handler: it queues tx, waiting while the queue
-// is full (the reader then stops reading, as before).
+// Transaction implements Handler: it queues tx.
 func (b *txBatcher) Transaction(ctx context.Context, tx *Transaction) {
 	select {
 	case b.q <- tx:
 	case <-ctx.Done():
+		tx.Release()
 	}
 }
 
 // run routes the queued transactions in order until ctx ends.
 func (b *txBatcher) run(ctx context.Context) {
+	defer b.drain()
 	var batch []*Transaction
 	for {
 		select {
@@ -584,18 +729,34 @@ func (b *txBatcher) run(ctx context.Context) {
 		case tx := <-b.q:
 			batch = append(batch[:0], tx)
 		}
-		changes := len(batch[0].Changes)
+		changes := batch[0].Len()
 	more:
 		for len(batch) < maxBatchTx && changes < maxBatchChanges {
 			select {
 			case tx := <-b.q:
 				batch = append(batch, tx)
-				changes += len(tx.Changes)
+				changes += tx.Len()
 			default:
 				break more
 			}
 		}
 		b.o.transactions(ctx, batch)
-		clear(batch)
+		for i, tx := range batch {
+			tx.Release()
+			batch[i] = nil
+		}
+	}
+}
+
+// drain releases what is queued: the reader stopped, and the next one
+// reads it again.
+func (b *txBatcher) drain() {
+	for {
+		select {
+		case tx := <-b.q:
+			tx.Release()
+		default:
+			return
+		}
 	}
 }

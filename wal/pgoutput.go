@@ -58,6 +58,16 @@ type msgRow struct {
 	newTuple []tupleValue
 }
 
+// msgMessage is a logical decoding message (pg_logical_emit_message),
+// sent when the messages option is on (Postgres 14+). A transactional one
+// arrives inside its transaction, in commit order.
+type msgMessage struct {
+	transactional bool
+	lsn           LSN
+	prefix        string
+	content       []byte
+}
+
 type msgTruncate struct {
 	options   uint8
 	relations []uint32
@@ -178,7 +188,7 @@ func (d *decoder) done(what string) error {
 }
 
 // parseMessage decodes one pgoutput message. It returns nil, nil for
-// messages the reader has no use for (Origin, logical decoding messages).
+// messages the reader has no use for (Origin).
 // Tuples alias b.
 func parseMessage(b []byte) (any, error) {
 	if len(b) == 0 {
@@ -247,7 +257,11 @@ func parseMessage(b []byte) (any, error) {
 			m.relations[i] = d.u32()
 		}
 		return m, d.done("truncate")
-	case 'O', 'M':
+	case 'M':
+		m := msgMessage{transactional: d.u8()&1 != 0, lsn: LSN(d.u64()), prefix: d.str()}
+		m.content = d.take(int(d.u32()))
+		return m, d.done("message")
+	case 'O':
 		return nil, nil
 	}
 	return nil, fmt.Errorf("pgoutput: unknown message type %q", b[0])

@@ -32,6 +32,7 @@ func FuzzPgoutputStream(f *testing.F) {
 	commit := []byte{'C', 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3}
 	f.Add(pgoutputStream([][]byte{begin, rel, insertMessage(16384, tuple('t', "1", 't', "x", 't', "{1,2}")), commit}))
 	f.Add(pgoutputStream([][]byte{begin, rel, insertMessage(16384, tuple('t', "1", 'n', "", 'u', "")), []byte{'T', 0, 0, 0, 1, 0, 0, 0, 0x40, 0}, commit}))
+	f.Add(pgoutputStream([][]byte{begin, rel, catalogMessage(true, "REVOKE"), insertMessage(16384, tuple('t', "1", 't', "x", 't', "{1,2}")), commit}))
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		a := newAssembler()
 		m := NewMatcher()
@@ -56,6 +57,8 @@ func FuzzPgoutputStream(f *testing.F) {
 				err = a.row(msg)
 			case msgTruncate:
 				err = a.truncate(msg)
+			case msgMessage:
+				a.message(msg)
 			case msgCommit:
 				var tx *Transaction
 				if tx, err = a.commit(msg); err == nil {

@@ -23,17 +23,24 @@ type Handler interface {
 	// order, on the Reader's goroutine. The consumer accepts tx by calling
 	// Reader.Ack(tx.LSN), then or later, from any goroutine; the reader
 	// confirms to Postgres only what was acked, so whatever was not is
-	// delivered again after a restart (at least once). Transaction should
-	// return promptly: while it runs the reader does not read the stream.
-	// It must not retain tx's Changes' Columns for modification.
+	// delivered again after a restart (at least once). It calls
+	// tx.Release once done with tx, from any goroutine: until then tx
+	// counts against the reader's TxMemory, and the reader starts no new
+	// transaction while too much is held (flow control). Transaction must
+	// return promptly (queue tx): while it runs the reader neither reads
+	// the stream nor reports its position. It must not retain tx's
+	// Changes' Columns for modification.
 	Transaction(ctx context.Context, tx *Transaction)
 }
 
 // HandlerFunc adapts a function to Handler.
 type HandlerFunc func(ctx context.Context, tx *Transaction)
 
-// Transaction calls f.
-func (f HandlerFunc) Transaction(ctx context.Context, tx *Transaction) { f(ctx, tx) }
+// Transaction calls f, then releases tx.
+func (f HandlerFunc) Transaction(ctx context.Context, tx *Transaction) {
+	defer tx.Release()
+	f(ctx, tx)
+}
 
 // Reader streams a database's committed changes from a permanent logical
 // replication slot (pgoutput) and hands them to its Handler.
@@ -84,6 +91,25 @@ type Reader struct {
 	// position report (pg_stat_replication.reply_time) before TakeOver
 	// terminates it (default 5s).
 	TakeOverSilence time.Duration
+	// TxMemory bounds, in bytes, the decoded changes the reader holds in
+	// memory: of the transaction it is reading and of those handed to the
+	// Handler and not released (default 64 MiB; negative: no bound). A
+	// transaction's changes past it go to a temporary file in SpillDir,
+	// which Transaction.Range reads back; and the reader starts no new
+	// transaction while the unreleased ones hold half of it, reporting
+	// its position meanwhile so that Postgres keeps the connection.
+	TxMemory int64
+	// SpillDir is where the changes past TxMemory wait (default
+	// os.TempDir()). Its files are unlinked as they are made: they take
+	// disk only while their transaction is held, and none outlives the
+	// process.
+	SpillDir string
+	// Keep, if set, is asked for every row change (insert, update,
+	// delete) as it is read, on the reader's goroutine: a change it
+	// refuses is dropped there and then, neither held nor handed over (the
+	// Service keeps only those some subscription matches). Other kinds are
+	// always kept. Seq still counts every change.
+	Keep func(*Change) bool
 	// OnStreaming, if set, is called each time the reader starts
 	// streaming (the slot exists: every transaction committed from now on
 	// will be delivered), on the reader's goroutine.
@@ -93,13 +119,17 @@ type Reader struct {
 	// Metrics is where the reader's metrics go (default: a set of its
 	// own): meshcast_wal_reader_running, meshcast_wal_changes_total,
 	// meshcast_wal_transactions_total, meshcast_wal_lag_bytes,
-	// meshcast_wal_confirmed_lsn, meshcast_wal_reconnects_total and
-	// meshcast_wal_lag_forced_confirms_total.
+	// meshcast_wal_confirmed_lsn, meshcast_wal_reconnects_total,
+	// meshcast_wal_lag_forced_confirms_total, meshcast_wal_tx_memory_bytes,
+	// meshcast_wal_skipped_changes_total, meshcast_wal_spilled_changes_total,
+	// meshcast_wal_spilled_bytes_total, meshcast_wal_reader_paused and
+	// meshcast_wal_reader_paused_seconds_total.
 	Metrics *metrics.Set
 
-	acked atomic.Uint64
-	m     *readerMetrics
-	log   *slog.Logger
+	acked  atomic.Uint64
+	budget *txBudget
+	m      *readerMetrics
+	log    *slog.Logger
 }
 
 // Defaults of Reader.
@@ -107,6 +137,7 @@ const (
 	DefaultPublication = "supabase_realtime"
 	DefaultSlot        = "meshcast"
 	DefaultMaxSlotLag  = 1 << 30
+	DefaultTxMemory    = 64 << 20
 )
 
 var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
@@ -149,6 +180,9 @@ func (r *Reader) Run(ctx context.Context) error {
 			set = metrics.NewSet()
 		}
 		r.m = newReaderMetrics(set)
+	}
+	if r.budget == nil {
+		r.budget = newTxBudget(r.txMemory())
 	}
 	backoff := 100 * time.Millisecond
 	for {
@@ -212,6 +246,16 @@ func (r *Reader) maxSlotLag() int64 {
 	return r.MaxSlotLag
 }
 
+func (r *Reader) txMemory() int64 {
+	switch {
+	case r.TxMemory < 0:
+		return 0 // no bound
+	case r.TxMemory == 0:
+		return DefaultTxMemory
+	}
+	return r.TxMemory
+}
+
 func orDefault(s, def string) string {
 	if s == "" {
 		return def
@@ -223,17 +267,27 @@ type readerMetrics struct {
 	running, lag, confirmed *metrics.Gauge
 	changes, txs            *metrics.Counter
 	reconnects, forced      *metrics.Counter
+	// Bounded memory and flow control.
+	txMemory, paused             *metrics.Gauge
+	skipped, spilled, spillBytes *metrics.Counter
+	pausedSeconds                *metrics.FloatCounter
 }
 
 func newReaderMetrics(set *metrics.Set) *readerMetrics {
 	return &readerMetrics{
-		running:    set.GetOrCreateGauge("meshcast_wal_reader_running", nil),
-		lag:        set.GetOrCreateGauge("meshcast_wal_lag_bytes", nil),
-		confirmed:  set.GetOrCreateGauge("meshcast_wal_confirmed_lsn", nil),
-		changes:    set.GetOrCreateCounter("meshcast_wal_changes_total"),
-		txs:        set.GetOrCreateCounter("meshcast_wal_transactions_total"),
-		reconnects: set.GetOrCreateCounter("meshcast_wal_reconnects_total"),
-		forced:     set.GetOrCreateCounter("meshcast_wal_lag_forced_confirms_total"),
+		running:       set.GetOrCreateGauge("meshcast_wal_reader_running", nil),
+		lag:           set.GetOrCreateGauge("meshcast_wal_lag_bytes", nil),
+		confirmed:     set.GetOrCreateGauge("meshcast_wal_confirmed_lsn", nil),
+		changes:       set.GetOrCreateCounter("meshcast_wal_changes_total"),
+		txs:           set.GetOrCreateCounter("meshcast_wal_transactions_total"),
+		reconnects:    set.GetOrCreateCounter("meshcast_wal_reconnects_total"),
+		forced:        set.GetOrCreateCounter("meshcast_wal_lag_forced_confirms_total"),
+		txMemory:      set.GetOrCreateGauge("meshcast_wal_tx_memory_bytes", nil),
+		paused:        set.GetOrCreateGauge("meshcast_wal_reader_paused", nil),
+		skipped:       set.GetOrCreateCounter("meshcast_wal_skipped_changes_total"),
+		spilled:       set.GetOrCreateCounter("meshcast_wal_spilled_changes_total"),
+		spillBytes:    set.GetOrCreateCounter("meshcast_wal_spilled_bytes_total"),
+		pausedSeconds: set.GetOrCreateFloatCounter("meshcast_wal_reader_paused_seconds_total"),
 	}
 }
 
@@ -261,9 +315,17 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	start := LSN(s.r.acked.Load())
-	err := pglogrepl.StartReplication(ctx, s.repl, s.r.slot(), pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + quotePublication(s.r.publication()) + "'"},
-	})
+	args := []string{"proto_version '1'", "publication_names '" + quotePublication(s.r.publication()) + "'"}
+	// Logical decoding messages (Postgres 14+) carry the catalog changes
+	// of meshcast's event trigger in commit order (catalog.go).
+	var version int
+	if err := s.query.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return err
+	}
+	if version >= 140000 {
+		args = append(args, "messages 'true'")
+	}
+	err := pglogrepl.StartReplication(ctx, s.repl, s.r.slot(), pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{PluginArgs: args})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "55006" && s.r.TakeOver {
 		// Only a consumer silent for TakeOverSilence: its last report, or
@@ -329,10 +391,14 @@ func (s *session) connect(ctx context.Context) error {
 	}
 	s.types = newTypeCache()
 	s.asm = newAssembler()
+	s.asm.keep, s.asm.budget, s.asm.spillDir = s.r.Keep, s.r.budget, s.r.SpillDir
 	return nil
 }
 
 func (s *session) close() {
+	if s.asm != nil {
+		s.asm.abort()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if s.repl != nil {
@@ -410,6 +476,11 @@ func (s *session) stream(ctx context.Context) error {
 			}
 			next = time.Now().Add(interval)
 		}
+		if s.asm.tx == nil && !s.r.budget.mayRead() {
+			s.pause(ctx, next)
+			continue
+		}
+		s.r.m.paused.Set(0)
 		rctx, cancel := context.WithDeadline(ctx, next)
 		msg, err := s.repl.ReceiveMessage(rctx)
 		cancel()
@@ -434,6 +505,23 @@ func (s *session) stream(ctx context.Context) error {
 			return errors.New("server ended the replication stream")
 		}
 	}
+}
+
+// pause waits, between transactions, until the Handler released some of
+// what it holds or the next status report is due: the reader reads
+// nothing meanwhile, and Postgres, which sees its reports, keeps the
+// connection open (wal_sender_timeout counts from the last report).
+func (s *session) pause(ctx context.Context, until time.Time) {
+	s.r.m.paused.Set(1)
+	start := time.Now()
+	t := time.NewTimer(time.Until(until))
+	select {
+	case <-s.r.budget.freed:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	t.Stop()
+	s.r.m.pausedSeconds.Add(time.Since(start).Seconds())
 }
 
 // copyData handles one message of the stream; reply says Postgres asked
@@ -485,14 +573,24 @@ func (s *session) message(ctx context.Context, b []byte) error {
 		return s.asm.row(m)
 	case msgTruncate:
 		return s.asm.truncate(m)
+	case msgMessage:
+		s.asm.message(m)
 	case msgCommit:
 		tx, err := s.asm.commit(m)
 		if err != nil {
 			return err
 		}
+		h := tx.hold
 		s.r.m.txs.Inc()
-		s.r.m.changes.Add(len(tx.Changes))
+		s.r.m.changes.Add(tx.Len() + h.skipped)
+		s.r.m.skipped.Add(h.skipped)
+		if h.spill != nil {
+			s.r.m.spilled.Add(h.spill.n)
+			s.r.m.spillBytes.Add(int(h.spill.bytes))
+		}
 		s.delivered = tx.LSN
+		h.open = true
+		s.r.budget.open.Add(1)
 		s.r.Handler.Transaction(ctx, tx)
 	}
 	return nil
@@ -517,6 +615,7 @@ func (s *session) status(final bool) error {
 		pos = s.delivered
 	}
 	s.confirmed = pos
+	s.r.m.txMemory.Set(float64(s.r.budget.held.Load()))
 	s.r.m.confirmed.Set(float64(pos))
 	s.r.m.lag.Set(float64(max(int64(s.walEnd)-int64(pos), 0)))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -55,6 +55,7 @@ type Service struct {
 	draining           bool // this node is leaving: never its own owner again
 
 	// Node side.
+	in      inbox                    // changes from owners, for the delivery goroutine
 	local   map[uint64]*Subscription // this node's subscriptions
 	waiters map[uint64]chan error    // Subscribe calls waiting for the owner's ack
 	last    position                 // the last change delivered to local subscribers
@@ -71,6 +72,9 @@ type Service struct {
 	// by ID. While one is absent the owner confirms nothing to Postgres, so
 	// that when it comes back the changes it missed can be read again.
 	absent map[string]absence
+
+	// keepHits is keep's scratch, used by the reader's goroutine only.
+	keepHits []*Subscription
 }
 
 // absence is a member that vanished without leaving.
@@ -95,7 +99,10 @@ type ServiceConfig struct {
 	Reader *Reader
 	// Deliver hands a change to the local channels whose subscriptions
 	// are ids. It is called in commit order, from one goroutine at a
-	// time, and must not block.
+	// time. It may block while a subscriber has no room (flow control:
+	// the node acknowledges later, so the owner waits and stops reading),
+	// but must return within a bounded time: edge.Server.DeliverChange
+	// closes a subscriber that took nothing for its stall time.
 	Deliver func(c *Change, ids []uint64)
 	// Authorize, if set, removes from hits (per change of a transaction,
 	// the subscriptions it matched) those whose role may not see the
@@ -104,6 +111,13 @@ type ServiceConfig struct {
 	// previous batch was being checked, so that a reader that falls behind
 	// pays one query per claims set for many transactions.
 	Authorize func(ctx context.Context, changes []*Change, hits [][]*Subscription) error
+	// CatalogChanged, if set, is called by the owner for a transaction
+	// that changed privileges, policies, the publication or tables
+	// (meshcast's event trigger marks it), after the transactions before
+	// it were authorized and before its own changes and later ones are:
+	// Authorizer.CatalogChanged is one. An error is logged; Authorize then
+	// fails closed.
+	CatalogChanged func(ctx context.Context, tx *Transaction) error
 	// RegisterTimeout bounds how long Subscribe waits for the owner's
 	// acknowledgement (default 5s).
 	RegisterTimeout time.Duration
@@ -171,6 +185,7 @@ func NewService(cfg ServiceConfig) *Service {
 		parts:   make(map[string]*meshproto.SubRegister),
 		matcher: NewMatcher(),
 		absent:  make(map[string]absence),
+		in:      inbox{wake: make(chan struct{}, 1)},
 	}
 	s.deliveries = s.metrics.NewCounter("meshcast_wal_deliveries_total")
 	s.dupes = s.metrics.NewCounter("meshcast_wal_duplicates_dropped_total")
@@ -318,7 +333,8 @@ func (s *Service) setMembers(ms []Member) {
 			}
 		}
 	}
-	s.noteAbsentLocked(s.members, ms)
+	before := s.members
+	s.noteAbsentLocked(before, ms)
 	s.members = ms
 	if len(ms) > 1 {
 		s.settled = true
@@ -357,7 +373,7 @@ func (s *Service) setMembers(ms []Member) {
 			outs = append(outs, s.replaceLocked(owner)...)
 		}
 	} else if s.own != nil {
-		outs = append(outs, s.own.membersChangedLocked(s, live)...)
+		outs = append(outs, s.own.membersChangedLocked(s, before, live)...)
 	}
 	s.mu.Unlock()
 	s.flush(outs)
@@ -510,9 +526,68 @@ func (s *Service) resyncControl(peer string, emit func([]byte) error) error {
 	return nil
 }
 
-// onChanges delivers a change from the owner, unless it was delivered
+// inbox holds the changes owners sent this node until the delivery
+// goroutine takes them: Deliver may wait for a subscriber, and the mesh's
+// reading goroutine must not. It needs no bound of its own: an owner sends
+// a node at most Window bytes it has not acknowledged, and the node
+// acknowledges a change once it is delivered.
+type inbox struct {
+	mu     sync.Mutex
+	frames []inFrame
+	wake   chan struct{} // signalled when frames gets one
+}
+
+type inFrame struct {
+	from string
+	f    *meshproto.Changes
+}
+
+func (b *inbox) push(from string, f *meshproto.Changes) {
+	b.mu.Lock()
+	b.frames = append(b.frames, inFrame{from, f})
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (b *inbox) take(spare []inFrame) []inFrame {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	got := b.frames
+	b.frames = spare[:0]
+	return got
+}
+
+// onChanges queues a change from an owner for the delivery goroutine.
+func (s *Service) onChanges(from string, f *meshproto.Changes) { s.in.push(from, f) }
+
+// deliverLoop delivers the changes owners sent, in the order they came,
+// until ctx ends.
+func (s *Service) deliverLoop(ctx context.Context) {
+	var batch []inFrame
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.in.wake:
+		}
+		for batch = s.in.take(batch); len(batch) > 0; batch = s.in.take(batch) {
+			for i, it := range batch {
+				s.deliverRemote(it.from, it.f)
+				batch[i] = inFrame{}
+				if ctx.Err() != nil {
+					return // what is left was not acknowledged: sent again
+				}
+			}
+		}
+	}
+}
+
+// deliverRemote delivers a change from the owner, unless it was delivered
 // already, and acknowledges it.
-func (s *Service) onChanges(from string, f *meshproto.Changes) {
+func (s *Service) deliverRemote(from string, f *meshproto.Changes) {
 	pos := position{f.LSN, f.Seq}
 	if s.firstTime(pos) {
 		if c, err := DecodeChange(f.Record); err != nil {
@@ -606,8 +681,12 @@ func (s *Service) Close() {
 	}
 }
 
-// Run streams the database while this node owns it, until ctx ends.
+// Run delivers the changes owners send this node and streams the
+// database while this node owns it, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
+	var delivery sync.WaitGroup
+	delivery.Go(func() { s.deliverLoop(ctx) })
+	defer delivery.Wait()
 	s.mu.Lock()
 	alone := !s.clustered
 	s.mu.Unlock()
@@ -618,6 +697,12 @@ func (s *Service) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	return s.read(ctx)
+}
+
+// read runs the reader whenever this node owns the database, until ctx
+// ends.
+func (s *Service) read(ctx context.Context) error {
 	for {
 		s.mu.Lock()
 		own := s.own
@@ -643,6 +728,7 @@ func (s *Service) Run(ctx context.Context) error {
 		s.cfg.Reader.Handler = batcher
 		s.cfg.Reader.TakeOver = own.takeOver
 		s.cfg.Reader.OnStreaming = own.onStreaming
+		s.cfg.Reader.Keep = s.keep
 		s.mu.Unlock()
 		s.log.Info("reading the database's changes", "slot", s.cfg.Reader.slot())
 		var routing sync.WaitGroup
@@ -650,6 +736,7 @@ func (s *Service) Run(ctx context.Context) error {
 		err := s.cfg.Reader.Run(rctx)
 		cancel()
 		routing.Wait()
+		batcher.drain() // what the reader handed over after the router stopped
 		if err != nil {
 			s.log.Error("change reader stopped", "err", err)
 			select {
@@ -662,6 +749,21 @@ func (s *Service) Run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// keep is the reader's Keep: a change no subscription matches as it is
+// read is dropped then, so a transaction nobody subscribes to costs no
+// memory whatever its size. A subscription that registers later did not
+// need it: Postgres sends a transaction only once it has committed, so
+// one whose reading began before the subscription was acknowledged
+// committed before the client's join reply, and the promise (the join
+// reply means live) is about commits after it. Runs on the reader's
+// goroutine only.
+func (s *Service) keep(c *Change) bool {
+	s.keepHits = s.matcher.Match(c, s.keepHits[:0])
+	hit := len(s.keepHits) > 0
+	clear(s.keepHits)
+	return hit
 }
 
 // position is a change's place in the WAL.

@@ -28,12 +28,19 @@ func newRelation(m msgRelation, types []*typeInfo, primaryKey []string) *relatio
 }
 
 // assembler turns pgoutput's messages into transactions. It holds the
-// relation cache and the transaction in progress, and does no I/O: the
-// reader resolves a relation's types before it calls addRelation.
+// relation cache and the transaction in progress, and does no I/O but
+// writing a transaction's spill file: the reader resolves a relation's
+// types before it calls addRelation.
 type assembler struct {
 	relations map[uint32]*relation
 	tx        *Transaction
 	xid       uint32 // tx's
+	seq       uint32 // the next change's Seq: every change counts, kept or not
+
+	// What the reader sets; the zero values keep every change in memory.
+	keep     func(*Change) bool // a change it refuses is dropped
+	budget   *txBudget          // nil: no bound
+	spillDir string             // "": os.TempDir()
 }
 
 var errNoBegin = errors.New("pgoutput: change outside a transaction")
@@ -46,9 +53,17 @@ func (a *assembler) begin(m msgBegin) error {
 	if a.tx != nil {
 		return errors.New("pgoutput: begin inside a transaction")
 	}
-	a.tx = &Transaction{CommitTime: m.time.UTC()}
-	a.xid = m.xid
+	a.tx = &Transaction{CommitTime: m.time.UTC(), hold: &txHold{budget: a.budget, xid: m.xid}}
+	a.xid, a.seq = m.xid, 0
 	return nil
+}
+
+// abort drops the transaction in progress (the stream ended inside it).
+func (a *assembler) abort() {
+	if a.tx != nil {
+		a.tx.Release()
+		a.tx = nil
+	}
 }
 
 func (a *assembler) addRelation(r *relation) { a.relations[r.id] = r }
@@ -65,8 +80,7 @@ func (a *assembler) row(m msgRow) error {
 	if err != nil {
 		return err
 	}
-	a.add(c)
-	return nil
+	return a.add(c)
 }
 
 func (a *assembler) truncate(m msgTruncate) error {
@@ -78,16 +92,52 @@ func (a *assembler) truncate(m msgTruncate) error {
 		if r == nil {
 			return fmt.Errorf("pgoutput: truncate of unknown relation %d", id)
 		}
-		a.add(&Change{Kind: Truncate, Schema: r.schema, Table: r.table, Columns: r.columns})
+		if err := a.add(&Change{Kind: Truncate, Schema: r.schema, Table: r.table, Columns: r.columns}); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-func (a *assembler) add(c *Change) {
-	c.Seq = uint32(len(a.tx.Changes))
+// message notes a logical decoding message: a transactional one of
+// meshcast's event trigger marks its transaction as a catalog change.
+// Others (and one outside a transaction) are not the reader's business.
+func (a *assembler) message(m msgMessage) {
+	if a.tx != nil && m.transactional && m.prefix == catalogPrefix {
+		a.tx.catalog = true
+	}
+}
+
+// add takes the next change of the transaction: a row change keep
+// refuses is dropped; the others (any other kind too: a truncate, a marker
+// in the stream) are held in memory while the budget allows and in the
+// spill file from then on, in order.
+func (a *assembler) add(c *Change) error {
+	c.Seq = a.seq
+	a.seq++
 	c.CommitTime = a.tx.CommitTime
 	c.xid = a.xid
-	a.tx.Changes = append(a.tx.Changes, c)
+	h := a.tx.hold
+	if a.keep != nil && c.Kind >= Insert && c.Kind <= Delete && !a.keep(c) {
+		h.skipped++
+		return nil
+	}
+	if h.spill == nil {
+		if n := c.memSize(); a.budget.reserve(n) {
+			h.mem += n
+			a.tx.Changes = append(a.tx.Changes, c)
+			return nil
+		}
+		sf, err := newSpillFile(a.spillDir)
+		if err != nil {
+			return fmt.Errorf("a transaction larger than the memory budget cannot go to disk: %w", err)
+		}
+		h.spill = sf
+	}
+	if err := h.spill.write(c); err != nil {
+		return fmt.Errorf("write a large transaction to disk: %w", err)
+	}
+	return nil
 }
 
 // commit ends the transaction in progress and returns it.
@@ -98,9 +148,16 @@ func (a *assembler) commit(m msgCommit) (*Transaction, error) {
 	}
 	a.tx = nil
 	tx.LSN = m.end
+	tx.xid = a.xid
 	tx.CommitTime = m.time.UTC()
 	for _, c := range tx.Changes {
 		c.LSN, c.CommitTime = tx.LSN, tx.CommitTime
+	}
+	if sp := tx.hold.spill; sp != nil {
+		if err := sp.finish(); err != nil {
+			tx.Release()
+			return nil, fmt.Errorf("write a large transaction to disk: %w", err)
+		}
 	}
 	return tx, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"log"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshcast/meshcast/bench"
+	"github.com/meshcast/meshcast/bench/cluster"
 )
 
 // detectMain is `meshbench detect`: kill -9 → presence leave latency of the
@@ -21,7 +21,6 @@ func detectMain(args []string) int {
 	fs := flag.NewFlagSet("meshbench detect", flag.ExitOnError)
 	var c bench.DetectConfig
 	var nodeFlags string
-	var jsonOut, quiet bool
 	fs.StringVar(&c.MeshcastBin, "meshcast-bin", "bin/meshcast", "the meshcast binary")
 	fs.IntVar(&c.Nodes, "nodes", 3, "meshcast processes (2-9)")
 	fs.IntVar(&c.Kills, "kills", 20, "kill rounds (the victim rotates over the nodes; each is restarted)")
@@ -34,20 +33,17 @@ func detectMain(args []string) int {
 	fs.IntVar(&c.GOGC, "gogc", 25, "-load: the nodes' GOGC (-1: Go's default)")
 	fs.StringVar(&c.LogDir, "logs", "", "directory for the nodes' logs (default: a new temporary one)")
 	fs.Uint64Var(&c.Seed, "seed", 1, "the settle jitter")
-	fs.BoolVar(&jsonOut, "json", false, "print the result as JSON on stdout")
-	fs.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
+	out := outputFlags(fs)
 	fs.Parse(args)
 	c.Flags = strings.Fields(nodeFlags)
 	if c.Load > 0 {
 		c.Kills = 0
 	}
-	if !quiet {
-		c.Logf = log.Printf
-	}
+	c.Logf = out.logf()
 	if c.Load > 0 {
 		checkFileLimit(2 * c.LoadSubs)
 	}
-	return runScenario(c.Budget(), jsonOut, func(ctx context.Context) (*bench.DetectResult, error) { return bench.RunDetect(ctx, c) })
+	return runScenario(out, c.Budget(), func(ctx context.Context) (*bench.DetectResult, error) { return bench.RunDetect(ctx, c) })
 }
 
 // slowMain is `meshbench slow`: the others' latency with and without one
@@ -55,7 +51,6 @@ func detectMain(args []string) int {
 func slowMain(args []string) int {
 	fs := flag.NewFlagSet("meshbench slow", flag.ExitOnError)
 	var c bench.SlowConfig
-	var jsonOut, quiet bool
 	fs.StringVar(&c.URL, "url", bench.DefaultMeshcastURL, "the node's WebSocket URL")
 	fs.IntVar(&c.ServerPID, "server-pid", 0, "the node's process id, for server CPU (0 = skip)")
 	fs.IntVar(&c.Subs, "subs", 1000, "subscribers that keep up")
@@ -65,21 +60,17 @@ func slowMain(args []string) int {
 	fs.IntVar(&c.Rounds, "rounds", 2, "A/B pairs (A: without the slow subscriber, B: with it)")
 	fs.IntVar(&c.SlowBytesPerSec, "slow-read", 1024, "bytes per second the slow subscriber reads")
 	fs.IntVar(&c.SlowRcvBuf, "slow-rcvbuf", 4096, "the slow subscriber's SO_RCVBUF")
-	fs.BoolVar(&jsonOut, "json", false, "print the result as JSON on stdout")
-	fs.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
+	out := outputFlags(fs)
 	fs.Parse(args)
-	if !quiet {
-		c.Logf = log.Printf
-	}
+	c.Logf = out.logf()
 	checkFileLimit(c.Subs + 1)
-	return runScenario(c.Budget(), jsonOut, func(ctx context.Context) (*bench.SlowResult, error) { return bench.RunSlow(ctx, c) })
+	return runScenario(out, c.Budget(), func(ctx context.Context) (*bench.SlowResult, error) { return bench.RunSlow(ctx, c) })
 }
 
 // soakMain is `meshbench soak` (make soak): a bounded soak of a cluster.
 func soakMain(args []string) int {
 	fs := flag.NewFlagSet("meshbench soak", flag.ExitOnError)
 	var c bench.SoakConfig
-	var jsonOut, quiet bool
 	fs.StringVar(&c.MeshcastBin, "meshcast-bin", "bin/meshcast", "the meshcast binary")
 	fs.IntVar(&c.Nodes, "nodes", 3, "meshcast processes")
 	fs.IntVar(&c.BasePort, "base-port", 5400, "node i serves on base+i, gossips on base+100+10i (mesh +1)")
@@ -91,39 +82,40 @@ func soakMain(args []string) int {
 	fs.Float64Var(&c.WALRate, "wal-rate", 20, "rows committed per second")
 	fs.IntVar(&c.Churners, "churners", 12, "clients that connect, join with presence, track and leave, over and over")
 	fs.StringVar(&c.LogDir, "logs", "", "directory for the nodes' logs (default: a new temporary one)")
-	fs.BoolVar(&jsonOut, "json", false, "print the result as JSON on stdout")
-	fs.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
+	out := outputFlags(fs)
 	fs.Parse(args)
-	if !quiet {
-		c.Logf = log.Printf
-	}
+	c.Logf = out.logf()
 	checkFileLimit(c.Subs + c.WALSubs + c.Churners)
-	return runScenario(c.Budget(), jsonOut, func(ctx context.Context) (*bench.SoakResult, error) { return bench.RunSoak(ctx, c) })
+	return runScenario(out, c.Budget(), func(ctx context.Context) (*bench.SoakResult, error) { return bench.RunSoak(ctx, c) })
 }
 
-// runScenario runs one scenario within budget (SIGINT/SIGTERM end it
-// early) and prints its result: JSON on stdout and the summary on stderr
-// with jsonOut, else the summary on stdout. It returns the exit code.
-func runScenario[R any](budget time.Duration, jsonOut bool, run func(context.Context) (*R, error)) int {
+// clusterMain is `meshbench cluster`: meshcast nodes on this machine for
+// the scripts (bench/cluster.sh, bench/strategies.sh). It starts them,
+// prints their WebSocket URLs, n1's first, once every node has every other
+// as a peer, and stops them on SIGINT or SIGTERM.
+func clusterMain(args []string) int {
+	fs := flag.NewFlagSet("meshbench cluster", flag.ExitOnError)
+	var c cluster.Config
+	var regions, nodeFlags string
+	var nodes int
+	fs.StringVar(&c.Bin, "meshcast-bin", "bin/meshcast", "the meshcast binary")
+	fs.IntVar(&nodes, "nodes", 3, "meshcast processes (at most 9)")
+	fs.StringVar(&regions, "regions", "iad,fra,sin", "the nodes' regions, cycled")
+	fs.IntVar(&c.BasePort, "base-port", 4100, "node i serves on base+i, gossips on base+100+10i (mesh +1)")
+	fs.StringVar(&nodeFlags, "node-flags", "", "more meshcast flags for every node (space-separated)")
+	fs.StringVar(&c.LogDir, "logs", "", "directory for the nodes' logs (default: a new temporary one)")
+	fs.Parse(args)
+	c.Regions, c.Flags = cluster.Cycle(strings.Split(regions, ","), nodes), strings.Fields(nodeFlags)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	defer cancel()
-	res, err := run(ctx)
-	if res != nil {
-		if jsonOut {
-			if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
-				log.Print(err)
-				return 1
-			}
-			fmt.Fprintln(os.Stderr, res)
-		} else {
-			fmt.Println(res)
-		}
-	}
+	cl, err := cluster.Start(ctx, c)
 	if err != nil {
 		log.Print(err)
 		return 1
 	}
+	defer cl.Stop()
+	fmt.Println(strings.Join(cl.URLs("bench"), "\n"))
+	log.Printf("%d nodes up (logs in %s); SIGTERM stops them", len(cl.Nodes), cl.LogDir)
+	<-ctx.Done()
 	return 0
 }

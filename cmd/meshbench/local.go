@@ -2,8 +2,8 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/meshcast/meshcast/bench"
+	"github.com/meshcast/meshcast/bench/cluster"
+	"github.com/meshcast/meshcast/bench/report"
 )
 
 // meshbench local: start a cluster of meshcast processes on this machine,
@@ -96,7 +98,7 @@ func localMain(args []string) int {
 	lc.Flags = strings.Fields(nodeFlags)
 	lc.Logf = sf.cfg.Logf
 	var err error
-	if lc.RTT, err = bench.ParseRTTMatrix(rtt); err != nil {
+	if lc.RTT, err = cluster.ParseRTTMatrix(rtt); err != nil {
 		log.Print(err)
 		return 2
 	}
@@ -111,22 +113,16 @@ func localMain(args []string) int {
 			return 1
 		}
 	}
-	rep := bench.NewReport("meshbench local: "+sf.scenario, "meshbench local "+strings.Join(args, " "))
+	rep := report.New("meshbench local: "+sf.scenario, "meshbench local "+strings.Join(args, " "))
 	rep.Emulated, rep.RTTMS, rep.JitterMS, rep.Loss = true, wan.RTT, lc.JitterMS, lc.Loss
 	checkFileLimit(sf.cfg.Subs + sf.cfg.Channels*sf.cfg.SubsPerChannel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	failed := false
-	for round := 1; round <= max(rounds, 1); round++ {
+	for round := 1; round <= max(rounds, 1) && ctx.Err() == nil; round++ {
 		for _, strategy := range strings.Split(strategies, ",") {
-			if ctx.Err() != nil {
-				break
-			}
 			lc.Strategy = strings.TrimSpace(strategy)
-			label := sf.label
-			if label == "" {
-				label = lc.Strategy
-			}
+			label := cmp.Or(sf.label, lc.Strategy)
 			if rounds > 1 {
 				label = fmt.Sprintf("%s#%d", label, round)
 			}
@@ -147,10 +143,30 @@ func localMain(args []string) int {
 }
 
 // runLocalOnce starts a cluster with lc.Strategy, runs the scenario on it
-// and stops it.
-func runLocalOnce(ctx context.Context, rep *bench.Report, lc bench.LocalConfig, sf scenarioFlags, label string) error {
+// (the wal scenario: meshbench wal's, with its own Postgres beside the
+// nodes) and stops it.
+func runLocalOnce(ctx context.Context, rep *report.Report, lc bench.LocalConfig, sf scenarioFlags, label string) error {
+	lc.LogDir = filepath.Join(lc.LogDir, strings.ReplaceAll(label, "#", "-"))
 	if sf.scenario == "wal" {
-		return runLocalWAL(ctx, rep, lc, sf, label)
+		c := sf.cfg
+		cc, err := lc.Cluster()
+		if err != nil {
+			return err
+		}
+		wc := bench.WALConfig{Shape: bench.Shape(sf.walShape), Label: label, Subs: c.Subs, Rate: c.Rate, Pad: c.PayloadSize,
+			Duration: c.Duration, Warmup: c.Warmup, Drain: c.Drain, ConnectRate: c.ConnectRate, Logf: c.Logf,
+			JWTSecret: "meshbench-secret", Cluster: cc}
+		if c.Rate == 0 {
+			wc.Window = c.Window
+		}
+		ctx, cancel := context.WithTimeout(ctx, wc.Budget())
+		defer cancel()
+		res, err := bench.RunWAL(ctx, wc)
+		if res != nil {
+			rep.WAL = append(rep.WAL, res)
+			fmt.Fprintln(os.Stderr, res)
+		}
+		return err
 	}
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	c, err := bench.StartLocal(cctx, lc)
@@ -161,52 +177,11 @@ func runLocalOnce(ctx context.Context, rep *bench.Report, lc bench.LocalConfig, 
 	defer c.Stop()
 	cfg := sf.cfg
 	cfg.Sites, cfg.Label, cfg.OneWay = c.Sites, label, c.OneWay
-	rctx, cancel := context.WithTimeout(ctx, cfg.Budget())
+	ctx, cancel = context.WithTimeout(ctx, cfg.Budget())
 	defer cancel()
-	res, err := bench.RunRegions(rctx, cfg)
+	res, err := bench.RunRegions(ctx, cfg)
 	if res != nil {
 		rep.Runs = append(rep.Runs, res)
-		fmt.Fprintln(os.Stderr, res)
-	}
-	return err
-}
-
-// runLocalWAL runs `meshbench wal`'s scenario on a cluster with the same
-// layout and the emulated WAN (its own Postgres beside the nodes).
-func runLocalWAL(ctx context.Context, rep *bench.Report, lc bench.LocalConfig, sf scenarioFlags, label string) error {
-	wan, err := lc.WANConfig()
-	if err != nil {
-		return err
-	}
-	file := filepath.Join(lc.LogDir, "wan-wal.json")
-	var b bytes.Buffer
-	if err := writeJSON(&b, wan); err != nil {
-		return err
-	}
-	if err := os.WriteFile(file, b.Bytes(), 0o644); err != nil {
-		return err
-	}
-	var regions []string
-	for _, r := range lc.Regions {
-		for range lc.NodesPerRegion {
-			regions = append(regions, r)
-		}
-	}
-	c := sf.cfg
-	wc := bench.WALConfig{Shape: bench.Shape(sf.walShape), Label: label, Subs: c.Subs, Rate: c.Rate, Pad: c.PayloadSize,
-		Duration: c.Duration, Warmup: c.Warmup, Drain: c.Drain, ConnectRate: c.ConnectRate, Logf: c.Logf,
-		JWTSecret: "meshbench-secret",
-		Cluster: bench.ClusterConfig{MeshcastBin: lc.MeshcastBin, Nodes: len(regions), BasePort: lc.BasePort, Regions: regions,
-			LogDir: filepath.Join(lc.LogDir, "wal-"+label),
-			Flags:  append([]string{"--emulate-wan", file, "--mesh-strategy", lc.Strategy, "--gossip-probe-interval", "1s"}, lc.Flags...)}}
-	if c.Rate == 0 {
-		wc.Window = c.Window
-	}
-	wctx, cancel := context.WithTimeout(ctx, wc.Budget())
-	defer cancel()
-	res, err := bench.RunWAL(wctx, wc)
-	if res != nil {
-		rep.WAL = append(rep.WAL, res)
 		fmt.Fprintln(os.Stderr, res)
 	}
 	return err
@@ -245,7 +220,7 @@ func regionsMain(args []string) int {
 		log.Print("give the nodes with -node REGION=URL")
 		return 2
 	}
-	rep := bench.NewReport("meshbench regions: "+sf.scenario, "meshbench regions "+strings.Join(args, " "))
+	rep := report.New("meshbench regions: "+sf.scenario, "meshbench regions "+strings.Join(args, " "))
 	checkFileLimit(cfg.Subs + cfg.Channels*cfg.SubsPerChannel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -290,7 +265,7 @@ func (n *nodeList) Set(v string) error {
 }
 
 // writeReport prints the text report and writes PATH.{txt,json,html}.
-func writeReport(rep *bench.Report, path string) error {
+func writeReport(rep *report.Report, path string) error {
 	var txt bytes.Buffer
 	if err := rep.WriteText(&txt); err != nil {
 		return err
@@ -318,10 +293,4 @@ func writeReport(rep *bench.Report, path string) error {
 	}
 	log.Printf("report in %s.{txt,json,html}", path)
 	return nil
-}
-
-func writeJSON(b *bytes.Buffer, v any) error {
-	enc := json.NewEncoder(b)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

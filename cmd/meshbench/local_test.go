@@ -13,7 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshcast/meshcast/bench"
+	"github.com/meshcast/meshcast/bench/cluster"
+	"github.com/meshcast/meshcast/bench/report"
 )
 
 // TestRegionsCommand runs `meshbench regions` against a running node, as
@@ -78,7 +79,7 @@ func TestLocalCommand(t *testing.T) {
 	if err != nil || !strings.Contains(string(page), "<svg") {
 		t.Fatalf("html: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(bench.DefaultPostgresBinDir, "initdb")); err != nil {
+	if _, err := os.Stat(filepath.Join(cluster.DefaultPostgresBinDir, "initdb")); err != nil {
 		t.Log("no PostgreSQL 15: the wal scenario is not run")
 		return
 	}
@@ -92,13 +93,13 @@ func TestLocalCommand(t *testing.T) {
 	}
 }
 
-func readReport(t *testing.T, path string) *bench.Report {
+func readReport(t *testing.T, path string) *report.Report {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep bench.Report
+	var rep report.Report
 	if err := json.Unmarshal(b, &rep); err != nil || len(rep.Runs)+len(rep.WAL) == 0 {
 		t.Fatalf("%s: %v", path, err)
 	}

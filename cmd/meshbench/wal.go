@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
-	"fmt"
-	"io"
-	"log"
-	"os"
 	"strings"
 
 	"github.com/meshcast/meshcast/bench"
+	"github.com/meshcast/meshcast/bench/cluster"
+	"github.com/meshcast/meshcast/bench/report"
 )
 
 // walMain is `meshbench wal`: the Postgres changes benchmark (see
@@ -19,7 +16,6 @@ func walMain(args []string) int {
 	fs := flag.NewFlagSet("meshbench wal", flag.ExitOnError)
 	var cfg bench.WALConfig
 	var shape, regions, nodeFlags string
-	var jsonOut, quiet bool
 	var table string
 	fs.StringVar(&shape, "shape", string(bench.ShapeFanout), "fanout (every subscriber gets every row), filtered (id=eq.<k>, one key per subscriber) or rls (distinct users, each sees 1/teams of the rows)")
 	fs.StringVar(&cfg.URL, "url", "", "the nodes' WebSocket URLs, comma-separated (subscribers round-robin); empty: start Postgres and a cluster")
@@ -43,56 +39,27 @@ func walMain(args []string) int {
 	fs.DurationVar(&cfg.Drain, "drain", 10e9, "max wait for outstanding deliveries after writing")
 	fs.Float64Var(&cfg.ConnectRate, "connect-rate", 1000, "subscriber connections opened per second")
 	cl := &cfg.Cluster
-	fs.StringVar(&cl.MeshcastBin, "meshcast-bin", "bin/meshcast", "without -url: the meshcast binary")
-	fs.IntVar(&cl.Nodes, "nodes", 3, "without -url: cluster nodes")
+	var nodes int
+	fs.StringVar(&cl.Bin, "meshcast-bin", "bin/meshcast", "without -url: the meshcast binary")
+	fs.IntVar(&nodes, "nodes", 3, "without -url: cluster nodes")
 	fs.IntVar(&cl.BasePort, "base-port", 4400, "without -url: node i serves on base+i, gossips on base+100+10i (mesh +1), pprof on base+50+i")
 	fs.StringVar(&regions, "regions", "iad,fra,sin", "without -url: the nodes' regions, cycled")
 	fs.StringVar(&nodeFlags, "node-flags", "", "without -url: more meshcast flags for every node (space-separated)")
 	fs.BoolVar(&cl.Pprof, "pprof", false, "without -url: --pprof-addr on every node (127.0.0.1:base+50+i)")
 	fs.StringVar(&cl.LogDir, "logs", "", "without -url: directory for the nodes' logs (default: a new temporary one)")
-	fs.StringVar(&cl.Postgres.BinDir, "pg-bindir", bench.DefaultPostgresBinDir, "without -url: PostgreSQL's binaries")
-	fs.BoolVar(&cl.Postgres.Fsync, "pg-fsync", false, "without -url: keep Postgres's fsync (commits wait for the disk)")
+	fs.StringVar(&cfg.Postgres.BinDir, "pg-bindir", cluster.DefaultPostgresBinDir, "without -url: PostgreSQL's binaries")
+	fs.BoolVar(&cfg.Postgres.Fsync, "pg-fsync", false, "without -url: keep Postgres's fsync (commits wait for the disk)")
 	fs.StringVar(&cfg.Label, "label", "", "names the run in its result")
 	fs.StringVar(&table, "table", "", "print the -json results in this file (one per line) as a table and exit")
-	fs.BoolVar(&jsonOut, "json", false, "print one JSON object on stdout (the summary goes to stderr)")
-	fs.BoolVar(&quiet, "quiet", false, "no progress lines on stderr")
+	out := outputFlags(fs)
 	fs.Parse(args)
 	if table != "" {
-		if err := printWALTable(table); err != nil {
-			log.Print(err)
-			return 1
-		}
-		return 0
+		return printTable(table, report.WriteWALTable)
 	}
 	cfg.Shape = bench.Shape(shape)
-	cl.Regions = strings.Split(regions, ",")
+	cl.Regions = cluster.Cycle(strings.Split(regions, ","), nodes)
 	cl.Flags = strings.Fields(nodeFlags)
-	if !quiet {
-		cfg.Logf = log.Printf
-	}
+	cfg.Logf = out.logf()
 	checkFileLimit(cfg.Subs)
-
-	return runScenario(cfg.Budget(), jsonOut, func(ctx context.Context) (*bench.WALResult, error) { return bench.RunWAL(ctx, cfg) })
-}
-
-// printWALTable reads WAL results, one JSON object per line, and prints
-// them as a table.
-func printWALTable(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	var results []bench.WALResult
-	dec := json.NewDecoder(f)
-	for {
-		var r bench.WALResult
-		if err := dec.Decode(&r); err == io.EOF {
-			break
-		} else if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		results = append(results, r)
-	}
-	return bench.WriteWALTable(os.Stdout, results)
+	return runScenario(out, cfg.Budget(), func(ctx context.Context) (*bench.WALResult, error) { return bench.RunWAL(ctx, cfg) })
 }

@@ -46,7 +46,12 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	set := metrics.NewSet()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	auth, err := wal.NewAuthorizer(ctx, o.databaseURL, o.publication)
+	ac := wal.AuthorizerConfig{URL: o.databaseURL, Publication: o.publication, CatalogPoll: o.catalogPoll, Logger: log, Metrics: set}
+	if !srv.Open() {
+		// A REVOKE closes the channels it cuts off, with the reason.
+		ac.OnCatalogChange = srv.RecheckChanges
+	}
+	auth, err := wal.StartAuthorizer(ctx, ac)
 	if err != nil {
 		return nil, err
 	}
@@ -68,6 +73,8 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 			Publication: o.publication,
 			Slot:        o.slot,
 			MaxSlotLag:  o.maxSlotLag,
+			TxMemory:    o.txMemory,
+			SpillDir:    o.spillDir,
 			Logger:      log,
 			Metrics:     set,
 		},
@@ -77,6 +84,7 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	}
 	if !srv.Open() {
 		cfg.Authorize = auth.Authorize
+		cfg.CatalogChanged = auth.CatalogChanged
 	} else {
 		log.Warn("postgres_changes run open: without --jwt-secret every subscriber gets every change of the tables it subscribes to (no privileges, no row-level security)")
 	}

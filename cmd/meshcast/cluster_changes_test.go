@@ -55,13 +55,16 @@ type rowStream struct {
 }
 
 // streamRows reads c's postgres_changes on its own goroutine, which ends
-// (and is waited for) in t.Cleanup.
-func streamRows(t *testing.T, c *wsClient) *rowStream {
+// (and is waited for) in t.Cleanup, or after a minute without a frame.
+func streamRows(t *testing.T, c *wsClient) *rowStream { return streamRowsIdle(t, c, time.Minute) }
+
+// streamRowsIdle is streamRows ending after idle without a frame.
+func streamRowsIdle(t *testing.T, c *wsClient, idle time.Duration) *rowStream {
 	s := &rowStream{name: c.name, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		for {
-			f, err := c.readFrame(time.Minute)
+			f, err := c.readFrame(idle)
 			if err != nil {
 				s.mu.Lock()
 				s.err = err

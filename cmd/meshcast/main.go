@@ -27,6 +27,7 @@ import (
 
 	"github.com/meshcast/meshcast/edge"
 	"github.com/meshcast/meshcast/mesh"
+	"github.com/meshcast/meshcast/mesh/gossipnet"
 	"github.com/meshcast/meshcast/wal"
 )
 
@@ -96,15 +97,25 @@ type options struct {
 	probeInterval time.Duration
 	probeTimeout  time.Duration
 	suspicionMult int
+	// What a peer without the cluster secret may cost (mesh/gossipnet,
+	// mesh/quicgate).
+	gossipPending       int
+	gossipStreamBytes   int
+	gossipStreamTimeout time.Duration
+	meshHandshakes      int
 
 	// Postgres changes
 	databaseURL    string
 	publication    string
 	slot           string
 	maxSlotLag     int64
+	txMemory       int64
+	spillDir       string
 	databaseRegion string
+	catalogPoll    time.Duration
 	demoTodos      bool
 	schema         schemaFlags // the realtime schema (rtschema.go)
+	policy         policyFlags // private channels' policy checks (chanpolicy.go)
 
 	// benchmarks
 	emulateWAN string
@@ -152,6 +163,9 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "max client connections on this node (0 = off)")
+	fs.Float64Var(&c.AddressShare, "address-share", c.AddressShare, "share of --max-connections (and of --webtransport-max-handshakes) one client address, IPv4 or IPv6 /64, may hold; past it its new connections are refused (0 or 1 = no per-address bound)")
+	fs.IntVar(&c.MaxHandshakes, "webtransport-max-handshakes", c.MaxHandshakes, "QUIC handshakes in progress on the WebTransport port; past half of it clients must validate their address (QUIC Retry), past it they are refused; a connection counts against --max-connections once its handshake completes (0 = off)")
+	fs.IntVar(&c.WebTransportWindow, "webtransport-receive-window", c.WebTransportWindow, "most bytes a WebTransport client may have sent that the node has not read, per connection and per stream; streams start at 64 KiB and grow only as the node reads (0 = quic-go's 15 MiB / 6 MiB)")
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "max bytes of one WebSocket message or REST body (0 = off)")
 	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", c.MaxPayloadBytes, "max bytes of one broadcast payload (0 = off)")
 	fs.IntVar(&c.MaxTopicBytes, "max-topic-bytes", c.MaxTopicBytes, "max bytes of a topic, \"realtime:\" included; realtime-js's binary frames carry at most 255 (0 = off)")
@@ -192,11 +206,18 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.DurationVar(&o.probeInterval, "gossip-probe-interval", 0, "cluster: failure-detector probe interval (0: 125ms with --gossip-profile lan, 5s with wan)")
 	fs.DurationVar(&o.probeTimeout, "gossip-probe-timeout", 0, "cluster: how long a direct probe waits before other nodes are asked to probe too; must exceed the round trip to every member (0: half the probe interval with lan, 3s with wan)")
 	fs.IntVar(&o.suspicionMult, "gossip-suspicion-mult", 0, "cluster: probe intervals a suspected node has to refute before it is declared dead (0: with lan enough for 1.375s, at least 3: 11 at 125ms; 6 with wan); with the lan defaults a crashed node's presence leaves reach the other nodes' clients within 2s")
+	fs.IntVar(&o.gossipPending, "gossip-max-pending-streams", gossipnet.DefaultMaxPendingStreams, "cluster: inbound gossip streams checked at once before they prove the cluster key; past it the oldest of the address with the most is dropped")
+	fs.IntVar(&o.gossipStreamBytes, "gossip-max-stream-bytes", gossipnet.DefaultMaxStreamBytes, "cluster: largest first message an inbound gossip stream may announce (memberlist push/pull state, ~300 bytes per member)")
+	fs.DurationVar(&o.gossipStreamTimeout, "gossip-stream-timeout", gossipnet.DefaultStreamTimeout, "cluster: time an inbound gossip stream has to deliver its first message, sealed with the cluster key")
+	fs.IntVar(&o.meshHandshakes, "mesh-max-handshakes", mesh.DefaultMaxHandshakes, "cluster: inbound mesh connections whose peer has not authenticated yet; past half of it new ones must validate their address (QUIC Retry), past it they are refused")
 	fs.StringVar(&o.databaseURL, "database-url", "", "Postgres changes: `postgres://user:pass@host:port/db` to stream changes from (logical replication; see README); empty: no postgres_changes")
 	fs.StringVar(&o.publication, "publication", wal.DefaultPublication, "Postgres changes: publication whose tables are streamed (created FOR ALL TABLES when missing)")
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
+	fs.Int64Var(&o.txMemory, "wal-tx-memory", wal.DefaultTxMemory, "Postgres changes: bytes of decoded changes the reading node holds in memory for transactions not yet routed; a transaction's changes past it wait in a temporary file in --wal-spill-dir, and the reader pauses while half of it is taken; -1: no bound")
+	fs.StringVar(&o.spillDir, "wal-spill-dir", "", "Postgres changes: directory of the temporary files of transactions larger than --wal-tx-memory (unlinked at once, gone with the process; default $TMPDIR or /tmp)")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list")
+	fs.DurationVar(&o.catalogPoll, "catalog-poll", time.Second, "Postgres changes: how often each node polls the catalog for what no event trigger reports (role membership, BYPASSRLS), and for every grant, policy, publication and column change when the database user cannot create the event trigger (not a superuser; see README)")
 	fs.IntVar(&c.MaxBindingsPerJoin, "max-bindings-per-join", c.MaxBindingsPerJoin, "Postgres changes: max postgres_changes bindings in one channel join (0 = off)")
 	fs.IntVar(&c.MaxBindingsPerConn, "max-bindings-per-conn", c.MaxBindingsPerConn, "Postgres changes: max postgres_changes bindings of one connection's channels together (0 = off)")
 	fs.IntVar(&c.MaxFilterBytes, "max-filter-bytes", c.MaxFilterBytes, "Postgres changes: max bytes of one binding's filter, and of its select's column names together (0 = off)")
@@ -205,6 +226,7 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
 	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply the SQL of meshcast "+schemaSQLCommand+" instead; see README)")
 	o.schema.register(fs)
+	o.policy.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	for name, v := range flyDefaults(os.Getenv) {
 		if f := fs.Lookup(name); f != nil {
@@ -253,6 +275,9 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 		return nil, errors.New("--demo-todos is for make run-pg's open demo node: it needs --database-url and no --jwt-secret")
 	}
 	if err := o.schema.check(); err != nil {
+		return nil, err
+	}
+	if err := o.policy.check(); err != nil {
 		return nil, err
 	}
 	if o.clustered() && o.clusterSecret == "" {
@@ -313,9 +338,20 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if o.clustered() {
 		o.edge.NodeID = mesh.NewID(name)
 	}
+	policy, err := newChannelPolicy(o, log)
+	if err != nil {
+		return err
+	}
+	if policy != nil {
+		defer policy.close() // after the server's shutdown
+		o.edge.ChannelPolicy = policy
+	}
 	srv, err := edge.New(o.edge)
 	if err != nil {
 		return err
+	}
+	if policy != nil {
+		srv.AddMetrics(policy.set)
 	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -470,9 +506,11 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 		ClusterSecret:   []byte(o.clusterSecret),
 		Strategy:        strategy,
 		Gossip:          mesh.GossipConfig{Profile: o.gossipProfile, ProbeInterval: o.probeInterval, ProbeTimeout: o.probeTimeout, SuspicionMult: o.suspicionMult},
+		MaxHandshakes:   o.meshHandshakes,
 		Database:        changes.database(),
 		Logger:          log,
 	}
+	mcfg.Gossip.MaxPendingStreams, mcfg.Gossip.MaxStreamBytes, mcfg.Gossip.StreamTimeout = o.gossipPending, o.gossipStreamBytes, o.gossipStreamTimeout
 	if o.wan, err = emulateWAN(o, &mcfg, srv, log); err != nil {
 		return nil, err
 	}

@@ -17,6 +17,18 @@
 // connection is closed once that frame is written. Frames shared between
 // many queues (one broadcast to many subscribers) are never copied.
 //
+// Frames of a stream with flow control (Postgres changes, which come from a
+// durable log that can wait) go in with PushChange instead: they never
+// overflow the queue. While ChangeLimit bytes of them wait, PushChange
+// queues nothing and reports Full; the sender waits on Room, which opens
+// when the writer takes the queue, and pushes again. Only a queue whose
+// writer made no progress (took nothing, and reported no Progress) for
+// Stall is given up on: that PushChange closes it as a slow consumer
+// (Stalled). Change bytes do not
+// count against Limit, so a subscriber busy with changes still has the
+// whole Limit for broadcasts; the queue holds at most Limit + ChangeLimit
+// (plus one frame).
+//
 // Beside the frames, a queue has a small datagram lane for transports that
 // can send unreliable datagrams (WebTransport): PushDatagram never
 // overflows the queue; a full lane drops its oldest datagram (latest-wins
@@ -77,6 +89,13 @@ const (
 	Overflow
 	// Rejected: the queue is closing or closed; the frame was dropped.
 	Rejected
+	// Full: PushChange queued nothing: ChangeLimit bytes of changes wait.
+	// Wait on Room and push again.
+	Full
+	// Stalled: PushChange found the queue full of changes and its writer
+	// without progress for Stall: the client stopped reading. The queue is
+	// now Closing as a slow consumer, as with Overflow.
+	Stalled
 )
 
 // Queue is one connection's outbound queue. The zero value is not usable;
@@ -93,6 +112,9 @@ type Queue struct {
 	clock    func() int64
 	overflow []byte
 
+	changeLimit int
+	stall       int64
+
 	mu         sync.Mutex
 	state      State
 	frames     [][]byte
@@ -102,6 +124,15 @@ type Queue struct {
 	closeFrame []byte
 	overflowed bool
 	lastTake   int64
+
+	// Flow control of PushChange: the bytes of its frames in frames, those
+	// the writer took last (what a Requeue may put back), the clock
+	// reading of the writer's last progress (its start or a Take), and the
+	// channel Room hands out, closed at the next Take.
+	changeBytes int
+	takenChange int
+	progress    int64
+	room        chan struct{}
 
 	datagramLimit int
 	datagrams     [][]byte
@@ -125,6 +156,15 @@ type Options struct {
 	// DatagramLimit is how many datagrams the datagram lane holds (0:
 	// DefaultDatagramLimit).
 	DatagramLimit int
+	// ChangeLimit bounds the bytes of PushChange's frames waiting in the
+	// queue: past it PushChange reports Full (0: no bound, PushChange
+	// always queues).
+	ChangeLimit int
+	// Stall is how long, in Clock units, a queue full of changes may go
+	// without its writer taking anything before PushChange closes it as
+	// a slow consumer (0, or no Clock: never; the sender waits until the
+	// writer takes or the queue closes).
+	Stall int64
 }
 
 // DefaultDatagramLimit is the datagram lane's size when Options leave it 0.
@@ -135,7 +175,18 @@ func New(o Options) *Queue {
 	if o.DatagramLimit <= 0 {
 		o.DatagramLimit = DefaultDatagramLimit
 	}
-	return &Queue{limit: o.Limit, hold: o.Hold, clock: o.Clock, overflow: o.OverflowClose, datagramLimit: o.DatagramLimit}
+	return &Queue{limit: o.Limit, hold: o.Hold, clock: o.Clock, overflow: o.OverflowClose, datagramLimit: o.DatagramLimit,
+		changeLimit: o.ChangeLimit, stall: o.Stall}
+}
+
+// closedRoom is what Room returns when there is room already.
+var closedRoom = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (q *Queue) now() int64 {
+	if q.clock == nil {
+		return 0
+	}
+	return q.clock()
 }
 
 // State returns the queue's state.
@@ -162,7 +213,8 @@ func (q *Queue) Push(f []byte) (r Result, start bool) {
 	case Closing, Closed:
 		return Rejected, false
 	}
-	if q.limit > 0 && q.bytes > 0 && q.bytes+len(f) > q.limit {
+	// Changes wait for room instead of overflowing: they do not count.
+	if other := q.bytes - q.changeBytes; q.limit > 0 && other > 0 && other+len(f) > q.limit {
 		q.overflowed = true
 		return Overflow, q.closeLocked(q.overflow, true)
 	}
@@ -171,11 +223,85 @@ func (q *Queue) Push(f []byte) (r Result, start bool) {
 	return q.wakeLocked()
 }
 
+// PushChange queues a frame of a stream with flow control. It never
+// blocks and never overflows: with ChangeLimit bytes of changes queued it
+// queues nothing and returns Full (wait on Room, then push again), or,
+// when the writer has taken nothing for Stall, Stalled: the queue is
+// closing as a slow consumer. Whenever start is true the caller holds the
+// writer role and must start the writer, as with Push.
+func (q *Queue) PushChange(f []byte) (r Result, start bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch q.state {
+	case Closing, Closed:
+		return Rejected, false
+	}
+	if q.changeFull(len(f)) {
+		if q.stall > 0 && q.clock != nil && q.now()-q.progress >= q.stall {
+			q.overflowed = true
+			return Stalled, q.closeLocked(q.overflow, true)
+		}
+		return Full, false
+	}
+	q.frames = append(q.frames, f)
+	q.bytes += len(f)
+	q.changeBytes += len(f)
+	return q.wakeLocked()
+}
+
+// changeFull reports whether a change of n bytes must wait. A queue
+// without changes always takes one, however large.
+func (q *Queue) changeFull(n int) bool {
+	return q.changeLimit > 0 && q.changeBytes > 0 && q.changeBytes+n > q.changeLimit
+}
+
+// Room returns a channel closed once a change of n bytes may be pushed:
+// at the writer's next Take, or when the queue closes (already closed
+// when it may be pushed now), and how long, in Clock units, until a
+// PushChange finding the queue still full would close it as stalled (0
+// when it would not).
+func (q *Queue) Room(n int) (room <-chan struct{}, stallIn int64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.state == Closing || q.state == Closed || !q.changeFull(n) {
+		return closedRoom, 0
+	}
+	if q.room == nil {
+		q.room = make(chan struct{})
+	}
+	if q.stall > 0 && q.clock != nil {
+		stallIn = max(q.progress+q.stall-q.now(), 1)
+	}
+	return q.room, stallIn
+}
+
+// Progress records that the writer got something written: a writer that
+// writes a large batch in pieces to a slow client is not stalled while the
+// pieces go out.
+func (q *Queue) Progress() {
+	if q.clock == nil {
+		return
+	}
+	now := q.clock()
+	q.mu.Lock()
+	q.progress = now
+	q.mu.Unlock()
+}
+
+// openRoomLocked wakes the senders waiting on Room.
+func (q *Queue) openRoomLocked() {
+	if q.room != nil {
+		close(q.room)
+		q.room = nil
+	}
+}
+
 // wakeLocked gives a queue that just got something its writer.
 func (q *Queue) wakeLocked() (Result, bool) {
 	if q.state != Idle {
 		return Queued, false
 	}
+	q.progress = q.now() // a writer is about to start (or be scheduled)
 	if q.hold != nil && q.hold(q.lastTake) {
 		q.state = Held
 		return Queued, false
@@ -254,6 +380,8 @@ func (q *Queue) Take() Batch {
 		b.Close = q.closeFrame
 	}
 	q.frames, q.spare, q.bytes, q.partial = q.spare[:0], nil, 0, false
+	q.takenChange, q.changeBytes = q.changeBytes, 0
+	q.openRoomLocked()
 	if len(q.datagrams) > 0 {
 		// The writer is done with the datagrams of its previous Take.
 		clear(q.dspare)
@@ -262,6 +390,7 @@ func (q *Queue) Take() Batch {
 	}
 	if q.clock != nil {
 		q.lastTake = q.clock()
+		q.progress = q.lastTake
 	}
 	return b
 }
@@ -309,6 +438,10 @@ func (q *Queue) Requeue(rest [][]byte, began bool) {
 	}
 	q.frames = append(rest, q.frames...)
 	q.bytes += n
+	// The rest may hold changes: count it as changes up to what was
+	// taken, so that it never makes a broadcast overflow.
+	q.changeBytes += min(n, q.takenChange)
+	q.takenChange = 0
 	q.partial = began
 }
 
@@ -330,6 +463,7 @@ func (q *Queue) closeLocked(frame []byte, drop bool) (start bool) {
 	start = q.state == Idle || q.state == Held
 	q.state = Closing
 	q.closeFrame = frame
+	q.openRoomLocked()
 	// Datagrams are unreliable by definition: a closing connection sends
 	// none of those still waiting.
 	clear(q.datagrams)
@@ -341,7 +475,7 @@ func (q *Queue) closeLocked(frame []byte, drop bool) (start bool) {
 		}
 		clear(q.frames[keep:])
 		q.frames = q.frames[:keep]
-		q.bytes = 0
+		q.bytes, q.changeBytes = 0, 0
 		if keep == 1 {
 			q.bytes = len(q.frames[0])
 		}
@@ -366,6 +500,8 @@ func (q *Queue) Finish() bool {
 		return false
 	}
 	q.state = Closed
+	q.openRoomLocked()
+	q.changeBytes, q.takenChange = 0, 0
 	clear(q.frames)
 	clear(q.datagrams)
 	clear(q.dspare)

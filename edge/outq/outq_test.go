@@ -382,3 +382,195 @@ func TestHeldQueueFlushesDatagrams(t *testing.T) {
 		t.Fatalf("datagrams %v", got)
 	}
 }
+
+// fakeClock is a Clock the test moves.
+type fakeClock struct{ t int64 }
+
+func (c *fakeClock) now() int64 { return c.t }
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// Changes fill the queue up to ChangeLimit, then wait: nothing is
+// queued, nothing overflows, and Room opens when the writer takes them.
+func TestPushChangeWaitsForRoom(t *testing.T) {
+	clk := &fakeClock{}
+	q := New(Options{Limit: 100, ChangeLimit: 10, Stall: 50, Clock: clk.now, OverflowClose: closeFrame})
+	if r, start := q.PushChange(frame("aaaa")); r != Start || !start {
+		t.Fatalf("first change: %v start=%v", r, start)
+	}
+	if r, _ := q.PushChange(frame("bbbbbb")); r != Queued {
+		t.Fatalf("second change (at the limit): %v", r)
+	}
+	room, stallIn := q.Room(1)
+	if isClosed(room) || stallIn != 50 {
+		t.Fatalf("room open=%v stallIn=%d with 10 bytes of changes queued, want closed room, 50 left", isClosed(room), stallIn)
+	}
+	if r, _ := q.PushChange(frame("c")); r != Full {
+		t.Fatalf("change past the limit: %v, want Full", r)
+	}
+	if q.Len() != 10 || q.Overflowed() {
+		t.Fatalf("len %d overflowed %v", q.Len(), q.Overflowed())
+	}
+	clk.t = 30
+	b := q.Take()
+	if !isClosed(room) {
+		t.Fatal("Take did not open the room")
+	}
+	if got := names(b.Frames); !slices.Equal(got, []string{"aaaa", "bbbbbb"}) {
+		t.Fatalf("take: %v", got)
+	}
+	if room, _ := q.Room(1); !isClosed(room) {
+		t.Fatal("Room of a queue with room is not open")
+	}
+	if r, _ := q.PushChange(frame("c")); r != Queued {
+		t.Fatalf("change after the take: %v", r)
+	}
+	// The stall clock runs from the last Take.
+	q.PushChange(frame("ddddddddd"))
+	if _, stallIn := q.Room(1); stallIn != 50 {
+		t.Fatalf("stallIn %d after a take at 30, want 50", stallIn)
+	}
+}
+
+// A change into a queue without changes is queued whatever its size, so
+// one change larger than the limit still goes out.
+func TestPushChangeTakesOneLargeChange(t *testing.T) {
+	q := New(Options{ChangeLimit: 4})
+	if r, _ := q.PushChange(frame("0123456789")); r != Start {
+		t.Fatalf("large change into an empty queue: %v", r)
+	}
+	if r, _ := q.PushChange(frame("x")); r != Full {
+		t.Fatalf("next change: %v, want Full", r)
+	}
+}
+
+// Changes do not count against Limit: a subscriber whose queue is full of
+// changes still has the whole Limit for broadcasts, and broadcasts keep
+// their slow-consumer rule.
+func TestChangesDoNotOverflowBroadcasts(t *testing.T) {
+	q := New(Options{Limit: 10, ChangeLimit: 10, OverflowClose: closeFrame})
+	q.PushChange(frame("cccccccccc"))
+	if r, _ := q.Push(frame("bbbbbbbb")); r != Queued {
+		t.Fatalf("broadcast beside 10 bytes of changes: %v, want Queued", r)
+	}
+	if r, _ := q.PushChange(frame("c")); r != Full {
+		t.Fatalf("change: %v, want Full", r)
+	}
+	if r, _ := q.Push(frame("bbb")); r != Overflow {
+		t.Fatalf("broadcasts past Limit: %v, want Overflow", r)
+	}
+}
+
+// A writer that took nothing for Stall while changes wait is a client
+// that stopped reading: the next PushChange closes the queue as a slow
+// consumer, and waiters see the room open (and the queue closed).
+func TestPushChangeClosesAStalledQueue(t *testing.T) {
+	clk := &fakeClock{t: 1000}
+	q := New(Options{ChangeLimit: 4, Stall: 100, Clock: clk.now, OverflowClose: closeFrame})
+	q.PushChange(frame("aaaa"))
+	q.Take() // the writer is now stuck writing aaaa
+	q.PushChange(frame("bbbb"))
+	room, stallIn := q.Room(1)
+	if stallIn != 100 {
+		t.Fatalf("stallIn %d", stallIn)
+	}
+	clk.t = 1099
+	if r, _ := q.PushChange(frame("c")); r != Full {
+		t.Fatalf("before Stall: %v, want Full", r)
+	}
+	if _, stallIn := q.Room(1); stallIn != 1 {
+		t.Fatalf("stallIn %d at 1099, want 1", stallIn)
+	}
+	clk.t = 1100
+	if r, start := q.PushChange(frame("c")); r != Stalled || start {
+		t.Fatalf("after Stall: %v start=%v, want Stalled with the writer still running", r, start)
+	}
+	if !isClosed(room) || q.State() != Closing || !q.Overflowed() {
+		t.Fatalf("room open=%v state %v overflowed %v", isClosed(room), q.State(), q.Overflowed())
+	}
+	if r, _ := q.PushChange(frame("d")); r != Rejected {
+		t.Fatalf("change after the close: %v", r)
+	}
+	if b := q.Take(); len(b.Frames) != 0 || string(b.Close) != "CLOSE" {
+		t.Fatalf("take after stall: %v close %q: queued changes must be dropped and the close frame sent", names(b.Frames), b.Close)
+	}
+}
+
+// A queue idle for long that fills with changes before its writer's
+// first Take is not stalled: the stall clock starts with the writer.
+func TestPushChangeStallClockStartsWithTheWriter(t *testing.T) {
+	clk := &fakeClock{}
+	q := New(Options{ChangeLimit: 4, Stall: 100, Clock: clk.now})
+	q.PushChange(frame("a"))
+	q.Release(q.Take().Frames) // idle again
+	clk.t = 1_000_000
+	q.PushChange(frame("aaaa"))
+	if r, _ := q.PushChange(frame("b")); r != Full {
+		t.Fatalf("%v, want Full (not Stalled) right after the writer started", r)
+	}
+}
+
+// The unwritten rest of a batch that held changes counts as changes
+// again, so it cannot make broadcasts overflow.
+func TestRequeueCountsChanges(t *testing.T) {
+	q := New(Options{Limit: 4, ChangeLimit: 8, OverflowClose: closeFrame})
+	q.PushChange(frame("cccccccc"))
+	b := q.Take()
+	q.Requeue([][]byte{b.Frames[0][3:]}, true)
+	if r, _ := q.Push(frame("bbbb")); r != Queued {
+		t.Fatalf("broadcast after a requeue of changes: %v, want Queued", r)
+	}
+	if r, _ := q.PushChange(frame("cccc")); r != Full {
+		t.Fatalf("change after a requeue of 5 change bytes: %v, want Full", r)
+	}
+}
+
+// Closing or finishing a queue opens its room: a waiting sender sees the
+// queue gone instead of waiting for a Take that never comes.
+func TestCloseOpensRoom(t *testing.T) {
+	for _, close := range []func(q *Queue){
+		func(q *Queue) { q.Close(closeFrame, false) },
+		func(q *Queue) { q.Finish() },
+	} {
+		q := New(Options{ChangeLimit: 1})
+		q.PushChange(frame("a"))
+		room, _ := q.Room(1)
+		close(q)
+		if !isClosed(room) {
+			t.Fatal("room not opened by close")
+		}
+		if r, _ := q.PushChange(frame("b")); r != Rejected {
+			t.Fatalf("push after close: %v", r)
+		}
+	}
+}
+
+// A writer that reports Progress is not stalled while a large batch goes
+// out in pieces.
+func TestProgressDefersTheStall(t *testing.T) {
+	clk := &fakeClock{}
+	q := New(Options{ChangeLimit: 4, Stall: 100, Clock: clk.now})
+	q.PushChange(frame("aaaa"))
+	q.Take()
+	q.PushChange(frame("bbbb"))
+	clk.t = 90
+	q.Progress()
+	clk.t = 150
+	if r, _ := q.PushChange(frame("c")); r != Full {
+		t.Fatalf("%v at 150 after progress at 90, want Full", r)
+	}
+	if _, stallIn := q.Room(1); stallIn != 40 {
+		t.Fatalf("stallIn %d, want 40", stallIn)
+	}
+	clk.t = 190
+	if r, _ := q.PushChange(frame("c")); r != Stalled {
+		t.Fatalf("%v at 190, want Stalled", r)
+	}
+}

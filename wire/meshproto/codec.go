@@ -67,73 +67,7 @@ func Decode(b []byte, maxFrame int) (f Frame, n int, err error) {
 		return nil, n, fmt.Errorf("%w: %d in %v frame, want %d", ErrVersion, v, t, Version)
 	}
 	r := reader{b: b[headerLen:n]}
-	// A switch, not a method of Frame, so that r stays on the stack.
-	switch t {
-	case TypeHello:
-		x := new(Hello)
-		x.decode(&r)
-		f = x
-	case TypePing:
-		x := new(Ping)
-		x.decode(&r)
-		f = x
-	case TypePong:
-		x := new(Pong)
-		x.decode(&r)
-		f = x
-	case TypeInterestAdd:
-		x := new(InterestAdd)
-		x.decode(&r)
-		f = x
-	case TypeInterestRemove:
-		x := new(InterestRemove)
-		x.decode(&r)
-		f = x
-	case TypeInterestSnapshot:
-		x := new(InterestSnapshot)
-		x.decode(&r)
-		f = x
-	case TypeBroadcast:
-		x := new(Broadcast)
-		x.decode(&r)
-		f = x
-	case TypePresenceDelta:
-		x := new(PresenceDelta)
-		x.decode(&r)
-		f = x
-	case TypePresenceSnapshot:
-		x := new(PresenceSnapshot)
-		x.decode(&r)
-		f = x
-	case TypePresenceSyncRequest:
-		x := new(PresenceSyncRequest)
-		x.decode(&r)
-		f = x
-	case TypeSubRegister:
-		x := new(SubRegister)
-		x.decode(&r)
-		f = x
-	case TypeSubUnregister:
-		x := new(SubUnregister)
-		x.decode(&r)
-		f = x
-	case TypeSubAck:
-		x := new(SubAck)
-		x.decode(&r)
-		f = x
-	case TypeChanges:
-		x := new(Changes)
-		x.decode(&r)
-		f = x
-	case TypeChangesAck:
-		x := new(ChangesAck)
-		x.decode(&r)
-		f = x
-	case TypeSubSync:
-		x := new(SubSync)
-		x.decode(&r)
-		f = x
-	default:
+	if f = decodeBody(t, &r); f == nil {
 		return nil, n, fmt.Errorf("%w: %d", ErrUnknownType, uint8(t))
 	}
 	if r.err == "" && len(r.b) > 0 {
@@ -143,6 +77,79 @@ func Decode(b []byte, maxFrame int) (f Frame, n int, err error) {
 		return nil, n, fmt.Errorf("%w: %v: %s", ErrMalformed, t, r.err)
 	}
 	return f, n, nil
+}
+
+// decodeBody decodes the body of a frame of type t, or returns nil for a
+// type it does not know. A switch, not a method of Frame, so that r stays on
+// the stack.
+func decodeBody(t Type, r *reader) Frame {
+	switch t {
+	case TypeHello:
+		x := new(Hello)
+		x.decode(r)
+		return x
+	case TypePing:
+		x := new(Ping)
+		x.decode(r)
+		return x
+	case TypePong:
+		x := new(Pong)
+		x.decode(r)
+		return x
+	case TypeInterestAdd:
+		x := new(InterestAdd)
+		x.decode(r)
+		return x
+	case TypeInterestRemove:
+		x := new(InterestRemove)
+		x.decode(r)
+		return x
+	case TypeInterestSnapshot:
+		x := new(InterestSnapshot)
+		x.decode(r)
+		return x
+	case TypeBroadcast:
+		x := new(Broadcast)
+		x.decode(r)
+		return x
+	case TypePresenceDelta:
+		x := new(PresenceDelta)
+		x.decode(r)
+		return x
+	case TypePresenceSnapshot:
+		x := new(PresenceSnapshot)
+		x.decode(r)
+		return x
+	case TypePresenceSyncRequest:
+		x := new(PresenceSyncRequest)
+		x.decode(r)
+		return x
+	case TypeSubRegister:
+		x := new(SubRegister)
+		x.decode(r)
+		return x
+	case TypeSubUnregister:
+		x := new(SubUnregister)
+		x.decode(r)
+		return x
+	case TypeSubAck:
+		x := new(SubAck)
+		x.decode(r)
+		return x
+	case TypeChanges:
+		x := new(Changes)
+		x.decode(r)
+		return x
+	case TypeChangesAck:
+		x := new(ChangesAck)
+		x.decode(r)
+		return x
+	case TypeSubSync:
+		x := new(SubSync)
+		x.decode(r)
+		return x
+	}
+	return nil
 }
 
 // ReadFrame reads one frame from r, in buf when it has the capacity, and

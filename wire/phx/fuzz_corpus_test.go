@@ -38,6 +38,7 @@ func TestWriteCorpus(t *testing.T) {
 	for name, s := range protocolFrames {
 		fuzzcorpus.Write(t, "FuzzDecodeText", name+"-v2", true, []byte(s))
 		fuzzcorpus.Write(t, "FuzzDecodeText", name+"-v1", false, []byte(s))
+		fuzzcorpus.Write(t, "FuzzScanV2", name, []byte(s))
 	}
 	bin := map[string][]byte{
 		"supabase-js-kind3": captureKind3,
@@ -49,6 +50,13 @@ func TestWriteCorpus(t *testing.T) {
 	}
 	for name, b := range bin {
 		fuzzcorpus.Write(t, "FuzzDecodeBinary", name, b)
+	}
+	for name, b := range map[string][]byte{
+		"kind4-relayed": AppendUserBroadcast(nil, "realtime:room1", "cursor", nil, EncJSON, []byte(`{"x":42}`)),
+		"kind4-meta":    AppendUserBroadcast(nil, "realtime:room1", "m", []byte(`{"id":"m1"}`), EncBytes, []byte{0, 0xff}),
+		"kind3":         captureKind3,
+	} {
+		fuzzcorpus.Write(t, "FuzzDecodeUserBroadcast", name, b)
 	}
 	for i, s := range []string{"realtime:room1", "Unauthorized: You do not have permissions to read from this Channel topic: room1", "é日本😀\u2028", "a\xe2\x82b\x00"} {
 		fuzzcorpus.Write(t, "FuzzAppendString", fmt.Sprint(i), s)
