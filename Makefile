@@ -132,6 +132,7 @@ FUZZ_TARGETS := \
 	./wire/phx:FuzzScanV2 ./wire/phx:FuzzDecodeUserBroadcast \
 	./wire/meshproto:FuzzDecode ./wire/meshproto:FuzzReadFrame \
 	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister ./wal:FuzzJSONB \
+	./wal/dbcast:FuzzDecode \
 	./edge:FuzzWTFrameReader ./edge:FuzzWSReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
 	./edge:FuzzPresenceTrack ./edge:FuzzRESTBroadcast \
 	./mesh:FuzzAssembler ./mesh:FuzzDecodeMeta ./mesh:FuzzHello \

@@ -36,6 +36,11 @@ const (
 	// a row level security policy lets a user see the rows of its team,
 	// 1/Teams of the table. Needs JWTSecret.
 	ShapeRLS Shape = "rls"
+	// ShapeDBCast: broadcasts from the database. The writer calls
+	// realtime.send(…, private false) for each row, on topic k = row mod
+	// Topics; subscriber i joins topic i mod Topics (no binding) and gets
+	// the rows of its topic as broadcasts.
+	ShapeDBCast Shape = "dbcast"
 )
 
 // WALConfig describes one run of the Postgres changes benchmark (meshbench
@@ -108,7 +113,8 @@ func (cfg WALConfig) withDefaults() (WALConfig, error) {
 	orDefault(&cfg.HandshakeTimeout, 15*time.Second)
 	var errs checks
 	check := errs.ok
-	check(cfg.Shape == ShapeFanout || cfg.Shape == ShapeFiltered || cfg.Shape == ShapeRLS, "unknown shape %q (fanout, filtered or rls)", cfg.Shape)
+	check(cfg.Shape == ShapeFanout || cfg.Shape == ShapeFiltered || cfg.Shape == ShapeRLS || cfg.Shape == ShapeDBCast,
+		"unknown shape %q (fanout, filtered, rls or dbcast)", cfg.Shape)
 	check(cfg.Shape != ShapeRLS || cfg.JWTSecret != "", "the rls shape needs a JWT secret (the nodes' --jwt-secret)")
 	check(cfg.URL == "" || cfg.DatabaseURL != "", "with node URLs, the database URL is needed too")
 	check(cfg.URL != "" || cfg.DatabaseURL == "", "with a database URL, the nodes' URLs are needed too (or neither: the run starts its own)")
@@ -164,6 +170,8 @@ func (cfg *WALConfig) classes() int {
 		return cfg.Teams
 	case ShapeFiltered:
 		return cfg.Keys + 1 // class 0 is no key
+	case ShapeDBCast:
+		return cfg.Topics
 	}
 	return 1
 }
@@ -336,13 +344,17 @@ func (r *walRun) open(ctx context.Context, s *walSub, tokenLife time.Duration) e
 		return fmt.Errorf("dial: %w", err)
 	}
 	j := client.Join{Changes: []string{binding(cfg, s.id)}}
+	until := s.subscribed
+	if cfg.Shape == ShapeDBCast {
+		j.Changes, until = nil, nil // a broadcast channel: live at the join reply
+	}
 	if cfg.JWTSecret != "" {
 		if j.Token, err = userToken(cfg.JWTSecret, s.id, tokenLife); err != nil {
 			c.Close()
 			return err
 		}
 	}
-	if err := client.JoinChannel(c, s.topic, j, cfg.HandshakeTimeout, s.subscribed); err != nil {
+	if err := client.JoinChannel(c, s.topic, j, cfg.HandshakeTimeout, until); err != nil {
 		c.Close()
 		return err
 	}

@@ -165,8 +165,11 @@ func anonKey(secret string, validFor time.Duration) (string, error) {
 // rowTeam is the team (class) of the writer's n-th row in the fanout and
 // rls shapes.
 func rowTeam(cfg *WALConfig, n uint64) int {
-	if cfg.Shape == ShapeRLS {
+	switch cfg.Shape {
+	case ShapeRLS:
 		return int(n % uint64(cfg.Teams))
+	case ShapeDBCast:
+		return int(n % uint64(cfg.Topics))
 	}
 	return 0
 }
@@ -179,6 +182,8 @@ func subClass(cfg *WALConfig, i int) int {
 		return i % cfg.Teams
 	case ShapeFiltered:
 		return i%cfg.Keys + 1
+	case ShapeDBCast:
+		return i % cfg.Topics
 	}
 	return 0
 }
@@ -192,3 +197,7 @@ func binding(cfg *WALConfig, i int) string {
 		return `{"event":"INSERT","schema":"public","table":"` + WALTable(cfg.Shape) + `"}`
 	}
 }
+
+// dbcastTopicPrefix names the dbcast shape's topics (without "realtime:"),
+// as the subscribers' topics are named.
+const dbcastTopicPrefix = "meshbench-wal-"

@@ -37,6 +37,7 @@ type walSub struct {
 
 var (
 	walRecordKey    = []byte(`"record":{`)
+	walPayloadKey   = []byte(`"payload":{`)
 	walErrorsNull   = []byte(`"errors":null`)
 	walWriterKey    = []byte(`"writer":`)
 	walSeqKey       = []byte(`"seq":`)
@@ -58,12 +59,15 @@ type walChange struct {
 // the frame and the pad holds only 'x'.
 func parseWALChange(frame []byte) (walChange, error) {
 	var c walChange
-	i := bytes.Index(frame, walRecordKey)
-	if i < 0 {
+	var rec []byte
+	if i := bytes.Index(frame, walRecordKey); i >= 0 {
+		c.errors = !bytes.Contains(frame, walErrorsNull)
+		rec = frame[i+len(walRecordKey):]
+	} else if i := bytes.Index(frame, walPayloadKey); i >= 0 {
+		rec = frame[i+len(walPayloadKey):] // a broadcast from the database (ShapeDBCast)
+	} else {
 		return c, errNotWALChange
 	}
-	c.errors = !bytes.Contains(frame, walErrorsNull)
-	rec := frame[i+len(walRecordKey):]
 	var err error
 	num := func(key []byte) int64 {
 		j := bytes.Index(rec, key)
@@ -71,7 +75,7 @@ func parseWALChange(frame []byte) (walChange, error) {
 			err = errNotWALChange
 			return 0
 		}
-		v, ok := leadingInt(rec[j+len(key):])
+		v, ok := leadingInt(bytes.TrimLeft(rec[j+len(key):], " "))
 		if !ok {
 			err = errNotWALChange
 		}
@@ -121,7 +125,7 @@ func (s *walSub) OnMessage(op ws.OpCode, b []byte, now int64) {
 	switch {
 	case op != ws.OpText || err != nil:
 		s.odd(b)
-	case string(f.Event) == "postgres_changes":
+	case string(f.Event) == "postgres_changes", string(f.Event) == "broadcast":
 		s.change(f.Payload, now)
 	case string(f.Event) != "phx_reply" || !bytes.Contains(f.Payload, statusOK):
 		s.odd(b)

@@ -162,10 +162,17 @@ func (w *walWriter) loop(ctx context.Context, id int, conn *pgx.Conn, p *pacer) 
 func (w *walWriter) exec(ctx context.Context, conn *pgx.Conn, id int, sent int64, tx *rows) error {
 	table := WALTable(w.cfg.Shape)
 	var err error
-	if w.cfg.Shape == ShapeFiltered {
+	switch w.cfg.Shape {
+	case ShapeDBCast:
+		// One broadcast per row, to its topic, as an app's trigger or
+		// function would send it.
+		_, err = conn.Exec(ctx, `SELECT realtime.send(jsonb_build_object('writer', $1::int, 'seq', u.seq, 'team', u.team,
+			'sent_ns', $2::bigint, 'pad', u.pad), 'row', '`+dbcastTopicPrefix+`' || u.team, false)
+			FROM unnest($3::bigint[], $4::int[], $5::text[]) AS u(seq, team, pad)`, id, sent, tx.seqs, tx.teams, tx.pads)
+	case ShapeFiltered:
 		_, err = conn.Exec(ctx, `UPDATE `+table+` t SET writer = $1, seq = u.seq, sent_ns = $2
 			FROM unnest($3::bigint[], $4::bigint[]) AS u(id, seq) WHERE t.id = u.id`, id, sent, tx.ids, tx.seqs)
-	} else {
+	default:
 		_, err = conn.Exec(ctx, `INSERT INTO `+table+` (id, writer, seq, team, sent_ns, pad)
 			SELECT u.id, $1, u.seq, u.team, $2, u.pad FROM unnest($3::bigint[], $4::bigint[], $5::int[], $6::text[]) AS u(id, seq, team, pad)`,
 			id, sent, tx.ids, tx.seqs, tx.teams, tx.pads)

@@ -85,16 +85,17 @@ func startChangesPair(t *testing.T, pg *pgtest.Server, pc pairConfig) (client, o
 				fc.delayTo(ownerMesh, pc.meshDelay)
 			}
 		}
-		svc := wal.NewService(sc)
-		s.SetChanges(svc, auth)
 		node, err := mesh.New(mc, s)
 		if err != nil {
 			t.Fatal(err)
 		}
+		sc.Bus = walMeshBus{node}
+		svc := wal.NewService(sc)
+		s.SetChanges(svc, auth)
 		if err := s.SetCluster(node); err != nil {
 			t.Fatal(err)
 		}
-		svc.Attach(node)
+		attachWALMesh(node, svc)
 		if err := node.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -212,4 +213,36 @@ func TestChangesJoinReplyMeansLive(t *testing.T) {
 			t.Errorf("join %d: got %s %s", i, got[0].Topic, got[0].Data.Record)
 		}
 	}
+}
+
+// walMeshBus and attachWALMesh connect a wal Service to a mesh node, as
+// cmd/meshcast does.
+type walMeshBus struct{ n *mesh.Node }
+
+func (b walMeshBus) Send(to string, l wal.Lane, frame []byte) bool {
+	return b.n.Send(to, mesh.Lane(l), frame)
+}
+
+func attachWALMesh(n *mesh.Node, s *wal.Service) {
+	n.SetDatabase("db", s.CanRead())
+	for _, t := range wal.FrameTypes {
+		n.Handle(t, s.Receive)
+	}
+	for _, l := range []wal.Lane{wal.LaneControl, wal.LaneChanges} {
+		n.OnResync(mesh.Lane(l), func(peer string, emit func([]byte) error) error {
+			for _, f := range s.Resync(peer, l) {
+				if err := emit(f); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	n.Watch(func(self mesh.Member, members []mesh.Member) {
+		ms := []wal.Member{{ID: self.ID, Name: self.Name, Region: self.Region, DB: self.DB, Reader: self.Reader, Draining: self.Draining}}
+		for _, m := range members {
+			ms = append(ms, wal.Member{ID: m.ID, Name: m.Name, Region: m.Region, DB: m.DB, Reader: m.Reader, Draining: m.Draining})
+		}
+		s.SetMembers(ms)
+	})
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/meshcast/meshcast/wal/dbcast"
 	"github.com/meshcast/meshcast/wire/phx"
 )
 
@@ -36,6 +37,12 @@ type channel struct {
 	// on a node with a secret). Changed with c.mu and t.mu held, read
 	// under either: fan-out skips channels that may not read.
 	grants grants
+
+	// replay is the join's broadcast.replay (nil: none); replayed holds
+	// the IDs it replayed, which the live stream skips (set under t.mu
+	// before the channel gets any broadcast).
+	replay   *replayParams
+	replayed map[string]struct{}
 }
 
 var (
@@ -124,6 +131,12 @@ func (c *conn) join(m *phx.Message) bool {
 		allowed, err := c.ask(false, plan.claims, plan.name, plan.reads)
 		plan.grants, r = decideJoinRead(&plan, allowed, err)
 	}
+	if r == nil && plan.replay != nil && !plan.grants.canRead(ExtBroadcast) {
+		r = joinRefusal("Unauthorized: " + unauthorizedText(plan.name))
+	}
+	if r == nil && plan.replay != nil && c.srv.replay == nil {
+		r = refuseReplayFailed // no database to replay from
+	}
 	if r == nil {
 		if old := c.channels[m.Topic]; old != nil {
 			// A second join of a joined topic replaces the first.
@@ -135,8 +148,7 @@ func (c *conn) join(m *phx.Message) bool {
 	if r != nil {
 		return c.carryOut(r, m, nil)
 	}
-	c.enter(c.newChannel(&plan, m.JoinRef), m, plan.config.PostgresChanges)
-	return true
+	return c.enter(c.newChannel(&plan, m.JoinRef), m, plan.config.PostgresChanges)
 }
 
 // planJoin gathers what the join rules decide on, in their order: the
@@ -183,6 +195,7 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 		holder:          c.srv.holders.Add(1),
 		claims:          plan.claims,
 		grants:          plan.grants,
+		replay:          plan.replay,
 	}
 	if ch.presenceKey == "" {
 		ch.presenceKey = newUUID()
@@ -193,13 +206,32 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 // enter adds a decided channel to its topic and replies to its join m:
 // the reply, presence_state (when presence is on and may be read) and the
 // system message about its postgres_changes bindings go out in that
-// order, ordered with the topic's fan-out. Called with c.mu held.
-func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) {
+// order, ordered with the topic's fan-out, then its replay. Called with
+// c.mu held; false when the connection must stop reading.
+func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) bool {
 	s := c.srv
 	t, ready := s.hub.acquire(ch.key)
 	var changesMsg []byte // the system message about the bindings
 	reply := joinOK
 	held := c.heldBindings()
+	var replayed []dbcast.Message
+	var captured *capture
+	if ch.replay != nil {
+		// Read before the bindings are registered: a replay that fails
+		// refuses the join, as Supabase's does.
+		captured = t.startCapture()
+		c.unlockToWait() // the database's query
+		var err error
+		replayed, err = c.replayFor(ch, ch.replay)
+		c.mu.Lock()
+		if err != nil {
+			t.mu.Lock()
+			t.endCaptureLocked(captured)
+			t.mu.Unlock()
+			s.hub.release(t)
+			return c.carryOut(refuseReplayFailed, m, nil)
+		}
+	}
 	if ready != nil || len(changes) > 0 {
 		// A new topic in a cluster: the presence of the other nodes
 		// arrives before the first presence_state (bounded by the mesh,
@@ -232,8 +264,12 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) {
 		if changesMsg != nil {
 			c.send(ch.joinRef, "", m.Topic, "system", changesMsg)
 		}
+		if captured != nil {
+			ch.sendReplayLocked(t, replayed, captured)
+		}
 	})
 	c.armExpiry(ch)
+	return true
 }
 
 // removeChannel leaves a channel: presence leaves go out, the topic forgets

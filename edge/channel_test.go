@@ -296,7 +296,7 @@ func TestEventRateLimitClosesChannel(t *testing.T) {
 func TestJoinConfigLeniency(t *testing.T) {
 	ts := startServer(t, nil)
 	c := ts.connect(t)
-	c.write(joinFrame("1", "realtime:room1", `{"broadcast":{"self":"true","ack":"true","replay":{"since":1}},"presence":{"enabled":"false"},"postgres_changes":[],"whatever":1}`))
+	c.write(joinFrame("1", "realtime:room1", `{"broadcast":{"self":"true","ack":"true"},"presence":{"enabled":"false"},"postgres_changes":[],"whatever":1}`))
 	if f := c.next(); !jsonEq(f.Payload, `{"status":"ok","response":{"postgres_changes":[]}}`) {
 		t.Fatalf("join: %s", f)
 	}

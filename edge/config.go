@@ -85,6 +85,12 @@ type Config struct {
 	// wait (at most this long) and go out together. 0 writes every frame
 	// at once.
 	WriteCoalesce time.Duration
+	// WebTransportCoalesce is WriteCoalesce for WebTransport sessions,
+	// whose writes cost a QUIC packet each (packing, AES-GCM, a sendmsg,
+	// and the client's ACKs) where a WebSocket's cost a writev: frames
+	// that share a write share packets. If zero, WriteCoalesce applies to
+	// them too.
+	WebTransportCoalesce time.Duration
 
 	// ReadWorkers is how many goroutines read the WebSockets the poller
 	// reports readable (Linux). If zero, one per CPU (GOMAXPROCS), at
@@ -152,6 +158,7 @@ func DefaultConfig() Config {
 		AddressShare:            0.25,
 		MaxHandshakes:           2000,
 		WebTransportWindow:      1 << 20,
+		WebTransportCoalesce:    10 * time.Millisecond,
 		MaxFrameBytes:           5 << 20,
 		MaxPayloadBytes:         3_000_000,
 		MaxTopicBytes:           255,

@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/gobwas/ws"
 	"golang.org/x/time/rate"
@@ -21,7 +22,8 @@ import (
 // non-blocking writev, when the transport has a file descriptor for it (a
 // WebSocket); otherwise, or when the socket is full (or the connection
 // closes), a writer goroutine of its own, which may block and exits when
-// the queue is empty: an idle connection holds no writer goroutine. A full
+// the queue is empty (a WebTransport session's after a moment without
+// frames, see wtwrite.go): an idle connection holds no writer goroutine. A full
 // queue closes the connection (slow consumer) instead of blocking the
 // sender, so one slow client never slows the others; Postgres changes
 // alone wait for room instead (see DeliverChange), bounded by the stall
@@ -50,6 +52,7 @@ type conn struct {
 	// reader is the connection's state in the poller's read workers; nil
 	// when a goroutine of its own reads the connection.
 	reader *wsPollReader
+	linger *writerLinger // a writer waiting for more (WebTransport); nil: writers exit when idle
 
 	// Inbound state, guarded by mu: the reader goroutine and token timers
 	// both change channels.
@@ -80,7 +83,7 @@ func newConn(s *Server, tr transport, ff frameFormat, remote string) *conn {
 	}
 	opts := outq.Options{Limit: s.cfg.queueLimit(), OverflowClose: slowConsumerCloses[ff], DatagramLimit: s.cfg.DatagramQueue,
 		ChangeLimit: s.cfg.changeQueueLimit(), Stall: int64(s.cfg.changeStall()), Clock: s.coalesce.now}
-	if k := s.coalesce; k.every > 0 {
+	if k := s.coalescerFor(tr.kind()); k.every > 0 {
 		opts.Hold = func(last int64) bool { return k.recent(last) && k.add(c) }
 	}
 	c.q = outq.New(opts)
@@ -134,9 +137,13 @@ func (c *conn) flushScheduled() {
 }
 
 // startWriter runs the writer role the caller was handed by the queue: on
-// the write pool, or on a goroutine of its own when the pool is full or
-// the connection is not a socket.
+// a writer still waiting for more (WebTransport), the write pool, or a
+// goroutine of its own when the pool is full or the connection is not a
+// socket.
 func (c *conn) startWriter() {
+	if c.linger != nil && c.linger.handOff() {
+		return
+	}
 	if !c.srv.pool.submit(c) {
 		go c.writer()
 	}
@@ -163,6 +170,7 @@ func (c *conn) startClose(code ws.StatusCode, reason string, drop bool) {
 // again. After the close frame, or a failed write, it shuts the transport
 // (which stops the reader too) and no writer starts again.
 func (c *conn) writeLoop() {
+	var lingerTimer *time.Timer
 	for {
 		b := c.q.Take()
 		batch := b.Frames
@@ -191,7 +199,16 @@ func (c *conn) writeLoop() {
 			// away: yield once before giving the goroutine up.
 			runtime.Gosched()
 		}
-		if !c.q.Release(b.Frames) {
+		if c.q.Release(b.Frames) {
+			continue
+		}
+		if c.linger == nil {
+			return
+		}
+		if lingerTimer == nil {
+			lingerTimer = time.NewTimer(time.Hour)
+		}
+		if !c.linger.linger(lingerTimer, c.writerDone) {
 			return
 		}
 	}

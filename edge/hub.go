@@ -71,6 +71,9 @@ type topic struct {
 	// presenceRate limits track/untrack on this topic (nil = none);
 	// guarded by mu.
 	presenceRate *rate.Limiter
+	// captures gather database broadcasts for joins reading their replay
+	// (dbcast.go); guarded by mu.
+	captures []*capture
 
 	// Guarded by hub.mu.
 	joining int             // joins between acquire and join
@@ -127,6 +130,14 @@ func (h *hub) join(ch *channel, t *topic, then func(t *topic)) {
 	ch.t = t
 	then(t)
 	t.mu.Unlock()
+}
+
+// release gives up a topic acquired for a join that did not happen.
+func (h *hub) release(t *topic) {
+	h.mu.Lock()
+	t.joining--
+	h.mu.Unlock()
+	h.dropIfEmpty(t)
 }
 
 // leave removes ch from its topic and runs then under the topic's write

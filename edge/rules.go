@@ -119,6 +119,7 @@ type joinPlan struct {
 	// nothing is asked (a public channel, or a node without a secret).
 	reads  Extensions
 	grants grants
+	replay *replayParams // broadcast.replay, nil when not asked
 }
 
 func joinRefusal(reason string) *refusal {
@@ -168,6 +169,10 @@ func planJoin(topic, name string, p *phx.JoinPayload, token string, cl *claims, 
 			plan.reads |= ExtPresence
 		}
 		plan.grants = unasked
+	}
+	var r *refusal
+	if plan.replay, r = decideReplay(p.Config.Broadcast.Replay, private); r != nil {
+		return joinPlan{}, r
 	}
 	return plan, nil
 }

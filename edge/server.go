@@ -78,6 +78,7 @@ type Server struct {
 	endLife context.CancelFunc
 
 	changes    ChangeStream    // nil without a database
+	replay     ReplaySource    // nil without a database: replay is refused
 	validator  ChangeValidator // nil: bindings are checked by the owner only
 	changeSubs *changeSubs
 
@@ -343,6 +344,10 @@ func (s *Server) routes() *http.ServeMux {
 			mux.Handle(m+" "+demoTablePath, s.cfg.DemoTable)
 			mux.Handle(m+" "+demoTablePath+"/", s.cfg.DemoTable)
 		}
+	} else {
+		// The demo page asks for a token first (make run-pg's private
+		// room): none here, without an error in the browser's console.
+		mux.HandleFunc("GET "+demoTablePath+"/token", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	}
 	mux.Handle("GET /", demoHandler())
 	return mux

@@ -69,6 +69,12 @@ type wtServer struct {
 	quicConns   atomic.Int64
 	quicPerAddr *addrCounts
 
+	// extra resets the streams sessions open beyond their one.
+	extra *streamRefuser
+	// coalesce spaces the writes of busy sessions (nil: the server's
+	// coalescer applies).
+	coalesce *coalescer
+
 	// ctx is cancelled when Shutdown begins: sessions still waiting for
 	// their stream are closed.
 	ctx    context.Context
@@ -105,10 +111,14 @@ func (s *Server) ServeWebTransport(pc net.PacketConn) error {
 		w.close()
 		return err
 	}
-	w.loops.Add(1)
+	w.loops.Add(2)
 	go func() {
 		defer w.loops.Done()
 		w.certs.run(w.stop, func(err error) { s.log.Error("rotating the WebTransport certificate", "err", err) })
+	}()
+	go func() {
+		defer w.loops.Done()
+		w.extra.run(w.stop, wtSweepEvery)
 	}()
 	s.log.Info("webtransport serving", "addr", w.addr.String(), "url", w.url(nil), "self_signed", w.certs.fixed == nil)
 	return w.acceptLoop()
@@ -130,6 +140,11 @@ func (s *Server) newWTServer(pc net.PacketConn) (*wtServer, error) {
 		return nil, fmt.Errorf("edge: WebTransport needs a UDP socket, not %T", pc.LocalAddr())
 	}
 	w := &wtServer{srv: s, certs: certs, addr: addr, stop: make(chan struct{})}
+	w.extra = newStreamRefuser(func() { s.metrics.errorReason("extra_stream") })
+	if every := s.cfg.WebTransportCoalesce; every > 0 {
+		w.coalesce = newCoalescer(every)
+		w.coalesce.epoch = s.coalesce.epoch // one clock for the queues' last writes
+	}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	qconf := wtQUICConfig(&s.cfg)
 	tlsConf := http3.ConfigureTLSConfig(&tls.Config{
@@ -309,6 +324,10 @@ func (w *wtServer) close() {
 		w.wts.Close() // closes the connections while the socket still sends
 		w.ln.Close()
 		w.loops.Wait()
+		if w.coalesce != nil {
+			// Sessions still scheduled are written by their own close.
+			w.coalesce.close()
+		}
 		w.qtr.Close()
 		w.qtr.Conn.Close()
 	})
@@ -417,51 +436,18 @@ func (w *wtServer) runSession(sess *webtransport.Session, remote, apikey string,
 		return
 	}
 	defer s.wg.Done()
-	datagrams, extra := make(chan struct{}), make(chan struct{})
+	c.linger = newWriterLinger()
+	w.extra.add(sess)
+	defer w.extra.remove(sess)
+	datagrams := make(chan struct{})
 	go func() {
 		defer close(datagrams)
 		c.readDatagrams(sess)
 	}()
-	go func() {
-		defer close(extra)
-		w.refuseExtraStreams(sess)
-	}()
 	c.readWebTransport(t)
 	// The writer closed the session before teardown returned, so the
-	// datagram reader and the stream refuser are ending.
+	// datagram reader is ending.
 	<-datagrams
-	<-extra
-}
-
-// refuseExtraStreams resets every stream a session opens after its first,
-// both ways, until the session ends: a session has one bidirectional
-// stream and no unidirectional ones, and a stream nobody reads would hold
-// its flow-control window of the client's bytes.
-func (w *wtServer) refuseExtraStreams(sess *webtransport.Session) {
-	const code = webtransport.StreamErrorCode(ws.StatusPolicyViolation)
-	ctx := sess.Context()
-	uni := make(chan struct{})
-	go func() {
-		defer close(uni)
-		for {
-			str, err := sess.AcceptUniStream(ctx)
-			if err != nil {
-				return
-			}
-			w.srv.metrics.errorReason("extra_stream")
-			str.CancelRead(code)
-		}
-	}()
-	for {
-		str, err := sess.AcceptStream(ctx)
-		if err != nil {
-			break
-		}
-		w.srv.metrics.errorReason("extra_stream")
-		str.CancelRead(code)
-		str.CancelWrite(code)
-	}
-	<-uni
 }
 
 // readWebTransport reads client frames from the stream until it ends or
@@ -718,6 +704,14 @@ func (s *Server) serveCertHash(rw http.ResponseWriter, r *http.Request) {
 	b = phx.AppendString(b, notAfter.UTC().Format(time.RFC3339))
 	b = append(b, '}')
 	rw.Write(b)
+}
+
+// coalescerFor is the coalescer of a new connection of kind k.
+func (s *Server) coalescerFor(k transportKind) *coalescer {
+	if w := s.webTransport(); k == kindWebTransport && w != nil && w.coalesce != nil {
+		return w.coalesce
+	}
+	return s.coalesce
 }
 
 // webTransport returns the WebTransport listener, nil when there is none.

@@ -447,11 +447,15 @@ func TestWebTransportLimits(t *testing.T) {
 	}
 
 	// A reader that never reads, and a publisher with 3 MB for it: the
-	// stream window fills, the queue overflows, the session goes.
+	// stream window fills, the queue overflows, the session goes. The
+	// write timeout is the other way a blocked session goes: long enough
+	// that a publisher slowed by a busy host still overflows the queue
+	// first, short enough that the blocked writer lets the session end
+	// within testWait.
 	ts = startWTServer(t, func(c *Config) {
 		c.BytesPerSecond = 0
 		c.QueueBytes = 256 << 10
-		c.WriteTimeout = 500 * time.Millisecond
+		c.WriteTimeout = 2 * time.Second
 	})
 	stuck := ts.connectWT(t)
 	mustJoin(t, stuck, "1", "realtime:slow", `{}`)

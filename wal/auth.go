@@ -703,57 +703,8 @@ func (a *Authorizer) checkTable(ctx context.Context, info *tableInfo, acc *table
 		if ci < 0 {
 			return raise("invalid column for filter %s", quote(f.Column))
 		}
-		c, regtype := info.columns[ci], info.regtypes[ci]
-		switch f.Op {
-		case OpIn:
-			elems, err := a.castArray(ctx, f.Value, info.sqlTypes[ci], c.class)
-			if err != nil {
-				return err
-			}
-			if len(elems) > 100 {
-				return raise("%v", errInLimit)
-			}
-			if normalize {
-				sub.Filters[i].Value = "{" + strings.Join(elems, ",") + "}"
-			}
-		case OpIs:
-			switch f.Value {
-			case "null", "true", "false", "unknown":
-			default:
-				return raise("invalid value for is filter: must be null, true, false, or unknown")
-			}
-			if f.Value != "null" && c.class != classBool {
-				return raise("is %s filter requires a boolean column, got %s", f.Value, regtype)
-			}
-		case OpLike, OpILike, OpMatch, OpIMatch:
-			if c.class != classText && c.class != classBpchar {
-				return raise("operator %s requires a text-compatible column type, got %s", f.Op, regtype)
-			}
-			if f.Op == OpMatch || f.Op == OpIMatch {
-				if _, err := a.pool.Exec(ctx, "SELECT '' ~ $1", f.Value); err != nil {
-					var pgErr *pgconn.PgError
-					if errors.As(err, &pgErr) {
-						return raise("invalid regular expression for %s filter: %s", f.Op, pgErr.Message)
-					}
-					return err
-				}
-			}
-		default:
-			v, err := a.cast(ctx, f.Value, info.sqlTypes[ci], c.class)
-			if err != nil {
-				return err
-			}
-			if normalize {
-				sub.Filters[i].Value = v
-			}
-		}
-		// What Postgres accepts, meshcast must be able to evaluate.
-		nf := sub.Filters[i]
-		if !normalize {
-			nf = f
-		}
-		if _, err := compileFilter(nf, info.columns); err != nil {
-			return &pgError{"22023", err.Error() + " (meshcast cannot evaluate this filter)"}
+		if err := a.checkFilter(ctx, info, ci, f, sub, i, normalize); err != nil {
+			return err
 		}
 	}
 	for _, s := range sel {
@@ -771,6 +722,65 @@ func (a *Authorizer) checkTable(ctx context.Context, info *tableInfo, acc *table
 	}
 	if !readable {
 		return &pgError{"42501", "permission denied for table " + info.name.table}
+	}
+	return nil
+}
+
+// checkFilter checks f, filter i of the binding (on column ci), as
+// Postgres would cast it, normalizing sub.Filters[i]'s value if asked, and
+// that meshcast can evaluate what Postgres accepts.
+func (a *Authorizer) checkFilter(ctx context.Context, info *tableInfo, ci int, f Filter, sub *Subscription, i int, normalize bool) error {
+	c, regtype := info.columns[ci], info.regtypes[ci]
+	switch f.Op {
+	case OpIn:
+		elems, err := a.castArray(ctx, f.Value, info.sqlTypes[ci], c.class)
+		if err != nil {
+			return err
+		}
+		if len(elems) > 100 {
+			return raise("%v", errInLimit)
+		}
+		if normalize {
+			sub.Filters[i].Value = "{" + strings.Join(elems, ",") + "}"
+		}
+	case OpIs:
+		switch f.Value {
+		case "null", "true", "false", "unknown":
+		default:
+			return raise("invalid value for is filter: must be null, true, false, or unknown")
+		}
+		if f.Value != "null" && c.class != classBool {
+			return raise("is %s filter requires a boolean column, got %s", f.Value, regtype)
+		}
+	case OpLike, OpILike, OpMatch, OpIMatch:
+		if c.class != classText && c.class != classBpchar {
+			return raise("operator %s requires a text-compatible column type, got %s", f.Op, regtype)
+		}
+		if f.Op == OpMatch || f.Op == OpIMatch {
+			if _, err := a.pool.Exec(ctx, "SELECT '' ~ $1", f.Value); err != nil {
+				var pgErr *pgconn.PgError
+				if errors.As(err, &pgErr) {
+					return raise("invalid regular expression for %s filter: %s", f.Op, pgErr.Message)
+				}
+				return err
+			}
+		}
+	default:
+		v, err := a.cast(ctx, f.Value, info.sqlTypes[ci], c.class)
+		if err != nil {
+			return err
+		}
+		if normalize {
+			sub.Filters[i].Value = v
+		}
+	}
+	// What Postgres accepts, meshcast must be able to evaluate.
+	nf := sub.Filters[i]
+	if !normalize {
+		nf = f
+	}
+	if _, err := compileFilter(nf, info.columns); err != nil {
+		return &pgError{"22023", err.Error() + " (meshcast cannot evaluate this filter)"}
 	}
 	return nil
 }

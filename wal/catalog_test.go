@@ -173,7 +173,7 @@ func TestServiceSplitsBatchAtCatalogChange(t *testing.T) {
 	for i := 5; i <= 8; i++ {
 		pg.Exec(`INSERT INTO items VALUES ($1, 'x')`, i)
 	}
-	eventually(t, "the reader to read every row", func() bool { return n1.svc.cfg.Reader.m.changes.Get() >= 8 })
+	eventually(t, "the reader to read every row", func() bool { return n1.svc.reader.m.changes.Get() >= 8 })
 	close(release)
 	n1.d.waitRows(t, sub.ID, 8, 10*time.Second)
 	mu.Lock()

@@ -74,22 +74,9 @@ func compileFilter(f Filter, columns []Column) (cfilter, error) {
 		if c != classText && c != classBpchar {
 			return cf, fmt.Errorf("operator %s requires a text-compatible column type, got %s", f.Op, typ)
 		}
-		// Postgres's regular expressions let . match a newline; RE2 does
-		// with (?s).
-		flags := "(?s)"
-		if f.Op == OpIMatch {
-			flags = "(?si)"
-		}
-		re, err := regexp.Compile(flags + f.Value)
-		if err != nil {
-			var se *syntax.Error
-			if errors.As(err, &se) {
-				err = errors.New(string(se.Code)) // its Expr may be the whole pattern
-			}
-			return cf, fmt.Errorf("invalid regular expression for %s filter: %v", f.Op, err)
-		}
-		cf.re = re
-		return cf, nil
+		var err error
+		cf.re, err = compileRegex(f)
+		return cf, err
 	case OpIn:
 		elems, nulls, err := parseArrayLiteral(f.Value)
 		if err != nil {
@@ -380,4 +367,23 @@ func (e errMalformedArray) Error() string {
 
 func isSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
+}
+
+// compileRegex compiles a match or imatch filter's pattern.
+func compileRegex(f Filter) (*regexp.Regexp, error) {
+	// Postgres's regular expressions let . match a newline; RE2 does with
+	// (?s).
+	flags := "(?s)"
+	if f.Op == OpIMatch {
+		flags = "(?si)"
+	}
+	re, err := regexp.Compile(flags + f.Value)
+	if err != nil {
+		var se *syntax.Error
+		if errors.As(err, &se) {
+			err = errors.New(string(se.Code)) // its Expr may be the whole pattern
+		}
+		return nil, fmt.Errorf("invalid regular expression for %s filter: %v", f.Op, err)
+	}
+	return re, nil
 }

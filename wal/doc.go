@@ -20,6 +20,12 @@
 //     transactions that change privileges, policies, the publication or
 //     columns in the replication stream, and the owner refreshes its caches
 //     there, in commit order.
+//   - Service is one node's part in a cluster's change stream: the rules
+//     (ownership, hand-off, absent members, windows, confirmation order,
+//     resync) are package owner's pure core, which the Service drives on
+//     one goroutine. It reaches the other nodes through the Bus it
+//     declares (cmd/meshcast adapts the mesh to it; MemHub is one in
+//     memory, for tests).
 //
 // # Values
 //
@@ -94,7 +100,9 @@
 // one are evaluated one by one, per table and event. Each filter is linear
 // in the value it tests: like and ilike match bit-parallel in one pass
 // (no backtracking), match and imatch with RE2, whose cost per byte grows
-// with the program; Limits bounds patterns and programs at join. A
+// with the program; Limits bounds patterns and programs at join, and the
+// Service's RegexValueBytes the bytes of a value a regex scans (a longer
+// value does not match). A
 // subscription removed gives its memory back at once (see Matcher).
 //
 // # Authorization cost

@@ -50,7 +50,7 @@ func TestServiceLargeTransactionSpillsAndRoutesInChunks(t *testing.T) {
 	if got := n2.d.rows(few.ID); got[0] != 7 || got[1] != 4242 || got[2] != 9999 {
 		t.Fatalf("filtered subscription got %v", got)
 	}
-	m := owner.svc.cfg.Reader.m
+	m := owner.svc.reader.m
 	if skipped := m.skipped.Get(); skipped != 20000 {
 		t.Errorf("skipped %d changes, want the 20000 nobody subscribes to", skipped)
 	}
@@ -62,7 +62,7 @@ func TestServiceLargeTransactionSpillsAndRoutesInChunks(t *testing.T) {
 		t.Errorf("an RLS check of %d changes; chunks hold at most %d", largest, maxBatchChanges)
 	}
 	mu.Unlock()
-	b := owner.svc.cfg.Reader.budget
+	b := owner.svc.reader.budget
 	eventually(t, "every transaction released", func() bool { return b.held.Load() == 0 && b.open.Load() == 0 })
 }
 
@@ -90,7 +90,7 @@ func TestServicePausesReaderWhileDeliveryWaits(t *testing.T) {
 	for i := 1; i <= rows; i++ {
 		pg.Exec(`INSERT INTO items VALUES ($1, 'x')`, i) // a transaction each
 	}
-	m := n1.svc.cfg.Reader.m
+	m := n1.svc.reader.m
 	eventually(t, "the reader to pause", func() bool { return m.paused.Get() == 1 })
 	if read := m.txs.Get(); read > maxOpenTx+1 {
 		t.Fatalf("the reader read %d transactions while delivery was stuck; at most %d are held", read, maxOpenTx+1)

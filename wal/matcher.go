@@ -6,6 +6,10 @@ import (
 	"maps"
 	"slices"
 	"sync"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/meshcast/meshcast/wal/internal/shrink"
 )
 
 // Subscription is one postgres_changes binding of one channel, as the node
@@ -39,10 +43,19 @@ type Subscription struct {
 // A Matcher is safe for concurrent use; Match holds its lock.
 type Matcher struct {
 	mu      sync.Mutex
-	subs    shrinkMap[uint64, *Subscription]
-	byTable map[tableName]*shrinkMap[uint64, *Subscription]
-	wild    shrinkMap[uint64, *Subscription] // Schema "*" or Table "" or "*"
+	subs    shrink.Map[uint64, *Subscription]
+	byTable map[tableName]*shrink.Map[uint64, *Subscription]
+	wild    shrink.Map[uint64, *Subscription] // Schema "*" or Table "" or "*"
 	index   map[tableName]*tableIndex
+
+	// regexBytes, if positive, bounds the bytes of a value a match or
+	// imatch filter scans: a longer value does not match it (negated or
+	// not), counted in regexSkipped. RE2 is linear in the value, but at up
+	// to some 30 ns per program instruction per byte a 100 KB value costs
+	// a 64-instruction pattern some 0.2 s, on the owner's one routing
+	// goroutine, for every change.
+	regexBytes   int
+	regexSkipped *metrics.Counter
 
 	// Scratch of Match.
 	datums  []datum
@@ -61,7 +74,7 @@ type tableIndex struct {
 	columns []Column
 	eq      []map[string]*[3][]*compiled // by column, then value key, then kind
 	scan    [3][]*compiled               // subscriptions without an equality filter
-	entries shrinkMap[uint64, *compiled]
+	entries shrink.Map[uint64, *compiled]
 	dead    int // removed entries still in eq or scan
 }
 
@@ -72,11 +85,20 @@ type compiled struct {
 	dead    bool
 }
 
-// NewMatcher returns an empty Matcher.
-func NewMatcher() *Matcher {
+// NewMatcher returns an empty Matcher whose match and imatch filters scan
+// values of any length.
+func NewMatcher() *Matcher { return NewMatcherBounded(0, nil) }
+
+// NewMatcherBounded returns an empty Matcher whose match and imatch
+// filters scan at most regexBytes bytes of a value (if zero or negative,
+// any): a longer value does not match such a filter, negated or not (the
+// binding does not see the change), and skipped, if set, counts it.
+func NewMatcherBounded(regexBytes int, skipped *metrics.Counter) *Matcher {
 	return &Matcher{
-		byTable: map[tableName]*shrinkMap[uint64, *Subscription]{},
-		index:   map[tableName]*tableIndex{},
+		byTable:      map[tableName]*shrink.Map[uint64, *Subscription]{},
+		index:        map[tableName]*tableIndex{},
+		regexBytes:   regexBytes,
+		regexSkipped: skipped,
 	}
 }
 
@@ -86,9 +108,9 @@ func (m *Matcher) Add(s *Subscription) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.remove(s.ID)
-	m.subs.put(s.ID, s)
+	m.subs.Put(s.ID, s)
 	if wildcard(s) {
-		m.wild.put(s.ID, s)
+		m.wild.Put(s.ID, s)
 		for name, idx := range m.index {
 			if covers(s, name) {
 				idx.add(s)
@@ -98,9 +120,9 @@ func (m *Matcher) Add(s *Subscription) {
 	}
 	name := tableName{s.Schema, s.Table}
 	if m.byTable[name] == nil {
-		m.byTable[name] = &shrinkMap[uint64, *Subscription]{}
+		m.byTable[name] = &shrink.Map[uint64, *Subscription]{}
 	}
-	m.byTable[name].put(s.ID, s)
+	m.byTable[name].Put(s.ID, s)
 	if idx := m.index[name]; idx != nil {
 		idx.add(s)
 	}
@@ -121,13 +143,13 @@ func (m *Matcher) Remove(id uint64) {
 }
 
 func (m *Matcher) remove(id uint64) {
-	s := m.subs.m[id]
+	s := m.subs.M[id]
 	if s == nil {
 		return
 	}
-	m.subs.del(id)
+	m.subs.Delete(id)
 	if wildcard(s) {
-		m.wild.del(id)
+		m.wild.Delete(id)
 		for name, idx := range m.index {
 			if covers(s, name) {
 				m.removeFrom(name, idx, id)
@@ -137,7 +159,7 @@ func (m *Matcher) remove(id uint64) {
 	}
 	name := tableName{s.Schema, s.Table}
 	if t := m.byTable[name]; t != nil {
-		if t.del(id); len(t.m) == 0 {
+		if t.Delete(id); len(t.M) == 0 {
 			delete(m.byTable, name)
 		}
 	}
@@ -149,7 +171,7 @@ func (m *Matcher) remove(id uint64) {
 // removeFrom removes id from a table's index, and the index once empty.
 func (m *Matcher) removeFrom(name tableName, idx *tableIndex, id uint64) {
 	idx.remove(id)
-	if len(idx.entries.m) == 0 {
+	if len(idx.entries.M) == 0 {
 		delete(m.index, name)
 	}
 }
@@ -158,7 +180,7 @@ func (m *Matcher) removeFrom(name tableName, idx *tableIndex, id uint64) {
 func (m *Matcher) Len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return len(m.subs.m)
+	return len(m.subs.M)
 }
 
 // Match appends to dst the subscriptions c reaches, sorted by Node and then
@@ -182,7 +204,7 @@ func (m *Matcher) Match(c *Change, dst []*Subscription) []*Subscription {
 	name := tableName{c.Schema, c.Table}
 	idx := m.index[name]
 	if idx == nil || !sameColumns(idx.columns, c.Columns) {
-		if m.byTable[name] == nil && len(m.wild.m) == 0 {
+		if m.byTable[name] == nil && len(m.wild.M) == 0 {
 			delete(m.index, name)
 			return dst
 		}
@@ -258,6 +280,12 @@ func (m *Matcher) matches(e *compiled, row []json.RawMessage, cols []Column) boo
 					m.texts[f.col] = []byte{}
 				}
 			}
+			if f.re != nil && m.regexBytes > 0 && len(m.texts[f.col]) > m.regexBytes {
+				if m.regexSkipped != nil {
+					m.regexSkipped.Inc()
+				}
+				return false
+			}
 			if f.matchText(m.texts[f.col]) == f.negate {
 				return false
 			}
@@ -302,11 +330,11 @@ func sameColumns(a, b []Column) bool {
 func (m *Matcher) build(name tableName, columns []Column) *tableIndex {
 	idx := &tableIndex{columns: columns, eq: make([]map[string]*[3][]*compiled, len(columns))}
 	if t := m.byTable[name]; t != nil {
-		for _, s := range t.m {
+		for _, s := range t.M {
 			idx.add(s)
 		}
 	}
-	for _, s := range m.wild.m {
+	for _, s := range m.wild.M {
 		if covers(s, name) {
 			idx.add(s)
 		}
@@ -324,7 +352,7 @@ func (idx *tableIndex) add(s *Subscription) {
 		}
 		e.filters = append(e.filters, cf)
 	}
-	idx.entries.put(s.ID, e)
+	idx.entries.Put(s.ID, e)
 	for i, f := range e.filters {
 		if len(f.keys) > 0 && !f.negate {
 			e.indexed = i
@@ -363,13 +391,13 @@ func (idx *tableIndex) place(e *compiled) {
 // remove marks id's entry dead, and lays the index out again once the
 // dead outnumber the living (so that removals cost O(1) amortized).
 func (idx *tableIndex) remove(id uint64) {
-	e := idx.entries.m[id]
+	e := idx.entries.M[id]
 	if e == nil {
 		return
 	}
 	e.dead = true
-	idx.entries.del(id)
-	if idx.dead++; idx.dead > len(idx.entries.m) {
+	idx.entries.Delete(id)
+	if idx.dead++; idx.dead > len(idx.entries.M) {
 		idx.compact()
 	}
 }
@@ -380,36 +408,9 @@ func (idx *tableIndex) compact() {
 	clear(idx.eq)
 	idx.scan = [3][]*compiled{}
 	idx.dead = 0
-	live := slices.SortedFunc(maps.Values(idx.entries.m), func(a, b *compiled) int { return cmp.Compare(a.sub.ID, b.sub.ID) })
+	live := slices.SortedFunc(maps.Values(idx.entries.M), func(a, b *compiled) int { return cmp.Compare(a.sub.ID, b.sub.ID) })
 	for _, e := range live {
 		idx.place(e)
-	}
-}
-
-// shrinkMap is a map that gives its memory back: Go's maps keep what they
-// grew to when entries go, so one that has fallen to a quarter of its
-// largest size since it was made is copied into a new one.
-type shrinkMap[K comparable, V any] struct {
-	m    map[K]V
-	peak int
-}
-
-func (s *shrinkMap[K, V]) put(k K, v V) {
-	if s.m == nil {
-		s.m = map[K]V{}
-	}
-	s.m[k] = v
-	s.peak = max(s.peak, len(s.m))
-}
-
-func (s *shrinkMap[K, V]) del(k K) {
-	delete(s.m, k)
-	if s.peak >= 64 && len(s.m) < s.peak/4 {
-		fresh := make(map[K]V, len(s.m))
-		for k, v := range s.m {
-			fresh[k] = v
-		}
-		s.m, s.peak = fresh, len(fresh)
 	}
 }
 

@@ -180,20 +180,14 @@ func buildPolicy(info *tableInfo, force bool, owner uint32, rows []policyRow, ty
 	if !force {
 		bypass = fmt.Sprintf("(SELECT %s OR pg_catalog.pg_has_role(CURRENT_USER, %d::pg_catalog.oid, 'USAGE'))", bypass, owner)
 	}
-	and := func(conds []string, empty string) string {
-		if len(conds) == 0 {
-			return empty
-		}
-		return strings.Join(conds, " AND ")
-	}
 	perm := "false"
 	if len(permissive) > 0 {
 		perm = strings.Join(permissive, " OR ")
 	}
 	status := "CASE WHEN " + bypass + " IS TRUE THEN " + strconv.Itoa(rlsVisible) +
-		" WHEN (" + and(present, "true") + ") IS NOT TRUE THEN " + strconv.Itoa(rlsMissing) +
-		" WHEN (" + and(roundTrip, "true") + ") IS NOT TRUE THEN " + strconv.Itoa(rlsRoundTrip) +
-		" WHEN (" + perm + ") AND (" + and(restrictive, "true") + ") THEN " + strconv.Itoa(rlsVisible) +
+		" WHEN (" + joinAnd(present) + ") IS NOT TRUE THEN " + strconv.Itoa(rlsMissing) +
+		" WHEN (" + joinAnd(roundTrip) + ") IS NOT TRUE THEN " + strconv.Itoa(rlsRoundTrip) +
+		" WHEN (" + perm + ") AND (" + joinAnd(restrictive) + ") THEN " + strconv.Itoa(rlsVisible) +
 		" ELSE " + strconv.Itoa(rlsHidden) + " END"
 	from := "pg_catalog.jsonb_populate_record(NULL::" + pgx.Identifier{info.name.schema, info.name.table}.Sanitize() + ", " + in + "." + val + ")"
 	if cast := castRow(info, rows, types, in+"."+val); cast != "" {
@@ -267,4 +261,12 @@ func (p *rlsPolicy) reads(col string) bool {
 		}
 	}
 	return false
+}
+
+// joinAnd is the conjunction of conds, true when there is none.
+func joinAnd(conds []string) string {
+	if len(conds) == 0 {
+		return "true"
+	}
+	return strings.Join(conds, " AND ")
 }

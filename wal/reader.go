@@ -59,6 +59,12 @@ type Reader struct {
 	// "supabase_realtime"). If it does not exist, the reader creates it
 	// FOR ALL TABLES and logs that it did.
 	Publication string
+	// Broadcasts, if set, names a second publication streamed on the same
+	// slot: the rows inserted into realtime.messages (wal/dbcast). The
+	// reader creates it when missing and the table exists (FOR TABLE
+	// realtime.messages WITH (publish_via_partition_root, publish =
+	// 'insert')), and streams without it, with a warning, when it cannot.
+	Broadcasts string
 	// Slot names the replication slot (default "meshcast"): permanent,
 	// created if missing, and resumed from its confirmed position.
 	Slot string
@@ -126,10 +132,18 @@ type Reader struct {
 	// meshcast_wal_reader_paused_seconds_total.
 	Metrics *metrics.Set
 
+	// onForced, if set, is told of a confirmation past MaxSlotLag (the
+	// Service's own reader tells its owner core).
+	onForced func(LSN)
+
 	acked  atomic.Uint64
 	budget *txBudget
 	m      *readerMetrics
 	log    *slog.Logger
+
+	// broadcastsFrom is where the slot must be before Broadcasts is
+	// streamed (broadcasts.go); 0: at once.
+	broadcastsFrom atomic.Uint64
 }
 
 // Defaults of Reader.
@@ -152,6 +166,13 @@ func (r *Reader) Ack(lsn LSN) {
 			return
 		}
 	}
+}
+
+// clone returns a Reader with r's configuration and none of its state.
+func (r *Reader) clone() *Reader {
+	return &Reader{URL: r.URL, Handler: r.Handler, Publication: r.Publication, Broadcasts: r.Broadcasts, Slot: r.Slot, MaxSlotLag: r.MaxSlotLag,
+		StatusInterval: r.StatusInterval, MaxBackoff: r.MaxBackoff, TakeOver: r.TakeOver, TakeOverSilence: r.TakeOverSilence,
+		TxMemory: r.TxMemory, SpillDir: r.SpillDir, Keep: r.Keep, OnStreaming: r.OnStreaming, Logger: r.Logger, Metrics: r.Metrics}
 }
 
 // Run streams until ctx is cancelled, then confirms what was acked and
@@ -300,6 +321,10 @@ type session struct {
 	asm      *assembler
 	streamed bool // START_REPLICATION succeeded
 
+	pubs     string // publication_names
+	deferred LSN    // the broadcasts' publication waits for the slot to pass this (broadcasts.go)
+	walAt    LSN    // the server's WAL position as the session began
+
 	delivered LSN // the last transaction handed to the Handler
 	confirmed LSN // the last position reported
 	walEnd    LSN // the server's WAL end, as last heard
@@ -315,7 +340,7 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	start := LSN(s.r.acked.Load())
-	args := []string{"proto_version '1'", "publication_names '" + quotePublication(s.r.publication()) + "'"}
+	args := []string{"proto_version '1'", "publication_names '" + s.pubs + "'"}
 	// Logical decoding messages (Postgres 14+) carry the catalog changes
 	// of meshcast's event trigger in commit order (catalog.go).
 	var version int
@@ -360,7 +385,7 @@ func (s *session) run(ctx context.Context) error {
 	if s.r.OnStreaming != nil {
 		s.r.OnStreaming()
 	}
-	return s.stream(ctx)
+	return s.broadcastsFailed(s.stream(ctx))
 }
 
 // quotePublication makes name one identifier of pgoutput's
@@ -426,6 +451,7 @@ func (s *session) prepare(ctx context.Context) error {
 			s.r.log.Info("wal: created the missing publication FOR ALL TABLES")
 		}
 	}
+	s.pubs = s.publications(ctx)
 	var plugin, walStatus, db, currentDB string
 	err := s.query.QueryRow(ctx, `SELECT coalesce(plugin, ''), coalesce(wal_status, ''), coalesce(database, ''), current_database()
 		FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &walStatus, &db, &currentDB)
@@ -473,6 +499,9 @@ func (s *session) stream(ctx context.Context) error {
 		if !time.Now().Before(next) {
 			if err := s.status(false); err != nil {
 				return err
+			}
+			if s.deferred > 0 && s.confirmed >= s.deferred {
+				return errBroadcastsReady
 			}
 			next = time.Now().Add(interval)
 		}
@@ -613,6 +642,9 @@ func (s *session) status(final bool) error {
 		s.r.m.forced.Inc()
 		s.r.Ack(s.delivered)
 		pos = s.delivered
+		if s.r.onForced != nil {
+			s.r.onForced(pos)
+		}
 	}
 	s.confirmed = pos
 	s.r.m.txMemory.Set(float64(s.r.budget.held.Load()))

@@ -133,6 +133,38 @@ func (nopHandler) ApplyPresenceSnapshot(string, presence.Snapshot) {}
 func (nopHandler) OwnPresence(string) presence.Snapshot            { return presence.Snapshot{} }
 func (nopHandler) NodeDown(string)                                 {}
 
+// testMeshBus and attachTestMesh connect a Service to a mesh.Node, as
+// cmd/meshcast does.
+type testMeshBus struct{ n *mesh.Node }
+
+func (b testMeshBus) Send(to string, l Lane, frame []byte) bool {
+	return b.n.Send(to, mesh.Lane(l), frame)
+}
+
+func attachTestMesh(n *mesh.Node, s *Service) {
+	n.SetDatabase("db", s.CanRead())
+	for _, t := range FrameTypes {
+		n.Handle(t, s.Receive)
+	}
+	for _, l := range []Lane{LaneControl, LaneChanges} {
+		n.OnResync(mesh.Lane(l), func(peer string, emit func([]byte) error) error {
+			for _, f := range s.Resync(peer, l) {
+				if err := emit(f); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	n.Watch(func(self mesh.Member, members []mesh.Member) {
+		ms := []Member{{ID: self.ID, Name: self.Name, Region: self.Region, DB: self.DB, Reader: self.Reader, Draining: self.Draining}}
+		for _, m := range members {
+			ms = append(ms, Member{ID: m.ID, Name: m.Name, Region: m.Region, DB: m.DB, Reader: m.Reader, Draining: m.Draining})
+		}
+		s.SetMembers(ms)
+	})
+}
+
 type clusterService struct {
 	node *mesh.Node
 	svc  *Service
@@ -157,8 +189,9 @@ func startServiceNode(t *testing.T, name, url, slot string, join []string, opts 
 	for _, o := range opts {
 		o(&cfg)
 	}
+	cfg.Bus = testMeshBus{n}
 	s := NewService(cfg)
-	s.Attach(n)
+	attachTestMesh(n, s)
 	if err := n.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -181,18 +214,7 @@ func TestServiceFailover(t *testing.T) {
 	nodes := []*clusterService{n1, startServiceNode(t, "n2", pg.URL(), "svc_failover", []string{seed}),
 		startServiceNode(t, "n3", pg.URL(), "svc_failover", []string{seed})}
 	subs := subscribeAll(t, nodes)
-	owner := n1.svc.owner
-	var victim *clusterService
-	for _, n := range nodes {
-		n.svc.mu.Lock()
-		if n.svc.own != nil {
-			victim = n
-		}
-		n.svc.mu.Unlock()
-	}
-	if victim == nil {
-		t.Fatalf("no node owns the database (n1 thinks %q)", owner)
-	}
+	victim := ownerAmong(t, nodes)
 	const rows = 60
 	for i := 1; i <= rows; i++ {
 		pg.Exec(`INSERT INTO items VALUES ($1, 'x')`, i)
@@ -230,10 +252,7 @@ func subscribeAll(t *testing.T, nodes []*clusterService) map[*clusterService]*Su
 func ownerAmong(t *testing.T, nodes []*clusterService) *clusterService {
 	t.Helper()
 	for _, n := range nodes {
-		n.svc.mu.Lock()
-		own := n.svc.own != nil
-		n.svc.mu.Unlock()
-		if own {
+		if n.svc.Owns() {
 			return n
 		}
 	}
@@ -274,9 +293,7 @@ func TestServiceHoldsConfirmationWhileAMemberIsAbsent(t *testing.T) {
 
 	victim.stop() // no draining: to the others it vanished
 	eventually(t, "the owner to drop the victim", func() bool {
-		owner.svc.mu.Lock()
-		defer owner.svc.mu.Unlock()
-		return len(owner.svc.members) == 2
+		return owner.svc.nMember.Load() == 2
 	})
 	// Idle WAL (no changes) may be confirmed until now; nothing of the
 	// rows below may be.
@@ -301,9 +318,7 @@ func TestServiceHoldsConfirmationWhileAMemberIsAbsent(t *testing.T) {
 	// The victim's next incarnation: the old one is gone for good.
 	startServiceNode(t, "n"+strconv.Itoa(slices.Index(nodes, victim)+1), pg.URL(), slot, []string{owner.node.GossipAddr()}, long)
 	eventually(t, "the owner to see the new incarnation", func() bool {
-		owner.svc.mu.Lock()
-		defer owner.svc.mu.Unlock()
-		return len(owner.svc.members) == 3
+		return owner.svc.nMember.Load() == 3
 	})
 	pg.Exec(`INSERT INTO items VALUES (21, 'x')`) // its commit is past after
 	eventually(t, "confirmation once the victim restarted", func() bool { return confirmedLSN(t, pg, slot) >= after })
@@ -348,7 +363,7 @@ func TestServiceBatchesRLSChecksWhenBehind(t *testing.T) {
 	})
 	// Let the reader read the rest before the first check ends.
 	eventually(t, "the reader to read every row", func() bool {
-		return n1.svc.cfg.Reader.m.changes.Get() >= rows
+		return n1.svc.reader.m.changes.Get() >= rows
 	})
 	close(release)
 	n1.d.waitRows(t, sub.ID, rows, 10*time.Second)

@@ -222,7 +222,15 @@ func (r *relation) change(m msgRow) (*Change, error) {
 			}
 		}
 	}
-	switch m.kind {
+	r.setRows(c, rows)
+	return c, nil
+}
+
+// setRows sets c's record and old record from the new and old tuples'
+// rows as its kind has them.
+func (r *relation) setRows(c *Change, rows [2][]json.RawMessage) {
+	n := len(r.columns)
+	switch c.Kind {
 	case Insert:
 		c.Record = rows[0]
 	case Update:
@@ -245,5 +253,4 @@ func (r *relation) change(m msgRow) (*Change, error) {
 	case Delete:
 		c.OldRecord = rows[1]
 	}
-	return c, nil
 }

@@ -60,6 +60,13 @@ export class MeshcastChannel {
     }
     this.params = { ...(params ?? {}), config }
     this.private = config.private === true
+    if (!this.private && config.broadcast?.replay) {
+      // As realtime-js: the server refuses it, so fail where the mistake is.
+      throw new Error(`tried to use replay on public channel '${this.topic}'. It must be a private channel.`)
+    }
+    // Database broadcasts (meta.id) seen lately: a rejoin replays again, and
+    // what this channel already delivered is not delivered twice.
+    this.seenIds = new Set()
     this.state = CHANNEL_STATES.closed
     this.joinedOnce = false
     this.bindings = []
@@ -456,11 +463,22 @@ export class MeshcastChannel {
         this._emit('system', payload)
         return
       case 'broadcast':
+        if (this._seenBefore(payload?.meta)) return
         this._emit('broadcast', payload)
         return
       default:
         if (isChange(payload)) this._emit('postgres_changes', payload)
     }
+  }
+
+  /** Whether a database broadcast was delivered already (a replay after a rejoin repeats it); remembers the last 1000 ids. */
+  _seenBefore(meta) {
+    const id = meta?.id
+    if (typeof id !== 'string') return false
+    if (this.seenIds.has(id)) return meta.replayed === true
+    this.seenIds.add(id)
+    if (this.seenIds.size > 1000) this.seenIds.delete(this.seenIds.values().next().value)
+    return false
   }
 
   _emit(type, payload) {

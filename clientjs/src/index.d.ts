@@ -62,6 +62,11 @@ export interface BroadcastConfig {
   ack?: boolean
   /** Allow sendUnreliable() (datagrams on WebTransport). Default false. */
   unreliable?: boolean
+  /**
+   * Private channels only (a public one throws, as realtime-js): after the join, the newest `limit` (1-25,
+   * default 25) broadcasts the database sent since `since` (epoch ms), oldest first, with `meta.replayed`.
+   * A rejoin replays again; what the channel delivered already is not delivered twice.
+   */
   replay?: { since: number; limit?: number }
   replication_ready?: boolean
 }

@@ -17,7 +17,7 @@ func walMain(args []string) int {
 	var cfg bench.WALConfig
 	var shape, regions, nodeFlags string
 	var table string
-	fs.StringVar(&shape, "shape", string(bench.ShapeFanout), "fanout (every subscriber gets every row), filtered (id=eq.<k>, one key per subscriber) or rls (distinct users, each sees 1/teams of the rows)")
+	fs.StringVar(&shape, "shape", string(bench.ShapeFanout), "fanout (every subscriber gets every row), filtered (id=eq.<k>, one key per subscriber), rls (distinct users, each sees 1/teams of the rows) or dbcast (realtime.send to topic row mod -topics: broadcasts from the database)")
 	fs.StringVar(&cfg.URL, "url", "", "the nodes' WebSocket URLs, comma-separated (subscribers round-robin); empty: start Postgres and a cluster")
 	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "with -url: the database the nodes stream (the writer's; needs CREATE, superuser for -shape rls)")
 	fs.StringVar(&cfg.Slot, "replication-slot", "meshcast", "with -url: the nodes' replication slot (for the lag reading)")

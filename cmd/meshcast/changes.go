@@ -12,17 +12,22 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/meshcast/meshcast/edge"
+	"github.com/meshcast/meshcast/mesh"
 	"github.com/meshcast/meshcast/wal"
+	"github.com/meshcast/meshcast/wal/dbcast"
 )
 
 // changeStream wires the Postgres changes of --database-url: the wal
 // Service (registration, the owner's reader), the Authorizer (join checks,
 // row-level security) and the edge.
 type changeStream struct {
-	svc    *wal.Service
+	cfg    wal.ServiceConfig // the Service's, but for its Bus
+	srv    *edge.Server
+	svc    *wal.Service // made by attach (clustered) or start
 	auth   *wal.Authorizer
 	db     string
 	log    *slog.Logger
+	bc     *dbBroadcasts // broadcasts from the database (dbcast.go)
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -71,6 +76,7 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 		Reader: &wal.Reader{
 			URL:         o.databaseURL,
 			Publication: o.publication,
+			Broadcasts:  dbcast.Publication,
 			Slot:        o.slot,
 			MaxSlotLag:  o.maxSlotLag,
 			TxMemory:    o.txMemory,
@@ -78,9 +84,10 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 			Logger:      log,
 			Metrics:     set,
 		},
-		Deliver: srv.DeliverChange,
-		Logger:  log,
-		Metrics: set,
+		Deliver:         srv.DeliverChange,
+		RegexValueBytes: o.regexBytes,
+		Logger:          log,
+		Metrics:         set,
 	}
 	if !srv.Open() {
 		cfg.Authorize = auth.Authorize
@@ -88,8 +95,12 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 	} else {
 		log.Warn("postgres_changes run open: without --jwt-secret every subscriber gets every change of the tables it subscribes to (no privileges, no row-level security)")
 	}
-	c := &changeStream{svc: wal.NewService(cfg), auth: auth, db: key, log: log}
-	srv.SetChanges(c.svc, auth)
+	bc, err := newDBBroadcasts(o, srv, &cfg, set, log)
+	if err != nil {
+		auth.Close()
+		return nil, err
+	}
+	c := &changeStream{cfg: cfg, srv: srv, auth: auth, db: key, log: log, bc: bc}
 	srv.AddMetrics(set)
 	log.Info("postgres changes", "database", key, "publication", o.publication, "slot", o.slot)
 	return c, nil
@@ -103,21 +114,49 @@ func (c *changeStream) database() string {
 	return c.db
 }
 
+// build makes the Service, on bus (nil: a node alone), and connects the
+// edge to it.
+func (c *changeStream) build(bus wal.Bus) {
+	cfg := c.cfg
+	cfg.Bus = bus
+	c.svc = wal.NewService(cfg)
+	c.srv.SetChanges(c.svc, c.auth)
+}
+
+// attach makes the Service of a clustered node, on node (before its
+// Start).
+func (c *changeStream) attach(node *mesh.Node) {
+	c.build(meshBus{node})
+	attachWAL(node, c.db, c.svc)
+}
+
 func (c *changeStream) start() {
+	if c.svc == nil {
+		c.build(nil)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.wg.Add(1)
 	go func() { defer c.wg.Done(); c.svc.Run(ctx) }()
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); c.bc.subscribe(ctx, c.svc, c.log) }()
 }
 
 // handOver gives the reader to another node before this one leaves.
-func (c *changeStream) handOver() { c.svc.SetDraining() }
+func (c *changeStream) handOver() {
+	if c.svc != nil {
+		c.svc.SetDraining()
+	}
+}
 
 func (c *changeStream) close() {
 	if c.cancel != nil {
 		c.cancel()
 	}
 	c.wg.Wait()
-	c.svc.Close()
+	if c.svc != nil {
+		c.svc.Close()
+	}
 	c.auth.Close()
+	c.bc.close()
 }

@@ -25,8 +25,9 @@ import (
 // a psql INSERT does. It writes to the database with the URL's user and
 // without auth, so it exists only on the open demo node run-pg starts.
 type demoTable struct {
-	pool *pgxpool.Pool
-	mux  *http.ServeMux
+	pool   *pgxpool.Pool
+	mux    *http.ServeMux
+	secret []byte // the node's JWT secret: the private room's tokens (demoroom.go); nil: none
 }
 
 const (
@@ -37,7 +38,7 @@ const (
 	demoTitleMax = 200
 )
 
-func newDemoTable(dbURL string, log *slog.Logger) (*demoTable, error) {
+func newDemoTable(dbURL, secret string, log *slog.Logger) (*demoTable, error) {
 	cfg, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
 		return nil, err
@@ -48,6 +49,12 @@ func newDemoTable(dbURL string, log *slog.Logger) (*demoTable, error) {
 		return nil, err
 	}
 	d := &demoTable{pool: pool, mux: http.NewServeMux()}
+	d.mux.HandleFunc("GET "+demoTablePath+"/token", d.token) // 204 without a secret
+	if secret != "" {
+		d.secret = []byte(secret)
+		d.mux.HandleFunc("POST "+demoTablePath+"/members", d.membership)
+		log.Warn("demo private room on: /demo/todos/token signs a token for any name, /demo/todos/members makes anyone a member (make run-pg only)")
+	}
 	d.mux.HandleFunc("GET "+demoTablePath, d.list)
 	d.mux.HandleFunc("POST "+demoTablePath, d.insert)
 	d.mux.HandleFunc("PATCH "+demoTablePath+"/{id}", d.update)

@@ -13,15 +13,14 @@ import (
 	"github.com/meshcast/meshcast/wal/pgtest"
 )
 
-// --demo-todos writes to a database without auth: only make run-pg's open
-// node may have it.
+// --demo-todos writes to a database without auth, for make run-pg's node.
 func TestDemoTodosFlag(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		ok   bool
 	}{
 		{[]string{"--demo-todos"}, false},
-		{[]string{"--demo-todos", "--database-url", "postgres://x@127.0.0.1/db", "--jwt-secret", "s"}, false},
+		{[]string{"--demo-todos", "--database-url", "postgres://x@127.0.0.1/db", "--jwt-secret", "s"}, true},
 		{[]string{"--demo-todos", "--database-url", "postgres://x@127.0.0.1/db"}, true},
 	} {
 		_, err := parseFlags(c.args, io.Discard)
@@ -41,7 +40,7 @@ func TestDemoTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	pg.Exec(string(sql))
-	d, err := newDemoTable(pg.URL(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d, err := newDemoTable(pg.URL(), "", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

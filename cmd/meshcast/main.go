@@ -111,11 +111,13 @@ type options struct {
 	maxSlotLag     int64
 	txMemory       int64
 	spillDir       string
+	regexBytes     int
 	databaseRegion string
 	catalogPoll    time.Duration
 	demoTodos      bool
 	schema         schemaFlags // the realtime schema (rtschema.go)
 	policy         policyFlags // private channels' policy checks (chanpolicy.go)
+	dbcast         dbcastFlags // broadcasts from the database (dbcast.go)
 
 	// benchmarks
 	emulateWAN string
@@ -190,6 +192,7 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.DurationVar(&c.JWTLeeway, "jwt-leeway", c.JWTLeeway, "clock skew allowed for a JWT's nbf and iat (tokens not valid yet, or issued in the future, are refused beyond it)")
 	fs.DurationVar(&c.WriteCoalesce, "write-coalesce", c.WriteCoalesce, "shortest time between two writes to one client: frames for a client written to less than this ago wait at most this long and share one write (0 = write every frame at once)")
 	fs.IntVar(&c.ReadWorkers, "read-workers", c.ReadWorkers, "goroutines that read the WebSockets the poller reports readable (Linux's epoll; an idle WebSocket then holds no goroutine): 0 = one per CPU, at least 2; -1 = no poller, a reader goroutine per WebSocket")
+	fs.DurationVar(&c.WebTransportCoalesce, "webtransport-write-coalesce", c.WebTransportCoalesce, "--write-coalesce for WebTransport sessions, whose writes cost a QUIC packet each (0 = --write-coalesce applies)")
 	fs.StringVar(&o.pprofAddr, "pprof-addr", "", "serve net/http/pprof on this `host:port` (off when empty; keep it private)")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a graceful shutdown waits for clients to leave")
 
@@ -215,6 +218,7 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.StringVar(&o.slot, "replication-slot", wal.DefaultSlot, "Postgres changes: permanent logical replication slot (created when missing)")
 	fs.Int64Var(&o.maxSlotLag, "max-slot-lag", wal.DefaultMaxSlotLag, "Postgres changes: bytes of WAL the slot may hold back for unacknowledged changes before they are confirmed anyway (logged); -1: no bound")
 	fs.Int64Var(&o.txMemory, "wal-tx-memory", wal.DefaultTxMemory, "Postgres changes: bytes of decoded changes the reading node holds in memory for transactions not yet routed; a transaction's changes past it wait in a temporary file in --wal-spill-dir, and the reader pauses while half of it is taken; -1: no bound")
+	fs.IntVar(&o.regexBytes, "max-regex-value-bytes", wal.DefaultRegexValueBytes, "Postgres changes: bytes of a value a match or imatch filter scans; a longer value does not match it (meshcast_wal_regex_skipped_total); -1: no bound")
 	fs.StringVar(&o.spillDir, "wal-spill-dir", "", "Postgres changes: directory of the temporary files of transactions larger than --wal-tx-memory (unlinked at once, gone with the process; default $TMPDIR or /tmp)")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list")
 	fs.DurationVar(&o.catalogPoll, "catalog-poll", time.Second, "Postgres changes: how often each node polls the catalog for what no event trigger reports (role membership, BYPASSRLS), and for every grant, policy, publication and column change when the database user cannot create the event trigger (not a superuser; see README)")
@@ -223,10 +227,11 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.IntVar(&c.MaxFilterBytes, "max-filter-bytes", c.MaxFilterBytes, "Postgres changes: max bytes of one binding's filter, and of its select's column names together (0 = off)")
 	fs.IntVar(&c.MaxPatternBytes, "max-pattern-bytes", c.MaxPatternBytes, "Postgres changes: max bytes of a like, ilike, match or imatch filter value (0 = off)")
 	fs.IntVar(&c.MaxRegexInsts, "max-regex-insts", c.MaxRegexInsts, "Postgres changes: max RE2 instructions a match or imatch pattern compiles to, x{n} counting n times (0 = off)")
-	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel")
+	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel; with --jwt-secret also /demo/todos/token (a token for any name) and /demo/todos/members (room membership) for its private room")
 	fs.BoolVar(&o.schema.manage, "manage-realtime-schema", true, "realtime schema: with --database-url, create Supabase's realtime schema (realtime.messages, realtime.send, …) where missing and keep its daily partitions; false: touch nothing (apply the SQL of meshcast "+schemaSQLCommand+" instead; see README)")
 	o.schema.register(fs)
 	o.policy.register(fs)
+	o.dbcast.register(fs)
 	fs.StringVar(&o.emulateWAN, "emulate-wan", "", "benchmarks only: emulate a WAN between regions: a JSON `file` (or inline JSON) mapping every node's gossip and mesh address to its region, with the RTT matrix; mesh and gossip traffic to other regions is delayed by RTT/2 (see mesh/wanemu; meshbench local writes it)")
 	for name, v := range flyDefaults(os.Getenv) {
 		if f := fs.Lookup(name); f != nil {
@@ -271,10 +276,13 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 		}
 		c.WebTransportCert = &cert
 	}
-	if o.demoTodos && (o.databaseURL == "" || o.jwtSecret != "") {
-		return nil, errors.New("--demo-todos is for make run-pg's open demo node: it needs --database-url and no --jwt-secret")
+	if o.demoTodos && o.databaseURL == "" {
+		return nil, errors.New("--demo-todos is for make run-pg's demo node: it needs --database-url")
 	}
 	if err := o.schema.check(); err != nil {
+		return nil, err
+	}
+	if err := o.dbcast.check(); err != nil {
 		return nil, err
 	}
 	if err := o.policy.check(); err != nil {
@@ -326,7 +334,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	o.edge.Logger = log
 	o.edge.Version = buildVersion()
 	if o.demoTodos {
-		demo, err := newDemoTable(o.databaseURL, log)
+		demo, err := newDemoTable(o.databaseURL, o.jwtSecret, log)
 		if err != nil {
 			return fmt.Errorf("--demo-todos: %w", err)
 		}
@@ -522,7 +530,7 @@ func startNode(o *options, name string, srv *edge.Server, clientAddr string, log
 		return nil, err
 	}
 	if changes != nil {
-		changes.svc.Attach(node)
+		changes.attach(node)
 	}
 	if err := node.Start(); err != nil {
 		return nil, err

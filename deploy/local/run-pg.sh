@@ -3,8 +3,11 @@
 # wal_level=logical, a todos table in the supabase_realtime publication) and
 # one meshcast node streaming its changes, with the demo page's table panel
 # (--demo-todos: the page inserts, updates and deletes todos rows through the
-# node; only this throwaway setup turns it on). Ctrl-C stops both and removes
-# the database. Extra arguments go to meshcast.
+# node; only this throwaway setup turns it on), and a private room guarded by a
+# membership policy plus a trigger calling realtime.broadcast_changes
+# (demo-private.sql; the node runs with a throwaway --jwt-secret and the page
+# gets a token for the name typed in it). Ctrl-C stops both and removes the
+# database. Extra arguments go to meshcast.
 #
 # Environment (make run-pg VAR=value passes them):
 #   LISTEN     the node's --listen address    127.0.0.1:4000 (this machine only:
@@ -45,10 +48,17 @@ max_slot_wal_keep_size = 1GB
 CONF
 "${as_pg[@]}" "$PG_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w start >/dev/null
 url="postgres://postgres@127.0.0.1:$PGPORT/postgres"
-"${as_pg[@]}" "$PG_BINDIR/psql" -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres <deploy/local/todos.sql
+psql=("${as_pg[@]}" "$PG_BINDIR/psql" -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres)
+"$BIN" realtime-schema-sql | "${psql[@]}" >/dev/null
+"${psql[@]}" <deploy/local/todos.sql
+"${psql[@]}" <deploy/local/demo-private.sql
+secret=$(head -c 32 /dev/urandom | base64 | tr -d '/+=')
 echo "Postgres: $url   (psql -h 127.0.0.1 -p $PGPORT -U postgres)"
 echo "demo: http://localhost:${LISTEN##*:}/ (the live table panel: open it in two tabs)"
 echo "try: psql -h 127.0.0.1 -p $PGPORT -U postgres -c \"INSERT INTO todos (title) VALUES ('hello')\""
-"$BIN" --listen "$LISTEN" --database-url "$url" --demo-todos "$@" &
+cat <<'HINT'
+     psql … -c "SELECT realtime.send(jsonb_build_object('user', 'psql', 'text', 'hi'), 'chat', 'vip')"  (the private room vip)
+HINT
+"$BIN" --listen "$LISTEN" --database-url "$url" --jwt-secret "$secret" --demo-todos "$@" &
 node=$!
 wait "$node"

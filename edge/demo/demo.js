@@ -5,6 +5,7 @@
 // table.js adds the live table of Postgres changes, on the same client.
 import { MeshcastClient } from '/clientjs/meshcast.js'
 import { liveTable } from './table.js'
+import { privateRoom, todosBroadcasts } from './room.js'
 
 const $ = (id) => document.getElementById(id)
 const nameInput = $('name')
@@ -23,8 +24,17 @@ const CURSOR_TTL_MS = 5000
 nameInput.value =
   new URLSearchParams(location.search).get('name') || `guest-${1000 + Math.floor(Math.random() * 9000)}`
 
-// The dev server runs without auth, so any apikey is accepted.
-const client = new MeshcastClient(`${location.origin}/realtime/v1`, { apikey: 'demo' })
+// make run-pg's node has a JWT secret and signs a token for the name typed
+// here (/demo/todos/token, demo only); a node without auth accepts any apikey.
+async function tokenFor(user) {
+  try {
+    const res = await fetch(`/demo/todos/token?user=${encodeURIComponent(user)}`)
+    if (res.status === 200) return (await res.json()).token
+  } catch {}
+  return null
+}
+const token = await tokenFor(nameInput.value)
+const client = new MeshcastClient(`${location.origin}/realtime/v1`, { apikey: token ?? 'demo' })
 
 let channel = null
 let name = ''
@@ -130,6 +140,12 @@ async function rename() {
   setStatus('JOINING')
   online.replaceChildren()
   await old.unsubscribe()
+  if (token) {
+    // A new name is another user: its own token, its own membership.
+    const next = await tokenFor(newName)
+    if (next) await client.setAuth(next)
+    room?.rejoin()
+  }
   join(newName)
 }
 
@@ -144,4 +160,6 @@ $('composer').addEventListener('submit', async (e) => {
 })
 
 join(nameInput.value)
-liveTable(client)
+const table = liveTable(client)
+const room = token ? privateRoom(client, () => name) : null
+if (token) todosBroadcasts(client, table.log)

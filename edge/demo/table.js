@@ -6,7 +6,7 @@
 // a database (make run) the panel says so and stays empty.
 
 const ROWS_MAX = 100
-const EVENTS_MAX = 8
+const EVENTS_MAX = 12
 const API = '/demo/todos'
 
 export function liveTable(client) {
@@ -133,8 +133,12 @@ export function liveTable(client) {
   function logEvent({ eventType, new: row, old, commit_timestamp }) {
     const id = eventType === 'DELETE' ? old.id : row.id
     const ms = Date.now() - Date.parse(commit_timestamp)
+    logLine(`${eventType} #${id}` + (ms >= 0 && ms < 60000 ? ` · ${ms} ms after commit` : ''))
+  }
+
+  function logLine(text) {
     const li = document.createElement('li')
-    li.textContent = `${eventType} #${id}` + (ms >= 0 && ms < 60000 ? ` · ${ms} ms after commit` : '')
+    li.textContent = text
     events.prepend(li)
     while (events.children.length > EVENTS_MAX) events.lastElementChild.remove()
   }
@@ -168,4 +172,5 @@ export function liveTable(client) {
     .subscribe((state) => {
       if (state !== 'SUBSCRIBED' && section.dataset.state === 'live') show('live', ['Reconnecting… (the rows are listed again once back)'])
     })
+  return { log: logLine }
 }

@@ -35,6 +35,9 @@ type JoinConfig struct {
 		// datagrams on WebTransport: the client may send broadcasts as
 		// datagrams and receives others' datagrams as datagrams.
 		Unreliable Flag `json:"unreliable"`
+		// Replay asks for the topic's recent broadcasts from the database
+		// ({"since": epoch ms, "limit": n}); nil when not asked.
+		Replay json.RawMessage `json:"replay"`
 	} `json:"broadcast"`
 	Presence struct {
 		Key     json.RawMessage `json:"key"`

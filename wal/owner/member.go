@@ -1,4 +1,4 @@
-package wal
+package owner
 
 import (
 	"slices"
@@ -6,7 +6,7 @@ import (
 	"github.com/meshcast/meshcast/mesh/ring"
 )
 
-// Member is a cluster member as WAL ownership sees it.
+// Member is a cluster member as the change stream's ownership sees it.
 type Member struct {
 	ID       string
 	Name     string // the node's name: a new incarnation has a new ID, the same name
@@ -16,14 +16,14 @@ type Member struct {
 	Draining bool
 }
 
-// OwnerOf returns the member that runs db's reader, or "" when none can:
+// Of returns the member that runs db's reader, or "" when none can:
 // among the members that can read db and are not draining, those of the
 // first region of regions that has any (every candidate when none of
 // regions has one, or regions is empty), and of those the owner of db on
 // the ring. Every member computes the same owner from the same member
 // list, and a change of membership moves the reader only when its owner
 // left or a node of a preferred region appeared.
-func OwnerOf(db string, regions []string, members []Member) string {
+func Of(db string, regions []string, members []Member) string {
 	if db == "" {
 		return ""
 	}

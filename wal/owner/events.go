@@ -1,0 +1,214 @@
+package owner
+
+import (
+	"log/slog"
+
+	"github.com/meshcast/meshcast/wire/meshproto"
+)
+
+// Pos is a change's place in the WAL: its transaction's commit LSN and its
+// sequence number within the transaction.
+type Pos struct {
+	LSN uint64
+	Seq uint32
+}
+
+// Before reports whether p comes before q.
+func (p Pos) Before(q Pos) bool {
+	return p.LSN < q.LSN || p.LSN == q.LSN && p.Seq < q.Seq
+}
+
+// Lane is the mesh lane a frame goes on.
+type Lane uint8
+
+// The lanes the change stream uses.
+const (
+	// LaneControl carries registrations, acknowledgements and sync
+	// requests: small, ordered, never lost (a lost frame resyncs).
+	LaneControl = Lane(meshproto.LaneControl)
+	// LaneChanges carries Changes frames, resent from the owner's outbox
+	// when the lane resyncs.
+	LaneChanges = Lane(meshproto.LaneChanges)
+)
+
+// An Event is an input of Step.
+type Event interface{ event() }
+
+// Members is the live membership, this node included.
+type Members struct{ Members []Member }
+
+// Drain says that this node is leaving: it stops counting itself a
+// candidate owner, and hands the reader over if it has it.
+type Drain struct{}
+
+// Subscribe registers subscriptions of this node's channels with the
+// owner; Subscribed{Call} answers once the owner holds them all (or one
+// was refused, or RegisterTimeout passed).
+type Subscribe struct {
+	Call uint64
+	Subs []meshproto.Sub
+}
+
+// Unsubscribe removes subscriptions of this node.
+type Unsubscribe struct{ IDs []uint64 }
+
+// Receive is a frame from node From (SubRegister, SubUnregister, SubAck,
+// SubSync, Changes or ChangesAck; frames of another database are
+// ignored). Refused, for a SubRegister, lists the IDs of its
+// subscriptions the caller could not take (an unknown operator): they are
+// answered with an error and not registered.
+type Receive struct {
+	From    string
+	Frame   meshproto.Frame
+	Refused []uint64
+}
+
+// Delivered says that the change at Pos from owner From (this node for
+// its own changes) was handed to the local subscribers (or dropped as a
+// repeat): it may be acknowledged.
+type Delivered struct {
+	From string
+	Pos  Pos
+}
+
+// Routed is a chunk of the reader's transactions as the router matched
+// them: per change, what goes to each node, and where each transaction
+// ends, in commit order. Gen is the reader run's (StartReader.Gen): the
+// chunk of a run that was stopped meanwhile is dropped.
+type Routed struct {
+	Gen   int
+	Items []Item
+}
+
+// Item is one change for one node, or, when Node is empty, the end of the
+// transaction Commit: every change of it before this item was routed.
+type Item struct {
+	Node   string
+	Pos    Pos
+	Frame  []byte // the encoded Changes frame, for another node
+	Local  any    // what Deliver hands this node, for its own subscribers
+	Size   int    // the bytes it counts against Node's window
+	Commit uint64
+}
+
+// Streaming says that the reader of run Gen streams: the slot exists,
+// so a subscription held from now on sees every later commit.
+type Streaming struct{ Gen int }
+
+// ReaderStopped says that the reader of run Gen has returned, with all
+// its goroutines; Failed when it stopped without being asked to.
+type ReaderStopped struct {
+	Gen    int
+	Failed bool
+}
+
+// Forced says that the reader confirmed LSN without its acknowledgement:
+// the slot's lag passed its bound (Reader.MaxSlotLag).
+type Forced struct{ LSN uint64 }
+
+// ReadAgain asks for the reader of run Gen to start over from the last
+// confirmed position (a transaction could not be read back from disk).
+type ReadAgain struct{ Gen int }
+
+func (Members) event()       {}
+func (Drain) event()         {}
+func (Subscribe) event()     {}
+func (Unsubscribe) event()   {}
+func (Receive) event()       {}
+func (Delivered) event()     {}
+func (Routed) event()        {}
+func (Streaming) event()     {}
+func (ReaderStopped) event() {}
+func (Forced) event()        {}
+func (ReadAgain) event()     {}
+
+// An Effect is what the node must do, returned by Step and Tick in the
+// order it must be done.
+type Effect interface{ effect() }
+
+// Send is a frame for node To on Lane: Frame, or Raw when it is encoded
+// already (a Changes frame). Frames to this node never appear: the core
+// takes them itself.
+type Send struct {
+	To    string
+	Lane  Lane
+	Frame meshproto.Frame
+	Raw   []byte
+}
+
+// Deliver hands a change to this node's subscribers: Changes from
+// another owner, or Local from this one; Dup says it was delivered
+// already (a repeat of the unconfirmed tail) and is only to be counted.
+// Either way Delivered{From, Pos} follows once it is done: the local
+// deliveries go in this order, one at a time.
+type Deliver struct {
+	From    string
+	Pos     Pos
+	Changes *meshproto.Changes
+	Local   any
+	Dup     bool
+}
+
+// Confirm accepts every transaction up to LSN: the reader may confirm it
+// to Postgres.
+type Confirm struct{ LSN uint64 }
+
+// StartReader starts a run of the reader, from the slot's confirmed
+// position; TakeOver lets it take the slot from a silent consumer (the
+// previous owner died).
+type StartReader struct {
+	Gen      int
+	TakeOver bool
+}
+
+// StopReader stops run Gen; ReaderStopped follows once it has.
+type StopReader struct{ Gen int }
+
+// RouteMore lets the router of run Gen route its next chunk: every change
+// of the last one went out (no window is full) and this node's own
+// subscribers took theirs.
+type RouteMore struct{ Gen int }
+
+// AddSubs adds subscriptions of Node to the matcher (replacing those with
+// their IDs); RemoveSubs removes some.
+type AddSubs struct {
+	Node string
+	Subs []meshproto.Sub
+}
+
+// RemoveSubs removes subscriptions from the matcher.
+type RemoveSubs struct{ IDs []uint64 }
+
+// Subscribed answers Subscribe{Call}: Err is the owner's refusal ("" when
+// it holds them all); TimedOut, that RegisterTimeout passed first.
+type Subscribed struct {
+	Call     uint64
+	Err      string
+	TimedOut bool
+}
+
+// Dropped says that the owner stopped matching this node's subscriptions
+// IDs, for Err (they cost too much): their channels must be told.
+type Dropped struct {
+	IDs []uint64
+	Err string
+}
+
+// Log is a line for the node's log.
+type Log struct {
+	Level slog.Level
+	Msg   string
+	Args  []any
+}
+
+func (Send) effect()        {}
+func (Deliver) effect()     {}
+func (Confirm) effect()     {}
+func (StartReader) effect() {}
+func (StopReader) effect()  {}
+func (RouteMore) effect()   {}
+func (AddSubs) effect()     {}
+func (RemoveSubs) effect()  {}
+func (Subscribed) effect()  {}
+func (Dropped) effect()     {}
+func (Log) effect()         {}
