@@ -3,6 +3,7 @@ package edge
 import (
 	"time"
 
+	"github.com/meshcast/meshcast/edge/history"
 	"github.com/meshcast/meshcast/wire/meshproto"
 	"github.com/meshcast/meshcast/wire/phx"
 )
@@ -74,6 +75,10 @@ func (c *conn) broadcast(ch *channel, m *phx.Message, size int) {
 // to each other node that has subscribers.
 func (s *Server) publish(k topicKey, t *topic, out *outMsg, skip *channel) {
 	s.metrics.broadcasts.Inc()
+	if s.rec != nil && !out.unreliable && !history.HasPos(out.meta) {
+		s.originate(k, t, out, skip)
+		return
+	}
 	if t != nil {
 		s.metrics.fannedOut(t.fanout(out, skip))
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"github.com/meshcast/meshcast/edge/history"
 	"github.com/meshcast/meshcast/wal/dbcast"
 	"github.com/meshcast/meshcast/wire/phx"
 )
@@ -32,6 +33,14 @@ type channel struct {
 	claims          *claims
 	bindings        []binding // postgres_changes; set before the channel is joined
 	expiry          *time.Timer
+
+	// recover is the broadcast vector the join asked to recover from (nil:
+	// none, or recoverErr when it was malformed); floors, set at the join
+	// under t.mu, are per stream the offsets at or below which live
+	// messages are before its seam (read under t.mu's read lock).
+	recover    map[uint64]uint64
+	recoverErr error
+	floors     map[uint64]uint64
 
 	// grants are what claims may do on the channel (all, unless private
 	// on a node with a secret). Changed with c.mu and t.mu held, read
@@ -200,6 +209,13 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 	if ch.presenceKey == "" {
 		ch.presenceKey = newUUID()
 	}
+	if c.srv.rec != nil {
+		vec := cfg.Recover.Broadcast
+		if len(vec) == 0 {
+			vec = cfg.Broadcast.Recover // realtime-js passes only broadcast's object through
+		}
+		ch.recover, ch.recoverErr = history.ParseVector(vec)
+	}
 	return ch
 }
 
@@ -232,7 +248,8 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 			return c.carryOut(refuseReplayFailed, m, nil)
 		}
 	}
-	if ready != nil || len(changes) > 0 {
+	var fetched map[uint64][]history.Fetched[*outMsg]
+	if ready != nil || len(changes) > 0 || (ch.recover != nil && s.cluster != nil) {
 		// A new topic in a cluster: the presence of the other nodes
 		// arrives before the first presence_state (bounded by the mesh,
 		// and by Shutdown's deadline). Bindings wait (bounded) until the
@@ -250,13 +267,28 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 			case <-s.stopping:
 			}
 		}
+		if s.rec != nil {
+			// Ranges of the recovery only other nodes hold.
+			fetched = s.fetchMissing(ch.key.meshTopic(), ch.recover)
+		}
 		c.mu.Lock()
 	}
 	c.channels[m.Topic] = ch
 	s.channels.Add(1)
 	s.metrics.joins.Inc()
 	s.hub.join(ch, t, func(t *topic) {
+		var resend []*outMsg
+		var failed string
+		if s.rec != nil {
+			reply, resend, failed = s.joinSeam(ch, reply, fetched)
+		}
 		c.reply(m.JoinRef, m.Ref, m.Topic, "ok", reply)
+		for _, out := range resend {
+			ch.deliver(out)
+		}
+		if failed != "" {
+			c.send(ch.joinRef, "", m.Topic, "system", systemPayload("broadcast", "error", failed, ch.name))
+		}
 		if ch.presenceEnabled && ch.grants.canRead(ExtPresence) {
 			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence.Set))
 		}

@@ -51,6 +51,7 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 	if os.Getenv("MESHCAST_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	cfg.RecoveryWindow = 0 // exact frames; recovery's tests turn it on
 	if tweak != nil {
 		tweak(&cfg)
 	}

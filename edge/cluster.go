@@ -3,17 +3,16 @@ package edge
 import (
 	"unicode/utf8"
 
+	"github.com/meshcast/meshcast/edge/history"
 	"github.com/meshcast/meshcast/mesh/presence"
 	"github.com/meshcast/meshcast/wire/meshproto"
-	"github.com/meshcast/meshcast/wire/phx"
 )
 
 // The Server is the mesh's Handler: what other nodes send ends up here.
 
 // Deliver fans a broadcast from another node out to local subscribers.
 func (s *Server) Deliver(b *meshproto.Broadcast) {
-	if !utf8.ValidString(b.Topic) || !utf8.ValidString(b.Event) || !utf8.Valid(b.Meta) ||
-		(b.Enc == phx.EncJSON && !utf8.Valid(b.Payload)) {
+	if !utf8.ValidString(b.Topic) || !validBroadcast(b.Event, b.Payload, b.Meta, b.Enc) {
 		// Peers check what their clients send; a broadcast that still is
 		// not UTF-8 must not reach a text frame.
 		s.metrics.errorReason("bad_peer_message")
@@ -22,10 +21,17 @@ func (s *Server) Deliver(b *meshproto.Broadcast) {
 	}
 	k := parseMeshTopic(b.Topic)
 	t := s.hub.lookup(k)
+	out := &outMsg{topic: k.name, event: b.Event, data: b.Payload, meta: b.Meta, enc: b.Enc, binary: b.Binary, unreliable: b.Unreliable}
+	if s.rec != nil && !b.Unreliable {
+		if st, off, ok := history.MetaPos(b.Meta); ok {
+			out.stream, out.offset = st, off
+			s.deliverReplica(b.Topic, t, out)
+			return
+		}
+	}
 	if t == nil {
 		return
 	}
-	out := &outMsg{topic: k.name, event: b.Event, data: b.Payload, meta: b.Meta, enc: b.Enc, binary: b.Binary, unreliable: b.Unreliable}
 	s.metrics.fannedOut(t.fanout(out, nil))
 }
 
@@ -82,6 +88,9 @@ func (s *Server) OwnPresence(topic string) presence.Snapshot {
 // NodeDown removes a dead or departed node's presence everywhere; local
 // clients get the leaves.
 func (s *Server) NodeDown(id string) {
+	if s.rec != nil {
+		s.rec.peerDown(id)
+	}
 	s.hub.mu.RLock()
 	topics := make([]*topic, 0, len(s.hub.topics))
 	for _, t := range s.hub.topics {

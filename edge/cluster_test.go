@@ -88,12 +88,22 @@ func (cn *clusterNode) meshAddr() string { return cn.udp.LocalAddr().String() }
 // t.Cleanup.
 func startCluster(t *testing.T, regions []string, tweak func(*mesh.Config)) []*clusterNode {
 	t.Helper()
+	return startClusterWith(t, regions, func(c *Config) { c.RecoveryWindow = 0 }, tweak)
+}
+
+// startClusterWith is startCluster with each node's Config changed by
+// edgeTweak.
+func startClusterWith(t *testing.T, regions []string, edgeTweak func(*Config), tweak func(*mesh.Config)) []*clusterNode {
+	t.Helper()
 	var nodes []*clusterNode
 	var seed string
 	for i, region := range regions {
 		cfg := DefaultConfig()
 		cfg.Logger = slog.New(slog.DiscardHandler)
 		cfg.NodeID = mesh.NewID(fmt.Sprintf("n%d", i))
+		if edgeTweak != nil {
+			edgeTweak(&cfg)
+		}
 		s, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)

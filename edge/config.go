@@ -146,6 +146,16 @@ type Config struct {
 	// database without auth). Without it the panel only shows changes.
 	DemoTable http.Handler
 
+	// RecoveryWindow is how long this node keeps the broadcasts it
+	// originates and receives, so that a client rejoining within it gets
+	// what it missed (README, Recovery). If zero, recovery is off: no
+	// positions, no history.
+	RecoveryWindow time.Duration
+	// RecoveryBytes bounds the history's bytes on this node, over every
+	// topic (the oldest message goes first); if zero, only the window
+	// bounds it.
+	RecoveryBytes int
+
 	Logger *slog.Logger
 }
 
@@ -169,6 +179,8 @@ func DefaultConfig() Config {
 		MaxBatchMessages:        1000,
 		RESTEventsPerSecond:     10_000,
 		QueueBytes:              4 << 20,
+		RecoveryWindow:          5 * time.Minute,
+		RecoveryBytes:           64 << 20,
 		MaxBindingsPerJoin:      100,
 		MaxBindingsPerConn:      500,
 		MaxFilterBytes:          4096,

@@ -77,3 +77,42 @@ func BenchmarkFanout(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPublishRecovery is one broadcast a client published on this
+// node reaching 1000 local subscribers, with recovery off and on (the
+// default window and budget): the cost of numbering it, writing meta.pos
+// and keeping it in history. subs=0 isolates that cost (the fan-out's
+// writers run beside the loop and make subs=1000 noisy).
+func BenchmarkPublishRecovery(b *testing.B) {
+	payload := []byte(`{"t":1732500000000000000,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}`)
+	for _, c := range []struct {
+		n      int
+		window time.Duration
+	}{{0, 0}, {0, 5 * time.Minute}, {1000, 0}, {1000, 5 * time.Minute}} {
+		n := c.n
+		window := c.window
+		name := fmt.Sprintf("subs=%d/recovery=off", n)
+		if window > 0 {
+			name = fmt.Sprintf("subs=%d/recovery=on", n)
+		}
+		b.Run(name, func(b *testing.B) {
+			cfg := DefaultConfig()
+			cfg.QueueBytes = 0
+			cfg.RecoveryWindow = window
+			s, err := New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			t, stop := benchTopic(b, s, n)
+			defer stop()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				out := &outMsg{topic: "realtime:bench", event: "m", data: payload, enc: phx.EncJSON}
+				s.publish(topicKey{name: "realtime:bench"}, t, out, nil)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+		})
+	}
+}

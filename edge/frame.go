@@ -73,6 +73,8 @@ type outMsg struct {
 	// unreliable: a datagram broadcast, sent as a datagram to the
 	// WebTransport subscribers that opted in (deliver).
 	unreliable bool
+	// stream and offset are the message's position (offset 0: none).
+	stream, offset uint64
 
 	frames [numFormats][]byte
 	built  [numFormats]bool

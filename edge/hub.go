@@ -205,8 +205,8 @@ func (t *topic) fanout(m *outMsg, skip *channel) deliveries {
 func (t *topic) fanoutLocked(m *outMsg, skip *channel) deliveries {
 	var n deliveries
 	for _, ch := range t.subs {
-		if ch == skip {
-			continue
+		if ch == skip || (ch.floors != nil && m.offset != 0 && m.offset <= ch.floors[m.stream]) {
+			continue // floors: before the seam of a join that recovered
 		}
 		if ch.deliver(m) {
 			n[ch.conn.kind]++

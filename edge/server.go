@@ -66,6 +66,7 @@ type Server struct {
 	coalesce   *coalescer
 	pool       *writePool
 	rest       *restLimiter // nil: REST messages are not rate limited
+	rec        *recovery    // nil: recovery is off (RecoveryWindow 0)
 
 	// policy decides private channels (the claims rule without
 	// Config.ChannelPolicy); policyBlocks: it may block, so callers let
@@ -153,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.life, s.endLife = context.WithCancel(context.Background())
 	s.metrics = newServerMetrics(s)
+	s.rec = newRecovery(cfg, s.metrics.set)
 	s.mux = s.routes()
 	s.handler = s.withAltSvc(s.mux)
 	s.http = &http.Server{
@@ -179,6 +181,9 @@ func (s *Server) SetCluster(n *mesh.Node) error {
 	}
 	s.cluster = n
 	s.hub.cluster = n
+	if s.rec != nil {
+		s.attachRecovery(n)
+	}
 	return nil
 }
 

@@ -29,6 +29,25 @@ func (n *Node) OnResync(l Lane, fn func(peer string, emit func([]byte) error) er
 	n.resyncs[l] = append(n.resyncs[l], fn)
 }
 
+// OnTopicSnapshot registers fn to add frames for topic ahead of every
+// presence snapshot of it this node sends a peer (answering its
+// InterestAdd, a sync request or a resync), on the control lane: the peer
+// has them before the snapshot ends its wait for the topic. fn passes them
+// to emit; it runs on the mesh's goroutines without its locks held. Call
+// before Start.
+func (n *Node) OnTopicSnapshot(fn func(peer, topic string, emit func([]byte) error) error) {
+	n.topicHooks = append(n.topicHooks, fn)
+}
+
+func (n *Node) topicSnapshotHooks(peer, topic string, emit func([]byte) error) error {
+	for _, fn := range n.topicHooks {
+		if err := fn(peer, topic, emit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (n *Node) resyncHooks(p *peer, lane byte, emit func([]byte) error) error {
 	for _, fn := range n.resyncs[Lane(lane)] {
 		if err := fn(p.m.ID, emit); err != nil {

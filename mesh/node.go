@@ -74,6 +74,8 @@ type Node struct {
 	handlers map[meshproto.Type]func(from string, f meshproto.Frame)
 	resyncs  map[Lane][]func(peer string, emit func([]byte) error) error
 	watchers []func(self Member, members []Member)
+	// topicHooks add frames before each presence snapshot (OnTopicSnapshot).
+	topicHooks []func(peer, topic string, emit func([]byte) error) error
 
 	// in feeds the driver goroutine, the only one that changes core
 	// (driver.go).

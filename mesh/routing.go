@@ -177,6 +177,9 @@ func (n *Node) resyncFrames(p *peer, lane byte, emit func([]byte) error) error {
 		return err
 	}
 	for _, t := range theirs {
+		if err := n.topicSnapshotHooks(p.m.ID, t, emit); err != nil {
+			return err
+		}
 		if err := presenceFrames(t, n.h.OwnPresence(t), emit); err != nil {
 			return err
 		}
@@ -193,10 +196,12 @@ func (n *Node) sendPresenceSnapshot(id, topic string) {
 	if p == nil {
 		return
 	}
-	presenceFrames(topic, n.h.OwnPresence(topic), func(f []byte) error {
+	emit := func(f []byte) error {
 		p.send(laneControl, f)
 		return nil
-	})
+	}
+	n.topicSnapshotHooks(id, topic, emit)
+	presenceFrames(topic, n.h.OwnPresence(topic), emit)
 }
 
 // dispatch handles one frame from an authenticated peer.

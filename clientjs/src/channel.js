@@ -77,6 +77,17 @@ export class MeshcastChannel {
     this.joinCount = 0
     this.tracked = undefined
     this.lastSystemError = null
+    /**
+     * The broadcast positions this channel holds, `{epoch: offset}` (meshcast's
+     * recovery): from the join reply's `positions.broadcast` and every message's
+     * `meta.pos`. Sent as `config.recover.broadcast` on every rejoin. null until
+     * a server that keeps positions answers a join.
+     * @type {Record<string, number> | null}
+     */
+    this.positions = null
+    /** The last join's answer to recovery: true, false (the server said it could not), or undefined (not asked). */
+    this.recovered = undefined
+    this._unseenOwn = 0
     this.timeoutMs = client.timeoutMs
     this.joinPush = new Push(this, 'phx_join', () => this._joinPayload(), this.timeoutMs)
     this.rejoinTimer = new RetryTimer(
@@ -169,7 +180,7 @@ export class MeshcastChannel {
 
   /** The join payload: config (as realtime-js sends it), access_token when the client has one, version. */
   _joinPayload() {
-    const { broadcast, presence, private: isPrivate, postgres_changes_options } = this.params.config
+    const { broadcast, presence, private: isPrivate, postgres_changes_options, recover } = this.params.config
     const presenceEnabled = this.bindings.some((b) => b.type === 'presence') || presence?.enabled === true
     const config = {
       broadcast,
@@ -178,6 +189,10 @@ export class MeshcastChannel {
       private: isPrivate,
       ...(postgres_changes_options ? { postgres_changes_options } : {}),
     }
+    // Recovery: what this channel holds, or what the app passed for the first join.
+    if (this.positions) config.recover = { ...(recover ?? {}), broadcast: { ...this.positions } }
+    else if (recover) config.recover = recover
+    this._asked = config.recover?.broadcast
     const payload = { config, version: this.client.version }
     if (this.client.accessTokenValue) payload.access_token = this.client.accessTokenValue
     return payload
@@ -210,6 +225,7 @@ export class MeshcastChannel {
       return
     }
     pg.forEach((b, i) => (b.id = ids[i]))
+    this._adoptPositions(response)
     this.state = CHANNEL_STATES.joined
     this.lastSystemError = null
     this.rejoinTimer.reset()
@@ -221,7 +237,52 @@ export class MeshcastChannel {
     }
     this.joinCount++
     if (this.client.accessTokenFn) this.client.setAuth().catch((e) => this.client.log('error', 'access token refresh failed', e))
-    this._report(SUBSCRIBE_STATES.SUBSCRIBED)
+    this._report(SUBSCRIBE_STATES.SUBSCRIBED, this.recovered === false ? new Error('recovery failed: messages published while this channel was away are missing (see the system event)') : undefined)
+  }
+
+  /**
+   * Takes the join reply's positions. After a recovery the missed messages
+   * follow the reply, so the channel holds what it asked from until they are
+   * in (each raises its stream by meta.pos); otherwise it holds the reply's.
+   */
+  _adoptPositions(response) {
+    const pos = response.positions?.broadcast
+    this.recovered = typeof response.recovered === 'boolean' ? response.recovered : undefined
+    if (!pos || typeof pos !== 'object') return
+    const asked = this._asked ?? {}
+    const held = {}
+    for (const [epoch, offset] of Object.entries(pos)) {
+      held[epoch] = this.recovered === true ? Number(asked[epoch] ?? 0) : Number(offset)
+    }
+    this.positions = held
+  }
+
+  /**
+   * Raises the vector by a broadcast's meta.pos. False when the message is not
+   * to be delivered: the channel already had it (a duplicate), it is (re)joining
+   * with positions (what it missed follows the join reply), or it skips offsets
+   * of a stream it holds (a gap on the way: the channel rejoins, and the server
+   * sends what is missing or says it cannot).
+   */
+  _notePosition(payload) {
+    const pos = payload?.meta?.pos
+    if (typeof pos !== 'string' || this.positions === null) return true
+    if (this.state !== CHANNEL_STATES.joined) return false
+    const i = pos.indexOf(':')
+    const epoch = pos.slice(0, i)
+    const offset = Number(pos.slice(i + 1))
+    if (i !== 16 || !Number.isSafeInteger(offset)) return true
+    const held = this.positions[epoch]
+    if (held !== undefined && offset <= held) return false
+    if (held !== undefined && offset > held + 1 && offset - held - 1 <= this._unseenOwn) {
+      this._unseenOwn -= offset - held - 1 // this channel's own sends (self: false)
+    } else if (held !== undefined && offset > held + 1) {
+      this.client.log('channel', `${this.topic}: offsets ${held + 1}..${offset - 1} of stream ${epoch} did not arrive; rejoining to recover them`)
+      this._rejoin()
+      return false
+    }
+    this.positions[epoch] = offset
+    return true
   }
 
   _report(status, err) {
@@ -272,6 +333,8 @@ export class MeshcastChannel {
     if (!this.joinedOnce && args.type === 'broadcast') return this._restBroadcast(args, opts)
     const timeout = opts.timeout ?? this.timeoutMs
     const noReply = args.type === 'broadcast' && !this.params.config.broadcast?.ack
+    // Without self, this channel's own broadcasts take offsets it never sees: not a gap.
+    if (args.type === 'broadcast' && this.params.config.broadcast?.self !== true) this._unseenOwn++
     return new Promise((resolve) => {
       const push = this._pushEvent(args.type, args, timeout, { expectReply: !noReply })
       if (noReply) {
@@ -459,12 +522,15 @@ export class MeshcastChannel {
         this.presence.diff(payload)
         return
       case 'system':
-        if (payload?.status === 'error') this.lastSystemError = new Error(payload.message ?? 'system error', { cause: payload })
+        // A recovery failure leaves the channel joined: it is no reason for a later close.
+        if (payload?.status === 'error' && !String(payload.message).startsWith('recovery failed')) {
+          this.lastSystemError = new Error(payload.message ?? 'system error', { cause: payload })
+        }
         this._emit('system', payload)
         return
       case 'broadcast':
         if (this._seenBefore(payload?.meta)) return
-        this._emit('broadcast', payload)
+        if (this._notePosition(payload)) this._emit('broadcast', payload)
         return
       default:
         if (isChange(payload)) this._emit('postgres_changes', payload)

@@ -76,6 +76,8 @@ export interface ChannelConfig {
   presence?: { key?: string; enabled?: boolean }
   private?: boolean
   postgres_changes_options?: { wait?: boolean; timeout?: number }
+  /** meshcast recovery: positions to recover from on the first join (the client sends its own on every rejoin). */
+  recover?: { broadcast?: Record<string, number> }
 }
 
 export interface ChannelOptions {
@@ -86,7 +88,8 @@ export interface BroadcastMessage<T = any> {
   type: 'broadcast'
   event: string
   payload: T
-  meta?: { id?: string; replayed?: boolean; unreliable?: boolean; [key: string]: unknown }
+  /** `pos` is the message's stream position, `"<epoch>:<offset>"` (meshcast recovery). */
+  meta?: { id?: string; pos?: string; replayed?: boolean; unreliable?: boolean; [key: string]: unknown }
 }
 
 export type Presence<T extends Record<string, any> = {}> = { presence_ref: string } & T
@@ -127,7 +130,7 @@ export interface PostgresChangesPayload<T extends Record<string, any> = Record<s
 }
 
 export interface SystemPayload {
-  extension: 'system' | 'postgres_changes' | (string & {})
+  extension: 'system' | 'postgres_changes' | 'broadcast' | (string & {})
   status: 'ok' | 'error' | (string & {})
   message: string
   channel?: string
@@ -141,6 +144,10 @@ export class MeshcastChannel {
   readonly client: MeshcastClient
   readonly params: { config: ChannelConfig }
   readonly private: boolean
+  /** Broadcast positions this channel holds, `{epoch: offset}`; sent as `config.recover.broadcast` on every rejoin. null until a server with recovery answers. */
+  readonly positions: Record<string, number> | null
+  /** The last join's answer to recovery: true, false (messages were missed; a `system` event says why), undefined when not asked. */
+  readonly recovered: boolean | undefined
 
   on(type: 'broadcast', filter: { event: string }, callback: (message: BroadcastMessage) => void): this
   on(type: 'presence', filter: { event: 'sync' }, callback: (payload: { event: 'sync' }) => void): this
@@ -150,7 +157,7 @@ export class MeshcastChannel {
   on<T extends Record<string, any> = Record<string, any>>(type: 'postgres_changes', filter: PostgresChangesFilter, callback: (payload: PostgresChangesPayload<T>) => void): this
   on(type: 'system', filter: {}, callback: (payload: SystemPayload) => void): this
 
-  /** Joins; `callback(status, err)` gets SUBSCRIBED on every (re)join, CHANNEL_ERROR / TIMED_OUT with the reason, CLOSED. */
+  /** Joins; `callback(status, err)` gets SUBSCRIBED on every (re)join (with an error when recovery failed), CHANNEL_ERROR / TIMED_OUT with the reason, CLOSED. */
   subscribe(callback?: (status: SubscribeStatus, err?: Error) => void, timeoutMs?: number): this
   send(args: { type: 'broadcast' | 'presence'; event: string; payload?: any; [key: string]: any }, opts?: { timeout?: number }): Promise<SendResponse>
   /** One datagram on WebTransport, a reliable broadcast on WebSocket. Rejects with DatagramTooLargeError (> 1024 bytes encoded) or UnreliableNotEnabledError. */

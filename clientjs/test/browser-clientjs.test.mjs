@@ -266,4 +266,39 @@ describe('clientjs in Chromium: WebTransport first, WebSocket fallback', { skip 
       await ctx.close()
     }
   })
+  it('a tab whose WebTransport session is lost rejoins and recovers what was published meanwhile, once, in order', async () => {
+    const name = uniqueName('wtrecover')
+    const { page, ctx } = await openPage()
+    const pub = realtime.make().channel(name, { config: { broadcast: { ack: true } } })
+    await subscribed(pub)
+    const send = async (from, to) => {
+      for (let n = from; n < to; n++) assert.equal(await pub.send({ type: 'broadcast', event: 'seq', payload: { n } }), 'ok')
+    }
+    const transport = await page.evaluate(async (name) => {
+      const client = new window.mc.MeshcastClient(`${location.origin}/realtime/v1`, { apikey: 'demo', reconnectAfterMs: () => 1000 })
+      window.client = client
+      window.got = []
+      window.subscribed = 0
+      const ch = client.channel(name)
+      window.ch = ch
+      ch.on('broadcast', { event: 'seq' }, (m) => window.got.push(m.payload.n))
+      await new Promise((resolve) => ch.subscribe((s) => s === 'SUBSCRIBED' && (window.subscribed++, resolve())))
+      return client.transport
+    }, name)
+    assert.equal(transport, 'webtransport')
+    await send(0, 5)
+    await page.waitForFunction(() => window.got.length === 5)
+    // The session dies under the tab; clientjs reconnects a second later.
+    await page.evaluate(() => window.client.conn.wt.close({ closeCode: 0, reason: 'network lost' }))
+    await send(5, 15)
+    await page.waitForFunction(() => window.subscribed === 2, null, { timeout: TIMEOUT })
+    const after = await page.evaluate(() => ({ recovered: window.ch.recovered, transport: window.client.transport }))
+    assert.deepEqual(after, { recovered: true, transport: 'webtransport' })
+    await send(15, 20)
+    await page.waitForFunction(() => window.got.length >= 20)
+    assert.deepEqual(await page.evaluate(() => window.got), Array.from({ length: 20 }, (_, i) => i))
+    const m = await scrapeMetrics(server)
+    assert.ok(m.get('meshcast_recovery_messages_sent_total') >= 10, 'the 10 missed messages came by recovery')
+    await ctx.close()
+  })
 })

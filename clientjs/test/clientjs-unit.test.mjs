@@ -275,6 +275,66 @@ describe('postgres_changes dispatch', () => {
   })
 })
 
+describe('recovery positions', () => {
+  const E1 = '00000000000000aa'
+  const E2 = '00000000000000bb'
+  const bc = (epoch, offset, n) => ({ type: 'broadcast', event: 'e', payload: { n }, meta: { pos: `${epoch}:${offset}` } })
+
+  it('takes the reply\'s vector, drops duplicates, sends the vector on the next join, holds the asked offsets during a recovery', () => {
+    const c = new MeshcastClient('http://127.0.0.1:1/realtime/v1', { apikey: 'k', WebSocket })
+    const ch = new MeshcastChannel('room1', {}, c)
+    const got = []
+    ch.on('broadcast', { event: '*' }, (m) => got.push(m.payload.n))
+    assert.equal(ch._joinPayload().config.recover, undefined, 'the first join asks nothing')
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E1]: 4 } } })
+    assert.deepEqual(ch.positions, { [E1]: 4 })
+    assert.equal(ch.recovered, undefined)
+    for (const [e, o, n] of [[E1, 4, 'dup'], [E1, 5, 5], [E2, 1, 'b1'], [E1, 5, 'dup']]) ch._trigger('broadcast', bc(e, o, n), null)
+    assert.deepEqual(got, [5, 'b1'])
+    assert.deepEqual(ch._joinPayload().config.recover, { broadcast: { [E1]: 5, [E2]: 1 } })
+
+    // A recovery: what was asked stays held until the missed messages are in.
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E1]: 7, [E2]: 1 } }, recovered: true })
+    assert.equal(ch.recovered, true)
+    assert.deepEqual(ch.positions, { [E1]: 5, [E2]: 1 })
+    for (const [e, o, n] of [[E1, 6, 6], [E1, 7, 7]]) ch._trigger('broadcast', bc(e, o, n), null)
+    assert.deepEqual(got, [5, 'b1', 6, 7])
+  })
+
+  it('a failed recovery takes the reply\'s vector and tells the subscribe callback', () => {
+    const c = new MeshcastClient('http://127.0.0.1:1/realtime/v1', { apikey: 'k', WebSocket })
+    const ch = new MeshcastChannel('room1', {}, c)
+    const seen = []
+    ch.callback = (s, err) => seen.push([s, err?.message])
+    ch.positions = { [E1]: 3 }
+    ch._joinPayload()
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E2]: 9 } }, recovered: false })
+    assert.deepEqual(ch.positions, { [E2]: 9 })
+    assert.equal(seen[0][0], 'SUBSCRIBED')
+    assert.match(seen[0][1], /^recovery failed/)
+  })
+
+  it('a hole in a held stream rejoins instead of delivering; own self:false sends are no hole', () => {
+    const c = new MeshcastClient('http://127.0.0.1:1/realtime/v1', { apikey: 'k', WebSocket })
+    const ch = new MeshcastChannel('room1', {}, c)
+    const got = []
+    ch.on('broadcast', { event: '*' }, (m) => got.push(m.payload.n))
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E1]: 1 } } })
+    ch._unseenOwn = 1 // one send of its own, not echoed (self: false)
+    ch._trigger('broadcast', bc(E1, 3, 3), null)
+    assert.deepEqual(got, [3], 'offset 2 was its own')
+    let rejoined = 0
+    ch._rejoin = () => rejoined++
+    ch._trigger('broadcast', bc(E1, 5, 5), null)
+    assert.deepEqual(got, [3], 'offset 4 is missing: not delivered')
+    assert.equal(rejoined, 1)
+  })
+})
+
 describe('backoff', () => {
   it('grows exponentially up to the cap; jitter takes away at most its share', () => {
     const lo = exponentialBackoff({ initialMs: 100, maxMs: 1000, jitter: 0.5, random: () => 0 })

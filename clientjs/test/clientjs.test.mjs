@@ -44,6 +44,8 @@ describe('broadcast', () => {
     assert.equal(c.transport, 'websocket', 'Node has no WebTransport: WebSocket')
     assert.equal(await ch.send({ type: 'broadcast', event: 'ping', payload: { n: 1, s: 'é' } }), 'ok')
     const msg = await waitFor(() => got[0], 5000, 'own broadcast with self: true')
+    assert.match(msg.meta?.pos ?? '', /^[0-9a-f]{16}:1$/, 'meta.pos: the first message of this node on the channel')
+    delete msg.meta
     assert.deepEqual(msg, { type: 'broadcast', event: 'ping', payload: { n: 1, s: 'é' } })
     const sentBinary = c.conn.ws.sent.filter((f) => Buffer.isBuffer(f))
     assert.equal(sentBinary.length, 1, 'the broadcast went out as one binary frame')

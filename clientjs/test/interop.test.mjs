@@ -125,6 +125,12 @@ describe('broadcast', () => {
       Array.from({ length: 200 }, (_, i) => i),
       'messages from one publisher must arrive in order, each once'
     )
+    // meshcast's recovery positions ride in meta, which realtime-js passes
+    // through untouched: one stream, offsets 1..200 in order.
+    const pos = got.map((m) => m.meta?.pos)
+    assert.ok(pos.every((p) => /^[0-9a-f]{16}:[1-9][0-9]*$/.test(p)), `meta.pos on every message: ${pos.slice(0, 3)}`)
+    assert.equal(new Set(pos.map((p) => p.split(':')[0])).size, 1, 'one origin stream')
+    assert.deepEqual(pos.map((p) => Number(p.split(':')[1])), Array.from({ length: 200 }, (_, i) => i + 1))
   })
 
   it('two clients see each other’s messages (sent as binary kind-3 frames)', async () => {
@@ -149,6 +155,7 @@ describe('broadcast', () => {
     await waitFor(() => gotA.length >= 1, 5000, "A receiving B's message")
     assert.deepEqual(gotB.map((m) => m.payload), [{ text: 'hi from a', n: 1 }])
     assert.deepEqual(gotA.map((m) => m.payload), [{ text: 'hi from b', n: 2 }])
+    assert.match(gotB[0].meta?.pos ?? '', /^[0-9a-f]{16}:1$/, 'a kind-4 frame carries meta.pos in its meta JSON')
     const kind3 = sentFrames.filter((f) => typeof f !== 'string' && new Uint8Array(f)[0] === 3)
     assert.equal(kind3.length, 1, 'realtime-js should have sent the broadcast as one kind-3 binary frame')
   })

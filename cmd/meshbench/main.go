@@ -46,7 +46,7 @@ func main() {
 	log.SetFlags(log.Ltime)
 	log.SetPrefix("meshbench: ")
 	commands := map[string]func([]string) int{"wal": walMain, "local": localMain, "regions": regionsMain, "detect": detectMain,
-		"slow": slowMain, "soak": soakMain, "cluster": clusterMain, "junk": junkMain}
+		"slow": slowMain, "soak": soakMain, "cluster": clusterMain, "junk": junkMain, "recover": recoverMain}
 	if len(os.Args) > 1 && commands[os.Args[1]] != nil {
 		os.Exit(commands[os.Args[1]](os.Args[2:]))
 	}

@@ -182,6 +182,8 @@ func parseFlags(args []string, help io.Writer) (*options, error) {
 	fs.IntVar(&c.MaxPresenceBytesPerConn, "max-presence-bytes-per-conn", c.MaxPresenceBytesPerConn, "max bytes of the presence payloads one connection tracks over all its channels (0 = off)")
 	fs.IntVar(&c.MaxPresenceKeys, "max-presence-keys", c.MaxPresenceKeys, "max presence entries in one channel, one per tracking join (0 = off)")
 	fs.Float64Var(&c.PresenceEventsPerSecond, "presence-events-per-sec", c.PresenceEventsPerSecond, "max presence track/untrack events per second on one channel topic on this node; exceeding closes the channel that sent it (0 = off)")
+	fs.DurationVar(&c.RecoveryWindow, "recovery-window", c.RecoveryWindow, "how long each node keeps the broadcasts it originates and receives, so that a client rejoining within it gets what it missed (0 = recovery off: no positions, no history)")
+	fs.IntVar(&c.RecoveryBytes, "recovery-bytes", c.RecoveryBytes, "max bytes of broadcast history on this node over all topics; the oldest message goes first, and a recovery that needs it fails explicitly (0 = only the window bounds it)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close sockets that send nothing (not even heartbeats) for this long (0 = off)")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "max time of one write to a client (0 = off)")
 	fs.DurationVar(&c.MessageTimeout, "message-timeout", c.MessageTimeout, "max time a client message may take to arrive once begun, fragments included (0 = off)")

@@ -149,7 +149,7 @@ func decodeBody(t Type, r *reader) Frame {
 		x.decode(r)
 		return x
 	}
-	return nil
+	return decodeHistory(t, r)
 }
 
 // ReadFrame reads one frame from r, in buf when it has the capacity, and

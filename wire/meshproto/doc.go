@@ -63,6 +63,9 @@ const (
 	TypeChanges             Type = 14
 	TypeChangesAck          Type = 15
 	TypeSubSync             Type = 16
+	TypeStreamHeads         Type = 17
+	TypeHistoryRequest      Type = 18
+	TypeHistoryReply        Type = 19
 )
 
 var typeNames = [...]string{
@@ -82,6 +85,9 @@ var typeNames = [...]string{
 	TypeChanges:             "Changes",
 	TypeChangesAck:          "ChangesAck",
 	TypeSubSync:             "SubSync",
+	TypeStreamHeads:         "StreamHeads",
+	TypeHistoryRequest:      "HistoryRequest",
+	TypeHistoryReply:        "HistoryReply",
 }
 
 // String returns the frame type's name, for errors and logs.

@@ -38,6 +38,10 @@ type JoinConfig struct {
 		// Replay asks for the topic's recent broadcasts from the database
 		// ({"since": epoch ms, "limit": n}); nil when not asked.
 		Replay json.RawMessage `json:"replay"`
+		// Recover (meshcast) is Recover.Broadcast where realtime-js can
+		// put it: it sends broadcast's object as the app gave it, and drops
+		// config keys it does not know.
+		Recover json.RawMessage `json:"recover"`
 	} `json:"broadcast"`
 	Presence struct {
 		Key     json.RawMessage `json:"key"`
@@ -45,6 +49,14 @@ type JoinConfig struct {
 	} `json:"presence"`
 	PostgresChanges []json.RawMessage `json:"postgres_changes"`
 	Private         Flag              `json:"private"`
+	// Recover (meshcast, issue 18) carries the positions the channel
+	// last saw, asking for what it missed since: broadcast is a vector
+	// {epoch: offset}, postgres_changes a change position. The edge
+	// decodes them.
+	Recover struct {
+		Broadcast       json.RawMessage `json:"broadcast"`
+		PostgresChanges json.RawMessage `json:"postgres_changes"`
+	} `json:"recover"`
 }
 
 // PresenceKey returns the configured presence key as a string ("" when

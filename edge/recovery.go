@@ -1,0 +1,416 @@
+package edge
+
+import (
+	"hash/maphash"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/meshcast/meshcast/edge/history"
+	"github.com/meshcast/meshcast/mesh"
+	"github.com/meshcast/meshcast/wire/meshproto"
+	"github.com/meshcast/meshcast/wire/phx"
+)
+
+// recovery drives this node's broadcast history (package history, issue
+// 18): it numbers what this node originates (meta.pos), keeps replicas of
+// what other nodes send, decides each join's seam under the topic's lock
+// and fetches what the node lacks from the peers that hold it.
+//
+// Lock order: a stripe lock (originate only), then topic.mu, then mu.
+// Fan-out to a topic's subscribers and the history's record of the
+// message happen under one hold of the topic's read lock, and a join plans
+// under its write lock: a message is either in the join's plan or fanned
+// out to it, never both, never neither.
+type recovery struct {
+	epoch uint64
+	// stripes order the broadcasts this node originates on one topic:
+	// offset, fan-out and hand-off to the mesh happen in one order.
+	stripes [64]sync.Mutex
+	seed    maphash.Seed
+
+	mu   sync.Mutex
+	core *history.Core[*outMsg]
+
+	fetchMu sync.Mutex
+	nextID  uint64
+	pending map[uint64]chan *meshproto.HistoryReply
+	// flights are the fetches under way, shared by the joins that need
+	// the same range (clients of one channel moving nodes together).
+	flights map[fetchKey]*flight
+
+	m recoveryMetrics
+}
+
+type recoveryMetrics struct {
+	ok, failed, notAsked *metrics.Counter
+	resent               *metrics.Counter
+	fetchOK, fetchFailed *metrics.Counter
+	duplicates           *metrics.Counter
+}
+
+// fetchTimeout bounds one HistoryRequest's round trip.
+const fetchTimeout = 3 * time.Second
+
+// fetchReplyBytes bounds one HistoryReply: a larger range takes several.
+const fetchReplyBytes = 256 << 10
+
+func newRecovery(cfg Config, set *metrics.Set) *recovery {
+	if cfg.RecoveryWindow <= 0 {
+		return nil
+	}
+	r := &recovery{epoch: rand.Uint64(), seed: maphash.MakeSeed(), pending: make(map[uint64]chan *meshproto.HistoryReply),
+		flights: make(map[fetchKey]*flight)}
+	r.core = history.New[*outMsg](history.Config{Window: cfg.RecoveryWindow, MaxBytes: cfg.RecoveryBytes}, r.epoch)
+	r.core.Tick(time.Now())
+	r.m = recoveryMetrics{
+		ok:          set.NewCounter(`meshcast_recovery_joins_total{result="ok"}`),
+		failed:      set.NewCounter(`meshcast_recovery_joins_total{result="failed"}`),
+		notAsked:    set.NewCounter(`meshcast_recovery_joins_total{result="not_asked"}`),
+		resent:      set.NewCounter("meshcast_recovery_messages_sent_total"),
+		fetchOK:     set.NewCounter(`meshcast_recovery_fetches_total{result="ok"}`),
+		fetchFailed: set.NewCounter(`meshcast_recovery_fetches_total{result="failed"}`),
+		duplicates:  set.NewCounter("meshcast_recovery_duplicates_dropped_total"),
+	}
+	set.NewGauge("meshcast_recovery_history_bytes", func() float64 {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return float64(r.core.Bytes())
+	})
+	set.NewGauge("meshcast_recovery_history_messages", func() float64 {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return float64(r.core.Messages())
+	})
+	return r
+}
+
+// keepCopy is what history keeps of a broadcast: its fields, copied (the
+// payload may alias a reused read buffer), without built frames.
+func keepCopy(out *outMsg) *outMsg {
+	return &outMsg{topic: out.topic, event: out.event, enc: out.enc, binary: out.binary,
+		data: append([]byte(nil), out.data...)}
+}
+
+func keptSize(m *outMsg) int { return len(m.data) + len(m.meta) + len(m.event) }
+
+// originate publishes a reliable broadcast this node accepted with the
+// next position of its stream of the topic.
+func (s *Server) originate(k topicKey, t *topic, out *outMsg, skip *channel) {
+	r := s.rec
+	mt := k.meshTopic()
+	stripe := &r.stripes[maphash.String(r.seed, mt)%uint64(len(r.stripes))]
+	stripe.Lock()
+	defer stripe.Unlock()
+	kept := keepCopy(out)
+	if t != nil {
+		t.mu.RLock()
+	}
+	r.mu.Lock()
+	r.core.Tick(time.Now())
+	off := r.core.Next(mt)
+	out.meta = history.AppendMeta(nil, out.meta, r.epoch, off)
+	out.stream, out.offset = r.epoch, off
+	kept.meta, kept.stream, kept.offset = out.meta, r.epoch, off
+	r.core.Originate(mt, keptSize(kept), kept)
+	r.mu.Unlock()
+	if t != nil {
+		s.metrics.fannedOut(t.fanoutLocked(out, skip))
+		t.mu.RUnlock()
+	}
+	if s.cluster != nil {
+		s.cluster.Publish(&meshproto.Broadcast{Topic: mt, Event: out.event, Payload: out.data, Meta: out.meta, Enc: out.enc, Binary: out.binary})
+	}
+}
+
+// deliverReplica keeps a positioned broadcast from another node and fans
+// it out to the topic's subscribers (t may be nil: none here). A
+// duplicate is dropped.
+func (s *Server) deliverReplica(mt string, t *topic, out *outMsg) {
+	r := s.rec
+	kept := keepCopy(out)
+	kept.meta = append([]byte(nil), out.meta...)
+	kept.stream, kept.offset = out.stream, out.offset
+	if t != nil {
+		t.mu.RLock()
+		defer t.mu.RUnlock()
+	}
+	r.mu.Lock()
+	r.core.Tick(time.Now())
+	fresh := r.core.Append(mt, out.stream, out.offset, keptSize(kept), kept)
+	r.mu.Unlock()
+	if !fresh {
+		r.m.duplicates.Inc()
+		return
+	}
+	if t != nil {
+		s.metrics.fannedOut(t.fanoutLocked(out, nil))
+	}
+}
+
+// plan decides a join's seam; called with the topic's write lock held.
+func (r *recovery) plan(mt string, vec map[uint64]uint64, fetched map[uint64][]history.Fetched[*outMsg]) history.Plan[*outMsg] {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.core.Tick(time.Now())
+	return r.core.Plan(mt, vec, fetched, true)
+}
+
+// fetchMissing fetches from peers the ranges of vec's recovery this node
+// does not hold. Called without locks held; it waits on the mesh.
+func (s *Server) fetchMissing(mt string, vec map[uint64]uint64) map[uint64][]history.Fetched[*outMsg] {
+	r := s.rec
+	if vec == nil || s.cluster == nil {
+		return nil
+	}
+	r.mu.Lock()
+	r.core.Tick(time.Now())
+	p := r.core.Plan(mt, vec, nil, false)
+	r.mu.Unlock()
+	var got map[uint64][]history.Fetched[*outMsg]
+	for _, f := range p.Fetch {
+		for _, peer := range f.Peers {
+			msgs, ok := s.fetchRange(peer, mt, f.Stream, f.After, f.Upto)
+			if !ok {
+				r.m.fetchFailed.Inc()
+				continue
+			}
+			r.m.fetchOK.Inc()
+			sizes := make([]int, len(msgs))
+			for i, m := range msgs {
+				sizes[i] = keptSize(m)
+			}
+			r.mu.Lock()
+			// Kept where it extends this node's run: the next client
+			// recovering the same range here needs no fetch.
+			r.core.Fill(mt, f.Stream, f.After+1, msgs, sizes)
+			r.mu.Unlock()
+			if got == nil {
+				got = make(map[uint64][]history.Fetched[*outMsg])
+			}
+			got[f.Stream] = append(got[f.Stream], history.Fetched[*outMsg]{First: f.After + 1, Msgs: msgs})
+			break
+		}
+	}
+	return got
+}
+
+type fetchKey struct {
+	peer, topic         string
+	stream, after, upto uint64
+}
+
+// flight is one fetch; msgs and ok are set before done closes.
+type flight struct {
+	done chan struct{}
+	msgs []*outMsg
+	ok   bool
+}
+
+// fetchRange asks peer for offsets after+1..upto of a stream; a join that
+// needs a range being fetched already waits for that fetch.
+func (s *Server) fetchRange(peer, mt string, stream, after, upto uint64) ([]*outMsg, bool) {
+	r := s.rec
+	k := fetchKey{peer, mt, stream, after, upto}
+	r.fetchMu.Lock()
+	f := r.flights[k]
+	if f == nil {
+		f = &flight{done: make(chan struct{})}
+		r.flights[k] = f
+		r.fetchMu.Unlock()
+		f.msgs, f.ok = s.fetchFrom(peer, mt, stream, after, upto)
+		r.fetchMu.Lock()
+		delete(r.flights, k)
+		r.fetchMu.Unlock()
+		close(f.done)
+		return f.msgs, f.ok
+	}
+	r.fetchMu.Unlock()
+	<-f.done // bounded: fetchFrom's requests time out
+	return f.msgs, f.ok
+}
+
+// fetchFrom asks peer for offsets after+1..upto of a stream, in as many
+// requests as the replies' size takes.
+func (s *Server) fetchFrom(peer, mt string, stream, after, upto uint64) ([]*outMsg, bool) {
+	r := s.rec
+	k := parseMeshTopic(mt)
+	var out []*outMsg
+	for after < upto {
+		rep := r.request(s.cluster, peer, &meshproto.HistoryRequest{Topic: mt, Stream: stream, After: after, Upto: upto}, s.stopping)
+		if rep == nil || !rep.Held || len(rep.Msgs) == 0 {
+			return nil, false
+		}
+		for _, m := range rep.Msgs {
+			after++
+			if st, off, ok := history.MetaPos(m.Meta); !ok || st != stream || off != after || !validBroadcast(m.Event, m.Payload, m.Meta, m.Enc) {
+				return nil, false
+			}
+			out = append(out, &outMsg{topic: k.name, event: m.Event, data: m.Payload, meta: m.Meta, enc: m.Enc,
+				binary: m.Binary, stream: stream, offset: after})
+		}
+	}
+	return out, true
+}
+
+// request sends a HistoryRequest and waits for its reply (nil on timeout,
+// an unknown peer, or shutdown).
+func (r *recovery) request(n *mesh.Node, peer string, req *meshproto.HistoryRequest, stop <-chan struct{}) *meshproto.HistoryReply {
+	ch := make(chan *meshproto.HistoryReply, 1)
+	r.fetchMu.Lock()
+	r.nextID++
+	req.ID = r.nextID
+	r.pending[req.ID] = ch
+	r.fetchMu.Unlock()
+	defer func() {
+		r.fetchMu.Lock()
+		delete(r.pending, req.ID)
+		r.fetchMu.Unlock()
+	}()
+	if !n.Send(peer, mesh.LaneControl, meshproto.Append(nil, req)) {
+		return nil
+	}
+	timer := time.NewTimer(fetchTimeout)
+	defer timer.Stop()
+	select {
+	case rep := <-ch:
+		return rep
+	case <-timer.C:
+	case <-stop:
+	}
+	return nil
+}
+
+// attach registers recovery's frames and hooks with the cluster node.
+func (s *Server) attachRecovery(n *mesh.Node) {
+	r := s.rec
+	n.OnTopicSnapshot(func(_, topic string, emit func([]byte) error) error {
+		r.mu.Lock()
+		ranges := r.core.Ranges(topic)
+		r.mu.Unlock()
+		f := &meshproto.StreamHeads{Topic: topic, Ranges: make([]meshproto.StreamRange, len(ranges))}
+		for i, x := range ranges {
+			f.Ranges[i] = meshproto.StreamRange{Stream: x.Stream, Low: x.Low, Head: x.Head}
+		}
+		return emit(meshproto.Append(nil, f))
+	})
+	n.Handle(meshproto.TypeStreamHeads, func(from string, f meshproto.Frame) {
+		h := f.(*meshproto.StreamHeads)
+		ranges := make([]history.Range, len(h.Ranges))
+		for i, x := range h.Ranges {
+			ranges[i] = history.Range{Stream: x.Stream, Low: x.Low, Head: x.Head}
+		}
+		r.mu.Lock()
+		r.core.Peer(from, h.Topic, ranges)
+		r.mu.Unlock()
+	})
+	n.Handle(meshproto.TypeHistoryRequest, func(from string, f meshproto.Frame) {
+		req := f.(*meshproto.HistoryRequest)
+		r.mu.Lock()
+		kept, _, held := r.core.Read(req.Topic, req.Stream, req.After, req.Upto, fetchReplyBytes)
+		rep := &meshproto.HistoryReply{ID: req.ID, Held: held, Msgs: make([]meshproto.HistoryMsg, len(kept))}
+		for i, m := range kept {
+			rep.Msgs[i] = meshproto.HistoryMsg{Event: m.event, Payload: m.data, Meta: m.meta, Enc: m.enc, Binary: m.binary}
+		}
+		frame := meshproto.Append(nil, rep)
+		r.mu.Unlock()
+		n.Send(from, mesh.LaneControl, frame)
+	})
+	n.Handle(meshproto.TypeHistoryReply, func(_ string, f meshproto.Frame) {
+		rep := f.(*meshproto.HistoryReply)
+		r.fetchMu.Lock()
+		ch := r.pending[rep.ID]
+		r.fetchMu.Unlock()
+		if ch == nil {
+			return
+		}
+		for i := range rep.Msgs { // they alias the lane's read buffer
+			m := &rep.Msgs[i]
+			m.Payload = append([]byte(nil), m.Payload...)
+			m.Meta = append([]byte(nil), m.Meta...)
+		}
+		select {
+		case ch <- rep:
+		default:
+		}
+	})
+}
+
+// peerDown forgets what a dead node reported holding.
+func (r *recovery) peerDown(id string) {
+	r.mu.Lock()
+	r.core.PeerDown(id)
+	r.mu.Unlock()
+}
+
+// validBroadcast reports whether a broadcast from another node can go
+// into text frames: its strings must be UTF-8.
+func validBroadcast(event string, payload, meta []byte, enc byte) bool {
+	return utf8.ValidString(event) && utf8.Valid(meta) && (enc != phx.EncJSON || utf8.Valid(payload))
+}
+
+// joinSeam decides what a join is sent after its reply, under the topic's
+// write lock: the reply gains the join vector (positions) and, when the
+// join asked, whether it recovered; resend is what it missed, oldest
+// first; failed, when not empty, is the system message's text.
+func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]history.Fetched[*outMsg]) (out []byte, resend []*outMsg, failed string) {
+	r := s.rec
+	p := r.plan(ch.key.meshTopic(), ch.recover, fetched)
+	ch.floors = p.Floors
+	asked := ch.recover != nil || ch.recoverErr != nil
+	reason := p.Failed
+	if ch.recoverErr != nil {
+		reason = ch.recoverErr.Error()
+	}
+	out = appendJoinPositions(reply, joinPositions{broadcast: p.Positions, asked: asked, ok: reason == ""})
+	switch {
+	case !asked:
+		r.m.notAsked.Inc()
+		return out, nil, ""
+	case reason != "":
+		r.m.failed.Inc()
+		return out, nil, "recovery failed: " + reason
+	}
+	r.m.ok.Inc()
+	resend = make([]*outMsg, len(p.Send))
+	for i, m := range p.Send {
+		resend[i] = &outMsg{topic: m.topic, event: m.event, meta: m.meta, enc: m.enc, data: m.data, binary: m.binary,
+			stream: m.stream, offset: m.offset}
+	}
+	r.m.resent.Add(len(resend))
+	return out, resend, ""
+}
+
+// joinPositions is what a join reply says about recovery: the seam of
+// each extension and, when the join asked for recovery of any, whether
+// every missed message of all of them follows.
+type joinPositions struct {
+	broadcast map[uint64]uint64
+	// changes is the postgres_changes seam (a change position), "" when
+	// there is none to give (issue 18 §4 fills it in).
+	changes   string
+	asked, ok bool
+}
+
+// appendJoinPositions adds to a join reply (a JSON object) its
+// "positions" and, when recovery was asked for, "recovered".
+func appendJoinPositions(reply []byte, jp joinPositions) []byte {
+	out := make([]byte, 0, len(reply)+64+28*len(jp.broadcast)+len(jp.changes))
+	out = append(out, reply[:len(reply)-1]...)
+	out = append(out, `,"positions":{"broadcast":`...)
+	out = history.AppendVector(out, jp.broadcast)
+	if jp.changes != "" {
+		out = append(out, `,"postgres_changes":`...)
+		out = phx.AppendString(out, jp.changes)
+	}
+	out = append(out, '}')
+	if jp.asked {
+		out = append(out, `,"recovered":`...)
+		out = strconv.AppendBool(out, jp.ok)
+	}
+	return append(out, '}')
+}
