@@ -138,7 +138,7 @@ FUZZ_TARGETS := \
 	./wire/meshproto:FuzzDecode ./wire/meshproto:FuzzReadFrame \
 	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister ./wal:FuzzJSONB \
 	./wal/dbcast:FuzzDecode \
-	./edge:FuzzWTFrameReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
+	./edge:FuzzWTFrameReader ./edge:FuzzWSReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
 	./edge:FuzzPresenceTrack ./edge:FuzzRESTBroadcast ./edge/history:FuzzParseVector ./edge/history:FuzzMetaPos \
 	./mesh:FuzzAssembler ./mesh:FuzzDecodeMeta ./mesh:FuzzHello \
 	./mesh/gossipnet:FuzzFirstMessage ./mesh/gossipnet:FuzzPacket

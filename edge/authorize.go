@@ -46,7 +46,7 @@ func (c *conn) ask(write bool, cl *claims, name string, want Extensions) (Extens
 	if !s.policyBlocks {
 		return s.check(context.Background(), write, id, name, want)
 	}
-	c.mu.Unlock()
+	c.unlockToWait()
 	defer c.mu.Lock()
 	return s.check(s.life, write, id, name, want)
 }
@@ -65,7 +65,7 @@ func (c *conn) askPair(cl *claims, name string, reads, writes Extensions) (r, w 
 	}
 	s := c.srv
 	id := identity(cl, c.headers)
-	c.mu.Unlock()
+	c.unlockToWait()
 	defer c.mu.Lock()
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -699,7 +699,7 @@ func (c *conn) rekeyChanges(ch *channel, cl *claims) bool {
 	if s.validator != nil {
 		s.validator.ForgetRole(role)
 	}
-	c.mu.Unlock()
+	c.unlockToWait()
 	refused := s.checkBindings(next, role, claims)
 	var unconfirmed error
 	if refused == nil {

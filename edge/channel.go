@@ -236,7 +236,7 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 		// Read before the bindings are registered: a replay that fails
 		// refuses the join, as Supabase's does.
 		captured = t.startCapture()
-		c.mu.Unlock()
+		c.unlockToWait() // the database's query
 		var err error
 		replayed, err = c.replayFor(ch, ch.replay)
 		c.mu.Lock()
@@ -254,8 +254,9 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 		// arrives before the first presence_state (bounded by the mesh,
 		// and by Shutdown's deadline). Bindings wait (bounded) until the
 		// database's owner holds them. c.mu is let go meanwhile, so that
-		// Shutdown and token timers are not held up by the wait.
-		c.mu.Unlock()
+		// Shutdown and token timers are not held up by the wait; only this
+		// reader handles the connection's frames, so nothing else joins.
+		c.unlockToWait()
 		if len(changes) > 0 {
 			ch.bindings, changesMsg = s.joinChanges(ch, changes, ch.claims, held)
 			reply = joinReplyChanges(ch.bindings)

@@ -48,6 +48,7 @@ type testServer struct {
 func startServer(t *testing.T, tweak func(*Config)) *testServer {
 	t.Helper()
 	cfg := DefaultConfig()
+	cfg.ReadWorkers = testReadWorkers
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	if os.Getenv("MESHCAST_TEST_LOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -108,6 +108,12 @@ type Config struct {
 	// them too.
 	WebTransportCoalesce time.Duration
 
+	// ReadWorkers is how many goroutines read the WebSockets the poller
+	// reports readable (Linux). If zero, one per CPU (GOMAXPROCS), at
+	// least 2. Negative: no poller, a reader goroutine per WebSocket (as on
+	// systems without one).
+	ReadWorkers int
+
 	// WebTransport (ServeWebTransport).
 
 	// AllowedOrigins are the origins whose pages may connect, over

@@ -49,7 +49,10 @@ type conn struct {
 	writer     func()          // c.writeLoop, bound once so starting a writer allocates nothing
 	raw        syscall.RawConn // non-blocking writes from the write pool; nil when the transport has none
 	dg         datagramSender  // the transport's datagrams (WebTransport); nil when it has none
-	linger     *writerLinger   // a writer waiting for more (WebTransport); nil: writers exit when idle
+	// reader is the connection's state in the poller's read workers; nil
+	// when a goroutine of its own reads the connection.
+	reader *wsPollReader
+	linger *writerLinger // a writer waiting for more (WebTransport); nil: writers exit when idle
 
 	// Inbound state, guarded by mu: the reader goroutine and token timers
 	// both change channels.
@@ -241,6 +244,17 @@ func (c *conn) finish() {
 	if c.q.Finish() {
 		c.tr.shut()
 		close(c.writerDone)
+	}
+}
+
+// unlockToWait lets c.mu go before a frame's handler waits for the
+// cluster or the database (the caller takes it again after). A connection
+// read by the poller's workers hands its worker's place to another, so
+// that the other connections are not held up by the wait.
+func (c *conn) unlockToWait() {
+	c.mu.Unlock()
+	if r := c.reader; r != nil {
+		r.worker.wait()
 	}
 }
 

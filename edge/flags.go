@@ -47,6 +47,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	flagx.DurationLimit(fs, &c.JWTLeeway, "jwt-leeway", "clock skew allowed for a JWT's nbf and iat (tokens not valid yet, or issued in the future, are refused beyond it) (0 = none)")
 	fs.DurationVar(&c.WriteCoalesce, "write-coalesce", c.WriteCoalesce, "shortest time between two writes to one client: frames for a client written to less than this ago wait at most this long and share one write (0 = write every frame at once)")
 	fs.DurationVar(&c.WebTransportCoalesce, "webtransport-write-coalesce", c.WebTransportCoalesce, "--write-coalesce for WebTransport sessions, whose writes cost a QUIC packet each (0 = --write-coalesce applies)")
+	fs.IntVar(&c.ReadWorkers, "read-workers", c.ReadWorkers, "goroutines that read the WebSockets the poller reports readable (Linux's epoll; an idle WebSocket then holds no goroutine): 0 = one per CPU, at least 2; -1 = no poller, a reader goroutine per WebSocket")
 	flagx.Limit(fs, &c.MaxBindingsPerJoin, "max-bindings-per-join", "Postgres changes: max postgres_changes bindings in one channel join (0 = off)")
 	flagx.Limit(fs, &c.MaxBindingsPerConn, "max-bindings-per-conn", "Postgres changes: max postgres_changes bindings of one connection's channels together (0 = off)")
 	flagx.Limit(fs, &c.MaxFilterBytes, "max-filter-bytes", "Postgres changes: max bytes of one binding's filter, and of its select's column names together (0 = off)")

@@ -2,7 +2,10 @@ package edge
 
 import (
 	"fmt"
+	"slices"
 	"testing"
+
+	"github.com/gobwas/ws"
 
 	"github.com/meshcast/meshcast/wire/fuzzcorpus"
 	"github.com/meshcast/meshcast/wire/phx"
@@ -21,6 +24,14 @@ func TestWriteCorpus(t *testing.T) {
 	fuzzcorpus.Write(t, "FuzzWTFrameReader", "session", session, 0)
 	fuzzcorpus.Write(t, "FuzzWTFrameReader", "session-limit-64", session, 64)
 	fuzzcorpus.Write(t, "FuzzWTFrameReader", "split-header", session[:3], 0)
+
+	wsSession := slices.Concat(masked(ws.OpText, true, join), masked(ws.OpText, true, []byte(heartbeatFrame)),
+		masked(ws.OpBinary, true, kind3("1", "3", "realtime:room1", "cursor", phx.EncJSON, []byte(`{"x":42}`))),
+		masked(ws.OpText, false, []byte(heartbeatFrame[:9])), masked(ws.OpPing, true, []byte("ping")),
+		masked(ws.OpContinuation, true, []byte(heartbeatFrame[9:])), masked(ws.OpClose, true, []byte{3, 232, 'b', 'y', 'e'}))
+	fuzzcorpus.Write(t, "FuzzWSReader", "session", wsSession, int64(0), uint8(0))
+	fuzzcorpus.Write(t, "FuzzWSReader", "session-pieces-limit-64", wsSession, int64(64), uint8(5))
+	fuzzcorpus.Write(t, "FuzzWSReader", "bytewise", wsSession, int64(0), uint8(1))
 
 	fuzzcorpus.Write(t, "FuzzDecodeDatagram", "cursor-json", kind3("1", "", "realtime:room1", "cursor", phx.EncJSON, []byte(`{"x":42,"y":7}`)))
 	fuzzcorpus.Write(t, "FuzzDecodeDatagram", "cursor-bytes", kind3("1", "", "realtime:room1", "cursor", phx.EncBytes, []byte{0, 1, 0xff}))

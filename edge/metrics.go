@@ -91,6 +91,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 		}
 		set.NewGauge("meshcast_connections"+l, func() float64 { return float64(s.liveByKind[k].Load()) })
 	}
+	set.NewGauge("meshcast_read_workers", func() float64 { return float64(s.readWorkersNow()) })
 	set.NewGauge("meshcast_channels", func() float64 { return float64(s.channels.Load()) })
 	set.NewGauge("meshcast_topics", func() float64 { return float64(s.hub.topicCount()) })
 	return m
@@ -141,6 +142,13 @@ func (m *serverMetrics) wrote(tm *transportMetrics, n int) {
 // datagramDropped counts a datagram dropped, by reason (a small fixed set).
 func (m *serverMetrics) datagramDropped(reason string) {
 	m.set.GetOrCreateCounter(`meshcast_datagrams_dropped_total{reason="` + reason + `"}`).Inc()
+}
+
+// readHandoff counts a reader worker handing its place to another: "wait"
+// (a handler waits for the cluster or the database) or "stall" (a
+// connection held it past stallAfter while others waited).
+func (m *serverMetrics) readHandoff(reason string) {
+	m.set.GetOrCreateCounter(`meshcast_read_handoffs_total{reason="` + reason + `"}`).Inc()
 }
 
 // errorReason counts an error by reason; reasons are a small fixed set of

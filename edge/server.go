@@ -16,9 +16,11 @@
 // The transport uses github.com/gobwas/ws through its low-level frame API
 // rather than a connection object with its own buffers. Memory per idle
 // connection and write batching decide a realtime server's capacity, and
-// the low-level API lets us own both: the only per-connection buffer is a
-// 1 KiB read buffer (payloads are read into their own slices), the upgrade
-// reuses net/http's hijacked connection, and because server frames are
+// the low-level API lets us own both: an idle WebSocket holds no buffer
+// and, on Linux, no goroutine (wspoll.go: edge/netpoll reports readable
+// sockets to a few reader workers, which borrow a buffer per read and
+// decode frames incrementally, wsread.go), the upgrade reuses net/http's
+// hijacked connection, and because server frames are
 // unmasked, a broadcast is turned into one complete WebSocket frame once and
 // the same bytes are queued for every subscriber. Everything queued for a
 // connection then goes out in one writev: first from the write pool's
@@ -113,6 +115,12 @@ type Server struct {
 	live map[*conn]struct{}
 	shut bool
 	wg   sync.WaitGroup // connection goroutines
+
+	// readers read the WebSockets the poller reports readable (made for
+	// the first one; see wsReaders).
+	readers     *readPool
+	readersMu   sync.Mutex
+	readersDone bool
 }
 
 // Deps are what a Server uses of the rest of the node. Each is an
@@ -265,6 +273,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.coalesce.close()
 	s.pool.close()
+	s.closeReaders()
 	return err
 }
 

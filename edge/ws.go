@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -9,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -18,9 +18,9 @@ import (
 	"github.com/meshcast/meshcast/wire/phx"
 )
 
-// readBufferSize is the per-connection read buffer. Small on purpose: idle
-// connections dominate memory, and frames larger than it are read straight
-// into their own payload buffer.
+// readBufferSize is the read buffer of a connection with a reader
+// goroutine of its own (a WebTransport stream; a WebSocket without the
+// poller). Small on purpose: idle connections dominate memory.
 const readBufferSize = 1024
 
 // serveWebSocket upgrades a request on /realtime/v1/websocket or
@@ -48,11 +48,11 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
-	var src io.Reader = nc
+	var early []byte
 	if n := rw.Reader.Buffered(); n > 0 {
 		// Bytes the client sent right behind its upgrade request.
-		early, _ := rw.Reader.Peek(n)
-		src = io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc)
+		b, _ := rw.Reader.Peek(n)
+		early = bytes.Clone(b)
 	}
 	// The HTTP server's read and write deadlines of the upgrade request
 	// stay on the hijacked connection; the WebSocket sets its own.
@@ -67,9 +67,9 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		s.release(c.remote)
 		return
 	}
-	// Fresh goroutines with small stacks: returning from the handler lets
-	// net/http's per-request buffers be collected.
-	go func() { defer s.wg.Done(); c.readLoop(t, src) }()
+	// Returning from the handler lets net/http's per-request buffers be
+	// collected.
+	s.startReader(c, t, early)
 }
 
 // admitClient runs the checks every transport makes before its upgrade:
@@ -110,6 +110,10 @@ type wsTransport struct {
 	writeTimeout time.Duration
 	deadline     time.Time // the write deadline last set (writer only)
 	bufs         net.Buffers
+	// reader is the connection's reader when the poller's workers read
+	// it: closing the socket must wake it, as it wakes a goroutine
+	// blocked in read.
+	reader atomic.Pointer[wsPollReader]
 }
 
 func newWSTransport(nc net.Conn, writeTimeout time.Duration) *wsTransport {
@@ -142,94 +146,168 @@ func (t *wsTransport) writeFrames(batch [][]byte) error {
 // normally sends a close frame, which is answered before the socket closes.
 func (t *wsTransport) writeError(error) string { return "write" }
 
-// shut closes the socket, which ends the reader's read.
-func (t *wsTransport) shut() { t.nc.Close() }
-func (t *wsTransport) kill() { t.nc.Close() }
+// shut closes the socket, which ends the reader's read (a poller's reader
+// is woken to find that out).
+func (t *wsTransport) shut() {
+	t.nc.Close()
+	if r := t.reader.Load(); r != nil {
+		r.kick()
+	}
+}
 
-// readLoop reads client frames until the socket fails or closes, then
-// tears the connection down.
-func (c *conn) readLoop(t *wsTransport, src io.Reader) {
-	defer c.teardown()
-	br := bufio.NewReaderSize(src, readBufferSize)
-	var msg message // the message being reassembled from continuation frames
-	cfg := &c.srv.cfg
-	for {
-		c.setReadDeadline(t.nc, &msg)
-		h, err := ws.ReadHeader(br)
+func (t *wsTransport) kill() { t.shut() }
+
+// startReader reads c's frames: through the poller's workers where the
+// system has a poller and the socket a descriptor, else on a goroutine of
+// its own.
+func (s *Server) startReader(c *conn, t *wsTransport, early []byte) {
+	if p := s.wsReaders(); p != nil && t.raw != nil && p.add(c, t, early) {
+		return
+	}
+	go func() {
+		defer s.wg.Done()
+		c.readLoop(t, early)
+	}()
+}
+
+// wsReaders returns the server's poller and reader workers, made for the
+// first WebSocket; nil where the system has no poller, when
+// Config.ReadWorkers is negative, or once Shutdown has closed them.
+func (s *Server) wsReaders() *readPool {
+	s.readersMu.Lock()
+	defer s.readersMu.Unlock()
+	if s.readers == nil && !s.readersDone && s.cfg.ReadWorkers >= 0 {
+		p, err := newReadPool(readWorkers(s.cfg.ReadWorkers), s.log, s.metrics.readHandoff)
 		if err != nil {
-			c.readFailed(err, &msg)
+			s.log.Info("no socket poller: a reader goroutine per WebSocket", "err", err)
+			s.readersDone = true
+		}
+		s.readers = p
+	}
+	return s.readers
+}
+
+// readWorkersNow is the number of reader workers (0 without the poller).
+func (s *Server) readWorkersNow() int {
+	s.readersMu.Lock()
+	p := s.readers
+	s.readersMu.Unlock()
+	if p == nil {
+		return 0
+	}
+	return p.work.running()
+}
+
+// closeReaders stops the poller and its workers; called by Shutdown once
+// no connection is left.
+func (s *Server) closeReaders() {
+	s.readersMu.Lock()
+	p := s.readers
+	s.readers, s.readersDone = nil, true
+	s.readersMu.Unlock()
+	if p != nil {
+		p.close()
+	}
+}
+
+// wsInput is a WebSocket's inbound side, whichever goroutine reads it: the
+// frame decoder and when the client was last heard from.
+type wsInput struct {
+	wsReader
+	// quietSince is when the last frame ended (at first, the upgrade):
+	// the idle timeout runs from it.
+	quietSince time.Time
+}
+
+func (c *conn) newWSInput() wsInput {
+	return wsInput{wsReader: wsReader{max: int64(c.srv.cfg.MaxFrameBytes)}, quietSince: time.Now()}
+}
+
+// readLoop is a WebSocket's reader where there is no poller (or the
+// socket has no descriptor): a goroutine of its own reads the client's
+// frames until the socket fails or closes, then tears the connection down.
+func (c *conn) readLoop(t *wsTransport, early []byte) {
+	defer c.teardown()
+	in := c.newWSInput()
+	if !c.wsInput(&in, early, time.Now()) {
+		return
+	}
+	buf := make([]byte, readBufferSize)
+	for {
+		t.nc.SetReadDeadline(c.wsDeadline(&in))
+		n, err := t.nc.Read(buf)
+		if n > 0 && !c.wsInput(&in, buf[:n], time.Now()) {
 			return
 		}
-		if max := int64(cfg.MaxFrameBytes); max > 0 && !h.OpCode.IsControl() && h.Length+int64(len(msg.buf)) > max {
-			c.srv.metrics.errorReason("frame_too_large")
-			c.closeNow(ws.StatusMessageTooBig, fmt.Sprintf("message exceeds %d bytes", max))
-			return
-		}
-		if h.Rsv != 0 || !knownOpCode(h.OpCode) {
-			c.protocolError("reserved bits or opcode")
-			return
-		}
-		if !h.Masked {
-			c.protocolError("client frames must be masked")
-			return
-		}
-		if h.OpCode.IsControl() {
-			if !h.Fin || h.Length > 125 {
-				c.protocolError("bad control frame")
-				return
-			}
-			payload := make([]byte, h.Length)
-			if _, err := io.ReadFull(br, payload); err != nil {
-				c.readFailed(err, &msg)
-				return
-			}
-			ws.Cipher(payload, h.Mask, 0)
-			c.srv.metrics.read(c.tm, len(payload))
-			switch h.OpCode {
-			case ws.OpPing:
-				c.enqueue(ws.MustCompileFrame(ws.NewPongFrame(payload)))
-			case ws.OpClose:
-				c.answerClose(payload)
-				return
-			}
-			continue
-		}
-		switch {
-		case h.OpCode == ws.OpContinuation && !msg.started:
-			c.protocolError("unexpected continuation frame")
-			return
-		case h.OpCode != ws.OpContinuation && msg.started:
-			c.protocolError("expected continuation frame")
-			return
-		case !msg.started:
-			// The message's time limit runs from its first header: a body
-			// not in the buffer yet must arrive by then too, not merely
-			// within the idle timeout armed before the header.
-			msg.begin(h.OpCode)
-			if int64(br.Buffered()) < h.Length {
-				c.setReadDeadline(t.nc, &msg)
-			}
-		}
-		from := len(msg.buf)
-		if err := msg.read(br, int(h.Length)); err != nil {
-			c.readFailed(err, &msg)
-			return
-		}
-		ws.Cipher(msg.buf[from:], h.Mask, 0)
-		c.srv.metrics.read(c.tm, int(h.Length))
-		if !h.Fin {
-			continue
-		}
-		payload, op := msg.finish()
-		if !c.handleFrame(op == ws.OpBinary, payload) {
+		if err != nil {
+			c.readFailed(err, &in.msg)
 			return
 		}
 	}
 }
 
-// setReadDeadline arms the read deadline: the idle timeout between
-// messages, and while a message is arriving no later than its own time
-// limit too.
+// wsInput handles p, the next bytes from the client (which arrived at
+// now): every frame they complete, in order. It reports false when the
+// connection must stop reading.
+func (c *conn) wsInput(in *wsInput, p []byte, now time.Time) bool {
+	for len(p) > 0 {
+		n, ev := in.next(p, now)
+		p = p[n:]
+		if ev.kind == wsNone {
+			continue
+		}
+		in.quietSince = now
+		if !c.wsEvent(ev) {
+			return false
+		}
+	}
+	return true
+}
+
+// wsEvent acts on what the decoder found; false when the connection must
+// stop reading.
+func (c *conn) wsEvent(ev wsEvent) bool {
+	if ev.kind == wsError {
+		c.srv.metrics.errorReason(ev.metric)
+		c.closeNow(ev.code, ev.reason)
+		return false
+	}
+	c.srv.metrics.read(c.tm, ev.frameBytes)
+	switch ev.kind {
+	case wsControl:
+		switch ev.op {
+		case ws.OpPing:
+			c.enqueue(ws.MustCompileFrame(ws.NewPongFrame(ev.payload)))
+		case ws.OpClose:
+			c.answerClose(ev.payload)
+			return false
+		}
+	case wsMessage:
+		return c.handleFrame(ev.op == ws.OpBinary, ev.payload)
+	}
+	return true
+}
+
+// wsDeadline is when the client's silence ends the connection: the idle
+// timeout after its last frame, and while a message is arriving no later
+// than the message's own time limit. Zero: never.
+func (c *conn) wsDeadline(in *wsInput) time.Time {
+	cfg := &c.srv.cfg
+	var d time.Time
+	if t := cfg.IdleTimeout; t > 0 {
+		d = in.quietSince.Add(t)
+	}
+	if t := cfg.MessageTimeout; t > 0 && in.msg.started {
+		if end := in.msg.start.Add(t); d.IsZero() || end.Before(d) {
+			d = end
+		}
+	}
+	return d
+}
+
+// setReadDeadline arms a WebTransport stream's read deadline: the idle
+// timeout between messages, and while a message is arriving no later than
+// its own time limit too.
 func (c *conn) setReadDeadline(nc interface{ SetReadDeadline(time.Time) error }, msg *message) {
 	cfg := &c.srv.cfg
 	var d time.Time
@@ -351,6 +429,23 @@ func (m *message) read(r io.Reader, n int) error {
 		}
 	}
 	return nil
+}
+
+// add appends b, the next bytes of a frame of which rest bytes (b
+// included) are still to come, with read's growth rule: never beyond the
+// bytes declared so far, nor more than growStep beyond those received.
+func (m *message) add(b []byte, rest int64) {
+	if need := len(m.buf) + len(b); need > cap(m.buf) {
+		c := int64(len(m.buf) + max(growStep, len(m.buf)/4))
+		if m.buf == nil && rest <= growStep {
+			c = rest // one frame's body, allocated once, exactly
+		}
+		c = max(min(c, int64(len(m.buf))+rest), int64(need))
+		grown := make([]byte, len(m.buf), c)
+		copy(grown, m.buf)
+		m.buf = grown
+	}
+	m.buf = append(m.buf, b...)
 }
 
 // finish returns the whole message and resets m for the next one.
