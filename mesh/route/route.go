@@ -32,10 +32,10 @@
 package route
 
 import (
-	"container/heap"
 	"sort"
 	"time"
 
+	"github.com/meshcast/meshcast/internal/timerq"
 	"github.com/meshcast/meshcast/mesh/interest"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
@@ -62,7 +62,7 @@ type Core struct {
 	local map[string]*localTopic
 	waits map[string]*wait
 	dead  map[string]bool
-	timer timerHeap
+	timer timerq.Queue[timer]
 }
 
 // localTopic is a topic with local subscribers; until is set while the
@@ -227,7 +227,7 @@ func (c *Core) subscribe(ev Subscribe) []Effect {
 		return append(out, Ready{ev.Topic})
 	}
 	c.waits[ev.Topic] = w
-	heap.Push(&c.timer, timer{at: w.until, topic: ev.Topic, wait: w})
+	c.timer.Add(w.until, timer{at: w.until, topic: ev.Topic, wait: w})
 	return out
 }
 
@@ -237,7 +237,7 @@ func (c *Core) unsubscribe(topic string) {
 		return
 	}
 	lt.until = c.now.Add(c.cfg.Linger)
-	heap.Push(&c.timer, timer{at: lt.until, topic: topic, linger: lt})
+	c.timer.Add(lt.until, timer{at: lt.until, topic: topic, linger: lt})
 }
 
 // answered takes peer id off w's pending peers and ends the wait, Ready,
@@ -276,8 +276,11 @@ func (c *Core) Tick(now time.Time) []Effect {
 		c.now = now
 	}
 	var out []Effect
-	for len(c.timer) > 0 && !c.timer[0].at.After(c.now) {
-		t := heap.Pop(&c.timer).(timer)
+	for {
+		_, t, ok := c.timer.PopDue(c.now)
+		if !ok {
+			break
+		}
 		switch {
 		case t.linger != nil:
 			if c.local[t.topic] != t.linger || !t.linger.until.Equal(t.at) {
@@ -301,10 +304,7 @@ func (c *Core) Tick(now time.Time) []Effect {
 // Deadline returns when the next Tick may have something to do (it may
 // find nothing: a linger that was cancelled still has its time here).
 func (c *Core) Deadline() (time.Time, bool) {
-	if len(c.timer) == 0 {
-		return time.Time{}, false
-	}
-	return c.timer[0].at, true
+	return c.timer.Next()
 }
 
 // Nodes returns the peers interested in topic, sorted. The slice is
@@ -345,18 +345,4 @@ type timer struct {
 	topic  string
 	linger *localTopic
 	wait   *wait
-}
-
-type timerHeap []timer
-
-func (h timerHeap) Len() int           { return len(h) }
-func (h timerHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *timerHeap) Push(x any)        { *h = append(*h, x.(timer)) }
-func (h *timerHeap) Pop() any {
-	old := *h
-	t := old[len(old)-1]
-	old[len(old)-1] = timer{}
-	*h = old[:len(old)-1]
-	return t
 }

@@ -55,11 +55,11 @@ package owner
 
 import (
 	"cmp"
-	"container/heap"
 	"log/slog"
 	"slices"
 	"time"
 
+	"github.com/meshcast/meshcast/internal/timerq"
 	"github.com/meshcast/meshcast/wal/internal/shrink"
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
@@ -107,7 +107,7 @@ type Core struct {
 	now     time.Time
 	started bool
 	out     []Effect // the effects of the Step or Tick under way
-	timers  timerHeap
+	timers  timerq.Queue[timer]
 
 	members  []Member
 	live     map[string]bool
@@ -212,8 +212,12 @@ func (c *Core) Tick(now time.Time) []Effect {
 			c.after(c.cfg.SettleWait, timer{kind: tSettle})
 		}
 	}
-	for len(c.timers) > 0 && !c.timers[0].at.After(c.now) {
-		c.fire(heap.Pop(&c.timers).(timer))
+	for {
+		_, t, ok := c.timers.PopDue(c.now)
+		if !ok {
+			break
+		}
+		c.fire(t)
 	}
 	return c.flush()
 }
@@ -230,10 +234,7 @@ func (c *Core) flush() []Effect {
 // Deadline returns when the next Tick may have something to do (it may
 // find nothing: timers are not removed when what they time is over).
 func (c *Core) Deadline() (time.Time, bool) {
-	if len(c.timers) == 0 {
-		return time.Time{}, false
-	}
-	return c.timers[0].at, true
+	return c.timers.Next()
 }
 
 // Owns reports whether this node owns the database.

@@ -1,7 +1,6 @@
 package owner
 
 import (
-	"container/heap"
 	"log/slog"
 	"time"
 )
@@ -31,7 +30,7 @@ const (
 // after schedules t in d.
 func (c *Core) after(d time.Duration, t timer) time.Time {
 	t.at = c.now.Add(d)
-	heap.Push(&c.timers, t)
+	c.timers.Add(t.at, t)
 	return t.at
 }
 
@@ -67,18 +66,4 @@ func (c *Core) fire(t timer) {
 	case tRetry:
 		// maybeStartReader, after every Tick, looks at retryAt.
 	}
-}
-
-type timerHeap []timer
-
-func (h timerHeap) Len() int           { return len(h) }
-func (h timerHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *timerHeap) Push(x any)        { *h = append(*h, x.(timer)) }
-func (h *timerHeap) Pop() any {
-	old := *h
-	t := old[len(old)-1]
-	old[len(old)-1] = timer{}
-	*h = old[:len(old)-1]
-	return t
 }
