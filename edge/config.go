@@ -185,7 +185,6 @@ func DefaultConfig() Config {
 		AddressShare:             0.25,
 		MaxHandshakes:            2000,
 		WebTransportWindow:       1 << 20,
-		WebTransportCoalesce:     10 * time.Millisecond,
 		MaxFrameBytes:            5 << 20,
 		MaxPayloadBytes:          3_000_000,
 		MaxTopicBytes:            255,
