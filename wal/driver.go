@@ -244,10 +244,12 @@ func (s *Service) deliverOne(e owner.Deliver) {
 			return
 		}
 		s.deliveries.Add(len(e.Changes.IDs))
+		s.head.raise(c.Pos())
 		s.cfg.Deliver(c, e.Changes.IDs)
 	case e.Local != nil:
 		lc := e.Local.(*localChange)
 		s.deliveries.Add(len(lc.ids))
+		s.head.raise(lc.c.Pos())
 		s.cfg.Deliver(lc.c, lc.ids)
 	}
 }

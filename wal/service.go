@@ -62,6 +62,9 @@ type Service struct {
 	deliveries *metrics.Counter
 	dupes      *metrics.Counter
 
+	// head is Head's: raised before Deliver, and by SubAcks.
+	head headPos
+
 	// keepHits is keep's scratch, used by the reader's goroutine only.
 	keepHits []*Subscription
 }
@@ -132,6 +135,16 @@ type ServiceConfig struct {
 	// change), counted in meshcast_wal_regex_skipped_total. If zero,
 	// DefaultRegexValueBytes; if negative, no bound.
 	RegexValueBytes int
+	// RecoveryWindow is how long the owner keeps the changes it read, so
+	// that Recover can find what a client missed (edge's
+	// --recovery-window); the owner confirms the slot only past what the
+	// window no longer needs. If zero, recovery is off: no history, and
+	// Recover fails.
+	RecoveryWindow time.Duration
+	// HistoryBytes bounds the memory of the owner's history of the
+	// recovery window (oldest changes evicted first: recovery from before
+	// them fails); if zero, DefaultHistoryBytes.
+	HistoryBytes int
 	// Logger receives the service's logs; if nil, slog.Default().
 	Logger *slog.Logger
 	// Metrics receives the service's metrics; if nil, a set of its own.
@@ -149,6 +162,9 @@ var ErrNotConfirmed = errors.New("the database's change stream did not confirm t
 // costs at most some 20 ms on a value this long (a 24-instruction one took
 // 8 ms on the 2-core development box, and 0.3 s on 100 KB).
 const DefaultRegexValueBytes = 8 << 10
+
+// DefaultHistoryBytes is ServiceConfig.HistoryBytes's default.
+const DefaultHistoryBytes = 64 << 20
 
 // ackDelay is how long acknowledgements are gathered before they go out;
 // it delays confirming to Postgres, not delivery.
