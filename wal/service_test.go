@@ -24,7 +24,9 @@ type deliveries struct {
 	pos map[uint64][]Pos // the position of each
 }
 
-func newDeliveries() *deliveries { return &deliveries{got: map[uint64][]int{}, pos: map[uint64][]Pos{}} }
+func newDeliveries() *deliveries {
+	return &deliveries{got: map[uint64][]int{}, pos: map[uint64][]Pos{}}
+}
 
 // after returns the rows subscription id got live after position p.
 func (d *deliveries) after(id uint64, p Pos) []int {
