@@ -77,13 +77,18 @@ func (h *changeStore) noteCatalog(lsn LSN) {
 	h.mu.Unlock()
 }
 
-// startAt records where a reader run streams from. A run that starts
-// past the store's head (the slot moved on: the reader's lag bound) leaves
-// a gap: nothing before it is known any more.
+// startAt records where a reader run streams from. The first run of an
+// ownership starts the history afresh: what a run of an earlier one
+// appended while it stopped is dropped (it would make the new run's
+// changes look like repeats). A run that starts past the store's head
+// (the slot moved on: the reader's lag bound) leaves a gap: nothing
+// before it is known any more.
 func (h *changeStore) startAt(from LSN) {
 	h.mu.Lock()
 	switch {
 	case !h.started:
+		clear(h.changes)
+		h.changes, h.start, h.bytes, h.head = h.changes[:0], 0, 0, Pos{}
 		h.started, h.readFrom = true, from
 	case from > h.head.LSN && from > h.readFrom:
 		h.readFrom = from

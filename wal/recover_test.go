@@ -308,6 +308,7 @@ func TestRecoverFailsExplicitly(t *testing.T) {
 
 	pg.Exec(`INSERT INTO items VALUES (1, 'x'); INSERT INTO other VALUES (1)`)
 	d.waitRows(t, items.ID, 1, 10*time.Second)
+	d.waitRows(t, others.ID, 1, 10*time.Second)
 	old := s.Head()
 	if _, err := s.Recover(ctx, []*Subscription{others}, old); err != nil {
 		t.Fatalf("recovery from the head: %v", err)
