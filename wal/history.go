@@ -158,7 +158,10 @@ func (h *changeStore) gapLocked(after Pos, subs []*Subscription) string {
 	switch {
 	case !h.started:
 		return owner.ReasonNoAnswer
-	case after.LSN <= h.readFrom:
+	case after.Before(caughtUp(h.readFrom)):
+		// The reader streams every transaction that ended after
+		// readFrom, none before: a position within one at or before it
+		// may have missed the rest of it.
 		return owner.ReasonWindow
 	case h.catalog > after.LSN:
 		return owner.ReasonCatalog

@@ -34,8 +34,11 @@ func TestChangeStoreGaps(t *testing.T) {
 	if cs, reason := h.snapshot(Pos{LSN: 101}, through, all); reason != "" || !slices.Equal(positions(cs), []Pos{{110, 0}, {110, 1}, {120, 0}, {130, 0}}) {
 		t.Fatalf("snapshot = %v %q; want every change once, in order", positions(cs), reason)
 	}
-	if _, reason := h.snapshot(Pos{LSN: 100}, through, all); reason != owner.ReasonWindow {
-		t.Errorf("from where the reader started: %q, want %q", reason, owner.ReasonWindow)
+	if _, reason := h.snapshot(Pos{LSN: 100, Seq: 7}, through, all); reason != owner.ReasonWindow {
+		t.Errorf("from within the transaction the reader started after: %q, want %q", reason, owner.ReasonWindow)
+	}
+	if _, reason := h.snapshot(caughtUp(100), through, all); reason != "" {
+		t.Errorf("from where the reader started (a head a node got before any change): %q", reason)
 	}
 	h.evict(owner.Evict{Through: Pos{LSN: 110, Seq: math.MaxUint32}.wire(), Bytes: true})
 	for _, tc := range []struct {

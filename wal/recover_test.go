@@ -311,9 +311,15 @@ func TestRecoverFailsExplicitly(t *testing.T) {
 		return fmt.Sprint(err)
 	}
 
+	// Before any change the Head is the reader's start: a channel cut
+	// then recovers from it.
+	start := s.Head()
 	pg.Exec(`INSERT INTO items VALUES (1, 'x'); INSERT INTO other VALUES (1)`)
 	d.waitRows(t, items.ID, 1, 10*time.Second)
 	d.waitRows(t, others.ID, 1, 10*time.Second)
+	if res, err := s.Recover(ctx, []*Subscription{items}, start); err != nil || !slices.Equal(insertedIDs(res, items.ID), []int{1}) {
+		t.Fatalf("recovery from the Head before any change (%v): %v, %v; want row 1", start, err, insertedIDs(res, items.ID))
+	}
 	old := s.Head()
 	if _, err := s.Recover(ctx, []*Subscription{others}, old); err != nil {
 		t.Fatalf("recovery from the head: %v", err)
