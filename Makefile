@@ -136,7 +136,7 @@ FUZZ_TARGETS := \
 	./wire/phx:FuzzDecodeJoin ./wire/phx:FuzzDecodePush ./wire/phx:FuzzAppendPresenceMeta \
 	./wire/phx:FuzzScanV2 ./wire/phx:FuzzDecodeUserBroadcast \
 	./wire/meshproto:FuzzDecode ./wire/meshproto:FuzzReadFrame \
-	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister ./wal:FuzzJSONB \
+	./wal:FuzzParseMessage ./wal:FuzzPgoutputStream ./wal:FuzzAppendValue ./wal:FuzzParseFilter ./wal:FuzzDecodeChange ./wal:FuzzSubRegister ./wal:FuzzJSONB ./wal:FuzzParsePos \
 	./wal/dbcast:FuzzDecode \
 	./edge:FuzzWTFrameReader ./edge:FuzzWSReader ./edge:FuzzDecodeDatagram ./edge:FuzzVerifyToken ./edge:FuzzJoinConfig \
 	./edge:FuzzPresenceTrack ./edge:FuzzRESTBroadcast ./edge/history:FuzzParseVector ./edge/history:FuzzMetaPos \

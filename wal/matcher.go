@@ -27,6 +27,13 @@ type Subscription struct {
 	Columns []string
 	// Role and Claims are the JWT's role and claims (JSON), for RLS.
 	Role, Claims string
+
+	// from, on the owner, is the history's head when a new subscription
+	// was added (owner.AddSubs.Fresh), raised to the end of the
+	// transactions read by then: a change at or before it that only such
+	// subscriptions match is not routed (freshOnly). Set before Add,
+	// never after.
+	from Pos
 }
 
 // Matcher finds the subscriptions a change reaches. Equality filters (eq,

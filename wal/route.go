@@ -39,6 +39,10 @@ func (d *driver) startRun(gen int, takeOver bool) {
 	s.reader.Handler = b
 	s.reader.TakeOver = takeOver
 	s.reader.OnStreaming = func() { s.mail.push(owner.Streaming{Gen: gen}) }
+	s.reader.onStart = func(from, walAt LSN) {
+		s.store.startAt(from, walAt)
+		s.mail.push(owner.HistoryFrom{Gen: gen, From: uint64(from)})
+	}
 	s.log.Info("reading the database's changes", "slot", s.reader.slot(), "run", gen)
 	d.wg.Go(func() {
 		routing := make(chan struct{})
@@ -67,6 +71,8 @@ type txBatcher struct {
 	s  *Service
 	rr *readerRun
 	q  chan *Transaction
+	// sentHead is the history's head the core was last told of.
+	sentHead Pos
 }
 
 const (
@@ -77,6 +83,7 @@ const (
 // Transaction implements Handler: it queues tx. The reader hands over at
 // most maxOpenTx unreleased transactions, so it never waits.
 func (b *txBatcher) Transaction(ctx context.Context, tx *Transaction) {
+	b.s.store.read(tx.LSN)
 	select {
 	case b.q <- tx:
 	case <-ctx.Done():
@@ -139,6 +146,7 @@ func (b *txBatcher) transactions(ctx context.Context, txs []*Transaction) {
 		if !txs[i].catalog {
 			continue
 		}
+		s.store.noteCatalog(txs[i].LSN) // before the caches change for it
 		if i > 0 && !b.batch(ctx, txs[:i]) {
 			return
 		}
@@ -161,6 +169,10 @@ func (b *txBatcher) batch(ctx context.Context, txs []*Transaction) bool {
 	}
 	r := &chunkRouter{b: b, ctx: ctx}
 	for _, tx := range txs {
+		if tx.mark {
+			r.mark = max(r.mark, tx.LSN) // after the changes before it are in (flush)
+			continue
+		}
 		if err := tx.Range(maxBatchChanges, maxChunkBytes, r.add); err != nil {
 			if !errors.Is(err, errStopRouting) {
 				b.s.log.Error("cannot read a large transaction back; the reader starts over", "lsn", tx.LSN, "err", err)
@@ -168,7 +180,8 @@ func (b *txBatcher) batch(ctx context.Context, txs []*Transaction) bool {
 			}
 			return false
 		}
-		r.items = append(r.items, owner.Item{Commit: uint64(tx.LSN)})
+		r.items = append(r.items, owner.Item{Commit: uint64(tx.LSN), Time: tx.CommitTime})
+		r.mark = max(r.mark, tx.LSN) // the history holds all of it once flushed
 	}
 	return r.flush()
 }
@@ -192,6 +205,10 @@ type chunkRouter struct {
 	// each at the index of the change it follows (Pos.Seq; set by add).
 	items []owner.Item
 	ends  []int
+	// mark is the last transaction (or marking transaction,
+	// Reader.markIdle) whose changes are all in the chunk: the history's
+	// head moves to its end once they are in.
+	mark LSN
 }
 
 // add takes the next changes (a chunk of Range, not kept) and routes what
@@ -222,10 +239,17 @@ func (r *chunkRouter) markEnds() {
 func (r *chunkRouter) flush() bool {
 	r.markEnds()
 	s := r.b.s
+	// Into the history before matching: a subscription added meanwhile
+	// is acknowledged with a head at or after every change matched
+	// without it (withHead).
+	histBytes, histHead := s.store.append(r.changes)
+	if r.mark != 0 {
+		histHead, r.mark = s.store.advance(caughtUp(r.mark)), 0
+	}
 	matched := make([][]*Subscription, len(r.changes))
 	hit := false
 	for i, c := range r.changes {
-		matched[i] = s.matcher.Match(c, nil)
+		matched[i] = freshOnly(s.matcher.Match(c, nil), c.Pos())
 		hit = hit || len(matched[i]) > 0
 	}
 	if hit && s.cfg.Authorize != nil {
@@ -244,16 +268,32 @@ func (r *chunkRouter) flush() bool {
 	items = append(items, r.items[e:]...)
 	clear(r.changes)
 	r.changes, r.items, r.ends, r.bytes = r.changes[:0], r.items[:0], r.ends[:0], 0
-	if len(items) == 0 {
+	moved := r.b.sentHead.Before(histHead)
+	if len(items) == 0 && histBytes == 0 && !moved {
 		return true
 	}
-	s.mail.push(owner.Routed{Gen: r.b.rr.gen, Items: items})
+	r.b.sentHead = histHead
+	s.mail.push(owner.Routed{Gen: r.b.rr.gen, Items: items, Head: owner.Pos{LSN: uint64(histHead.LSN), Seq: histHead.Seq}, Bytes: histBytes})
 	select {
 	case <-r.b.rr.more:
 		return true
 	case <-r.ctx.Done():
 		return false
 	}
+}
+
+// freshOnly drops the matches of a change read before they were all
+// added (Subscription.from): what the reader's Keep did before the
+// history kept every change. A change that also matches a subscription
+// that was there when it was read goes to all it matches, the new ones
+// too (a token refresh's subscriptions replace the old ones meanwhile).
+func freshOnly(subs []*Subscription, p Pos) []*Subscription {
+	for _, sub := range subs {
+		if sub.from.Before(p) {
+			return subs
+		}
+	}
+	return subs[:0]
 }
 
 // route appends a change's items: one per node its matched subscriptions

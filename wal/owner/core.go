@@ -46,6 +46,9 @@
 //     once: one at or before the last delivered (the unconfirmed tail
 //     read again) is dropped as a repeat. A node acknowledges to each
 //     owner what it delivered, gathered for Config.AckDelay.
+//   - History (Config.RecoveryWindow): the owner's account of the changes
+//     it keeps for recovery, what the slot may confirm meanwhile (Hold),
+//     eviction, and recovery requests waiting for it (history.go).
 //   - Resync: a new or reconnected peer, or one whose frames were lost,
 //     gets on the control lane this node's whole set if it is the owner,
 //     a SubSync if this owner still waits for its set, and the last
@@ -98,6 +101,15 @@ type Config struct {
 	// RetryWait is how long after a reader that failed the next starts;
 	// if zero, at once.
 	RetryWait time.Duration
+	// RecoveryWindow is how long the owner keeps the changes it read
+	// (history.go); if zero, it keeps none and recovery is off.
+	RecoveryWindow time.Duration
+	// HistoryBytes bounds the history's bytes (as the router counts
+	// them); if zero, no bound.
+	HistoryBytes int64
+	// RecoverWait bounds how long a recovery request waits for the
+	// history to reach the asking node; if zero, it does not wait.
+	RecoverWait time.Duration
 }
 
 // Core is one node's part in sharing the change stream. It is not safe
@@ -130,6 +142,7 @@ type Core struct {
 
 	own    *owning // non-nil while this node owns the database
 	reader reader
+	hist   history // the owner's history of the recovery window
 }
 
 // call is a Subscribe waiting for the owner's acknowledgements.
@@ -183,7 +196,10 @@ func (c *Core) Step(ev Event) []Effect {
 	case Delivered:
 		c.delivered(ev.From, ev.Pos)
 	case Routed:
+		c.routedHistory(ev)
 		c.routed(ev)
+	case HistoryFrom:
+		c.historyFrom(ev)
 	case Streaming:
 		c.streaming(ev.Gen)
 	case ReaderStopped:
@@ -327,6 +343,10 @@ func (c *Core) receive(from string, f meshproto.Frame, refused []uint64) {
 	case *meshproto.ChangesAck:
 		if f.DB == c.cfg.DB {
 			c.onChangesAck(from, Pos{f.LSN, f.Seq})
+		}
+	case *meshproto.ChangesRecover:
+		if f.DB == c.cfg.DB {
+			c.onRecover(from, f)
 		}
 	}
 }
