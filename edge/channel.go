@@ -8,6 +8,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meshcast/meshcast/edge/history"
+	"github.com/meshcast/meshcast/wal"
 	"github.com/meshcast/meshcast/wal/dbcast"
 	"github.com/meshcast/meshcast/wire/phx"
 )
@@ -41,6 +42,15 @@ type channel struct {
 	recover    map[uint64]uint64
 	recoverErr error
 	floors     map[uint64]uint64
+
+	// pgAfter is the change position the join asked to recover its
+	// postgres_changes from (pgAsked; pgBad when it could not be read).
+	// pgSeam, guarded by changeSubs.mu, is where the channel's change
+	// stream starts (changes.go).
+	pgAfter wal.Pos
+	pgAsked bool
+	pgBad   error
+	pgSeam  *changeSeam
 
 	// grants are what claims may do on the channel (all, unless private
 	// on a node with a secret). Changed with c.mu and t.mu held, read
@@ -215,6 +225,14 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 			vec = cfg.Broadcast.Recover // realtime-js passes only broadcast's object through
 		}
 		ch.recover, ch.recoverErr = history.ParseVector(vec)
+		pos := cfg.Recover.PostgresChanges
+		if isAbsent(pos) {
+			pos = cfg.PostgresChangesOptions.Recover // where realtime-js passes it through
+		}
+		if !isAbsent(pos) && len(cfg.PostgresChanges) > 0 {
+			ch.pgAsked = true
+			ch.pgAfter, ch.pgBad = parseChangePos(pos)
+		}
 	}
 	return ch
 }
@@ -249,6 +267,7 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 		}
 	}
 	var fetched map[uint64][]history.Fetched[*outMsg]
+	var pg changesJoin
 	if ready != nil || len(changes) > 0 || (ch.recover != nil && s.cluster != nil) {
 		// A new topic in a cluster: the presence of the other nodes
 		// arrives before the first presence_state (bounded by the mesh,
@@ -271,6 +290,10 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 			// Ranges of the recovery only other nodes hold.
 			fetched = s.fetchMissing(ch.key.meshTopic(), ch.recover)
 		}
+		if len(changes) > 0 {
+			// Last, so that changes are held no longer than it takes.
+			pg = s.seamChanges(ch)
+		}
 		c.mu.Lock()
 	}
 	c.channels[m.Topic] = ch
@@ -279,8 +302,9 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 	s.hub.join(ch, t, func(t *topic) {
 		var resend []*outMsg
 		var failed string
+		pg = s.replyChanges(ch, pg)
 		if s.rec != nil {
-			reply, resend, failed = s.joinSeam(ch, reply, fetched)
+			reply, resend, failed = s.joinSeam(ch, reply, fetched, pg)
 		}
 		c.reply(m.JoinRef, m.Ref, m.Topic, "ok", reply)
 		for _, out := range resend {
@@ -292,14 +316,24 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 		if ch.presenceEnabled && ch.grants.canRead(ExtPresence) {
 			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence.Set))
 		}
-		s.attachChanges(ch)
 		if changesMsg != nil {
 			c.send(ch.joinRef, "", m.Topic, "system", changesMsg)
+		}
+		if !pg.ok() {
+			c.send(ch.joinRef, "", m.Topic, "system", systemPayload("postgres_changes", "error", "recovery failed: "+pg.reason, ch.name))
 		}
 		if captured != nil {
 			ch.sendReplayLocked(t, replayed, captured)
 		}
 	})
+	if pg.held {
+		// What the seam holds goes after the reply, paced as live changes
+		// are (c.mu is let go: this reader alone handles the connection's
+		// frames, so nothing else joins meanwhile).
+		c.unlockToWait()
+		s.drainChanges(ch)
+		c.mu.Lock()
+	}
 	c.armExpiry(ch)
 	return true
 }
