@@ -135,6 +135,14 @@ type Reader struct {
 	// onForced, if set, is told of a confirmation past MaxSlotLag (the
 	// Service's own reader tells its owner core).
 	onForced func(LSN)
+	// onStart, if set, is told where each session streams from: every
+	// transaction after it is read (the Service's history starts there).
+	onStart func(LSN)
+	// holdOn makes the reader confirm at most hold (the Service's history
+	// of the recovery window keeps what it holds in the slot); MaxSlotLag
+	// still wins.
+	holdOn bool
+	hold   atomic.Uint64
 
 	acked  atomic.Uint64
 	budget *txBudget
@@ -288,6 +296,7 @@ type readerMetrics struct {
 	running, lag, confirmed *metrics.Gauge
 	changes, txs            *metrics.Counter
 	reconnects, forced      *metrics.Counter
+	holdBroken              *metrics.Counter
 	// Bounded memory and flow control.
 	txMemory, paused             *metrics.Gauge
 	skipped, spilled, spillBytes *metrics.Counter
@@ -303,6 +312,7 @@ func newReaderMetrics(set *metrics.Set) *readerMetrics {
 		txs:           set.GetOrCreateCounter("meshcast_wal_transactions_total"),
 		reconnects:    set.GetOrCreateCounter("meshcast_wal_reconnects_total"),
 		forced:        set.GetOrCreateCounter("meshcast_wal_lag_forced_confirms_total"),
+		holdBroken:    set.GetOrCreateCounter("meshcast_wal_recovery_hold_exceeded_total"),
 		txMemory:      set.GetOrCreateGauge("meshcast_wal_tx_memory_bytes", nil),
 		paused:        set.GetOrCreateGauge("meshcast_wal_reader_paused", nil),
 		skipped:       set.GetOrCreateCounter("meshcast_wal_skipped_changes_total"),
@@ -379,6 +389,13 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	s.streamed = true
+	if s.r.onStart != nil {
+		from, err := s.slotPosition(ctx)
+		if err != nil {
+			return err
+		}
+		s.r.onStart(max(start, from))
+	}
 	s.confirmed, s.delivered = start, start
 	s.r.m.running.Set(1)
 	s.r.log.Info("wal: streaming", "from", start)
@@ -386,6 +403,20 @@ func (s *session) run(ctx context.Context) error {
 		s.r.OnStreaming()
 	}
 	return s.broadcastsFailed(s.stream(ctx))
+}
+
+// slotPosition returns the slot's confirmed position. Asked once the
+// stream has started, it is where the stream started (when the session
+// asked for an earlier one): the slot is this session's, nobody else
+// moves it.
+func (s *session) slotPosition(ctx context.Context) (LSN, error) {
+	var text string
+	err := s.query.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", s.r.slot()).Scan(&text)
+	if err != nil {
+		return 0, fmt.Errorf("wal: the slot's position: %w", err)
+	}
+	lsn, err := pglogrepl.ParseLSN(text)
+	return LSN(lsn), err
 }
 
 // quotePublication makes name one identifier of pgoutput's
@@ -625,6 +656,27 @@ func (s *session) message(ctx context.Context, b []byte) error {
 	return nil
 }
 
+// held bounds pos by the Service's hold (read after acked: the driver
+// raises the hold before it acks), unless that would hold more than
+// MaxSlotLag bytes of WAL: the bound wins (and a new owner's history
+// starts later).
+func (s *session) held(pos LSN) LSN {
+	if !s.r.holdOn {
+		return pos
+	}
+	hold := LSN(s.r.hold.Load())
+	if hold >= pos {
+		return pos
+	}
+	if lag := int64(s.walEnd) - int64(max(s.confirmed, hold)); lag > s.r.maxSlotLag() {
+		s.r.m.holdBroken.Inc()
+		s.r.log.Warn("wal: the recovery window holds more WAL than --max-slot-lag; confirming past it: after a failover, recovery reaches back less far",
+			"lag_bytes", lag, "max_slot_lag", s.r.maxSlotLag())
+		return pos
+	}
+	return max(s.confirmed, hold)
+}
+
 // status reports the position to Postgres: what the Handler acked, or,
 // while nothing delivered awaits an ack and no transaction is half read,
 // the last keepalive's position, so an idle or uninteresting stream never
@@ -636,6 +688,7 @@ func (s *session) status(final bool) error {
 	if s.delivered <= acked && s.asm.tx == nil {
 		pos = max(pos, s.idleEnd)
 	}
+	pos = s.held(pos)
 	if lag := int64(s.walEnd) - int64(pos); lag > s.r.maxSlotLag() && s.delivered > pos {
 		s.r.log.Error("wal: slot lag exceeds MaxSlotLag; confirming transactions the consumer has not acknowledged: they will not be delivered again",
 			"lag_bytes", lag, "max_slot_lag", s.r.maxSlotLag(), "acked", acked, "confirming", s.delivered)

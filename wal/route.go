@@ -39,6 +39,10 @@ func (d *driver) startRun(gen int, takeOver bool) {
 	s.reader.Handler = b
 	s.reader.TakeOver = takeOver
 	s.reader.OnStreaming = func() { s.mail.push(owner.Streaming{Gen: gen}) }
+	s.reader.onStart = func(from LSN) {
+		s.store.startAt(from)
+		s.mail.push(owner.HistoryFrom{Gen: gen, From: uint64(from)})
+	}
 	s.log.Info("reading the database's changes", "slot", s.reader.slot(), "run", gen)
 	d.wg.Go(func() {
 		routing := make(chan struct{})
@@ -139,6 +143,7 @@ func (b *txBatcher) transactions(ctx context.Context, txs []*Transaction) {
 		if !txs[i].catalog {
 			continue
 		}
+		s.store.noteCatalog(txs[i].LSN) // before the caches change for it
 		if i > 0 && !b.batch(ctx, txs[:i]) {
 			return
 		}
@@ -168,7 +173,7 @@ func (b *txBatcher) batch(ctx context.Context, txs []*Transaction) bool {
 			}
 			return false
 		}
-		r.items = append(r.items, owner.Item{Commit: uint64(tx.LSN)})
+		r.items = append(r.items, owner.Item{Commit: uint64(tx.LSN), Time: tx.CommitTime})
 	}
 	return r.flush()
 }
@@ -222,6 +227,10 @@ func (r *chunkRouter) markEnds() {
 func (r *chunkRouter) flush() bool {
 	r.markEnds()
 	s := r.b.s
+	// Into the history before matching: a subscription added meanwhile
+	// is acknowledged with a head at or after every change matched
+	// without it (withHead).
+	histBytes, histHead := s.store.append(r.changes)
 	matched := make([][]*Subscription, len(r.changes))
 	hit := false
 	for i, c := range r.changes {
@@ -244,10 +253,10 @@ func (r *chunkRouter) flush() bool {
 	items = append(items, r.items[e:]...)
 	clear(r.changes)
 	r.changes, r.items, r.ends, r.bytes = r.changes[:0], r.items[:0], r.ends[:0], 0
-	if len(items) == 0 {
+	if len(items) == 0 && histBytes == 0 {
 		return true
 	}
-	s.mail.push(owner.Routed{Gen: r.b.rr.gen, Items: items})
+	s.mail.push(owner.Routed{Gen: r.b.rr.gen, Items: items, Head: owner.Pos{LSN: uint64(histHead.LSN), Seq: histHead.Seq}, Bytes: histBytes})
 	select {
 	case <-r.b.rr.more:
 		return true

@@ -117,8 +117,11 @@ func (c *Core) routedHistory(ev Routed) {
 		}
 		switch {
 		case h.dropped:
+			// The rest of a transaction evicted while it was read.
 			h.from = max(h.from, it.Commit)
 			h.dropped = false
+			h.bytes -= h.open
+			c.emit(Evict{Through: Pos{LSN: it.Commit, Seq: math.MaxUint32}, Bytes: true})
 		case it.Commit > last:
 			h.txs = append(h.txs, histTx{lsn: it.Commit, at: it.Time, bytes: h.open})
 			if len(h.txs) == 1 {

@@ -75,7 +75,7 @@ func TestHistory(t *testing.T) {
 		{"a transaction alone over the budget is dropped whole", recoveryConfig("o"), with(histOwner(),
 			step{0, tx(110, 0, 40), rt(Hold{streamsFrom}, Confirm{LSN: 110})},
 			step{0, Routed{Head: Pos{120, 5}, Bytes: 150}, rt(Evict{Through: Pos{110, maxSeq}, Bytes: true}, Evict{Through: Pos{120, 5}, Bytes: true}, Hold{noHold})},
-			step{0, tx(120, 0, 0), rt(Confirm{LSN: 120})},
+			step{0, tx(120, 0, 0), rt(Evict{Through: Pos{120, maxSeq}, Bytes: true}, Confirm{LSN: 120})},
 			step{0, tx(130, 0, 10), rt(Hold{120}, Confirm{LSN: 130})},
 		)},
 		{"a request waits until the history reaches the node's head", recoveryConfig("o"), with(histOwner(),
