@@ -99,7 +99,9 @@ func (h *changeStore) evict(e owner.Evict) {
 	defer h.mu.Unlock()
 	if e.Through.LSN == owner.NoHold {
 		clear(h.changes)
-		*h = changeStore{keep: h.keep, changes: h.changes[:0], evicted: map[tableKey]evictMark{}}
+		h.changes, h.start, h.bytes, h.head = h.changes[:0], 0, 0, Pos{}
+		h.readFrom, h.started, h.all, h.catalog = 0, false, evictMark{}, 0
+		clear(h.evicted)
 		return
 	}
 	mark := evictMark{pos: through, bytes: e.Bytes}

@@ -151,7 +151,8 @@ type ServiceConfig struct {
 	RecoveryWindow time.Duration
 	// HistoryBytes bounds the memory of the owner's history of the
 	// recovery window (oldest changes evicted first: recovery from before
-	// them fails); if zero, DefaultHistoryBytes.
+	// them fails); if zero, DefaultHistoryBytes; if negative, only the
+	// window bounds it.
 	HistoryBytes int
 	// Logger receives the service's logs; if nil, slog.Default().
 	Logger *slog.Logger
