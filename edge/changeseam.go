@@ -22,9 +22,10 @@ import (
 // after them, then live; a live change at or before the seam is dropped
 // (the client has it, or it is before the position the reply gave).
 
-// recoverTimeout bounds a join's Recover (the change stream bounds its own
-// wait for the owner below it).
-const recoverTimeout = 5 * time.Second
+// recoverTimeout bounds a join's Recover: a backstop above the change
+// stream's own bound on its wait for the owner (wal's RegisterTimeout, 5 s
+// by default), whose answer says better why.
+const recoverTimeout = 7 * time.Second
 
 // changeSeam is where a channel's change stream starts. Guarded by
 // changeSubs.mu.

@@ -160,13 +160,20 @@ describe('postgres_changes recovery', () => {
     assert.ok(m.get('meshcast_changes_recovery_joins_total{result="ok"}') >= 3, 'three recoveries')
   })
 
-  it('a position the node cannot serve is told: recovered false, the system event, then live', async () => {
+  it('a position older than the window is told: recovered false, the system event, then live', async () => {
     const pg = await freshPostgres()
     const server = await startServer({ args: ['--database-url', pg.url] })
     cleanup.push(() => server.stop())
     const clients = new MeshcastClients(server)
     cleanup.push(() => clients.closeAll())
-    const ch = clients.make().channel(uniqueName('pgfail'), { config: { recover: { postgres_changes: 'FFFFFFFF/0:0' } } })
+    // Once the owner read a change, a position before its history's start (where the slot's reader began) is older
+    // than the window.
+    const first = []
+    const ch0 = clients.make().channel(uniqueName('pgfirst')).on('postgres_changes', INSERTS, (p) => first.push(p.new.n))
+    await joined(ch0, 10000)
+    await pg.sql('INSERT INTO items (n) VALUES (0)')
+    await waitFor(() => first.length === 1, 5000, 'the first row')
+    const ch = clients.make().channel(uniqueName('pgfail'), { config: { recover: { postgres_changes: '0/1:0' } } })
     const rows = []
     const system = []
     ch.on('postgres_changes', INSERTS, (p) => rows.push(p.new.n))
@@ -175,7 +182,7 @@ describe('postgres_changes recovery', () => {
     await waitFor(() => rec.has('SUBSCRIBED'), 10000, () => `joined (${rec})`)
     assert.equal(ch.recovered, false)
     const failure = await waitFor(() => system.find((p) => p.extension === 'postgres_changes' && p.status === 'error'), 5000, () => `the failure among ${JSON.stringify(system)}`)
-    assert.match(failure.message, /^recovery failed: /)
+    assert.equal(failure.message, 'recovery failed: the position is older than the recovery window')
     assert.equal(failure.channel, ch.subTopic)
     assert.match(rec.errors.at(-1)?.message ?? '', /recovery failed/)
     await pg.sql('INSERT INTO items (n) VALUES (1)')
