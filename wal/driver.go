@@ -183,7 +183,7 @@ func (d *driver) do(effects []owner.Effect) {
 			}
 		case owner.Subscribed:
 			if e.Err == "" && d.core.Owns() {
-				s.head.raise(s.store.headPos()) // as a SubAck from itself would
+				s.head.raise(s.store.ackHead()) // as a SubAck from itself would
 			}
 			if w := d.waiters[e.Call]; w != nil {
 				w <- e
@@ -208,7 +208,7 @@ func (d *driver) withHead(f meshproto.Frame) meshproto.Frame {
 	if !ok || ack.Err != "" || !d.core.Owns() {
 		return f
 	}
-	h := d.s.store.headPos()
+	h := d.s.store.ackHead()
 	cp := *ack
 	cp.LSN, cp.Seq = uint64(h.LSN), h.Seq
 	return &cp

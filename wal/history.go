@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"math"
 	"sync"
 
 	"github.com/meshcast/meshcast/wal/owner"
@@ -25,6 +26,10 @@ type changeStore struct {
 	start   int
 	bytes   int64
 	head    Pos
+	// floor is the position every change before the reader's session
+	// began is at or before (caughtUp of the WAL position then): the
+	// head a subscription's acknowledgement carries is at least it.
+	floor Pos
 	// readFrom is where the owner's reader started: nothing before it is
 	// known. started is false until the reader says.
 	readFrom LSN
@@ -77,13 +82,21 @@ func (h *changeStore) noteCatalog(lsn LSN) {
 	h.mu.Unlock()
 }
 
-// startAt records where a reader run streams from. A run that starts
-// past the store's head (the slot moved on: the reader's lag bound) leaves
-// a gap: nothing before it is known any more.
-func (h *changeStore) startAt(from LSN) {
+// startAt records where a reader run streams from. The first run of an
+// ownership starts the history afresh: what a run of an earlier one
+// appended while it stopped is dropped (it would make the new run's
+// changes look like repeats). A run that starts past the store's head
+// (the slot moved on: the reader's lag bound) leaves a gap: nothing
+// before it is known any more.
+func (h *changeStore) startAt(from, walAt LSN) {
 	h.mu.Lock()
+	if f := caughtUp(walAt); h.floor.Before(f) {
+		h.floor = f
+	}
 	switch {
 	case !h.started:
+		clear(h.changes)
+		h.changes, h.start, h.bytes, h.head = h.changes[:0], 0, 0, Pos{}
 		h.started, h.readFrom = true, from
 	case from > h.head.LSN && from > h.readFrom:
 		h.readFrom = from
@@ -99,7 +112,7 @@ func (h *changeStore) evict(e owner.Evict) {
 	defer h.mu.Unlock()
 	if e.Through.LSN == owner.NoHold {
 		clear(h.changes)
-		h.changes, h.start, h.bytes, h.head = h.changes[:0], 0, 0, Pos{}
+		h.changes, h.start, h.bytes, h.head, h.floor = h.changes[:0], 0, 0, Pos{}, Pos{}
 		h.readFrom, h.started, h.all, h.catalog = 0, false, evictMark{}, 0
 		clear(h.evicted)
 		return
@@ -181,8 +194,36 @@ func (h *changeStore) stats() (int64, int) {
 	return h.bytes, len(h.changes) - h.start
 }
 
-func (h *changeStore) headPos() Pos {
+// ackHead is the head a subscription's acknowledgement carries: the
+// history's, or the floor of the reader's session if later. Every change
+// matched before the subscription was added is at or before the head
+// (the router appends before it matches); the floor only adds changes
+// committed before the session began, before the subscription was.
+func (h *changeStore) ackHead() Pos {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.head.Before(h.floor) {
+		return h.floor
+	}
 	return h.head
+}
+
+// advance raises the head to p: the reader handed over every change
+// before it (a marking transaction).
+func (h *changeStore) advance(p Pos) {
+	h.mu.Lock()
+	if h.head.Before(p) {
+		h.head = p
+	}
+	h.mu.Unlock()
+}
+
+// caughtUp is the position of "every change of a transaction that ended
+// at or before lsn" (a transaction's LSN is the end of its commit
+// record; the server's WAL position and a keepalive's are ends too).
+func caughtUp(lsn LSN) Pos {
+	if lsn == 0 {
+		return Pos{}
+	}
+	return Pos{LSN: lsn, Seq: math.MaxUint32}
 }

@@ -135,9 +135,15 @@ type Reader struct {
 	// onForced, if set, is told of a confirmation past MaxSlotLag (the
 	// Service's own reader tells its owner core).
 	onForced func(LSN)
-	// onStart, if set, is told where each session streams from: every
-	// transaction after it is read (the Service's history starts there).
-	onStart func(LSN)
+	// onStart, if set, is told where each session streams from (every
+	// transaction after it is read: the Service's history starts there)
+	// and the server's WAL position then.
+	onStart func(from, walAt LSN)
+	// markIdle makes the reader hand the Handler an empty marking
+	// transaction (Transaction.mark) at a keepalive's position once
+	// everything before it was handed over and released: the Service's
+	// history is then complete through it, changes or not.
+	markIdle bool
 	// holdOn makes the reader confirm at most hold (the Service's history
 	// of the recovery window keeps what it holds in the slot); MaxSlotLag
 	// still wins.
@@ -339,6 +345,7 @@ type session struct {
 	confirmed LSN // the last position reported
 	walEnd    LSN // the server's WAL end, as last heard
 	idleEnd   LSN // a keepalive's position: everything before it was sent
+	marked    LSN // the last markIdle's position
 }
 
 func (s *session) run(ctx context.Context) error {
@@ -390,11 +397,11 @@ func (s *session) run(ctx context.Context) error {
 	}
 	s.streamed = true
 	if s.r.onStart != nil {
-		from, err := s.slotPosition(ctx)
+		from, walAt, err := s.slotPosition(ctx)
 		if err != nil {
 			return err
 		}
-		s.r.onStart(max(start, from))
+		s.r.onStart(max(start, from), walAt)
 	}
 	s.confirmed, s.delivered = start, start
 	s.r.m.running.Set(1)
@@ -405,18 +412,34 @@ func (s *session) run(ctx context.Context) error {
 	return s.broadcastsFailed(s.stream(ctx))
 }
 
-// slotPosition returns the slot's confirmed position. Asked once the
-// stream has started, it is where the stream started (when the session
-// asked for an earlier one): the slot is this session's, nobody else
-// moves it.
-func (s *session) slotPosition(ctx context.Context) (LSN, error) {
-	var text string
-	err := s.query.QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", s.r.slot()).Scan(&text)
+// slotPosition returns the slot's confirmed position and the server's
+// WAL position. Asked once the stream has started, the first is where
+// the stream started (when the session asked for an earlier one): the
+// slot is this session's, nobody else moves it.
+func (s *session) slotPosition(ctx context.Context) (LSN, LSN, error) {
+	var slot, now string
+	err := s.query.QueryRow(ctx, "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots WHERE slot_name = $1",
+		s.r.slot()).Scan(&slot, &now)
 	if err != nil {
-		return 0, fmt.Errorf("wal: the slot's position: %w", err)
+		return 0, 0, fmt.Errorf("wal: the slot's position: %w", err)
 	}
-	lsn, err := pglogrepl.ParseLSN(text)
-	return LSN(lsn), err
+	from, err := pglogrepl.ParseLSN(slot)
+	if err != nil {
+		return 0, 0, err
+	}
+	walAt, err := pglogrepl.ParseLSN(now)
+	return LSN(from), LSN(walAt), err
+}
+
+// markIdle hands the Handler a marking transaction at the last
+// keepalive's position (Reader.markIdle) when it moved and nothing is
+// being read or held: every transaction before it was handed over.
+func (s *session) markIdle(ctx context.Context) {
+	if !s.r.markIdle || s.asm.tx != nil || s.idleEnd <= s.marked || s.r.budget.open.Load() > 0 {
+		return
+	}
+	s.marked = s.idleEnd
+	s.r.Handler.Transaction(ctx, &Transaction{LSN: s.idleEnd, mark: true})
 }
 
 // quotePublication makes name one identifier of pgoutput's
@@ -534,6 +557,7 @@ func (s *session) stream(ctx context.Context) error {
 			if s.deferred > 0 && s.confirmed >= s.deferred {
 				return errBroadcastsReady
 			}
+			s.markIdle(ctx)
 			next = time.Now().Add(interval)
 		}
 		if s.asm.tx == nil && !s.r.budget.mayRead() {

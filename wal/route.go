@@ -39,8 +39,8 @@ func (d *driver) startRun(gen int, takeOver bool) {
 	s.reader.Handler = b
 	s.reader.TakeOver = takeOver
 	s.reader.OnStreaming = func() { s.mail.push(owner.Streaming{Gen: gen}) }
-	s.reader.onStart = func(from LSN) {
-		s.store.startAt(from)
+	s.reader.onStart = func(from, walAt LSN) {
+		s.store.startAt(from, walAt)
 		s.mail.push(owner.HistoryFrom{Gen: gen, From: uint64(from)})
 	}
 	s.log.Info("reading the database's changes", "slot", s.reader.slot(), "run", gen)
@@ -71,6 +71,8 @@ type txBatcher struct {
 	s  *Service
 	rr *readerRun
 	q  chan *Transaction
+	// sentHead is the history's head the core was last told of.
+	sentHead Pos
 }
 
 const (
@@ -166,6 +168,10 @@ func (b *txBatcher) batch(ctx context.Context, txs []*Transaction) bool {
 	}
 	r := &chunkRouter{b: b, ctx: ctx}
 	for _, tx := range txs {
+		if tx.mark {
+			b.s.store.advance(caughtUp(tx.LSN))
+			continue
+		}
 		if err := tx.Range(maxBatchChanges, maxChunkBytes, r.add); err != nil {
 			if !errors.Is(err, errStopRouting) {
 				b.s.log.Error("cannot read a large transaction back; the reader starts over", "lsn", tx.LSN, "err", err)
@@ -253,9 +259,11 @@ func (r *chunkRouter) flush() bool {
 	items = append(items, r.items[e:]...)
 	clear(r.changes)
 	r.changes, r.items, r.ends, r.bytes = r.changes[:0], r.items[:0], r.ends[:0], 0
-	if len(items) == 0 && histBytes == 0 {
+	moved := r.b.sentHead.Before(histHead)
+	if len(items) == 0 && histBytes == 0 && !moved {
 		return true
 	}
+	r.b.sentHead = histHead
 	s.mail.push(owner.Routed{Gen: r.b.rr.gen, Items: items, Head: owner.Pos{LSN: uint64(histHead.LSN), Seq: histHead.Seq}, Bytes: histBytes})
 	select {
 	case <-r.b.rr.more:

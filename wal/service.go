@@ -217,6 +217,7 @@ func NewService(cfg ServiceConfig) *Service {
 		s.reader.Keep = s.keep
 		s.reader.onForced = func(lsn LSN) { s.mail.push(owner.Forced{LSN: uint64(lsn)}) }
 		s.reader.holdOn = cfg.RecoveryWindow > 0
+		s.reader.markIdle = cfg.RecoveryWindow > 0
 	}
 	s.recoveries = cfg.Metrics.NewCounter("meshcast_wal_recoveries_total")
 	s.served = cfg.Metrics.NewCounter("meshcast_wal_recoveries_served_total")
