@@ -160,6 +160,27 @@ describe('postgres_changes recovery', () => {
     assert.ok(m.get('meshcast_changes_recovery_joins_total{result="ok"}') >= 3, 'three recoveries')
   })
 
+  // todo: the reply's position of a node whose owner read no change yet is the reader's start, Pos{readFrom, 0}, and
+  // the owner's history answers a recovery from it "older than the recovery window" (wal/history.go gapLocked:
+  // after.LSN <= readFrom): a false alarm, not a gap. wal's to fix.
+  it('a channel that got no change before its cut recovers too (the reply gave it a position)', { todo: 'wal: a recovery from the reader start position fails' }, async () => {
+    const pg = await freshPostgres()
+    const server = await startServer({ args: ['--database-url', pg.url] })
+    cleanup.push(() => server.stop())
+    const proxy = await startProxy(server.port)
+    cleanup.push(() => proxy.close())
+    const clients = new MeshcastClients(server)
+    cleanup.push(() => clients.closeAll())
+    const sub = subscriber(clients, proxy, uniqueName('pgquiet'))
+    await waitFor(() => sub.rec.has('SUBSCRIBED'), 10000, () => `subscriber joined (${sub.rec})`)
+    proxy.cut(1000)
+    await pg.sql('INSERT INTO items (n) VALUES (0)') // while it is away
+    await waitFor(() => sub.rec.count('SUBSCRIBED') >= 2, 15000, () => `rejoin (${sub.rec})`)
+    assert.equal(sub.ch.recovered, true, `recovered: ${JSON.stringify(sub.system)}`)
+    await pg.sql('INSERT INTO items (n) VALUES (1)')
+    await sameOnce(sub.rows, [0, 1], 'rows')
+  })
+
   it('a position older than the window is told: recovered false, the system event, then live', async () => {
     const pg = await freshPostgres()
     const server = await startServer({ args: ['--database-url', pg.url] })
