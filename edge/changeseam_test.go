@@ -246,7 +246,9 @@ func TestChangeSeamRecoversPerBinding(t *testing.T) {
 		}
 		byIDs[jsonField(f.Payload, "ids")] = jsonField(f.Payload, "data.record.body")
 	}
-	var r struct{ PostgresChanges []struct{ ID uint64 } `json:"postgres_changes"` }
+	var r struct {
+		PostgresChanges []struct{ ID uint64 } `json:"postgres_changes"`
+	}
 	if json.Unmarshal(resp, &r); len(r.PostgresChanges) != 2 {
 		t.Fatalf("reply %s", resp)
 	}

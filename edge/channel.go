@@ -245,8 +245,6 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) bool {
 	s := c.srv
 	t, ready := s.hub.acquire(ch.key)
-	var changesMsg []byte // the system message about the bindings
-	reply := joinOK
 	held := c.heldBindings()
 	var replayed []dbcast.Message
 	var captured *capture
@@ -266,45 +264,17 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 			return c.carryOut(refuseReplayFailed, m, nil)
 		}
 	}
-	var fetched map[uint64][]history.Fetched[*outMsg]
-	var pg changesJoin
-	if ready != nil || len(changes) > 0 || (ch.recover != nil && s.cluster != nil) {
-		// A new topic in a cluster: the presence of the other nodes
-		// arrives before the first presence_state (bounded by the mesh,
-		// and by Shutdown's deadline). Bindings wait (bounded) until the
-		// database's owner holds them. c.mu is let go meanwhile, so that
-		// Shutdown and token timers are not held up by the wait; only this
-		// reader handles the connection's frames, so nothing else joins.
-		c.unlockToWait()
-		if len(changes) > 0 {
-			ch.bindings, changesMsg = s.joinChanges(ch, changes, ch.claims, held)
-			reply = joinReplyChanges(ch.bindings)
-		}
-		if ready != nil {
-			select {
-			case <-ready:
-			case <-s.stopping:
-			}
-		}
-		if s.rec != nil {
-			// Ranges of the recovery only other nodes hold.
-			fetched = s.fetchMissing(ch.key.meshTopic(), ch.recover)
-		}
-		if len(changes) > 0 {
-			// Last, so that changes are held no longer than it takes.
-			pg = s.seamChanges(ch)
-		}
-		c.mu.Lock()
-	}
+	w := c.gather(ch, ready, changes, held)
 	c.channels[m.Topic] = ch
 	s.channels.Add(1)
 	s.metrics.joins.Inc()
 	s.hub.join(ch, t, func(t *topic) {
 		var resend []*outMsg
 		var failed string
-		pg = s.replyChanges(ch, pg)
+		reply := w.reply
+		pg := s.replyChanges(ch, w.pg)
 		if s.rec != nil {
-			reply, resend, failed = s.joinSeam(ch, reply, fetched, pg)
+			reply, resend, failed = s.joinSeam(ch, reply, w.fetched, pg)
 		}
 		c.reply(m.JoinRef, m.Ref, m.Topic, "ok", reply)
 		for _, out := range resend {
@@ -316,8 +286,8 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 		if ch.presenceEnabled && ch.grants.canRead(ExtPresence) {
 			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence.Set))
 		}
-		if changesMsg != nil {
-			c.send(ch.joinRef, "", m.Topic, "system", changesMsg)
+		if w.changesMsg != nil {
+			c.send(ch.joinRef, "", m.Topic, "system", w.changesMsg)
 		}
 		if !pg.ok() {
 			c.send(ch.joinRef, "", m.Topic, "system", systemPayload("postgres_changes", "error", "recovery failed: "+pg.reason, ch.name))
@@ -326,7 +296,7 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 			ch.sendReplayLocked(t, replayed, captured)
 		}
 	})
-	if pg.held {
+	if w.pg.held {
 		// What the seam holds goes after the reply, paced as live changes
 		// are (c.mu is let go: this reader alone handles the connection's
 		// frames, so nothing else joins meanwhile).
@@ -336,6 +306,51 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 	}
 	c.armExpiry(ch)
 	return true
+}
+
+// joinWork is what a join gathers before its turn on the topic.
+type joinWork struct {
+	reply      []byte // the reply's response, before recovery's positions
+	changesMsg []byte // the system message about the bindings
+	fetched    map[uint64][]history.Fetched[*outMsg]
+	pg         changesJoin
+}
+
+// gather waits for what a join needs before its turn on the topic: a new
+// topic in a cluster waits for the presence of the other nodes, which
+// arrives before the first presence_state (bounded by the mesh, and by
+// Shutdown's deadline); bindings wait (bounded) until the database's owner
+// holds them, then attach holding their changes while the join recovers
+// them (changeseam.go); broadcast recovery fetches the ranges only other
+// nodes hold. c.mu is let go meanwhile, so that Shutdown and token timers
+// are not held up by the wait; only this reader handles the connection's
+// frames, so nothing else joins. held is c.heldBindings().
+func (c *conn) gather(ch *channel, ready <-chan struct{}, changes []json.RawMessage, held int) joinWork {
+	s := c.srv
+	w := joinWork{reply: joinOK}
+	if ready == nil && len(changes) == 0 && (ch.recover == nil || s.cluster == nil) {
+		return w
+	}
+	c.unlockToWait()
+	defer c.mu.Lock()
+	if len(changes) > 0 {
+		ch.bindings, w.changesMsg = s.joinChanges(ch, changes, ch.claims, held)
+		w.reply = joinReplyChanges(ch.bindings)
+	}
+	if ready != nil {
+		select {
+		case <-ready:
+		case <-s.stopping:
+		}
+	}
+	if s.rec != nil {
+		w.fetched = s.fetchMissing(ch.key.meshTopic(), ch.recover)
+	}
+	if len(changes) > 0 {
+		// Last, so that changes are held no longer than it takes.
+		w.pg = s.seamChanges(ch)
+	}
+	return w
 }
 
 // removeChannel leaves a channel: presence leaves go out, the topic forgets
