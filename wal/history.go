@@ -117,14 +117,12 @@ func (h *changeStore) evict(e owner.Evict) {
 		clear(h.evicted)
 		return
 	}
-	mark := evictMark{pos: through, bytes: e.Bytes}
-	if h.all.pos.Before(through) {
-		h.all = mark
-	}
 	i := h.start
 	for ; i < len(h.changes) && !through.Before(h.changes[i].Pos()); i++ {
 		c := h.changes[i]
-		h.evicted[tableKey{c.Schema, c.Table}] = evictMark{pos: c.Pos(), bytes: e.Bytes}
+		mark := evictMark{pos: c.Pos(), bytes: e.Bytes}
+		h.evicted[tableKey{c.Schema, c.Table}] = mark
+		h.all = mark
 		h.bytes -= c.memSize()
 		h.changes[i] = nil
 	}
@@ -160,7 +158,10 @@ func (h *changeStore) gapLocked(after Pos, subs []*Subscription) string {
 	switch {
 	case !h.started:
 		return owner.ReasonNoAnswer
-	case after.LSN <= h.readFrom:
+	case after.Before(caughtUp(h.readFrom)):
+		// The reader streams every transaction that ended after
+		// readFrom, none before: a position within one at or before it
+		// may have missed the rest of it.
 		return owner.ReasonWindow
 	case h.catalog > after.LSN:
 		return owner.ReasonCatalog
@@ -208,14 +209,15 @@ func (h *changeStore) ackHead() Pos {
 	return h.head
 }
 
-// advance raises the head to p: the reader handed over every change
-// before it (a marking transaction).
-func (h *changeStore) advance(p Pos) {
+// advance raises the head to p (the reader handed over every change
+// before it: a marking transaction) and returns the head.
+func (h *changeStore) advance(p Pos) Pos {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.head.Before(p) {
 		h.head = p
 	}
-	h.mu.Unlock()
+	return h.head
 }
 
 // caughtUp is the position of "every change of a transaction that ended

@@ -311,9 +311,15 @@ func TestRecoverFailsExplicitly(t *testing.T) {
 		return fmt.Sprint(err)
 	}
 
+	// Before any change the Head is the reader's start: a channel cut
+	// then recovers from it.
+	start := s.Head()
 	pg.Exec(`INSERT INTO items VALUES (1, 'x'); INSERT INTO other VALUES (1)`)
 	d.waitRows(t, items.ID, 1, 10*time.Second)
 	d.waitRows(t, others.ID, 1, 10*time.Second)
+	if res, err := s.Recover(ctx, []*Subscription{items}, start); err != nil || !slices.Equal(insertedIDs(res, items.ID), []int{1}) {
+		t.Fatalf("recovery from the Head before any change (%v): %v, %v; want row 1", start, err, insertedIDs(res, items.ID))
+	}
 	old := s.Head()
 	if _, err := s.Recover(ctx, []*Subscription{others}, old); err != nil {
 		t.Fatalf("recovery from the head: %v", err)
@@ -354,5 +360,38 @@ func TestRecoverFailsExplicitly(t *testing.T) {
 	off := NewService(ServiceConfig{DB: "db", Self: "x"})
 	if _, err := off.Recover(ctx, nil, old); reason(err) != ReasonOff {
 		t.Errorf("recovery without a window: %v, want %q", err, ReasonOff)
+	}
+}
+
+// Over the mesh (QUIC on loopback): the request and the answer's parts
+// cross real lanes.
+func TestRecoverOverMesh(t *testing.T) {
+	pg := pgtest.Shared(t)
+	pg.Exec(`CREATE TABLE items (id int PRIMARY KEY, note text)`)
+	rec := withRecovery(time.Minute, 0)
+	n1 := startServiceNode(t, "n1", pg.URL(), "rec_mesh", nil, rec)
+	n2 := startServiceNode(t, "n2", "", "", []string{n1.node.GossipAddr()}, func(c *ServiceConfig) { rec(c); c.Reader = nil })
+	nodes := []*clusterService{n1, n2}
+	subs := subscribeAll(t, nodes)
+	if !n1.svc.Owns() {
+		t.Fatal("the only reader does not own the database")
+	}
+	pg.Exec(`INSERT INTO items VALUES (1, 'x')`)
+	n2.d.waitRows(t, subs[n2].ID, 1, 10*time.Second)
+	seen := n2.svc.Head()
+	n2.svc.Unsubscribe([]uint64{subs[n2].ID})
+	// Enough rows of 2 KB for the answer to come in parts of 1 MiB.
+	pg.Exec(`INSERT INTO items SELECT i, repeat('z', 2000) FROM generate_series(2, 1200) i`)
+	n1.d.waitRows(t, subs[n1].ID, 1200, 20*time.Second)
+	again := &Subscription{ID: n2.svc.NewID(), Schema: "public", Table: "items"}
+	if err := n2.svc.Subscribe(context.Background(), []*Subscription{again}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := n2.svc.Recover(context.Background(), []*Subscription{again}, seen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := insertedIDs(res, again.ID); !slices.Equal(got, seq(2, 1200)) {
+		t.Errorf("recovered %d rows over the mesh (%v…), want 2..1200", len(got), got[:min(len(got), 5)])
 	}
 }

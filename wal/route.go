@@ -169,7 +169,7 @@ func (b *txBatcher) batch(ctx context.Context, txs []*Transaction) bool {
 	r := &chunkRouter{b: b, ctx: ctx}
 	for _, tx := range txs {
 		if tx.mark {
-			b.s.store.advance(caughtUp(tx.LSN))
+			r.mark = tx.LSN // after the changes before it are in (flush)
 			continue
 		}
 		if err := tx.Range(maxBatchChanges, maxChunkBytes, r.add); err != nil {
@@ -203,6 +203,10 @@ type chunkRouter struct {
 	// each at the index of the change it follows (Pos.Seq; set by add).
 	items []owner.Item
 	ends  []int
+	// mark is the position of a marking transaction among the chunk's
+	// (Reader.markIdle): the history's head moves to it once the
+	// changes before it are in.
+	mark LSN
 }
 
 // add takes the next changes (a chunk of Range, not kept) and routes what
@@ -237,6 +241,9 @@ func (r *chunkRouter) flush() bool {
 	// is acknowledged with a head at or after every change matched
 	// without it (withHead).
 	histBytes, histHead := s.store.append(r.changes)
+	if r.mark != 0 {
+		histHead, r.mark = s.store.advance(caughtUp(r.mark)), 0
+	}
 	matched := make([][]*Subscription, len(r.changes))
 	hit := false
 	for i, c := range r.changes {

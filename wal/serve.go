@@ -19,7 +19,9 @@ const (
 
 // serve answers e: the history's changes after the request's position
 // through e.Through that its subscriptions match and may see, or why it
-// cannot prove that list complete.
+// cannot prove that list complete. The parts go out as they fill (the
+// owner holds one at a time); a failure found later is the last part's
+// Err, and the node drops what came before it.
 func (s *Service) serve(ctx context.Context, e owner.ServeRecovery) {
 	select {
 	case s.serving <- struct{}{}:
@@ -27,41 +29,51 @@ func (s *Service) serve(ctx context.Context, e owner.ServeRecovery) {
 	case <-ctx.Done():
 		return
 	}
-	f := e.Req
-	recs, reason := s.recoverFor(ctx, e)
+	p := &answerParts{s: s, to: e.To, cur: &meshproto.ChangesRecovered{DB: s.cfg.DB, Call: e.Req.Call, ThroughLSN: e.Through.LSN, ThroughSeq: e.Through.Seq}}
+	reason := s.recoverFor(ctx, e, p.add)
 	if ctx.Err() != nil {
 		return
 	}
 	if reason != "" {
-		s.answer(e.To, &meshproto.ChangesRecovered{DB: s.cfg.DB, Call: f.Call, Err: reason})
-		return
+		p.cur.Records, p.cur.ThroughLSN, p.cur.ThroughSeq, p.cur.Err = nil, 0, 0, reason
+	} else {
+		s.served.Inc()
 	}
-	out := &meshproto.ChangesRecovered{DB: s.cfg.DB, Call: f.Call, ThroughLSN: e.Through.LSN, ThroughSeq: e.Through.Seq}
-	size := 0
-	for _, r := range recs {
-		if size > 0 && size+len(r.Record) > answerPart {
-			out.More = true
-			s.answer(e.To, out)
-			out = &meshproto.ChangesRecovered{DB: s.cfg.DB, Call: f.Call, ThroughLSN: e.Through.LSN, ThroughSeq: e.Through.Seq, Part: out.Part + 1}
-			size = 0
-		}
-		out.Records = append(out.Records, r)
-		size += len(r.Record) + 8*len(r.IDs)
+	s.answer(e.To, p.cur)
+}
+
+// answerParts sends an answer's records in parts of about answerPart
+// bytes.
+type answerParts struct {
+	s    *Service
+	to   string
+	cur  *meshproto.ChangesRecovered
+	size int
+}
+
+func (p *answerParts) add(r meshproto.RecoveredRecord) {
+	if p.size > 0 && p.size+len(r.Record) > answerPart {
+		p.cur.More = true
+		p.s.answer(p.to, p.cur)
+		next := *p.cur
+		next.Records, next.More, next.Part = nil, false, p.cur.Part+1
+		p.cur, p.size = &next, 0
 	}
-	s.answer(e.To, out)
-	s.served.Inc()
+	p.cur.Records = append(p.cur.Records, r)
+	p.size += len(r.Record) + 8*len(r.IDs)
 }
 
 // recoverFor matches and authorizes the history's changes for e's
-// subscriptions; a reason when they cannot be proven complete.
-func (s *Service) recoverFor(ctx context.Context, e owner.ServeRecovery) ([]meshproto.RecoveredRecord, string) {
+// subscriptions, handing each record to emit; a reason when they cannot
+// be proven complete.
+func (s *Service) recoverFor(ctx context.Context, e owner.ServeRecovery, emit func(meshproto.RecoveredRecord)) string {
 	f := e.Req
 	var subs []*Subscription
 	m := NewMatcherBounded(s.cfg.RegexValueBytes, s.regexSkipped)
 	for i := range f.Subs {
 		sub, err := subOf(e.To, &f.Subs[i])
 		if err != nil {
-			return nil, ReasonUnknown
+			return ReasonUnknown
 		}
 		subs = append(subs, sub)
 		m.Add(sub)
@@ -69,9 +81,8 @@ func (s *Service) recoverFor(ctx context.Context, e owner.ServeRecovery) ([]mesh
 	after := Pos{LSN(f.AfterLSN), f.AfterSeq}
 	changes, reason := s.store.snapshot(after, Pos{LSN(e.Through.LSN), e.Through.Seq}, subs)
 	if reason != "" {
-		return nil, reason
+		return reason
 	}
-	var recs []meshproto.RecoveredRecord
 	for len(changes) > 0 {
 		n := min(len(changes), maxBatchChanges)
 		chunk := make([]*Change, n)
@@ -87,7 +98,7 @@ func (s *Service) recoverFor(ctx context.Context, e owner.ServeRecovery) ([]mesh
 		if hit && s.cfg.Authorize != nil {
 			if err := s.cfg.Authorize(ctx, chunk, hits); err != nil {
 				s.log.Warn("row-level security check of recovered changes failed; the recovery fails", "err", err)
-				return nil, ReasonUnchecked
+				return ReasonUnchecked
 			}
 		}
 		for i, c := range chunk {
@@ -98,16 +109,16 @@ func (s *Service) recoverFor(ctx context.Context, e owner.ServeRecovery) ([]mesh
 			for j, sub := range hits[i] {
 				ids[j] = sub.ID
 			}
-			recs = append(recs, meshproto.RecoveredRecord{Record: c.AppendBinary(nil), IDs: ids})
+			emit(meshproto.RecoveredRecord{Record: c.AppendBinary(nil), IDs: ids})
 		}
 	}
 	// The authorization caches follow the catalog as the router reads
 	// it; one that changed after the position (noted before the caches
 	// were) may have decided on privileges the changes did not have.
 	if s.store.catalogAfter(after.LSN) {
-		return nil, ReasonCatalog
+		return ReasonCatalog
 	}
-	return recs, ""
+	return ""
 }
 
 // answer sends a part of an answer to node to (this node's own calls
