@@ -745,6 +745,9 @@ func (c *conn) rekeyChanges(ch *channel, cl *claims) bool {
 			for _, b := range next {
 				b.shared.channels[ch] = struct{}{}
 			}
+			if sm := ch.pgSeam; sm != nil && sm.holding {
+				sm.remap(ch.bindings, next) // its join's changes are still being sent
+			}
 			ch.bindings = next
 		} else {
 			gone = cs.releaseLocked(ch, next)

@@ -237,49 +237,109 @@ func (s *Server) replyChanges(ch *channel, j changesJoin) changesJoin {
 }
 
 // drainChanges sends what a joined channel's seam holds, after the join
-// reply, waiting for room as live changes do, then lets live changes
-// through. Called without locks held. It gives up when the channel
-// leaves or the connection goes; a connection whose held changes outgrow
-// their bound meanwhile is closed as a slow consumer.
+// reply, then lets live changes through. What the connection's queue
+// takes at once goes now; the rest goes from a goroutine of the
+// connection (Server.wg), which waits for room as live changes do, so
+// that the reader answers the client's frames (heartbeats) meanwhile. It
+// gives up when the channel leaves or the connection goes; a connection
+// whose held changes outgrow their bound meanwhile is closed as a slow
+// consumer. Called without locks held.
 func (s *Server) drainChanges(ch *channel) {
-	cs := s.changeSubs
 	for {
-		cs.mu.Lock()
-		sm := ch.pgSeam
-		if sm == nil || !sm.holding {
-			cs.mu.Unlock()
+		frames, ok := s.takeHeld(ch)
+		if !ok {
 			return
 		}
-		if sm.cut {
-			cs.mu.Unlock()
-			ch.conn.stalled()
-			return
-		}
-		batch := sm.held
-		sm.held, sm.bytes = nil, 0
-		if len(batch) == 0 {
-			sm.holding = false // live from here; the floor still drops
-			cs.mu.Unlock()
-			return
-		}
-		var frames [][]byte
-		for _, h := range batch {
-			frames = s.appendChannelFrames(frames, ch, h.c, h.ids)
-		}
-		cs.mu.Unlock()
-		for _, f := range frames {
+		for i, f := range frames {
 			switch ch.conn.pushChange(f) {
 			case outq.Queued, outq.Start:
 			case outq.Full:
-				if !ch.conn.awaitChange(ch, f) {
-					return
-				}
+				s.changesSent(i)
+				s.wg.Add(1) // the connection's reader holds one: Shutdown waits for this too
+				go func() {
+					defer s.wg.Done()
+					s.drainPaced(ch, frames[i:])
+				}()
+				return
 			default:
 				return
 			}
 		}
-		s.metrics.messagesOut.Add(len(frames))
-		s.metrics.changesOut.Add(len(frames))
+		s.changesSent(len(frames))
+	}
+}
+
+// drainPaced sends frames and then what the seam holds, each waiting for
+// room in the connection's queue, until the seam lets go.
+func (s *Server) drainPaced(ch *channel, frames [][]byte) {
+	for {
+		for i, f := range frames {
+			if !ch.conn.awaitChange(ch, f) {
+				s.changesSent(i)
+				return
+			}
+		}
+		s.changesSent(len(frames))
+		var ok bool
+		if frames, ok = s.takeHeld(ch); !ok {
+			return
+		}
+	}
+}
+
+// takeHeld takes the frames of what ch's seam holds; false when there is
+// nothing (live changes then go straight to the client) or the seam
+// overflowed after the reply (the connection is closed).
+func (s *Server) takeHeld(ch *channel) ([][]byte, bool) {
+	cs := s.changeSubs
+	cs.mu.Lock()
+	sm := ch.pgSeam
+	switch {
+	case sm == nil || !sm.holding:
+		cs.mu.Unlock()
+		return nil, false
+	case sm.cut:
+		cs.mu.Unlock()
+		ch.conn.stalled()
+		return nil, false
+	case len(sm.held) == 0:
+		sm.holding = false // live from here; the floor still drops
+		cs.mu.Unlock()
+		return nil, false
+	}
+	batch := sm.held
+	sm.held, sm.bytes = nil, 0
+	var frames [][]byte
+	for _, h := range batch {
+		frames = s.appendChannelFrames(frames, ch, h.c, h.ids)
+	}
+	cs.mu.Unlock()
+	return frames, true
+}
+
+func (s *Server) changesSent(n int) {
+	s.metrics.messagesOut.Add(n)
+	s.metrics.changesOut.Add(n)
+}
+
+// remap follows a token refresh of a holding channel: its held changes
+// name the subscriptions of old, which next (the same bindings, in order)
+// replaces. Called with changeSubs.mu held.
+func (sm *changeSeam) remap(old, next []binding) {
+	to := map[uint64]uint64{}
+	for i := range old {
+		if old[i].shared != nil && next[i].shared != nil {
+			to[old[i].shared.sub.ID] = next[i].shared.sub.ID
+		}
+	}
+	for i, h := range sm.held {
+		ids := make([]uint64, 0, len(h.ids)) // h.ids may be shared with other channels
+		for _, id := range h.ids {
+			if n, ok := to[id]; ok {
+				ids = append(ids, n)
+			}
+		}
+		sm.held[i].ids = ids
 	}
 }
 

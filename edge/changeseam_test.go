@@ -382,3 +382,46 @@ func TestChangeSeamClientGoneWhileRecovering(t *testing.T) {
 		t.Fatal("the subscription outlived its only client")
 	}
 }
+
+// A recovery larger than the connection's share of changes goes out
+// paced, from a goroutine of the connection: the reader answers the
+// client meanwhile (a heartbeat is not stuck behind the recovery), and
+// every change arrives once, in order.
+func TestChangeSeamPacedRecoveryKeepsReading(t *testing.T) {
+	fs := newFakeStream(pos(1))
+	ts := startSeamServer(t, fs, func(c *Config) { c.QueueBytes, c.BytesPerSecond = 16<<10, -1 })
+	c := ts.connect(t)
+	seamJoin(c, seamBinding, pos(1).String())
+	<-fs.recovering
+	ids := fs.subIDs("t")
+	const n = 300
+	var res wal.RecoverResult
+	for i := 2; i < 2+n; i++ {
+		res.Changes = append(res.Changes, wal.Recovered{Change: rowChange(i), IDs: ids})
+	}
+	res.Through = pos(1 + n)
+	fs.answer <- fakeAnswer{res: res}
+	if resp := seamReply(t, c); jsonField(resp, "recovered") != "true" {
+		t.Fatalf("reply %s", resp)
+	}
+	c.write(heartbeatFrame)
+	var rows []string
+	heartbeatAt := -1
+	for len(rows) < n || heartbeatAt < 0 {
+		f := c.next()
+		switch {
+		case isHeartbeatReply(f):
+			heartbeatAt = len(rows)
+		case f.Event == "postgres_changes":
+			rows = append(rows, jsonField(f.Payload, "data.record.id"))
+		}
+	}
+	if heartbeatAt >= n {
+		t.Fatalf("the heartbeat was answered after all %d recovered changes: the reader waited for them", n)
+	}
+	for i, id := range rows {
+		if id != fmt.Sprint(i+2) {
+			t.Fatalf("row %d is %s, want %d (in order, once)", i, id, i+2)
+		}
+	}
+}

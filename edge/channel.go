@@ -297,12 +297,7 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 		}
 	})
 	if w.pg.held {
-		// What the seam holds goes after the reply, paced as live changes
-		// are (c.mu is let go: this reader alone handles the connection's
-		// frames, so nothing else joins meanwhile).
-		c.unlockToWait()
-		s.drainChanges(ch)
-		c.mu.Lock()
+		s.drainChanges(ch) // what the seam holds, after the reply
 	}
 	c.armExpiry(ch)
 	return true
