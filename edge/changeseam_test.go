@@ -425,3 +425,12 @@ func TestChangeSeamPacedRecoveryKeepsReading(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendJoinPositionsPerExtension(t *testing.T) {
+	jp := joinPositions{changes: "0/A0:1", asked: true, ok: false,
+		each: []extRecovery{{"broadcast", true}, {"postgres_changes", false}}}
+	want := `{"postgres_changes":[],"positions":{"broadcast":{},"postgres_changes":"0/A0:1"},"recovered":false,"recovery":{"broadcast":true,"postgres_changes":false}}`
+	if got := string(appendJoinPositions(joinOK, jp)); got != want {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+}
