@@ -394,30 +394,41 @@ func TestChangeSeamPacedRecoveryKeepsReading(t *testing.T) {
 	seamJoin(c, seamBinding, pos(1).String())
 	<-fs.recovering
 	ids := fs.subIDs("t")
-	const n = 300
+	// More than the socket's buffers hold: the recovery must wait for the
+	// client to read.
+	const n = 600
+	body := json.RawMessage(`"` + strings.Repeat("x", 16<<10) + `"`)
 	var res wal.RecoverResult
 	for i := 2; i < 2+n; i++ {
-		res.Changes = append(res.Changes, wal.Recovered{Change: rowChange(i), IDs: ids})
+		rc := rowChange(i)
+		rc.Record[1] = body
+		res.Changes = append(res.Changes, wal.Recovered{Change: rc, IDs: ids})
 	}
 	res.Through = pos(1 + n)
 	fs.answer <- fakeAnswer{res: res}
 	if resp := seamReply(t, c); jsonField(resp, "recovered") != "true" {
 		t.Fatalf("reply %s", resp)
 	}
+	// The client reads nothing until the recovery waits for room, then
+	// sends a heartbeat: it is answered while the recovery still waits.
+	if !waitFor(testWait, func() bool { return ts.metrics.changeWaits.Get() >= 1 }) {
+		t.Fatal("the recovery never waited for room")
+	}
+	before := ts.metrics.messagesOut.Get()
 	c.write(heartbeatFrame)
+	if !waitFor(testWait, func() bool { return ts.metrics.messagesOut.Get() > before }) {
+		t.Fatal("a heartbeat sent during the recovery was not answered: the reader waits for the recovery")
+	}
 	var rows []string
-	heartbeatAt := -1
-	for len(rows) < n || heartbeatAt < 0 {
+	answered := false
+	for len(rows) < n || !answered {
 		f := c.next()
 		switch {
 		case isHeartbeatReply(f):
-			heartbeatAt = len(rows)
+			answered = true
 		case f.Event == "postgres_changes":
 			rows = append(rows, jsonField(f.Payload, "data.record.id"))
 		}
-	}
-	if heartbeatAt >= n {
-		t.Fatalf("the heartbeat was answered after all %d recovered changes: the reader waited for them", n)
 	}
 	for i, id := range rows {
 		if id != fmt.Sprint(i+2) {
