@@ -19,10 +19,21 @@ import (
 // ChangeStream is what the edge needs of the Postgres changes pipeline
 // (wal.Service provides it): subscription IDs, registration with the
 // database's owner, and removal.
+//
+// Head and Recover serve recovery (issue 18 §4): Head is a position such
+// that every change after it that this node's subscriptions match is still
+// to reach DeliverChange (it moves forward before DeliverChange is called
+// with a change, so a channel attached under changeSubs.mu after reading
+// it misses nothing after it, and may get the change at it once). Recover
+// returns the changes after `after` that subs match and may see, in commit
+// order, complete through RecoverResult.Through (at least Head as it was
+// when called); its *wal.RecoveryError says why it cannot.
 type ChangeStream interface {
 	NewID() uint64
 	Subscribe(ctx context.Context, subs []*wal.Subscription) error
 	Unsubscribe(ids []uint64)
+	Head() wal.Pos
+	Recover(ctx context.Context, subs []*wal.Subscription, after wal.Pos) (wal.RecoverResult, error)
 }
 
 // ChangeValidator checks a binding when a channel joins, and again when
@@ -74,6 +85,8 @@ type changeSubs struct {
 	byKey map[string]*sharedSub
 	byID  map[uint64]*sharedSub
 	peak  int // the most subscriptions since the maps were made
+
+	m seamMetrics // set by SetChanges
 }
 
 func newChangeSubs() *changeSubs {
@@ -84,6 +97,7 @@ func newChangeSubs() *changeSubs {
 // Serve); v, if set, checks bindings at join.
 func (s *Server) SetChanges(cs ChangeStream, v ChangeValidator) {
 	s.changes, s.validator = cs, v
+	s.changeSubs.m = newSeamMetrics(s.metrics.set)
 }
 
 // parseBinding reads one postgres_changes binding: event, schema, table,
@@ -306,20 +320,6 @@ func (cs *changeSubs) releaseLocked(ch *channel, bindings []binding) []uint64 {
 	return gone
 }
 
-// attachChanges starts the deliveries of a joined channel's bindings. The
-// join calls it after queueing the join reply, so no change reaches the
-// client before the reply that tells it the binding ids.
-func (s *Server) attachChanges(ch *channel) {
-	cs := s.changeSubs
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	for _, b := range ch.bindings {
-		if b.shared != nil {
-			b.shared.channels[ch] = struct{}{}
-		}
-	}
-}
-
 // heldBindings is the number of subscribed bindings of c's channels, for
 // MaxBindingsPerConn. Called with c.mu held.
 func (c *conn) heldBindings() int {
@@ -347,6 +347,27 @@ func (s *Server) leaveChanges(ch *channel) {
 	if len(gone) > 0 && s.changes != nil {
 		s.changes.Unsubscribe(gone)
 	}
+}
+
+// changeMessage is a postgres_changes payload: {"ids":[…],"data":…} and
+// tail (changeTail).
+func changeMessage(ids []uint64, data, tail []byte) []byte {
+	p := make([]byte, 0, len(data)+len(tail)+16+8*len(ids))
+	p = append(p, `{"ids":[`...)
+	p = append(p, idList(ids)...)
+	p = append(p, `],"data":`...)
+	p = append(p, data...)
+	return append(p, tail...)
+}
+
+// changeTail ends a change's payloads: its position, when recovery is on
+// (`,"pos":"0/16B3748:3"}`), else the closing brace.
+func (s *Server) changeTail(c *wal.Change) []byte {
+	if s.rec == nil {
+		return []byte{'}'}
+	}
+	t := append([]byte(`,"pos":"`), c.Pos().String()...)
+	return append(t, `"}`...)
 }
 
 // joinReplyChanges is the join reply's response: the bindings echoed in
@@ -399,16 +420,15 @@ func (s *Server) DeliverChange(c *wal.Change, ids []uint64) {
 	datas := map[string][]byte{}
 	var waits []changeWait
 	n := 0
-	for _, g := range s.changeGroups(ids) {
+	tail := s.changeTail(c) // the same for every group
+	for _, g := range s.changeGroups(c, ids) {
 		ck := shapeKey(g.cols)
 		data := datas[ck]
 		if data == nil {
 			data = c.AppendData(nil, g.cols)
 			datas[ck] = data
 		}
-		payload := append([]byte(`{"ids":[`), idList(g.ids)...)
-		payload = append(payload, `],"data":`...)
-		payload = append(append(payload, data...), '}')
+		payload := changeMessage(g.ids, data, tail)
 		var frames [numFormats][]byte
 		for _, ch := range g.chans {
 			ff := ch.conn.format
@@ -448,7 +468,10 @@ type changeGroup struct {
 // builds no string and no slice per channel in the common case, a channel
 // with one matching binding (meshbench wal -pprof: the per-channel maps,
 // keys and slices were a fifth of a node's CPU at 200 000 deliveries/s).
-func (s *Server) changeGroups(ids []uint64) []*changeGroup {
+//
+// A channel with a seam (joining, or just joined) gets only the changes
+// after it, and holds them while its join is answered.
+func (s *Server) changeGroups(c *wal.Change, ids []uint64) []*changeGroup {
 	cs := s.changeSubs
 	g := groupSet{groups: map[groupKey]*changeGroup{}}
 	cs.mu.Lock()
@@ -456,7 +479,9 @@ func (s *Server) changeGroups(ids []uint64) []*changeGroup {
 	if len(ids) == 1 {
 		if sh := cs.byID[ids[0]]; sh != nil {
 			for ch := range sh.channels {
-				g.add(ch, ids)
+				if ch.pgSeam == nil || cs.pass(ch, c, ids, s.cfg.queueLimit()) {
+					g.add(ch, ids)
+				}
 			}
 		}
 		return g.order
@@ -472,7 +497,9 @@ func (s *Server) changeGroups(ids []uint64) []*changeGroup {
 		}
 	}
 	for ch, chIDs := range perChannel {
-		g.add(ch, chIDs)
+		if ch.pgSeam == nil || cs.pass(ch, c, chIDs, s.cfg.queueLimit()) {
+			g.add(ch, chIDs)
+		}
 	}
 	return g.order
 }
@@ -717,6 +744,9 @@ func (c *conn) rekeyChanges(ch *channel, cl *claims) bool {
 			gone = cs.releaseLocked(ch, ch.bindings)
 			for _, b := range next {
 				b.shared.channels[ch] = struct{}{}
+			}
+			if sm := ch.pgSeam; sm != nil && sm.holding {
+				sm.remap(ch.bindings, next) // its join's changes are still being sent
 			}
 			ch.bindings = next
 		} else {

@@ -19,9 +19,10 @@ func BenchmarkChangeGroups(b *testing.B) {
 		sh.channels[ch] = struct{}{}
 	}
 	ids := []uint64{sub.ID}
+	c := &wal.Change{Kind: wal.Insert, Schema: "public", Table: "t"}
 	b.ReportAllocs()
 	for b.Loop() {
-		if g := s.changeGroups(ids); len(g) != 1 || len(g[0].chans) != 1000 {
+		if g := s.changeGroups(c, ids); len(g) != 1 || len(g[0].chans) != 1000 {
 			b.Fatalf("%d groups", len(g))
 		}
 	}

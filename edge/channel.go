@@ -8,6 +8,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meshcast/meshcast/edge/history"
+	"github.com/meshcast/meshcast/wal"
 	"github.com/meshcast/meshcast/wal/dbcast"
 	"github.com/meshcast/meshcast/wire/phx"
 )
@@ -41,6 +42,15 @@ type channel struct {
 	recover    map[uint64]uint64
 	recoverErr error
 	floors     map[uint64]uint64
+
+	// pgAfter is the change position the join asked to recover its
+	// postgres_changes from (pgAsked; pgBad when it could not be read).
+	// pgSeam, guarded by changeSubs.mu, is where the channel's change
+	// stream starts (changes.go).
+	pgAfter wal.Pos
+	pgAsked bool
+	pgBad   error
+	pgSeam  *changeSeam
 
 	// grants are what claims may do on the channel (all, unless private
 	// on a node with a secret). Changed with c.mu and t.mu held, read
@@ -215,6 +225,14 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 			vec = cfg.Broadcast.Recover // realtime-js passes only broadcast's object through
 		}
 		ch.recover, ch.recoverErr = history.ParseVector(vec)
+		pos := cfg.Recover.PostgresChanges
+		if isAbsent(pos) {
+			pos = cfg.PostgresChangesOptions.Recover // where realtime-js passes it through
+		}
+		if !isAbsent(pos) && len(cfg.PostgresChanges) > 0 {
+			ch.pgAsked = true
+			ch.pgAfter, ch.pgBad = parseChangePos(pos)
+		}
 	}
 	return ch
 }
@@ -227,8 +245,6 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) bool {
 	s := c.srv
 	t, ready := s.hub.acquire(ch.key)
-	var changesMsg []byte // the system message about the bindings
-	reply := joinOK
 	held := c.heldBindings()
 	var replayed []dbcast.Message
 	var captured *capture
@@ -248,39 +264,17 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 			return c.carryOut(refuseReplayFailed, m, nil)
 		}
 	}
-	var fetched map[uint64][]history.Fetched[*outMsg]
-	if ready != nil || len(changes) > 0 || (ch.recover != nil && s.cluster != nil) {
-		// A new topic in a cluster: the presence of the other nodes
-		// arrives before the first presence_state (bounded by the mesh,
-		// and by Shutdown's deadline). Bindings wait (bounded) until the
-		// database's owner holds them. c.mu is let go meanwhile, so that
-		// Shutdown and token timers are not held up by the wait; only this
-		// reader handles the connection's frames, so nothing else joins.
-		c.unlockToWait()
-		if len(changes) > 0 {
-			ch.bindings, changesMsg = s.joinChanges(ch, changes, ch.claims, held)
-			reply = joinReplyChanges(ch.bindings)
-		}
-		if ready != nil {
-			select {
-			case <-ready:
-			case <-s.stopping:
-			}
-		}
-		if s.rec != nil {
-			// Ranges of the recovery only other nodes hold.
-			fetched = s.fetchMissing(ch.key.meshTopic(), ch.recover)
-		}
-		c.mu.Lock()
-	}
+	w := c.gather(ch, ready, changes, held)
 	c.channels[m.Topic] = ch
 	s.channels.Add(1)
 	s.metrics.joins.Inc()
 	s.hub.join(ch, t, func(t *topic) {
 		var resend []*outMsg
 		var failed string
+		reply := w.reply
+		pg := s.replyChanges(ch, w.pg)
 		if s.rec != nil {
-			reply, resend, failed = s.joinSeam(ch, reply, fetched)
+			reply, resend, failed = s.joinSeam(ch, reply, w.fetched, pg)
 		}
 		c.reply(m.JoinRef, m.Ref, m.Topic, "ok", reply)
 		for _, out := range resend {
@@ -292,16 +286,66 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 		if ch.presenceEnabled && ch.grants.canRead(ExtPresence) {
 			c.send(ch.joinRef, "", m.Topic, "presence_state", presenceState(&t.presence.Set))
 		}
-		s.attachChanges(ch)
-		if changesMsg != nil {
-			c.send(ch.joinRef, "", m.Topic, "system", changesMsg)
+		if w.changesMsg != nil {
+			c.send(ch.joinRef, "", m.Topic, "system", w.changesMsg)
+		}
+		if !pg.ok() {
+			c.send(ch.joinRef, "", m.Topic, "system", systemPayload("postgres_changes", "error", "recovery failed: "+pg.reason, ch.name))
 		}
 		if captured != nil {
 			ch.sendReplayLocked(t, replayed, captured)
 		}
 	})
+	if w.pg.held {
+		s.drainChanges(ch) // what the seam holds, after the reply
+	}
 	c.armExpiry(ch)
 	return true
+}
+
+// joinWork is what a join gathers before its turn on the topic.
+type joinWork struct {
+	reply      []byte // the reply's response, before recovery's positions
+	changesMsg []byte // the system message about the bindings
+	fetched    map[uint64][]history.Fetched[*outMsg]
+	pg         changesJoin
+}
+
+// gather waits for what a join needs before its turn on the topic: a new
+// topic in a cluster waits for the presence of the other nodes, which
+// arrives before the first presence_state (bounded by the mesh, and by
+// Shutdown's deadline); bindings wait (bounded) until the database's owner
+// holds them, then attach holding their changes while the join recovers
+// them (changeseam.go); broadcast recovery fetches the ranges only other
+// nodes hold. c.mu is let go meanwhile, so that Shutdown and token timers
+// are not held up by the wait; only this reader handles the connection's
+// frames, so nothing else joins. held is c.heldBindings().
+func (c *conn) gather(ch *channel, ready <-chan struct{}, changes []json.RawMessage, held int) joinWork {
+	s := c.srv
+	w := joinWork{reply: joinOK}
+	if ready == nil && len(changes) == 0 && (ch.recover == nil || s.cluster == nil) {
+		return w
+	}
+	c.unlockToWait()
+	defer c.mu.Lock()
+	if len(changes) > 0 {
+		ch.bindings, w.changesMsg = s.joinChanges(ch, changes, ch.claims, held)
+		w.reply = joinReplyChanges(ch.bindings)
+	}
+	if ready != nil {
+		select {
+		case <-ready:
+		case <-s.stopping:
+		}
+	}
+	if s.rec != nil {
+		w.fetched = s.fetchMissing(ch.key.meshTopic(), ch.recover)
+	}
+	if len(changes) > 0 {
+		// Last, so that changes are held no longer than it takes.
+		w.pg = s.seamChanges(ch)
+	}
+	return w
 }
 
 // removeChannel leaves a channel: presence leaves go out, the topic forgets

@@ -27,6 +27,20 @@ func FuzzJoinConfig(f *testing.F) {
 		}
 		_ = channelToken(p.Token(), "apikey")
 		_ = p.Config.PresenceKey()
+		for _, raw := range []json.RawMessage{p.Config.Recover.PostgresChanges, p.Config.PostgresChangesOptions.Recover} {
+			if isAbsent(raw) {
+				continue
+			}
+			// A change position reads back as the text it was, or is refused.
+			pos, err := parseChangePos(raw)
+			var text string
+			if err == nil && (json.Unmarshal(raw, &text) != nil || pos.String() != text) {
+				t.Fatalf("recover %s: read as %v", raw, pos)
+			}
+			if err != nil && len(err.Error()) > 200 {
+				t.Fatalf("recover %s: error of %d bytes", raw, len(err.Error()))
+			}
+		}
 		bindings := make([]binding, len(p.Config.PostgresChanges))
 		for i, raw := range p.Config.PostgresChanges {
 			bindings[i] = binding{raw: raw, id: uint64(i) + 1}
@@ -74,6 +88,8 @@ var joinPayloadSeeds = []string{
 	`{"config":{"broadcast":{"self":"true"},"presence":{"key":{"a":1}},"private":"TRUE"},"user_token":"sb_publishable_x"}`,
 	`{"config":{"postgres_changes":[{}]}}`,
 	`{"config":{"postgres_changes":[ { "event" : "*" , "schema" : "public" } ]}}`,
+	`{"config":{"postgres_changes":[{"event":"*","schema":"public"}],"recover":{"broadcast":{"00000000000000ab":3},"postgres_changes":"0/16B3748:3"}}}`,
+	`{"config":{"postgres_changes":[{"event":"*","schema":"public"}],"postgres_changes_options":{"recover":"1/0:0"},"recover":{"postgres_changes":42}}}`,
 }
 
 // FuzzPresenceTrack takes a presence push as a track does: a payload that

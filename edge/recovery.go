@@ -353,7 +353,10 @@ func validBroadcast(event string, payload, meta []byte, enc byte) bool {
 // write lock: the reply gains the join vector (positions) and, when the
 // join asked, whether it recovered; resend is what it missed, oldest
 // first; failed, when not empty, is the system message's text.
-func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]history.Fetched[*outMsg]) (out []byte, resend []*outMsg, failed string) {
+//
+// pg is the join's postgres_changes seam: the reply's one "recovered" is
+// true only when every extension the join asked to recover did.
+func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]history.Fetched[*outMsg], pg changesJoin) (out []byte, resend []*outMsg, failed string) {
 	r := s.rec
 	p := r.plan(ch.key.meshTopic(), ch.recover, fetched)
 	ch.floors = p.Floors
@@ -362,7 +365,17 @@ func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]histor
 	if ch.recoverErr != nil {
 		reason = ch.recoverErr.Error()
 	}
-	out = appendJoinPositions(reply, joinPositions{broadcast: p.Positions, asked: asked, ok: reason == ""})
+	jp := joinPositions{broadcast: p.Positions, asked: asked || pg.asked, ok: reason == "" && pg.ok()}
+	if asked {
+		jp.each = append(jp.each, extRecovery{"broadcast", reason == ""})
+	}
+	if pg.asked {
+		jp.each = append(jp.each, extRecovery{"postgres_changes", pg.ok()})
+	}
+	if pg.held {
+		jp.changes = pg.seam.String()
+	}
+	out = appendJoinPositions(reply, jp)
 	switch {
 	case !asked:
 		r.m.notAsked.Inc()
@@ -387,9 +400,18 @@ func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]histor
 type joinPositions struct {
 	broadcast map[uint64]uint64
 	// changes is the postgres_changes seam (a change position), "" when
-	// there is none to give (issue 18 §4 fills it in).
+	// there is none to give (no binding subscribed).
 	changes   string
 	asked, ok bool
+	// each is, per extension the join asked to recover, whether it did
+	// ("recovery"): a client cannot tell from ok alone which of its
+	// positions the messages after the reply continue.
+	each []extRecovery
+}
+
+type extRecovery struct {
+	ext string
+	ok  bool
 }
 
 // appendJoinPositions adds to a join reply (a JSON object) its
@@ -407,6 +429,19 @@ func appendJoinPositions(reply []byte, jp joinPositions) []byte {
 	if jp.asked {
 		out = append(out, `,"recovered":`...)
 		out = strconv.AppendBool(out, jp.ok)
+	}
+	for i, e := range jp.each {
+		if i == 0 {
+			out = append(out, `,"recovery":{`...)
+		} else {
+			out = append(out, ',')
+		}
+		out = phx.AppendString(out, e.ext)
+		out = append(out, ':')
+		out = strconv.AppendBool(out, e.ok)
+	}
+	if len(jp.each) > 0 {
+		out = append(out, '}')
 	}
 	return append(out, '}')
 }

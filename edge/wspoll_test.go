@@ -74,6 +74,12 @@ func (b *blockingChanges) Subscribe(ctx context.Context, subs []*wal.Subscriptio
 
 func (b *blockingChanges) Unsubscribe([]uint64) {}
 
+func (b *blockingChanges) Head() wal.Pos { return wal.Pos{} }
+
+func (b *blockingChanges) Recover(context.Context, []*wal.Subscription, wal.Pos) (wal.RecoverResult, error) {
+	return wal.RecoverResult{}, nil
+}
+
 func (b *blockingChanges) free() { b.once.Do(func() { close(b.release) }) }
 
 // TestJoinWaitFreesReader: with a single reader worker, a join that waits

@@ -5,7 +5,7 @@ import { DatagramTooLargeError, MAX_DATAGRAM_BYTES, UnreliableNotEnabledError } 
 import { RetryTimer } from './backoff.js'
 import { PresenceState } from './presence.js'
 import { Push } from './push.js'
-import { bindingMatches, changePayload, isChange, matchBindingIds } from './postgres.js'
+import { bindingMatches, changePayload, comparePos, isChange, matchBindingIds } from './postgres.js'
 import { encodeBroadcastPush } from './serializer.js'
 
 /** Status strings passed to `subscribe`'s callback, as realtime-js's REALTIME_SUBSCRIBE_STATES. */
@@ -85,7 +85,15 @@ export class MeshcastChannel {
      * @type {Record<string, number> | null}
      */
     this.positions = null
-    /** The last join's answer to recovery: true, false (the server said it could not), or undefined (not asked). */
+    /**
+     * The postgres_changes position this channel holds (meshcast's recovery):
+     * the join reply's `positions.postgres_changes`, raised by every change's
+     * `pos`. Sent as `config.recover.postgres_changes` on every rejoin. null
+     * until a server that keeps positions answers a join with bindings.
+     * @type {string | null}
+     */
+    this.changesPosition = null
+    /** The last join's answer to recovery (every extension asked): true, false (the server said it could not), or undefined (not asked). */
     this.recovered = undefined
     this._unseenOwn = 0
     this.timeoutMs = client.timeoutMs
@@ -190,9 +198,13 @@ export class MeshcastChannel {
       ...(postgres_changes_options ? { postgres_changes_options } : {}),
     }
     // Recovery: what this channel holds, or what the app passed for the first join.
-    if (this.positions) config.recover = { ...(recover ?? {}), broadcast: { ...this.positions } }
-    else if (recover) config.recover = recover
+    if (recover) config.recover = { ...recover }
+    if (this.positions) config.recover = { ...(config.recover ?? {}), broadcast: { ...this.positions } }
+    if (this.changesPosition && config.postgres_changes.length > 0) {
+      config.recover = { ...(config.recover ?? {}), postgres_changes: this.changesPosition }
+    }
     this._asked = config.recover?.broadcast
+    this._askedChanges = config.postgres_changes.length > 0 ? config.recover?.postgres_changes : undefined
     const payload = { config, version: this.client.version }
     if (this.client.accessTokenValue) payload.access_token = this.client.accessTokenValue
     return payload
@@ -237,7 +249,7 @@ export class MeshcastChannel {
     }
     this.joinCount++
     if (this.client.accessTokenFn) this.client.setAuth().catch((e) => this.client.log('error', 'access token refresh failed', e))
-    this._report(SUBSCRIBE_STATES.SUBSCRIBED, this.recovered === false ? new Error('recovery failed: messages published while this channel was away are missing (see the system event)') : undefined)
+    this._report(SUBSCRIBE_STATES.SUBSCRIBED, this.recovered === false ? new Error('recovery failed: messages or changes sent while this channel was away are missing (see the system event)') : undefined)
   }
 
   /**
@@ -246,15 +258,38 @@ export class MeshcastChannel {
    * in (each raises its stream by meta.pos); otherwise it holds the reply's.
    */
   _adoptPositions(response) {
-    const pos = response.positions?.broadcast
     this.recovered = typeof response.recovered === 'boolean' ? response.recovered : undefined
+    // Each extension's own answer (`recovery`), else the reply's one.
+    const each = (ext) => (typeof response.recovery?.[ext] === 'boolean' ? response.recovery[ext] : this.recovered)
+    const changes = response.positions?.postgres_changes
+    if (typeof changes === 'string') {
+      const asked = this._askedChanges
+      this.changesPosition = typeof asked === 'string' && each('postgres_changes') === true ? asked : changes
+    }
+    const pos = response.positions?.broadcast
     if (!pos || typeof pos !== 'object') return
     const asked = this._asked ?? {}
+    const recovered = each('broadcast') === true
     const held = {}
     for (const [epoch, offset] of Object.entries(pos)) {
-      held[epoch] = this.recovered === true ? Number(asked[epoch] ?? 0) : Number(offset)
+      held[epoch] = recovered ? Number(asked[epoch] ?? 0) : Number(offset)
     }
     this.positions = held
+  }
+
+  /**
+   * Raises the change position by a change's pos. False for a change before
+   * the position the channel holds (it had it already). Changes of one
+   * position may come as several messages (bindings that differ in columns).
+   */
+  _noteChange(payload) {
+    const pos = payload?.pos
+    if (typeof pos !== 'string' || this.changesPosition === null) return true
+    const c = comparePos(pos, this.changesPosition)
+    if (c === null) return true
+    if (c < 0) return false
+    this.changesPosition = pos
+    return true
   }
 
   /**
@@ -533,7 +568,7 @@ export class MeshcastChannel {
         if (this._notePosition(payload)) this._emit('broadcast', payload)
         return
       default:
-        if (isChange(payload)) this._emit('postgres_changes', payload)
+        if (isChange(payload) && this._noteChange(payload)) this._emit('postgres_changes', payload)
     }
   }
 

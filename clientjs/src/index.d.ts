@@ -77,7 +77,7 @@ export interface ChannelConfig {
   private?: boolean
   postgres_changes_options?: { wait?: boolean; timeout?: number }
   /** meshcast recovery: positions to recover from on the first join (the client sends its own on every rejoin). */
-  recover?: { broadcast?: Record<string, number> }
+  recover?: { broadcast?: Record<string, number>; postgres_changes?: string }
 }
 
 export interface ChannelOptions {
@@ -127,6 +127,8 @@ export interface PostgresChangesPayload<T extends Record<string, any> = Record<s
   new: Partial<T>
   old: Partial<T>
   errors: string | string[] | null
+  /** The change's position, `"<LSN>:<seq>"` (meshcast recovery). */
+  pos?: string
 }
 
 export interface SystemPayload {
@@ -146,7 +148,9 @@ export class MeshcastChannel {
   readonly private: boolean
   /** Broadcast positions this channel holds, `{epoch: offset}`; sent as `config.recover.broadcast` on every rejoin. null until a server with recovery answers. */
   readonly positions: Record<string, number> | null
-  /** The last join's answer to recovery: true, false (messages were missed; a `system` event says why), undefined when not asked. */
+  /** The postgres_changes position this channel holds, `"<LSN>:<seq>"`; sent as `config.recover.postgres_changes` on every rejoin. null until a server with recovery answers a join with bindings. */
+  readonly changesPosition: string | null
+  /** The last join's answer to recovery (broadcasts and changes): true, false (something was missed; a `system` event says why), undefined when not asked. */
   readonly recovered: boolean | undefined
 
   on(type: 'broadcast', filter: { event: string }, callback: (message: BroadcastMessage) => void): this

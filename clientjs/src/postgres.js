@@ -44,8 +44,27 @@ export function bindingMatches(binding, payload) {
 }
 
 /**
+ * Compares two change positions (`"<LSN>:<seq>"`, the LSN as Postgres prints
+ * it, e.g. `"0/16B3748:3"`): negative, 0 or positive; null when either is
+ * not one.
+ */
+export function comparePos(a, b) {
+  const x = parsePos(a)
+  const y = parsePos(b)
+  if (!x || !y) return null
+  for (let i = 0; i < 3; i++) if (x[i] !== y[i]) return x[i] < y[i] ? -1 : 1
+  return 0
+}
+
+function parsePos(p) {
+  const m = typeof p === 'string' ? /^([0-9A-F]{1,8})\/([0-9A-F]{1,8}):(\d{1,10})$/.exec(p) : null
+  return m ? [parseInt(m[1], 16), parseInt(m[2], 16), Number(m[3])] : null
+}
+
+/**
  * The payload a postgres_changes listener receives, built from a change
- * message's `data` as realtime-js does (values converted by column type).
+ * message's `data` as realtime-js does (values converted by column type),
+ * plus its `pos` when the server sent one (meshcast's recovery).
  */
 export function changePayload(payload) {
   const d = payload?.data ?? {}
@@ -58,6 +77,7 @@ export function changePayload(payload) {
     old: {},
     errors: d.errors,
   }
+  if (typeof payload?.pos === 'string') out.pos = payload.pos
   if (d.type === 'INSERT' || d.type === 'UPDATE') out.new = convertChangeData(d.columns, d.record)
   if (d.type === 'UPDATE' || d.type === 'DELETE') out.old = convertChangeData(d.columns, d.old_record)
   return out

@@ -9,7 +9,7 @@ import { MeshcastClient, DatagramTooLargeError, UnreliableNotEnabledError, expon
 import { decode, encode, encodeBroadcastPush, DecodeError } from '../src/serializer.js'
 import { FrameDecoder, FramingError, OP_BINARY, OP_CLOSE, OP_TEXT, decodeClose, encodeBinary, encodeClose, encodeFrame, encodeText } from '../src/framing.js'
 import { PresenceState, syncDiff, syncState } from '../src/presence.js'
-import { BINDING_MISMATCH, bindingMatches, changePayload, matchBindingIds } from '../src/postgres.js'
+import { BINDING_MISMATCH, bindingMatches, changePayload, comparePos, matchBindingIds } from '../src/postgres.js'
 import { RetryTimer, nominalDelay } from '../src/backoff.js'
 import { MeshcastChannel } from '../src/channel.js'
 
@@ -315,6 +315,46 @@ describe('recovery positions', () => {
     assert.deepEqual(ch.positions, { [E2]: 9 })
     assert.equal(seen[0][0], 'SUBSCRIBED')
     assert.match(seen[0][1], /^recovery failed/)
+  })
+
+  it('keeps the change position from the reply and each change, sends it on the next join, holds the asked one during a recovery', () => {
+    const c = new MeshcastClient('http://127.0.0.1:1/realtime/v1', { apikey: 'k', WebSocket })
+    const ch = new MeshcastChannel('room1', {}, c)
+    const got = []
+    ch.on('postgres_changes', { event: '*', schema: 'public', table: 't' }, (p) => got.push([p.new.id, p.pos]))
+    const change = (id, pos) => ({ ids: [3], data: { type: 'INSERT', schema: 'public', table: 't', columns: [], record: { id } }, pos })
+    assert.equal(ch._joinPayload().config.recover, undefined, 'the first join asks nothing')
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [{ event: '*', schema: 'public', table: 't', id: 3 }], positions: { broadcast: {}, postgres_changes: '0/A0:0' } })
+    assert.equal(ch.changesPosition, '0/A0:0')
+    for (const [id, pos] of [[1, '0/B0:1'], [2, '0/B0:2'], ['old', '0/B0:1'], [3, '1/0:0']]) ch._trigger('postgres_changes', change(id, pos), null)
+    assert.deepEqual(got, [[1, '0/B0:1'], [2, '0/B0:2'], [3, '1/0:0']], 'one before the held position is dropped')
+    assert.deepEqual(ch._joinPayload().config.recover, { broadcast: {}, postgres_changes: '1/0:0' })
+
+    // Changes recovered, broadcasts not: each extension takes its own answer.
+    ch.positions = { [E1]: 4 }
+    ch._joinPayload()
+    ch.state = 'joining'
+    ch._onJoinOk({
+      postgres_changes: [{ event: '*', schema: 'public', table: 't', id: 3 }],
+      positions: { broadcast: { [E1]: 9 }, postgres_changes: '1/FF:0' },
+      recovered: false,
+      recovery: { broadcast: false, postgres_changes: true },
+    })
+    assert.equal(ch.recovered, false)
+    assert.equal(ch.changesPosition, '1/0:0', 'held until the recovered changes are in')
+    assert.deepEqual(ch.positions, { [E1]: 9 }, 'the failed broadcast recovery goes on from the reply')
+    ch._trigger('postgres_changes', change(4, '1/F0:0'), null)
+    assert.equal(ch.changesPosition, '1/F0:0')
+  })
+
+  it('compares change positions as Postgres orders them', () => {
+    assert.equal(comparePos('0/16B3748:3', '0/16B3748:10'), -1)
+    assert.equal(comparePos('0/FFFFFFFF:9', '1/0:0'), -1)
+    assert.equal(comparePos('1/A:2', '1/A:2'), 0)
+    assert.equal(comparePos('0/B0:0', '0/A0:5'), 1)
+    assert.equal(comparePos('0/b0:0', '0/A0:5'), null, 'lower-case hex is not how Postgres prints it')
+    assert.equal(comparePos('x', '0/A0:5'), null)
   })
 
   it('a hole in a held stream rejoins instead of delivering; own self:false sends are no hole', () => {

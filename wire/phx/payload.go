@@ -57,6 +57,13 @@ type JoinConfig struct {
 		Broadcast       json.RawMessage `json:"broadcast"`
 		PostgresChanges json.RawMessage `json:"postgres_changes"`
 	} `json:"recover"`
+	// PostgresChangesOptions is realtime-js's postgres_changes_options,
+	// which it sends as the app gave it where it drops config keys it does
+	// not know: its "recover" (meshcast) is Recover.PostgresChanges for
+	// realtime-js apps.
+	PostgresChangesOptions struct {
+		Recover json.RawMessage `json:"recover"`
+	} `json:"postgres_changes_options"`
 }
 
 // PresenceKey returns the configured presence key as a string ("" when
