@@ -8,6 +8,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/meshcast/meshcast/edge/history"
+	"github.com/meshcast/meshcast/wal"
 	"github.com/meshcast/meshcast/wal/dbcast"
 	"github.com/meshcast/meshcast/wire/phx"
 )
@@ -41,6 +42,11 @@ type channel struct {
 	recover    map[uint64]uint64
 	recoverErr error
 	floors     map[uint64]uint64
+	// db is the join's part of the database's stream (nil: no positions
+	// or no stream); dbFloor, set at the join under t.mu, is the position
+	// at or before which live database broadcasts are before its seam.
+	db      *dbJoin
+	dbFloor wal.Pos
 
 	// grants are what claims may do on the channel (all, unless private
 	// on a node with a secret). Changed with c.mu and t.mu held, read
@@ -215,6 +221,7 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 			vec = cfg.Broadcast.Recover // realtime-js passes only broadcast's object through
 		}
 		ch.recover, ch.recoverErr = history.ParseVector(vec)
+		ch.db = c.srv.newDBJoin(vec)
 	}
 	return ch
 }
@@ -247,6 +254,11 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 			s.hub.release(t)
 			return c.carryOut(refuseReplayFailed, m, nil)
 		}
+	}
+	if ch.db.asked() && ch.db.err == nil {
+		c.unlockToWait() // the change stream's owner
+		c.recoverDB(ch, t)
+		c.mu.Lock()
 	}
 	var fetched map[uint64][]history.Fetched[*outMsg]
 	if ready != nil || len(changes) > 0 || (ch.recover != nil && s.cluster != nil) {
@@ -296,9 +308,7 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 		if changesMsg != nil {
 			c.send(ch.joinRef, "", m.Topic, "system", changesMsg)
 		}
-		if captured != nil {
-			ch.sendReplayLocked(t, replayed, captured)
-		}
+		ch.sendDBLocked(t, replayed, captured) // replay, then the database rows recovered
 	})
 	c.armExpiry(ch)
 	return true
