@@ -82,7 +82,9 @@ export class MeshcastChannel {
      * recovery): from the join reply's `positions.broadcast` and every message's
      * `meta.pos`. Sent as `config.recover.broadcast` on every rejoin. null until
      * a server that keeps positions answers a join.
-     * @type {Record<string, number> | null}
+     * The database's stream is `db`, a change position ("0/16B3748:3"),
+     * from database broadcasts' `meta.pos` "db:<position>".
+     * @type {Record<string, number | string> | null}
      */
     this.positions = null
     /** The last join's answer to recovery: true, false (the server said it could not), or undefined (not asked). */
@@ -252,6 +254,11 @@ export class MeshcastChannel {
     const asked = this._asked ?? {}
     const held = {}
     for (const [epoch, offset] of Object.entries(pos)) {
+      if (epoch === 'db') {
+        // The database's stream: a change position, not an offset.
+        if (typeof offset === 'string') held.db = this.recovered === true && typeof asked.db === 'string' ? asked.db : offset
+        continue
+      }
       held[epoch] = this.recovered === true ? Number(asked[epoch] ?? 0) : Number(offset)
     }
     this.positions = held
@@ -268,6 +275,7 @@ export class MeshcastChannel {
     const pos = payload?.meta?.pos
     if (typeof pos !== 'string' || this.positions === null) return true
     if (this.state !== CHANNEL_STATES.joined) return false
+    if (pos.startsWith('db:')) return this._noteDBPosition(pos.slice(3))
     const i = pos.indexOf(':')
     const epoch = pos.slice(0, i)
     const offset = Number(pos.slice(i + 1))
@@ -282,6 +290,20 @@ export class MeshcastChannel {
       return false
     }
     this.positions[epoch] = offset
+    return true
+  }
+
+  /**
+   * Raises the database stream's position ("db") by a database broadcast's
+   * meta.pos "db:<LSN>:<seq>". Its positions are not contiguous: a gap
+   * cannot be seen, only a repeat (at or before the position held).
+   */
+  _noteDBPosition(pos) {
+    const at = parseDBPos(pos)
+    if (at === null) return true
+    const held = typeof this.positions.db === 'string' ? parseDBPos(this.positions.db) : null
+    if (held !== null && (at[0] < held[0] || (at[0] === held[0] && at[1] <= held[1]))) return false
+    this.positions.db = pos
     return true
   }
 
@@ -612,4 +634,11 @@ export class MeshcastChannel {
 function samePgFilter(a, b) {
   const same = (x, y) => (x ?? undefined) === (y ?? undefined)
   return a?.event === b?.event && same(a?.schema, b?.schema) && same(a?.table, b?.table) && same(a?.filter, b?.filter) && (a?.select?.join() ?? undefined) === (b?.select?.join() ?? undefined)
+}
+
+/** A change position "16/B374D848:3" as [LSN, seq] (BigInt, Number), or null. */
+function parseDBPos(s) {
+  const m = /^([0-9A-F]{1,8})\/([0-9A-F]{1,8}):([0-9]{1,10})$/.exec(s)
+  if (!m) return null
+  return [(BigInt('0x' + m[1]) << 32n) | BigInt('0x' + m[2]), Number(m[3])]
 }

@@ -77,7 +77,7 @@ export interface ChannelConfig {
   private?: boolean
   postgres_changes_options?: { wait?: boolean; timeout?: number }
   /** meshcast recovery: positions to recover from on the first join (the client sends its own on every rejoin). */
-  recover?: { broadcast?: Record<string, number> }
+  recover?: { broadcast?: Record<string, number | string> }
 }
 
 export interface ChannelOptions {
@@ -144,8 +144,8 @@ export class MeshcastChannel {
   readonly client: MeshcastClient
   readonly params: { config: ChannelConfig }
   readonly private: boolean
-  /** Broadcast positions this channel holds, `{epoch: offset}`; sent as `config.recover.broadcast` on every rejoin. null until a server with recovery answers. */
-  readonly positions: Record<string, number> | null
+  /** Broadcast positions this channel holds, `{epoch: offset}`, and `db`: the database's stream's change position (a string); sent as `config.recover.broadcast` on every rejoin. null until a server with recovery answers. */
+  readonly positions: Record<string, number | string> | null
   /** The last join's answer to recovery: true, false (messages were missed; a `system` event says why), undefined when not asked. */
   readonly recovered: boolean | undefined
 
