@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"testing"
+
+	"github.com/meshcast/meshcast/wal/owner"
 )
 
 // BenchmarkMatchEq shows that with equality filters (id=eq.k, as
@@ -94,4 +96,30 @@ func BenchmarkDecodeInsert(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkHistoryAppend is what the owner's history of the recovery
+// window adds per change read: its copy appended (and, at steady state,
+// the oldest evicted).
+func BenchmarkHistoryAppend(b *testing.B) {
+	c := todoChange(Insert, map[string]string{"id": "5", "title": `"Buy milk"`, "done": "false",
+		"due": `"2024-05-01T10:00:00+00:00"`, "score": "1.50", "mood": `"ok"`})
+	h := newChangeStore(true)
+	h.startAt(0, 0)
+	batch := make([]*Change, 64)
+	lsn := LSN(1)
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := range batch {
+			cp := *c
+			cp.LSN, cp.Seq = lsn, uint32(i)
+			batch[i] = &cp
+		}
+		h.append(batch)
+		if lsn > 64 {
+			h.evict(owner.Evict{Through: owner.Pos{LSN: uint64(lsn - 64), Seq: 1<<32 - 1}})
+		}
+		lsn++
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/change")
 }

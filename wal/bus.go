@@ -34,4 +34,4 @@ const (
 
 // FrameTypes are the frames a Service takes through Receive.
 var FrameTypes = []meshproto.Type{meshproto.TypeSubRegister, meshproto.TypeSubUnregister, meshproto.TypeSubAck,
-	meshproto.TypeChanges, meshproto.TypeChangesAck, meshproto.TypeSubSync}
+	meshproto.TypeChanges, meshproto.TypeChangesAck, meshproto.TypeSubSync, meshproto.TypeChangesRecover, meshproto.TypeChangesRecovered}

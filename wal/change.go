@@ -88,6 +88,9 @@ type Transaction struct {
 	// (a meshcast.catalog message of the event trigger, see catalog.go).
 	xid     uint32
 	catalog bool
+	// mark is set on the reader's empty marking transactions
+	// (Reader.markIdle): every change before LSN was handed over.
+	mark bool
 }
 
 // Change is one row inserted, updated or deleted, or one table truncated.

@@ -75,6 +75,22 @@
 // max_slot_wal_keep_size does, and a slot it invalidates is recreated with
 // an error logged.
 //
+// # Recovery
+//
+// A change's Pos (commit LSN, sequence) orders the whole database. With
+// ServiceConfig.RecoveryWindow the owner keeps every change it reads of
+// the publications for the window (history.go; the reader then keeps the
+// changes no subscription matches too), within HistoryBytes, and the
+// slot is confirmed only up to what the window no longer needs (the core's
+// Hold), so that a new owner reads the window again and rebuilds the
+// same history. Recover asks the owner for what a node's subscriptions
+// missed after a position; the owner answers from its history once it
+// reaches the node's Head, matching and authorizing the changes as it
+// does live changes, or fails with a RecoveryError when it cannot prove
+// the answer complete (serve.go). Head is what a channel's seam is: the
+// last change handed to Deliver, or the owner's head at the last
+// acknowledgement of this node's subscriptions.
+//
 // # Matching
 //
 // Filters compare after a cast to the column's type, as Supabase's

@@ -116,7 +116,24 @@ func (d *driver) input(in any) {
 		delete(d.waiters, in.call)
 	case resyncReq:
 		in.reply <- d.core.Resync(in.peer, in.lane)
+	case recoverReq:
+		d.askOwner(in.f)
 	}
+}
+
+// askOwner sends a Recover call's request to the owner (this node's own
+// core when it owns the database); without one, the call fails at once.
+func (d *driver) askOwner(f *meshproto.ChangesRecover) {
+	s := d.s
+	to := d.core.Owner()
+	switch {
+	case to == s.cfg.Self:
+		d.do(d.core.Step(owner.Receive{From: to, Frame: f}))
+		return
+	case to != "" && s.bus != nil && s.bus.Send(to, LaneControl, meshproto.Append(nil, f)):
+		return
+	}
+	s.answers.deliver(&meshproto.ChangesRecovered{DB: s.cfg.DB, Call: f.Call, Err: ReasonNoAnswer})
 }
 
 // do carries out effects, in order.
@@ -128,10 +145,18 @@ func (d *driver) do(effects []owner.Effect) {
 			if s.bus != nil {
 				raw := e.Raw
 				if raw == nil {
-					raw = meshproto.Append(nil, e.Frame)
+					raw = meshproto.Append(nil, d.withHead(e.Frame))
 				}
 				s.bus.Send(e.To, e.Lane, raw)
 			}
+		case owner.Hold:
+			s.reader.hold.Store(e.LSN)
+		case owner.Evict:
+			s.store.evict(e)
+		case owner.ServeRecovery:
+			d.wg.Go(func() { s.serve(d.ctx, e) })
+		case owner.Answer:
+			s.answer(e.To, e.Frame)
 		case owner.Deliver:
 			s.out.push(e)
 		case owner.Confirm:
@@ -157,6 +182,9 @@ func (d *driver) do(effects []owner.Effect) {
 				s.matcher.Remove(id)
 			}
 		case owner.Subscribed:
+			if e.Err == "" && d.core.Owns() {
+				s.head.raise(s.store.ackHead()) // as a SubAck from itself would
+			}
 			if w := d.waiters[e.Call]; w != nil {
 				w <- e
 				delete(d.waiters, e.Call)
@@ -169,6 +197,21 @@ func (d *driver) do(effects []owner.Effect) {
 			s.log.Log(context.Background(), e.Level, e.Msg, e.Args...)
 		}
 	}
+}
+
+// withHead fills an acknowledgement's head in: the history's head, read
+// now that the subscriptions acknowledged are in the matcher (AddSubs came
+// first). The router appends a chunk to the history before it matches
+// it, so every change matched without them is at or before that head.
+func (d *driver) withHead(f meshproto.Frame) meshproto.Frame {
+	ack, ok := f.(*meshproto.SubAck)
+	if !ok || ack.Err != "" || !d.core.Owns() {
+		return f
+	}
+	h := d.s.store.ackHead()
+	cp := *ack
+	cp.LSN, cp.Seq = uint64(h.LSN), h.Seq
+	return &cp
 }
 
 // deliveryQueue holds the Deliver effects for the delivery goroutine:

@@ -12,9 +12,10 @@ import (
 
 // memNode is a Service on a MemHub.
 type memNode struct {
-	m   Member
-	svc *Service
-	d   *deliveries
+	m    Member
+	svc  *Service
+	d    *deliveries
+	stop func() // stops the Service as a crash would: no draining
 }
 
 func startMemNode(t *testing.T, hub *MemHub, m Member, url, slot string, opt func(*ServiceConfig)) *memNode {
@@ -30,8 +31,8 @@ func startMemNode(t *testing.T, hub *MemHub, m Member, url, slot string, opt fun
 	}
 	s := NewService(cfg)
 	hub.Attach(m.ID, s)
-	runService(t, s)
-	return &memNode{m: m, svc: s, d: d}
+	stop := runService(t, s)
+	return &memNode{m: m, svc: s, d: d, stop: stop}
 }
 
 // Over the in-memory bus, without QUIC: a member cut off from the owner

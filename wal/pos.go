@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/meshcast/meshcast/wal/owner"
 )
 
 // Pos is a change's place in the change stream: its transaction's commit
@@ -107,3 +109,6 @@ func quotePrefix(s string) string {
 	}
 	return strconv.Quote(s)
 }
+
+// wire is p as the owner core has it.
+func (p Pos) wire() owner.Pos { return owner.Pos{LSN: uint64(p.LSN), Seq: p.Seq} }

@@ -135,6 +135,20 @@ type Reader struct {
 	// onForced, if set, is told of a confirmation past MaxSlotLag (the
 	// Service's own reader tells its owner core).
 	onForced func(LSN)
+	// onStart, if set, is told where each session streams from (every
+	// transaction after it is read: the Service's history starts there)
+	// and the server's WAL position then.
+	onStart func(from, walAt LSN)
+	// markIdle makes the reader hand the Handler an empty marking
+	// transaction (Transaction.mark) at a keepalive's position once
+	// everything before it was handed over and released: the Service's
+	// history is then complete through it, changes or not.
+	markIdle bool
+	// holdOn makes the reader confirm at most hold (the Service's history
+	// of the recovery window keeps what it holds in the slot); MaxSlotLag
+	// still wins.
+	holdOn bool
+	hold   atomic.Uint64
 
 	acked  atomic.Uint64
 	budget *txBudget
@@ -288,6 +302,7 @@ type readerMetrics struct {
 	running, lag, confirmed *metrics.Gauge
 	changes, txs            *metrics.Counter
 	reconnects, forced      *metrics.Counter
+	holdBroken              *metrics.Counter
 	// Bounded memory and flow control.
 	txMemory, paused             *metrics.Gauge
 	skipped, spilled, spillBytes *metrics.Counter
@@ -303,6 +318,7 @@ func newReaderMetrics(set *metrics.Set) *readerMetrics {
 		txs:           set.GetOrCreateCounter("meshcast_wal_transactions_total"),
 		reconnects:    set.GetOrCreateCounter("meshcast_wal_reconnects_total"),
 		forced:        set.GetOrCreateCounter("meshcast_wal_lag_forced_confirms_total"),
+		holdBroken:    set.GetOrCreateCounter("meshcast_wal_recovery_hold_exceeded_total"),
 		txMemory:      set.GetOrCreateGauge("meshcast_wal_tx_memory_bytes", nil),
 		paused:        set.GetOrCreateGauge("meshcast_wal_reader_paused", nil),
 		skipped:       set.GetOrCreateCounter("meshcast_wal_skipped_changes_total"),
@@ -329,6 +345,7 @@ type session struct {
 	confirmed LSN // the last position reported
 	walEnd    LSN // the server's WAL end, as last heard
 	idleEnd   LSN // a keepalive's position: everything before it was sent
+	marked    LSN // the last markIdle's position
 }
 
 func (s *session) run(ctx context.Context) error {
@@ -379,6 +396,13 @@ func (s *session) run(ctx context.Context) error {
 		return err
 	}
 	s.streamed = true
+	if s.r.onStart != nil {
+		from, walAt, err := s.slotPosition(ctx)
+		if err != nil {
+			return err
+		}
+		s.r.onStart(max(start, from), walAt)
+	}
 	s.confirmed, s.delivered = start, start
 	s.r.m.running.Set(1)
 	s.r.log.Info("wal: streaming", "from", start)
@@ -386,6 +410,36 @@ func (s *session) run(ctx context.Context) error {
 		s.r.OnStreaming()
 	}
 	return s.broadcastsFailed(s.stream(ctx))
+}
+
+// slotPosition returns the slot's confirmed position and the server's
+// WAL position. Asked once the stream has started, the first is where
+// the stream started (when the session asked for an earlier one): the
+// slot is this session's, nobody else moves it.
+func (s *session) slotPosition(ctx context.Context) (LSN, LSN, error) {
+	var slot, now string
+	err := s.query.QueryRow(ctx, "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text FROM pg_replication_slots WHERE slot_name = $1",
+		s.r.slot()).Scan(&slot, &now)
+	if err != nil {
+		return 0, 0, fmt.Errorf("wal: the slot's position: %w", err)
+	}
+	from, err := pglogrepl.ParseLSN(slot)
+	if err != nil {
+		return 0, 0, err
+	}
+	walAt, err := pglogrepl.ParseLSN(now)
+	return LSN(from), LSN(walAt), err
+}
+
+// markIdle hands the Handler a marking transaction at the last
+// keepalive's position (Reader.markIdle) when it moved and nothing is
+// being read or held: every transaction before it was handed over.
+func (s *session) markIdle(ctx context.Context) {
+	if !s.r.markIdle || s.asm.tx != nil || s.idleEnd <= s.marked || s.r.budget.open.Load() > 0 {
+		return
+	}
+	s.marked = s.idleEnd
+	s.r.Handler.Transaction(ctx, &Transaction{LSN: s.idleEnd, mark: true})
 }
 
 // quotePublication makes name one identifier of pgoutput's
@@ -503,6 +557,7 @@ func (s *session) stream(ctx context.Context) error {
 			if s.deferred > 0 && s.confirmed >= s.deferred {
 				return errBroadcastsReady
 			}
+			s.markIdle(ctx)
 			next = time.Now().Add(interval)
 		}
 		if s.asm.tx == nil && !s.r.budget.mayRead() {
@@ -625,6 +680,27 @@ func (s *session) message(ctx context.Context, b []byte) error {
 	return nil
 }
 
+// held bounds pos by the Service's hold (read after acked: the driver
+// raises the hold before it acks), unless that would hold more than
+// MaxSlotLag bytes of WAL: the bound wins (and a new owner's history
+// starts later).
+func (s *session) held(pos LSN) LSN {
+	if !s.r.holdOn {
+		return pos
+	}
+	hold := LSN(s.r.hold.Load())
+	if hold >= pos {
+		return pos
+	}
+	if lag := int64(s.walEnd) - int64(max(s.confirmed, hold)); lag > s.r.maxSlotLag() {
+		s.r.m.holdBroken.Inc()
+		s.r.log.Warn("wal: the recovery window holds more WAL than --max-slot-lag; confirming past it: after a failover, recovery reaches back less far",
+			"lag_bytes", lag, "max_slot_lag", s.r.maxSlotLag())
+		return pos
+	}
+	return max(s.confirmed, hold)
+}
+
 // status reports the position to Postgres: what the Handler acked, or,
 // while nothing delivered awaits an ack and no transaction is half read,
 // the last keepalive's position, so an idle or uninteresting stream never
@@ -636,6 +712,7 @@ func (s *session) status(final bool) error {
 	if s.delivered <= acked && s.asm.tx == nil {
 		pos = max(pos, s.idleEnd)
 	}
+	pos = s.held(pos)
 	if lag := int64(s.walEnd) - int64(pos); lag > s.r.maxSlotLag() && s.delivered > pos {
 		s.r.log.Error("wal: slot lag exceeds MaxSlotLag; confirming transactions the consumer has not acknowledged: they will not be delivered again",
 			"lag_bytes", lag, "max_slot_lag", s.r.maxSlotLag(), "acked", acked, "confirming", s.delivered)

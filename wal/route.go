@@ -39,6 +39,10 @@ func (d *driver) startRun(gen int, takeOver bool) {
 	s.reader.Handler = b
 	s.reader.TakeOver = takeOver
 	s.reader.OnStreaming = func() { s.mail.push(owner.Streaming{Gen: gen}) }
+	s.reader.onStart = func(from, walAt LSN) {
+		s.store.startAt(from, walAt)
+		s.mail.push(owner.HistoryFrom{Gen: gen, From: uint64(from)})
+	}
 	s.log.Info("reading the database's changes", "slot", s.reader.slot(), "run", gen)
 	d.wg.Go(func() {
 		routing := make(chan struct{})
@@ -67,6 +71,8 @@ type txBatcher struct {
 	s  *Service
 	rr *readerRun
 	q  chan *Transaction
+	// sentHead is the history's head the core was last told of.
+	sentHead Pos
 }
 
 const (
@@ -139,6 +145,7 @@ func (b *txBatcher) transactions(ctx context.Context, txs []*Transaction) {
 		if !txs[i].catalog {
 			continue
 		}
+		s.store.noteCatalog(txs[i].LSN) // before the caches change for it
 		if i > 0 && !b.batch(ctx, txs[:i]) {
 			return
 		}
@@ -161,6 +168,10 @@ func (b *txBatcher) batch(ctx context.Context, txs []*Transaction) bool {
 	}
 	r := &chunkRouter{b: b, ctx: ctx}
 	for _, tx := range txs {
+		if tx.mark {
+			r.mark = tx.LSN // after the changes before it are in (flush)
+			continue
+		}
 		if err := tx.Range(maxBatchChanges, maxChunkBytes, r.add); err != nil {
 			if !errors.Is(err, errStopRouting) {
 				b.s.log.Error("cannot read a large transaction back; the reader starts over", "lsn", tx.LSN, "err", err)
@@ -168,7 +179,7 @@ func (b *txBatcher) batch(ctx context.Context, txs []*Transaction) bool {
 			}
 			return false
 		}
-		r.items = append(r.items, owner.Item{Commit: uint64(tx.LSN)})
+		r.items = append(r.items, owner.Item{Commit: uint64(tx.LSN), Time: tx.CommitTime})
 	}
 	return r.flush()
 }
@@ -192,6 +203,10 @@ type chunkRouter struct {
 	// each at the index of the change it follows (Pos.Seq; set by add).
 	items []owner.Item
 	ends  []int
+	// mark is the position of a marking transaction among the chunk's
+	// (Reader.markIdle): the history's head moves to it once the
+	// changes before it are in.
+	mark LSN
 }
 
 // add takes the next changes (a chunk of Range, not kept) and routes what
@@ -222,6 +237,13 @@ func (r *chunkRouter) markEnds() {
 func (r *chunkRouter) flush() bool {
 	r.markEnds()
 	s := r.b.s
+	// Into the history before matching: a subscription added meanwhile
+	// is acknowledged with a head at or after every change matched
+	// without it (withHead).
+	histBytes, histHead := s.store.append(r.changes)
+	if r.mark != 0 {
+		histHead, r.mark = s.store.advance(caughtUp(r.mark)), 0
+	}
 	matched := make([][]*Subscription, len(r.changes))
 	hit := false
 	for i, c := range r.changes {
@@ -244,10 +266,12 @@ func (r *chunkRouter) flush() bool {
 	items = append(items, r.items[e:]...)
 	clear(r.changes)
 	r.changes, r.items, r.ends, r.bytes = r.changes[:0], r.items[:0], r.ends[:0], 0
-	if len(items) == 0 {
+	moved := r.b.sentHead.Before(histHead)
+	if len(items) == 0 && histBytes == 0 && !moved {
 		return true
 	}
-	s.mail.push(owner.Routed{Gen: r.b.rr.gen, Items: items})
+	r.b.sentHead = histHead
+	s.mail.push(owner.Routed{Gen: r.b.rr.gen, Items: items, Head: owner.Pos{LSN: uint64(histHead.LSN), Seq: histHead.Seq}, Bytes: histBytes})
 	select {
 	case <-r.b.rr.more:
 		return true

@@ -64,6 +64,14 @@ type Service struct {
 
 	// head is Head's: raised before Deliver, and by SubAcks.
 	head headPos
+	// store is the owner's history of the recovery window (history.go).
+	store   *changeStore
+	answers answerBox     // Recover calls waiting for the owner
+	serving chan struct{} // recoveries being served (at most maxServing)
+
+	regexSkipped *metrics.Counter
+	recoveries   *metrics.Counter // recoveries this node asked for that succeeded
+	served       *metrics.Counter // recoveries this owner answered
 
 	// keepHits is keep's scratch, used by the reader's goroutine only.
 	keepHits []*Subscription
@@ -143,7 +151,8 @@ type ServiceConfig struct {
 	RecoveryWindow time.Duration
 	// HistoryBytes bounds the memory of the owner's history of the
 	// recovery window (oldest changes evicted first: recovery from before
-	// them fails); if zero, DefaultHistoryBytes.
+	// them fails); if zero, DefaultHistoryBytes; if negative, only the
+	// window bounds it.
 	HistoryBytes int
 	// Logger receives the service's logs; if nil, slog.Default().
 	Logger *slog.Logger
@@ -182,6 +191,9 @@ func NewService(cfg ServiceConfig) *Service {
 	if cfg.Window == 0 {
 		cfg.Window = 4 << 20
 	}
+	if cfg.HistoryBytes == 0 {
+		cfg.HistoryBytes = DefaultHistoryBytes
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -192,16 +204,25 @@ func NewService(cfg ServiceConfig) *Service {
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "wal", "db", cfg.DB),
 		bus:     cfg.Bus,
-		matcher: NewMatcherBounded(cfg.RegexValueBytes, cfg.Metrics.NewCounter("meshcast_wal_regex_skipped_total")),
 		mail:    newMailbox(),
 		out:     deliveryQueue{wake: make(chan struct{}, 1)},
 		stop:    make(chan struct{}),
+		store:   newChangeStore(cfg.RecoveryWindow > 0),
+		serving: make(chan struct{}, maxServing),
 	}
+	s.regexSkipped = cfg.Metrics.NewCounter("meshcast_wal_regex_skipped_total")
+	s.matcher = NewMatcherBounded(cfg.RegexValueBytes, s.regexSkipped)
 	if cfg.Reader != nil {
 		s.reader = cfg.Reader.clone()
 		s.reader.Keep = s.keep
 		s.reader.onForced = func(lsn LSN) { s.mail.push(owner.Forced{LSN: uint64(lsn)}) }
+		s.reader.holdOn = cfg.RecoveryWindow > 0
+		s.reader.markIdle = cfg.RecoveryWindow > 0
 	}
+	s.recoveries = cfg.Metrics.NewCounter("meshcast_wal_recoveries_total")
+	s.served = cfg.Metrics.NewCounter("meshcast_wal_recoveries_served_total")
+	cfg.Metrics.NewGauge("meshcast_wal_history_bytes", func() float64 { b, _ := s.store.stats(); return float64(b) })
+	cfg.Metrics.NewGauge("meshcast_wal_history_changes", func() float64 { _, n := s.store.stats(); return float64(n) })
 	s.deliveries = cfg.Metrics.NewCounter("meshcast_wal_deliveries_total")
 	s.dupes = cfg.Metrics.NewCounter("meshcast_wal_duplicates_dropped_total")
 	cfg.Metrics.NewGauge("meshcast_wal_owner", func() float64 {
@@ -225,7 +246,8 @@ func orDuration(d, def time.Duration) time.Duration {
 func (s *Service) coreConfig() owner.Config {
 	return owner.Config{DB: s.cfg.DB, Self: s.cfg.Self, Regions: s.cfg.Regions, Clustered: s.bus != nil,
 		RegisterTimeout: s.cfg.RegisterTimeout, TakeoverWait: s.cfg.TakeoverWait, SettleWait: s.cfg.SettleWait,
-		AbsentWait: s.cfg.AbsentWait, Window: s.cfg.Window, AckDelay: ackDelay, RetryWait: time.Second}
+		AbsentWait: s.cfg.AbsentWait, Window: s.cfg.Window, AckDelay: ackDelay, RetryWait: time.Second,
+		RecoveryWindow: s.cfg.RecoveryWindow, HistoryBytes: int64(s.cfg.HistoryBytes), RecoverWait: s.cfg.RegisterTimeout}
 }
 
 // NewID returns a subscription ID for this node: cluster-unique with
@@ -254,6 +276,19 @@ func (s *Service) SetMembers(ms []Member) { s.mail.push(owner.Members{Members: m
 // Receive takes a frame of FrameTypes from member from (the Bus's side of
 // the seam); it does not block on the Service's work.
 func (s *Service) Receive(from string, f meshproto.Frame) {
+	switch f := f.(type) {
+	case *meshproto.ChangesRecovered:
+		if f.DB == s.cfg.DB {
+			s.answers.deliver(f)
+		}
+		return
+	case *meshproto.SubAck:
+		// Raised before the core answers Subscribe: Head is at least
+		// the owner's head once Subscribe returns.
+		if f.DB == s.cfg.DB && f.Err == "" {
+			s.head.raise(Pos{LSN(f.LSN), f.Seq})
+		}
+	}
 	ev := owner.Receive{From: from, Frame: f}
 	if reg, ok := f.(*meshproto.SubRegister); ok {
 		for i := range reg.Subs {
@@ -344,9 +379,14 @@ func (s *Service) Run(ctx context.Context) error {
 // need it: Postgres sends a transaction only once it has committed, so
 // one whose reading began before the subscription was acknowledged
 // committed before the client's join reply, and the promise (the join
-// reply means live) is about commits after it. Runs on the reader's
-// goroutine only.
+// reply means live) is about commits after it. With a recovery window it
+// keeps every change: the history needs those nobody matches now (a
+// client's subscription is gone while it is disconnected). Runs on the
+// reader's goroutine only.
 func (s *Service) keep(c *Change) bool {
+	if s.cfg.RecoveryWindow > 0 {
+		return true // the history keeps every change
+	}
 	s.keepHits = s.matcher.Match(c, s.keepHits[:0])
 	hit := len(s.keepHits) > 0
 	clear(s.keepHits)

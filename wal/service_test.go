@@ -21,9 +21,25 @@ import (
 type deliveries struct {
 	mu  sync.Mutex
 	got map[uint64][]int
+	pos map[uint64][]Pos // the position of each
 }
 
-func newDeliveries() *deliveries { return &deliveries{got: map[uint64][]int{}} }
+func newDeliveries() *deliveries {
+	return &deliveries{got: map[uint64][]int{}, pos: map[uint64][]Pos{}}
+}
+
+// after returns the rows subscription id got live after position p.
+func (d *deliveries) after(id uint64, p Pos) []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []int
+	for i, q := range d.pos[id] {
+		if p.Before(q) {
+			out = append(out, d.got[id][i])
+		}
+	}
+	return out
+}
 
 func (d *deliveries) deliver(c *Change, ids []uint64) {
 	if c.Kind != Insert {
@@ -40,6 +56,7 @@ func (d *deliveries) deliver(c *Change, ids []uint64) {
 	defer d.mu.Unlock()
 	for _, id := range ids {
 		d.got[id] = append(d.got[id], n)
+		d.pos[id] = append(d.pos[id], c.Pos())
 	}
 }
 

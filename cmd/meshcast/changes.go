@@ -77,6 +77,8 @@ func newChangeStream(o *options, srv *edge.Server, log *slog.Logger) (*changeStr
 		Reader:          o.reader,
 		Deliver:         srv.DeliverChange,
 		RegexValueBytes: o.regexBytes,
+		RecoveryWindow:  max(o.edge.RecoveryWindow, 0), // negative: recovery off
+		HistoryBytes:    o.historyBytes,
 		Logger:          log,
 		Metrics:         set,
 	}

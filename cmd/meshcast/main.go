@@ -93,6 +93,7 @@ type options struct {
 	// reader is the WAL reader's flags; newChangeStream completes it.
 	reader         *wal.Reader
 	regexBytes     int
+	historyBytes   int // the owner's history of the recovery window
 	databaseRegion string
 	catalogPoll    time.Duration
 	demoTodos      bool
@@ -158,7 +159,7 @@ func newOptions() *options {
 		MaxHandshakes: mesh.DefaultMaxHandshakes,
 	}, reader: &wal.Reader{Publication: wal.DefaultPublication, Slot: wal.DefaultSlot,
 		MaxSlotLag: wal.DefaultMaxSlotLag, TxMemory: wal.DefaultTxMemory},
-		regexBytes: wal.DefaultRegexValueBytes}
+		regexBytes: wal.DefaultRegexValueBytes, historyBytes: wal.DefaultHistoryBytes}
 	host, _ := os.Hostname()
 	if id := os.Getenv("FLY_MACHINE_ID"); id != "" {
 		host = id
@@ -197,6 +198,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.databaseURL, "database-url", "", "Postgres changes: `postgres://user:pass@host:port/db` to stream changes from (logical replication; see README); empty: no postgres_changes")
 	o.reader.RegisterFlags(fs)
 	flagx.Limit(fs, &o.regexBytes, "max-regex-value-bytes", "Postgres changes: bytes of a value a match or imatch filter scans; a longer value does not match it (meshcast_wal_regex_skipped_total) (0 = off)")
+	flagx.Limit(fs, &o.historyBytes, "changes-recovery-bytes", "Postgres changes: bytes of changes the WAL owner keeps for recovery within --recovery-window (oldest evicted first: recovery from before them fails explicitly) (0 = off: only the window bounds it)")
 	fs.StringVar(&o.databaseRegion, "database-region", "", "Postgres changes: comma-separated regions preferred for the node that reads the WAL, in order; give every node the same list")
 	fs.DurationVar(&o.catalogPoll, "catalog-poll", time.Second, "Postgres changes: how often each node polls the catalog for what no event trigger reports (role membership, BYPASSRLS), and for every grant, policy, publication and column change when the database user cannot create the event trigger (not a superuser; see README)")
 	fs.BoolVar(&o.demoTodos, "demo-todos", false, "Postgres changes: for make run-pg's demo only: serve /demo/todos, which lists and writes rows of table todos of --database-url without auth, for the demo page's table panel; with --jwt-secret also /demo/todos/token (a token for any name) and /demo/todos/members (room membership) for its private room")

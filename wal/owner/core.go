@@ -98,6 +98,15 @@ type Config struct {
 	// RetryWait is how long after a reader that failed the next starts;
 	// if zero, at once.
 	RetryWait time.Duration
+	// RecoveryWindow is how long the owner keeps the changes it read
+	// (history.go); if zero, it keeps none and recovery is off.
+	RecoveryWindow time.Duration
+	// HistoryBytes bounds the history's bytes (as the router counts
+	// them); if zero, no bound.
+	HistoryBytes int64
+	// RecoverWait bounds how long a recovery request waits for the
+	// history to reach the asking node; if zero, it does not wait.
+	RecoverWait time.Duration
 }
 
 // Core is one node's part in sharing the change stream. It is not safe
@@ -130,6 +139,7 @@ type Core struct {
 
 	own    *owning // non-nil while this node owns the database
 	reader reader
+	hist   history // the owner's history of the recovery window
 }
 
 // call is a Subscribe waiting for the owner's acknowledgements.
@@ -183,7 +193,10 @@ func (c *Core) Step(ev Event) []Effect {
 	case Delivered:
 		c.delivered(ev.From, ev.Pos)
 	case Routed:
+		c.routedHistory(ev)
 		c.routed(ev)
+	case HistoryFrom:
+		c.historyFrom(ev)
 	case Streaming:
 		c.streaming(ev.Gen)
 	case ReaderStopped:
@@ -327,6 +340,10 @@ func (c *Core) receive(from string, f meshproto.Frame, refused []uint64) {
 	case *meshproto.ChangesAck:
 		if f.DB == c.cfg.DB {
 			c.onChangesAck(from, Pos{f.LSN, f.Seq})
+		}
+	case *meshproto.ChangesRecover:
+		if f.DB == c.cfg.DB {
+			c.onRecover(from, f)
 		}
 	}
 }

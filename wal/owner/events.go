@@ -2,6 +2,7 @@ package owner
 
 import (
 	"log/slog"
+	"time"
 
 	"github.com/meshcast/meshcast/wire/meshproto"
 )
@@ -74,10 +75,22 @@ type Delivered struct {
 // Routed is a chunk of the reader's transactions as the router matched
 // them: per change, what goes to each node, and where each transaction
 // ends, in commit order. Gen is the reader run's (StartReader.Gen): the
-// chunk of a run that was stopped meanwhile is dropped.
+// chunk of a run that was stopped meanwhile is dropped. With a recovery
+// window, Head is the chunk's last change and Bytes what its changes
+// added to the history (the router appends them before it matches them),
+// counted whatever the run.
 type Routed struct {
 	Gen   int
 	Items []Item
+	Head  Pos
+	Bytes int64
+}
+
+// HistoryFrom says that the reader of run Gen streams from From: every
+// transaction after it is read.
+type HistoryFrom struct {
+	Gen  int
+	From uint64
 }
 
 // Item is one change for one node, or, when Node is empty, the end of the
@@ -89,6 +102,7 @@ type Item struct {
 	Local  any    // what Deliver hands this node, for its own subscribers
 	Size   int    // the bytes it counts against Node's window
 	Commit uint64
+	Time   time.Time // the commit's time, with Commit
 }
 
 // Streaming says that the reader of run Gen streams: the slot exists,
@@ -121,6 +135,7 @@ func (Streaming) event()     {}
 func (ReaderStopped) event() {}
 func (Forced) event()        {}
 func (ReadAgain) event()     {}
+func (HistoryFrom) event()   {}
 
 // An Effect is what the node must do, returned by Step and Tick in the
 // order it must be done.
@@ -201,14 +216,48 @@ type Log struct {
 	Args  []any
 }
 
-func (Send) effect()        {}
-func (Deliver) effect()     {}
-func (Confirm) effect()     {}
-func (StartReader) effect() {}
-func (StopReader) effect()  {}
-func (RouteMore) effect()   {}
-func (AddSubs) effect()     {}
-func (RemoveSubs) effect()  {}
-func (Subscribed) effect()  {}
-func (Dropped) effect()     {}
-func (Log) effect()         {}
+// Hold bounds what the reader may confirm to Postgres: at most LSN
+// (NoHold: no bound), so that the slot keeps what the history holds
+// (history.go). The reader's lag bound still wins.
+type Hold struct{ LSN uint64 }
+
+// Evict drops the history's changes at or before Through; Bytes says it
+// was for the byte budget (else for the window, or a reset).
+type Evict struct {
+	Through Pos
+	Bytes   bool
+}
+
+// ServeRecovery answers Req from node To from the history, which is
+// complete through Through: the changes after the request's position up
+// to Through that its subscriptions match and may see (the driver checks
+// the history holds them all, matches and authorizes them, and sends the
+// answer).
+type ServeRecovery struct {
+	To      string
+	Req     *meshproto.ChangesRecover
+	Through Pos
+}
+
+// Answer is an answer to a recovery request for node To (this node's
+// own included): a failure (Frame.Err).
+type Answer struct {
+	To    string
+	Frame *meshproto.ChangesRecovered
+}
+
+func (Hold) effect()          {}
+func (Evict) effect()         {}
+func (ServeRecovery) effect() {}
+func (Answer) effect()        {}
+func (Send) effect()          {}
+func (Deliver) effect()       {}
+func (Confirm) effect()       {}
+func (StartReader) effect()   {}
+func (StopReader) effect()    {}
+func (RouteMore) effect()     {}
+func (AddSubs) effect()       {}
+func (RemoveSubs) effect()    {}
+func (Subscribed) effect()    {}
+func (Dropped) effect()       {}
+func (Log) effect()           {}

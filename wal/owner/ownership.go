@@ -163,6 +163,7 @@ func (c *Core) back(node string, subscribed bool) {
 func (c *Core) startOwning(prev string, prevAlive bool) {
 	o := newOwning(prev != "" && !prevAlive)
 	c.own = o
+	c.resetHistory()
 	for _, m := range c.members {
 		// Only members that take part in the database run a Service,
 		// and only they can hold subscriptions of it.
@@ -188,5 +189,6 @@ func (c *Core) stopOwning() {
 	}
 	c.stopReader()
 	c.own = nil
+	c.resetHistory()
 	c.logf(slog.LevelInfo, "this node no longer owns the database's change stream")
 }

@@ -25,6 +25,8 @@ const (
 	tAck                       // acknowledgements to an owner go out
 	tCall                      // a Subscribe stops waiting
 	tRetry                     // a failed reader may start again
+	tExpire                    // the history's oldest transaction leaves the window
+	tRecover                   // a recovery request stops waiting
 )
 
 // after schedules t in d.
@@ -63,6 +65,10 @@ func (c *Core) fire(t timer) {
 		if cl := c.calls.M[t.call]; cl != nil && cl.until.Equal(t.at) {
 			c.finish(t.call, cl, "", true)
 		}
+	case tExpire:
+		c.expire()
+	case tRecover:
+		c.checkWaits()
 	case tRetry:
 		// maybeStartReader, after every Tick, looks at retryAt.
 	}

@@ -51,12 +51,14 @@ type SubUnregister struct {
 
 // SubAck answers a SubRegister: the owner holds the subscriptions IDs and
 // matches every change it reads from now on against them; or, with Err,
-// it refused them. LSN is the owner's position in the WAL then (0 while
-// its reader is not streaming).
+// it refused them. (LSN, Seq) is the owner's head then: every change
+// after it is matched against the subscriptions (zero while its reader is
+// not streaming, and with Err).
 type SubAck struct {
 	DB  string
 	IDs []uint64
 	LSN uint64
+	Seq uint32
 	Err string
 }
 
@@ -117,9 +119,27 @@ func (f *SubRegister) appendBody(b []byte) []byte {
 		replace = 1
 	}
 	b = append(b, replace)
-	b = appendUvarint(b, uint64(len(f.Subs)))
-	for i := range f.Subs {
-		s := &f.Subs[i]
+	b = appendSubs(b, f.Subs)
+	return appendPart(b, f.Part, f.More)
+}
+
+func (f *SubRegister) decode(r *reader) {
+	f.DB = r.string("db")
+	switch r.byte("replace") {
+	case 0:
+	case 1:
+		f.Replace = true
+	default:
+		r.fail("replace")
+	}
+	f.Subs = r.subs()
+	f.Part, f.More = r.part()
+}
+
+func appendSubs(b []byte, subs []Sub) []byte {
+	b = appendUvarint(b, uint64(len(subs)))
+	for i := range subs {
+		s := &subs[i]
 		b = appendUvarint(b, s.ID)
 		b = appendString(b, s.Schema)
 		b = appendString(b, s.Table)
@@ -138,51 +158,45 @@ func (f *SubRegister) appendBody(b []byte) []byte {
 		b = appendString(b, s.Role)
 		b = appendBytes(b, s.Claims)
 	}
-	return appendPart(b, f.Part, f.More)
+	return b
 }
 
-func (f *SubRegister) decode(r *reader) {
-	f.DB = r.string("db")
-	switch r.byte("replace") {
-	case 0:
-	case 1:
-		f.Replace = true
-	default:
-		r.fail("replace")
+func (r *reader) subs() []Sub {
+	n := r.count("subs", minSub)
+	if n == 0 {
+		return nil
 	}
-	if n := r.count("subs", minSub); n > 0 {
-		f.Subs = make([]Sub, n)
-		for i := range f.Subs {
-			s := &f.Subs[i]
-			s.ID = r.uvarint("subs")
-			s.Schema = r.string("subs")
-			s.Table = r.string("subs")
-			s.Event = r.string("subs")
-			if n := r.count("filters", 4); n > 0 {
-				s.Filters = make([]SubFilter, n)
-				for j := range s.Filters {
-					f := &s.Filters[j]
-					f.Column = r.string("filters")
-					f.Op = r.byte("filters")
-					switch r.byte("filters") {
-					case 0:
-					case 1:
-						f.Negate = true
-					default:
-						r.fail("filters")
-					}
-					f.Value = r.string("filters")
+	subs := make([]Sub, n)
+	for i := range subs {
+		s := &subs[i]
+		s.ID = r.uvarint("subs")
+		s.Schema = r.string("subs")
+		s.Table = r.string("subs")
+		s.Event = r.string("subs")
+		if n := r.count("filters", 4); n > 0 {
+			s.Filters = make([]SubFilter, n)
+			for j := range s.Filters {
+				f := &s.Filters[j]
+				f.Column = r.string("filters")
+				f.Op = r.byte("filters")
+				switch r.byte("filters") {
+				case 0:
+				case 1:
+					f.Negate = true
+				default:
+					r.fail("filters")
 				}
+				f.Value = r.string("filters")
 			}
-			s.Columns = r.strings("subs")
-			s.Role = r.string("subs")
-			s.Claims = r.bytes("subs")
 		}
-		if r.err != "" {
-			f.Subs = nil
-		}
+		s.Columns = r.strings("subs")
+		s.Role = r.string("subs")
+		s.Claims = r.bytes("subs")
 	}
-	f.Part, f.More = r.part()
+	if r.err != "" {
+		return nil
+	}
+	return subs
 }
 
 func appendIDs(b []byte, ids []uint64) []byte {
@@ -222,6 +236,7 @@ func (f *SubAck) appendBody(b []byte) []byte {
 	b = appendString(b, f.DB)
 	b = appendIDs(b, f.IDs)
 	b = appendUvarint(b, f.LSN)
+	b = appendUvarint(b, uint64(f.Seq))
 	return appendString(b, f.Err)
 }
 
@@ -229,6 +244,7 @@ func (f *SubAck) decode(r *reader) {
 	f.DB = r.string("db")
 	f.IDs = r.ids("ids")
 	f.LSN = r.uvarint("lsn")
+	f.Seq = r.uint32v("seq")
 	f.Err = r.string("err")
 }
 

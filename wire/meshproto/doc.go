@@ -66,6 +66,8 @@ const (
 	TypeStreamHeads         Type = 17
 	TypeHistoryRequest      Type = 18
 	TypeHistoryReply        Type = 19
+	TypeChangesRecover      Type = 20
+	TypeChangesRecovered    Type = 21
 )
 
 var typeNames = [...]string{
@@ -88,6 +90,8 @@ var typeNames = [...]string{
 	TypeStreamHeads:         "StreamHeads",
 	TypeHistoryRequest:      "HistoryRequest",
 	TypeHistoryReply:        "HistoryReply",
+	TypeChangesRecover:      "ChangesRecover",
+	TypeChangesRecovered:    "ChangesRecovered",
 }
 
 // String returns the frame type's name, for errors and logs.

@@ -179,5 +179,5 @@ func decodeHistory(t Type, r *reader) Frame {
 		x.decode(r)
 		return x
 	}
-	return nil
+	return decodeRecovery(t, r)
 }

@@ -59,7 +59,7 @@ var frames = []Frame{
 	&SubRegister{DB: "db1"},
 	&SubUnregister{DB: "db1", IDs: []uint64{1, 1 << 52, 3}},
 	&SubUnregister{},
-	&SubAck{DB: "db1", IDs: []uint64{7}, LSN: 0x16B374D848, Err: "Unable to subscribe"},
+	&SubAck{DB: "db1", IDs: []uint64{7}, LSN: 0x16B374D848, Seq: 4, Err: "Unable to subscribe"},
 	&SubAck{},
 	&Changes{DB: "db1", LSN: 0x16B374D848, Seq: 1<<32 - 1, Record: []byte{1, 2, 3}, IDs: []uint64{5, 6}},
 	&Changes{},
@@ -73,6 +73,12 @@ var frames = []Frame{
 	&ChangesAck{},
 	&SubSync{DB: "db1"},
 	&SubSync{},
+	&ChangesRecover{DB: "db1", Call: 3, AfterLSN: 0x16B3748, AfterSeq: 3, HeadLSN: 1 << 40, HeadSeq: 1<<32 - 1, Subs: []Sub{
+		{ID: 9, Schema: "public", Table: "todos", Event: "*", Filters: []SubFilter{{Column: "id", Op: 1, Value: "1"}}, Role: "authenticated", Claims: []byte(`{"sub":"u1"}`)}}},
+	&ChangesRecover{},
+	&ChangesRecovered{DB: "db1", Call: 3, ThroughLSN: 0x16B3748, ThroughSeq: 7, Records: []RecoveredRecord{{Record: []byte{1, 2}, IDs: []uint64{9, 1 << 52}}, {}}, Part: 1, More: true},
+	&ChangesRecovered{DB: "db1", Call: 4, Err: "the position is older than the recovery window"},
+	&ChangesRecovered{},
 }
 
 func TestRoundTrip(t *testing.T) {
