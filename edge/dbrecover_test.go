@@ -200,3 +200,24 @@ func checkDBFailure(t *testing.T, c *wsClient, what, reason string) {
 		t.Fatalf("%s: system %s, want the broadcast extension's error %q", what, sys.Payload, reason)
 	}
 }
+
+// TestDBRecoveryWithReplay: a join that asks both replay and recovery of
+// the db stream gets the replayed rows recovery does not send first (they
+// are older), then the recovered ones, each once.
+func TestDBRecoveryWithReplay(t *testing.T) {
+	f := newFakeDBStream(pos(0x10))
+	r := &fakeReplay{asked: make(chan replayAsk, 1), answer: make(chan replayAnswer, 1)}
+	ts := startServer(t, withRecovery)
+	ts.SetDBStream(f)
+	ts.SetReplay(r)
+	c := ts.connect(t)
+	c.write(joinFrame("1", "realtime:r", `{"private":true,"broadcast":{"replay":{"since":1}},"recover":{"broadcast":{"db":"0/10:1"}}}`))
+	<-r.asked
+	r.answer <- replayAnswer{msgs: []dbcast.Message{*dbMsg("r", "m8"), *dbMsg("r", "m20")}} // rows as SQL reads them: no position
+	f.ask(t)
+	f.answer <- dbAnswer{msgs: []dbcast.Message{*posMsg("r", 0x20), *posMsg("r", 0x30)}, through: pos(0x30)}
+	c.until("the join reply", isReplyTo("1"))
+	if got, want := dbSeen(c.barrier()), "m8@ m20@db:0/20:1 m30@db:0/30:1"; got != want {
+		t.Fatalf("got %s\nwant %s", got, want)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshcast/meshcast/edge/history"
 	"github.com/meshcast/meshcast/mesh/presence"
 	"github.com/meshcast/meshcast/wal"
 	"github.com/meshcast/meshcast/wire/phx"
@@ -51,6 +52,23 @@ func FuzzJoinConfig(f *testing.F) {
 			_ = subKey(sub)
 			bindings[i].sub = sub
 		}
+		// The recover vector, its "db" entry, and the reply's positions.
+		vec := p.Config.Recover.Broadcast
+		if len(vec) == 0 {
+			vec = p.Config.Broadcast.Recover
+		}
+		v, _ := history.ParseVector(vec)
+		db, err := parseDBEntry(vec)
+		if db != nil && err != nil {
+			t.Fatalf("db entry %s: %v and %v", vec, db, err)
+		}
+		jp := joinPositions{broadcast: v, asked: true, ok: err == nil}
+		if db != nil {
+			jp.db = db.String()
+		}
+		if pos := appendJoinPositions(joinOK, jp); !json.Valid(pos) {
+			t.Fatalf("positions %s are not JSON", pos)
+		}
 		reply := joinReplyChanges(bindings)
 		var r struct {
 			PostgresChanges []map[string]json.RawMessage `json:"postgres_changes"`
@@ -74,6 +92,7 @@ var joinPayloadSeeds = []string{
 	`{"config":{"broadcast":{"self":"true"},"presence":{"key":{"a":1}},"private":"TRUE"},"user_token":"sb_publishable_x"}`,
 	`{"config":{"postgres_changes":[{}]}}`,
 	`{"config":{"postgres_changes":[ { "event" : "*" , "schema" : "public" } ]}}`,
+	`{"config":{"private":true,"recover":{"broadcast":{"00000000000000aa":3,"db":"0/16B3748:3"}},"broadcast":{"recover":{"db":"16/B374D848:0"}}}}`,
 }
 
 // FuzzPresenceTrack takes a presence push as a track does: a payload that

@@ -138,6 +138,7 @@ describe('broadcasts from the database', () => {
     assert.deepEqual([...new Uint8Array(bin.payload)], [0x00, 0x01, 0x7f, 0x80, 0xff])
     const r = await row(bin.meta.id)
     assert.equal(r.binary_payload, '\\x00017f80ff')
+    assert.match(bin.meta.pos, /^db:[0-9A-F]+\/[0-9A-F]+:\d+$/, 'kind-4 meta carries the position too')
     assert.equal(marker.event, 'marker')
     assert.deepEqual(v1.got.map((m) => m.event), ['marker'])
   })
