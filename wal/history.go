@@ -2,6 +2,8 @@ package wal
 
 import (
 	"math"
+	"slices"
+	"sort"
 	"sync"
 
 	"github.com/meshcast/meshcast/wal/owner"
@@ -142,14 +144,15 @@ func (h *changeStore) snapshot(after, through Pos, subs []*Subscription) ([]*Cha
 	if reason := h.gapLocked(after, subs); reason != "" {
 		return nil, reason
 	}
-	var out []*Change
-	for _, c := range h.changes[h.start:] {
-		p := c.Pos()
-		if after.Before(p) && !through.Before(p) {
-			out = append(out, c)
-		}
+	// The changes are in position order: a recovery costs the range it
+	// asks for, not the history.
+	held := h.changes[h.start:]
+	i := sort.Search(len(held), func(i int) bool { return after.Before(held[i].Pos()) })
+	j := sort.Search(len(held), func(j int) bool { return through.Before(held[j].Pos()) })
+	if i >= j {
+		return nil, ""
 	}
-	return out, ""
+	return slices.Clone(held[i:j]), ""
 }
 
 // gapLocked says why changes after `after` may be missing for subs, or
