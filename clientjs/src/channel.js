@@ -256,7 +256,9 @@ export class MeshcastChannel {
     for (const [epoch, offset] of Object.entries(pos)) {
       if (epoch === 'db') {
         // The database's stream: a change position, not an offset.
-        if (typeof offset === 'string') held.db = this.recovered === true && typeof asked.db === 'string' ? asked.db : offset
+        // The broadcast extension's own answer (`recovery.broadcast`) when the reply has one.
+        const recovered = typeof response.recovery?.broadcast === 'boolean' ? response.recovery.broadcast : this.recovered
+        if (typeof offset === 'string') held.db = recovered === true && typeof asked.db === 'string' ? asked.db : offset
         continue
       }
       held[epoch] = this.recovered === true ? Number(asked[epoch] ?? 0) : Number(offset)

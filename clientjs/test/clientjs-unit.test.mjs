@@ -342,6 +342,11 @@ describe('recovery positions', () => {
     ch.state = 'joining'
     ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E1]: 2, db: '1/30:0' } }, recovered: false })
     assert.equal(ch.positions.db, '1/30:0')
+    // Broadcast recovered though another extension did not: its rows follow.
+    ch._joinPayload()
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E1]: 2, db: '1/40:0' } }, recovered: false, recovery: { broadcast: true, postgres_changes: false } })
+    assert.equal(ch.positions.db, '1/30:0')
   })
 
   it('a hole in a held stream rejoins instead of delivering; own self:false sends are no hole', () => {
