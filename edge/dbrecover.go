@@ -36,8 +36,11 @@ type DBStream interface {
 // "db" is told recovery failed.
 func (s *Server) SetDBStream(d DBStream) { s.dbStream = d }
 
-// dbRecoverTimeout bounds a join's read of the database's stream.
-const dbRecoverTimeout = 5 * time.Second
+// dbRecoverTimeout bounds a join's read of the database's stream: long
+// enough to outlast a request to an owner that just died (wal waits
+// RegisterTimeout, 5 s, plus 1 s) and to ask its successor, short of
+// realtime-js's 10 s join timeout.
+const dbRecoverTimeout = 8 * time.Second
 
 // errNoDBStream fails the recovery of "db" on a node without the stream.
 var errNoDBStream = errors.New("this node does not stream the database's broadcasts")

@@ -43,11 +43,12 @@ func readTicks(c *wsClient, last int, d time.Duration) ([]dbTick, error) {
 }
 
 // The database's stream across a WAL owner's kill -9: a subscriber whose
-// connection dropped rejoins, on another node, once the owner is dead
-// and a new one streams, asking for what followed the last row it got
-// (recover.broadcast.db). The new owner rebuilt the recovery window from
-// the slot, so the join recovers: every row after that one arrives once,
-// in commit order, then live.
+// connection dropped rejoins on another node, asking for what followed
+// the last row it got (recover.broadcast.db) — once right after the kill,
+// while the nodes still take the owner for alive, and once a new owner
+// streams. The new owner rebuilt the recovery window from the slot, so
+// both joins recover: every row after that one arrives once, in commit
+// order, then live.
 func TestClusterDBRecoveryAcrossOwnerKill(t *testing.T) {
 	fixture, err := os.ReadFile("../../wal/rtschema/testdata/supabase.sql")
 	if err != nil {
@@ -103,13 +104,44 @@ func TestClusterDBRecoveryAcrossOwnerKill(t *testing.T) {
 	if !owner.exited(5 * time.Second) {
 		t.Fatal("the owner did not die")
 	}
+	// Rejoining at once, while the owner is not yet known to be dead: the
+	// node asks it, then its successor once there is one.
+	early := recoverJoin(t, b, "early@"+b.name, last.pos)
 	// A new owner streams: b's live subscriber gets rows again.
 	if _, err := readTicks(subs[b], int(sent.Load())+5, crashDetectWait+20*time.Second); err != nil {
 		t.Fatalf("no new owner: %v", err)
 	}
-	back := connect(t, b, "back@"+b.name)
-	back.send(joinFrame("realtime:ticks", "1", fmt.Sprintf(`{"private":false,"recover":{"broadcast":{"db":%q}}}`, last.pos[len("db:"):])))
-	reply := back.await(msgWait, "join reply", func(f frame) bool { return isReply(f, "realtime:ticks", "1") })
+	back := recoverJoin(t, b, "back@"+b.name, last.pos)
+	atRejoin := sent.Load()
+	if !waitFor(10*time.Second, func() bool { return sent.Load() >= atRejoin+20 }) { // live rows after the recovered ones
+		t.Fatalf("the writer is stuck at %d", sent.Load())
+	}
+	stopWriting()
+	<-wrote
+	final := int(sent.Load())
+	var rest []dbTick
+	for _, c := range []*wsClient{early, back} {
+		if rest, err = readTicks(c, final, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		for k, tk := range rest {
+			if tk.i != last.i+1+k {
+				t.Fatalf("after %d %s got %v; want every row %d..%d once, in order", last.i, c.name, rest, last.i+1, final)
+			}
+		}
+	}
+	m := mustScrape(t, b)
+	t.Logf("rejoined on %s after row %d at %s: %d rows, recoveries %v, asked again %v times", b.name, last.i, last.pos, len(rest),
+		m[`meshcast_db_broadcast_recoveries_total{result="ok"}`], m["meshcast_db_broadcast_recovery_retries_total"])
+}
+
+// recoverJoin connects to n and joins ticks asking to recover the
+// database's stream after pos (a meta.pos); the join must recover.
+func recoverJoin(t *testing.T, n *node, name, pos string) *wsClient {
+	t.Helper()
+	c := connect(t, n, name)
+	c.send(joinFrame("realtime:ticks", "1", fmt.Sprintf(`{"private":false,"recover":{"broadcast":{"db":%q}}}`, pos[len("db:"):])))
+	reply := c.await(15*time.Second, "join reply", func(f frame) bool { return isReply(f, "realtime:ticks", "1") })
 	var r struct {
 		Response struct {
 			Recovered *bool
@@ -118,25 +150,7 @@ func TestClusterDBRecoveryAcrossOwnerKill(t *testing.T) {
 	}
 	json.Unmarshal(reply.Payload, &r)
 	if r.Response.Recovered == nil || !*r.Response.Recovered || r.Response.Positions.Broadcast["db"] == nil {
-		t.Fatalf("the rejoin after the owner's kill: %s, want recovered and positions.broadcast.db", reply.raw)
+		t.Fatalf("%s: the rejoin after the owner's kill: %s, want recovered and positions.broadcast.db", name, reply.raw)
 	}
-	atRejoin := sent.Load()
-	if !waitFor(10*time.Second, func() bool { return sent.Load() >= atRejoin+20 }) { // live rows after the recovered ones
-		t.Fatalf("the writer is stuck at %d", sent.Load())
-	}
-	stopWriting()
-	<-wrote
-	final := int(sent.Load())
-	rest, err := readTicks(back, final, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, tk := range rest {
-		if tk.i != last.i+1+k {
-			t.Fatalf("after %d the rejoined subscriber got %v; want every row %d..%d once, in order", last.i, rest, last.i+1, final)
-		}
-	}
-	m := mustScrape(t, b)
-	t.Logf("rejoined on %s after row %d at %s: %d rows, recoveries %v", b.name, last.i, last.pos, len(rest),
-		m[`meshcast_db_broadcast_recoveries_total{result="ok"}`])
+	return c
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -29,7 +30,7 @@ type Recoverer struct {
 	sub        *wal.Subscription
 	maxPayload int
 
-	served, failed, shared *metrics.Counter
+	served, failed, shared, retries *metrics.Counter
 
 	mu      sync.Mutex
 	flights map[wal.Pos]*recoverFlight
@@ -53,9 +54,10 @@ func NewRecoverer(src Source, sub *wal.Subscription, maxPayload int, set *metric
 		set = metrics.NewSet()
 	}
 	return &Recoverer{src: src, sub: sub, maxPayload: maxPayload, flights: make(map[wal.Pos]*recoverFlight),
-		served: set.NewCounter(`meshcast_db_broadcast_recoveries_total{result="ok"}`),
-		failed: set.NewCounter(`meshcast_db_broadcast_recoveries_total{result="failed"}`),
-		shared: set.NewCounter("meshcast_db_broadcast_recoveries_shared_total")}
+		served:  set.NewCounter(`meshcast_db_broadcast_recoveries_total{result="ok"}`),
+		failed:  set.NewCounter(`meshcast_db_broadcast_recoveries_total{result="failed"}`),
+		shared:  set.NewCounter("meshcast_db_broadcast_recoveries_shared_total"),
+		retries: set.NewCounter("meshcast_db_broadcast_recovery_retries_total")}
 }
 
 // Head is the change stream's head on this node (wal.Service.Head): every
@@ -115,10 +117,25 @@ func (r *Recoverer) flight(ctx context.Context, after wal.Pos) (f *recoverFlight
 	return f, false
 }
 
+// retryWait is the pause before asking again when no owner answered (one
+// was killed and the next is taking over).
+const retryWait = 250 * time.Millisecond
+
 // read asks the owner for the rows after `after` and decodes the
-// broadcasts among them.
+// broadcasts among them. While no owner answers it asks again, as long
+// as ctx lets it: a client that rejoins during an owner's failover
+// recovers once the next owner has read the window back.
 func (r *Recoverer) read(ctx context.Context, after wal.Pos) ([]Message, wal.Pos, error) {
 	res, err := r.src.Recover(ctx, []*wal.Subscription{r.sub}, after)
+	for noAnswer(err) && ctx.Err() == nil {
+		select {
+		case <-time.After(retryWait):
+		case <-ctx.Done():
+			continue
+		}
+		r.retries.Inc()
+		res, err = r.src.Recover(ctx, []*wal.Subscription{r.sub}, after)
+	}
 	if err != nil {
 		return nil, wal.Pos{}, failure(err)
 	}
@@ -132,6 +149,11 @@ func (r *Recoverer) read(ctx context.Context, after wal.Pos) ([]Message, wal.Pos
 		}
 	}
 	return msgs, res.Through, nil
+}
+
+func noAnswer(err error) bool {
+	var re *wal.RecoveryError
+	return errors.As(err, &re) && re.Reason == wal.ReasonNoAnswer
 }
 
 func reaches(ids []uint64, id uint64) bool {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/meshcast/meshcast/wal"
 )
@@ -20,6 +21,8 @@ type fakeSource struct {
 	res   wal.RecoverResult
 	err   error
 	gate  chan struct{}
+	// unanswered is how many calls fail first as if no owner answered.
+	unanswered int
 }
 
 func (f *fakeSource) Head() wal.Pos { return wal.Pos{LSN: 1} }
@@ -27,7 +30,11 @@ func (f *fakeSource) Head() wal.Pos { return wal.Pos{LSN: 1} }
 func (f *fakeSource) Recover(ctx context.Context, subs []*wal.Subscription, after wal.Pos) (wal.RecoverResult, error) {
 	f.mu.Lock()
 	f.calls++
+	unanswered := f.calls <= f.unanswered
 	f.mu.Unlock()
+	if unanswered {
+		return wal.RecoverResult{}, &wal.RecoveryError{Reason: wal.ReasonNoAnswer}
+	}
 	if f.gate != nil {
 		<-f.gate
 	}
@@ -103,4 +110,24 @@ func TestRecovererShares(t *testing.T) {
 	if _, _, err = r.Recover(context.Background(), "t", false, wal.Pos{LSN: 1}, wal.Pos{}); err == nil || !strings.Contains(err.Error(), "connection reset") {
 		t.Fatalf("err %v", err)
 	}
+}
+
+// TestRecovererAsksAgain: while no owner answers (one died, the next is
+// taking over) the Recoverer asks again, until its context ends.
+func TestRecovererAsksAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &fakeSource{unanswered: 3, res: wal.RecoverResult{Through: wal.Pos{LSN: 9}}}
+		r := NewRecoverer(src, Subscription(7), 0, nil)
+		_, through, err := r.Recover(context.Background(), "t", false, wal.Pos{LSN: 1}, wal.Pos{})
+		if err != nil || through != (wal.Pos{LSN: 9}) || src.calls != 4 {
+			t.Fatalf("through %v err %v after %d calls, want the fourth's answer", through, err, src.calls)
+		}
+		src.calls, src.unanswered = 0, 1000
+		ctx, cancel := context.WithTimeout(context.Background(), 2100*time.Millisecond)
+		defer cancel()
+		_, _, err = r.Recover(ctx, "t", false, wal.Pos{LSN: 1}, wal.Pos{})
+		if err == nil || err.Error() != wal.ReasonNoAnswer || src.calls != 9 {
+			t.Fatalf("err %v after %d calls, want no answer after 2 s of asking every 250 ms", err, src.calls)
+		}
+	})
 }
