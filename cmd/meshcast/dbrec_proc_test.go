@@ -140,6 +140,7 @@ func TestClusterDBRecoveryAcrossOwnerKill(t *testing.T) {
 func recoverJoin(t *testing.T, n *node, name, pos string) *wsClient {
 	t.Helper()
 	c := connect(t, n, name)
+	start := time.Now()
 	c.send(joinFrame("realtime:ticks", "1", fmt.Sprintf(`{"private":false,"recover":{"broadcast":{"db":%q}}}`, pos[len("db:"):])))
 	reply := c.await(15*time.Second, "join reply", func(f frame) bool { return isReply(f, "realtime:ticks", "1") })
 	var r struct {
@@ -152,5 +153,6 @@ func recoverJoin(t *testing.T, n *node, name, pos string) *wsClient {
 	if r.Response.Recovered == nil || !*r.Response.Recovered || r.Response.Positions.Broadcast["db"] == nil {
 		t.Fatalf("%s: the rejoin after the owner's kill: %s, want recovered and positions.broadcast.db", name, reply.raw)
 	}
+	t.Logf("%s: recovered, reply after %v", name, time.Since(start).Round(time.Millisecond))
 	return c
 }
