@@ -255,11 +255,7 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 			return c.carryOut(refuseReplayFailed, m, nil)
 		}
 	}
-	if ch.db.asked() && ch.db.err == nil {
-		c.unlockToWait() // the change stream's owner
-		c.recoverDB(ch, t)
-		c.mu.Lock()
-	}
+	c.recoverDB(ch, t) // the db stream, when the join asks: c.mu let go meanwhile
 	var fetched map[uint64][]history.Fetched[*outMsg]
 	if ready != nil || len(changes) > 0 || (ch.recover != nil && s.cluster != nil) {
 		// A new topic in a cluster: the presence of the other nodes

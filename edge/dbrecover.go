@@ -112,10 +112,16 @@ func parseDBEntry(raw json.RawMessage) (*wal.Pos, error) {
 func (d *dbJoin) asked() bool { return d != nil && (d.after != nil || d.err != nil) }
 
 // recoverDB reads back what the joining channel missed of the database's
-// stream: live rows are captured from before the read, so that the two
-// together miss none. Called without c.mu held (it waits on the owner).
+// stream, when it asks: live rows are captured from before the read, so
+// that the two together miss none. Called with c.mu held, which it lets
+// go while it waits on the change stream's owner.
 func (c *conn) recoverDB(ch *channel, t *topic) {
 	d, s := ch.db, c.srv
+	if !d.asked() || d.err != nil {
+		return
+	}
+	c.unlockToWait()
+	defer c.mu.Lock()
 	d.capture = &capture{}
 	t.mu.Lock()
 	t.captures = append(t.captures, d.capture)
