@@ -172,8 +172,13 @@ func (d *driver) do(effects []owner.Effect) {
 				d.cur.goOn()
 			}
 		case owner.AddSubs:
+			var from Pos
+			if e.Fresh {
+				from = s.store.ackHead()
+			}
 			for i := range e.Subs {
 				if sub, err := subOf(e.Node, &e.Subs[i]); err == nil {
+					sub.from = from
 					s.matcher.Add(sub)
 				}
 			}

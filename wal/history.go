@@ -29,7 +29,8 @@ type changeStore struct {
 	bytes   int64
 	head    Pos
 	// floor is the position every change before the reader's session
-	// began is at or before (caughtUp of the WAL position then): the
+	// began is at or before (caughtUp of the WAL position then), raised
+	// to the end of every transaction the reader handed over (read): the
 	// head a subscription's acknowledgement carries is at least it.
 	floor Pos
 	// readFrom is where the owner's reader started: nothing before it is
@@ -198,11 +199,21 @@ func (h *changeStore) stats() (int64, int) {
 	return h.bytes, len(h.changes) - h.start
 }
 
+// read raises the floor to the end of a transaction the reader handed
+// over.
+func (h *changeStore) read(lsn LSN) {
+	h.mu.Lock()
+	if f := caughtUp(lsn); h.floor.Before(f) {
+		h.floor = f
+	}
+	h.mu.Unlock()
+}
+
 // ackHead is the head a subscription's acknowledgement carries: the
-// history's, or the floor of the reader's session if later. Every change
-// matched before the subscription was added is at or before the head
-// (the router appends before it matches); the floor only adds changes
-// committed before the session began, before the subscription was.
+// history's, or the floor if later. Every change matched before the
+// subscription was added is at or before the head (the router appends
+// before it matches); the floor only adds changes committed before the
+// reader's session began, or read before the subscription was added.
 func (h *changeStore) ackHead() Pos {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -27,6 +27,11 @@ type Subscription struct {
 	Columns []string
 	// Role and Claims are the JWT's role and claims (JSON), for RLS.
 	Role, Claims string
+
+	// from, on the owner, is the history's head when a new subscription
+	// was added (owner.AddSubs.Fresh): the router routes it only later
+	// changes. Set before Add, never after.
+	from Pos
 }
 
 // Matcher finds the subscriptions a change reaches. Equality filters (eq,

@@ -3,6 +3,7 @@ package wal
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"github.com/meshcast/meshcast/wal/owner"
 	"github.com/meshcast/meshcast/wire/meshproto"
@@ -83,6 +84,7 @@ const (
 // Transaction implements Handler: it queues tx. The reader hands over at
 // most maxOpenTx unreleased transactions, so it never waits.
 func (b *txBatcher) Transaction(ctx context.Context, tx *Transaction) {
+	b.s.store.read(tx.LSN)
 	select {
 	case b.q <- tx:
 	case <-ctx.Done():
@@ -169,7 +171,7 @@ func (b *txBatcher) batch(ctx context.Context, txs []*Transaction) bool {
 	r := &chunkRouter{b: b, ctx: ctx}
 	for _, tx := range txs {
 		if tx.mark {
-			r.mark = tx.LSN // after the changes before it are in (flush)
+			r.mark = max(r.mark, tx.LSN) // after the changes before it are in (flush)
 			continue
 		}
 		if err := tx.Range(maxBatchChanges, maxChunkBytes, r.add); err != nil {
@@ -180,6 +182,7 @@ func (b *txBatcher) batch(ctx context.Context, txs []*Transaction) bool {
 			return false
 		}
 		r.items = append(r.items, owner.Item{Commit: uint64(tx.LSN), Time: tx.CommitTime})
+		r.mark = max(r.mark, tx.LSN) // the history holds all of it once flushed
 	}
 	return r.flush()
 }
@@ -203,9 +206,9 @@ type chunkRouter struct {
 	// each at the index of the change it follows (Pos.Seq; set by add).
 	items []owner.Item
 	ends  []int
-	// mark is the position of a marking transaction among the chunk's
-	// (Reader.markIdle): the history's head moves to it once the
-	// changes before it are in.
+	// mark is the last transaction (or marking transaction,
+	// Reader.markIdle) whose changes are all in the chunk: the history's
+	// head moves to its end once they are in.
 	mark LSN
 }
 
@@ -248,6 +251,10 @@ func (r *chunkRouter) flush() bool {
 	hit := false
 	for i, c := range r.changes {
 		matched[i] = s.matcher.Match(c, nil)
+		if len(matched[i]) > 0 {
+			p := c.Pos()
+			matched[i] = slices.DeleteFunc(matched[i], func(sub *Subscription) bool { return !sub.from.Before(p) })
+		}
 		hit = hit || len(matched[i]) > 0
 	}
 	if hit && s.cfg.Authorize != nil {

@@ -146,8 +146,8 @@ func show(es []Effect) string {
 func reading() []step {
 	return []step{
 		{0, members(o, n1, n2), []Effect{syncTo("n1"), syncTo("n2")}},
-		{0, Receive{From: "n1", Frame: replaceOf(1)}, []Effect{AddSubs{"n1", subs(1)}}},
-		{0, Receive{From: "n2", Frame: replaceOf(2)}, []Effect{AddSubs{"n2", subs(2)}, StartReader{Gen: 0}}},
+		{0, Receive{From: "n1", Frame: replaceOf(1)}, []Effect{AddSubs{"n1", subs(1), false}}},
+		{0, Receive{From: "n2", Frame: replaceOf(2)}, []Effect{AddSubs{"n2", subs(2), false}, StartReader{Gen: 0}}},
 		{0, Streaming{Gen: 0}, []Effect{ackTo("n1", 1), ackTo("n2", 2)}},
 	}
 }
@@ -172,24 +172,24 @@ func TestOwnershipHandOff(t *testing.T) {
 		}},
 		{"seeing another member settles at once; the owner waits for its subscriptions", config("o"), []step{
 			{0, members(o, n1), []Effect{syncTo("n1")}},
-			{time.Second, Receive{From: "n1", Frame: replaceOf(7)}, []Effect{AddSubs{"n1", subs(7)}, StartReader{}}},
+			{time.Second, Receive{From: "n1", Frame: replaceOf(7)}, []Effect{AddSubs{"n1", subs(7), false}, StartReader{}}},
 		}},
 		{"the takeover wait ends without a member that does not answer", config("o"), []step{
 			{0, members(o, n1, n2), []Effect{syncTo("n1"), syncTo("n2")}},
-			{0, Receive{From: "n1", Frame: replaceOf(7)}, []Effect{AddSubs{"n1", subs(7)}}},
+			{0, Receive{From: "n1", Frame: replaceOf(7)}, []Effect{AddSubs{"n1", subs(7), false}}},
 			{takeoverWait - time.Millisecond, nil, nil},
 			{takeoverWait, nil, []Effect{StartReader{}}},
 		}},
 		{"a member that leaves during the takeover wait is not waited for", config("o"), []step{
 			{0, members(o, n1, n2), []Effect{syncTo("n1"), syncTo("n2")}},
-			{0, Receive{From: "n1", Frame: replaceOf(7)}, []Effect{AddSubs{"n1", subs(7)}}},
+			{0, Receive{From: "n1", Frame: replaceOf(7)}, []Effect{AddSubs{"n1", subs(7), false}}},
 			{time.Second, members(o, n1, draining(n2)), nil},
 			{time.Second, members(o, n1), []Effect{StartReader{}}},
 		}},
 		{"the next owner after a crash takes the slot over", config("p"), []step{
 			{0, members(o, p, n1), []Effect{sendTo("o", replaceOf())}},
 			{time.Second, members(p, n1), []Effect{syncTo("n1")}},
-			{time.Second, Receive{From: "n1", Frame: replaceOf(7)}, []Effect{AddSubs{"n1", subs(7)}, StartReader{TakeOver: true}}},
+			{time.Second, Receive{From: "n1", Frame: replaceOf(7)}, []Effect{AddSubs{"n1", subs(7), false}, StartReader{TakeOver: true}}},
 		}},
 		{"the next owner after a draining owner does not take the slot over", config("p"), []step{
 			{0, members(o, p), []Effect{sendTo("o", replaceOf())}},

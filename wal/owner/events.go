@@ -185,10 +185,14 @@ type StopReader struct{ Gen int }
 type RouteMore struct{ Gen int }
 
 // AddSubs adds subscriptions of Node to the matcher (replacing those with
-// their IDs); RemoveSubs removes some.
+// their IDs); RemoveSubs removes some. Fresh says they are new (not a
+// node's whole set sent again to a new owner): they get only the changes
+// after the history's head as it is when they are added, so that a
+// transaction read before they were is not delivered to them in part.
 type AddSubs struct {
-	Node string
-	Subs []meshproto.Sub
+	Node  string
+	Subs  []meshproto.Sub
+	Fresh bool
 }
 
 // RemoveSubs removes subscriptions from the matcher.

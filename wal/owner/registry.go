@@ -43,7 +43,7 @@ func (c *Core) onRegister(from string, f *meshproto.SubRegister, refused []uint6
 		ids = append(ids, s.ID)
 	}
 	if len(ids) > 0 {
-		c.emit(AddSubs{Node: from, Subs: f.Subs})
+		c.emit(AddSubs{Node: from, Subs: f.Subs, Fresh: !f.Replace})
 	}
 	if f.Replace {
 		c.back(from, len(ids) > 0) // once its subscriptions are in the matcher

@@ -40,24 +40,24 @@ func TestRegistration(t *testing.T) {
 		}},
 		{"the owner holds acknowledgements until its reader streams", config("o"), []step{
 			{0, members(o, n1), []Effect{syncTo("n1")}},
-			{0, Receive{From: "n1", Frame: replaceOf(1)}, []Effect{AddSubs{"n1", subs(1)}, StartReader{}}},
-			{0, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Subs: subs(2)}}, []Effect{AddSubs{"n1", subs(2)}}},
+			{0, Receive{From: "n1", Frame: replaceOf(1)}, []Effect{AddSubs{"n1", subs(1), false}, StartReader{}}},
+			{0, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Subs: subs(2)}}, []Effect{AddSubs{"n1", subs(2), true}}},
 			{time.Second, Streaming{Gen: 0}, []Effect{ackTo("n1", 1, 2)}},
-			{time.Second, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Subs: subs(3)}}, []Effect{AddSubs{"n1", subs(3)}, ackTo("n1", 3)}},
+			{time.Second, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Subs: subs(3)}}, []Effect{AddSubs{"n1", subs(3), true}, ackTo("n1", 3)}},
 		}},
 		{"a subscription the caller could not take is refused, the others kept", config("o"), with(reading(),
 			step{0, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Subs: subs(3, 4)}, Refused: []uint64{3}},
-				[]Effect{sendTo("n1", &meshproto.SubAck{DB: "db", IDs: []uint64{3}, Err: refusedText}), AddSubs{"n1", subs(4)}, ackTo("n1", 4)}},
+				[]Effect{sendTo("n1", &meshproto.SubAck{DB: "db", IDs: []uint64{3}, Err: refusedText}), AddSubs{"n1", subs(4), true}, ackTo("n1", 4)}},
 		)},
 		{"a Replace set replaces, an Unregister removes", config("o"), with(reading(),
-			step{0, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Subs: subs(3, 4)}}, []Effect{AddSubs{"n1", subs(3, 4)}, ackTo("n1", 3, 4)}},
-			step{0, Receive{From: "n1", Frame: replaceOf(4, 5)}, []Effect{RemoveSubs{IDs: []uint64{1, 3}}, AddSubs{"n1", subs(4, 5)}, ackTo("n1", 4, 5)}},
+			step{0, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Subs: subs(3, 4)}}, []Effect{AddSubs{"n1", subs(3, 4), true}, ackTo("n1", 3, 4)}},
+			step{0, Receive{From: "n1", Frame: replaceOf(4, 5)}, []Effect{RemoveSubs{IDs: []uint64{1, 3}}, AddSubs{"n1", subs(4, 5), false}, ackTo("n1", 4, 5)}},
 			step{0, Receive{From: "n1", Frame: &meshproto.SubUnregister{DB: "db", IDs: []uint64{5, 99}}}, []Effect{RemoveSubs{IDs: []uint64{5}}}},
 		)},
 		{"a Replace set in parts counts once whole; a lost part voids it", config("o"), with(reading(),
 			step{0, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Replace: true, More: true, Subs: subs(3)}}, nil},
 			step{0, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Replace: true, Part: 1, Subs: subs(4)}},
-				[]Effect{RemoveSubs{IDs: []uint64{1}}, AddSubs{"n1", subs(3, 4)}, ackTo("n1", 3, 4)}},
+				[]Effect{RemoveSubs{IDs: []uint64{1}}, AddSubs{"n1", subs(3, 4), false}, ackTo("n1", 3, 4)}},
 			step{0, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Replace: true, More: true, Subs: subs(5)}}, nil},
 			step{0, Receive{From: "n1", Frame: &meshproto.SubRegister{DB: "db", Replace: true, Part: 2, Subs: subs(6)}}, nil},
 		)},
@@ -93,7 +93,7 @@ func TestFailoverReregistration(t *testing.T) {
 	play(t, next, []step{
 		{0, members(o, p, n1), []Effect{sendTo("o", replaceOf())}},
 		{time.Second, members(p, n1), []Effect{syncTo("n1")}},
-		{time.Second, Receive{From: "n1", Frame: replaceOf(2)}, []Effect{AddSubs{"n1", subs(2)}, StartReader{TakeOver: true}}},
+		{time.Second, Receive{From: "n1", Frame: replaceOf(2)}, []Effect{AddSubs{"n1", subs(2), false}, StartReader{TakeOver: true}}},
 		{time.Second, Streaming{Gen: 0}, []Effect{ackTo("n1", 2)}},
 	})
 }
@@ -128,7 +128,7 @@ func TestConfirmation(t *testing.T) {
 			step{0, ack("n1", 200, 0), nil},
 			step{time.Second, members(o, n1), []Effect{RemoveSubs{IDs: []uint64{2}}}},
 			step{2 * time.Second, members(o, n1, n2), []Effect{syncTo("n2")}}, // asked for its set
-			step{2 * time.Second, Receive{From: "n2", Frame: replaceOf(2)}, []Effect{AddSubs{"n2", subs(2)}, StopReader{Gen: 0}, ackTo("n2", 2)}},
+			step{2 * time.Second, Receive{From: "n2", Frame: replaceOf(2)}, []Effect{AddSubs{"n2", subs(2), false}, StopReader{Gen: 0}, ackTo("n2", 2)}},
 			step{2 * time.Second, ReaderStopped{Gen: 0}, []Effect{StartReader{Gen: 1}}},
 			step{2 * time.Second, Routed{Gen: 0, Items: []Item{commit(400)}}, nil}, // the stopped run's
 			step{2 * time.Second, Routed{Gen: 1, Items: []Item{b, commit(100), commit(300)}}, []Effect{goes(b), RouteMore{Gen: 1}}},
@@ -152,7 +152,7 @@ func TestConfirmation(t *testing.T) {
 		)},
 		{"a late member with subscriptions makes the reader read again", with(reading(), routed,
 			step{0, members(o, n1, n2, n3), []Effect{syncTo("n3")}},
-			step{time.Second, Receive{From: "n3", Frame: replaceOf(9)}, []Effect{AddSubs{"n3", subs(9)}, StopReader{Gen: 0}, ackTo("n3", 9)}},
+			step{time.Second, Receive{From: "n3", Frame: replaceOf(9)}, []Effect{AddSubs{"n3", subs(9), false}, StopReader{Gen: 0}, ackTo("n3", 9)}},
 		)},
 		{"the reader's forced confirmation supersedes what it covers", with(reading(), routed,
 			step{0, members(o, n1), []Effect{RemoveSubs{IDs: []uint64{2}}}}, // n2 absent
@@ -190,7 +190,7 @@ func TestWindows(t *testing.T) {
 		{"this node's changes go at once; the router waits until they are delivered", []step{
 			{0, members(o), nil},
 			{0, Subscribe{Call: 1, Subs: subs(5)}, nil},
-			{settleWait, nil, []Effect{AddSubs{"o", subs(5)}, StartReader{}}},
+			{settleWait, nil, []Effect{AddSubs{"o", subs(5), false}, StartReader{}}},
 			{settleWait, Streaming{}, []Effect{Subscribed{Call: 1}}},
 			{settleWait, Routed{Items: []Item{l1, l2, commit(100)}}, []Effect{delivered(l1), delivered(l2)}},
 			{settleWait, Delivered{From: "o", Pos: l1.Pos}, nil},
