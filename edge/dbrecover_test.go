@@ -75,12 +75,12 @@ func (f *fakeDBStream) ask(t *testing.T) dbAsk {
 	return dbAsk{}
 }
 
-func pos(lsn uint64) wal.Pos { return wal.Pos{LSN: wal.LSN(lsn), Seq: 1} }
+func dbPos(lsn uint64) wal.Pos { return wal.Pos{LSN: wal.LSN(lsn), Seq: 1} }
 
 // posMsg is a database broadcast of the private topic at LSN lsn.
 func posMsg(topic string, lsn uint64) *dbcast.Message {
 	m := dbMsg(topic, fmt.Sprintf("m%X", lsn))
-	m.Pos = pos(lsn)
+	m.Pos = dbPos(lsn)
 	return m
 }
 
@@ -100,19 +100,19 @@ func dbSeen(fs []wsFrame) string {
 // read back, then what arrived live meanwhile past it), each once, oldest
 // first, with meta.pos; then live rows, none at or before the seam.
 func TestDBRecoveryThenLive(t *testing.T) {
-	f := newFakeDBStream(pos(0x10))
+	f := newFakeDBStream(dbPos(0x10))
 	ts := startServer(t, withRecovery)
 	ts.SetDBStream(f)
 	c := ts.connect(t)
 	c.write(joinFrame("1", "realtime:r", `{"private":true,"recover":{"broadcast":{"db":"0/10:1"}}}`))
 	ask := f.ask(t)
-	if ask.topic != "r" || !ask.private || ask.after != pos(0x10) || ask.atLeast != pos(0x10) {
+	if ask.topic != "r" || !ask.private || ask.after != dbPos(0x10) || ask.atLeast != dbPos(0x10) {
 		t.Fatalf("asked %+v, want the private topic r after 0/10:1, at least through the head 0/10:1", ask)
 	}
 	// While the stream is read: a row it also returns, and a newer one.
 	f.deliver(ts, posMsg("r", 0x30))
 	f.deliver(ts, posMsg("r", 0x40))
-	f.answer <- dbAnswer{msgs: []dbcast.Message{*posMsg("r", 0x20), *posMsg("r", 0x30)}, through: pos(0x30)}
+	f.answer <- dbAnswer{msgs: []dbcast.Message{*posMsg("r", 0x20), *posMsg("r", 0x30)}, through: dbPos(0x30)}
 	var reply wsFrame
 	c.until("the join reply", func(fr wsFrame) bool { reply = fr; return isReplyTo("1")(fr) })
 	if got := jsonField(reply.Payload, "response.recovered"); got != "true" {
@@ -131,7 +131,7 @@ func TestDBRecoveryThenLive(t *testing.T) {
 // TestDBSeamWithoutRecovery: a join that does not ask gets the stream's
 // head as its seam and only rows after it.
 func TestDBSeamWithoutRecovery(t *testing.T) {
-	f := newFakeDBStream(pos(0x10))
+	f := newFakeDBStream(dbPos(0x10))
 	ts := startServer(t, withRecovery)
 	ts.SetDBStream(f)
 	c := ts.connect(t)
@@ -155,7 +155,7 @@ func TestDBSeamWithoutRecovery(t *testing.T) {
 // and the broadcast extension's system error; live rows then flow from
 // the seam.
 func TestDBRecoveryFailures(t *testing.T) {
-	f := newFakeDBStream(pos(0x10))
+	f := newFakeDBStream(dbPos(0x10))
 	ts := startServer(t, withRecovery)
 	ts.SetDBStream(f)
 	for i, tc := range []struct {
@@ -205,7 +205,7 @@ func checkDBFailure(t *testing.T, c *wsClient, what, reason string) {
 // the db stream gets the replayed rows recovery does not send first (they
 // are older), then the recovered ones, each once.
 func TestDBRecoveryWithReplay(t *testing.T) {
-	f := newFakeDBStream(pos(0x10))
+	f := newFakeDBStream(dbPos(0x10))
 	r := &fakeReplay{asked: make(chan replayAsk, 1), answer: make(chan replayAnswer, 1)}
 	ts := startServer(t, withRecovery)
 	ts.SetDBStream(f)
@@ -215,7 +215,7 @@ func TestDBRecoveryWithReplay(t *testing.T) {
 	<-r.asked
 	r.answer <- replayAnswer{msgs: []dbcast.Message{*dbMsg("r", "m8"), *dbMsg("r", "m20")}} // rows as SQL reads them: no position
 	f.ask(t)
-	f.answer <- dbAnswer{msgs: []dbcast.Message{*posMsg("r", 0x20), *posMsg("r", 0x30)}, through: pos(0x30)}
+	f.answer <- dbAnswer{msgs: []dbcast.Message{*posMsg("r", 0x20), *posMsg("r", 0x30)}, through: dbPos(0x30)}
 	c.until("the join reply", isReplyTo("1"))
 	if got, want := dbSeen(c.barrier()), "m8@ m20@db:0/20:1 m30@db:0/30:1"; got != want {
 		t.Fatalf("got %s\nwant %s", got, want)
