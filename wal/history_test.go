@@ -67,3 +67,25 @@ func TestChangeStoreGaps(t *testing.T) {
 		t.Errorf("ackHead = %v, want the session's floor", got)
 	}
 }
+
+// A change read before a subscription was added reaches it only along
+// with one that was there (what the reader's Keep did).
+func TestFreshOnly(t *testing.T) {
+	p := Pos{LSN: 10, Seq: 2}
+	old := &Subscription{ID: 1, from: Pos{LSN: 5}}
+	fresh := &Subscription{ID: 2, from: caughtUp(10)}
+	later := &Subscription{ID: 3, from: Pos{LSN: 10, Seq: 1}}
+	for _, tc := range []struct {
+		subs []*Subscription
+		want []uint64
+	}{
+		{[]*Subscription{fresh}, nil},
+		{[]*Subscription{old, fresh}, []uint64{1, 2}},
+		{[]*Subscription{fresh, later}, []uint64{2, 3}},
+		{[]*Subscription{later}, []uint64{3}},
+	} {
+		if got := ids(freshOnly(slices.Clone(tc.subs), p)); !slices.Equal(got, tc.want) {
+			t.Errorf("freshOnly(%v) = %v, want %v", ids(tc.subs), got, tc.want)
+		}
+	}
+}

@@ -29,8 +29,10 @@ type Subscription struct {
 	Role, Claims string
 
 	// from, on the owner, is the history's head when a new subscription
-	// was added (owner.AddSubs.Fresh): the router routes it only later
-	// changes. Set before Add, never after.
+	// was added (owner.AddSubs.Fresh), raised to the end of the
+	// transactions read by then: a change at or before it that only such
+	// subscriptions match is not routed (freshOnly). Set before Add,
+	// never after.
 	from Pos
 }
 

@@ -3,7 +3,6 @@ package wal
 import (
 	"context"
 	"errors"
-	"slices"
 
 	"github.com/meshcast/meshcast/wal/owner"
 	"github.com/meshcast/meshcast/wire/meshproto"
@@ -250,11 +249,7 @@ func (r *chunkRouter) flush() bool {
 	matched := make([][]*Subscription, len(r.changes))
 	hit := false
 	for i, c := range r.changes {
-		matched[i] = s.matcher.Match(c, nil)
-		if len(matched[i]) > 0 {
-			p := c.Pos()
-			matched[i] = slices.DeleteFunc(matched[i], func(sub *Subscription) bool { return !sub.from.Before(p) })
-		}
+		matched[i] = freshOnly(s.matcher.Match(c, nil), c.Pos())
 		hit = hit || len(matched[i]) > 0
 	}
 	if hit && s.cfg.Authorize != nil {
@@ -285,6 +280,20 @@ func (r *chunkRouter) flush() bool {
 	case <-r.ctx.Done():
 		return false
 	}
+}
+
+// freshOnly drops the matches of a change read before they were all
+// added (Subscription.from): what the reader's Keep did before the
+// history kept every change. A change that also matches a subscription
+// that was there when it was read goes to all it matches, the new ones
+// too (a token refresh's subscriptions replace the old ones meanwhile).
+func freshOnly(subs []*Subscription, p Pos) []*Subscription {
+	for _, sub := range subs {
+		if sub.from.Before(p) {
+			return subs
+		}
+	}
+	return subs[:0]
 }
 
 // route appends a change's items: one per node its matched subscriptions

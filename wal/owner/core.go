@@ -46,6 +46,9 @@
 //     once: one at or before the last delivered (the unconfirmed tail
 //     read again) is dropped as a repeat. A node acknowledges to each
 //     owner what it delivered, gathered for Config.AckDelay.
+//   - History (Config.RecoveryWindow): the owner's account of the changes
+//     it keeps for recovery, what the slot may confirm meanwhile (Hold),
+//     eviction, and recovery requests waiting for it (history.go).
 //   - Resync: a new or reconnected peer, or one whose frames were lost,
 //     gets on the control lane this node's whole set if it is the owner,
 //     a SubSync if this owner still waits for its set, and the last

@@ -186,9 +186,10 @@ type RouteMore struct{ Gen int }
 
 // AddSubs adds subscriptions of Node to the matcher (replacing those with
 // their IDs); RemoveSubs removes some. Fresh says they are new (not a
-// node's whole set sent again to a new owner): they get only the changes
-// after the history's head as it is when they are added, so that a
-// transaction read before they were is not delivered to them in part.
+// node's whole set sent again to a new owner): a change read before they
+// were added reaches them only if a subscription that was there matches
+// it too, so that a transaction read before a join is not delivered to
+// it in part.
 type AddSubs struct {
 	Node  string
 	Subs  []meshproto.Sub
