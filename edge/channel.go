@@ -42,6 +42,11 @@ type channel struct {
 	recover    map[uint64]uint64
 	recoverErr error
 	floors     map[uint64]uint64
+	// db is the join's part of the database's stream (nil: no positions
+	// or no stream); dbFloor, set at the join under t.mu, is the position
+	// at or before which live database broadcasts are before its seam.
+	db      *dbJoin
+	dbFloor wal.Pos
 
 	// pgAfter is the change position the join asked to recover its
 	// postgres_changes from (pgAsked; pgBad when it could not be read).
@@ -233,6 +238,7 @@ func (c *conn) newChannel(plan *joinPlan, joinRef string) *channel {
 			ch.pgAsked = true
 			ch.pgAfter, ch.pgBad = parseChangePos(pos)
 		}
+		ch.db = c.srv.newDBJoin(vec)
 	}
 	return ch
 }
@@ -264,6 +270,7 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 			return c.carryOut(refuseReplayFailed, m, nil)
 		}
 	}
+	c.recoverDB(ch, t) // the db stream, when the join asks: c.mu let go meanwhile
 	w := c.gather(ch, ready, changes, held)
 	c.channels[m.Topic] = ch
 	s.channels.Add(1)
@@ -292,9 +299,7 @@ func (c *conn) enter(ch *channel, m *phx.Message, changes []json.RawMessage) boo
 		if !pg.ok() {
 			c.send(ch.joinRef, "", m.Topic, "system", systemPayload("postgres_changes", "error", "recovery failed: "+pg.reason, ch.name))
 		}
-		if captured != nil {
-			ch.sendReplayLocked(t, replayed, captured)
-		}
+		ch.sendDBLocked(t, replayed, captured) // replay, then the database rows recovered
 	})
 	if w.pg.held {
 		s.drainChanges(ch) // what the seam holds, after the reply

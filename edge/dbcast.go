@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshcast/meshcast/wal"
 	"github.com/meshcast/meshcast/wal/dbcast"
 	"github.com/meshcast/meshcast/wire/phx"
 )
@@ -36,15 +37,15 @@ func (s *Server) DeliverDB(m *dbcast.Message) int {
 	if t == nil {
 		return 0
 	}
-	out := dbOut(m, false)
+	out := dbOut(m, false, s.rec != nil)
 	var n deliveries
 	t.mu.RLock()
 	for _, c := range t.captures {
 		c.add(m)
 	}
 	for _, ch := range t.subs {
-		if _, dup := ch.replayed[m.ID]; dup {
-			continue
+		if _, dup := ch.replayed[m.ID]; dup || !ch.dbFloor.Before(m.Pos) && !m.Pos.IsZero() {
+			continue // replayed, or at or before the seam of its join
 		}
 		if ch.deliver(out) {
 			n[ch.conn.kind]++
@@ -55,18 +56,29 @@ func (s *Server) DeliverDB(m *dbcast.Message) int {
 	return n.total()
 }
 
-// dbOut is the broadcast of a row.
-func dbOut(m *dbcast.Message, replayed bool) *outMsg {
-	out := &outMsg{topic: topicPrefix + m.Topic, event: m.Event, data: m.Payload, meta: dbMeta(m.ID, replayed), enc: phx.EncJSON}
+// dbOut is the broadcast of a row; positioned when recovery is on.
+func dbOut(m *dbcast.Message, replayed, positioned bool) *outMsg {
+	var pos wal.Pos
+	if positioned {
+		pos = m.Pos
+	}
+	out := &outMsg{topic: topicPrefix + m.Topic, event: m.Event, data: m.Payload, meta: dbMeta(m.ID, replayed, pos), enc: phx.EncJSON}
 	if m.Binary {
 		out.enc, out.binary = phx.EncBytes, true
 	}
 	return out
 }
 
-// dbMeta is the meta object of a database broadcast.
-func dbMeta(id string, replayed bool) []byte {
+// dbMeta is the meta object of a database broadcast: its position in the
+// database's stream first, as the positions of other streams are (none
+// when pos is zero: recovery off, or a replayed row), then Supabase's.
+func dbMeta(id string, replayed bool, pos wal.Pos) []byte {
 	b := []byte(`{`)
+	if !pos.IsZero() {
+		b = append(b, `"pos":"db:`...)
+		b = append(b, pos.String()...)
+		b = append(b, `",`...)
+	}
 	if replayed {
 		b = append(b, `"replayed":true,`...)
 	}
@@ -142,6 +154,9 @@ func integer(raw json.RawMessage) (int64, bool) {
 type capture struct {
 	mu   sync.Mutex
 	msgs []dbcast.Message
+	// overflow: more arrived than maxCaptured (a recovery that relies on
+	// the capture fails).
+	overflow bool
 }
 
 // maxCaptured bounds what one capture holds: a topic busier than that
@@ -153,6 +168,8 @@ func (c *capture) add(m *dbcast.Message) {
 	c.mu.Lock()
 	if len(c.msgs) < maxCaptured {
 		c.msgs = append(c.msgs, *m)
+	} else {
+		c.overflow = true
 	}
 	c.mu.Unlock()
 }
@@ -200,7 +217,7 @@ func (ch *channel) sendReplayLocked(t *topic, msgs []dbcast.Message, c *capture)
 	}
 	for i := range msgs {
 		ch.replayed[msgs[i].ID] = struct{}{}
-		ch.deliver(dbOut(&msgs[i], true))
+		ch.deliver(dbOut(&msgs[i], true, false))
 	}
 	c.mu.Lock()
 	captured := c.msgs
@@ -208,7 +225,7 @@ func (ch *channel) sendReplayLocked(t *topic, msgs []dbcast.Message, c *capture)
 	c.mu.Unlock()
 	for i := range captured {
 		if _, dup := ch.replayed[captured[i].ID]; !dup {
-			ch.deliver(dbOut(&captured[i], false))
+			ch.deliver(dbOut(&captured[i], false, ch.conn.srv.rec != nil))
 		}
 	}
 }

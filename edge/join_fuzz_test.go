@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshcast/meshcast/edge/history"
 	"github.com/meshcast/meshcast/mesh/presence"
 	"github.com/meshcast/meshcast/wal"
 	"github.com/meshcast/meshcast/wire/phx"
@@ -65,6 +66,23 @@ func FuzzJoinConfig(f *testing.F) {
 			_ = subKey(sub)
 			bindings[i].sub = sub
 		}
+		// The recover vector, its "db" entry, and the reply's positions.
+		vec := p.Config.Recover.Broadcast
+		if len(vec) == 0 {
+			vec = p.Config.Broadcast.Recover
+		}
+		v, _ := history.ParseVector(vec)
+		db, err := parseDBEntry(vec)
+		if db != nil && err != nil {
+			t.Fatalf("db entry %s: %v and %v", vec, db, err)
+		}
+		jp := joinPositions{broadcast: v, asked: true, ok: err == nil}
+		if db != nil {
+			jp.db = db.String()
+		}
+		if pos := appendJoinPositions(joinOK, jp); !json.Valid(pos) {
+			t.Fatalf("positions %s are not JSON", pos)
+		}
 		reply := joinReplyChanges(bindings)
 		var r struct {
 			PostgresChanges []map[string]json.RawMessage `json:"postgres_changes"`
@@ -90,6 +108,7 @@ var joinPayloadSeeds = []string{
 	`{"config":{"postgres_changes":[ { "event" : "*" , "schema" : "public" } ]}}`,
 	`{"config":{"postgres_changes":[{"event":"*","schema":"public"}],"recover":{"broadcast":{"00000000000000ab":3},"postgres_changes":"0/16B3748:3"}}}`,
 	`{"config":{"postgres_changes":[{"event":"*","schema":"public"}],"postgres_changes_options":{"recover":"1/0:0"},"recover":{"postgres_changes":42}}}`,
+	`{"config":{"private":true,"recover":{"broadcast":{"00000000000000aa":3,"db":"0/16B3748:3"}},"broadcast":{"recover":{"db":"16/B374D848:0"}}}}`,
 }
 
 // FuzzPresenceTrack takes a presence push as a track does: a payload that

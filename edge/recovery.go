@@ -360,12 +360,18 @@ func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]histor
 	r := s.rec
 	p := r.plan(ch.key.meshTopic(), ch.recover, fetched)
 	ch.floors = p.Floors
-	asked := ch.recover != nil || ch.recoverErr != nil
+	db := s.dbSeamLocked(ch) // the database's stream ("db")
+	asked := ch.recover != nil || ch.recoverErr != nil || db.asked
 	reason := p.Failed
 	if ch.recoverErr != nil {
 		reason = ch.recoverErr.Error()
 	}
-	jp := joinPositions{broadcast: p.Positions, asked: asked || pg.asked, ok: reason == "" && pg.ok()}
+	if db.failed != "" && reason == "" {
+		reason = db.failed
+	} else if db.failed != "" {
+		reason += "; " + db.failed
+	}
+	jp := joinPositions{broadcast: p.Positions, db: db.entry(reason == ""), asked: asked || pg.asked, ok: reason == "" && pg.ok()}
 	if asked {
 		jp.each = append(jp.each, extRecovery{"broadcast", reason == ""})
 	}
@@ -385,6 +391,9 @@ func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]histor
 		return out, nil, "recovery failed: " + reason
 	}
 	r.m.ok.Inc()
+	if ch.db != nil {
+		ch.db.send = db.asked // its rows go out after the replay (sendDBLocked)
+	}
 	resend = make([]*outMsg, len(p.Send))
 	for i, m := range p.Send {
 		resend[i] = &outMsg{topic: m.topic, event: m.event, meta: m.meta, enc: m.enc, data: m.data, binary: m.binary,
@@ -399,6 +408,7 @@ func (s *Server) joinSeam(ch *channel, reply []byte, fetched map[uint64][]histor
 // every missed message of all of them follows.
 type joinPositions struct {
 	broadcast map[uint64]uint64
+	db        string // the database's stream's seam ("" without it)
 	// changes is the postgres_changes seam (a change position), "" when
 	// there is none to give (no binding subscribed).
 	changes   string
@@ -417,10 +427,13 @@ type extRecovery struct {
 // appendJoinPositions adds to a join reply (a JSON object) its
 // "positions" and, when recovery was asked for, "recovered".
 func appendJoinPositions(reply []byte, jp joinPositions) []byte {
-	out := make([]byte, 0, len(reply)+64+28*len(jp.broadcast)+len(jp.changes))
+	out := make([]byte, 0, len(reply)+64+28*len(jp.broadcast)+len(jp.changes)+len(jp.db))
 	out = append(out, reply[:len(reply)-1]...)
 	out = append(out, `,"positions":{"broadcast":`...)
 	out = history.AppendVector(out, jp.broadcast)
+	if jp.db != "" {
+		out = appendDBEntry(out, jp.db)
+	}
 	if jp.changes != "" {
 		out = append(out, `,"postgres_changes":`...)
 		out = phx.AppendString(out, jp.changes)

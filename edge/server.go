@@ -79,6 +79,7 @@ type Server struct {
 
 	changes    ChangeStream    // nil without a database
 	replay     ReplaySource    // nil without a database: replay is refused
+	dbStream   DBStream        // nil without a database: the "db" stream is not recovered
 	validator  ChangeValidator // nil: bindings are checked by the owner only
 	changeSubs *changeSubs
 

@@ -82,7 +82,9 @@ export class MeshcastChannel {
      * recovery): from the join reply's `positions.broadcast` and every message's
      * `meta.pos`. Sent as `config.recover.broadcast` on every rejoin. null until
      * a server that keeps positions answers a join.
-     * @type {Record<string, number> | null}
+     * The database's stream is `db`, a change position ("0/16B3748:3"),
+     * from database broadcasts' `meta.pos` "db:<position>".
+     * @type {Record<string, number | string> | null}
      */
     this.positions = null
     /**
@@ -272,6 +274,11 @@ export class MeshcastChannel {
     const recovered = each('broadcast') === true
     const held = {}
     for (const [epoch, offset] of Object.entries(pos)) {
+      if (epoch === 'db') {
+        // The database's stream: a change position, not an offset.
+        if (typeof offset === 'string') held.db = recovered && typeof asked.db === 'string' ? asked.db : offset
+        continue
+      }
       held[epoch] = recovered ? Number(asked[epoch] ?? 0) : Number(offset)
     }
     this.positions = held
@@ -303,6 +310,7 @@ export class MeshcastChannel {
     const pos = payload?.meta?.pos
     if (typeof pos !== 'string' || this.positions === null) return true
     if (this.state !== CHANNEL_STATES.joined) return false
+    if (pos.startsWith('db:')) return this._noteDBPosition(pos.slice(3))
     const i = pos.indexOf(':')
     const epoch = pos.slice(0, i)
     const offset = Number(pos.slice(i + 1))
@@ -317,6 +325,20 @@ export class MeshcastChannel {
       return false
     }
     this.positions[epoch] = offset
+    return true
+  }
+
+  /**
+   * Raises the database stream's position ("db") by a database broadcast's
+   * meta.pos "db:<LSN>:<seq>". Its positions are not contiguous: a gap
+   * cannot be seen, only a repeat (at or before the position held).
+   */
+  _noteDBPosition(pos) {
+    if (comparePos(pos, pos) === null) return true // not a position: deliver it, keep the one held
+    const held = this.positions.db
+    const c = typeof held === 'string' ? comparePos(pos, held) : null
+    if (c !== null && c <= 0) return false
+    this.positions.db = pos
     return true
   }
 
@@ -648,3 +670,4 @@ function samePgFilter(a, b) {
   const same = (x, y) => (x ?? undefined) === (y ?? undefined)
   return a?.event === b?.event && same(a?.schema, b?.schema) && same(a?.table, b?.table) && same(a?.filter, b?.filter) && (a?.select?.join() ?? undefined) === (b?.select?.join() ?? undefined)
 }
+

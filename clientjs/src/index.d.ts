@@ -77,7 +77,7 @@ export interface ChannelConfig {
   private?: boolean
   postgres_changes_options?: { wait?: boolean; timeout?: number }
   /** meshcast recovery: positions to recover from on the first join (the client sends its own on every rejoin). */
-  recover?: { broadcast?: Record<string, number>; postgres_changes?: string }
+  recover?: { broadcast?: Record<string, number | string>; postgres_changes?: string }
 }
 
 export interface ChannelOptions {
@@ -146,8 +146,8 @@ export class MeshcastChannel {
   readonly client: MeshcastClient
   readonly params: { config: ChannelConfig }
   readonly private: boolean
-  /** Broadcast positions this channel holds, `{epoch: offset}`; sent as `config.recover.broadcast` on every rejoin. null until a server with recovery answers. */
-  readonly positions: Record<string, number> | null
+  /** Broadcast positions this channel holds, `{epoch: offset}`, and `db`: the database's stream's change position (a string); sent as `config.recover.broadcast` on every rejoin. null until a server with recovery answers. */
+  readonly positions: Record<string, number | string> | null
   /** The postgres_changes position this channel holds, `"<LSN>:<seq>"`; sent as `config.recover.postgres_changes` on every rejoin. null until a server with recovery answers a join with bindings. */
   readonly changesPosition: string | null
   /** The last join's answer to recovery (broadcasts and changes): true, false (something was missed; a `system` event says why), undefined when not asked. */

@@ -357,6 +357,38 @@ describe('recovery positions', () => {
     assert.equal(comparePos('x', '0/A0:5'), null)
   })
 
+  it('tracks the database stream ("db") by change position, sends it on rejoin, drops repeats', () => {
+    const c = new MeshcastClient('http://127.0.0.1:1/realtime/v1', { apikey: 'k', WebSocket })
+    const ch = new MeshcastChannel('room1', {}, c)
+    const got = []
+    ch.on('broadcast', { event: '*' }, (m) => got.push(m.payload.n))
+    const db = (pos, n) => ({ type: 'broadcast', event: 'e', payload: { n }, meta: { pos: `db:${pos}`, id: `id-${n}` } })
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E1]: 2, db: '0/FF:0' } } })
+    assert.deepEqual(ch.positions, { [E1]: 2, db: '0/FF:0' })
+    // A row at the seam is before it; positions compare as numbers (1/0 > 0/FFFFFFFF), then by sequence.
+    for (const [pos, n] of [['0/FF:0', 'seam'], ['0/100:0', 1], ['0/100:1', 2], ['0/FFFFFFFF:9', 3], ['1/0:0', 4], ['0/FFFFFFFF:10', 'old']]) {
+      ch._trigger('broadcast', db(pos, n), null)
+    }
+    assert.deepEqual(got, [1, 2, 3, 4])
+    assert.deepEqual(ch._joinPayload().config.recover, { broadcast: { [E1]: 2, db: '1/0:0' } })
+    // A recovery holds the asked position until the rows come; a failure takes the reply's.
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E1]: 2, db: '1/20:0' } }, recovered: true })
+    assert.equal(ch.positions.db, '1/0:0')
+    ch._trigger('broadcast', db('1/10:0', 5), null)
+    assert.deepEqual(got, [1, 2, 3, 4, 5])
+    ch._joinPayload()
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E1]: 2, db: '1/30:0' } }, recovered: false })
+    assert.equal(ch.positions.db, '1/30:0')
+    // Broadcast recovered though another extension did not: its rows follow.
+    ch._joinPayload()
+    ch.state = 'joining'
+    ch._onJoinOk({ postgres_changes: [], positions: { broadcast: { [E1]: 2, db: '1/40:0' } }, recovered: false, recovery: { broadcast: true, postgres_changes: false } })
+    assert.equal(ch.positions.db, '1/30:0')
+  })
+
   it('a hole in a held stream rejoins instead of delivering; own self:false sends are no hole', () => {
     const c = new MeshcastClient('http://127.0.0.1:1/realtime/v1', { apikey: 'k', WebSocket })
     const ch = new MeshcastChannel('room1', {}, c)

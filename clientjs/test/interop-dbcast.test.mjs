@@ -8,7 +8,8 @@ import { after, afterEach, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { Clients, nowSeconds, signJWT, startServer, subscribed, waitFor } from './helpers.mjs'
 import { startPostgres } from './postgres.mjs'
-import { MeshcastClients, RecordingWebSocket, joined } from './clientjs-helpers.mjs'
+import { MeshcastClients, RecordingWebSocket, collect, joined, record } from './clientjs-helpers.mjs'
+import { startProxy } from './proxy.mjs'
 
 const JWT_SECRET = 'interop-dbcast-secret-with-at-least-32-characters'
 
@@ -111,8 +112,17 @@ describe('broadcasts from the database', () => {
     assert.equal(m.event, 'ev')
     assert.deepEqual(m.payload, r.payload)
     assert.equal(m.payload.id, m.meta.id) // realtime.send adds the row's id
-    assert.deepEqual(m.meta, { id: r.id })
+    assert.deepEqual(m.meta, { pos: m.meta.pos, id: r.id })
     assert.deepEqual(b.got[0], m)
+    // meta.pos is the row's place in the change stream: "db:" and its commit's LSN, as Postgres prints it.
+    const lsn = (s) => s.split('/').reduce((hi, lo) => (BigInt('0x' + hi) << 32n) | BigInt('0x' + lo))
+    const before = await pg.sql('SELECT pg_current_wal_lsn()')
+    await pg.sql(`SELECT realtime.send('{}', 'ev2', ${quote(name)}, false)`)
+    const after = await pg.sql('SELECT pg_current_wal_lsn()')
+    await waitFor(() => a.got.length === 2, 5000, 'the second send')
+    const pos = /^db:([0-9A-F]+\/[0-9A-F]+):\d+$/.exec(a.got[1].meta.pos)
+    assert.ok(pos, `meta.pos ${a.got[1].meta.pos}`)
+    assert.ok(lsn(before) < lsn(pos[1]) && lsn(pos[1]) <= lsn(after), `${pos[1]} within ${before}..${after}`)
   })
 
   it('delivers realtime.send_binary as bytes to v2 clients and never to v1', async () => {
@@ -128,6 +138,7 @@ describe('broadcasts from the database', () => {
     assert.deepEqual([...new Uint8Array(bin.payload)], [0x00, 0x01, 0x7f, 0x80, 0xff])
     const r = await row(bin.meta.id)
     assert.equal(r.binary_payload, '\\x00017f80ff')
+    assert.match(bin.meta.pos, /^db:[0-9A-F]+\/[0-9A-F]+:\d+$/, 'kind-4 meta carries the position too')
     assert.equal(marker.event, 'marker')
     assert.deepEqual(v1.got.map((m) => m.event), ['marker'])
   })
@@ -218,7 +229,7 @@ describe('replay', () => {
     // Live after the replay: once, without replayed.
     await sendAll(name, watcher, 33, 1)
     await waitFor(() => limited.got.length === 11, 5000, () => `limited ${limited.got.length}`)
-    assert.deepEqual(limited.got[10].meta, { id: limited.got[10].payload.id })
+    assert.deepEqual(limited.got[10].meta, { pos: limited.got[10].meta.pos, id: limited.got[10].payload.id })
     await new Promise((r) => setTimeout(r, 200))
     assert.equal(limited.got.length, 11)
   })
@@ -266,5 +277,84 @@ describe('replay', () => {
     assert.equal(await errs({ private: true, broadcast: { replay: { since: 1, limit: 1.5 } } }), 'UnableToReplayMessages: Replay params are not valid')
     // A non-member may not read the room: the join fails before any replay.
     assert.match(await errs({ private: true, broadcast: { replay: { since: 1 } } }), /^Unauthorized: /)
+  })
+})
+
+describe('recovery of the database stream ("db")', () => {
+  it('a private clientjs subscriber cut off three times while a trigger broadcasts rows gets every row once, in order', async () => {
+    const name = room()
+    const sub = await member(name)
+    await pg.sql(`CREATE TABLE IF NOT EXISTS dbrec_items (n int PRIMARY KEY, room text NOT NULL);
+      CREATE OR REPLACE FUNCTION dbrec_items_send() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN PERFORM realtime.send(jsonb_build_object('n', NEW.n), 'item', NEW.room, true); RETURN NULL; END $$;
+      CREATE OR REPLACE TRIGGER dbrec_items_send AFTER INSERT ON dbrec_items FOR EACH ROW EXECUTE FUNCTION dbrec_items_send();`)
+    const proxy = await startProxy(server.port)
+    const mc = new MeshcastClients(server)
+    try {
+      const c = mc.make({ apikey: token(sub), url: `${proxy.httpURL}/realtime/v1`, transports: ['websocket'], reconnectAfterMs: () => 100, rejoinAfterMs: () => 100 })
+      const ch = c.channel(name, { config: { private: true } })
+      const got = []
+      ch.on('broadcast', { event: 'item' }, (m) => got.push(m))
+      const statuses = []
+      ch.subscribe((s) => statuses.push(s))
+      await waitFor(() => statuses.includes('SUBSCRIBED'), 5000, 'joined')
+      assert.match(ch.positions.db, /^[0-9A-F]+\/[0-9A-F]+:\d+$/, 'the reply gives the db seam')
+
+      let n = 0
+      let writing = true
+      const writer = (async () => {
+        while (writing) {
+          await pg.sql(`INSERT INTO dbrec_items VALUES (${n}, ${quote(name)})`)
+          n++
+          await new Promise((r) => setTimeout(r, 20))
+        }
+      })()
+      const recovered = []
+      for (const outage of [1000, 2500, 1500]) {
+        const joins = statuses.filter((s) => s === 'SUBSCRIBED').length
+        await new Promise((r) => setTimeout(r, 400))
+        proxy.cut(outage)
+        await waitFor(() => statuses.filter((s) => s === 'SUBSCRIBED').length > joins, outage + 10000, () => `rejoin after ${outage} ms: ${statuses}`)
+        recovered.push(ch.recovered)
+      }
+      await new Promise((r) => setTimeout(r, 300))
+      writing = false
+      await writer
+      // The oracle: the room's rows of realtime.messages, in commit order.
+      const rows = await pg.json(`SELECT coalesce(json_agg(id::text ORDER BY (payload->>'n')::int), '[]') FROM realtime.messages WHERE topic = ${quote(name)} AND event = 'item'`)
+      assert.equal(rows.length, n)
+      await waitFor(() => got.length >= n, 15000, () => `${n} rows, have ${got.length}`)
+      await new Promise((r) => setTimeout(r, 200)) // a duplicate would be right behind
+      assert.deepEqual(recovered, [true, true, true])
+      assert.deepEqual(got.map((m) => m.payload.n), [...Array(n).keys()], 'every row once, in order')
+      assert.deepEqual(got.map((m) => m.meta.id), rows)
+    } finally {
+      await mc.closeAll()
+      await proxy.close()
+    }
+  })
+
+  it("a position older than the change stream's history is an explicit failure, then live", async () => {
+    const name = room()
+    const sub = await member(name)
+    const mc = new MeshcastClients(server)
+    try {
+      const ch = mc.make({ apikey: token(sub) }).channel(name, { config: { private: true, recover: { broadcast: { db: '0/1:0' } } } })
+      const system = []
+      ch.on('system', {}, (p) => system.push(p))
+      const got = collect(ch, '*')
+      const rec = record(ch)
+      await waitFor(() => rec.has('SUBSCRIBED'), 5000, () => `joined: ${rec}`)
+      assert.equal(ch.recovered, false)
+      assert.match(rec.errors[0]?.message ?? '', /recovery failed/)
+      const failure = await waitFor(() => system.find((p) => p.extension === 'broadcast'), 5000, () => `the failure among ${JSON.stringify(system)}`)
+      assert.equal(failure.status, 'error')
+      assert.match(failure.message, /^recovery failed: /)
+      await pg.sql(`SELECT realtime.send('{"live": true}', 'after', ${quote(name)}, true)`)
+      await waitFor(() => got.length === 1, 5000, 'live after the failure')
+      assert.equal(got[0].payload.live, true)
+    } finally {
+      await mc.closeAll()
+    }
   })
 })

@@ -106,6 +106,7 @@ func (c *changeStream) build(bus wal.Bus) {
 	cfg.Bus = bus
 	c.svc = wal.NewService(cfg)
 	c.srv.SetChanges(c.svc, c.auth)
+	c.bc.bind(c.svc, c.srv)
 }
 
 // attach makes the Service of a clustered node, on node (before its

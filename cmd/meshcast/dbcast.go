@@ -36,6 +36,10 @@ func (f *dbcastFlags) check() error {
 type dbBroadcasts struct {
 	d        *dbcast.Deliverer
 	replayer *dbcast.Replayer
+	sub      *wal.Subscription // set by bind
+	// maxPayload and set are the Recoverer's (bind).
+	maxPayload int
+	set        *metrics.Set
 }
 
 // newDBBroadcasts hooks the broadcasts into cfg (before the Service is
@@ -50,16 +54,22 @@ func newDBBroadcasts(o *options, srv *edge.Server, cfg *wal.ServiceConfig, set *
 		return nil, err
 	}
 	srv.SetReplay(replaySource{r})
-	return &dbBroadcasts{d: d, replayer: r}, nil
+	return &dbBroadcasts{d: d, replayer: r, maxPayload: o.edge.MaxPayloadBytes, set: set}, nil
+}
+
+// bind makes the node's subscription to realtime.messages on svc (once it
+// exists) and gives the edge its recovery: the "db" stream.
+func (b *dbBroadcasts) bind(svc *wal.Service, srv *edge.Server) {
+	b.sub = dbcast.Subscription(svc.NewID())
+	b.d.Own(b.sub)
+	srv.SetDBStream(dbcast.NewRecoverer(svc, b.sub, b.maxPayload, b.set))
 }
 
 // subscribe registers the node's subscription to realtime.messages with
 // the database's owner; it stays registered (and goes to every new owner)
 // even when the owner does not confirm it in time.
 func (b *dbBroadcasts) subscribe(ctx context.Context, svc *wal.Service, log *slog.Logger) {
-	sub := dbcast.Subscription(svc.NewID())
-	b.d.Own(sub)
-	if err := svc.Subscribe(ctx, []*wal.Subscription{sub}); err != nil && ctx.Err() == nil {
+	if err := svc.Subscribe(ctx, []*wal.Subscription{b.sub}); err != nil && ctx.Err() == nil {
 		log.Warn("broadcasts from the database: the owner has not confirmed this node's subscription yet", "err", err)
 	}
 }

@@ -111,19 +111,18 @@ func (d *Deliverer) Wrap(next func(c *wal.Change, ids []uint64)) func(c *wal.Cha
 // deliver broadcasts the row c, unless it was delivered already or breaks
 // the limits.
 func (d *Deliverer) deliver(c *wal.Change) {
-	m, err := Decode(c)
-	if errors.Is(err, ErrNotBroadcast) {
+	m, err := decodeWithin(c, d.cfg.MaxPayloadBytes)
+	switch {
+	case errors.Is(err, ErrNotBroadcast):
 		return // a presence row: nothing to broadcast
-	}
-	if err != nil {
-		d.invalid.Inc()
-		d.log.Warn("a row of realtime.messages is not a broadcast; not delivered", "lsn", c.LSN, "err", err)
-		return
-	}
-	if max := d.cfg.MaxPayloadBytes; max > 0 && len(m.Payload) > max {
+	case errors.Is(err, errTooLarge):
 		d.tooLarge.Inc()
 		d.log.Warn("a broadcast row of realtime.messages is over the payload limit; not delivered",
-			"id", m.ID, "topic", short(m.Topic), "bytes", len(m.Payload), "max", max)
+			"id", m.ID, "topic", short(m.Topic), "bytes", len(m.Payload), "max", d.cfg.MaxPayloadBytes)
+		return
+	case err != nil:
+		d.invalid.Inc()
+		d.log.Warn("a row of realtime.messages is not a broadcast; not delivered", "lsn", c.LSN, "err", err)
 		return
 	}
 	d.mu.Lock()
@@ -135,6 +134,19 @@ func (d *Deliverer) deliver(c *wal.Change) {
 	}
 	d.delivered.Inc()
 	d.cfg.Fanout.DeliverDB(&m)
+}
+
+var errTooLarge = errors.New("dbcast: payload over the limit")
+
+// decodeWithin decodes the broadcast of row c, which must keep to max
+// bytes of payload (if zero, no bound): the rows live delivery skips,
+// recovery skips too.
+func decodeWithin(c *wal.Change, max int) (Message, error) {
+	m, err := Decode(c)
+	if err == nil && max > 0 && len(m.Payload) > max {
+		err = errTooLarge
+	}
+	return m, err
 }
 
 // short is at most 64 bytes of s, for logs.

@@ -41,6 +41,10 @@ type Message struct {
 	// Binary.
 	Payload []byte
 	Binary  bool
+	// Pos is the row's place in the change stream (its transaction's
+	// commit LSN and its sequence there): meta.pos "db:<Pos>" to
+	// subscribers. Zero for a row read otherwise (replay).
+	Pos wal.Pos
 }
 
 // ErrNotBroadcast is a row of another extension than broadcast.
@@ -54,7 +58,7 @@ func IsMessages(c *wal.Change) bool { return c.Schema == Schema && c.Table == Ta
 // row without topic or id, or with a value of another type than Supabase's
 // schema has, is an error.
 func Decode(c *wal.Change) (Message, error) {
-	var m Message
+	m := Message{Pos: c.Pos()}
 	if !IsMessages(c) || c.Kind != wal.Insert {
 		return m, fmt.Errorf("dbcast: %s of %s.%s is not an insert into realtime.messages", c.Kind, c.Schema, c.Table)
 	}
