@@ -7,8 +7,15 @@
 #
 #   go build -o bin/meshcast ./cmd/meshcast && bench/recovery.sh
 #
-# Environment: MESHCAST_BIN [bin/meshcast] ADDR [127.0.0.1:4100] SUBS RATE
-# DURATION [10s] WARMUP [2s] ROUNDS; OUT [a new directory under /tmp].
+# SIMULTANEOUS=1 starts both nodes at once (ADDR and ADDR2) and measures
+# them at the same time, each with its own meshbench: on a host shared with
+# other work both then see the same background load (each at RATE, so use
+# half the rate of the sequential runs for the same total), and the nodes'
+# ports swap every round. MODE [latency] or throughput (window 32).
+#
+# Environment: MESHCAST_BIN [bin/meshcast] ADDR [127.0.0.1:4100]
+# ADDR2 [127.0.0.1:4101] SUBS RATE DURATION [10s] WARMUP [2s] ROUNDS
+# SIMULTANEOUS [0] MODE; OUT [a new directory under /tmp].
 # Bounded: each meshbench run by its budget and `timeout`, each server
 # stop by TERM then KILL after 10 s.
 set -euo pipefail
@@ -20,25 +27,65 @@ RATE=${RATE:-300}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
+ADDR2=${ADDR2:-127.0.0.1:4101}
+SIMULTANEOUS=${SIMULTANEOUS:-0}
+MODE=${MODE:-latency}
 OUT=${OUT:-$(mktemp -d /tmp/meshbench-recovery.XXXXXX)}
 go build -o "$OUT/meshbench" ./cmd/meshbench
 cp "$MESHCAST_BIN" "$OUT/sut-mc"
 
+# start ADDR LABEL FLAGS...: a node in the background; its pid in PID.
+start() {
+	local addr=$1 label=$2
+	shift 2
+	"$OUT/sut-mc" --listen "$addr" --webtransport-listen off "$@" >"$OUT/$label.server.log" 2>&1 &
+	PID=$!
+	for _ in $(seq 100); do curl -fs "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
+}
+
+stop() { # pid
+	kill -TERM "$1" 2>/dev/null || true
+	for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+	kill -KILL "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
+measure() { # addr, pid, label
+	local load=(-mode latency -rate "$RATE")
+	[[ $MODE == throughput ]] && load=(-mode throughput -window 32)
+	timeout 120 "$OUT/meshbench" -url "ws://$1/realtime/v1/websocket?vsn=2.0.0" "${load[@]}" -subs "$SUBS" \
+		-duration "$DURATION" -warmup "$WARMUP" -server-pid "$2" -json -quiet >"$OUT/$3.json" || true
+}
+
 run() { # label, server flags...
 	local label=$1
 	shift
-	"$OUT/sut-mc" --listen "$ADDR" --webtransport-listen off "$@" >"$OUT/$label.server.log" 2>&1 &
-	local pid=$!
-	for _ in $(seq 100); do curl -fs "http://$ADDR/healthz" >/dev/null && break; sleep 0.1; done
-	timeout 120 "$OUT/meshbench" -url "ws://$ADDR/realtime/v1/websocket?vsn=2.0.0" -mode latency -rate "$RATE" -subs "$SUBS" \
-		-duration "$DURATION" -warmup "$WARMUP" -server-pid "$pid" -json -quiet >"$OUT/$label.json" || true
-	kill -TERM "$pid" 2>/dev/null || true
-	for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
+	start "$ADDR" "$label" "$@"
+	measure "$ADDR" "$PID" "$label"
+	stop "$PID"
+}
+
+both() { # round
+	local a=$ADDR b=$ADDR2
+	if (($1 % 2 == 0)); then a=$ADDR2 b=$ADDR; fi
+	start "$a" "off-r$1" --recovery-window 0
+	local off=$PID
+	start "$b" "on-r$1"
+	local on=$PID
+	measure "$a" "$off" "off-r$1" &
+	local m1=$!
+	measure "$b" "$on" "on-r$1" &
+	local m2=$!
+	wait "$m1" "$m2" || true
+	stop "$off"
+	stop "$on"
 }
 
 for r in $(seq "$ROUNDS"); do
+	if [[ $SIMULTANEOUS == 1 ]]; then
+		both "$r"
+		continue
+	fi
 	run "off-r$r" --recovery-window 0
 	run "on-r$r"
 done

@@ -29,7 +29,7 @@ type recovery struct {
 	epoch uint64
 	// stripes order the broadcasts this node originates on one topic:
 	// offset, fan-out and hand-off to the mesh happen in one order.
-	stripes [64]sync.Mutex
+	stripes [64]stripe
 	seed    maphash.Seed
 
 	mu   sync.Mutex
@@ -43,6 +43,15 @@ type recovery struct {
 	flights map[fetchKey]*flight
 
 	m recoveryMetrics
+}
+
+// stripe numbers the broadcasts this node originates on the topics that
+// hash to it. heads is the last offset given per topic, never forgotten
+// while the process lives (offsets are not reused); the history's own
+// stream follows it, recorded under the same hold of mu.
+type stripe struct {
+	mu    sync.Mutex
+	heads map[string]uint64
 }
 
 type recoveryMetrics struct {
@@ -88,37 +97,60 @@ func newRecovery(cfg Config, set *metrics.Set) *recovery {
 	return r
 }
 
-// keepCopy is what history keeps of a broadcast: its fields, copied (the
-// payload may alias a reused read buffer), without built frames.
-func keepCopy(out *outMsg) *outMsg {
+// keepCopy is what history keeps of a broadcast at position
+// stream:offset: its fields without built frames, its meta and payload
+// copied (the payload may alias a reused read buffer) into one
+// allocation. With number set, the meta kept is out's with pos written in
+// front of it (history.AppendMeta); else out's as it is (a replica).
+func keepCopy(out *outMsg, stream, offset uint64, number bool) *outMsg {
+	buf := make([]byte, 0, len(out.meta)+len(out.data)+posMetaBytes)
+	if number {
+		buf = history.AppendMeta(buf, out.meta, stream, offset)
+	} else {
+		buf = append(buf, out.meta...)
+	}
+	m := len(buf)
+	buf = append(buf, out.data...)
 	return &outMsg{topic: out.topic, event: out.event, enc: out.enc, binary: out.binary,
-		data: append([]byte(nil), out.data...)}
+		meta: buf[:m:m], data: buf[m:], stream: stream, offset: offset}
 }
+
+// posMetaBytes is the most history.AppendMeta adds to a meta:
+// {"pos":"<16 hex digits>:<offset>"} and a comma.
+const posMetaBytes = len(`{"pos":"`) + 16 + 1 + 20 + len(`",}`)
 
 func keptSize(m *outMsg) int { return len(m.data) + len(m.meta) + len(m.event) }
 
 // originate publishes a reliable broadcast this node accepted with the
-// next position of its stream of the topic.
+// next position of its stream of the topic. The stripe's lock orders the
+// topic's broadcasts; the fan-out starts without the history's lock, and
+// the history records the message after the frames are queued but within
+// the same hold of the topic's read lock, so a join (which plans under
+// the write lock) still sees it either in history or live, never both.
 func (s *Server) originate(k topicKey, t *topic, out *outMsg, skip *channel) {
 	r := s.rec
 	mt := k.meshTopic()
-	stripe := &r.stripes[maphash.String(r.seed, mt)%uint64(len(r.stripes))]
-	stripe.Lock()
-	defer stripe.Unlock()
-	kept := keepCopy(out)
+	st := &r.stripes[maphash.String(r.seed, mt)%uint64(len(r.stripes))]
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.heads == nil {
+		st.heads = make(map[string]uint64)
+	}
+	off := st.heads[mt] + 1
+	st.heads[mt] = off
+	// The frames and the mesh share the meta bytes history keeps.
+	kept := keepCopy(out, r.epoch, off, true)
+	out.meta, out.stream, out.offset = kept.meta, r.epoch, off
 	if t != nil {
 		t.mu.RLock()
+		s.metrics.fannedOut(t.fanoutLocked(out, skip))
 	}
+	now := time.Now()
 	r.mu.Lock()
-	r.core.Tick(time.Now())
-	off := r.core.Next(mt)
-	out.meta = history.AppendMeta(nil, out.meta, r.epoch, off)
-	out.stream, out.offset = r.epoch, off
-	kept.meta, kept.stream, kept.offset = out.meta, r.epoch, off
-	r.core.Originate(mt, keptSize(kept), kept)
+	r.core.Tick(now)
+	r.core.Append(mt, r.epoch, off, keptSize(kept), kept)
 	r.mu.Unlock()
 	if t != nil {
-		s.metrics.fannedOut(t.fanoutLocked(out, skip))
 		t.mu.RUnlock()
 	}
 	if s.cluster != nil {
@@ -131,9 +163,7 @@ func (s *Server) originate(k topicKey, t *topic, out *outMsg, skip *channel) {
 // duplicate is dropped.
 func (s *Server) deliverReplica(mt string, t *topic, out *outMsg) {
 	r := s.rec
-	kept := keepCopy(out)
-	kept.meta = append([]byte(nil), out.meta...)
-	kept.stream, kept.offset = out.stream, out.offset
+	kept := keepCopy(out, out.stream, out.offset, false)
 	if t != nil {
 		t.mu.RLock()
 		defer t.mu.RUnlock()

@@ -52,6 +52,7 @@ type Core[V any] struct {
 	topics map[string]*topicState[V]
 	queue  []*entry[V] // every kept message in arrival order (dead ones skipped)
 	bytes  int
+	count  int    // kept messages (queue less its dead entries)
 	seq    uint64 // arrival counter: orders messages across streams
 	sweep  time.Time
 }
@@ -94,15 +95,7 @@ func (c *Core[V]) Self() uint64 { return c.self }
 func (c *Core[V]) Bytes() int { return c.bytes }
 
 // Messages is how many messages are kept.
-func (c *Core[V]) Messages() int {
-	n := 0
-	for _, e := range c.queue {
-		if !e.dead {
-			n++
-		}
-	}
-	return n
-}
+func (c *Core[V]) Messages() int { return c.count }
 
 func (c *Core[V]) topic(name string) *topicState[V] {
 	t := c.topics[name]
@@ -168,6 +161,7 @@ func (c *Core[V]) keep(t *topicState[V], s *stream[V], off uint64, size int, v V
 	s.msgs = append(s.msgs, e)
 	c.queue = append(c.queue, e)
 	c.bytes += e.size
+	c.count++
 	for c.cfg.MaxBytes > 0 && c.bytes > c.cfg.MaxBytes && c.evictOldest() {
 	}
 }
@@ -177,6 +171,7 @@ func (c *Core[V]) drop(s *stream[V], n int) {
 	for _, e := range s.msgs[:n] {
 		e.dead = true
 		c.bytes -= e.size
+		c.count--
 		var zero V
 		e.value = zero
 	}
@@ -233,6 +228,7 @@ func (c *Core[V]) Fill(topic string, stream, first uint64, vs []V, sizes []int) 
 		add[i] = e
 		c.queue = append(c.queue, e)
 		c.bytes += e.size
+		c.count++
 	}
 	s.msgs = append(add, s.msgs...)
 	for c.cfg.MaxBytes > 0 && c.bytes > c.cfg.MaxBytes && c.evictOldest() {

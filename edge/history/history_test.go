@@ -335,3 +335,38 @@ func TestEvictionDropsFilledFrontWithTheOldestArrival(t *testing.T) {
 		t.Fatalf("after the window: %d bytes, %d messages, %d queued", c.Bytes(), c.Messages(), len(c.queue))
 	}
 }
+
+// Messages is kept as a count (the metrics gauge reads it under the lock
+// publishers take); it must match the live entries through every way a
+// message goes: the budget, a gap in a replica's stream, a fill, the window.
+func TestMessagesCountsLiveEntries(t *testing.T) {
+	per := 10 + EntryOverhead
+	c := newCore(time.Minute, 6*per)
+	live := func(step string) {
+		t.Helper()
+		n := 0
+		for _, e := range c.queue {
+			if !e.dead {
+				n++
+			}
+		}
+		if c.Messages() != n {
+			t.Fatalf("%s: Messages() = %d, live entries %d", step, c.Messages(), n)
+		}
+	}
+	originate(c, "a", "m", 4)
+	live("originate")
+	c.Append("a", other, 5, 10, "o5")
+	c.Append("a", other, 6, 10, "o6")
+	c.Append("a", other, 9, 10, "o9") // a gap: o5, o6 dropped
+	live("gap")
+	c.Fill("a", other, 7, []string{"o7", "o8"}, []int{10, 10})
+	live("fill")
+	originate(c, "b", "n", 3) // over the budget: the oldest go
+	live("budget")
+	c.Tick(t0.Add(2 * time.Minute))
+	live("window")
+	if c.Messages() != 0 {
+		t.Fatalf("after the window: %d messages", c.Messages())
+	}
+}
