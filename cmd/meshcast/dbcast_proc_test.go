@@ -160,15 +160,7 @@ func sendTicks(ctx context.Context, url string, from, to int, interval time.Dura
 // surviving subscriber gets every message at least once, in commit order,
 // and the database's own rows say every one was committed.
 func TestClusterDBBroadcastFailover(t *testing.T) {
-	fixture, err := os.ReadFile("../../wal/rtschema/testdata/supabase.sql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pg := pgtest.Start(t)
-	pg.Exec(`CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN; CREATE ROLE service_role NOLOGIN;
-		CREATE ROLE supabase_realtime_admin NOLOGIN`)
-	pg.Exec(string(fixture))
-	pg.Exec(`CREATE PUBLICATION supabase_realtime FOR ALL TABLES`)
+	pg := supabasePostgres(t)
 	c := startCluster(t, "s3cret", "--database-url", pg.URL())
 	streams := map[*node]*tickStream{}
 	for _, n := range c.nodes {
@@ -255,4 +247,20 @@ func TestClusterDBBroadcastFailover(t *testing.T) {
 			t.Errorf("%s streamed without the broadcasts' publication:\n%s", n.name, log)
 		}
 	}
+}
+
+// supabasePostgres starts a throwaway Postgres with Supabase's realtime
+// schema and policies (the fixture rtschema's tests read), its roles and
+// the supabase_realtime publication.
+func supabasePostgres(t *testing.T) *pgtest.Server {
+	fixture, err := os.ReadFile("../../wal/rtschema/testdata/supabase.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg := pgtest.Start(t)
+	pg.Exec(`CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN; CREATE ROLE service_role NOLOGIN;
+		CREATE ROLE supabase_realtime_admin NOLOGIN`)
+	pg.Exec(string(fixture))
+	pg.Exec(`CREATE PUBLICATION supabase_realtime FOR ALL TABLES`)
+	return pg
 }

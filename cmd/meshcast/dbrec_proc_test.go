@@ -6,12 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/meshcast/meshcast/wal/pgtest"
 )
 
 // dbTick is a database broadcast of topic ticks as a client sees it.
@@ -50,15 +47,7 @@ func readTicks(c *wsClient, last int, d time.Duration) ([]dbTick, error) {
 // both joins recover: every row after that one arrives once, in commit
 // order, then live.
 func TestClusterDBRecoveryAcrossOwnerKill(t *testing.T) {
-	fixture, err := os.ReadFile("../../wal/rtschema/testdata/supabase.sql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pg := pgtest.Start(t)
-	pg.Exec(`CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN; CREATE ROLE service_role NOLOGIN;
-		CREATE ROLE supabase_realtime_admin NOLOGIN`)
-	pg.Exec(string(fixture))
-	pg.Exec(`CREATE PUBLICATION supabase_realtime FOR ALL TABLES`)
+	pg := supabasePostgres(t)
 	c := startCluster(t, "s3cret", "--database-url", pg.URL())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
