@@ -63,6 +63,10 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	c.apikey, c.apikeyClaims = apikey, cl
 	c.headers = headersJSON(r.Header, "x-")
 	if !s.track(c) {
+		// Shutdown began after the upgrade: the client hears why, as the
+		// connections Shutdown found do, instead of a bare EOF.
+		nc.SetWriteDeadline(time.Now().Add(time.Second))
+		ws.WriteFrame(nc, ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusGoingAway, "server shutting down")))
 		nc.Close()
 		s.release(c.remote)
 		return
